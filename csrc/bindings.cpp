@@ -1,0 +1,111 @@
+// pybind11 bindings for the CPU kernels: fusedrnn._C.
+//
+// Thin on purpose: tensors are checked and allocated by python/fusedrnn/ops.py, which
+// passes data addresses (0 for an absent optional tensor), sizes and the dtype name.
+// The GIL is released for the whole kernel call.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "fusedrnn.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using fusedrnn::Activation;
+using fusedrnn::RecurrenceShape;
+
+RecurrenceShape make_shape(int64_t T, int64_t B, int64_t H, std::uintptr_t batch_sizes,
+                           bool reverse, const std::string& nonlinearity) {
+  RecurrenceShape s;
+  s.T = T;
+  s.B = B;
+  s.H = H;
+  s.batch_sizes = reinterpret_cast<const int64_t*>(batch_sizes);
+  s.reverse = reverse;
+  if (nonlinearity == "tanh") {
+    s.act = Activation::kTanh;
+  } else if (nonlinearity == "relu") {
+    s.act = Activation::kRelu;
+  } else {
+    throw std::invalid_argument("nonlinearity: expected 'tanh' or 'relu', got '" + nonlinearity + "'");
+  }
+  return s;
+}
+
+template <typename T>
+T* ptr(std::uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+template <typename scalar_t>
+void forward_typed(const RecurrenceShape& s, std::uintptr_t P, std::uintptr_t W_hh,
+                   std::uintptr_t h0, std::uintptr_t h, std::uintptr_t hn, int num_threads) {
+  fusedrnn::rnn_forward_cpu<scalar_t>(s, ptr<const scalar_t>(P), ptr<const scalar_t>(W_hh),
+                                      ptr<const scalar_t>(h0), ptr<scalar_t>(h),
+                                      ptr<scalar_t>(hn), num_threads);
+}
+
+template <typename scalar_t>
+void backward_typed(const RecurrenceShape& s, std::uintptr_t W_hh, std::uintptr_t h,
+                    std::uintptr_t G, std::uintptr_t dhn, std::uintptr_t dP, std::uintptr_t dh0,
+                    int num_threads) {
+  fusedrnn::rnn_backward_cpu<scalar_t>(s, ptr<const scalar_t>(W_hh), ptr<const scalar_t>(h),
+                                       ptr<const scalar_t>(G), ptr<const scalar_t>(dhn),
+                                       ptr<scalar_t>(dP), ptr<scalar_t>(dh0), num_threads);
+}
+
+void check_dtype(const std::string& dtype) {
+  if (dtype != "float32" && dtype != "float64")
+    throw std::invalid_argument("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fusedrnn CPU kernels (raw-pointer interface; use fusedrnn.ops, which checks inputs)";
+
+  m.def(
+      "rnn_forward",
+      [](const std::string& dtype, int64_t T, int64_t B, int64_t H, std::uintptr_t batch_sizes,
+         bool reverse, const std::string& nonlinearity, std::uintptr_t P, std::uintptr_t W_hh,
+         std::uintptr_t h0, std::uintptr_t h, std::uintptr_t hn, int num_threads) {
+        check_dtype(dtype);
+        const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
+        py::gil_scoped_release release;
+        if (dtype == "float32")
+          forward_typed<float>(s, P, W_hh, h0, h, hn, num_threads);
+        else
+          forward_typed<double>(s, P, W_hh, h0, h, hn, num_threads);
+      },
+      py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("batch_sizes"),
+      py::arg("reverse"), py::arg("nonlinearity"), py::arg("P"), py::arg("W_hh"), py::arg("h0"),
+      py::arg("h"), py::arg("hn"), py::arg("num_threads"),
+      "Forward recurrence over T steps. P [N,H], W_hh [H,H], h0 [B,H] or 0, h [N,H] (may be P), "
+      "hn [B,H]; batch_sizes: address of [T] int64 or 0 for padded input.");
+
+  m.def(
+      "rnn_backward",
+      [](const std::string& dtype, int64_t T, int64_t B, int64_t H, std::uintptr_t batch_sizes,
+         bool reverse, const std::string& nonlinearity, std::uintptr_t W_hh, std::uintptr_t h,
+         std::uintptr_t G, std::uintptr_t dhn, std::uintptr_t dP, std::uintptr_t dh0,
+         int num_threads) {
+        check_dtype(dtype);
+        const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
+        py::gil_scoped_release release;
+        if (dtype == "float32")
+          backward_typed<float>(s, W_hh, h, G, dhn, dP, dh0, num_threads);
+        else
+          backward_typed<double>(s, W_hh, h, G, dhn, dP, dh0, num_threads);
+      },
+      py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("batch_sizes"),
+      py::arg("reverse"), py::arg("nonlinearity"), py::arg("W_hh"), py::arg("h"), py::arg("G"),
+      py::arg("dhn"), py::arg("dP"), py::arg("dh0"), py::arg("num_threads"),
+      "BPTT recurrence. W_hh [H,H], h [N,H], G [N,H] or 0, dhn [B,H] or 0, dP [N,H] (may be G), "
+      "dh0 [B,H] or 0.");
+
+  m.def("cpu_isa", &fusedrnn::cpu_isa, "SIMD instruction set the CPU kernels selected");
+}

@@ -1,0 +1,24 @@
+"""fusedrnn: fused CPU/CUDA kernels for the Elman RNN, a drop-in ``torch.nn.RNN``."""
+
+from __future__ import annotations
+
+import torch  # noqa: F401  (load torch's shared libraries before the extension)
+
+from . import _C, ops, reference
+from .modules import RNN
+
+__version__ = "0.1.0"
+
+__all__ = ["RNN", "__version__", "info", "ops", "reference"]
+
+
+def info() -> dict:
+    """Versions and build facts: SIMD level of the CPU kernel, threads, CUDA build."""
+    return {
+        "fusedrnn": __version__,
+        "torch": torch.__version__,
+        "cpu_isa": _C.cpu_isa(),
+        "threads": torch.get_num_threads(),
+        "cuda_kernels_built": False,
+        "cuda_available": torch.cuda.is_available(),
+    }

@@ -1,0 +1,133 @@
+"""NumPy float64 reference for one Elman RNN layer in one direction: the oracle.
+
+Deliberately plain: every sequence is run on its own with a Python loop over its steps,
+so the reference shares no layout logic with the kernels it checks. Sizes: T steps,
+B batch, I input features, H hidden units.
+
+Input layouts (the same as the kernels'):
+
+* padded: ``batch_sizes is None`` and ``x`` is ``[T, B, I]``; outputs ``h`` are ``[T, B, H]``.
+* packed: ``x`` is ``[N, I]`` time-major packed data with a non-increasing ``batch_sizes``
+  ``[T]`` (the ``PackedSequence`` layout); outputs ``h`` are ``[N, H]``.
+
+The forward direction walks a sequence from its first step to its last; ``reverse=True``
+walks it from its last step to its first. ``hn`` is the state after the last step walked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["rnn_backward", "rnn_forward", "sequence_rows"]
+
+
+def _activation(nonlinearity: str):
+    if nonlinearity == "tanh":
+        return np.tanh, lambda h: 1.0 - h * h
+    if nonlinearity == "relu":
+        return (lambda v: np.maximum(v, 0.0)), (lambda h: (h > 0.0).astype(np.float64))
+    raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+
+
+def sequence_rows(batch_sizes, B: int | None = None, T: int | None = None) -> list[list[int]]:
+    """Row indices of each sequence, in time order.
+
+    For packed data, sequence ``b`` occupies row ``off_t + b`` at every step ``t`` with
+    ``batch_sizes[t] > b``. For padded data (``batch_sizes is None``) pass ``B`` and
+    ``T``: row ``t * B + b``.
+    """
+    if batch_sizes is None:
+        return [[t * B + b for t in range(T)] for b in range(B)]
+    sizes = [int(v) for v in batch_sizes]
+    rows: list[list[int]] = [[] for _ in range(sizes[0])]
+    offset = 0
+    for size in sizes:
+        for b in range(size):
+            rows[b].append(offset + b)
+        offset += size
+    return rows
+
+
+def _flatten(x, batch_sizes):
+    x = np.asarray(x, dtype=np.float64)
+    if batch_sizes is None:
+        T, B = x.shape[0], x.shape[1]
+        return x.reshape(T * B, x.shape[2]), sequence_rows(None, B=B, T=T), x.shape[:2]
+    return x, sequence_rows(batch_sizes), None
+
+
+def _bias(b, H):
+    return np.zeros(H) if b is None else np.asarray(b, dtype=np.float64)
+
+
+def rnn_forward(
+    x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, batch_sizes=None, reverse=False,
+    nonlinearity="tanh",
+):
+    """Return ``(h, hn)``: every hidden state (layout of ``x``) and the final states ``[B, H]``."""
+    phi, _ = _activation(nonlinearity)
+    w_ih, w_hh = np.asarray(w_ih, np.float64), np.asarray(w_hh, np.float64)
+    H = w_hh.shape[0]
+    bias = _bias(b_ih, H) + _bias(b_hh, H)
+    xf, rows, padded_shape = _flatten(x, batch_sizes)
+    B = len(rows)
+    h0 = np.zeros((B, H)) if h0 is None else np.asarray(h0, np.float64)
+    h = np.full((xf.shape[0], H), np.nan)
+    hn = np.empty((B, H))
+    for b, seq in enumerate(rows):
+        state = h0[b]
+        for r in reversed(seq) if reverse else seq:
+            state = phi(w_ih @ xf[r] + w_hh @ state + bias)
+            h[r] = state
+        hn[b] = state
+    if padded_shape is not None:
+        h = h.reshape(*padded_shape, H)
+    return h, hn
+
+
+def rnn_backward(
+    x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, grad_h=None, grad_hn=None, batch_sizes=None,
+    reverse=False, nonlinearity="tanh",
+):
+    """Backpropagation through time for ``L`` with ``dL/dh = grad_h`` and ``dL/dhn = grad_hn``.
+
+    Returns a dict with ``x, w_ih, w_hh, b_ih, b_hh, h0`` gradients (``b_*`` are the same
+    vector, the sum of the pre-activation gradients) and ``dpre``, the pre-activation
+    gradients in the layout of ``h``.
+    """
+    _, dphi = _activation(nonlinearity)
+    w_ih, w_hh = np.asarray(w_ih, np.float64), np.asarray(w_hh, np.float64)
+    H = w_hh.shape[0]
+    h, _ = rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+    xf, rows, padded_shape = _flatten(x, batch_sizes)
+    hf = h.reshape(-1, H)
+    B = len(rows)
+    h0 = np.zeros((B, H)) if h0 is None else np.asarray(h0, np.float64)
+    gh = np.zeros_like(hf) if grad_h is None else np.asarray(grad_h, np.float64).reshape(-1, H)
+    ghn = np.zeros((B, H)) if grad_hn is None else np.asarray(grad_hn, np.float64)
+
+    dx = np.zeros_like(xf)
+    dw_ih, dw_hh, db = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros(H)
+    dh0 = np.empty((B, H))
+    dpre = np.zeros_like(hf)
+    for b, seq in enumerate(rows):
+        walked = list(reversed(seq)) if reverse else list(seq)
+        carry = ghn[b].copy()  # dL/dh of the state after the step being undone
+        for i in range(len(walked) - 1, -1, -1):
+            r = walked[i]
+            prev = hf[walked[i - 1]] if i > 0 else h0[b]
+            d = (gh[r] + carry) * dphi(hf[r])
+            dpre[r] = d
+            dx[r] = w_ih.T @ d
+            dw_ih += np.outer(d, xf[r])
+            dw_hh += np.outer(d, prev)
+            db += d
+            carry = w_hh.T @ d
+        dh0[b] = carry
+    if padded_shape is not None:
+        dx = dx.reshape(*padded_shape, -1)
+        dpre = dpre.reshape(*padded_shape, H)
+    return {
+        "x": dx, "w_ih": dw_ih, "w_hh": dw_hh, "b_ih": db, "b_hh": db.copy(), "h0": dh0,
+        "dpre": dpre,
+    }

@@ -31,7 +31,8 @@ RecurrenceShape make_shape(int64_t T, int64_t B, int64_t H, std::uintptr_t batch
   } else if (nonlinearity == "relu") {
     s.act = Activation::kRelu;
   } else {
-    throw std::invalid_argument("nonlinearity: expected 'tanh' or 'relu', got '" + nonlinearity + "'");
+    throw std::invalid_argument("nonlinearity: expected 'tanh' or 'relu', got '" + nonlinearity +
+                                "'");
   }
   return s;
 }
@@ -45,8 +46,8 @@ template <typename scalar_t>
 void forward_typed(const RecurrenceShape& s, std::uintptr_t P, std::uintptr_t W_hh,
                    std::uintptr_t h0, std::uintptr_t h, std::uintptr_t hn, int num_threads) {
   fusedrnn::rnn_forward_cpu<scalar_t>(s, ptr<const scalar_t>(P), ptr<const scalar_t>(W_hh),
-                                      ptr<const scalar_t>(h0), ptr<scalar_t>(h),
-                                      ptr<scalar_t>(hn), num_threads);
+                                      ptr<const scalar_t>(h0), ptr<scalar_t>(h), ptr<scalar_t>(hn),
+                                      num_threads);
 }
 
 template <typename scalar_t>

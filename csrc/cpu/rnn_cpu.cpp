@@ -60,7 +60,8 @@ inline scalar_t activate(scalar_t v, Activation act) {
 // phi'(pre) expressed through the output h = phi(pre).
 template <typename scalar_t>
 inline scalar_t activate_grad(scalar_t h, Activation act) {
-  return act == Activation::kTanh ? scalar_t(1) - h * h : (h > scalar_t(0) ? scalar_t(1) : scalar_t(0));
+  return act == Activation::kTanh ? scalar_t(1) - h * h
+                                  : (h > scalar_t(0) ? scalar_t(1) : scalar_t(0));
 }
 
 }  // namespace
@@ -91,7 +92,8 @@ void rnn_forward_cpu(const RecurrenceShape& s, const scalar_t* P, const scalar_t
       if (carried < m) {  // sequences joining at this step start from h0
         mixed.resize(static_cast<size_t>(m * H));
         std::memcpy(mixed.data(), prev, sizeof(scalar_t) * carried * H);
-        std::memcpy(mixed.data() + carried * H, h0 + carried * H, sizeof(scalar_t) * (m - carried) * H);
+        std::memcpy(mixed.data() + carried * H, h0 + carried * H,
+                    sizeof(scalar_t) * (m - carried) * H);
         prev = mixed.data();
       }
     }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (load torch's shared libraries before the extension)
+import torch  # loads torch's shared libraries before the extension
 
 from . import _C, ops, reference
 from .modules import RNN

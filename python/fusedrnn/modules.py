@@ -56,9 +56,16 @@ class RNN(nn.RNNBase):
             raise TypeError(f"module must be a torch.nn.RNN, got {type(module).__name__}")
         weight = module.weight_ih_l0
         new = cls(
-            module.input_size, module.hidden_size, module.num_layers, module.nonlinearity,
-            module.bias, module.batch_first, module.dropout, module.bidirectional,
-            device=weight.device, dtype=weight.dtype,
+            module.input_size,
+            module.hidden_size,
+            module.num_layers,
+            module.nonlinearity,
+            module.bias,
+            module.batch_first,
+            module.dropout,
+            module.bidirectional,
+            device=weight.device,
+            dtype=weight.dtype,
         )
         new.load_state_dict(module.state_dict())
         new.train(module.training)
@@ -68,9 +75,16 @@ class RNN(nn.RNNBase):
         """A ``torch.nn.RNN`` with the configuration and the weights of this module."""
         weight = self.weight_ih_l0
         module = nn.RNN(
-            self.input_size, self.hidden_size, self.num_layers, self.nonlinearity, self.bias,
-            self.batch_first, self.dropout, self.bidirectional,
-            device=weight.device, dtype=weight.dtype,
+            self.input_size,
+            self.hidden_size,
+            self.num_layers,
+            self.nonlinearity,
+            self.bias,
+            self.batch_first,
+            self.dropout,
+            self.bidirectional,
+            device=weight.device,
+            dtype=weight.dtype,
         )
         module.load_state_dict(self.state_dict())
         module.train(self.training)
@@ -81,8 +95,11 @@ class RNN(nn.RNNBase):
         w_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
         w_hh = getattr(self, f"weight_hh_l{layer}{suffix}")
         if self.bias:
-            return w_ih, w_hh, getattr(self, f"bias_ih_l{layer}{suffix}"), getattr(
-                self, f"bias_hh_l{layer}{suffix}"
+            return (
+                w_ih,
+                w_hh,
+                getattr(self, f"bias_ih_l{layer}{suffix}"),
+                getattr(self, f"bias_hh_l{layer}{suffix}"),
             )
         return w_ih, w_hh, None, None
 
@@ -122,8 +139,11 @@ class RNN(nn.RNNBase):
 
         if hx is None:
             hx = torch.zeros(
-                self.num_layers * num_directions, max_batch_size, self.hidden_size,
-                dtype=input.dtype, device=input.device,
+                self.num_layers * num_directions,
+                max_batch_size,
+                self.hidden_size,
+                dtype=input.dtype,
+                device=input.device,
             )
         else:
             hx = self.permute_hidden(hx, sorted_indices)
@@ -146,8 +166,15 @@ class RNN(nn.RNNBase):
             for direction in range(num_directions):
                 w_ih, w_hh, b_ih, b_hh = self._layer_weights(layer, direction)
                 h, hn = ops.rnn_layer_forward(
-                    layer_input, w_ih, w_hh, b_ih, b_hh, hx[layer * num_directions + direction],
-                    steps, direction == 1, self.nonlinearity,
+                    layer_input,
+                    w_ih,
+                    w_hh,
+                    b_ih,
+                    b_hh,
+                    hx[layer * num_directions + direction],
+                    steps,
+                    direction == 1,
+                    self.nonlinearity,
                 )
                 outputs.append(h)
                 final_states.append(hn)

@@ -17,6 +17,8 @@ empty for padded input (``N = T*B`` rows, step ``t`` at rows ``t*B .. t*B+B-1``)
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
@@ -62,54 +64,81 @@ def check_layer_args(
     if b_hh is not None:
         tensors["b_hh"] = b_hh
     for name, t in tensors.items():
-        _require(isinstance(t, Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}",
-                 TypeError)
-    _require(nonlinearity in NONLINEARITIES,
-             f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
+        _require(
+            isinstance(t, Tensor),
+            f"{name} must be a torch.Tensor, got {type(t).__name__}",
+            TypeError,
+        )
+    _require(
+        nonlinearity in NONLINEARITIES,
+        f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}",
+    )
 
-    _require(x.dtype in _KERNEL_DTYPES,
-             f"x must have dtype float32 or float64, got {x.dtype}", TypeError)
+    _require(
+        x.dtype in _KERNEL_DTYPES, f"x must have dtype float32 or float64, got {x.dtype}", TypeError
+    )
     for name, t in tensors.items():
         if name != "batch_sizes":
-            _require(t.dtype == x.dtype,
-                     f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}", TypeError)
-            _require(t.device == x.device,
-                     f"{name} must be on the device of x ({x.device}), got {t.device}")
+            _require(
+                t.dtype == x.dtype,
+                f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}",
+                TypeError,
+            )
+            _require(
+                t.device == x.device,
+                f"{name} must be on the device of x ({x.device}), got {t.device}",
+            )
     _require(x.device.type == "cpu", f"x must be a CPU tensor, got device {x.device}")
 
     _require(x.dim() == 2, f"x must be 2-D [N, I], got shape {_shape(x)}")
     N, I = x.shape
-    _require(w_hh.dim() == 2 and w_hh.shape[0] == w_hh.shape[1] and w_hh.shape[0] > 0,
-             f"w_hh must be a square 2-D tensor [H, H] with H >= 1, got shape {_shape(w_hh)}")
+    _require(
+        w_hh.dim() == 2 and w_hh.shape[0] == w_hh.shape[1] and w_hh.shape[0] > 0,
+        f"w_hh must be a square 2-D tensor [H, H] with H >= 1, got shape {_shape(w_hh)}",
+    )
     H = w_hh.shape[0]
     _require(I > 0, f"x must have at least one feature column, got shape {_shape(x)}")
-    _require(w_ih.dim() == 2 and _shape(w_ih) == (H, I),
-             f"w_ih must have shape [H, I] = {(H, I)}, got {_shape(w_ih)}")
+    _require(
+        w_ih.dim() == 2 and _shape(w_ih) == (H, I),
+        f"w_ih must have shape [H, I] = {(H, I)}, got {_shape(w_ih)}",
+    )
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
             _require(_shape(b) == (H,), f"{name} must have shape [H] = {(H,)}, got {_shape(b)}")
-    _require(h0.dim() == 2 and h0.shape[1] == H and h0.shape[0] > 0,
-             f"h0 must have shape [B, H] with B >= 1 and H = {H}, got {_shape(h0)}")
+    _require(
+        h0.dim() == 2 and h0.shape[1] == H and h0.shape[0] > 0,
+        f"h0 must have shape [B, H] with B >= 1 and H = {H}, got {_shape(h0)}",
+    )
     B = h0.shape[0]
 
-    _require(batch_sizes.dtype == torch.int64,
-             f"batch_sizes must have dtype int64, got {batch_sizes.dtype}", TypeError)
-    _require(batch_sizes.device.type == "cpu",
-             f"batch_sizes must be a CPU tensor, got device {batch_sizes.device}")
+    _require(
+        batch_sizes.dtype == torch.int64,
+        f"batch_sizes must have dtype int64, got {batch_sizes.dtype}",
+        TypeError,
+    )
+    _require(
+        batch_sizes.device.type == "cpu",
+        f"batch_sizes must be a CPU tensor, got device {batch_sizes.device}",
+    )
     _require(batch_sizes.dim() == 1, f"batch_sizes must be 1-D, got shape {_shape(batch_sizes)}")
     if batch_sizes.numel() == 0:
-        _require(N > 0 and N % B == 0,
-                 f"padded x must have T*B rows with T >= 1 and B = {B} (from h0), got {N} rows")
+        _require(
+            N > 0 and N % B == 0,
+            f"padded x must have T*B rows with T >= 1 and B = {B} (from h0), got {N} rows",
+        )
         return N // B, B, H
     T = batch_sizes.shape[0]
     if check_values:
         sizes = batch_sizes.tolist()
         _require(sizes[0] == B, f"batch_sizes[0] must equal B = {B} (from h0), got {sizes[0]}")
         _require(sizes[-1] >= 1, f"batch_sizes must be >= 1 everywhere, got {sizes}")
-        _require(all(a >= b for a, b in zip(sizes, sizes[1:])),
-                 f"batch_sizes must be non-increasing, got {sizes}")
-        _require(sum(sizes) == N,
-                 f"batch_sizes must sum to the rows of x ({N}), got sum {sum(sizes)}")
+        _require(
+            all(a >= b for a, b in itertools.pairwise(sizes)),
+            f"batch_sizes must be non-increasing, got {sizes}",
+        )
+        _require(
+            sum(sizes) == N, f"batch_sizes must sum to the rows of x ({N}), got sum {sum(sizes)}"
+        )
     return T, B, H
 
 
@@ -145,17 +174,26 @@ def rnn_layer_forward(
     P = torch.addmm(bias, x, w_ih.t()) if bias is not None else torch.mm(x, w_ih.t())
     hn = torch.empty_like(h0)
     _C.rnn_forward(
-        _KERNEL_DTYPES[x.dtype], T, B, H, _addr(batch_sizes if batch_sizes.numel() else None),
-        reverse, nonlinearity, P.data_ptr(), w_hh.data_ptr(), h0.data_ptr(), P.data_ptr(),
-        hn.data_ptr(), torch.get_num_threads(),
+        _KERNEL_DTYPES[x.dtype],
+        T,
+        B,
+        H,
+        _addr(batch_sizes if batch_sizes.numel() else None),
+        reverse,
+        nonlinearity,
+        P.data_ptr(),
+        w_hh.data_ptr(),
+        h0.data_ptr(),
+        P.data_ptr(),
+        hn.data_ptr(),
+        torch.get_num_threads(),
     )
     return P, hn
 
 
 @rnn_layer_forward.register_fake
 def _(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
-    check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity,
-                     check_values=False)
+    check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity, check_values=False)
     return x.new_empty((x.shape[0], w_hh.shape[0])), torch.empty_like(h0)
 
 
@@ -176,25 +214,40 @@ def rnn_layer_backward(
     """
     # The forward op's checks apply with h in the place of x and grad_hn in that of h0.
     T, B, H = check_layer_args(h, w_hh, w_hh, None, None, grad_hn, batch_sizes, nonlinearity)
-    _require(_shape(grad_h) == _shape(h),
-             f"grad_h must have the shape of h {_shape(h)}, got {_shape(grad_h)}")
-    _require(grad_h.dtype == h.dtype, f"grad_h must have dtype {h.dtype}, got {grad_h.dtype}",
-             TypeError)
+    _require(
+        _shape(grad_h) == _shape(h),
+        f"grad_h must have the shape of h {_shape(h)}, got {_shape(grad_h)}",
+    )
+    _require(
+        grad_h.dtype == h.dtype, f"grad_h must have dtype {h.dtype}, got {grad_h.dtype}", TypeError
+    )
     w_hh, h, grad_h, grad_hn = (t.contiguous() for t in (w_hh, h, grad_h, grad_hn))
     dP = torch.empty_like(h)
     dh0 = torch.empty_like(grad_hn)
     _C.rnn_backward(
-        _KERNEL_DTYPES[h.dtype], T, B, H, _addr(batch_sizes if batch_sizes.numel() else None),
-        reverse, nonlinearity, w_hh.data_ptr(), h.data_ptr(), grad_h.data_ptr(),
-        grad_hn.data_ptr(), dP.data_ptr(), dh0.data_ptr(), torch.get_num_threads(),
+        _KERNEL_DTYPES[h.dtype],
+        T,
+        B,
+        H,
+        _addr(batch_sizes if batch_sizes.numel() else None),
+        reverse,
+        nonlinearity,
+        w_hh.data_ptr(),
+        h.data_ptr(),
+        grad_h.data_ptr(),
+        grad_hn.data_ptr(),
+        dP.data_ptr(),
+        dh0.data_ptr(),
+        torch.get_num_threads(),
     )
     return dP, dh0
 
 
 @rnn_layer_backward.register_fake
 def _(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
-    check_layer_args(h, w_hh, w_hh, None, None, grad_hn, batch_sizes, nonlinearity,
-                     check_values=False)
+    check_layer_args(
+        h, w_hh, w_hh, None, None, grad_hn, batch_sizes, nonlinearity, check_values=False
+    )
     return torch.empty_like(h), torch.empty_like(grad_hn)
 
 
@@ -225,11 +278,12 @@ def _prev_state_grad(dP: Tensor, h: Tensor, h0: Tensor, batch_sizes: Tensor, rev
 
 
 def _setup_context(ctx, inputs, output):
-    x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
+    x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
     h, _ = output
     needs = ctx.needs_input_grad
-    ctx.save_for_backward(x if needs[1] else None, w_ih if needs[0] else None, w_hh, h0, h,
-                          batch_sizes)
+    ctx.save_for_backward(
+        x if needs[1] else None, w_ih if needs[0] else None, w_hh, h0, h, batch_sizes
+    )
     ctx.reverse = reverse
     ctx.nonlinearity = nonlinearity
 
@@ -241,16 +295,26 @@ def _backward(ctx, grad_h, grad_hn):
         grad_h = torch.zeros_like(h)
     if grad_hn is None:
         grad_hn = torch.zeros_like(h0)
-    dP, dh0 = rnn_layer_backward(w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
-                                 ctx.nonlinearity)
+    dP, dh0 = rnn_layer_backward(
+        w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity
+    )
     dx = dP @ w_ih if needs[0] else None
     dw_ih = dP.t() @ x if needs[1] else None
     dw_hh = _prev_state_grad(dP, h, h0, batch_sizes, ctx.reverse) if needs[2] else None
     db = dP.sum(0) if needs[3] or needs[4] else None
     # Each bias gets its own tensor: AccumulateGrad may adopt it as that parameter's .grad.
     db_hh = (db.clone() if needs[3] else db) if needs[4] else None
-    return (dx, dw_ih, dw_hh, db if needs[3] else None, db_hh,
-            dh0 if needs[5] else None, None, None, None)
+    return (
+        dx,
+        dw_ih,
+        dw_hh,
+        db if needs[3] else None,
+        db_hh,
+        dh0 if needs[5] else None,
+        None,
+        None,
+        None,
+    )
 
 
 rnn_layer_forward.register_autograd(_backward, setup_context=_setup_context)

@@ -61,7 +61,14 @@ def _bias(b, H):
 
 
 def rnn_forward(
-    x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, batch_sizes=None, reverse=False,
+    x,
+    w_ih,
+    w_hh,
+    b_ih=None,
+    b_hh=None,
+    h0=None,
+    batch_sizes=None,
+    reverse=False,
     nonlinearity="tanh",
 ):
     """Return ``(h, hn)``: every hidden state (layout of ``x``) and the final states ``[B, H]``."""
@@ -86,8 +93,17 @@ def rnn_forward(
 
 
 def rnn_backward(
-    x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, grad_h=None, grad_hn=None, batch_sizes=None,
-    reverse=False, nonlinearity="tanh",
+    x,
+    w_ih,
+    w_hh,
+    b_ih=None,
+    b_hh=None,
+    h0=None,
+    grad_h=None,
+    grad_hn=None,
+    batch_sizes=None,
+    reverse=False,
+    nonlinearity="tanh",
 ):
     """Backpropagation through time for ``L`` with ``dL/dh = grad_h`` and ``dL/dhn = grad_hn``.
 
@@ -128,6 +144,11 @@ def rnn_backward(
         dx = dx.reshape(*padded_shape, -1)
         dpre = dpre.reshape(*padded_shape, H)
     return {
-        "x": dx, "w_ih": dw_ih, "w_hh": dw_hh, "b_ih": db, "b_hh": db.copy(), "h0": dh0,
+        "x": dx,
+        "w_ih": dw_ih,
+        "w_hh": dw_hh,
+        "b_ih": db,
+        "b_hh": db.copy(),
+        "h0": dh0,
         "dpre": dpre,
     }

@@ -39,6 +39,22 @@ def _require(condition: bool, message: str, exc: type[Exception] = ValueError) -
         raise exc(f"fusedrnn: {message}")
 
 
+def _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes) -> dict[str, Tensor]:
+    """The given tensor arguments by name, after checking that each is a Tensor."""
+    tensors = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "h0": h0, "batch_sizes": batch_sizes}
+    if b_ih is not None:
+        tensors["b_ih"] = b_ih
+    if b_hh is not None:
+        tensors["b_hh"] = b_hh
+    for name, t in tensors.items():
+        _require(
+            isinstance(t, Tensor),
+            f"{name} must be a torch.Tensor, got {type(t).__name__}",
+            TypeError,
+        )
+    return tensors
+
+
 def check_layer_args(
     x: Tensor,
     w_ih: Tensor,
@@ -58,17 +74,7 @@ def check_layer_args(
     given value. ``check_values=False`` skips the checks that read ``batch_sizes`` data
     (fake tensors under ``torch.compile`` have none).
     """
-    tensors = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "h0": h0, "batch_sizes": batch_sizes}
-    if b_ih is not None:
-        tensors["b_ih"] = b_ih
-    if b_hh is not None:
-        tensors["b_hh"] = b_hh
-    for name, t in tensors.items():
-        _require(
-            isinstance(t, Tensor),
-            f"{name} must be a torch.Tensor, got {type(t).__name__}",
-            TypeError,
-        )
+    tensors = _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
     _require(
         nonlinearity in NONLINEARITIES,
         f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}",
@@ -327,9 +333,12 @@ def _no_double_backward(ctx, grad_dP, grad_dh0):
     )
 
 
-rnn_layer_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, i, o: None)
+rnn_layer_backward.register_autograd(
+    _no_double_backward, setup_context=lambda ctx, inputs, output: None
+)
 
 
 def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonlinearity="tanh"):
     """Differentiable one-layer, one-direction Elman RNN. See the module docstring."""
+    _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
     return rnn_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)

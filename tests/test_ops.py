@@ -1,0 +1,177 @@
+"""The custom ops: gradcheck, opcheck, argument validation, double backward."""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+from fusedrnn import ops
+
+f64 = torch.float64
+PADDED = torch.empty(0, dtype=torch.int64)
+
+
+def _layer_inputs(T=4, B=3, I=2, H=3, lengths=None, dtype=f64, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if lengths is None:
+        x = torch.randn(T * B, I, generator=g, dtype=dtype)
+        batch_sizes = PADDED
+    else:
+        packed = pack_sequence([torch.randn(n, I, generator=g, dtype=dtype) for n in lengths])
+        x, batch_sizes = packed.data, packed.batch_sizes
+        B = int(batch_sizes[0])
+    w = [torch.rand(*s, generator=g, dtype=dtype) - 0.5 for s in ((H, I), (H, H), (H,), (H,))]
+    if not bias:
+        w[2] = w[3] = None
+    h0 = torch.randn(B, H, generator=g, dtype=dtype)
+    return x, *w, h0, batch_sizes
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("lengths", [None, [4, 2, 1]], ids=["padded", "packed"])
+@pytest.mark.parametrize("h0_grad", [True, False], ids=["h0", "no_h0_grad"])
+def test_gradcheck(nonlinearity, reverse, lengths, h0_grad):
+    x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs(lengths=lengths)
+    for t in (x, w_ih, w_hh, b_ih, b_hh):
+        t.requires_grad_(True)
+    h0.requires_grad_(h0_grad)
+
+    def fn(x, w_ih, w_hh, b_ih, b_hh, h0):
+        return ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, bs, reverse, nonlinearity)
+
+    assert torch.autograd.gradcheck(fn, (x, w_ih, w_hh, b_ih, b_hh, h0))
+
+
+def test_gradcheck_without_bias():
+    x, w_ih, w_hh, _, _, h0, bs = _layer_inputs(lengths=[3, 3, 2])
+    for t in (x, w_ih, w_hh, h0):
+        t.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x, w_ih, w_hh, h0: ops.rnn_layer(x, w_ih, w_hh, None, None, h0, bs),
+        (x, w_ih, w_hh, h0),
+    )
+
+
+@pytest.mark.parametrize("lengths", [None, [3, 2, 2]], ids=["padded", "packed"])
+def test_opcheck_forward(lengths):
+    x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs(lengths=lengths, dtype=torch.float32)
+    for t in (x, w_ih, w_hh, b_ih, b_hh, h0):
+        t.requires_grad_(True)
+    torch.library.opcheck(
+        torch.ops.fusedrnn.rnn_layer_forward.default,
+        (x, w_ih, w_hh, b_ih, b_hh, h0, bs, False, "tanh"),
+    )
+
+
+def test_opcheck_backward():
+    x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs(lengths=[3, 2, 2])
+    h, hn = ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, bs, True, "relu")
+    torch.library.opcheck(
+        torch.ops.fusedrnn.rnn_layer_backward.default,
+        (w_hh, h, torch.randn_like(h), torch.randn_like(hn), bs, True, "relu"),
+    )
+
+
+def test_double_backward_raises_clear_error():
+    x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs()
+    w_hh.requires_grad_(True)
+    h, _ = ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, bs)
+    (g,) = torch.autograd.grad(h.sum(), w_hh, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()
+
+
+def _call(**changes):
+    x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs(dtype=torch.float32)
+    args = dict(
+        x=x,
+        w_ih=w_ih,
+        w_hh=w_hh,
+        b_ih=b_ih,
+        b_hh=b_hh,
+        h0=h0,
+        batch_sizes=bs,
+        reverse=False,
+        nonlinearity="tanh",
+    )
+    args.update(changes)
+    return ops.rnn_layer(**args)
+
+
+x32, wih32, whh32, bih32, bhh32, h032, _ = _layer_inputs(dtype=torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("changes", "exc", "pattern"),
+    [
+        (dict(x=x32.double()), TypeError, r"w_ih must have the dtype of x \(torch.float64\)"),
+        (
+            dict(
+                x=x32.half(),
+                w_ih=wih32.half(),
+                w_hh=whh32.half(),
+                b_ih=bih32.half(),
+                b_hh=bhh32.half(),
+                h0=h032.half(),
+            ),
+            TypeError,
+            "x must have dtype float32 or float64",
+        ),
+        (dict(x=x32.int()), TypeError, "x must have dtype float32 or float64, got torch.int32"),
+        (dict(x=x32[None]), ValueError, r"x must be 2-D \[N, I\], got shape \(1, 12, 2\)"),
+        (
+            dict(w_ih=wih32.t()),
+            ValueError,
+            r"w_ih must have shape \[H, I\] = \(3, 2\), got \(2, 3\)",
+        ),
+        (dict(w_hh=whh32[:2]), ValueError, r"w_hh must be a square 2-D tensor"),
+        (dict(b_ih=bih32[:2]), ValueError, r"b_ih must have shape \[H\] = \(3,\), got \(2,\)"),
+        (dict(h0=h032[:, :2]), ValueError, r"h0 must have shape \[B, H\]"),
+        (dict(h0=h032[:0]), ValueError, r"h0 must have shape \[B, H\] with B >= 1"),
+        (dict(x=x32[:11]), ValueError, r"padded x must have T\*B rows"),
+        (dict(nonlinearity="gelu"), ValueError, "nonlinearity must be one of"),
+        (dict(x="not a tensor"), TypeError, "x must be a torch.Tensor, got str"),
+        (
+            dict(batch_sizes=torch.tensor([3, 3, 3, 3], dtype=torch.int32)),
+            TypeError,
+            "batch_sizes must have dtype int64",
+        ),
+        (dict(batch_sizes=torch.tensor([[3, 3], [3, 3]])), ValueError, "batch_sizes must be 1-D"),
+        (
+            dict(batch_sizes=torch.tensor([4, 3, 3, 2])),
+            ValueError,
+            r"batch_sizes\[0\] must equal B = 3",
+        ),
+        (
+            dict(batch_sizes=torch.tensor([3, 2, 3, 4])),
+            ValueError,
+            "batch_sizes must be non-increasing",
+        ),
+        (dict(batch_sizes=torch.tensor([3, 3, 3, 0])), ValueError, "batch_sizes must be >= 1"),
+        (
+            dict(batch_sizes=torch.tensor([3, 3, 3, 2])),
+            ValueError,
+            r"batch_sizes must sum to the rows of x \(12\), got sum 11",
+        ),
+        (dict(h0=torch.zeros(3, 3, device="meta")), ValueError, "h0 must be on the device of x"),
+    ],
+)
+def test_bad_arguments_raise_named_errors(changes, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        _call(**changes)
+
+
+def test_non_contiguous_inputs_are_accepted():
+    x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs(dtype=f64)
+    want = ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, bs)
+    got = ops.rnn_layer(
+        x.t().contiguous().t(),
+        w_ih.t().contiguous().t(),
+        w_hh.t().contiguous().t(),
+        b_ih.expand(2, -1)[0],
+        b_hh,
+        h0.t().contiguous().t(),
+        bs,
+    )
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1,0 +1,104 @@
+"""The oracle itself: NumPy reference vs central finite differences and vs torch.nn.RNN."""
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+from fusedrnn import reference
+from helpers import make_problem, rel_error, rng_for
+
+LAYOUTS = {"padded": None, "packed": [4, 1, 3]}  # B = 3 in both
+
+
+def _loss(p, G, Gn, reverse, nonlinearity):
+    h, hn = reference.rnn_forward(
+        p["x"],
+        p["w_ih"],
+        p["w_hh"],
+        p["b_ih"],
+        p["b_hh"],
+        p["h0"],
+        p["batch_sizes"],
+        reverse,
+        nonlinearity,
+    )
+    return float(np.sum(h * G) + np.sum(hn * Gn))
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_reference_backward_matches_finite_differences(nonlinearity, reverse, layout):
+    rng = rng_for("fd", nonlinearity, reverse, layout)
+    p = make_problem(rng, T=4, B=3, I=2, H=3, dtype=np.float64, lengths=LAYOUTS[layout])
+    h, hn = reference.rnn_forward(
+        p["x"],
+        p["w_ih"],
+        p["w_hh"],
+        p["b_ih"],
+        p["b_hh"],
+        p["h0"],
+        p["batch_sizes"],
+        reverse,
+        nonlinearity,
+    )
+    G, Gn = rng.standard_normal(h.shape), rng.standard_normal(hn.shape)
+    grads = reference.rnn_backward(
+        p["x"],
+        p["w_ih"],
+        p["w_hh"],
+        p["b_ih"],
+        p["b_hh"],
+        p["h0"],
+        G,
+        Gn,
+        p["batch_sizes"],
+        reverse,
+        nonlinearity,
+    )
+    eps = 1e-6
+    for name in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0"):
+        numeric = np.zeros_like(p[name])
+        for idx in np.ndindex(p[name].shape):
+            saved = p[name][idx]
+            p[name][idx] = saved + eps
+            up = _loss(p, G, Gn, reverse, nonlinearity)
+            p[name][idx] = saved - eps
+            down = _loss(p, G, Gn, reverse, nonlinearity)
+            p[name][idx] = saved
+            numeric[idx] = (up - down) / (2 * eps)
+        assert rel_error(grads[name], numeric) < 1e-7, name
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_reference_matches_torch_rnn(nonlinearity):
+    """Forward and reverse directions of a packed bidirectional nn.RNN in float64."""
+    rng = rng_for("torch", nonlinearity)
+    lengths = [5, 3, 2]
+    rnn = torch.nn.RNN(3, 4, nonlinearity=nonlinearity, bidirectional=True, dtype=torch.float64)
+    seqs = [torch.from_numpy(rng.standard_normal((n, 3))) for n in lengths]
+    h0 = torch.from_numpy(rng.standard_normal((2, 3, 4)))
+    packed = pack_sequence(seqs)
+    out, hn = rnn(packed, h0)
+    for direction, suffix in enumerate(["", "_reverse"]):
+        weights = [
+            getattr(rnn, f"{n}_l0{suffix}").detach().numpy()
+            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ]
+        h, hn_ref = reference.rnn_forward(
+            packed.data.numpy(),
+            *weights,
+            h0[direction].numpy(),
+            packed.batch_sizes.numpy(),
+            reverse=bool(direction),
+            nonlinearity=nonlinearity,
+        )
+        assert rel_error(h, out.data[:, direction * 4 : (direction + 1) * 4].detach()) < 1e-13
+        assert rel_error(hn_ref, hn[direction].detach()) < 1e-13
+
+
+def test_reference_rejects_unknown_nonlinearity():
+    p = make_problem(rng_for("bad"), T=2, B=1, I=1, H=1, dtype=np.float64)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        reference.rnn_forward(p["x"], p["w_ih"], p["w_hh"], nonlinearity="sigmoid")

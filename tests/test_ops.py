@@ -127,7 +127,7 @@ x32, wih32, whh32, bih32, bhh32, h032, _ = _layer_inputs(dtype=torch.float32)
         (dict(w_hh=whh32[:2]), ValueError, r"w_hh must be a square 2-D tensor"),
         (dict(b_ih=bih32[:2]), ValueError, r"b_ih must have shape \[H\] = \(3,\), got \(2,\)"),
         (dict(h0=h032[:, :2]), ValueError, r"h0 must have shape \[B, H\]"),
-        (dict(h0=h032[:0]), ValueError, r"h0 must have shape \[B, H\] with B >= 1"),
+        (dict(h0=h032[:0]), ValueError, r"padded x must have no rows when B = 0"),
         (dict(x=x32[:11]), ValueError, r"padded x must have T\*B rows"),
         (dict(nonlinearity="gelu"), ValueError, "nonlinearity must be one of"),
         (dict(x="not a tensor"), TypeError, "x must be a torch.Tensor, got str"),

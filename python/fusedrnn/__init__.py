@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch  # loads torch's shared libraries before the extension
 
 from . import _C, ops, reference
-from .modules import RNN
+from .modules import RNN, RNNCell
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "__version__", "info", "ops", "reference"]
+__all__ = ["RNN", "RNNCell", "__version__", "info", "ops", "reference"]
 
 
 def info() -> dict:

@@ -112,8 +112,8 @@ def check_layer_args(
         if b is not None:
             _require(_shape(b) == (H,), f"{name} must have shape [H] = {(H,)}, got {_shape(b)}")
     _require(
-        h0.dim() == 2 and h0.shape[1] == H and h0.shape[0] > 0,
-        f"h0 must have shape [B, H] with B >= 1 and H = {H}, got {_shape(h0)}",
+        h0.dim() == 2 and h0.shape[1] == H,
+        f"h0 must have shape [B, H] with H = {H}, got {_shape(h0)}",
     )
     B = h0.shape[0]
 
@@ -128,11 +128,15 @@ def check_layer_args(
     )
     _require(batch_sizes.dim() == 1, f"batch_sizes must be 1-D, got shape {_shape(batch_sizes)}")
     if batch_sizes.numel() == 0:
+        if B == 0:  # an empty batch (torch.nn.RNN accepts it): no rows, nothing to compute
+            _require(N == 0, f"padded x must have no rows when B = 0 (from h0), got {N} rows")
+            return 0, 0, H
         _require(
             N > 0 and N % B == 0,
             f"padded x must have T*B rows with T >= 1 and B = {B} (from h0), got {N} rows",
         )
         return N // B, B, H
+    _require(B > 0, f"h0 must have B >= 1 rows for packed input, got shape {_shape(h0)}")
     T = batch_sizes.shape[0]
     if check_values:
         sizes = batch_sizes.tolist()
@@ -179,6 +183,8 @@ def rnn_layer_forward(
     # P = x W_ih^T + b: a fresh contiguous [N, H]; the kernel overwrites it with h in place.
     P = torch.addmm(bias, x, w_ih.t()) if bias is not None else torch.mm(x, w_ih.t())
     hn = torch.empty_like(h0)
+    if B == 0:
+        return P, hn
     _C.rnn_forward(
         _KERNEL_DTYPES[x.dtype],
         T,
@@ -230,6 +236,8 @@ def rnn_layer_backward(
     w_hh, h, grad_h, grad_hn = (t.contiguous() for t in (w_hh, h, grad_h, grad_hn))
     dP = torch.empty_like(h)
     dh0 = torch.empty_like(grad_hn)
+    if B == 0:
+        return dP, dh0
     _C.rnn_backward(
         _KERNEL_DTYPES[h.dtype],
         T,
@@ -342,3 +350,15 @@ def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonline
     """Differentiable one-layer, one-direction Elman RNN. See the module docstring."""
     _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
     return rnn_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+
+
+# Autocast policy: both ops are "float32 ops", like the reductions on autocast's fp32 list.
+# Inside an autocast region their float16/bfloat16 inputs are cast to float32 (float64 is
+# left alone) and they run with autocast off, so the input GEMM, the recurrence and its
+# state all stay in float32. Without this rule autocast would lower the GEMMs inside the
+# forward op to bfloat16 and hand the float32 kernel a bfloat16 buffer. The modules cast
+# their results to the autocast dtype, as torch.nn.RNN's are.
+for _op in (rnn_layer_forward, rnn_layer_backward):
+    for _device_type in ("cpu", "cuda"):
+        if torch.amp.is_autocast_available(_device_type):
+            torch.library.register_autocast(_op, _device_type, torch.float32)

@@ -572,6 +572,10 @@ def _compare_with_eager(fn, make_args, params, tol):
         torch.testing.assert_close(g, w, **tol)
 
 
+# Two warnings torch 2.13 itself gives: inductor imports deprecated torch.jit code, and
+# dynamo reads .grad of any non-leaf input (here the packed data) while wrapping it.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
 def test_compile_fullgraph_padded_and_packed():
     torch._dynamo.reset()
     torch.manual_seed(0)

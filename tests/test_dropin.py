@@ -460,10 +460,12 @@ def test_cell_unknown_nonlinearity_raises_at_call_like_nn_rnncell():
         cell(torch.randn(2, 3))
 
 
-def test_cell_empty_batch_and_conversion():
+def test_cell_empty_sizes_and_conversion():
     ref = nn.RNNCell(3, 4, nonlinearity="relu")
     ours = fusedrnn.RNNCell.from_torch(ref)
     assert ours(torch.randn(0, 3)).shape == ref(torch.randn(0, 3)).shape == (0, 4)
+    x = torch.randn(2, 3)
+    assert fusedrnn.RNNCell(3, 0)(x).shape == nn.RNNCell(3, 0)(x).shape == (2, 0)
     back = ours.to_torch()
     assert type(back) is nn.RNNCell and back.nonlinearity == "relu"
     x = torch.randn(2, 3)
@@ -543,6 +545,26 @@ def test_cpu_bf16_autocast_cell_and_float64_untouched():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, hn = rnn64(torch.randn(5, 2, 3, dtype=f64))
     assert out.dtype == hn.dtype == f64
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_model_matches_nn_rnn_in_that_dtype(dtype):
+    """A bfloat16/float16 model, no autocast: results in that dtype, float32 inside."""
+    torch.manual_seed(0)
+    ref = nn.RNN(8, 16, 2, bidirectional=True, dtype=dtype)
+    ours = fusedrnn.RNN.from_torch(ref)
+    exact = fusedrnn.RNN.from_torch(copy.deepcopy(ref).float())  # the same weights, float32
+    x = torch.randn(20, 4, 8).to(dtype).requires_grad_(True)
+    (got, got_hn), got_grads = _run(ours, lambda: (x,), [x])
+    (want, want_hn), want_grads = _run(ref, lambda: (x,), [x])
+    want32, want32_hn = exact(x.detach().float())
+    assert got.dtype == got_hn.dtype == dtype and all(g.dtype == dtype for g in got_grads)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got_hn.float(), want_hn.float(), rtol=2e-2, atol=2e-2)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert _rel(g, w) < 5e-2
+    assert _rel(got, want32) < _rel(want, want32)
+    assert _rel(got_hn, want32_hn) < _rel(want_hn, want32_hn)
 
 
 # -- torch.compile and torch.export ---------------------------------------------------------

@@ -106,18 +106,10 @@ x32, wih32, whh32, bih32, bhh32, h032, _ = _layer_inputs(dtype=torch.float32)
     [
         (dict(x=x32.double()), TypeError, r"w_ih must have the dtype of x \(torch.float64\)"),
         (
-            dict(
-                x=x32.half(),
-                w_ih=wih32.half(),
-                w_hh=whh32.half(),
-                b_ih=bih32.half(),
-                b_hh=bhh32.half(),
-                h0=h032.half(),
-            ),
+            dict(x=x32.int()),
             TypeError,
-            "x must have dtype float32 or float64",
+            "x must have dtype float32, float64, bfloat16 or float16, got torch.int32",
         ),
-        (dict(x=x32.int()), TypeError, "x must have dtype float32 or float64, got torch.int32"),
         (dict(x=x32[None]), ValueError, r"x must be 2-D \[N, I\], got shape \(1, 12, 2\)"),
         (
             dict(w_ih=wih32.t()),
@@ -175,3 +167,21 @@ def test_non_contiguous_inputs_are_accepted():
     )
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_is_stored_in_its_dtype_and_computed_in_float32(dtype):
+    x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs(lengths=[4, 3, 1], dtype=torch.float32)
+    low = [t.to(dtype).requires_grad_(True) for t in (x, w_ih, w_hh, b_ih, b_hh, h0)]
+    h, hn = ops.rnn_layer(*low, bs, True, "tanh")
+    want = ops.rnn_layer(*(t.detach().float() for t in low), bs, True, "tanh")
+    for got, w in zip((h, hn), want, strict=True):
+        assert got.dtype == dtype
+        assert torch.equal(got, w.to(dtype))
+    grads = torch.autograd.grad(h.float().sum() + hn.float().sum(), low)
+    assert all(g.dtype == dtype and g.shape == t.shape for g, t in zip(grads, low, strict=True))
+    torch.library.opcheck(
+        torch.ops.fusedrnn.rnn_layer_forward.default,
+        (*low, bs, True, "tanh"),
+        test_utils=("test_schema", "test_faketensor"),
+    )

@@ -15,6 +15,10 @@ output and ``h_n`` are returned in the autocast dtype, as ``torch.nn.RNN`` retur
 ``torch.nn.RNN`` computes every step in the low precision dtype instead, so the results
 agree within that dtype's tolerance and ours are the more accurate. float64 inputs are
 left in float64.
+
+Models in bfloat16 or float16 (``model.to(torch.bfloat16)``, no autocast) run as
+``torch.nn.RNN`` does in that dtype: inputs, outputs and gradients in it. The ops store
+each layer's results in that dtype but compute them in float32.
 """
 
 from __future__ import annotations

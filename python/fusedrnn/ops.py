@@ -28,6 +28,11 @@ __all__ = ["check_layer_args", "rnn_layer", "rnn_layer_backward", "rnn_layer_for
 
 NONLINEARITIES = ("tanh", "relu")
 _KERNEL_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+# Dtypes the kernels do not take (yet): stored in that dtype, computed by the float32
+# kernels (float32 state and accumulation, as the autocast policy below). A dtype added to
+# _KERNEL_DTYPES goes to its own kernel instead.
+_FLOAT32_COMPUTE_DTYPES = (torch.bfloat16, torch.float16)
+_DTYPE_NAMES = "float32, float64, bfloat16 or float16"
 
 
 def _shape(t: Tensor) -> tuple:
@@ -81,7 +86,9 @@ def check_layer_args(
     )
 
     _require(
-        x.dtype in _KERNEL_DTYPES, f"x must have dtype float32 or float64, got {x.dtype}", TypeError
+        x.dtype in _KERNEL_DTYPES or x.dtype in _FLOAT32_COMPUTE_DTYPES,
+        f"x must have dtype {_DTYPE_NAMES}, got {x.dtype}",
+        TypeError,
     )
     for name, t in tensors.items():
         if name != "batch_sizes":
@@ -99,8 +106,8 @@ def check_layer_args(
     _require(x.dim() == 2, f"x must be 2-D [N, I], got shape {_shape(x)}")
     N, I = x.shape
     _require(
-        w_hh.dim() == 2 and w_hh.shape[0] == w_hh.shape[1] and w_hh.shape[0] > 0,
-        f"w_hh must be a square 2-D tensor [H, H] with H >= 1, got shape {_shape(w_hh)}",
+        w_hh.dim() == 2 and w_hh.shape[0] == w_hh.shape[1],
+        f"w_hh must be a square 2-D tensor [H, H], got shape {_shape(w_hh)}",
     )
     H = w_hh.shape[0]
     _require(I > 0, f"x must have at least one feature column, got shape {_shape(x)}")
@@ -160,6 +167,10 @@ def _combined_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
     return b_ih + b_hh
 
 
+def _float32(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.float()
+
+
 def _addr(t: Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
@@ -178,12 +189,16 @@ def rnn_layer_forward(
 ) -> tuple[Tensor, Tensor]:
     """One layer, one direction: returns ``(h [N, H], hn [B, H])``."""
     T, B, H = check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity)
+    if x.dtype not in _KERNEL_DTYPES:
+        args = (_float32(t) for t in (x, w_ih, w_hh, b_ih, b_hh, h0))
+        h, hn = rnn_layer_forward(*args, batch_sizes, reverse, nonlinearity)
+        return h.to(x.dtype), hn.to(x.dtype)
     x, w_ih, w_hh, h0 = x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), h0.contiguous()
     bias = _combined_bias(b_ih, b_hh)
     # P = x W_ih^T + b: a fresh contiguous [N, H]; the kernel overwrites it with h in place.
     P = torch.addmm(bias, x, w_ih.t()) if bias is not None else torch.mm(x, w_ih.t())
     hn = torch.empty_like(h0)
-    if B == 0:
+    if B == 0 or H == 0:  # nothing to compute (nn.RNNCell allows H = 0)
         return P, hn
     _C.rnn_forward(
         _KERNEL_DTYPES[x.dtype],
@@ -233,10 +248,14 @@ def rnn_layer_backward(
     _require(
         grad_h.dtype == h.dtype, f"grad_h must have dtype {h.dtype}, got {grad_h.dtype}", TypeError
     )
+    if h.dtype not in _KERNEL_DTYPES:
+        args = (_float32(t) for t in (w_hh, h, grad_h, grad_hn))
+        dP, dh0 = rnn_layer_backward(*args, batch_sizes, reverse, nonlinearity)
+        return dP.to(h.dtype), dh0.to(h.dtype)
     w_hh, h, grad_h, grad_hn = (t.contiguous() for t in (w_hh, h, grad_h, grad_hn))
     dP = torch.empty_like(h)
     dh0 = torch.empty_like(grad_hn)
-    if B == 0:
+    if B == 0 or H == 0:  # nothing to compute (nn.RNNCell allows H = 0)
         return dP, dh0
     _C.rnn_backward(
         _KERNEL_DTYPES[h.dtype],

@@ -21,6 +21,7 @@ import itertools
 
 import torch
 from torch import Tensor
+from torch.utils import _python_dispatch
 
 from . import _C
 
@@ -104,28 +105,28 @@ def check_layer_args(
     if x.dim() != 2:
         _fail(ValueError, f"{n['x']} must be 2-D [N, I], got shape {tuple(x.shape)}")
     N, I = x.shape
-    if w_hh.dim() != 2 or w_hh.shape[0] != w_hh.shape[1] or w_hh.shape[0] == 0:
+    H = w_hh.shape[0] if w_hh.dim() == 2 else 0
+    if H == 0 or w_hh.shape != (H, H):
         _fail(
             ValueError,
             f"w_hh must be a square 2-D tensor [H, H] with H >= 1, got shape {tuple(w_hh.shape)}",
         )
-    H = w_hh.shape[0]
     if I == 0:
         _fail(
             ValueError,
             f"{n['x']} must have at least one feature column, got shape {tuple(x.shape)}",
         )
-    if w_ih.dim() != 2 or w_ih.shape[0] != H or w_ih.shape[1] != I:
+    if w_ih.shape != (H, I):
         _fail(ValueError, f"{n['w_ih']} must have shape [H, I] = {(H, I)}, got {tuple(w_ih.shape)}")
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
-        if b is not None and (b.dim() != 1 or b.shape[0] != H):
+        if b is not None and b.shape != (H,):
             _fail(ValueError, f"{name} must have shape [H] = {(H,)}, got {tuple(b.shape)}")
-    if h0.dim() != 2 or h0.shape[1] != H or h0.shape[0] == 0:
+    B = h0.shape[0] if h0.dim() == 2 else 0
+    if B == 0 or h0.shape[1] != H:
         _fail(
             ValueError,
             f"{n['h0']} must have shape [B, H] with B >= 1 and H = {H}, got {tuple(h0.shape)}",
         )
-    B = h0.shape[0]
 
     if batch_sizes.dtype != torch.int64:
         _fail(TypeError, f"batch_sizes must have dtype int64, got {batch_sizes.dtype}")
@@ -170,19 +171,8 @@ def _addr(t: Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-@torch.library.custom_op("fusedrnn::rnn_layer_forward", mutates_args=())
-def rnn_layer_forward(
-    x: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    h0: Tensor,
-    batch_sizes: Tensor,
-    reverse: bool,
-    nonlinearity: str,
-) -> tuple[Tensor, Tensor]:
-    """One layer, one direction: returns ``(h [N, H], hn [B, H])``."""
+def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
+    """The forward computation shared by the custom op and the eager path."""
     T, B, H = check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity)
     x, w_ih, w_hh, h0 = x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), h0.contiguous()
     bias = _combined_bias(b_ih, b_hh)
@@ -207,6 +197,22 @@ def rnn_layer_forward(
     return P, hn
 
 
+@torch.library.custom_op("fusedrnn::rnn_layer_forward", mutates_args=())
+def rnn_layer_forward(
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    h0: Tensor,
+    batch_sizes: Tensor,
+    reverse: bool,
+    nonlinearity: str,
+) -> tuple[Tensor, Tensor]:
+    """One layer, one direction: returns ``(h [N, H], hn [B, H])``."""
+    return _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+
+
 @rnn_layer_forward.register_fake
 def _(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
     check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity, check_values=False)
@@ -217,21 +223,8 @@ def _(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
 _BACKWARD_NAMES = {"x": "h", "w_ih": "w_hh", "h0": "grad_hn"}
 
 
-@torch.library.custom_op("fusedrnn::rnn_layer_backward", mutates_args=())
-def rnn_layer_backward(
-    w_hh: Tensor,
-    h: Tensor,
-    grad_h: Tensor,
-    grad_hn: Tensor,
-    batch_sizes: Tensor,
-    reverse: bool,
-    nonlinearity: str,
-) -> tuple[Tensor, Tensor]:
-    """BPTT for one layer-direction: returns ``(dP [N, H], dh0 [B, H])``.
-
-    ``dP`` is the gradient of the pre-activations; the caller turns it into the input,
-    weight and bias gradients with GEMMs.
-    """
+def _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
+    """The BPTT computation shared by the custom op and the eager path."""
     T, B, H = check_layer_args(
         h, w_hh, w_hh, None, None, grad_hn, batch_sizes, nonlinearity, names=_BACKWARD_NAMES
     )
@@ -268,6 +261,24 @@ def rnn_layer_backward(
         torch.get_num_threads(),
     )
     return dP, dh0
+
+
+@torch.library.custom_op("fusedrnn::rnn_layer_backward", mutates_args=())
+def rnn_layer_backward(
+    w_hh: Tensor,
+    h: Tensor,
+    grad_h: Tensor,
+    grad_hn: Tensor,
+    batch_sizes: Tensor,
+    reverse: bool,
+    nonlinearity: str,
+) -> tuple[Tensor, Tensor]:
+    """BPTT for one layer-direction: returns ``(dP [N, H], dh0 [B, H])``.
+
+    ``dP`` is the gradient of the pre-activations; the caller turns it into the input,
+    weight and bias gradients with GEMMs.
+    """
+    return _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
 
 
 @rnn_layer_backward.register_fake
@@ -331,9 +342,11 @@ def _backward(ctx, grad_h, grad_hn):
         grad_h = torch.zeros_like(h)
     if grad_hn is None:
         grad_hn = torch.zeros_like(h0)
-    dP, dh0 = rnn_layer_backward(
-        w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity
-    )
+    # The eager path may call the kernel directly unless a graph of this backward is being
+    # recorded (create_graph=True): then the op, whose own backward refuses clearly.
+    eager = getattr(ctx, "eager", False) and not torch.is_grad_enabled()
+    bptt = _backward_impl if eager else rnn_layer_backward
+    dP, dh0 = bptt(w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity)
     dx = dP @ w_ih if needs[0] else None
     dw_ih = dP.t() @ x if needs[1] else None
     dw_hh = _prev_state_grad(dP, h, h0, batch_sizes, ctx.reverse) if needs[2] else None
@@ -368,7 +381,53 @@ rnn_layer_backward.register_autograd(
 )
 
 
+class _EagerLayer(torch.autograd.Function):
+    """The custom op's computation and autograd formulas without torch.library dispatch.
+
+    Dispatching a custom op costs tens of microseconds per call, which dominates small
+    layers and single steps; plain eager calls take this path instead (see rnn_layer).
+    """
+
+    @staticmethod
+    def forward(*inputs):
+        return _forward_impl(*inputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+        ctx.eager = True
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_hn):
+        return _backward(ctx, grad_h, grad_hn)
+
+
+def _plain_eager(x: Tensor) -> bool:
+    """True when nothing needs the registered op: no compiler, export, autocast, functorch
+    transform, dispatch mode or tensor subclass is in play."""
+    return (
+        type(x) is Tensor
+        and not torch.compiler.is_compiling()
+        and not torch._C._is_any_autocast_enabled()
+        and not torch._C._are_functorch_transforms_active()
+        and torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is None
+        and not _python_dispatch.is_in_torch_dispatch_mode()
+    )
+
+
 def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonlinearity="tanh"):
-    """Differentiable one-layer, one-direction Elman RNN. See the module docstring."""
-    _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
-    return rnn_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+    """Differentiable one-layer, one-direction Elman RNN. See the module docstring.
+
+    Plain eager calls run the shared implementation directly (no autograd node when no
+    input requires grad); everything else goes through ``torch.ops.fusedrnn``.
+    """
+    args = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+    if not _plain_eager(x):
+        # The dispatcher would reject a non-tensor before the checks could name it.
+        _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
+        return rnn_layer_forward(*args)
+    if torch.is_grad_enabled() and any(
+        getattr(t, "requires_grad", False) for t in (x, w_ih, w_hh, b_ih, b_hh, h0)
+    ):
+        return _EagerLayer.apply(*args)
+    return _forward_impl(*args)

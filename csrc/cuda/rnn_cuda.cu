@@ -13,8 +13,8 @@ namespace cuda_detail {
 
 void check_cuda(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return;
-  throw std::runtime_error(std::string("fusedrnn CUDA: ") + what + " failed: " +
-                           cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
+  throw std::runtime_error(std::string("fusedrnn CUDA: ") + what +
+                           " failed: " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
 }
 
 DeviceInfo device_info(int device) {
@@ -70,17 +70,21 @@ void run(RecurrenceCall& call, DType dtype, std::size_t workspace_bytes, int dev
   const std::size_t need = rnn_cuda_workspace_bytes(s.B, s.H, dtype);
   if (workspace_bytes < need || reinterpret_cast<std::uintptr_t>(call.workspace) % 256 != 0) {
     throw std::invalid_argument("fusedrnn CUDA: workspace must be " + std::to_string(need) +
-                                " bytes, 256-byte aligned; got " +
-                                std::to_string(workspace_bytes) + " bytes");
+                                " bytes, 256-byte aligned; got " + std::to_string(workspace_bytes) +
+                                " bytes");
   }
   call.N = packed_rows(s);
   DeviceGuard guard(device);
   const DeviceInfo dev = device_info(device);
   switch (dtype) {
-    case DType::kFloat32: return run_recurrence<float>(call, dev);
-    case DType::kFloat64: return run_recurrence<double>(call, dev);
-    case DType::kBFloat16: return run_recurrence<__nv_bfloat16>(call, dev);
-    case DType::kFloat16: return run_recurrence<__half>(call, dev);
+    case DType::kFloat32:
+      return run_recurrence<float>(call, dev);
+    case DType::kFloat64:
+      return run_recurrence<double>(call, dev);
+    case DType::kBFloat16:
+      return run_recurrence<__nv_bfloat16>(call, dev);
+    case DType::kFloat16:
+      return run_recurrence<__half>(call, dev);
   }
   throw std::invalid_argument("fusedrnn CUDA: unknown dtype");
 }
@@ -94,18 +98,21 @@ std::size_t rnn_cuda_workspace_bytes(int64_t B, int64_t H, DType dtype) {
                                           cuda_detail::acc_size(dtype);
 }
 
-CudaPlan rnn_cuda_plan(int64_t B, int64_t H, DType dtype, Activation act, bool backward,
-                       int device, CudaPath requested) {
+CudaPlan rnn_cuda_plan(int64_t B, int64_t H, DType dtype, Activation act, bool backward, int device,
+                       CudaPath requested) {
   using namespace cuda_detail;
   if (B < 1 || H < 1) throw std::invalid_argument("fusedrnn CUDA: B and H must be at least 1");
   DeviceGuard guard(device);
   const DeviceInfo dev = device_info(device);
   switch (dtype) {
-    case DType::kFloat32: return plan_recurrence<float>(backward, act, B, H, dev, requested);
-    case DType::kFloat64: return plan_recurrence<double>(backward, act, B, H, dev, requested);
+    case DType::kFloat32:
+      return plan_recurrence<float>(backward, act, B, H, dev, requested);
+    case DType::kFloat64:
+      return plan_recurrence<double>(backward, act, B, H, dev, requested);
     case DType::kBFloat16:
       return plan_recurrence<__nv_bfloat16>(backward, act, B, H, dev, requested);
-    case DType::kFloat16: return plan_recurrence<__half>(backward, act, B, H, dev, requested);
+    case DType::kFloat16:
+      return plan_recurrence<__half>(backward, act, B, H, dev, requested);
   }
   throw std::invalid_argument("fusedrnn CUDA: unknown dtype");
 }
@@ -139,9 +146,9 @@ void rnn_forward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev, 
 }
 
 void rnn_backward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev, DType dtype,
-                       const void* W_hh, const void* h, const void* G, const void* dhn,
-                       void* dP, void* dh0, void* workspace, std::size_t workspace_bytes,
-                       int device, void* stream, CudaPath path) {
+                       const void* W_hh, const void* h, const void* G, const void* dhn, void* dP,
+                       void* dh0, void* workspace, std::size_t workspace_bytes, int device,
+                       void* stream, CudaPath path) {
   cuda_detail::RecurrenceCall call;
   call.backward = true;
   call.shape = s;

@@ -38,12 +38,12 @@ enum class CudaPath : int { kAuto = 0, kPersistent = 1, kStepwise = 2 };
 // How a call will run on a device, for tests, `fusedrnn info` and the docs.
 struct CudaPlan {
   CudaPath path = CudaPath::kStepwise;  // never kAuto
-  int grid = 0;                  // CTAs (persistent: co-resident, one barrier per step)
-  int threads = 0;               // threads per CTA
-  int units_per_cta = 0;         // persistent: hidden units (W_hh slice) each CTA owns
-  int rows_per_pass = 0;         // persistent: batch rows staged in shared memory at once
-  std::size_t smem_bytes = 0;    // dynamic shared memory per CTA
-  std::string reason;            // why the persistent kernel was not taken (empty if it was)
+  int grid = 0;                         // CTAs (persistent: co-resident, one barrier per step)
+  int threads = 0;                      // threads per CTA
+  int units_per_cta = 0;                // persistent: hidden units (W_hh slice) each CTA owns
+  int rows_per_pass = 0;                // persistent: batch rows staged in shared memory at once
+  std::size_t smem_bytes = 0;           // dynamic shared memory per CTA
+  std::string reason;                   // why the persistent kernel was not taken (empty if it was)
 };
 
 // Bytes of device workspace a call with batch size B and hidden size H needs: a
@@ -53,8 +53,8 @@ std::size_t rnn_cuda_workspace_bytes(int64_t B, int64_t H, DType dtype);
 
 // The plan a forward (backward = false) or backward call with these sizes gets on `device`
 // (the kernel's register use, hence co-residency, depends on dtype and activation).
-CudaPlan rnn_cuda_plan(int64_t B, int64_t H, DType dtype, Activation act, bool backward,
-                       int device, CudaPath requested);
+CudaPlan rnn_cuda_plan(int64_t B, int64_t H, DType dtype, Activation act, bool backward, int device,
+                       CudaPath requested);
 
 // CUDA runtime version this module was built with (linked statically), and the version the
 // installed driver supports (0 when there is no driver), as 1000*major + 10*minor.
@@ -73,8 +73,8 @@ void rnn_forward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev, 
 //   W_hh [H,H]  h [N,H]  G [N,H] or nullptr  dhn [B,H] or nullptr
 //   dP [N,H] out (may alias G)  dh0 [B,H] out or nullptr (not wanted)
 void rnn_backward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev, DType dtype,
-                       const void* W_hh, const void* h, const void* G, const void* dhn,
-                       void* dP, void* dh0, void* workspace, std::size_t workspace_bytes,
-                       int device, void* stream, CudaPath path);
+                       const void* W_hh, const void* h, const void* G, const void* dhn, void* dP,
+                       void* dh0, void* workspace, std::size_t workspace_bytes, int device,
+                       void* stream, CudaPath path);
 
 }  // namespace fusedrnn

@@ -36,15 +36,21 @@ __device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
 template <typename scalar_t>
 __device__ __forceinline__ scalar_t from_acc(acc_type<scalar_t> x);
 template <>
-__device__ __forceinline__ float from_acc<float>(float x) { return x; }
+__device__ __forceinline__ float from_acc<float>(float x) {
+  return x;
+}
 template <>
-__device__ __forceinline__ double from_acc<double>(double x) { return x; }
+__device__ __forceinline__ double from_acc<double>(double x) {
+  return x;
+}
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 template <>
-__device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
+__device__ __forceinline__ __half from_acc<__half>(float x) {
+  return __float2half_rn(x);
+}
 
 // Four consecutive elements from 16-byte-aligned (8 for half types) shared memory.
 __device__ __forceinline__ void load4(const float* p, float (&o)[4]) {
@@ -151,19 +157,19 @@ template <typename scalar_t>
 struct RecParams {
   using acc_t = acc_type<scalar_t>;
   int64_t T, B, H, N;
-  int64_t Hp;                  // H rounded up to a multiple of 4: row stride of the state
-  const int64_t* batch_sizes;  // [T] device (persistent kernel) or nullptr (padded)
-  bool walk_reverse;           // walking order of this recurrence
-  int64_t nphase;              // T, or T+1 for BPTT with dh0 wanted
-  const scalar_t* W;           // [H,H] W_hh (out, in)
-  const scalar_t* init;        // [B,H] h0 for joining rows, or nullptr (zeros)
-  const scalar_t* X;           // [N,H] forward: P; BPTT: G or nullptr
-  const scalar_t* h;           // [N,H] BPTT: saved hidden states; forward: unused
-  const scalar_t* dhn;         // [B,H] BPTT: dL/dhn or nullptr; forward: unused
-  scalar_t* Y;                 // [N,H] out: forward h (may alias P); BPTT dP (may alias G)
-  scalar_t* Yfinal;            // [B,H] out: forward hn; BPTT dh0; nullptr = not wanted
-  acc_t* state;                // [2,B,Hp] ping-pong state in the accumulation type
-  unsigned long long* barrier; // grid barrier counter (persistent kernel), zeroed per call
+  int64_t Hp;                   // H rounded up to a multiple of 4: row stride of the state
+  const int64_t* batch_sizes;   // [T] device (persistent kernel) or nullptr (padded)
+  bool walk_reverse;            // walking order of this recurrence
+  int64_t nphase;               // T, or T+1 for BPTT with dh0 wanted
+  const scalar_t* W;            // [H,H] W_hh (out, in)
+  const scalar_t* init;         // [B,H] h0 for joining rows, or nullptr (zeros)
+  const scalar_t* X;            // [N,H] forward: P; BPTT: G or nullptr
+  const scalar_t* h;            // [N,H] BPTT: saved hidden states; forward: unused
+  const scalar_t* dhn;          // [B,H] BPTT: dL/dhn or nullptr; forward: unused
+  scalar_t* Y;                  // [N,H] out: forward h (may alias P); BPTT dP (may alias G)
+  scalar_t* Yfinal;             // [B,H] out: forward hn; BPTT dh0; nullptr = not wanted
+  acc_t* state;                 // [2,B,Hp] ping-pong state in the accumulation type
+  unsigned long long* barrier;  // grid barrier counter (persistent kernel), zeroed per call
 };
 
 // Rows a phase computes: the active rows, plus (BPTT) the rows that just left and want dh0.

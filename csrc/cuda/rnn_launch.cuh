@@ -43,8 +43,7 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
   if (fixed + per_tile > dev.smem_optin) {
     plan.reason = "the W_hh slice of " + std::to_string(Hc) + " x " + std::to_string(H) +
                   " per CTA and one row tile need " + std::to_string(fixed + per_tile) +
-                  " bytes of shared memory; the device allows " +
-                  std::to_string(dev.smem_optin);
+                  " bytes of shared memory; the device allows " + std::to_string(dev.smem_optin);
     return plan;
   }
   const int64_t tiles = std::min((dev.smem_optin - fixed) / per_tile, ceil_div(B, BT));
@@ -144,7 +143,8 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
     const Phase ph = walker.next(k);
     const int64_t rows = phase_rows<BWD>(ph, want_final);
     const int64_t gy = ceil_div(rows, Stepwise::kTileRows);
-    if (gy > 65535) throw std::invalid_argument("fusedrnn CUDA: batch too large for the per-step kernel");
+    if (gy > 65535)
+      throw std::invalid_argument("fusedrnn CUDA: batch too large for the per-step kernel");
     rnn_step_kernel<scalar_t, BWD, ACT>
         <<<dim3(gx, static_cast<unsigned>(gy)), Stepwise::kThreads, 0, c.stream>>>(p, ph, k, rows);
     check_cuda(cudaGetLastError(), "per-step recurrence kernel launch");
@@ -152,8 +152,8 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
 }
 
 template <typename scalar_t>
-CudaPlan plan_recurrence(bool backward, Activation act, int64_t B, int64_t H,
-                         const DeviceInfo& dev, CudaPath requested) {
+CudaPlan plan_recurrence(bool backward, Activation act, int64_t B, int64_t H, const DeviceInfo& dev,
+                         CudaPath requested) {
   if (act == Activation::kTanh) {
     return backward ? plan_for_kernel<scalar_t, true, Activation::kTanh>(B, H, dev, requested)
                     : plan_for_kernel<scalar_t, false, Activation::kTanh>(B, H, dev, requested);
@@ -176,8 +176,8 @@ void run_recurrence(const RecurrenceCall& c, const DeviceInfo& dev) {
 }  // namespace fusedrnn
 
 #define FUSEDRNN_INSTANTIATE_CUDA(scalar_t)                                                   \
-  template fusedrnn::CudaPlan fusedrnn::cuda_detail::plan_recurrence<scalar_t>(              \
+  template fusedrnn::CudaPlan fusedrnn::cuda_detail::plan_recurrence<scalar_t>(               \
       bool, fusedrnn::Activation, int64_t, int64_t, const fusedrnn::cuda_detail::DeviceInfo&, \
-      fusedrnn::CudaPath);                                                                   \
-  template void fusedrnn::cuda_detail::run_recurrence<scalar_t>(                             \
+      fusedrnn::CudaPath);                                                                    \
+  template void fusedrnn::cuda_detail::run_recurrence<scalar_t>(                              \
       const fusedrnn::cuda_detail::RecurrenceCall&, const fusedrnn::cuda_detail::DeviceInfo&);

@@ -46,8 +46,8 @@ struct RecurrenceCall {
 };
 
 template <typename scalar_t>
-CudaPlan plan_recurrence(bool backward, Activation act, int64_t B, int64_t H,
-                         const DeviceInfo& dev, CudaPath requested);
+CudaPlan plan_recurrence(bool backward, Activation act, int64_t B, int64_t H, const DeviceInfo& dev,
+                         CudaPath requested);
 
 template <typename scalar_t>
 void run_recurrence(const RecurrenceCall& call, const DeviceInfo& dev);

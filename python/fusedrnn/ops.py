@@ -1,6 +1,7 @@
 """torch custom ops for one Elman RNN layer in one direction, with autograd and fake kernels.
 
-The two sequential recurrences run in the fused kernels of ``fusedrnn._C``; everything
+The two sequential recurrences run in the fused kernels of ``fusedrnn._C`` (CPU) or
+``fusedrnn._C_cuda`` (CUDA, through ``fusedrnn._cuda``); everything
 else is a single large GEMM or reduction per call, done by torch:
 
     P     = x W_ih^T + b_ih + b_hh                      (one GEMM for all steps)
@@ -10,7 +11,8 @@ else is a single large GEMM or reduction per call, done by torch:
 
 Layout: time-major rows, ``x`` is ``[N, I]``. ``batch_sizes`` is a CPU int64 tensor:
 empty for padded input (``N = T*B`` rows, step ``t`` at rows ``t*B .. t*B+B-1``), or the
-``PackedSequence`` batch sizes ``[T]`` (non-increasing, summing to ``N``).
+``PackedSequence`` batch sizes ``[T]`` (non-increasing, summing to ``N``). It stays a CPU
+tensor for CUDA inputs too, as in PyTorch.
 
 :func:`check_layer_args` is the one place that validates tensors before they reach C++.
 """
@@ -22,7 +24,7 @@ import itertools
 import torch
 from torch import Tensor
 
-from . import _C
+from . import _C, _cuda
 
 __all__ = ["check_layer_args", "rnn_layer", "rnn_layer_backward", "rnn_layer_forward"]
 
@@ -80,9 +82,19 @@ def check_layer_args(
         f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}",
     )
 
-    _require(
-        x.dtype in _KERNEL_DTYPES, f"x must have dtype float32 or float64, got {x.dtype}", TypeError
-    )
+    on_cuda = x.device.type == "cuda"
+    if on_cuda:
+        _require(
+            x.dtype in _cuda.KERNEL_DTYPES,
+            f"x must have dtype float32, float64, bfloat16 or float16 on CUDA, got {x.dtype}",
+            TypeError,
+        )
+    else:
+        _require(
+            x.dtype in _KERNEL_DTYPES,
+            f"x must have dtype float32 or float64, got {x.dtype}",
+            TypeError,
+        )
     for name, t in tensors.items():
         if name != "batch_sizes":
             _require(
@@ -94,7 +106,15 @@ def check_layer_args(
                 t.device == x.device,
                 f"{name} must be on the device of x ({x.device}), got {t.device}",
             )
-    _require(x.device.type == "cpu", f"x must be a CPU tensor, got device {x.device}")
+    _require(
+        x.device.type in ("cpu", "cuda"), f"x must be a CPU or CUDA tensor, got device {x.device}"
+    )
+    _require(
+        not on_cuda or _cuda.available(),
+        "x is a CUDA tensor but fusedrnn was built without its CUDA kernels "
+        "(reinstall with nvcc on the PATH and FUSEDRNN_CUDA=ON)",
+        RuntimeError,
+    )
 
     _require(x.dim() == 2, f"x must be 2-D [N, I], got shape {_shape(x)}")
     N, I = x.shape
@@ -179,6 +199,9 @@ def rnn_layer_forward(
     # P = x W_ih^T + b: a fresh contiguous [N, H]; the kernel overwrites it with h in place.
     P = torch.addmm(bias, x, w_ih.t()) if bias is not None else torch.mm(x, w_ih.t())
     hn = torch.empty_like(h0)
+    if x.is_cuda:
+        _cuda.rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, P, hn)
+        return P, hn
     _C.rnn_forward(
         _KERNEL_DTYPES[x.dtype],
         T,
@@ -230,6 +253,10 @@ def rnn_layer_backward(
     w_hh, h, grad_h, grad_hn = (t.contiguous() for t in (w_hh, h, grad_h, grad_hn))
     dP = torch.empty_like(h)
     dh0 = torch.empty_like(grad_hn)
+    if h.is_cuda:
+        args = (w_hh, h, grad_h, grad_hn, dP, dh0)
+        _cuda.rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, *args)
+        return dP, dh0
     _C.rnn_backward(
         _KERNEL_DTYPES[h.dtype],
         T,

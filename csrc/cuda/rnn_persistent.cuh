@@ -44,6 +44,7 @@ __device__ __forceinline__ void grid_barrier(unsigned long long* counter,
     c.fetch_add(1ull, cuda::std::memory_order_release);
     while (c.load(cuda::std::memory_order_acquire) < target) {
     }
+    __threadfence();  // belt and braces, as cooperative_groups' grid sync does
   }
   __syncthreads();
 }

@@ -62,40 +62,41 @@ def _workspace(name, B, H, device):
     )
 
 
+def _launch_args(x, bs, B):
+    """The leading and trailing binding arguments for device tensor x [N,H]:
+    (dtype, T, B, H, batch_sizes, batch_sizes_dev) and (workspace, bytes, device, stream)."""
+    N, H = x.shape
+    T = len(bs) if bs is not None else N // B
+    name = _cuda.KERNEL_DTYPES[x.dtype]
+    bs_host = None if bs is None else torch.as_tensor(np.asarray(bs, dtype=np.int64))
+    bs_dev = None if bs is None else bs_host.to(x.device)
+    ws = _workspace(name, B, H, x.device)
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    # bs_dev and ws may be freed after the call: the caching allocator reuses them only
+    # for work ordered after the kernels on this stream.
+    head = (name, T, B, H, _addr(bs_host), _addr(bs_dev))
+    return head, (_addr(ws), ws.numel(), x.device.index, stream)
+
+
 def cuda_forward(P, W, h0, bs, B, reverse, nl, path, in_place=False):
     """Run _C_cuda.rnn_forward on device tensors; P [N,H]; bs a NumPy array or None."""
-    N, H = P.shape
-    T = len(bs) if bs is not None else N // B
-    name = _cuda.KERNEL_DTYPES[P.dtype]
-    bs_host = None if bs is None else torch.as_tensor(np.asarray(bs, dtype=np.int64))
-    bs_dev = None if bs is None else bs_host.to(P.device)
+    head, tail = _launch_args(P, bs, B)
     h = P.clone() if in_place else _poisoned(P.shape, P.dtype, P.device)
-    hn = _poisoned((B, H), P.dtype, P.device)
-    ws = _workspace(name, B, H, P.device)
-    stream = torch.cuda.current_stream(P.device).cuda_stream
-    _cuda._C_cuda.rnn_forward(
-        name, T, B, H, _addr(bs_host), _addr(bs_dev), reverse, nl,
-        _addr(h if in_place else P), _addr(W), _addr(h0), _addr(h), _addr(hn),
-        _addr(ws), ws.numel(), P.device.index, stream, path,
-    )  # fmt: skip
+    hn = _poisoned((B, P.shape[1]), P.dtype, P.device)
+    src = h if in_place else P
+    ptrs = (_addr(src), _addr(W), _addr(h0), _addr(h), _addr(hn))
+    _cuda._C_cuda.rnn_forward(*head, reverse, nl, *ptrs, *tail, path)
     return h, hn
 
 
 def cuda_backward(W, h, G, dhn, bs, B, reverse, nl, path, in_place=False, want_dh0=True):
-    N, H = h.shape
-    T = len(bs) if bs is not None else N // B
-    name = _cuda.KERNEL_DTYPES[h.dtype]
-    bs_host = None if bs is None else torch.as_tensor(np.asarray(bs, dtype=np.int64))
-    bs_dev = None if bs is None else bs_host.to(h.device)
+    """Run _C_cuda.rnn_backward; dP aliases G when in_place; dh0 is None unless wanted."""
+    head, tail = _launch_args(h, bs, B)
     dP = G.clone() if in_place else _poisoned(h.shape, h.dtype, h.device)
-    dh0 = _poisoned((B, H), h.dtype, h.device) if want_dh0 else None
-    ws = _workspace(name, B, H, h.device)
-    stream = torch.cuda.current_stream(h.device).cuda_stream
-    _cuda._C_cuda.rnn_backward(
-        name, T, B, H, _addr(bs_host), _addr(bs_dev), reverse, nl,
-        _addr(W), _addr(h), _addr(dP if in_place else G), _addr(dhn), _addr(dP), _addr(dh0),
-        _addr(ws), ws.numel(), h.device.index, stream, path,
-    )  # fmt: skip
+    dh0 = _poisoned((B, h.shape[1]), h.dtype, h.device) if want_dh0 else None
+    src = dP if in_place else G
+    ptrs = (_addr(W), _addr(h), _addr(src), _addr(dhn), _addr(dP), _addr(dh0))
+    _cuda._C_cuda.rnn_backward(*head, reverse, nl, *ptrs, *tail, path)
     return dP, dh0
 
 

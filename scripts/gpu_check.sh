@@ -36,8 +36,8 @@ $PY -m pytest -m cuda -q -p no:cacheprovider --junitxml="$OUT/pytest_cuda.xml" |
 
 step "compute-sanitizer"
 for tool in memcheck racecheck synccheck; do
-  if compute-sanitizer --tool "$tool" --error-exitcode 9 --log-file "$OUT/sanitizer_$tool.log" \
-      $PY scripts/cuda_smoke.py; then
+  if timeout "${SANITIZER_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      --log-file "$OUT/sanitizer_$tool.log" $PY scripts/cuda_smoke.py; then
     echo "$tool: clean"
   else
     echo "$tool: FAILED (see $OUT/sanitizer_$tool.log)"; tail -30 "$OUT/sanitizer_$tool.log"; status=1

@@ -1,6 +1,7 @@
 """torch custom ops for one Elman RNN layer in one direction, with autograd and fake kernels.
 
-The two sequential recurrences run in the fused kernels of ``fusedrnn._C``; everything
+The two sequential recurrences run in the fused kernels of ``fusedrnn._C`` (CPU) or
+``fusedrnn._C_cuda`` (CUDA, through ``fusedrnn._cuda``); everything
 else is a single large GEMM or reduction per call, done by torch:
 
     P     = x W_ih^T + b_ih + b_hh                      (one GEMM for all steps)
@@ -10,7 +11,8 @@ else is a single large GEMM or reduction per call, done by torch:
 
 Layout: time-major rows, ``x`` is ``[N, I]``. ``batch_sizes`` is a CPU int64 tensor:
 empty for padded input (``N = T*B`` rows, step ``t`` at rows ``t*B .. t*B+B-1``), or the
-``PackedSequence`` batch sizes ``[T]`` (non-increasing, summing to ``N``).
+``PackedSequence`` batch sizes ``[T]`` (non-increasing, summing to ``N``). It stays a CPU
+tensor for CUDA inputs too, as in PyTorch.
 
 :func:`check_layer_args` is the one place that validates tensors before they reach C++.
 """
@@ -23,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils import _python_dispatch
 
-from . import _C
+from . import _C, _cuda
 
 __all__ = ["check_layer_args", "rnn_layer", "rnn_layer_backward", "rnn_layer_forward"]
 
@@ -82,7 +84,15 @@ def check_layer_args(
         _fail(ValueError, f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
 
     dtype, device = x.dtype, x.device
-    if dtype not in _KERNEL_DTYPES:
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        if dtype not in _cuda.KERNEL_DTYPES:
+            _fail(
+                TypeError,
+                f"{n['x']} must have dtype float32, float64, bfloat16 or float16 on CUDA, "
+                f"got {dtype}",
+            )
+    elif dtype not in _KERNEL_DTYPES:
         _fail(TypeError, f"{n['x']} must have dtype float32 or float64, got {dtype}")
     for name, t in (
         (n["w_ih"], w_ih),
@@ -99,8 +109,14 @@ def check_layer_args(
             _fail(
                 ValueError, f"{name} must be on the device of {n['x']} ({device}), got {t.device}"
             )
-    if device.type != "cpu":
-        _fail(ValueError, f"{n['x']} must be a CPU tensor, got device {device}")
+    if device.type not in ("cpu", "cuda"):
+        _fail(ValueError, f"{n['x']} must be a CPU or CUDA tensor, got device {device}")
+    if on_cuda and not _cuda.available():
+        _fail(
+            RuntimeError,
+            f"{n['x']} is a CUDA tensor but fusedrnn was built without its CUDA kernels "
+            "(reinstall with nvcc on the PATH and FUSEDRNN_CUDA=ON)",
+        )
 
     if x.dim() != 2:
         _fail(ValueError, f"{n['x']} must be 2-D [N, I], got shape {tuple(x.shape)}")
@@ -179,6 +195,9 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
     # P = x W_ih^T + b: a fresh contiguous [N, H]; the kernel overwrites it with h in place.
     P = torch.addmm(bias, x, w_ih.t()) if bias is not None else torch.mm(x, w_ih.t())
     hn = torch.empty_like(h0)
+    if x.is_cuda:
+        _cuda.rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, P, hn)
+        return P, hn
     _C.rnn_forward(
         _KERNEL_DTYPES[x.dtype],
         T,
@@ -244,6 +263,10 @@ def _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
     w_hh, h, grad_h, grad_hn = (t.contiguous() for t in (w_hh, h, grad_h, grad_hn))
     dP = torch.empty_like(h)
     dh0 = torch.empty_like(grad_hn)
+    if h.is_cuda:
+        args = (w_hh, h, grad_h, grad_hn, dP, dh0)
+        _cuda.rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, *args)
+        return dP, dh0
     _C.rnn_backward(
         _KERNEL_DTYPES[h.dtype],
         T,

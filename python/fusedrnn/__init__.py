@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch  # loads torch's shared libraries before the extension
 
-from . import _C, ops, reference
+from . import _C, _cuda, ops, reference
 from .modules import RNN, RNNCell
 
 __version__ = "0.1.0"
@@ -19,6 +19,7 @@ def info() -> dict:
         "torch": torch.__version__,
         "cpu_isa": _C.cpu_isa(),
         "threads": torch.get_num_threads(),
-        "cuda_kernels_built": False,
+        "cuda_kernels_built": _cuda.available(),
+        "cuda_archs": _cuda.built_archs(),
         "cuda_available": torch.cuda.is_available(),
     }

@@ -227,7 +227,7 @@ class RNN(nn.RNNBase):
             outputs = []
             for direction in range(num_directions):
                 w_ih, w_hh, b_ih, b_hh = self._layer_weights(layer, direction)
-                h, hn = ops.rnn_layer_forward(
+                h, hn = ops.rnn_layer(
                     layer_input,
                     w_ih,
                     w_hh,
@@ -346,7 +346,7 @@ class RNNCell(nn.RNNCell):
         self.check_forward_args(input, hx)
 
         # One step of the layer op: the padded layout with T = 1 is the [B, I] input itself.
-        h, _ = ops.rnn_layer_forward(
+        h, _ = ops.rnn_layer(
             input,
             self.weight_ih,
             self.weight_hh,

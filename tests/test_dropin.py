@@ -11,6 +11,7 @@ import copy
 import pickle
 import socket
 import time
+import zlib
 from datetime import timedelta
 
 import pytest
@@ -92,7 +93,7 @@ def test_rnn_matches_nn_rnn(
 ):
     T, B, I, H = 5, 4, 3, 4
     key = (num_layers, bidirectional, batch_first, bias, nonlinearity, with_hx, layout)
-    seed = hash(key) % 2**31
+    seed = zlib.crc32(repr(key).encode())  # fresh data per case, the same every run
     ref, ours = _rnn_pair(
         dtype,
         seed,

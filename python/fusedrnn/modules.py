@@ -54,6 +54,30 @@ def _check_hidden_matches(input: Tensor, hx: Tensor) -> None:
         raise RuntimeError(f"hx dtype ({hx.dtype}) does not match input dtype ({input.dtype})")
 
 
+# Constructor arguments in positional order, read back from a module's attributes.
+_RNN_ARGS = (
+    "input_size",
+    "hidden_size",
+    "num_layers",
+    "nonlinearity",
+    "bias",
+    "batch_first",
+    "dropout",
+    "bidirectional",
+)
+_CELL_ARGS = ("input_size", "hidden_size", "bias", "nonlinearity")
+
+
+def _rebuild(cls: type[nn.Module], source: nn.Module, arg_names: tuple[str, ...]):
+    """A ``cls`` built with ``source``'s arguments, device and dtype, weights and mode."""
+    weight = source.weight_hh if isinstance(source, nn.RNNCellBase) else source.weight_hh_l0
+    module = cls(
+        *(getattr(source, name) for name in arg_names), device=weight.device, dtype=weight.dtype
+    )
+    module.load_state_dict(source.state_dict())
+    return module.train(source.training)
+
+
 class RNN(nn.RNNBase):
     r"""Multi-layer Elman RNN with ``tanh`` or ``relu``, computed by fused kernels.
 
@@ -88,41 +112,11 @@ class RNN(nn.RNNBase):
         """A ``fusedrnn.RNN`` with the configuration and the weights of ``module``."""
         if not isinstance(module, nn.RNN):
             raise TypeError(f"module must be a torch.nn.RNN, got {type(module).__name__}")
-        weight = module.weight_ih_l0
-        new = cls(
-            module.input_size,
-            module.hidden_size,
-            module.num_layers,
-            module.nonlinearity,
-            module.bias,
-            module.batch_first,
-            module.dropout,
-            module.bidirectional,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        new.load_state_dict(module.state_dict())
-        new.train(module.training)
-        return new
+        return _rebuild(cls, module, _RNN_ARGS)
 
     def to_torch(self) -> nn.RNN:
         """A ``torch.nn.RNN`` with the configuration and the weights of this module."""
-        weight = self.weight_ih_l0
-        module = nn.RNN(
-            self.input_size,
-            self.hidden_size,
-            self.num_layers,
-            self.nonlinearity,
-            self.bias,
-            self.batch_first,
-            self.dropout,
-            self.bidirectional,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        module.load_state_dict(self.state_dict())
-        module.train(self.training)
-        return module
+        return _rebuild(nn.RNN, self, _RNN_ARGS)
 
     def _layer_weights(self, layer: int, direction: int):
         # By name at every call, never through the base class's _flat_weights cache: what
@@ -140,7 +134,7 @@ class RNN(nn.RNNBase):
         return w_ih, w_hh, None, None
 
     def _check_forward_args(
-        self, input: Tensor, hx: Tensor, batch_sizes: Tensor | None, max_batch_size
+        self, input: Tensor, hx: Tensor, batch_sizes: Tensor | None, max_batch_size: int
     ) -> None:
         """``torch.nn.RNN``'s checks, with its messages and exception types.
 
@@ -276,33 +270,11 @@ class RNNCell(nn.RNNCell):
         """A ``fusedrnn.RNNCell`` with the configuration and the weights of ``module``."""
         if not isinstance(module, nn.RNNCell):
             raise TypeError(f"module must be a torch.nn.RNNCell, got {type(module).__name__}")
-        weight = module.weight_ih
-        new = cls(
-            module.input_size,
-            module.hidden_size,
-            module.bias,
-            module.nonlinearity,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        new.load_state_dict(module.state_dict())
-        new.train(module.training)
-        return new
+        return _rebuild(cls, module, _CELL_ARGS)
 
     def to_torch(self) -> nn.RNNCell:
         """A ``torch.nn.RNNCell`` with the configuration and the weights of this module."""
-        weight = self.weight_ih
-        module = nn.RNNCell(
-            self.input_size,
-            self.hidden_size,
-            self.bias,
-            self.nonlinearity,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        module.load_state_dict(self.state_dict())
-        module.train(self.training)
-        return module
+        return _rebuild(nn.RNNCell, self, _CELL_ARGS)
 
     def check_forward_args(self, input: Tensor, hx: Tensor) -> None:
         """``torch.nn.RNNCell``'s checks on batched input, with its messages and types."""

@@ -24,6 +24,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import fusedrnn
 
 f32, f64 = torch.float32, torch.float64
+_META = torch.device("meta")
 TOL = {f32: dict(rtol=1e-5, atol=1e-6), f64: dict(rtol=1e-12, atol=1e-13)}
 
 
@@ -210,6 +211,18 @@ def test_rnn_empty_batch_like_nn_rnn():
     assert all(torch.count_nonzero(g) == 0 for g in grads[1:])
 
 
+def test_meta_device_gives_nn_rnn_shapes():
+    """On the meta device (shapes only) the modules run their ops' fake kernels."""
+    x, hx = torch.randn(5, 2, 3, device=_META), torch.randn(4, 2, 4, device=_META)
+    for args in ((x,), (x, hx)):
+        want = nn.RNN(3, 4, 2, bidirectional=True, device=_META)(*args)
+        got = fusedrnn.RNN(3, 4, 2, bidirectional=True, device=_META)(*args)
+        for g, w in zip(got, want, strict=True):
+            assert g.device == w.device and g.shape == w.shape and g.dtype == w.dtype
+    cell_x = torch.randn(2, 3, device=_META)
+    assert fusedrnn.RNNCell(3, 4, device=_META)(cell_x).shape == (2, 4)
+
+
 # -- constructor, parameters, state and conversions -------------------------------------
 
 
@@ -340,7 +353,6 @@ def test_dropout_warning_matches_nn_rnn():
 
 # -- errors in forward: the exception type nn.RNN raises, with a message naming the fault --
 
-_META = torch.device("meta")
 RNN_BAD_CALLS = {
     "input_size": ((torch.randn(5, 2, 2),), "input.size\\(-1\\) must be equal to input_size"),
     "hx_shape": (

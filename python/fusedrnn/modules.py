@@ -38,7 +38,11 @@ _NO_BATCH_SIZES = torch.empty(0, dtype=torch.int64)
 def _autocast_dtype(input: Tensor) -> torch.dtype | None:
     """The dtype autocast gives an RNN's results on ``input``; None where it does not apply."""
     device_type = input.device.type
-    if input.dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
+    if (
+        input.dtype == torch.float64
+        or not torch.amp.is_autocast_available(device_type)  # e.g. meta
+        or not torch.is_autocast_enabled(device_type)
+    ):
         return None
     return torch.get_autocast_dtype(device_type)
 

@@ -116,7 +116,9 @@ def check_layer_args(
             _fail(
                 ValueError, f"{name} must be on the device of {n['x']} ({device}), got {t.device}"
             )
-    if device.type not in ("cpu", "cuda"):
+    # Meta tensors carry shapes only; the fake kernels (check_values=False) serve them, as
+    # torch.nn.RNN runs on the meta device.
+    if device.type not in ("cpu", "cuda") and (check_values or device.type != "meta"):
         _fail(ValueError, f"{n['x']} must be a CPU or CUDA tensor, got device {device}")
     if on_cuda and not _cuda.available():
         _fail(
@@ -467,9 +469,10 @@ class _EagerLayer(torch.autograd.Function):
 
 def _plain_eager(x: Tensor) -> bool:
     """True when nothing needs the registered op: no compiler, export, autocast, functorch
-    transform, dispatch mode or tensor subclass is in play."""
+    transform, dispatch mode, tensor subclass or meta tensor is in play."""
     return (
         type(x) is Tensor
+        and not x.is_meta
         and not torch.compiler.is_compiling()
         and not torch._C._is_any_autocast_enabled()
         and not torch._C._are_functorch_transforms_active()

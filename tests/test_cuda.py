@@ -6,6 +6,10 @@ persistent one and the per-step fallback), poison every output and the workspace
 NaN first, and compare with the float64 NumPy reference run on the same (rounded) inputs.
 """
 
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -255,6 +259,68 @@ def test_non_default_stream(path):
     side.synchronize()
     assert rel_error(_np(h), want_h) <= 1e-5 and rel_error(_np(hn), want_hn) <= 1e-5
     assert rel_error(_np(dP), want_dP) <= 1e-5 and rel_error(_np(dh0), want_dh0) <= 1e-5
+
+
+def test_threads_with_different_shared_memory_sizes():
+    """Concurrent calls whose persistent launches need different shared memory (the kernel's
+    max-dynamic-shared-memory attribute is set once per device, not per call)."""
+    problems = [_problem(20, B, 512, None, torch.float32, ("threads", B)) for B in (1, 64)]
+    wants = [_reference(p, False, "tanh")[:2] for p in problems]
+    sizes = {_plan(512, B=p["B"])["smem_bytes"] for p in problems}
+    assert len(sizes) == 2, sizes
+    errors = []
+    torch.cuda.synchronize()  # the inputs were made on the default stream
+
+    def work(p, want):
+        try:
+            with torch.cuda.stream(torch.cuda.Stream()):
+                for _ in range(20):
+                    h, hn = cuda_forward(
+                        p["P"], p["W"], p["h0"], None, p["B"], False, "tanh", "persistent"
+                    )
+                torch.cuda.current_stream().synchronize()
+            assert rel_error(_np(h), want[0]) <= 1e-5 and rel_error(_np(hn), want[1]) <= 1e-5
+        except Exception as e:  # reported in the main thread
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=work, args=pw)
+        for pw in zip(problems, wants, strict=True)
+        for _ in (0, 1)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+_NO_CONTEXT_ON_DEVICE_0 = """
+import threading, torch
+from fusedrnn import _cuda
+d = torch.device("cuda", 1)
+T, B, H = 3, 2, 8
+P, W, h, h0, hn = (torch.randn(n, H, device=d) for n in (T * B, H, T * B, B, B))
+ws = torch.empty(_cuda._C_cuda.workspace_bytes("float32", B, H), dtype=torch.uint8, device=d)
+stream = torch.cuda.current_stream(d).cuda_stream
+torch.cuda.synchronize(d)
+assert not torch._C._cuda_hasPrimaryContext(0), "the test setup made a context on device 0"
+args = ("float32", T, B, H, 0, 0, False, "tanh", P.data_ptr(), W.data_ptr(), h0.data_ptr(),
+        h.data_ptr(), hn.data_ptr(), ws.data_ptr(), ws.numel(), 1, stream, "auto")
+# A fresh thread: nothing is current, and cudaGetDevice says 0.
+t = threading.Thread(target=lambda: _cuda._C_cuda.rnn_forward(*args))
+t.start()
+t.join()
+torch.cuda.synchronize(d)
+assert torch.isfinite(hn).all()
+assert not torch._C._cuda_hasPrimaryContext(0), "a call on device 1 made a context on device 0"
+"""
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
+def test_call_on_second_device_from_fresh_thread_makes_no_context_on_device_0():
+    """The device guard does not 'restore' device 0 for a thread that had no context."""
+    subprocess.run([sys.executable, "-c", _NO_CONTEXT_ON_DEVICE_0], check=True, timeout=300)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")

@@ -165,7 +165,10 @@ def test_cuda_kernels_were_built():
     info = fusedrnn.info()
     assert info["cuda_kernels_built"], "fusedrnn._C_cuda is missing"
     assert info["cuda_archs"]
-    assert _cuda._C_cuda.driver_version() >= _cuda._C_cuda.runtime_version()
+    assert info["cuda_runtime_built"] and info["cuda_driver_supports"], info
+    runtime, driver = _cuda._C_cuda.runtime_version(), _cuda._C_cuda.driver_version()
+    assert _cuda._driver_problem(runtime, driver) is None
+    _cuda.check_driver()
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -366,9 +369,15 @@ def test_gradcheck_float64(lengths, reverse, nl, path, monkeypatch):
     assert torch.autograd.gradcheck(fn, tuple(tensors))
 
 
+@pytest.mark.parametrize("path", ["auto", "stepwise"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("lengths", [None, [5, 3, 1]], ids=["padded", "packed"])
-def test_cuda_matches_cpu(lengths, dtype):
+@pytest.mark.parametrize(
+    "lengths", [None, [5, 3, 1], [5, 5, 5]], ids=["padded", "packed", "packed-equal"]
+)
+def test_cuda_matches_cpu(lengths, dtype, path, monkeypatch):
+    """Through the ops: batch_sizes copied to the device only for the persistent kernel, and
+    packed input whose batch never shrinks passed as padded."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
     cpu = _layer_inputs("cpu", dtype, lengths)
     gpu = _layer_inputs("cuda", dtype, lengths)
     outs = []

@@ -5,8 +5,11 @@
 // packed layout, walking order, aliasing, nullptr meanings), on device pointers:
 //   - every tensor pointer is device memory on `device`, row-major and contiguous;
 //   - s.batch_sizes is HOST memory [T] (sizing, launch planning) and batch_sizes_dev is the
-//     same values in DEVICE memory [T] (read by the persistent kernel); both nullptr means
-//     padded input (every step has all B rows);
+//     same values in DEVICE memory [T] (read by the persistent kernel only); both nullptr
+//     means padded input (every step has all B rows). batch_sizes_dev may be nullptr with
+//     packed input: then kAuto runs the per-step kernel and kPersistent is refused, so a
+//     caller copies batch_sizes to the device only when rnn_cuda_plan picks the persistent
+//     kernel;
 //   - the work is enqueued on `stream` (a cudaStream_t; nullptr is the legacy default
 //     stream) and runs asynchronously: the caller keeps every buffer alive until it is done;
 //   - T, B, H >= 1 and every size, dtype, device and alignment was checked by the caller

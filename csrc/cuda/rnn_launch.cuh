@@ -128,16 +128,20 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
   p.barrier = static_cast<unsigned long long*>(c.workspace);
   p.state = reinterpret_cast<acc_t*>(static_cast<unsigned char*>(c.workspace) + kBarrierBytes);
 
-  const CudaPlan plan = plan_for_kernel<scalar_t, BWD, ACT>(s.B, s.H, dev, c.path);
+  // Only the persistent kernel reads batch_sizes on the device; the caller copies them only
+  // when this plan picks it, and packed input without the device copy runs per step.
+  const bool no_device_sizes = s.batch_sizes && !c.batch_sizes_dev;
+  if (no_device_sizes && c.path == CudaPath::kPersistent) {
+    throw std::invalid_argument(
+        "fusedrnn CUDA: the persistent kernel needs packed batch_sizes in device memory too");
+  }
+  const CudaPath requested = no_device_sizes ? CudaPath::kStepwise : c.path;
+  const CudaPlan plan = plan_for_kernel<scalar_t, BWD, ACT>(s.B, s.H, dev, requested);
   if (c.path == CudaPath::kPersistent && plan.path != CudaPath::kPersistent) {
     throw std::runtime_error("fusedrnn CUDA: the persistent kernel was requested but cannot run: " +
                              plan.reason);
   }
   if (plan.path == CudaPath::kPersistent) {
-    if (s.batch_sizes && !c.batch_sizes_dev) {
-      throw std::invalid_argument(
-          "fusedrnn CUDA: packed input needs batch_sizes in device memory as well");
-    }
     p.batch_sizes = s.batch_sizes ? c.batch_sizes_dev : nullptr;
     check_cuda(cudaMemsetAsync(p.barrier, 0, sizeof(unsigned long long), c.stream),
                "cudaMemsetAsync(barrier counter)");

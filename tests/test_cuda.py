@@ -241,6 +241,71 @@ def test_boundary_between_persistent_and_stepwise():
         _check(p, torch.float32, False, "tanh", "auto")
 
 
+# Shapes whose persistent plan stages the batch in several passes per step (rows_per_pass <
+# B). With plan_for_kernel's arithmetic on an H100 (132 SMs, 227 KiB opt-in shared memory):
+# H=2048 float32 -> 16 units per CTA, a 128 KiB W_hh slice, one 8-row tile fits: B=20 takes
+# passes of 8, 8, 4 rows. H=1024 float64 -> 8 units, a 64 KiB slice, two tiles: B=40 takes
+# passes of 16, 16, 8. (A100: 2048 float32 does not fit at all, 1024 float64 takes 8 rows.)
+MULTIPASS = [(2048, torch.float32, 20), (1024, torch.float64, 40)]
+
+
+def _multipass_batch(H, dtype, B):
+    """B, or a larger batch where this GPU stages rows in several passes; None when the
+    persistent kernel does not fit at this H on this GPU."""
+    name = _cuda.KERNEL_DTYPES[dtype]
+    plans = [_plan(H, B=B, dtype=name, backward=bwd) for bwd in (False, True)]
+    if any(p["path"] != "persistent" for p in plans):
+        return None
+    if all(p["rows_per_pass"] < B for p in plans):
+        return B
+    cap = max(_plan(H, B=1 << 14, dtype=name, backward=bwd)["rows_per_pass"] for bwd in (0, 1))
+    return cap + cap // 2 + 3  # several passes, the last one a partial row tile
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("case", MULTIPASS, ids=lambda c: f"H{c[0]}-{c[1]}-B{c[2]}")
+def test_persistent_kernel_multipass(case, packed, reverse):
+    """Batches larger than the rows one pass stages: forward and BPTT against the reference."""
+    H, dtype, B0 = case
+    B = _multipass_batch(H, dtype, B0)
+    if B is None:
+        pytest.skip(f"the persistent kernel does not fit H={H} {dtype} on this GPU")
+    for bwd in (False, True):
+        plan = _plan(H, B=B, dtype=_cuda.KERNEL_DTYPES[dtype], backward=bwd)
+        assert plan["path"] == "persistent" and 0 < plan["rows_per_pass"] < B, plan
+    T = 7
+    # Packed: lengths 1..T, so the active rows shrink through and below one pass.
+    lengths = [T] + [1 + (5 * i) % T for i in range(1, B)] if packed else None
+    p = _problem(T, B, H, lengths, dtype, ("multipass", H, B, packed, reverse))
+    _check(p, dtype, reverse, "tanh", "persistent")
+
+
+@pytest.mark.parametrize("path", ["auto", "persistent"])
+def test_packed_without_device_batch_sizes(path):
+    """Packed input with no device copy of batch_sizes: auto runs the per-step kernel (which
+    does not need it), a forced persistent kernel is refused."""
+    T, B, H, lengths = SHAPES[7]
+    p = _problem(T, B, H, lengths, torch.float32, "no device batch sizes")
+    assert _plan(H, B=B)["path"] == "persistent"
+    bs_host = torch.as_tensor(p["bs"])
+    ws = _workspace("float32", B, H, p["P"].device)
+    stream = torch.cuda.current_stream().cuda_stream
+    h = _poisoned(p["P"].shape, torch.float32, p["P"].device)
+    hn = _poisoned((B, H), torch.float32, p["P"].device)
+    head = ("float32", T, B, H, bs_host.data_ptr(), 0, False, "tanh")
+    ptrs = (p["P"].data_ptr(), p["W"].data_ptr(), p["h0"].data_ptr(), h.data_ptr(), hn.data_ptr())
+    tail = (ws.data_ptr(), ws.numel(), p["P"].device.index, stream, path)
+    if path == "persistent":
+        with pytest.raises(ValueError, match="needs packed batch_sizes in device memory"):
+            _cuda._C_cuda.rnn_forward(*head, *ptrs, *tail)
+        return
+    _cuda._C_cuda.rnn_forward(*head, *ptrs, *tail)
+    want_h, want_hn, _, _ = _reference(p, False, "tanh")
+    torch.cuda.synchronize()
+    assert rel_error(_np(h), want_h) <= 1e-5 and rel_error(_np(hn), want_hn) <= 1e-5
+
+
 def test_persistent_kernel_refuses_when_it_cannot_fit():
     p = _problem(2, 2, 4096, None, torch.float64, "too big")
     assert _plan(4096, B=2, dtype="float64")["path"] == "stepwise"

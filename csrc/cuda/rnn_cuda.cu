@@ -50,8 +50,8 @@ Fn driver_entry_point(const char* symbol) {
   void* fn = nullptr;
   cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
   // 12000: the ABI version of the typedefs above (unchanged since CUDA 4.0-7.0).
-  const cudaError_t err = cudaGetDriverEntryPointByVersion(symbol, &fn, 12000, cudaEnableDefault,
-                                                           &found);
+  const cudaError_t err =
+      cudaGetDriverEntryPointByVersion(symbol, &fn, 12000, cudaEnableDefault, &found);
   if (err != cudaSuccess || found != cudaDriverEntryPointSuccess) {
     (void)cudaGetLastError();  // do not leave the failure for a later launch check to report
     return nullptr;

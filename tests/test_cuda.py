@@ -258,7 +258,9 @@ def _multipass_batch(H, dtype, B):
         return None
     if all(p["rows_per_pass"] < B for p in plans):
         return B
-    cap = max(_plan(H, B=1 << 14, dtype=name, backward=bwd)["rows_per_pass"] for bwd in (0, 1))
+    cap = max(
+        _plan(H, B=1 << 14, dtype=name, backward=bwd)["rows_per_pass"] for bwd in (False, True)
+    )
     return cap + cap // 2 + 3  # several passes, the last one a partial row tile
 
 

@@ -8,6 +8,13 @@ precomputed P: the per-step latency of the persistent kernel).
     python3 scripts/bench_cuda.py --out OUT_DIR [--full]
 
 Writes OUT_DIR/bench_cuda.json and OUT_DIR/bench_cuda.md; prints the table.
+
+    python3 scripts/bench_cuda.py --out OUT_DIR --paths
+
+times the forward and backward recurrences alone with each kernel forced through
+FUSEDRNN_CUDA_PATH (persistent, stepwise) over a B x H grid, next to the kernel `auto`
+picks and the passes per step the persistent kernel needs at that B: the data to set the
+boundary in plan_for_kernel (docs/cuda_kernels.md). Writes OUT_DIR/bench_paths.{json,md}.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
+import os
 import statistics
 from pathlib import Path
 
@@ -90,12 +99,118 @@ def bench_row(precision, B, H, T):
     return row
 
 
+PATHS_GRID = dict(B=[1, 8, 16, 32, 64, 128, 256, 512], H=[256, 512, 1024, 1536, 2048], T=[100])
+
+
+def recurrence_ms(path, dtype, B, H, T, backward) -> float | None:
+    """Median ms of one recurrence (forward or BPTT) with FUSEDRNN_CUDA_PATH=path; None
+    when that kernel cannot run this size (the persistent one does not fit)."""
+    os.environ["FUSEDRNN_CUDA_PATH"] = path
+    torch.manual_seed(0)
+    N = T * B
+    k = H**-0.5
+    w_hh = (torch.rand(H, H, device="cuda") * 2 * k - k).to(dtype)
+    h0 = torch.randn(B, H, device="cuda", dtype=dtype)
+    P = torch.randn(N, H, device="cuda", dtype=dtype)
+    no_bs = torch.empty(0, dtype=torch.int64)
+    out, hn = torch.empty_like(P), torch.empty_like(h0)
+    if backward:
+        h = torch.tanh(P)
+        G, dhn, dP, dh0 = torch.randn_like(P), torch.randn_like(h0), torch.empty_like(P), h0 * 0
+
+        def fn():
+            _cuda.rnn_backward(T, B, H, no_bs, False, "tanh", w_hh, h, G, dhn, dP, dh0)
+    else:
+
+        def fn():
+            _cuda.rnn_forward(T, B, H, no_bs, False, "tanh", P, w_hh, h0, out, hn)
+
+    try:
+        return time_ms(fn)
+    except RuntimeError as e:
+        if "persistent kernel was requested but cannot run" in str(e):
+            return None
+        raise
+
+
+def bench_paths(args) -> None:
+    """Persistent vs per-step recurrence kernels, both forced, per (B, H)."""
+    saved = os.environ.get("FUSEDRNN_CUDA_PATH")
+    rows = []
+    print(
+        f"{'prec':6} {'B':>4} {'H':>5} {'auto':>10} {'rows/pass':>9} {'passes':>6} "
+        f"{'fwd pers/step us/step':>22} {'bwd pers/step us/step':>22}"
+    )
+    try:
+        for precision in args.precisions.split(","):
+            dtype, tf32 = PRECISIONS[precision]
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            name = _cuda.KERNEL_DTYPES[dtype]
+            for B, H, T in itertools.product(PATHS_GRID["B"], PATHS_GRID["H"], PATHS_GRID["T"]):
+                plan = _cuda._C_cuda.plan(name, B, H, "tanh", False, torch.cuda.current_device())
+                rpp = plan["rows_per_pass"]
+                row = dict(precision=precision, B=B, H=H, T=T, auto=plan["path"])
+                row.update(rows_per_pass=rpp, passes=math.ceil(B / rpp) if rpp else None)
+                for path in ("persistent", "stepwise"):
+                    for mode, bwd in (("fwd", False), ("bwd", True)):
+                        ms = recurrence_ms(path, dtype, B, H, T, bwd)
+                        row[f"{path}_{mode}_us_per_step"] = None if ms is None else 1e3 * ms / T
+                rows.append(row)
+
+                def us(v):
+                    return f"{v:9.2f}" if v is not None else f"{'-':>9}"
+
+                print(
+                    f"{precision:6} {B:>4} {H:>5} {row['auto']:>10} {rpp:>9} "
+                    f"{row['passes'] or '-':>6} "
+                    f"{us(row['persistent_fwd_us_per_step'])} / "
+                    f"{us(row['stepwise_fwd_us_per_step'])} "
+                    f"{us(row['persistent_bwd_us_per_step'])} / "
+                    f"{us(row['stepwise_bwd_us_per_step'])}",
+                    flush=True,
+                )
+    finally:
+        if saved is None:
+            os.environ.pop("FUSEDRNN_CUDA_PATH", None)
+        else:
+            os.environ["FUSEDRNN_CUDA_PATH"] = saved
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, grid=PATHS_GRID)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_paths.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    cols = [f"{p}_{m}_us_per_step" for m in ("fwd", "bwd") for p in ("persistent", "stepwise")]
+    lines = [
+        f"Device: {meta['device']}, torch {meta['torch']}; recurrence only, tanh, T = "
+        f"{PATHS_GRID['T'][0]}, microseconds per step (- : does not fit)",
+        "",
+        "| precision | B | H | auto | rows/pass | passes | fwd persistent | fwd stepwise "
+        "| bwd persistent | bwd stepwise |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = " | ".join("-" if r[c] is None else f"{r[c]:.2f}" for c in cols)
+        lines.append(
+            f"| {r['precision']} | {r['B']} | {r['H']} | {r['auto']} | {r['rows_per_pass']} "
+            f"| {r['passes'] or '-'} | {cells} |"
+        )
+    (args.out / "bench_paths.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--full", action="store_true", help="the full grid of the issue")
-    parser.add_argument("--precisions", default="fp32,fp32-tf32,bf16,fp16")
+    parser.add_argument("--precisions", default=None, help="default: all (--paths: fp32)")
+    parser.add_argument(
+        "--paths",
+        action="store_true",
+        help="persistent vs per-step recurrence kernels over a B x H grid (bench_paths.*)",
+    )
     args = parser.parse_args()
+    if args.precisions is None:
+        args.precisions = "fp32" if args.paths else "fp32,fp32-tf32,bf16,fp16"
+    if args.paths:
+        bench_paths(args)
+        return
     grid = FULL if args.full else QUICK
     rows = []
     header = (

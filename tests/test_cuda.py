@@ -6,6 +6,10 @@ persistent one and the per-step fallback), poison every output and the workspace
 NaN first, and compare with the float64 NumPy reference run on the same (rounded) inputs.
 """
 
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -161,7 +165,10 @@ def test_cuda_kernels_were_built():
     info = fusedrnn.info()
     assert info["cuda_kernels_built"], "fusedrnn._C_cuda is missing"
     assert info["cuda_archs"]
-    assert _cuda._C_cuda.driver_version() >= _cuda._C_cuda.runtime_version()
+    assert info["cuda_runtime_built"] and info["cuda_driver_supports"], info
+    runtime, driver = _cuda._C_cuda.runtime_version(), _cuda._C_cuda.driver_version()
+    assert _cuda._driver_problem(runtime, driver) is None
+    _cuda.check_driver()
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -234,6 +241,73 @@ def test_boundary_between_persistent_and_stepwise():
         _check(p, torch.float32, False, "tanh", "auto")
 
 
+# Shapes whose persistent plan stages the batch in several passes per step (rows_per_pass <
+# B). With plan_for_kernel's arithmetic on an H100 (132 SMs, 227 KiB opt-in shared memory):
+# H=2048 float32 -> 16 units per CTA, a 128 KiB W_hh slice, one 8-row tile fits: B=20 takes
+# passes of 8, 8, 4 rows. H=1024 float64 -> 8 units, a 64 KiB slice, two tiles: B=40 takes
+# passes of 16, 16, 8. (A100: 2048 float32 does not fit at all, 1024 float64 takes 8 rows.)
+MULTIPASS = [(2048, torch.float32, 20), (1024, torch.float64, 40)]
+
+
+def _multipass_batch(H, dtype, B):
+    """B, or a larger batch where this GPU stages rows in several passes; None when the
+    persistent kernel does not fit at this H on this GPU."""
+    name = _cuda.KERNEL_DTYPES[dtype]
+    plans = [_plan(H, B=B, dtype=name, backward=bwd) for bwd in (False, True)]
+    if any(p["path"] != "persistent" for p in plans):
+        return None
+    if all(p["rows_per_pass"] < B for p in plans):
+        return B
+    cap = max(
+        _plan(H, B=1 << 14, dtype=name, backward=bwd)["rows_per_pass"] for bwd in (False, True)
+    )
+    return cap + cap // 2 + 3  # several passes, the last one a partial row tile
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("case", MULTIPASS, ids=lambda c: f"H{c[0]}-{c[1]}-B{c[2]}")
+def test_persistent_kernel_multipass(case, packed, reverse):
+    """Batches larger than the rows one pass stages: forward and BPTT against the reference."""
+    H, dtype, B0 = case
+    B = _multipass_batch(H, dtype, B0)
+    if B is None:
+        pytest.skip(f"the persistent kernel does not fit H={H} {dtype} on this GPU")
+    for bwd in (False, True):
+        plan = _plan(H, B=B, dtype=_cuda.KERNEL_DTYPES[dtype], backward=bwd)
+        assert plan["path"] == "persistent" and 0 < plan["rows_per_pass"] < B, plan
+    T = 7
+    # Packed: lengths 1..T, so the active rows shrink through and below one pass.
+    lengths = [T] + [1 + (5 * i) % T for i in range(1, B)] if packed else None
+    p = _problem(T, B, H, lengths, dtype, ("multipass", H, B, packed, reverse))
+    _check(p, dtype, reverse, "tanh", "persistent")
+
+
+@pytest.mark.parametrize("path", ["auto", "persistent"])
+def test_packed_without_device_batch_sizes(path):
+    """Packed input with no device copy of batch_sizes: auto runs the per-step kernel (which
+    does not need it), a forced persistent kernel is refused."""
+    T, B, H, lengths = SHAPES[7]
+    p = _problem(T, B, H, lengths, torch.float32, "no device batch sizes")
+    assert _plan(H, B=B)["path"] == "persistent"
+    bs_host = torch.as_tensor(p["bs"])
+    ws = _workspace("float32", B, H, p["P"].device)
+    stream = torch.cuda.current_stream().cuda_stream
+    h = _poisoned(p["P"].shape, torch.float32, p["P"].device)
+    hn = _poisoned((B, H), torch.float32, p["P"].device)
+    head = ("float32", T, B, H, bs_host.data_ptr(), 0, False, "tanh")
+    ptrs = (p["P"].data_ptr(), p["W"].data_ptr(), p["h0"].data_ptr(), h.data_ptr(), hn.data_ptr())
+    tail = (ws.data_ptr(), ws.numel(), p["P"].device.index, stream, path)
+    if path == "persistent":
+        with pytest.raises(ValueError, match="needs packed batch_sizes in device memory"):
+            _cuda._C_cuda.rnn_forward(*head, *ptrs, *tail)
+        return
+    _cuda._C_cuda.rnn_forward(*head, *ptrs, *tail)
+    want_h, want_hn, _, _ = _reference(p, False, "tanh")
+    torch.cuda.synchronize()
+    assert rel_error(_np(h), want_h) <= 1e-5 and rel_error(_np(hn), want_hn) <= 1e-5
+
+
 def test_persistent_kernel_refuses_when_it_cannot_fit():
     p = _problem(2, 2, 4096, None, torch.float64, "too big")
     assert _plan(4096, B=2, dtype="float64")["path"] == "stepwise"
@@ -255,6 +329,68 @@ def test_non_default_stream(path):
     side.synchronize()
     assert rel_error(_np(h), want_h) <= 1e-5 and rel_error(_np(hn), want_hn) <= 1e-5
     assert rel_error(_np(dP), want_dP) <= 1e-5 and rel_error(_np(dh0), want_dh0) <= 1e-5
+
+
+def test_threads_with_different_shared_memory_sizes():
+    """Concurrent calls whose persistent launches need different shared memory (the kernel's
+    max-dynamic-shared-memory attribute is set once per device, not per call)."""
+    problems = [_problem(20, B, 512, None, torch.float32, ("threads", B)) for B in (1, 64)]
+    wants = [_reference(p, False, "tanh")[:2] for p in problems]
+    sizes = {_plan(512, B=p["B"])["smem_bytes"] for p in problems}
+    assert len(sizes) == 2, sizes
+    errors = []
+    torch.cuda.synchronize()  # the inputs were made on the default stream
+
+    def work(p, want):
+        try:
+            with torch.cuda.stream(torch.cuda.Stream()):
+                for _ in range(20):
+                    h, hn = cuda_forward(
+                        p["P"], p["W"], p["h0"], None, p["B"], False, "tanh", "persistent"
+                    )
+                torch.cuda.current_stream().synchronize()
+            assert rel_error(_np(h), want[0]) <= 1e-5 and rel_error(_np(hn), want[1]) <= 1e-5
+        except Exception as e:  # reported in the main thread
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=work, args=pw)
+        for pw in zip(problems, wants, strict=True)
+        for _ in (0, 1)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+_NO_CONTEXT_ON_DEVICE_0 = """
+import threading, torch
+from fusedrnn import _cuda
+d = torch.device("cuda", 1)
+T, B, H = 3, 2, 8
+P, W, h, h0, hn = (torch.randn(n, H, device=d) for n in (T * B, H, T * B, B, B))
+ws = torch.empty(_cuda._C_cuda.workspace_bytes("float32", B, H), dtype=torch.uint8, device=d)
+stream = torch.cuda.current_stream(d).cuda_stream
+torch.cuda.synchronize(d)
+assert not torch._C._cuda_hasPrimaryContext(0), "the test setup made a context on device 0"
+args = ("float32", T, B, H, 0, 0, False, "tanh", P.data_ptr(), W.data_ptr(), h0.data_ptr(),
+        h.data_ptr(), hn.data_ptr(), ws.data_ptr(), ws.numel(), 1, stream, "auto")
+# A fresh thread: nothing is current, and cudaGetDevice says 0.
+t = threading.Thread(target=lambda: _cuda._C_cuda.rnn_forward(*args))
+t.start()
+t.join()
+torch.cuda.synchronize(d)
+assert torch.isfinite(hn).all()
+assert not torch._C._cuda_hasPrimaryContext(0), "a call on device 1 made a context on device 0"
+"""
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
+def test_call_on_second_device_from_fresh_thread_makes_no_context_on_device_0():
+    """The device guard does not 'restore' device 0 for a thread that had no context."""
+    subprocess.run([sys.executable, "-c", _NO_CONTEXT_ON_DEVICE_0], check=True, timeout=300)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
@@ -300,9 +436,15 @@ def test_gradcheck_float64(lengths, reverse, nl, path, monkeypatch):
     assert torch.autograd.gradcheck(fn, tuple(tensors))
 
 
+@pytest.mark.parametrize("path", ["auto", "stepwise"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("lengths", [None, [5, 3, 1]], ids=["padded", "packed"])
-def test_cuda_matches_cpu(lengths, dtype):
+@pytest.mark.parametrize(
+    "lengths", [None, [5, 3, 1], [5, 5, 5]], ids=["padded", "packed", "packed-equal"]
+)
+def test_cuda_matches_cpu(lengths, dtype, path, monkeypatch):
+    """Through the ops: batch_sizes copied to the device only for the persistent kernel, and
+    packed input whose batch never shrinks passed as padded."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
     cpu = _layer_inputs("cpu", dtype, lengths)
     gpu = _layer_inputs("cuda", dtype, lengths)
     outs = []

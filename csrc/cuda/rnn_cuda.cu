@@ -1,4 +1,6 @@
 // Public CUDA entry points (rnn_cuda.h): device guard, argument packing, dtype dispatch.
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -20,6 +22,7 @@ void check_cuda(cudaError_t err, const char* what) {
 DeviceInfo device_info(int device) {
   DeviceInfo d;
   int coop = 0;
+  d.device = device;
   check_cuda(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device),
              "cudaDeviceGetAttribute(multiprocessor count)");
   check_cuda(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
@@ -32,25 +35,106 @@ DeviceInfo device_info(int device) {
 
 namespace {
 
-// Makes `device` current for the scope and restores the caller's device afterwards.
+// The few driver-API calls the device guard needs, looked up once through the runtime
+// (cudaGetDriverEntryPointByVersion), so the module still links only the static runtime and
+// loads libcuda at run time. A pointer is null when the lookup failed.
+struct DriverCalls {
+  PFN_cuCtxGetCurrent_v4000 ctx_get_current = nullptr;
+  PFN_cuCtxSetCurrent_v4000 ctx_set_current = nullptr;
+  PFN_cuDeviceGet_v2000 device_get = nullptr;
+  PFN_cuDevicePrimaryCtxGetState_v7000 primary_ctx_get_state = nullptr;
+};
+
+template <typename Fn>
+Fn driver_entry_point(const char* symbol) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  // 12000: the ABI version of the typedefs above (unchanged since CUDA 4.0-7.0).
+  const cudaError_t err =
+      cudaGetDriverEntryPointByVersion(symbol, &fn, 12000, cudaEnableDefault, &found);
+  if (err != cudaSuccess || found != cudaDriverEntryPointSuccess) {
+    (void)cudaGetLastError();  // do not leave the failure for a later launch check to report
+    return nullptr;
+  }
+  return reinterpret_cast<Fn>(fn);
+}
+
+const DriverCalls& driver_calls() {
+  static const DriverCalls calls = [] {  // thread-safe one-time initialization
+    DriverCalls c;
+    c.ctx_get_current = driver_entry_point<PFN_cuCtxGetCurrent_v4000>("cuCtxGetCurrent");
+    c.ctx_set_current = driver_entry_point<PFN_cuCtxSetCurrent_v4000>("cuCtxSetCurrent");
+    c.device_get = driver_entry_point<PFN_cuDeviceGet_v2000>("cuDeviceGet");
+    c.primary_ctx_get_state =
+        driver_entry_point<PFN_cuDevicePrimaryCtxGetState_v7000>("cuDevicePrimaryCtxGetState");
+    return c;
+  }();
+  return calls;
+}
+
+// Whether `device`'s primary context is already initialized in this process (true when the
+// driver cannot be asked: then the guard restores the device as if it were).
+bool primary_context_active(int device) {
+  const DriverCalls& drv = driver_calls();
+  if (!drv.device_get || !drv.primary_ctx_get_state) return true;
+  CUdevice dev = 0;
+  unsigned int flags = 0;
+  int active = 0;
+  if (drv.device_get(&dev, device) != CUDA_SUCCESS) return true;
+  if (drv.primary_ctx_get_state(dev, &flags, &active) != CUDA_SUCCESS) return true;
+  return active != 0;
+}
+
+// Makes `device` current for the scope and gives the calling thread back what it had,
+// without creating a context it did not have.
+//
+// cudaGetDevice does not tell "device 0 is current" from "nothing is current yet": a thread
+// that never used CUDA (a fresh Python thread, say) also gets 0. Restoring that with
+// cudaSetDevice(0) would initialize device 0's primary context (CUDA 12+ initializes it in
+// cudaSetDevice): hundreds of MiB on a GPU the program may never use. So, only when the
+// device actually changes:
+//   - a context was current (cuCtxGetCurrent): make exactly that context current again;
+//   - none was, but the previous device's primary context exists: cudaSetDevice back to it
+//     (what cudaGetDevice reported before; costs no new context);
+//   - neither: leave `device` current (restoring would create a context). PyTorch's own
+//     device guards make the same choice (c10::cuda::MaybeSetDevice).
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
     check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ != device) {
-      check_cuda(cudaSetDevice(device), "cudaSetDevice");
-      changed_ = true;
+    if (previous_ == device) return;
+    const DriverCalls& drv = driver_calls();
+    CUcontext current = nullptr;
+    // Before any runtime call initialized the driver this fails: then nothing was current.
+    if (drv.ctx_get_current && drv.ctx_get_current(&current) != CUDA_SUCCESS) current = nullptr;
+    check_cuda(cudaSetDevice(device), "cudaSetDevice");
+    if (current != nullptr && drv.ctx_set_current) {
+      context_ = current;
+      restore_ = Restore::kContext;
+    } else if (primary_context_active(previous_)) {  // asked after cudaSetDevice: driver is up
+      restore_ = Restore::kDevice;
     }
   }
   ~DeviceGuard() {
-    if (changed_) (void)cudaSetDevice(previous_);
+    switch (restore_) {
+      case Restore::kContext:
+        (void)driver_calls().ctx_set_current(context_);
+        break;
+      case Restore::kDevice:
+        (void)cudaSetDevice(previous_);
+        break;
+      case Restore::kNothing:
+        break;
+    }
   }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
 
  private:
+  enum class Restore { kNothing, kContext, kDevice };
   int previous_ = 0;
-  bool changed_ = false;
+  CUcontext context_ = nullptr;
+  Restore restore_ = Restore::kNothing;
 };
 
 std::size_t acc_size(DType dtype) { return dtype == DType::kFloat64 ? 8 : 4; }
@@ -125,7 +209,10 @@ int rnn_cuda_runtime_version() {
 
 int rnn_cuda_driver_version() {
   int v = 0;
-  cuda_detail::check_cuda(cudaDriverGetVersion(&v), "cudaDriverGetVersion");
+  if (cudaDriverGetVersion(&v) != cudaSuccess) {
+    (void)cudaGetLastError();  // no usable driver: report 0, leave no error behind
+    return 0;
+  }
   return v;
 }
 

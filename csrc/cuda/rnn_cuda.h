@@ -5,8 +5,11 @@
 // packed layout, walking order, aliasing, nullptr meanings), on device pointers:
 //   - every tensor pointer is device memory on `device`, row-major and contiguous;
 //   - s.batch_sizes is HOST memory [T] (sizing, launch planning) and batch_sizes_dev is the
-//     same values in DEVICE memory [T] (read by the persistent kernel); both nullptr means
-//     padded input (every step has all B rows);
+//     same values in DEVICE memory [T] (read by the persistent kernel only); both nullptr
+//     means padded input (every step has all B rows). batch_sizes_dev may be nullptr with
+//     packed input: then kAuto runs the per-step kernel and kPersistent is refused, so a
+//     caller copies batch_sizes to the device only when rnn_cuda_plan picks the persistent
+//     kernel;
 //   - the work is enqueued on `stream` (a cudaStream_t; nullptr is the legacy default
 //     stream) and runs asynchronously: the caller keeps every buffer alive until it is done;
 //   - T, B, H >= 1 and every size, dtype, device and alignment was checked by the caller
@@ -49,6 +52,16 @@ struct CudaPlan {
 // Bytes of device workspace a call with batch size B and hidden size H needs: a
 // barrier counter and two [B,H] state buffers of the accumulation type. Any contents are
 // fine (torch.empty); the pointer must be 256-byte aligned (torch allocations are).
+//
+// One workspace per launch in flight: a workspace must not be used by two calls whose work
+// can overlap on the device (two streams, or two host threads, without an event between
+// them). The launcher zeroes the grid-barrier counter on the stream and the persistent
+// kernel counts arrivals on it, and both kernels keep the recurrent state of the running
+// step in the two state buffers, so a second call would reset the other's barrier (a hang
+// or a torn step) and overwrite its state (wrong results, no error). Calls ordered on one
+// stream may reuse a workspace. python/fusedrnn/_cuda.py allocates a fresh workspace for
+// every call from torch's caching allocator, which hands the memory out again only to work
+// ordered after the call on the same stream.
 std::size_t rnn_cuda_workspace_bytes(int64_t B, int64_t H, DType dtype);
 
 // The plan a forward (backward = false) or backward call with these sizes gets on `device`
@@ -63,7 +76,7 @@ int rnn_cuda_driver_version();
 
 // Forward recurrence h_t = phi(P_t + h_prev W_hh^T), as rnn_forward_cpu.
 //   P    [N,H]  W_hh [H,H]  h0 [B,H] or nullptr  h [N,H] out (may alias P)  hn [B,H] out
-//   workspace: rnn_cuda_workspace_bytes(B, H, dtype) bytes.
+//   workspace: rnn_cuda_workspace_bytes(B, H, dtype) bytes, used by no other call in flight.
 void rnn_forward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev, DType dtype,
                       const void* P, const void* W_hh, const void* h0, void* h, void* hn,
                       void* workspace, std::size_t workspace_bytes, int device, void* stream,

@@ -4,8 +4,11 @@
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "cuda/rnn_launch.h"
 #include "cuda/rnn_persistent.cuh"
@@ -15,6 +18,35 @@ namespace fusedrnn {
 namespace cuda_detail {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Opts the persistent kernel <scalar_t, BWD, ACT> in to all the dynamic shared memory the
+// current device allows, once per (device, kernel), and returns that maximum (bytes).
+//
+// cudaFuncAttributeMaxDynamicSharedMemorySize belongs to the kernel in the device's context,
+// shared by every thread, and the kernel calls run with the GIL released. Setting it per
+// call to the call's own size would race: thread A sets 100 KiB, thread B sets 50 KiB, A's
+// 100 KiB launch fails with cudaErrorInvalidValue. Set once to the device maximum, the
+// attribute never shrinks and every launch fits under it; the occupancy query and the
+// launch itself still use the size the call needs. The mutex makes a concurrent first call
+// wait until the attribute is set.
+template <typename scalar_t, bool BWD, Activation ACT>
+int persistent_max_dynamic_smem(const DeviceInfo& dev) {
+  static std::mutex mu;
+  static std::vector<int> max_dynamic;  // by device index; 0 = not set yet
+  const std::lock_guard<std::mutex> lock(mu);
+  const std::size_t d = static_cast<std::size_t>(dev.device);
+  if (d < max_dynamic.size() && max_dynamic[d] > 0) return max_dynamic[d];
+  auto kernel = rnn_persistent_kernel<scalar_t, BWD, ACT>;
+  cudaFuncAttributes attr = {};
+  check_cuda(cudaFuncGetAttributes(&attr, kernel), "cudaFuncGetAttributes(persistent kernel)");
+  // The opt-in limit covers static and dynamic shared memory (the kernel has no static).
+  const int bytes = dev.smem_optin - static_cast<int>(attr.sharedSizeBytes);
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+             "cudaFuncSetAttribute(persistent kernel, max dynamic shared memory)");
+  if (max_dynamic.size() <= d) max_dynamic.resize(d + 1, 0);
+  max_dynamic[d] = bytes;
+  return bytes;
+}
 
 template <typename scalar_t, bool BWD, Activation ACT>
 CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath requested) {
@@ -32,6 +64,7 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
     plan.reason = "the device cannot launch cooperative kernels";
     return plan;
   }
+  const int64_t smem_max = persistent_max_dynamic_smem<scalar_t, BWD, ACT>(dev);
   // One CTA per SM, each owning Hc units (a multiple of the warp item width U).
   const int64_t Hp = padded_hidden(H);
   const int64_t Hc = ceil_div(ceil_div(H, dev.sms), U) * U;
@@ -40,22 +73,21 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
   const int64_t w_bytes = Hc * Hp * static_cast<int64_t>(sizeof(scalar_t));
   const int64_t fixed = w_bytes + NW * 32 * static_cast<int64_t>(sizeof(acc_t));
   const int64_t per_tile = (BT * Hp + n_g * 32) * static_cast<int64_t>(sizeof(acc_t));
-  if (fixed + per_tile > dev.smem_optin) {
+  if (fixed + per_tile > smem_max) {
     plan.reason = "the W_hh slice of " + std::to_string(Hc) + " x " + std::to_string(H) +
                   " per CTA and one row tile need " + std::to_string(fixed + per_tile) +
-                  " bytes of shared memory; the device allows " + std::to_string(dev.smem_optin);
+                  " bytes of shared memory; the device allows " + std::to_string(smem_max);
     return plan;
   }
-  const int64_t tiles = std::min((dev.smem_optin - fixed) / per_tile, ceil_div(B, BT));
+  // Rows staged per pass. B is not part of the choice of kernel: at large B the persistent
+  // kernel stages h_{t-1} in ceil(B / rows_cap) passes per step (docs/cuda_kernels.md).
+  const int64_t tiles = std::min((smem_max - fixed) / per_tile, ceil_div(B, BT));
   const int64_t rows_cap = tiles * BT;
   const int64_t red_slots = std::max<int64_t>(NW, n_g * tiles);
   const int64_t smem = w_bytes + rows_cap * Hp * static_cast<int64_t>(sizeof(acc_t)) +
                        red_slots * 32 * static_cast<int64_t>(sizeof(acc_t));
 
   auto kernel = rnn_persistent_kernel<scalar_t, BWD, ACT>;
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(smem)),
-             "cudaFuncSetAttribute(persistent kernel, max dynamic shared memory)");
   int per_sm = 0;
   check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Persistent::kThreads,
                                                            static_cast<size_t>(smem)),
@@ -96,16 +128,20 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
   p.barrier = static_cast<unsigned long long*>(c.workspace);
   p.state = reinterpret_cast<acc_t*>(static_cast<unsigned char*>(c.workspace) + kBarrierBytes);
 
-  const CudaPlan plan = plan_for_kernel<scalar_t, BWD, ACT>(s.B, s.H, dev, c.path);
+  // Only the persistent kernel reads batch_sizes on the device; the caller copies them only
+  // when this plan picks it, and packed input without the device copy runs per step.
+  const bool no_device_sizes = s.batch_sizes && !c.batch_sizes_dev;
+  if (no_device_sizes && c.path == CudaPath::kPersistent) {
+    throw std::invalid_argument(
+        "fusedrnn CUDA: the persistent kernel needs packed batch_sizes in device memory too");
+  }
+  const CudaPath requested = no_device_sizes ? CudaPath::kStepwise : c.path;
+  const CudaPlan plan = plan_for_kernel<scalar_t, BWD, ACT>(s.B, s.H, dev, requested);
   if (c.path == CudaPath::kPersistent && plan.path != CudaPath::kPersistent) {
     throw std::runtime_error("fusedrnn CUDA: the persistent kernel was requested but cannot run: " +
                              plan.reason);
   }
   if (plan.path == CudaPath::kPersistent) {
-    if (s.batch_sizes && !c.batch_sizes_dev) {
-      throw std::invalid_argument(
-          "fusedrnn CUDA: packed input needs batch_sizes in device memory as well");
-    }
     p.batch_sizes = s.batch_sizes ? c.batch_sizes_dev : nullptr;
     check_cuda(cudaMemsetAsync(p.barrier, 0, sizeof(unsigned long long), c.stream),
                "cudaMemsetAsync(barrier counter)");

@@ -17,6 +17,7 @@ void check_cuda(cudaError_t err, const char* what);
 
 // What the launchers need to know about the device; read once per call.
 struct DeviceInfo {
+  int device = 0;  // the device index (current while the launchers run)
   int sms = 0;
   int smem_optin = 0;  // max dynamic shared memory per block after opting in
   bool cooperative = false;

@@ -22,4 +22,5 @@ def info() -> dict:
         "cuda_kernels_built": _cuda.available(),
         "cuda_archs": _cuda.built_archs(),
         "cuda_available": torch.cuda.is_available(),
+        **_cuda.info(),  # cuda_runtime_built, cuda_driver_supports
     }

@@ -3,11 +3,15 @@
 ``fusedrnn.ops`` validates every tensor (``check_layer_args``) and then calls
 :func:`rnn_forward` / :func:`rnn_backward` here instead of ``fusedrnn._C``. This module
 only turns tensors into what the binding takes: data addresses, a device copy of
-``batch_sizes`` (the CPU tensor stays the host copy the launcher sizes the work with), a
-workspace from torch's caching allocator, the device index and the current stream. The
-kernels run asynchronously on that stream; buffers allocated here are released to the
-caching allocator, which only reuses them for work ordered after the kernels on the same
-stream.
+``batch_sizes`` when the chosen kernel reads it (the CPU tensor stays the host copy the
+launcher sizes the work with), a workspace from torch's caching allocator, the device index
+and the current stream. The kernels run asynchronously on that stream; buffers allocated
+here are released to the caching allocator, which only reuses them for work ordered after
+the kernels on the same stream.
+
+Before the first launch the CUDA runtime the module was built with is checked against the
+installed driver (:func:`check_driver`): ``_C_cuda`` links the runtime statically, so a
+driver too old for it would fail every call with ``cudaErrorInsufficientDriver``.
 
 ``FUSEDRNN_CUDA_PATH`` (``auto`` | ``persistent`` | ``stepwise``) forces one recurrence
 kernel, for benchmarks and debugging; ``auto`` (the default) takes the persistent kernel
@@ -16,6 +20,7 @@ whenever it fits on the chip.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -26,7 +31,15 @@ try:
 except ImportError:  # built without nvcc: CPU only
     _C_cuda = None
 
-__all__ = ["KERNEL_DTYPES", "available", "built_archs", "rnn_backward", "rnn_forward"]
+__all__ = [
+    "KERNEL_DTYPES",
+    "available",
+    "built_archs",
+    "check_driver",
+    "info",
+    "rnn_backward",
+    "rnn_forward",
+]
 
 KERNEL_DTYPES = {
     torch.float32: "float32",
@@ -37,6 +50,9 @@ KERNEL_DTYPES = {
 
 _PATHS = ("auto", "persistent", "stepwise")
 
+# The oldest Linux driver branch that supports each CUDA major version.
+_MIN_DRIVER = {11: "R450", 12: "R525", 13: "R580"}
+
 
 def available() -> bool:
     """Whether the CUDA kernels were built (says nothing about a GPU being present)."""
@@ -46,6 +62,66 @@ def available() -> bool:
 def built_archs() -> list[str]:
     """CMAKE_CUDA_ARCHITECTURES the kernels were compiled for; empty when not built."""
     return list(_C_cuda.built_archs()) if _C_cuda is not None else []
+
+
+def _version(v: int) -> str | None:
+    """1000*major + 10*minor -> "major.minor"; None for 0 (no driver)."""
+    return f"{v // 1000}.{v % 1000 // 10}" if v > 0 else None
+
+
+def info() -> dict:
+    """CUDA facts for ``fusedrnn.info()``: the runtime the kernels were built with (linked
+    statically) and the newest CUDA version the installed driver supports (None without a
+    driver, or when the kernels were not built)."""
+    if _C_cuda is None:
+        return {"cuda_runtime_built": None, "cuda_driver_supports": None}
+    return {
+        "cuda_runtime_built": _version(_C_cuda.runtime_version()),
+        "cuda_driver_supports": _version(_C_cuda.driver_version()),
+    }
+
+
+def _driver_problem(runtime: int, driver: int) -> str | None:
+    """Why the kernels cannot run with this driver, or None when they can. The CUDA runtime
+    runs on any driver of its major version or newer (minor version compatibility)."""
+    if driver >= 1000 * (runtime // 1000):
+        return None
+    major = runtime // 1000
+    built = _version(runtime)
+    torch_cuda = torch.version.cuda
+    if driver == 0:
+        have = "no NVIDIA driver was found (cudaDriverGetVersion reports 0)"
+    else:
+        have = f"the installed NVIDIA driver supports CUDA up to {_version(driver)}"
+    example = (
+        f"e.g. the CUDA {torch_cuda} that torch was built with (torch.version.cuda)"
+        if torch_cuda
+        else "e.g. the CUDA version torch was built with"
+    )
+    need = _MIN_DRIVER.get(major, "a newer driver")
+    return (
+        f"fusedrnn: the CUDA kernels (fusedrnn._C_cuda) were built with CUDA runtime {built}, "
+        f"but {have}, so every kernel call would fail with cudaErrorInsufficientDriver. "
+        f"Rebuild fusedrnn with a CUDA toolkit whose major version the driver supports "
+        f"({example}): CUDACXX=/path/to/that/cuda/bin/nvcc pip install --no-build-isolation "
+        f"--force-reinstall . ; or update the NVIDIA driver to one that supports CUDA {major} "
+        f"({need} or newer)."
+    )
+
+
+_driver_ok = False
+
+
+def check_driver() -> None:
+    """Raise RuntimeError naming both versions if the installed driver is too old for the
+    CUDA runtime the kernels were built with. Checked once; later calls cost nothing."""
+    global _driver_ok
+    if _driver_ok:
+        return
+    problem = _driver_problem(_C_cuda.runtime_version(), _C_cuda.driver_version())
+    if problem is not None:
+        raise RuntimeError(problem)
+    _driver_ok = True
 
 
 def kernel_path() -> str:
@@ -59,22 +135,51 @@ def _addr(t: Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def _launch_context(dtype: torch.dtype, B: int, H: int, batch_sizes: Tensor, device):
-    """(batch_sizes host, device copy, workspace, device index, stream handle)."""
+@functools.lru_cache(maxsize=1024)
+def _takes_persistent(name, B, H, nonlinearity, backward, index, path) -> bool:
+    """Whether the launcher will pick the persistent kernel (the same plan it computes; a
+    pure function of these arguments on one device, so cached)."""
+    plan = _C_cuda.plan(name, B, H, nonlinearity, backward, index, path)
+    return plan["path"] == "persistent"
+
+
+def _launch_context(dtype, B, H, batch_sizes, nonlinearity, backward, device, path):
+    """(batch_sizes host, device copy, workspace, device index, stream handle).
+
+    The device copy of ``batch_sizes`` is made only for packed input that the persistent
+    kernel will run (the per-step kernel takes its phases from the host copy), and packed
+    input whose batch never shrinks is passed as padded (same layout, nothing to copy).
+    The copy goes from pinned memory with ``non_blocking=True`` on the current stream, the
+    stream the kernel runs on, so it is ordered before the kernel without a host sync;
+    torch's pinned-memory allocator keeps the host buffer until the copy is done.
+    """
+    check_driver()
     index = device.index if device.index is not None else torch.cuda.current_device()
-    packed = batch_sizes.numel() > 0
+    name = KERNEL_DTYPES[dtype]
+    # batch_sizes[0] == B and non-increasing (checked in ops), so the last equals B only
+    # when every step has all B rows: that is the padded layout.
+    packed = batch_sizes.numel() > 0 and int(batch_sizes[-1]) != B
     bs_host = batch_sizes.contiguous() if packed else None
-    bs_dev = bs_host.to(device) if packed else None
-    workspace = torch.empty(
-        _C_cuda.workspace_bytes(KERNEL_DTYPES[dtype], B, H), dtype=torch.uint8, device=device
-    )
+    bs_dev = None
+    if packed and (
+        path == "persistent"
+        or (path == "auto" and _takes_persistent(name, B, H, nonlinearity, backward, index, path))
+    ):
+        # A fresh buffer from torch's pinned allocator (never the caller's tensor, which
+        # could be pinned already and changed after this call returns).
+        pinned = torch.empty(bs_host.shape, dtype=bs_host.dtype, pin_memory=True)
+        bs_dev = pinned.copy_(bs_host).to(device, non_blocking=True)
+    workspace = torch.empty(_C_cuda.workspace_bytes(name, B, H), dtype=torch.uint8, device=device)
     stream = torch.cuda.current_stream(device).cuda_stream
     return bs_host, bs_dev, workspace, index, stream
 
 
 def rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, h, hn) -> None:
     """h_t = phi(P_t + h_prev W_hh^T) into h [N,H] (may be P) and hn [B,H]; inputs checked."""
-    bs_host, bs_dev, ws, index, stream = _launch_context(P.dtype, B, H, batch_sizes, P.device)
+    path = kernel_path()
+    bs_host, bs_dev, ws, index, stream = _launch_context(
+        P.dtype, B, H, batch_sizes, nonlinearity, False, P.device, path
+    )
     _C_cuda.rnn_forward(
         KERNEL_DTYPES[P.dtype],
         T,
@@ -93,13 +198,16 @@ def rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, h, hn)
         ws.numel(),
         index,
         stream,
-        kernel_path(),
+        path,
     )
 
 
 def rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, w_hh, h, G, dhn, dP, dh0) -> None:
     """d_t = (G_t + d_next W_hh) * phi'(h_t) into dP [N,H] and dh0 [B,H]; inputs checked."""
-    bs_host, bs_dev, ws, index, stream = _launch_context(h.dtype, B, H, batch_sizes, h.device)
+    path = kernel_path()
+    bs_host, bs_dev, ws, index, stream = _launch_context(
+        h.dtype, B, H, batch_sizes, nonlinearity, True, h.device, path
+    )
     _C_cuda.rnn_backward(
         KERNEL_DTYPES[h.dtype],
         T,
@@ -119,5 +227,5 @@ def rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, w_hh, h, G, dhn, d
         ws.numel(),
         index,
         stream,
-        kernel_path(),
+        path,
     )

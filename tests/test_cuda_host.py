@@ -1,0 +1,55 @@
+"""Host-side CUDA plumbing that needs no GPU: the driver/runtime version check and the
+CUDA facts in fusedrnn.info()."""
+
+import pytest
+
+import fusedrnn
+from fusedrnn import _cuda
+
+
+def test_info_reports_cuda_versions():
+    info = fusedrnn.info()
+    assert "cuda_runtime_built" in info and "cuda_driver_supports" in info
+    if not _cuda.available():
+        assert info["cuda_runtime_built"] is None
+
+
+@pytest.mark.parametrize(
+    "runtime, driver",
+    [(13000, 13000), (13000, 13020), (13010, 13000), (12040, 12080), (12080, 13000)],
+)
+def test_driver_new_enough(runtime, driver):
+    """Any driver of the runtime's major version or newer runs it (minor version compat)."""
+    assert _cuda._driver_problem(runtime, driver) is None
+
+
+def test_driver_too_old_names_both_versions_and_the_fix():
+    msg = _cuda._driver_problem(13000, 12040)
+    assert "CUDA runtime 13.0" in msg and "CUDA up to 12.4" in msg
+    assert "Rebuild fusedrnn with a CUDA toolkit" in msg and "R580" in msg
+    assert "torch" in msg
+    assert "no NVIDIA driver" in _cuda._driver_problem(13000, 0)
+
+
+class _FakeModule:
+    def __init__(self, runtime, driver):
+        self.runtime, self.driver, self.calls = runtime, driver, 0
+
+    def runtime_version(self):
+        self.calls += 1
+        return self.runtime
+
+    def driver_version(self):
+        return self.driver
+
+
+def test_check_driver_raises_and_caches_success(monkeypatch):
+    monkeypatch.setattr(_cuda, "_driver_ok", False)
+    monkeypatch.setattr(_cuda, "_C_cuda", _FakeModule(13000, 12080))
+    with pytest.raises(RuntimeError, match=r"built with CUDA runtime 13\.0.*up to 12\.8"):
+        _cuda.check_driver()
+    fake = _FakeModule(13000, 13000)
+    monkeypatch.setattr(_cuda, "_C_cuda", fake)
+    _cuda.check_driver()
+    _cuda.check_driver()
+    assert fake.calls == 1  # checked once, then cached

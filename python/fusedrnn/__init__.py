@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import torch  # loads torch's shared libraries before the extension
+import torch  # noqa: F401  (loads torch's shared libraries before the extension)
 
-from . import _C, ops, reference
+from . import _C, gradcheck, ops, reference  # noqa: F401  (_C: fusedrnn._C)
 from .modules import RNN
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "__version__", "info", "ops", "reference"]
+__all__ = ["RNN", "__version__", "gradcheck", "info", "ops", "reference"]
 
 
 def info() -> dict:
-    """Versions and build facts: SIMD level of the CPU kernel, threads, CUDA build."""
-    return {
-        "fusedrnn": __version__,
-        "torch": torch.__version__,
-        "cpu_isa": _C.cpu_isa(),
-        "threads": torch.get_num_threads(),
-        "cuda_kernels_built": False,
-        "cuda_available": torch.cuda.is_available(),
-    }
+    """Versions and build facts: SIMD level of the CPU kernel, threads, CUDA build, GPUs."""
+    from .sysinfo import collect
+
+    return collect()

@@ -523,7 +523,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
         default="all",
-        help="cpu, cuda, cuda:N, or all (default: cpu, and cuda when available)",
+        help="cpu, cuda, cuda:N, or all (default: cpu, and cuda when a GPU is visible and "
+        "fusedrnn's CUDA kernels were built)",
     )
     parser.add_argument(
         "--threads",
@@ -555,7 +556,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _devices(parser: argparse.ArgumentParser, spec: str) -> list[str]:
     if spec == "all":
-        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+        if not torch.cuda.is_available():
+            return ["cpu"]
+        from .sysinfo import collect
+
+        if not collect()["cuda_kernels_built"]:
+            print(
+                "fusedrnn bench: a GPU is visible but fusedrnn was built without CUDA kernels: "
+                "CPU cases only (--device cuda runs them anyway)",
+                file=sys.stderr,
+            )
+            return ["cpu"]
+        return ["cpu", "cuda"]
     devices = []
     for name in dict.fromkeys(part.strip() for part in spec.split(",")):
         try:

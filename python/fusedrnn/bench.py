@@ -494,11 +494,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sizes = parser.add_argument_group(
         "sizes", "each replaces that size in every case of the grid; N or a list N,M,..."
     )
-    sizes.add_argument("--seq", type=_cli.positive_int_list(1_000_000), help="sequence length T")
-    sizes.add_argument("--batch", type=_cli.positive_int_list(1_000_000), help="batch size B")
-    sizes.add_argument("--input", type=_cli.positive_int_list(1_000_000), help="input size I")
-    sizes.add_argument("--hidden", type=_cli.positive_int_list(100_000), help="hidden size H")
-    sizes.add_argument("--layers", type=_cli.positive_int_list(64), help="number of layers")
+    sizes.add_argument(
+        "--seq",
+        type=_cli.positive_int_list(1_000_000),
+        metavar="N[,N...]",
+        help="sequence length T",
+    )
+    sizes.add_argument(
+        "--batch", type=_cli.positive_int_list(1_000_000), metavar="N[,N...]", help="batch size B"
+    )
+    sizes.add_argument(
+        "--input", type=_cli.positive_int_list(1_000_000), metavar="N[,N...]", help="input size I"
+    )
+    sizes.add_argument(
+        "--hidden", type=_cli.positive_int_list(100_000), metavar="N[,N...]", help="hidden size H"
+    )
+    sizes.add_argument(
+        "--layers", type=_cli.positive_int_list(64), metavar="N[,N...]", help="number of layers"
+    )
     sizes.add_argument(
         "--bidirectional", action="store_true", default=None, help="make every case bidirectional"
     )

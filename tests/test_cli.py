@@ -162,3 +162,15 @@ def test_bench_on_cuda_times_with_events(tmp_path):
     results = json.loads(path.read_text())["results"]
     assert {r["device"] for r in results} == {"cuda"}
     assert all(r["ok"] for r in results)
+
+
+def test_bench_packed_case_is_checked_and_counts_only_real_steps(tmp_path):
+    path = tmp_path / "packed.json"
+    argv = [*TINY_BENCH, "--packed", "--layers", "2", "--bidirectional", "--mode", "training"]
+    assert main([*argv, "--device", "cpu", "--json", str(path)]) == 0
+    (result,) = json.loads(path.read_text())["results"]
+    assert result["ok"] and result["packed"] and result["label"].endswith("L=2 bi packed")
+    steps = 4 + 2  # lengths spread from T = 4 down to T/2 = 2
+    layer0 = 2 * steps * (3 * 5 + 5 * 5)
+    layer1 = 2 * steps * (10 * 5 + 5 * 5)  # input of layer 1: both directions, D*H = 10
+    assert result["flops"] == 3 * 2 * (layer0 + layer1)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from . import _cli
 from .modules import RNN
@@ -55,6 +56,13 @@ class Shape:
     H: int
     layers: int = 1
     bidirectional: bool = False
+    packed: bool = False  # a PackedSequence with lengths from T down to T/2
+
+    def lengths(self) -> list[int]:
+        """Sequence lengths, longest first: evenly spread from T down to about T/2."""
+        if not self.packed:
+            return [self.T] * self.B
+        return [self.T - (self.T // 2) * b // max(self.B - 1, 1) for b in range(self.B)]
 
 
 # Each preset: the shapes, and the seconds each implementation is timed per case.
@@ -68,8 +76,9 @@ PRESETS: dict[str, tuple[list[Shape], float]] = {
             Shape(50, 32, 256, 512),
             Shape(500, 8, 32, 128),
             Shape(100, 32, 64, 128, layers=2, bidirectional=True),
+            Shape(100, 32, 64, 128, packed=True),
         ],
-        0.4,
+        0.3,
     ),
     "full": (
         [Shape(200, B, 64, H) for H in (64, 128, 256, 512, 1024) for B in (1, 16, 64)]
@@ -79,6 +88,8 @@ PRESETS: dict[str, tuple[list[Shape], float]] = {
             Shape(200, 32, 128, 256, layers=2),
             Shape(200, 32, 128, 256, layers=2, bidirectional=True),
             Shape(200, 32, 128, 512, layers=4),
+            Shape(200, 64, 128, 256, packed=True),
+            Shape(200, 64, 128, 256, layers=2, bidirectional=True, packed=True),
         ],
         1.0,
     ),
@@ -113,15 +124,18 @@ class Case:
             parts.append(f"L={s.layers}")
         if s.bidirectional:
             parts.append("bi")
+        if s.packed:
+            parts.append("packed")
         return " ".join(parts)
 
     def flops(self) -> float:
         s = self.shape
         D = 2 if s.bidirectional else 1
+        steps = sum(s.lengths())  # T * B unless packed
         total = 0
         for layer in range(s.layers):
             I = s.I if layer == 0 else D * s.H
-            total += D * 2 * s.T * s.B * (I * s.H + s.H * s.H)
+            total += D * 2 * steps * (I * s.H + s.H * s.H)
         return float(total * (3 if self.mode == "training" else 1))
 
     def memory_bytes(self) -> int:
@@ -201,14 +215,20 @@ class _Workload:
         def randn(*size):
             return torch.randn(*size, generator=generator, dtype=dtype).to(device)
 
-        self.x = randn(s.T, s.B, s.I)
         self.h0 = randn(s.layers * D, s.B, s.H) * 0.5
-        self.grad_out = randn(s.T, s.B, D * s.H)
         self.grad_hn = randn(s.layers * D, s.B, s.H)
         self.training = case.mode == "training"
+        x = randn(s.T, s.B, s.I)
+        if s.packed:
+            packed = pack_padded_sequence(x, torch.tensor(s.lengths()))
+            x, batch_sizes = packed.data, packed.batch_sizes
+        self.grad_out = randn(*x.shape[:-1], D * s.H)  # [T, B, D*H], or packed [N, D*H]
         if self.training:
-            self.x.requires_grad_()
+            x.requires_grad_()  # a leaf: each step computes its gradient afresh
             self.h0.requires_grad_()
+        self.leaf = x
+        # Packed once, outside the timed steps: both modules get the same PackedSequence.
+        self.x = PackedSequence(x, batch_sizes) if s.packed else x
 
     def step(self, module: nn.Module) -> Callable[[], None]:
         if not self.training:
@@ -226,21 +246,24 @@ class _Workload:
         def train() -> None:
             for p in params:
                 p.grad = None
-            self.x.grad = self.h0.grad = None
+            self.leaf.grad = self.h0.grad = None
             out, hn = module(self.x, self.h0)
+            out = out.data if isinstance(out, PackedSequence) else out
             torch.autograd.backward((out, hn), (self.grad_out, self.grad_hn))
 
         return train
 
     def results(self, module: nn.Module) -> list[torch.Tensor]:
         """Outputs and (training) every gradient, in a fixed order."""
-        self.step(module)()
-        if not self.training:
-            with torch.inference_mode():
-                return list(module(self.x, self.h0))
-        with torch.no_grad():
+        if self.training:
+            self.step(module)()
+            grads = [self.leaf.grad, self.h0.grad, *(p.grad for p in module.parameters())]
+        else:
+            module.eval()
+            grads = []
+        with torch.inference_mode():
             out, hn = module(self.x, self.h0)
-        grads = [self.x.grad, self.h0.grad, *(p.grad for p in module.parameters())]
+        out = out.data if isinstance(out, PackedSequence) else out
         return [out, hn, *(g.detach().clone() for g in grads)]
 
 
@@ -515,6 +538,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sizes.add_argument(
         "--bidirectional", action="store_true", default=None, help="make every case bidirectional"
     )
+    sizes.add_argument(
+        "--packed",
+        action="store_true",
+        default=None,
+        help="make every case a PackedSequence, lengths spread from T down to T/2",
+    )
     parser.add_argument(
         "--dtype",
         type=_cli.choice_list(list(DTYPES)),
@@ -623,6 +652,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
         "H": args.hidden,
         "layers": args.layers,
         "bidirectional": [True] if args.bidirectional else None,
+        "packed": [True] if args.packed else None,
     }
     cases = build_cases(args.preset, devices, args.dtype, args.mode, args.nonlinearity, overrides)
     memory = _available_memory()

@@ -577,7 +577,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-time",
         type=_cli.positive_float,
         help="seconds each implementation is timed per case (default: 0.1 quick, "
-        "0.4 default, 1.0 full)",
+        "0.3 default, 1.0 full)",
     )
     parser.add_argument(
         "--warmup", type=_cli.positive_int(1000), default=1, help="untimed runs first"

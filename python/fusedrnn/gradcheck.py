@@ -248,7 +248,8 @@ def _errors(got, want, check: str) -> tuple[float, float, bool]:
     scale = float(np.max(np.abs(want)))
     atol, rtol = TOLERANCES[check]
     passed = bool(np.isfinite(max_abs) and max_abs <= atol + rtol * scale)
-    return max_abs, max_abs / max(scale, 1e-300), passed
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    return max_abs, max_rel, passed
 
 
 # ---- the problem: a module, inputs and the loss ------------------------------------------
@@ -312,17 +313,17 @@ class _Problem:
             out, _ = pad_packed_sequence(out, batch_first=bf, total_length=self.config.T)
         return (out.transpose(0, 1) if bf else out), hn
 
-    def loss(self) -> Tensor:
+    def loss(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(L, output, h_n)`` with ``L = sum(output * G) + sum(h_n * G_n)``."""
         out, hn = self.forward(self.x, self.h0)
-        return (out * self.g_out).sum() + (hn * self.g_hn).sum()
+        return (out * self.g_out).sum() + (hn * self.g_hn).sum(), out, hn
 
     def fused_gradients(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """The fused module's gradients of every input, and its forward values."""
         named = self.inputs()
         for t in named.values():
             t.grad = None
-        out, hn = self.forward(self.x, self.h0)
-        loss = (out * self.g_out).sum() + (hn * self.g_hn).sum()
+        loss, out, hn = self.loss()
         loss.backward()
         grads = {}
         for name, t in named.items():
@@ -448,9 +449,9 @@ def _check_finite_differences(
             for k, i in enumerate(picked):
                 original = flat[i].item()
                 flat[i] = original + FD_EPS
-                plus = problem.loss().item()
+                plus = problem.loss()[0].item()
                 flat[i] = original - FD_EPS
-                minus = problem.loss().item()
+                minus = problem.loss()[0].item()
                 flat[i] = original
                 numeric[k] = (plus - minus) / (2 * FD_EPS)
             analytic = fused[name].reshape(-1)[picked]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 
 import numpy as np
@@ -100,23 +101,26 @@ def test_cli_passes_and_writes_json(tmp_path, capsys):
 
 
 def _scaled_weight_hh_grad(monkeypatch):
+    """dW_hh off by 1 %: the GEMM after the kernel, in ops.py."""
     prev_state_grad = ops._prev_state_grad
     monkeypatch.setattr(ops, "_prev_state_grad", lambda *a: prev_state_grad(*a) * 1.01)
     return "weight_hh_l0"
 
 
-def _dropped_h0_grad(monkeypatch):
-    backward = ops.rnn_layer_backward
+def _zeroed_dh0_in_the_kernel(monkeypatch):
+    """The BPTT kernel itself returns dL/dh0 = 0: patched at the binding, below ops.py."""
+    backward = fusedrnn._C.rnn_backward
 
-    def broken(*args):
-        dP, dh0 = backward(*args)
-        return dP, torch.zeros_like(dh0)
+    def broken(dtype, T, B, H, *args):
+        backward(dtype, T, B, H, *args)
+        dh0_address = args[-2]  # the binding's arguments end with (..., dP, dh0, threads)
+        ctypes.memset(dh0_address, 0, B * H * (8 if dtype == "float64" else 4))
 
-    monkeypatch.setattr(ops, "rnn_layer_backward", broken)
+    monkeypatch.setattr(fusedrnn._C, "rnn_backward", broken)
     return "h0"
 
 
-@pytest.mark.parametrize("breakage", [_scaled_weight_hh_grad, _dropped_h0_grad])
+@pytest.mark.parametrize("breakage", [_scaled_weight_hh_grad, _zeroed_dh0_in_the_kernel])
 def test_cli_fails_on_a_broken_backward_and_shows_the_row(breakage, monkeypatch, capsys):
     gradient = breakage(monkeypatch)
     assert main(["gradcheck", *SMALL, "--h0", "yes"]) == 1
@@ -169,3 +173,13 @@ def test_cli_flow_prints_norms_and_plots(tmp_path, capsys):
     image = matplotlib_image.imread(png)
     assert image.shape[0] > 300 and image.shape[1] > 600
     assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+@pytest.mark.cuda
+def test_check_on_cuda():
+    pytest.importorskip("fusedrnn._C_cuda", reason="fusedrnn was built without CUDA kernels")
+    config = Config(nonlinearity="relu", packed=True, layers=2, bidirectional=True)
+    report = check(config, device="cuda")
+    assert report.passed, report.format(verbose=True)
+    norms = gradient_flow("relu", 1.1, T=50, H=16, device="cuda")
+    assert norms[0] > norms[-1] * 1.1**25

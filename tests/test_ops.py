@@ -175,3 +175,20 @@ def test_non_contiguous_inputs_are_accepted():
     )
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("lengths", [None, [4, 2, 1]], ids=["padded", "packed"])
+def test_eager_path_matches_registered_op_bitwise(lengths):
+    """rnn_layer skips torch.library dispatch in plain eager mode; both paths must agree."""
+    inputs = _layer_inputs(lengths=lengths, dtype=torch.float32)
+    results = []
+    for fn in (ops.rnn_layer, ops.rnn_layer_forward):
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs[:6]]
+        h, hn = fn(*leaves, inputs[6], True, "relu")
+        grads = torch.autograd.grad(h.square().sum() + hn.sum(), leaves)
+        results.append([h, hn, *grads])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        h, hn = ops.rnn_layer(*inputs, True, "relu")
+    assert h.grad_fn is None and torch.equal(h, results[0][0])

@@ -54,7 +54,7 @@ inline void row_times(const scalar_t* a, const scalar_t* Wk, int64_t H, scalar_t
 
 template <typename scalar_t>
 inline scalar_t activate(scalar_t v, Activation act) {
-  return act == Activation::kTanh ? std::tanh(v) : (v > scalar_t(0) ? v : scalar_t(0));
+  return act == Activation::kTanh ? std::tanh(v) : (v < scalar_t(0) ? scalar_t(0) : v);
 }
 
 // phi'(pre) expressed through the output h = phi(pre).

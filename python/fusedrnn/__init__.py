@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (loads torch's shared libraries before the extension)
 
-from . import _C, gradcheck, ops, reference  # noqa: F401  (_C: fusedrnn._C)
+from . import _C, _cuda, gradcheck, ops, reference  # noqa: F401  (_C, _cuda: the kernels)
 from .modules import RNN
 
 __version__ = "0.1.0"

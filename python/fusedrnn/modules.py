@@ -165,7 +165,7 @@ class RNN(nn.RNNBase):
             outputs = []
             for direction in range(num_directions):
                 w_ih, w_hh, b_ih, b_hh = self._layer_weights(layer, direction)
-                h, hn = ops.rnn_layer_forward(
+                h, hn = ops.rnn_layer(
                     layer_input,
                     w_ih,
                     w_hh,

@@ -1,6 +1,7 @@
 """torch custom ops for one Elman RNN layer in one direction, with autograd and fake kernels.
 
-The two sequential recurrences run in the fused kernels of ``fusedrnn._C``; everything
+The two sequential recurrences run in the fused kernels of ``fusedrnn._C`` (CPU) or
+``fusedrnn._C_cuda`` (CUDA, through ``fusedrnn._cuda``); everything
 else is a single large GEMM or reduction per call, done by torch:
 
     P     = x W_ih^T + b_ih + b_hh                      (one GEMM for all steps)
@@ -10,7 +11,8 @@ else is a single large GEMM or reduction per call, done by torch:
 
 Layout: time-major rows, ``x`` is ``[N, I]``. ``batch_sizes`` is a CPU int64 tensor:
 empty for padded input (``N = T*B`` rows, step ``t`` at rows ``t*B .. t*B+B-1``), or the
-``PackedSequence`` batch sizes ``[T]`` (non-increasing, summing to ``N``).
+``PackedSequence`` batch sizes ``[T]`` (non-increasing, summing to ``N``). It stays a CPU
+tensor for CUDA inputs too, as in PyTorch.
 
 :func:`check_layer_args` is the one place that validates tensors before they reach C++.
 """
@@ -21,8 +23,9 @@ import itertools
 
 import torch
 from torch import Tensor
+from torch.utils import _python_dispatch
 
-from . import _C
+from . import _C, _cuda
 
 __all__ = ["check_layer_args", "rnn_layer", "rnn_layer_backward", "rnn_layer_forward"]
 
@@ -30,29 +33,27 @@ NONLINEARITIES = ("tanh", "relu")
 _KERNEL_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
-def _shape(t: Tensor) -> tuple:
-    return tuple(t.shape)
+def _fail(exc: type[Exception], message: str) -> None:
+    raise exc(f"fusedrnn: {message}")
 
 
-def _require(condition: bool, message: str, exc: type[Exception] = ValueError) -> None:
-    if not condition:
-        raise exc(f"fusedrnn: {message}")
+_ARG_NAMES = {"x": "x", "w_ih": "w_ih", "h0": "h0"}
 
 
-def _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes) -> dict[str, Tensor]:
-    """The given tensor arguments by name, after checking that each is a Tensor."""
-    tensors = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "h0": h0, "batch_sizes": batch_sizes}
-    if b_ih is not None:
-        tensors["b_ih"] = b_ih
-    if b_hh is not None:
-        tensors["b_hh"] = b_hh
-    for name, t in tensors.items():
-        _require(
-            isinstance(t, Tensor),
-            f"{name} must be a torch.Tensor, got {type(t).__name__}",
-            TypeError,
-        )
-    return tensors
+def _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes) -> None:
+    """Every tensor argument must be a Tensor (optional biases may be None)."""
+    for name, t in (
+        ("x", x),
+        ("w_ih", w_ih),
+        ("w_hh", w_hh),
+        ("h0", h0),
+        ("batch_sizes", batch_sizes),
+    ):
+        if not isinstance(t, Tensor):
+            _fail(TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    for name, t in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if t is not None and not isinstance(t, Tensor):
+            _fail(TypeError, f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
 
 
 def check_layer_args(
@@ -66,85 +67,111 @@ def check_layer_args(
     nonlinearity: str,
     *,
     check_values: bool = True,
+    names: dict[str, str] | None = None,
 ) -> tuple[int, int, int]:
     """Validate one layer-direction call; return ``(T, B, H)``.
 
     Raises ``TypeError`` for wrong types and dtypes and ``ValueError`` for wrong shapes,
     devices and ``batch_sizes`` values, each naming the argument, the expected and the
     given value. ``check_values=False`` skips the checks that read ``batch_sizes`` data
-    (fake tensors under ``torch.compile`` have none).
+    (fake tensors under ``torch.compile`` have none). Messages are only formatted on
+    failure: this runs on every call. ``names`` renames arguments in messages for
+    callers that pass other tensors in these places (the backward op).
     """
-    tensors = _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
-    _require(
-        nonlinearity in NONLINEARITIES,
-        f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}",
-    )
+    _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
+    n = _ARG_NAMES if names is None else {**_ARG_NAMES, **names}
+    if nonlinearity not in NONLINEARITIES:
+        _fail(ValueError, f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
 
-    _require(
-        x.dtype in _KERNEL_DTYPES, f"x must have dtype float32 or float64, got {x.dtype}", TypeError
-    )
-    for name, t in tensors.items():
-        if name != "batch_sizes":
-            _require(
-                t.dtype == x.dtype,
-                f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}",
+    dtype, device = x.dtype, x.device
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        if dtype not in _cuda.KERNEL_DTYPES:
+            _fail(
                 TypeError,
+                f"{n['x']} must have dtype float32, float64, bfloat16 or float16 on CUDA, "
+                f"got {dtype}",
             )
-            _require(
-                t.device == x.device,
-                f"{name} must be on the device of x ({x.device}), got {t.device}",
+    elif dtype not in _KERNEL_DTYPES:
+        _fail(TypeError, f"{n['x']} must have dtype float32 or float64, got {dtype}")
+    for name, t in (
+        (n["w_ih"], w_ih),
+        ("w_hh", w_hh),
+        ("b_ih", b_ih),
+        ("b_hh", b_hh),
+        (n["h0"], h0),
+    ):
+        if t is None:
+            continue
+        if t.dtype != dtype:
+            _fail(TypeError, f"{name} must have the dtype of {n['x']} ({dtype}), got {t.dtype}")
+        if t.device != device:
+            _fail(
+                ValueError, f"{name} must be on the device of {n['x']} ({device}), got {t.device}"
             )
-    _require(x.device.type == "cpu", f"x must be a CPU tensor, got device {x.device}")
-
-    _require(x.dim() == 2, f"x must be 2-D [N, I], got shape {_shape(x)}")
-    N, I = x.shape
-    _require(
-        w_hh.dim() == 2 and w_hh.shape[0] == w_hh.shape[1] and w_hh.shape[0] > 0,
-        f"w_hh must be a square 2-D tensor [H, H] with H >= 1, got shape {_shape(w_hh)}",
-    )
-    H = w_hh.shape[0]
-    _require(I > 0, f"x must have at least one feature column, got shape {_shape(x)}")
-    _require(
-        w_ih.dim() == 2 and _shape(w_ih) == (H, I),
-        f"w_ih must have shape [H, I] = {(H, I)}, got {_shape(w_ih)}",
-    )
-    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
-        if b is not None:
-            _require(_shape(b) == (H,), f"{name} must have shape [H] = {(H,)}, got {_shape(b)}")
-    _require(
-        h0.dim() == 2 and h0.shape[1] == H and h0.shape[0] > 0,
-        f"h0 must have shape [B, H] with B >= 1 and H = {H}, got {_shape(h0)}",
-    )
-    B = h0.shape[0]
-
-    _require(
-        batch_sizes.dtype == torch.int64,
-        f"batch_sizes must have dtype int64, got {batch_sizes.dtype}",
-        TypeError,
-    )
-    _require(
-        batch_sizes.device.type == "cpu",
-        f"batch_sizes must be a CPU tensor, got device {batch_sizes.device}",
-    )
-    _require(batch_sizes.dim() == 1, f"batch_sizes must be 1-D, got shape {_shape(batch_sizes)}")
-    if batch_sizes.numel() == 0:
-        _require(
-            N > 0 and N % B == 0,
-            f"padded x must have T*B rows with T >= 1 and B = {B} (from h0), got {N} rows",
+    if device.type not in ("cpu", "cuda"):
+        _fail(ValueError, f"{n['x']} must be a CPU or CUDA tensor, got device {device}")
+    if on_cuda and not _cuda.available():
+        _fail(
+            RuntimeError,
+            f"{n['x']} is a CUDA tensor but fusedrnn was built without its CUDA kernels "
+            "(reinstall with nvcc on the PATH and FUSEDRNN_CUDA=ON)",
         )
+
+    if x.dim() != 2:
+        _fail(ValueError, f"{n['x']} must be 2-D [N, I], got shape {tuple(x.shape)}")
+    N, I = x.shape
+    H = w_hh.shape[0] if w_hh.dim() == 2 else 0
+    if H == 0 or w_hh.shape != (H, H):
+        _fail(
+            ValueError,
+            f"w_hh must be a square 2-D tensor [H, H] with H >= 1, got shape {tuple(w_hh.shape)}",
+        )
+    if I == 0:
+        _fail(
+            ValueError,
+            f"{n['x']} must have at least one feature column, got shape {tuple(x.shape)}",
+        )
+    if w_ih.shape != (H, I):
+        _fail(ValueError, f"{n['w_ih']} must have shape [H, I] = {(H, I)}, got {tuple(w_ih.shape)}")
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None and b.shape != (H,):
+            _fail(ValueError, f"{name} must have shape [H] = {(H,)}, got {tuple(b.shape)}")
+    B = h0.shape[0] if h0.dim() == 2 else 0
+    if B == 0 or h0.shape[1] != H:
+        _fail(
+            ValueError,
+            f"{n['h0']} must have shape [B, H] with B >= 1 and H = {H}, got {tuple(h0.shape)}",
+        )
+
+    if batch_sizes.dtype != torch.int64:
+        _fail(TypeError, f"batch_sizes must have dtype int64, got {batch_sizes.dtype}")
+    if batch_sizes.device.type != "cpu":
+        _fail(ValueError, f"batch_sizes must be a CPU tensor, got device {batch_sizes.device}")
+    if batch_sizes.dim() != 1:
+        _fail(ValueError, f"batch_sizes must be 1-D, got shape {tuple(batch_sizes.shape)}")
+    if batch_sizes.numel() == 0:
+        if N == 0 or N % B != 0:
+            _fail(
+                ValueError,
+                f"padded {n['x']} must have T*B rows with T >= 1 and B = {B} "
+                f"(from {n['h0']}), got {N} rows",
+            )
         return N // B, B, H
     T = batch_sizes.shape[0]
     if check_values:
         sizes = batch_sizes.tolist()
-        _require(sizes[0] == B, f"batch_sizes[0] must equal B = {B} (from h0), got {sizes[0]}")
-        _require(sizes[-1] >= 1, f"batch_sizes must be >= 1 everywhere, got {sizes}")
-        _require(
-            all(a >= b for a, b in itertools.pairwise(sizes)),
-            f"batch_sizes must be non-increasing, got {sizes}",
-        )
-        _require(
-            sum(sizes) == N, f"batch_sizes must sum to the rows of x ({N}), got sum {sum(sizes)}"
-        )
+        if sizes[0] != B:
+            _fail(ValueError, f"batch_sizes[0] must equal B = {B} (from {n['h0']}), got {sizes[0]}")
+        if sizes[-1] < 1:
+            _fail(ValueError, f"batch_sizes must be >= 1 everywhere, got {sizes}")
+        if any(a < b for a, b in itertools.pairwise(sizes)):
+            _fail(ValueError, f"batch_sizes must be non-increasing, got {sizes}")
+        if sum(sizes) != N:
+            _fail(
+                ValueError,
+                f"batch_sizes must sum to the rows of {n['x']} ({N}), got sum {sum(sizes)}",
+            )
     return T, B, H
 
 
@@ -160,25 +187,17 @@ def _addr(t: Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-@torch.library.custom_op("fusedrnn::rnn_layer_forward", mutates_args=())
-def rnn_layer_forward(
-    x: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    h0: Tensor,
-    batch_sizes: Tensor,
-    reverse: bool,
-    nonlinearity: str,
-) -> tuple[Tensor, Tensor]:
-    """One layer, one direction: returns ``(h [N, H], hn [B, H])``."""
+def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
+    """The forward computation shared by the custom op and the eager path."""
     T, B, H = check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity)
     x, w_ih, w_hh, h0 = x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), h0.contiguous()
     bias = _combined_bias(b_ih, b_hh)
     # P = x W_ih^T + b: a fresh contiguous [N, H]; the kernel overwrites it with h in place.
     P = torch.addmm(bias, x, w_ih.t()) if bias is not None else torch.mm(x, w_ih.t())
     hn = torch.empty_like(h0)
+    if x.is_cuda:
+        _cuda.rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, P, hn)
+        return P, hn
     _C.rnn_forward(
         _KERNEL_DTYPES[x.dtype],
         T,
@@ -197,39 +216,57 @@ def rnn_layer_forward(
     return P, hn
 
 
+@torch.library.custom_op("fusedrnn::rnn_layer_forward", mutates_args=())
+def rnn_layer_forward(
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    h0: Tensor,
+    batch_sizes: Tensor,
+    reverse: bool,
+    nonlinearity: str,
+) -> tuple[Tensor, Tensor]:
+    """One layer, one direction: returns ``(h [N, H], hn [B, H])``."""
+    return _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+
+
 @rnn_layer_forward.register_fake
 def _(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
     check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity, check_values=False)
     return x.new_empty((x.shape[0], w_hh.shape[0])), torch.empty_like(h0)
 
 
-@torch.library.custom_op("fusedrnn::rnn_layer_backward", mutates_args=())
-def rnn_layer_backward(
-    w_hh: Tensor,
-    h: Tensor,
-    grad_h: Tensor,
-    grad_hn: Tensor,
-    batch_sizes: Tensor,
-    reverse: bool,
-    nonlinearity: str,
-) -> tuple[Tensor, Tensor]:
-    """BPTT for one layer-direction: returns ``(dP [N, H], dh0 [B, H])``.
+# The backward op reuses the forward checks: h in the place of x, grad_hn in that of h0.
+_BACKWARD_NAMES = {"x": "h", "w_ih": "w_hh", "h0": "grad_hn"}
 
-    ``dP`` is the gradient of the pre-activations; the caller turns it into the input,
-    weight and bias gradients with GEMMs.
-    """
-    # The forward op's checks apply with h in the place of x and grad_hn in that of h0.
-    T, B, H = check_layer_args(h, w_hh, w_hh, None, None, grad_hn, batch_sizes, nonlinearity)
-    _require(
-        _shape(grad_h) == _shape(h),
-        f"grad_h must have the shape of h {_shape(h)}, got {_shape(grad_h)}",
+
+def _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
+    """The BPTT computation shared by the custom op and the eager path."""
+    T, B, H = check_layer_args(
+        h, w_hh, w_hh, None, None, grad_hn, batch_sizes, nonlinearity, names=_BACKWARD_NAMES
     )
-    _require(
-        grad_h.dtype == h.dtype, f"grad_h must have dtype {h.dtype}, got {grad_h.dtype}", TypeError
-    )
+    if not isinstance(grad_h, Tensor):
+        _fail(TypeError, f"grad_h must be a torch.Tensor, got {type(grad_h).__name__}")
+    if grad_h.shape != h.shape:
+        _fail(
+            ValueError,
+            f"grad_h must have the shape of h {tuple(h.shape)}, got {tuple(grad_h.shape)}",
+        )
+    if grad_h.dtype != h.dtype or grad_h.device != h.device:
+        _fail(
+            TypeError,
+            f"grad_h must have the dtype and device of h ({h.dtype}, {h.device}), "
+            f"got ({grad_h.dtype}, {grad_h.device})",
+        )
     w_hh, h, grad_h, grad_hn = (t.contiguous() for t in (w_hh, h, grad_h, grad_hn))
     dP = torch.empty_like(h)
     dh0 = torch.empty_like(grad_hn)
+    if h.is_cuda:
+        args = (w_hh, h, grad_h, grad_hn, dP, dh0)
+        _cuda.rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, *args)
+        return dP, dh0
     _C.rnn_backward(
         _KERNEL_DTYPES[h.dtype],
         T,
@@ -249,10 +286,37 @@ def rnn_layer_backward(
     return dP, dh0
 
 
+@torch.library.custom_op("fusedrnn::rnn_layer_backward", mutates_args=())
+def rnn_layer_backward(
+    w_hh: Tensor,
+    h: Tensor,
+    grad_h: Tensor,
+    grad_hn: Tensor,
+    batch_sizes: Tensor,
+    reverse: bool,
+    nonlinearity: str,
+) -> tuple[Tensor, Tensor]:
+    """BPTT for one layer-direction: returns ``(dP [N, H], dh0 [B, H])``.
+
+    ``dP`` is the gradient of the pre-activations; the caller turns it into the input,
+    weight and bias gradients with GEMMs.
+    """
+    return _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
+
+
 @rnn_layer_backward.register_fake
 def _(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
     check_layer_args(
-        h, w_hh, w_hh, None, None, grad_hn, batch_sizes, nonlinearity, check_values=False
+        h,
+        w_hh,
+        w_hh,
+        None,
+        None,
+        grad_hn,
+        batch_sizes,
+        nonlinearity,
+        check_values=False,
+        names=_BACKWARD_NAMES,
     )
     return torch.empty_like(h), torch.empty_like(grad_hn)
 
@@ -301,9 +365,11 @@ def _backward(ctx, grad_h, grad_hn):
         grad_h = torch.zeros_like(h)
     if grad_hn is None:
         grad_hn = torch.zeros_like(h0)
-    dP, dh0 = rnn_layer_backward(
-        w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity
-    )
+    # The eager path may call the kernel directly unless a graph of this backward is being
+    # recorded (create_graph=True): then the op, whose own backward refuses clearly.
+    eager = getattr(ctx, "eager", False) and not torch.is_grad_enabled()
+    bptt = _backward_impl if eager else rnn_layer_backward
+    dP, dh0 = bptt(w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity)
     dx = dP @ w_ih if needs[0] else None
     dw_ih = dP.t() @ x if needs[1] else None
     dw_hh = _prev_state_grad(dP, h, h0, batch_sizes, ctx.reverse) if needs[2] else None
@@ -338,7 +404,53 @@ rnn_layer_backward.register_autograd(
 )
 
 
+class _EagerLayer(torch.autograd.Function):
+    """The custom op's computation and autograd formulas without torch.library dispatch.
+
+    Dispatching a custom op costs tens of microseconds per call, which dominates small
+    layers and single steps; plain eager calls take this path instead (see rnn_layer).
+    """
+
+    @staticmethod
+    def forward(*inputs):
+        return _forward_impl(*inputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+        ctx.eager = True
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_hn):
+        return _backward(ctx, grad_h, grad_hn)
+
+
+def _plain_eager(x: Tensor) -> bool:
+    """True when nothing needs the registered op: no compiler, export, autocast, functorch
+    transform, dispatch mode or tensor subclass is in play."""
+    return (
+        type(x) is Tensor
+        and not torch.compiler.is_compiling()
+        and not torch._C._is_any_autocast_enabled()
+        and not torch._C._are_functorch_transforms_active()
+        and torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is None
+        and not _python_dispatch.is_in_torch_dispatch_mode()
+    )
+
+
 def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonlinearity="tanh"):
-    """Differentiable one-layer, one-direction Elman RNN. See the module docstring."""
-    _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
-    return rnn_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+    """Differentiable one-layer, one-direction Elman RNN. See the module docstring.
+
+    Plain eager calls run the shared implementation directly (no autograd node when no
+    input requires grad); everything else goes through ``torch.ops.fusedrnn``.
+    """
+    args = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+    if not _plain_eager(x):
+        # The dispatcher would reject a non-tensor before the checks could name it.
+        _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
+        return rnn_layer_forward(*args)
+    if torch.is_grad_enabled() and any(
+        getattr(t, "requires_grad", False) for t in (x, w_ih, w_hh, b_ih, b_hh, h0)
+    ):
+        return _EagerLayer.apply(*args)
+    return _forward_impl(*args)

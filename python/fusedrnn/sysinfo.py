@@ -1,16 +1,14 @@
 """What this fusedrnn build and machine provide: versions, CPU SIMD level, threads, CUDA.
 
 ``fusedrnn.info()`` returns :func:`collect` as a dict; ``fusedrnn info`` prints it. The
-CUDA facts come from the optional extension ``fusedrnn._C_cuda``: when it is importable,
-its ``built_archs()`` (a list such as ``["80", "90"]``) names the architectures the kernels
-were compiled for. Add further CUDA facts in :func:`_cuda_extension`.
+CUDA facts come from ``fusedrnn._cuda``, the wrapper of the optional extension
+``fusedrnn._C_cuda``: whether it was built, and the architectures it was compiled for.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from importlib import import_module
 
 import numpy as np
 import torch
@@ -31,17 +29,9 @@ def _cpu_model() -> str:
 
 def _cuda_extension() -> dict:
     """Whether the CUDA kernels were built, and for which architectures."""
-    try:
-        ext = import_module("fusedrnn._C_cuda")
-    except ImportError as exc:
-        # Absent when built without a CUDA compiler; any other import error is worth showing.
-        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "fusedrnn._C_cuda"
-        return {"cuda_kernels_built": False, "cuda_import_error": None if missing else str(exc)}
-    built_archs = getattr(ext, "built_archs", None)
-    return {
-        "cuda_kernels_built": True,
-        "cuda_archs": [str(a) for a in built_archs()] if built_archs is not None else None,
-    }
+    from . import _cuda
+
+    return {"cuda_kernels_built": _cuda.available(), "cuda_archs": _cuda.built_archs()}
 
 
 def _gpus() -> list[dict]:
@@ -99,7 +89,6 @@ _LABELS = {
     "cuda_available": "CUDA available",
     "cuda_kernels_built": "fusedrnn CUDA kernels built",
     "cuda_archs": "CUDA architectures built",
-    "cuda_import_error": "fusedrnn._C_cuda import error",
 }
 
 
@@ -109,8 +98,6 @@ def format_info(facts: dict) -> str:
     lines = []
     for key, value in facts.items():
         if key == "gpus":
-            continue
-        if value is None and key in ("cuda_archs", "cuda_import_error"):
             continue
         if isinstance(value, list):
             value = ", ".join(str(v) for v in value) if value else "-"

@@ -1,0 +1,157 @@
+"""GPU benchmarks: fusedrnn.RNN vs torch.nn.RNN (cuDNN), side by side on identical inputs.
+
+Times with CUDA events after warm-up, median of repeats; reports microseconds per time
+step and achieved FLOP/s, for inference (no_grad forward) and training (forward +
+backward), and the recurrence kernel alone (fusedrnn's forward recurrence on a
+precomputed P: the per-step latency of the persistent kernel).
+
+    python3 scripts/bench_cuda.py --out OUT_DIR [--full]
+
+Writes OUT_DIR/bench_cuda.json and OUT_DIR/bench_cuda.md; prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+import fusedrnn
+from fusedrnn import _cuda
+
+QUICK = dict(B=[1, 16, 64], H=[256, 1024, 2048], T=[100])
+FULL = dict(B=[1, 8, 16, 64, 256], H=[64, 128, 256, 512, 768, 1024, 2048], T=[1, 100, 1024])
+PRECISIONS = {  # name: (dtype, allow_tf32)
+    "fp32": (torch.float32, False),
+    "fp32-tf32": (torch.float32, True),
+    "bf16": (torch.bfloat16, False),
+    "fp16": (torch.float16, False),
+}
+
+
+def time_ms(fn, warmup=3, min_repeats=5, budget_ms=300.0) -> float:
+    """Median milliseconds of fn() timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    while len(times) < min_repeats or (sum(times) < budget_ms and len(times) < 100):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def kernel_only_ms(P, w_hh, h0, T, B, H) -> float:
+    out, hn = torch.empty_like(P), torch.empty_like(h0)
+    no_bs = torch.empty(0, dtype=torch.int64)
+    return time_ms(lambda: _cuda.rnn_forward(T, B, H, no_bs, False, "tanh", P, w_hh, h0, out, hn))
+
+
+def bench_row(precision, B, H, T):
+    dtype, tf32 = PRECISIONS[precision]
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.manual_seed(0)
+    ref = torch.nn.RNN(H, H).to("cuda", dtype)
+    ours = fusedrnn.RNN.from_torch(ref)
+    x = torch.randn(T, B, H, device="cuda", dtype=dtype)
+    row = dict(precision=precision, B=B, H=H, T=T)
+    flops_fwd = 2.0 * T * B * H * (2 * H)  # input projection + recurrence
+    for name, module in (("cudnn", ref), ("fused", ours)):
+        with torch.no_grad():
+            row[f"{name}_infer_ms"] = time_ms(lambda m=module: m(x))
+
+        def train(m=module):
+            out, hn = m(x)
+            (out.float().sum() + hn.float().sum()).backward()
+
+        row[f"{name}_train_ms"] = time_ms(train)
+    P = torch.randn(T * B, H, device="cuda", dtype=dtype)
+    h0 = torch.randn(B, H, device="cuda", dtype=dtype)
+    w_hh = ref.weight_hh_l0.detach().contiguous()
+    row["kernel_us_per_step"] = 1e3 * kernel_only_ms(P, w_hh, h0, T, B, H) / T
+    for mode, factor in (("infer", 1.0), ("train", 3.0)):
+        for name in ("cudnn", "fused"):
+            ms = row[f"{name}_{mode}_ms"]
+            row[f"{name}_{mode}_us_per_step"] = 1e3 * ms / T
+            row[f"{name}_{mode}_tflops"] = factor * flops_fwd / (ms * 1e-3) / 1e12
+        row[f"{mode}_speedup"] = row[f"cudnn_{mode}_ms"] / row[f"fused_{mode}_ms"]
+    row["path"] = _cuda._C_cuda.plan(
+        _cuda.KERNEL_DTYPES[dtype], B, H, "tanh", False, torch.cuda.current_device()
+    )["path"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--full", action="store_true", help="the full grid of the issue")
+    parser.add_argument("--precisions", default="fp32,fp32-tf32,bf16,fp16")
+    args = parser.parse_args()
+    grid = FULL if args.full else QUICK
+    rows = []
+    header = (
+        f"{'prec':9} {'B':>4} {'H':>5} {'T':>5} {'path':>10} {'kern us/step':>12} "
+        f"{'infer cudnn/fused us/step':>26} {'x':>5} {'train cudnn/fused us/step':>26} {'x':>5}"
+    )
+    print(header)
+    for precision in args.precisions.split(","):
+        for B, H, T in itertools.product(grid["B"], grid["H"], grid["T"]):
+            try:
+                r = bench_row(precision, B, H, T)
+            except RuntimeError as e:  # e.g. a precision cuDNN does not support
+                print(f"{precision:9} {B:>4} {H:>5} {T:>5} failed: {e}", flush=True)
+                rows.append(dict(precision=precision, B=B, H=H, T=T, error=str(e)))
+                continue
+            rows.append(r)
+            print(
+                f"{precision:9} {B:>4} {H:>5} {T:>5} {r['path']:>10} "
+                f"{r['kernel_us_per_step']:>12.2f} "
+                f"{r['cudnn_infer_us_per_step']:>12.2f} / {r['fused_infer_us_per_step']:>11.2f} "
+                f"{r['infer_speedup']:>5.2f} "
+                f"{r['cudnn_train_us_per_step']:>12.2f} / {r['fused_train_us_per_step']:>11.2f} "
+                f"{r['train_speedup']:>5.2f}",
+                flush=True,
+            )
+    meta = dict(
+        device=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        fusedrnn=fusedrnn.info(),
+        cudnn=torch.backends.cudnn.version(),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_cuda.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    lines = [
+        f"Device: {meta['device']}, torch {meta['torch']}, cuDNN {meta['cudnn']}",
+        "",
+        "| precision | B | H | T | kernel | kernel us/step | infer cuDNN us/step | "
+        "infer fused us/step | infer x | train cuDNN us/step | train fused us/step | train x "
+        "| fused train TFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(
+                f"| {r['precision']} | {r['B']} | {r['H']} | {r['T']} | error: {r['error']} |"
+            )
+            continue
+        lines.append(
+            f"| {r['precision']} | {r['B']} | {r['H']} | {r['T']} | {r['path']} "
+            f"| {r['kernel_us_per_step']:.2f} | {r['cudnn_infer_us_per_step']:.2f} "
+            f"| {r['fused_infer_us_per_step']:.2f} | {r['infer_speedup']:.2f} "
+            f"| {r['cudnn_train_us_per_step']:.2f} | {r['fused_train_us_per_step']:.2f} "
+            f"| {r['train_speedup']:.2f} | {r['fused_train_tflops']:.3f} |"
+        )
+    (args.out / "bench_cuda.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,373 @@
+"""The CUDA kernels (fusedrnn._C_cuda) and the ops on CUDA tensors.
+
+Every test is marked ``cuda`` and skipped without a GPU (tests/conftest.py). Kernel tests
+drive the binding directly with torch tensors, force each recurrence kernel (the
+persistent one and the per-step fallback), poison every output and the workspace with
+NaN first, and compare with the float64 NumPy reference run on the same (rounded) inputs.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+import fusedrnn
+from fusedrnn import _cuda, ops, reference
+from helpers import lengths_to_batch_sizes, rel_error, rng_for
+
+pytestmark = pytest.mark.cuda
+
+PATHS = ["persistent", "stepwise"]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+# max |got - want| / max |want| against float64 on the same rounded inputs. Half types
+# round every stored output (h, dP) and BPTT reads the rounded h.
+FORWARD_RTOL = {
+    torch.float32: 1e-5,
+    torch.float64: 1e-12,
+    torch.bfloat16: 1e-2,
+    torch.float16: 2e-3,
+}
+BACKWARD_RTOL = {
+    torch.float32: 1e-5,
+    torch.float64: 1e-11,
+    torch.bfloat16: 3e-2,
+    torch.float16: 5e-3,
+}
+# (T, B, H, lengths); lengths=None is padded input.
+SHAPES = [
+    (1, 1, 1, None),
+    (7, 1, 5, None),
+    (5, 3, 17, None),
+    (13, 9, 33, None),
+    (4, 17, 151, None),
+    (3, 2, 300, None),
+    (6, 5, 9, [2, 6, 1, 6, 3]),
+    (11, 12, 19, [3, 11, 7, 1, 11, 2, 9, 9, 4, 5, 6, 10]),
+    (1, 3, 4, [1, 1, 1]),
+]
+
+
+def _addr(t):
+    return 0 if t is None else t.data_ptr()
+
+
+def _poisoned(shape, dtype, device):
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def _workspace(name, B, H, device):
+    # 0xFF bytes are NaN in every float type: a read of unwritten state shows.
+    return torch.full(
+        (_cuda._C_cuda.workspace_bytes(name, B, H),), 255, dtype=torch.uint8, device=device
+    )
+
+
+def _launch_args(x, bs, B):
+    """The leading and trailing binding arguments for device tensor x [N,H]:
+    (dtype, T, B, H, batch_sizes, batch_sizes_dev) and (workspace, bytes, device, stream)."""
+    N, H = x.shape
+    T = len(bs) if bs is not None else N // B
+    name = _cuda.KERNEL_DTYPES[x.dtype]
+    bs_host = None if bs is None else torch.as_tensor(np.asarray(bs, dtype=np.int64))
+    bs_dev = None if bs is None else bs_host.to(x.device)
+    ws = _workspace(name, B, H, x.device)
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    # bs_dev and ws may be freed after the call: the caching allocator reuses them only
+    # for work ordered after the kernels on this stream.
+    head = (name, T, B, H, _addr(bs_host), _addr(bs_dev))
+    return head, (_addr(ws), ws.numel(), x.device.index, stream)
+
+
+def cuda_forward(P, W, h0, bs, B, reverse, nl, path, in_place=False):
+    """Run _C_cuda.rnn_forward on device tensors; P [N,H]; bs a NumPy array or None."""
+    head, tail = _launch_args(P, bs, B)
+    h = P.clone() if in_place else _poisoned(P.shape, P.dtype, P.device)
+    hn = _poisoned((B, P.shape[1]), P.dtype, P.device)
+    src = h if in_place else P
+    ptrs = (_addr(src), _addr(W), _addr(h0), _addr(h), _addr(hn))
+    _cuda._C_cuda.rnn_forward(*head, reverse, nl, *ptrs, *tail, path)
+    return h, hn
+
+
+def cuda_backward(W, h, G, dhn, bs, B, reverse, nl, path, in_place=False, want_dh0=True):
+    """Run _C_cuda.rnn_backward; dP aliases G when in_place; dh0 is None unless wanted."""
+    head, tail = _launch_args(h, bs, B)
+    dP = G.clone() if in_place else _poisoned(h.shape, h.dtype, h.device)
+    dh0 = _poisoned((B, h.shape[1]), h.dtype, h.device) if want_dh0 else None
+    src = dP if in_place else G
+    ptrs = (_addr(W), _addr(h), _addr(src), _addr(dhn), _addr(dP), _addr(dh0))
+    _cuda._C_cuda.rnn_backward(*head, reverse, nl, *ptrs, *tail, path)
+    return dP, dh0
+
+
+def _np(t):
+    return None if t is None else t.detach().double().cpu().numpy()
+
+
+def _problem(T, B, H, lengths, dtype, key):
+    """P, W_hh, h0, G, Gn on the GPU in dtype, at the scale of nn.RNN's init."""
+    rng = rng_for(key)
+    bs = None if lengths is None else lengths_to_batch_sizes(lengths)
+    N = T * B if bs is None else int(bs.sum())
+    k = 1.0 / np.sqrt(H)
+
+    def dev(a):
+        return torch.from_numpy(a).to("cuda", dtype)
+
+    return dict(
+        P=dev(rng.standard_normal((N, H))),
+        W=dev(rng.uniform(-k, k, (H, H))),
+        h0=dev(0.5 * rng.standard_normal((B, H))),
+        G=dev(rng.standard_normal((N, H))),
+        Gn=dev(rng.standard_normal((B, H))),
+        bs=bs,
+        T=T,
+        B=B,
+        H=H,
+    )
+
+
+def _reference(p, reverse, nl, with_h0=True, with_grads=True):
+    """float64 reference on the rounded inputs: x = P with W_ih = I and no bias."""
+    T, B, H, bs = p["T"], p["B"], p["H"], p["bs"]
+    x = _np(p["P"]) if bs is not None else _np(p["P"]).reshape(T, B, H)
+    eye = np.eye(H)
+    h0 = _np(p["h0"]) if with_h0 else None
+    G = _np(p["G"]) if with_grads else None
+    Gn = _np(p["Gn"]) if with_grads else None
+    h, hn = reference.rnn_forward(x, eye, _np(p["W"]), None, None, h0, bs, reverse, nl)
+    grads = reference.rnn_backward(x, eye, _np(p["W"]), None, None, h0, G, Gn, bs, reverse, nl)
+    return h.reshape(-1, H), hn, grads["dpre"].reshape(-1, H), grads["h0"]
+
+
+def _check(p, dtype, reverse, nl, path, with_h0=True, with_grads=True, in_place=False):
+    B = p["B"]
+    want_h, want_hn, want_dP, want_dh0 = _reference(p, reverse, nl, with_h0, with_grads)
+    h0 = p["h0"] if with_h0 else None
+    h, hn = cuda_forward(p["P"], p["W"], h0, p["bs"], B, reverse, nl, path, in_place)
+    G, Gn = (p["G"], p["Gn"]) if with_grads else (None, None)
+    if in_place and G is None:
+        G = torch.zeros_like(p["P"])
+    dP, dh0 = cuda_backward(p["W"], h, G, Gn, p["bs"], B, reverse, nl, path, in_place)
+    torch.cuda.synchronize()
+    assert rel_error(_np(h), want_h) <= FORWARD_RTOL[dtype]
+    assert rel_error(_np(hn), want_hn) <= FORWARD_RTOL[dtype]
+    assert rel_error(_np(dP), want_dP) <= BACKWARD_RTOL[dtype]
+    assert rel_error(_np(dh0), want_dh0) <= BACKWARD_RTOL[dtype]
+
+
+def test_cuda_kernels_were_built():
+    """On a GPU machine the CUDA module must be there: a silent CPU fallback is a failure."""
+    info = fusedrnn.info()
+    assert info["cuda_kernels_built"], "fusedrnn._C_cuda is missing"
+    assert info["cuda_archs"]
+    assert _cuda._C_cuda.driver_version() >= _cuda._C_cuda.runtime_version()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("nl", ["tanh", "relu"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_kernels_match_reference(shape, nl, reverse, dtype, path):
+    p = _problem(*shape, dtype, (shape, nl, reverse, str(dtype)))
+    _check(p, dtype, reverse, nl, path)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("shape", [SHAPES[3], SHAPES[7]], ids=str)
+def test_kernels_without_optional_inputs(shape, reverse, path):
+    """h0, G and dhn absent mean zeros; dh0 absent is not written."""
+    p = _problem(*shape, torch.float64, (shape, "absent", reverse))
+    _check(p, torch.float64, reverse, "tanh", path, with_h0=False, with_grads=False)
+    h, _ = cuda_forward(p["P"], p["W"], p["h0"], p["bs"], p["B"], reverse, "tanh", path)
+    dP, dh0 = cuda_backward(
+        p["W"], h, p["G"], p["Gn"], p["bs"], p["B"], reverse, "tanh", path, want_dh0=False
+    )
+    assert dh0 is None and bool(torch.isfinite(dP).all())
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("shape", [SHAPES[4], SHAPES[7]], ids=str)
+def test_kernels_in_place(shape, reverse, path):
+    """h may alias P and dP may alias G."""
+    p = _problem(*shape, torch.float32, (shape, "in place", reverse))
+    _check(p, torch.float32, reverse, "relu", path, in_place=True)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_kernels_long_sequence(dtype, path):
+    p = _problem(2000, 3, 16, None, dtype, ("long", str(dtype)))
+    _check(p, dtype, False, "tanh", path)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_kernels_are_deterministic(path):
+    p = _problem(50, 16, 256, None, torch.float32, "determinism")
+    runs = []
+    for _ in range(3):
+        h, hn = cuda_forward(p["P"], p["W"], p["h0"], None, 16, False, "tanh", path)
+        dP, dh0 = cuda_backward(p["W"], h, p["G"], p["Gn"], None, 16, False, "tanh", path)
+        runs.append(torch.cat([h, hn, dP, dh0]))
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+def _plan(H, B=16, dtype="float32", backward=False):
+    return _cuda._C_cuda.plan(dtype, B, H, "tanh", backward, torch.cuda.current_device())
+
+
+def test_boundary_between_persistent_and_stepwise():
+    """auto takes the persistent kernel at small H and falls back at large H; both right."""
+    small = _plan(256)
+    assert small["path"] == "persistent", small
+    large_H = next(
+        (H for H in (2048, 3072, 4096, 6144, 8192) if _plan(H)["path"] == "stepwise"), None
+    )
+    assert large_H is not None, "no size up to H=8192 falls back to the per-step kernel"
+    assert _plan(large_H)["reason"]
+    last_fit = max(H for H in range(256, large_H, 256) if _plan(H)["path"] == "persistent")
+    for H in (last_fit, large_H):
+        p = _problem(3, 4, H, None, torch.float32, ("boundary", H))
+        _check(p, torch.float32, False, "tanh", "auto")
+
+
+def test_persistent_kernel_refuses_when_it_cannot_fit():
+    p = _problem(2, 2, 4096, None, torch.float64, "too big")
+    assert _plan(4096, B=2, dtype="float64")["path"] == "stepwise"
+    with pytest.raises(RuntimeError, match="persistent kernel was requested but cannot run"):
+        cuda_forward(p["P"], p["W"], p["h0"], None, 2, False, "tanh", "persistent")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_non_default_stream(path):
+    """The kernels run on the caller's current stream, ordered after its earlier work."""
+    side = torch.cuda.Stream()
+    p = _problem(40, 8, 96, None, torch.float32, "stream")
+    want_h, want_hn, want_dP, want_dh0 = _reference(p, False, "tanh")
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        P = p["P"] * 1.0  # produced on the side stream just before the kernel reads it
+        h, hn = cuda_forward(P, p["W"], p["h0"], None, 8, False, "tanh", path)
+        dP, dh0 = cuda_backward(p["W"], h, p["G"], p["Gn"], None, 8, False, "tanh", path)
+    side.synchronize()
+    assert rel_error(_np(h), want_h) <= 1e-5 and rel_error(_np(hn), want_hn) <= 1e-5
+    assert rel_error(_np(dP), want_dP) <= 1e-5 and rel_error(_np(dh0), want_dh0) <= 1e-5
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
+def test_second_device_and_current_device_is_restored():
+    torch.cuda.set_device(0)
+    with torch.cuda.device(1):
+        p = _problem(5, 3, 17, None, torch.float64, "device 1")
+    assert p["P"].device.index == 1
+    _check(p, torch.float64, False, "tanh", "auto")
+    assert torch.cuda.current_device() == 0
+
+
+# ---- the ops and the module on CUDA ---------------------------------------------------------
+
+
+def _layer_inputs(device, dtype=torch.float64, lengths=None, T=5, B=3, I=4, H=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if lengths is None:
+        x = torch.randn(T * B, I, generator=g, dtype=dtype)
+        bs = torch.empty(0, dtype=torch.int64)
+    else:
+        packed = pack_sequence([torch.randn(n, I, generator=g, dtype=dtype) for n in lengths])
+        x, bs = packed.data, packed.batch_sizes
+        B = int(bs[0])
+    w = [torch.rand(*s, generator=g, dtype=dtype) - 0.5 for s in ((H, I), (H, H), (H,), (H,))]
+    h0 = torch.randn(B, H, generator=g, dtype=dtype)
+    return [t.to(device) for t in (x, *w, h0)] + [bs]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("nl", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("lengths", [None, [5, 3, 1]], ids=["padded", "packed"])
+def test_gradcheck_float64(lengths, reverse, nl, path, monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
+    *tensors, bs = _layer_inputs("cuda", lengths=lengths)
+    for t in tensors:
+        t.requires_grad_(True)
+
+    def fn(x, w_ih, w_hh, b_ih, b_hh, h0):
+        return ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, bs, reverse, nl)
+
+    assert torch.autograd.gradcheck(fn, tuple(tensors))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("lengths", [None, [5, 3, 1]], ids=["padded", "packed"])
+def test_cuda_matches_cpu(lengths, dtype):
+    cpu = _layer_inputs("cpu", dtype, lengths)
+    gpu = _layer_inputs("cuda", dtype, lengths)
+    outs = []
+    for *tensors, bs in (cpu, gpu):
+        for t in tensors:
+            t.requires_grad_(True)
+        h, hn = ops.rnn_layer(*tensors, bs, True, "tanh")
+        (h.square().sum() + hn.sum()).backward()
+        outs.append([h, hn] + [t.grad for t in tensors])
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(b.cpu(), a, **tol)
+
+
+OPTIONS = [
+    dict(num_layers=1),
+    dict(num_layers=2, nonlinearity="relu"),
+    dict(num_layers=2, bidirectional=True),
+    dict(num_layers=1, batch_first=True, bias=False),
+]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+def test_module_matches_cudnn(options, packed):
+    """fusedrnn.RNN on CUDA against torch.nn.RNN (cuDNN) in float64, outputs and gradients."""
+    torch.manual_seed(0)
+    ref = torch.nn.RNN(5, 24, **options).to("cuda", torch.float64)
+    ours = fusedrnn.RNN.from_torch(ref)
+    batch_first = options.get("batch_first", False)
+    lengths = [7, 4, 6, 1]
+    seqs = [torch.randn(n, 5, dtype=torch.float64, device="cuda") for n in lengths]
+    if packed:
+        x = pack_sequence(seqs, enforce_sorted=False)
+    else:
+        x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=batch_first)
+    results = []
+    for module in (ref, ours):
+        module.zero_grad()
+        out, hn = module(x)
+        data = out.data if packed else out
+        (data.square().sum() + hn.sum()).backward()
+        results.append([data, hn] + [p.grad for p in module.parameters()])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_module_half_types_track_float32(dtype):
+    torch.manual_seed(0)
+    ref = torch.nn.RNN(8, 64, num_layers=2).cuda()
+    ours = fusedrnn.RNN.from_torch(ref).to(dtype)
+    x = torch.randn(20, 4, 8, device="cuda")
+    with torch.no_grad():
+        want, _ = ref(x)
+        got, _ = ours(x.to(dtype))
+    assert got.dtype == dtype
+    assert rel_error(_np(got), _np(want)) <= FORWARD_RTOL[dtype] * 5
+
+
+def test_cuda_argument_errors_name_the_argument():
+    x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs("cuda", lengths=[5, 3, 1])
+    with pytest.raises(ValueError, match="batch_sizes must be a CPU tensor"):
+        ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, bs.cuda())
+    with pytest.raises(ValueError, match="h0 must be on the device of x"):
+        ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0.cpu(), bs)
+    with pytest.raises(TypeError, match="float32, float64, bfloat16 or float16 on CUDA"):
+        ops.rnn_layer(*(t.int() for t in (x, w_ih, w_hh, b_ih, b_hh, h0)), bs)

@@ -674,7 +674,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
     args.min_time = min_time
 
     meta = _meta(args, argv)
-    print(f"fusedrnn bench: {len(cases)} cases; {_machine_line(meta)}", flush=True)
+    count = f"{len(cases)} case" + ("" if len(cases) == 1 else "s")
+    print(f"fusedrnn bench: {count}; {_machine_line(meta)}", flush=True)
     results = []
     from tqdm.auto import tqdm
 

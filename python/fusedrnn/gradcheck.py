@@ -671,7 +671,7 @@ def _flow_plot(path: str, flows: dict[tuple[str, float], np.ndarray], T: int, H:
     )
     axes = np.atleast_1d(axes)
     titles = {
-        "tanh": "tanh: $W_{hh} = \\rho\\,Q$, Q orthogonal",
+        "tanh": "tanh: $W_{hh} = \\rho\\,Q$, Q orthogonal; weak inputs",
         "relu": "relu: $W_{hh} \\geq 0$ with spectral radius $\\rho$, all units active",
     }
     for ax, nl in zip(axes, nonlinearities, strict=True):

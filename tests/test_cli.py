@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 import subprocess
 import sys
 
@@ -84,6 +85,17 @@ def test_info_prints_the_build_facts(capsys):
     for label in ("fusedrnn", "torch", "CPU kernel SIMD level", "threads", "visible GPUs"):
         assert label in out
     assert fusedrnn._C.cpu_isa() in out
+
+
+def test_info_shows_the_cuda_build(monkeypatch, capsys):
+    monkeypatch.setattr(fusedrnn._cuda, "available", lambda: True)
+    monkeypatch.setattr(fusedrnn._cuda, "built_archs", lambda: ["80", "90"])
+    facts = fusedrnn.info()
+    assert facts["cuda_kernels_built"] is True and facts["cuda_archs"] == ["80", "90"]
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.split()[-2:] == ["80,", "90"] for line in out.splitlines())
+    assert re.search(r"^fusedrnn CUDA kernels built +yes$", out, re.MULTILINE)
 
 
 def test_info_json_and_python_m():

@@ -32,7 +32,7 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export PYTHONPATH=$PWD/$stage${PYTHONPATH:+:$PYTHONPATH}
 
 if [ $# -eq 0 ]; then
-  set -- tests/test_kernels.py tests/test_ops.py tests/test_module.py tests/test_reliability.py \
+  set -- tests/test_kernels.py tests/test_ops.py tests/test_dropin.py tests/test_reliability.py \
     tests/test_fuzz.py
 fi
 # An editable install puts an import hook ahead of PYTHONPATH: drop it, then make sure the

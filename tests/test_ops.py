@@ -106,18 +106,10 @@ x32, wih32, whh32, bih32, bhh32, h032, _ = _layer_inputs(dtype=torch.float32)
     [
         (dict(x=x32.double()), TypeError, r"w_ih must have the dtype of x \(torch.float64\)"),
         (
-            dict(
-                x=x32.half(),
-                w_ih=wih32.half(),
-                w_hh=whh32.half(),
-                b_ih=bih32.half(),
-                b_hh=bhh32.half(),
-                h0=h032.half(),
-            ),
+            dict(x=x32.int()),
             TypeError,
-            "x must have dtype float32 or float64",
+            "x must have dtype float32, float64, bfloat16 or float16, got torch.int32",
         ),
-        (dict(x=x32.int()), TypeError, "x must have dtype float32 or float64, got torch.int32"),
         (dict(x=x32[None]), ValueError, r"x must be 2-D \[N, I\], got shape \(1, 12, 2\)"),
         (
             dict(w_ih=wih32.t()),
@@ -127,7 +119,7 @@ x32, wih32, whh32, bih32, bhh32, h032, _ = _layer_inputs(dtype=torch.float32)
         (dict(w_hh=whh32[:2]), ValueError, r"w_hh must be a square 2-D tensor"),
         (dict(b_ih=bih32[:2]), ValueError, r"b_ih must have shape \[H\] = \(3,\), got \(2,\)"),
         (dict(h0=h032[:, :2]), ValueError, r"h0 must have shape \[B, H\]"),
-        (dict(h0=h032[:0]), ValueError, r"h0 must have shape \[B, H\] with B >= 1"),
+        (dict(h0=h032[:0]), ValueError, r"padded x must have no rows when B = 0"),
         (dict(x=x32[:11]), ValueError, r"padded x must have T\*B rows"),
         (dict(nonlinearity="gelu"), ValueError, "nonlinearity must be one of"),
         (dict(x="not a tensor"), TypeError, "x must be a torch.Tensor, got str"),
@@ -192,3 +184,21 @@ def test_eager_path_matches_registered_op_bitwise(lengths):
     with torch.no_grad():
         h, hn = ops.rnn_layer(*inputs, True, "relu")
     assert h.grad_fn is None and torch.equal(h, results[0][0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_is_stored_in_its_dtype_and_computed_in_float32(dtype):
+    x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs(lengths=[4, 3, 1], dtype=torch.float32)
+    low = [t.to(dtype).requires_grad_(True) for t in (x, w_ih, w_hh, b_ih, b_hh, h0)]
+    h, hn = ops.rnn_layer(*low, bs, True, "tanh")
+    want = ops.rnn_layer(*(t.detach().float() for t in low), bs, True, "tanh")
+    for got, w in zip((h, hn), want, strict=True):
+        assert got.dtype == dtype
+        assert torch.equal(got, w.to(dtype))
+    grads = torch.autograd.grad(h.float().sum() + hn.float().sum(), low)
+    assert all(g.dtype == dtype and g.shape == t.shape for g, t in zip(grads, low, strict=True))
+    torch.library.opcheck(
+        torch.ops.fusedrnn.rnn_layer_forward.default,
+        (*low, bs, True, "tanh"),
+        test_utils=("test_schema", "test_faketensor"),
+    )

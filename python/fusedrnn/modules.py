@@ -1,9 +1,24 @@
-"""Drop-in ``torch.nn.RNN`` on the fused kernels.
+"""Drop-in ``torch.nn.RNN`` and ``torch.nn.RNNCell`` on the fused kernels.
 
 ``fusedrnn.RNN`` derives from ``torch.nn.RNNBase`` (not ``torch.nn.RNN``: torch.compile
 refuses to trace modules that are instances of ``nn.RNN``), so it shares the base
 class's parameter names, shapes, init, ``state_dict``, ``all_weights``, argument checks
-and error messages, and replaces only the forward pass.
+and error messages, and replaces only the forward pass. ``fusedrnn.RNNCell`` derives
+from ``torch.nn.RNNCell`` itself (torch.compile traces cells) and replaces its forward.
+
+Both read their parameters by name at every call, so ``torch.func.functional_call``
+and parameter reassignment work; the only state is the parameters.
+
+Autocast: inside ``torch.autocast`` the recurrence, its state and the GEMMs around it run
+in float32 (the custom ops are registered as float32 ops, see ``fusedrnn.ops``), and the
+output and ``h_n`` are returned in the autocast dtype, as ``torch.nn.RNN`` returns them.
+``torch.nn.RNN`` computes every step in the low precision dtype instead, so the results
+agree within that dtype's tolerance and ours are the more accurate. float64 inputs are
+left in float64.
+
+Models in bfloat16 or float16 (``model.to(torch.bfloat16)``, no autocast) run as
+``torch.nn.RNN`` does in that dtype: inputs, outputs and gradients in it. The ops store
+each layer's results in that dtype but compute them in float32.
 """
 
 from __future__ import annotations
@@ -15,9 +30,56 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import ops
 
-__all__ = ["RNN"]
+__all__ = ["RNN", "RNNCell"]
 
 _NO_BATCH_SIZES = torch.empty(0, dtype=torch.int64)
+
+
+def _autocast_dtype(input: Tensor) -> torch.dtype | None:
+    """The dtype autocast gives an RNN's results on ``input``; None where it does not apply."""
+    device_type = input.device.type
+    if (
+        input.dtype == torch.float64
+        or not torch.amp.is_autocast_available(device_type)  # e.g. meta
+        or not torch.is_autocast_enabled(device_type)
+    ):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _check_hidden_matches(input: Tensor, hx: Tensor) -> None:
+    """Device and dtype of ``hx`` against ``input``, raising what ``torch.nn.RNN`` raises."""
+    if hx.device != input.device:
+        raise RuntimeError(
+            "Input and hidden tensors are not at the same device, found input tensor at "
+            f"{input.device} and hidden tensor at {hx.device}"
+        )
+    if hx.dtype != input.dtype and _autocast_dtype(input) is None:
+        raise RuntimeError(f"hx dtype ({hx.dtype}) does not match input dtype ({input.dtype})")
+
+
+# Constructor arguments in positional order, read back from a module's attributes.
+_RNN_ARGS = (
+    "input_size",
+    "hidden_size",
+    "num_layers",
+    "nonlinearity",
+    "bias",
+    "batch_first",
+    "dropout",
+    "bidirectional",
+)
+_CELL_ARGS = ("input_size", "hidden_size", "bias", "nonlinearity")
+
+
+def _rebuild(cls: type[nn.Module], source: nn.Module, arg_names: tuple[str, ...]):
+    """A ``cls`` built with ``source``'s arguments, device and dtype, weights and mode."""
+    weight = source.weight_hh if isinstance(source, nn.RNNCellBase) else source.weight_hh_l0
+    module = cls(
+        *(getattr(source, name) for name in arg_names), device=weight.device, dtype=weight.dtype
+    )
+    module.load_state_dict(source.state_dict())
+    return module.train(source.training)
 
 
 class RNN(nn.RNNBase):
@@ -54,43 +116,15 @@ class RNN(nn.RNNBase):
         """A ``fusedrnn.RNN`` with the configuration and the weights of ``module``."""
         if not isinstance(module, nn.RNN):
             raise TypeError(f"module must be a torch.nn.RNN, got {type(module).__name__}")
-        weight = module.weight_ih_l0
-        new = cls(
-            module.input_size,
-            module.hidden_size,
-            module.num_layers,
-            module.nonlinearity,
-            module.bias,
-            module.batch_first,
-            module.dropout,
-            module.bidirectional,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        new.load_state_dict(module.state_dict())
-        new.train(module.training)
-        return new
+        return _rebuild(cls, module, _RNN_ARGS)
 
     def to_torch(self) -> nn.RNN:
         """A ``torch.nn.RNN`` with the configuration and the weights of this module."""
-        weight = self.weight_ih_l0
-        module = nn.RNN(
-            self.input_size,
-            self.hidden_size,
-            self.num_layers,
-            self.nonlinearity,
-            self.bias,
-            self.batch_first,
-            self.dropout,
-            self.bidirectional,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        module.load_state_dict(self.state_dict())
-        module.train(self.training)
-        return module
+        return _rebuild(nn.RNN, self, _RNN_ARGS)
 
     def _layer_weights(self, layer: int, direction: int):
+        # By name at every call, never through the base class's _flat_weights cache: what
+        # functional_call or export puts in place is what runs, and forward assigns nothing.
         suffix = "_reverse" if direction == 1 else ""
         w_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
         w_hh = getattr(self, f"weight_hh_l{layer}{suffix}")
@@ -103,8 +137,23 @@ class RNN(nn.RNNBase):
             )
         return w_ih, w_hh, None, None
 
+    def _check_forward_args(
+        self, input: Tensor, hx: Tensor, batch_sizes: Tensor | None, max_batch_size: int
+    ) -> None:
+        """``torch.nn.RNN``'s checks, with its messages and exception types.
+
+        The base class's ``check_forward_args`` reads ``batch_sizes[0]`` again, which
+        torch.compile cannot relate to the ``max_batch_size`` read once in ``forward``.
+        """
+        self.check_input(input, batch_sizes)
+        num_directions = 2 if self.bidirectional else 1
+        expected = (self.num_layers * num_directions, max_batch_size, self.hidden_size)
+        self.check_hidden_size(hx, expected)
+        if batch_sizes is None and input.size(1 if self.batch_first else 0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        _check_hidden_matches(input, hx)
+
     def forward(self, input, hx: Tensor | None = None):
-        self._update_flat_weights()
         num_directions = 2 if self.bidirectional else 1
         orig_input = input
         is_batched = True
@@ -113,6 +162,17 @@ class RNN(nn.RNNBase):
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             max_batch_size = int(batch_sizes[0])
+            # Under torch.compile max_batch_size is data-dependent: tie it to the shapes it
+            # must equal before it meets them (eager mode reports a wrong hx just below).
+            if torch.compiler.is_compiling():
+                torch._check(max_batch_size >= 1)  # pack_sequence allows no empty sequence
+                if sorted_indices is not None:
+                    torch._check(max_batch_size == sorted_indices.size(0))
+                if hx is not None and hx.dim() == 3:
+                    torch._check(
+                        hx.size(1) == max_batch_size,
+                        lambda: "RNN: hx.size(1) must equal the batch size of the packed input",
+                    )
         else:
             batch_sizes = None
             if input.dim() not in (2, 3):
@@ -147,7 +207,7 @@ class RNN(nn.RNNBase):
             )
         else:
             hx = self.permute_hidden(hx, sorted_indices)
-        self.check_forward_args(input, hx, batch_sizes)
+        self._check_forward_args(input, hx, batch_sizes, max_batch_size)
 
         if batch_sizes is None:
             if self.batch_first:
@@ -181,16 +241,99 @@ class RNN(nn.RNNBase):
             layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, 1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        hidden = torch.stack(final_states, 0)
+        output, hidden = layer_input, torch.stack(final_states, 0)
+        autocast_dtype = _autocast_dtype(input)
+        if autocast_dtype is not None:
+            output, hidden = output.to(autocast_dtype), hidden.to(autocast_dtype)
 
         if isinstance(orig_input, PackedSequence):
-            output = PackedSequence(layer_input, batch_sizes, sorted_indices, unsorted_indices)
+            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
             return output, self.permute_hidden(hidden, unsorted_indices)
 
-        output = layer_input.view(T, B, num_directions * self.hidden_size)
+        output = output.view(T, B, num_directions * self.hidden_size)
         if self.batch_first:
             output = output.transpose(0, 1)
         if not is_batched:
             output = output.squeeze(batch_dim)
             hidden = hidden.squeeze(1)
         return output, hidden
+
+
+class RNNCell(nn.RNNCell):
+    r"""An Elman RNN cell with ``tanh`` or ``relu``, computed by the fused kernels.
+
+    Same arguments, parameters, init, inputs, outputs and errors as
+    :class:`torch.nn.RNNCell`: ``RNNCell(input_size, hidden_size, bias=True,
+    nonlinearity='tanh', device=None, dtype=None)``; ``cell(input, hx=None)`` with input
+    ``[B, I]`` or unbatched ``[I]`` returns ``h'`` ``[B, H]`` (``[H]``). One step of the
+    same custom op that :class:`RNN` runs (``T = 1``). Autocast as in :class:`RNN`.
+    """
+
+    @classmethod
+    def from_torch(cls, module: nn.RNNCell) -> RNNCell:
+        """A ``fusedrnn.RNNCell`` with the configuration and the weights of ``module``."""
+        if not isinstance(module, nn.RNNCell):
+            raise TypeError(f"module must be a torch.nn.RNNCell, got {type(module).__name__}")
+        return _rebuild(cls, module, _CELL_ARGS)
+
+    def to_torch(self) -> nn.RNNCell:
+        """A ``torch.nn.RNNCell`` with the configuration and the weights of this module."""
+        return _rebuild(nn.RNNCell, self, _CELL_ARGS)
+
+    def check_forward_args(self, input: Tensor, hx: Tensor) -> None:
+        """``torch.nn.RNNCell``'s checks on batched input, with its messages and types."""
+        if self.nonlinearity not in ops.NONLINEARITIES:
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        if input.size(1) != self.weight_ih.size(1):
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {input.size(1)} "
+                f"expected {self.weight_ih.size(1)}"
+            )
+        if input.size(0) != hx.size(0):
+            raise RuntimeError(
+                f"Input batch size {input.size(0)} doesn't match hidden0 batch size {hx.size(0)}"
+            )
+        if hx.size(1) != self.weight_hh.size(1):
+            raise RuntimeError(
+                f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, "
+                f"expected {self.weight_hh.size(1)}"
+            )
+        if input.dtype != self.weight_ih.dtype and _autocast_dtype(input) is None:
+            raise RuntimeError(
+                f"RNNCell input dtype ({input.dtype}) does not match weight dtype "
+                f"({self.weight_ih.dtype})"
+            )
+        _check_hidden_matches(input, hx)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(
+                input.size(0), self.hidden_size, dtype=input.dtype, device=input.device
+            )
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        self.check_forward_args(input, hx)
+
+        # One step of the layer op: the padded layout with T = 1 is the [B, I] input itself.
+        h, _ = ops.rnn_layer(
+            input,
+            self.weight_ih,
+            self.weight_hh,
+            self.bias_ih,
+            self.bias_hh,
+            hx,
+            _NO_BATCH_SIZES,
+            False,
+            self.nonlinearity,
+        )
+        autocast_dtype = _autocast_dtype(input)
+        if autocast_dtype is not None:
+            h = h.to(autocast_dtype)
+        return h if is_batched else h.squeeze(0)

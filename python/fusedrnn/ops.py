@@ -31,6 +31,10 @@ __all__ = ["check_layer_args", "rnn_layer", "rnn_layer_backward", "rnn_layer_for
 
 NONLINEARITIES = ("tanh", "relu")
 _KERNEL_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+# Dtypes the CPU kernels do not take (yet): stored in that dtype, computed by the float32
+# kernels (float32 state and accumulation, as under the autocast policy at the end). A
+# dtype added to _KERNEL_DTYPES goes to its own kernel instead.
+_FLOAT32_COMPUTE_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def _fail(exc: type[Exception], message: str) -> None:
@@ -92,8 +96,11 @@ def check_layer_args(
                 f"{n['x']} must have dtype float32, float64, bfloat16 or float16 on CUDA, "
                 f"got {dtype}",
             )
-    elif dtype not in _KERNEL_DTYPES:
-        _fail(TypeError, f"{n['x']} must have dtype float32 or float64, got {dtype}")
+    elif dtype not in _KERNEL_DTYPES and dtype not in _FLOAT32_COMPUTE_DTYPES:
+        _fail(
+            TypeError,
+            f"{n['x']} must have dtype float32, float64, bfloat16 or float16, got {dtype}",
+        )
     for name, t in (
         (n["w_ih"], w_ih),
         ("w_hh", w_hh),
@@ -109,7 +116,9 @@ def check_layer_args(
             _fail(
                 ValueError, f"{name} must be on the device of {n['x']} ({device}), got {t.device}"
             )
-    if device.type not in ("cpu", "cuda"):
+    # Meta tensors carry shapes only; the fake kernels (check_values=False) serve them, as
+    # torch.nn.RNN runs on the meta device.
+    if device.type not in ("cpu", "cuda") and (check_values or device.type != "meta"):
         _fail(ValueError, f"{n['x']} must be a CPU or CUDA tensor, got device {device}")
     if on_cuda and not _cuda.available():
         _fail(
@@ -121,12 +130,9 @@ def check_layer_args(
     if x.dim() != 2:
         _fail(ValueError, f"{n['x']} must be 2-D [N, I], got shape {tuple(x.shape)}")
     N, I = x.shape
-    H = w_hh.shape[0] if w_hh.dim() == 2 else 0
-    if H == 0 or w_hh.shape != (H, H):
-        _fail(
-            ValueError,
-            f"w_hh must be a square 2-D tensor [H, H] with H >= 1, got shape {tuple(w_hh.shape)}",
-        )
+    if w_hh.dim() != 2 or w_hh.shape[0] != w_hh.shape[1]:
+        _fail(ValueError, f"w_hh must be a square 2-D tensor [H, H], got shape {tuple(w_hh.shape)}")
+    H = w_hh.shape[0]  # H = 0 is valid: torch.nn.RNNCell allows it; nothing to compute
     if I == 0:
         _fail(
             ValueError,
@@ -137,12 +143,9 @@ def check_layer_args(
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None and b.shape != (H,):
             _fail(ValueError, f"{name} must have shape [H] = {(H,)}, got {tuple(b.shape)}")
-    B = h0.shape[0] if h0.dim() == 2 else 0
-    if B == 0 or h0.shape[1] != H:
-        _fail(
-            ValueError,
-            f"{n['h0']} must have shape [B, H] with B >= 1 and H = {H}, got {tuple(h0.shape)}",
-        )
+    if h0.dim() != 2 or h0.shape[1] != H:
+        _fail(ValueError, f"{n['h0']} must have shape [B, H] with H = {H}, got {tuple(h0.shape)}")
+    B = h0.shape[0]
 
     if batch_sizes.dtype != torch.int64:
         _fail(TypeError, f"batch_sizes must have dtype int64, got {batch_sizes.dtype}")
@@ -151,6 +154,13 @@ def check_layer_args(
     if batch_sizes.dim() != 1:
         _fail(ValueError, f"batch_sizes must be 1-D, got shape {tuple(batch_sizes.shape)}")
     if batch_sizes.numel() == 0:
+        if B == 0:  # an empty batch (torch.nn.RNN accepts it): no rows, nothing to compute
+            if N != 0:
+                _fail(
+                    ValueError,
+                    f"padded {n['x']} must have no rows when B = 0 (from {n['h0']}), got {N} rows",
+                )
+            return 0, 0, H
         if N == 0 or N % B != 0:
             _fail(
                 ValueError,
@@ -158,6 +168,10 @@ def check_layer_args(
                 f"(from {n['h0']}), got {N} rows",
             )
         return N // B, B, H
+    if B == 0:
+        _fail(
+            ValueError, f"{n['h0']} must have B >= 1 rows for packed input, got {tuple(h0.shape)}"
+        )
     T = batch_sizes.shape[0]
     if check_values:
         sizes = batch_sizes.tolist()
@@ -183,6 +197,10 @@ def _combined_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
     return b_ih + b_hh
 
 
+def _float32(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.float()
+
+
 def _addr(t: Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
@@ -190,11 +208,17 @@ def _addr(t: Tensor | None) -> int:
 def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
     """The forward computation shared by the custom op and the eager path."""
     T, B, H = check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity)
+    if not x.is_cuda and x.dtype not in _KERNEL_DTYPES:
+        args = (_float32(t) for t in (x, w_ih, w_hh, b_ih, b_hh, h0))
+        h, hn = _forward_impl(*args, batch_sizes, reverse, nonlinearity)
+        return h.to(x.dtype), hn.to(x.dtype)
     x, w_ih, w_hh, h0 = x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), h0.contiguous()
     bias = _combined_bias(b_ih, b_hh)
     # P = x W_ih^T + b: a fresh contiguous [N, H]; the kernel overwrites it with h in place.
     P = torch.addmm(bias, x, w_ih.t()) if bias is not None else torch.mm(x, w_ih.t())
     hn = torch.empty_like(h0)
+    if B == 0 or H == 0:  # nothing to compute
+        return P, hn
     if x.is_cuda:
         _cuda.rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, P, hn)
         return P, hn
@@ -260,9 +284,15 @@ def _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
             f"grad_h must have the dtype and device of h ({h.dtype}, {h.device}), "
             f"got ({grad_h.dtype}, {grad_h.device})",
         )
+    if not h.is_cuda and h.dtype not in _KERNEL_DTYPES:
+        args = (_float32(t) for t in (w_hh, h, grad_h, grad_hn))
+        dP, dh0 = _backward_impl(*args, batch_sizes, reverse, nonlinearity)
+        return dP.to(h.dtype), dh0.to(h.dtype)
     w_hh, h, grad_h, grad_hn = (t.contiguous() for t in (w_hh, h, grad_h, grad_hn))
     dP = torch.empty_like(h)
     dh0 = torch.empty_like(grad_hn)
+    if B == 0 or H == 0:  # nothing to compute
+        return dP, dh0
     if h.is_cuda:
         args = (w_hh, h, grad_h, grad_hn, dP, dh0)
         _cuda.rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, *args)
@@ -403,6 +433,18 @@ rnn_layer_backward.register_autograd(
     _no_double_backward, setup_context=lambda ctx, inputs, output: None
 )
 
+# Autocast policy: both ops are "float32 ops", like those on autocast's fp32 list. Inside
+# an autocast region their float16/bfloat16 inputs are cast to float32 (float64 is left
+# alone) and they run with autocast off, so the input GEMM, the recurrence and its state
+# all stay in float32. Without this rule autocast would lower the GEMMs inside the forward
+# op to bfloat16 and hand the float32 kernel a bfloat16 buffer. (rnn_layer sends every
+# call made under autocast through the ops.) The modules cast their results to the
+# autocast dtype, as torch.nn.RNN's are.
+for _op in (rnn_layer_forward, rnn_layer_backward):
+    for _device_type in ("cpu", "cuda"):
+        if torch.amp.is_autocast_available(_device_type):
+            torch.library.register_autocast(_op, _device_type, torch.float32)
+
 
 class _EagerLayer(torch.autograd.Function):
     """The custom op's computation and autograd formulas without torch.library dispatch.
@@ -427,9 +469,10 @@ class _EagerLayer(torch.autograd.Function):
 
 def _plain_eager(x: Tensor) -> bool:
     """True when nothing needs the registered op: no compiler, export, autocast, functorch
-    transform, dispatch mode or tensor subclass is in play."""
+    transform, dispatch mode, tensor subclass or meta tensor is in play."""
     return (
         type(x) is Tensor
+        and not x.is_meta
         and not torch.compiler.is_compiling()
         and not torch._C._is_any_autocast_enabled()
         and not torch._C._are_functorch_transforms_active()

@@ -1,0 +1,737 @@
+"""fusedrnn.RNN and fusedrnn.RNNCell as drop-ins for torch.nn.RNN and torch.nn.RNNCell.
+
+Every comparison runs torch's module and ours side by side on the same weights and
+inputs and compares outputs, h_n and the gradients of a random projection of both with
+respect to the input, hx and every parameter.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import socket
+import time
+import zlib
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fusedrnn
+
+f32, f64 = torch.float32, torch.float64
+_META = torch.device("meta")
+TOL = {f32: dict(rtol=1e-5, atol=1e-6), f64: dict(rtol=1e-12, atol=1e-13)}
+
+
+def _rnn_pair(dtype=f64, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    ref = nn.RNN(dtype=dtype, **kwargs)
+    return ref, fusedrnn.RNN.from_torch(ref)
+
+
+def _cell_pair(dtype=f64, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    ref = nn.RNNCell(dtype=dtype, **kwargs)
+    return ref, fusedrnn.RNNCell.from_torch(ref)
+
+
+def _data(out):
+    return out.data if isinstance(out, PackedSequence) else out
+
+
+def _loss(outputs, seed=7):
+    """A random projection of every output: each element gets its own gradient."""
+    g = torch.Generator().manual_seed(seed)
+    return sum(
+        (_data(o).double() * torch.randn(_data(o).shape, generator=g, dtype=f64)).sum()
+        for o in outputs
+    )
+
+
+def _run(module, make_args, inputs):
+    """Outputs of ``module(*make_args())`` and the gradients w.r.t. inputs and parameters."""
+    outputs = module(*make_args())
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    wrt = [*inputs, *module.parameters()]
+    return outputs, torch.autograd.grad(_loss(outputs), wrt)
+
+
+def assert_same_results(ref, ours, make_args, inputs, tol):
+    """torch's module and ours give the same outputs and gradients."""
+    (want, want_grads), (got, got_grads) = (_run(m, make_args, inputs) for m in (ref, ours))
+    for w, g in zip(want, got, strict=True):
+        assert type(g) is type(w)
+        if isinstance(w, PackedSequence):
+            for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+                a, b = getattr(g, field), getattr(w, field)
+                assert (a is None and b is None) or torch.equal(a, b), field
+        assert _data(g).dtype == _data(w).dtype
+        torch.testing.assert_close(_data(g), _data(w), **tol)
+    names = [f"input{i}" for i in range(len(inputs))] + [n for n, _ in ref.named_parameters()]
+    for name, w, g in zip(names, want_grads, got_grads, strict=True):
+        torch.testing.assert_close(g, w, **tol, msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+# The acceptance suite: 3 x 2^5 x 3 x 2 = 576 tiny cases.
+LENGTHS = {"padded": None, "packed_sorted": [5, 3, 3, 1], "packed_unsorted": [3, 1, 5, 3]}
+
+
+@pytest.mark.parametrize("dtype", [f32, f64], ids=["f32", "f64"])
+@pytest.mark.parametrize("layout", list(LENGTHS))
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["TB", "BT"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2, 3], ids=lambda n: f"L{n}")
+def test_rnn_matches_nn_rnn(
+    num_layers, bidirectional, batch_first, bias, nonlinearity, with_hx, layout, dtype
+):
+    T, B, I, H = 5, 4, 3, 4
+    key = (num_layers, bidirectional, batch_first, bias, nonlinearity, with_hx, layout)
+    seed = zlib.crc32(repr(key).encode())  # fresh data per case, the same every run
+    ref, ours = _rnn_pair(
+        dtype,
+        seed,
+        input_size=I,
+        hidden_size=H,
+        num_layers=num_layers,
+        nonlinearity=nonlinearity,
+        bias=bias,
+        batch_first=batch_first,
+        bidirectional=bidirectional,
+    )
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype, requires_grad=True)
+    hx = torch.randn(num_layers * (2 if bidirectional else 1), B, H, dtype=dtype)
+    hx.requires_grad_(True)
+    lengths = LENGTHS[layout]
+
+    def make_args():
+        input = x
+        if lengths is not None:
+            input = pack_padded_sequence(
+                x, torch.tensor(lengths), batch_first, enforce_sorted=layout == "packed_sorted"
+            )
+        return (input, hx) if with_hx else (input,)
+
+    assert_same_results(ref, ours, make_args, [x, hx] if with_hx else [x], TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [f32, f64], ids=["f32", "f64"])
+@pytest.mark.parametrize(("T", "B"), [(1, 3), (4, 1), (1, 1)], ids=["T1", "B1", "T1_B1"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_rnn_single_step_and_single_sequence(T, B, bidirectional, dtype):
+    ref, ours = _rnn_pair(
+        dtype, input_size=3, hidden_size=5, num_layers=2, bidirectional=bidirectional
+    )
+    x = torch.randn(T, B, 3, dtype=dtype, requires_grad=True)
+    hx = torch.randn(4 if bidirectional else 2, B, 5, dtype=dtype, requires_grad=True)
+    assert_same_results(ref, ours, lambda: (x, hx), [x, hx], TOL[dtype])
+
+
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["TB", "BT"])
+def test_rnn_unbatched_input(batch_first, with_hx):
+    ref, ours = _rnn_pair(
+        input_size=2, hidden_size=3, num_layers=2, bidirectional=True, batch_first=batch_first
+    )
+    x = torch.randn(5, 2, dtype=f64, requires_grad=True)  # batch_first is ignored unbatched
+    hx = torch.randn(4, 3, dtype=f64, requires_grad=True)
+    args = (x, hx) if with_hx else (x,)
+    assert_same_results(ref, ours, lambda: args, list(args), TOL[f64])
+    out, hn = ours(*args)
+    assert out.shape == (5, 6) and hn.shape == (4, 3)
+
+
+def test_rnn_long_sequence_matches_nn_rnn():
+    """T = 500: float64 equal to nn.RNN; float32 within 1e-5 of it, relative to the largest
+    magnitude (elementwise, long float32 sums differ from any other float32 order)."""
+    ref, ours = _rnn_pair(f64, input_size=4, hidden_size=8, num_layers=2, bidirectional=True)
+    x = torch.randn(500, 2, 4, dtype=f64, requires_grad=True)
+    assert_same_results(ref, ours, lambda: (x,), [x], TOL[f64])
+    want, want_grads = _run(ref, lambda: (x,), [x])
+    ours32 = fusedrnn.RNN.from_torch(ref.float())
+    x32 = x.detach().float().requires_grad_(True)
+    got, got_grads = _run(ours32, lambda: (x32,), [x32])
+    for g, w in zip([*got, *got_grads], [*want, *want_grads], strict=True):
+        assert _rel(g, w) <= 1e-5
+
+
+def _rel(got, want):
+    """Largest absolute error relative to the largest reference magnitude."""
+    return ((got.double() - want.double()).abs().max() / want.double().abs().max()).item()
+
+
+def test_rnn_long_sequence_float32_error_against_float64():
+    """T = 2000: max error of the float32 module relative to the float64 one <= 1e-5."""
+    torch.manual_seed(3)
+    ours = fusedrnn.RNN(8, 32)
+    exact = fusedrnn.RNN(8, 32, dtype=f64)
+    exact.load_state_dict(ours.state_dict())
+    x = torch.randn(2000, 2, 8)
+    for got, want in zip(ours(x), exact(x.double()), strict=True):
+        assert ((got.double() - want).abs().max() / want.abs().max()).item() <= 1e-5
+
+
+@pytest.mark.parametrize("num_layers", [2, 3])
+def test_rnn_dropout_between_layers_in_training_only(num_layers):
+    ref, ours = _rnn_pair(input_size=3, hidden_size=4, num_layers=num_layers, dropout=0.5)
+    x = torch.randn(6, 3, 3, dtype=f64, requires_grad=True)
+    for module in (ref, ours):
+        module.train()
+    # Same seed, same element count, same at::dropout: the masks are the same.
+    results = []
+    for module in (ref, ours):
+        torch.manual_seed(11)
+        results.append(_run(module, lambda: (x,), [x]))
+    (want, want_grads), (got, got_grads) = results
+    for a, b in zip([*got, *got_grads], [*want, *want_grads], strict=True):
+        torch.testing.assert_close(a, b, **TOL[f64])
+    ours.eval()
+    ref.eval()
+    torch.testing.assert_close(ours(x)[0], ours(x)[0], rtol=0, atol=0)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], **TOL[f64])
+    ours.train()
+    assert not torch.equal(ours(x)[0], ours(x)[0])  # a fresh mask each call
+
+
+def test_rnn_empty_batch_like_nn_rnn():
+    ref, ours = _rnn_pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 0, 3, dtype=f64, requires_grad=True)
+    for args in ((x,), (x, torch.zeros(4, 0, 4, dtype=f64))):
+        (want, want_hn), (got, got_hn) = ref(*args), ours(*args)
+        assert got.shape == want.shape == (5, 0, 8) and got_hn.shape == want_hn.shape
+    grads = torch.autograd.grad(got.sum() + got_hn.sum(), [x, *ours.parameters()])
+    assert grads[0].shape == x.shape
+    assert all(torch.count_nonzero(g) == 0 for g in grads[1:])
+
+
+def test_meta_device_gives_nn_rnn_shapes():
+    """On the meta device (shapes only) the modules run their ops' fake kernels."""
+    x, hx = torch.randn(5, 2, 3, device=_META), torch.randn(4, 2, 4, device=_META)
+    for args in ((x,), (x, hx)):
+        want = nn.RNN(3, 4, 2, bidirectional=True, device=_META)(*args)
+        got = fusedrnn.RNN(3, 4, 2, bidirectional=True, device=_META)(*args)
+        for g, w in zip(got, want, strict=True):
+            assert g.device == w.device and g.shape == w.shape and g.dtype == w.dtype
+    cell_x = torch.randn(2, 3, device=_META)
+    assert fusedrnn.RNNCell(3, 4, device=_META)(cell_x).shape == (2, 4)
+
+
+# -- constructor, parameters, state and conversions -------------------------------------
+
+
+def test_same_parameter_names_shapes_order_and_init():
+    kwargs = dict(input_size=3, hidden_size=5, num_layers=2, bidirectional=True)
+    torch.manual_seed(0)
+    ref = nn.RNN(**kwargs)
+    torch.manual_seed(0)
+    ours = fusedrnn.RNN(**kwargs)
+    ref_sd, our_sd = ref.state_dict(), ours.state_dict()
+    assert list(ref_sd) == list(our_sd)
+    for name in ref_sd:
+        assert torch.equal(ref_sd[name], our_sd[name]), name
+    assert [[p.shape for p in ps] for ps in ours.all_weights] == [
+        [p.shape for p in ps] for ps in ref.all_weights
+    ]
+    assert ours._flat_weights_names == ref._flat_weights_names
+
+
+def test_repr_and_attributes_match():
+    kwargs = dict(
+        input_size=3,
+        hidden_size=5,
+        num_layers=2,
+        nonlinearity="relu",
+        bias=False,
+        batch_first=True,
+        dropout=0.25,
+        bidirectional=True,
+    )
+    ref, ours = nn.RNN(**kwargs), fusedrnn.RNN(**kwargs)
+    assert repr(ours) == repr(ref)
+    for attr in (
+        "input_size",
+        "hidden_size",
+        "num_layers",
+        "nonlinearity",
+        "bias",
+        "batch_first",
+        "dropout",
+        "bidirectional",
+        "proj_size",
+        "mode",
+    ):
+        assert getattr(ours, attr) == getattr(ref, attr), attr
+
+
+def test_state_dict_loads_both_ways():
+    ref = nn.RNN(2, 3, 2, bias=False, dtype=f64)
+    ours = fusedrnn.RNN(2, 3, 2, bias=False, dtype=f64)
+    ours.load_state_dict(ref.state_dict())
+    back = nn.RNN(2, 3, 2, bias=False, dtype=f64)
+    back.load_state_dict(ours.state_dict())
+    for a, b in zip(back.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_all_weights_flatten_parameters_and_to():
+    ref, ours = _rnn_pair(f32, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    for got, want in zip(ours.all_weights, ref.all_weights, strict=True):
+        for g, w in zip(got, want, strict=True):
+            assert isinstance(g, nn.Parameter) and torch.equal(g, w)
+    x = torch.randn(4, 2, 3)
+    before = ours(x)[0]
+    assert ours.flatten_parameters() is None
+    torch.testing.assert_close(ours(x)[0], before, rtol=0, atol=0)
+    ours64 = ours.to(f64)
+    assert ours64 is ours and all(p.dtype == f64 for p in ours.parameters())
+    assert all(w.dtype == f64 for w in ours._flat_weights)
+    torch.testing.assert_close(ours(x.double())[0], ref.to(f64)(x.double())[0], **TOL[f64])
+
+
+def test_deepcopy_and_pickle_are_independent_and_equal():
+    ref = nn.RNN(3, 4, 2, nonlinearity="relu", batch_first=True, bidirectional=True)
+    ours = fusedrnn.RNN.from_torch(ref)
+    x = torch.randn(2, 5, 3)
+    for clone in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
+        assert type(clone) is fusedrnn.RNN and clone.nonlinearity == "relu"
+        for a, b in zip(clone(x), ours(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        with torch.no_grad():
+            clone.weight_hh_l0.zero_()
+        assert not torch.equal(clone(x)[0], ours(x)[0])
+
+
+def test_conversion_both_ways():
+    ref = nn.RNN(3, 4, 2, nonlinearity="relu", batch_first=True).eval()
+    ours = fusedrnn.RNN.from_torch(ref)
+    assert isinstance(ours, fusedrnn.RNN) and ours.nonlinearity == "relu" and ours.batch_first
+    assert not ours.training
+    back = ours.to_torch()
+    assert type(back) is nn.RNN and not back.training
+    x = torch.randn(2, 5, 3)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], **TOL[f32])
+    torch.testing.assert_close(back(x)[0], ref(x)[0], rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"module must be a torch\.nn\.RNN, got LSTM"):
+        fusedrnn.RNN.from_torch(nn.LSTM(3, 4))
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((3, 4), dict(nonlinearity="gelu")),
+        ((3, 4), dict(proj_size=2)),
+        ((3, 0), {}),
+        ((0, 4), {}),
+        ((3, 4, 0), {}),
+        ((3, 4, 2), dict(dropout=1.5)),
+        ((3, 4, 2), dict(dropout=True)),
+        ((3.0, 4), {}),
+        ((3, 4), dict(bias="yes")),
+        ((3, 4), dict(batch_first=1)),
+        ((3, 4, 1, "relu", True, False, 0.0, False, "extra"), {}),
+    ],
+)
+def test_constructor_errors_match_nn_rnn(args, kwargs):
+    with pytest.raises(Exception) as want:
+        nn.RNN(*args, **kwargs)
+    with pytest.raises(type(want.value)) as got:
+        fusedrnn.RNN(*args, **kwargs)
+    assert str(got.value) == str(want.value)
+
+
+def test_dropout_warning_matches_nn_rnn():
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        fusedrnn.RNN(3, 4, dropout=0.5)
+
+
+# -- errors in forward: the exception type nn.RNN raises, with a message naming the fault --
+
+RNN_BAD_CALLS = {
+    "input_size": ((torch.randn(5, 2, 2),), "input.size\\(-1\\) must be equal to input_size"),
+    "hx_shape": (
+        (torch.randn(5, 2, 3), torch.randn(4, 3, 4)),
+        r"Expected hidden size \(4, 2, 4\), got \[4, 3, 4\]",
+    ),
+    "hx_2d_batched": ((torch.randn(5, 2, 3), torch.randn(4, 4)), "hx should also be 3-D"),
+    "hx_3d_unbatched": ((torch.randn(5, 3), torch.randn(4, 1, 4)), "hx should also be 2-D"),
+    "input_4d": ((torch.randn(5, 2, 3, 1),), "Expected input to be 2D or 3D, got 4D"),
+    "input_1d": ((torch.randn(5),), "Expected input to be 2D or 3D, got 1D"),
+    "input_dtype": ((torch.randn(5, 2, 3, dtype=f64),), r"RNN input dtype \(torch.float64\)"),
+    "input_int": ((torch.ones(5, 2, 3, dtype=torch.int64),), "does not match weight dtype"),
+    "hx_dtype": (
+        (torch.randn(5, 2, 3), torch.randn(4, 2, 4, dtype=f64)),
+        r"hx dtype \(torch.float64\) does not match input dtype \(torch.float32\)",
+    ),
+    "hx_device": (
+        (torch.randn(5, 2, 3), torch.randn(4, 2, 4, device=_META)),
+        "Input and hidden tensors are not at the same device",
+    ),
+    "empty_sequence": ((torch.randn(0, 2, 3),), "sequence length to be larger than 0"),
+    "empty_sequence_unbatched": ((torch.randn(0, 3),), "sequence length to be larger than 0"),
+    "empty_packed_sequence": (
+        (PackedSequence(torch.randn(0, 3), torch.zeros(0, dtype=torch.int64)),),
+        "out of bounds",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(RNN_BAD_CALLS))
+def test_rnn_bad_input_raises_like_nn_rnn(case):
+    args, pattern = RNN_BAD_CALLS[case]
+    ref, ours = nn.RNN(3, 4, 2, bidirectional=True), fusedrnn.RNN(3, 4, 2, bidirectional=True)
+    with pytest.raises(Exception) as want:
+        ref(*args)
+    with pytest.raises(type(want.value), match=pattern) as got:
+        ours(*args)
+    assert type(got.value) is type(want.value)
+
+
+# -- RNNCell ---------------------------------------------------------------------------
+
+
+def test_cell_parameters_init_and_repr_match():
+    torch.manual_seed(0)
+    ref = nn.RNNCell(3, 5, bias=False, nonlinearity="relu")
+    torch.manual_seed(0)
+    ours = fusedrnn.RNNCell(3, 5, bias=False, nonlinearity="relu")
+    assert isinstance(ours, nn.RNNCell)
+    assert repr(ours) == repr(ref)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    for (n, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
+        assert torch.equal(a, b), n
+    assert ours.bias_ih is None and ours.bias_hh is None
+
+
+@pytest.mark.parametrize("dtype", [f32, f64], ids=["f32", "f64"])
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_cell_matches_nn_rnncell(bias, nonlinearity, with_hx, batched, dtype):
+    ref, ours = _cell_pair(dtype, input_size=3, hidden_size=4, bias=bias, nonlinearity=nonlinearity)
+    x = torch.randn((5, 3) if batched else (3,), dtype=dtype, requires_grad=True)
+    hx = torch.randn((5, 4) if batched else (4,), dtype=dtype, requires_grad=True)
+    args = (x, hx) if with_hx else (x,)
+    assert_same_results(ref, ours, lambda: args, list(args), TOL[dtype])
+
+
+def test_cell_unrolled_matches_rnn_layer():
+    """The cell applied step by step gives the layer's outputs and gradients."""
+    ref, layer = _rnn_pair(input_size=3, hidden_size=4)
+    cell = fusedrnn.RNNCell(3, 4, dtype=f64)
+    cell.load_state_dict({k[:-3]: v for k, v in ref.state_dict().items()})
+    x = torch.randn(6, 2, 3, dtype=f64)
+    h = torch.zeros(2, 4, dtype=f64)
+    steps = []
+    for x_t in x:
+        h = cell(x_t, h)
+        steps.append(h)
+    out, hn = layer(x)
+    torch.testing.assert_close(torch.stack(steps), out, **TOL[f64])
+    torch.testing.assert_close(h, hn[0], **TOL[f64])
+
+
+CELL_BAD_CALLS = {
+    "input_size": ((torch.randn(2, 2),), "input has inconsistent input_size: got 2 expected 3"),
+    "hx_batch": (
+        (torch.randn(2, 3), torch.randn(3, 4)),
+        "Input batch size 2 doesn't match hidden0 batch size 3",
+    ),
+    "hx_size": (
+        (torch.randn(2, 3), torch.randn(2, 5)),
+        "hidden0 has inconsistent hidden_size: got 5, expected 4",
+    ),
+    "input_3d": ((torch.randn(2, 3, 1),), "Expected input to be 1D or 2D, got 3D"),
+    "hx_3d": ((torch.randn(2, 3), torch.randn(1, 2, 4)), "Expected hidden to be 1D or 2D"),
+    "hx_2d_unbatched": ((torch.randn(3), torch.randn(1, 4)), "inconsistent hidden_size"),
+    "hx_1d_batched": ((torch.randn(2, 3), torch.randn(4)), "doesn't match hidden0 batch size"),
+    "input_dtype": ((torch.randn(2, 3, dtype=f64),), "input dtype .* does not match weight"),
+    "hx_dtype": ((torch.randn(2, 3), torch.randn(2, 4, dtype=f64)), "hx dtype"),
+    "hx_device": ((torch.randn(2, 3), torch.randn(2, 4, device=_META)), "same device"),
+}
+
+
+@pytest.mark.parametrize("case", list(CELL_BAD_CALLS))
+def test_cell_bad_input_raises_like_nn_rnncell(case):
+    args, pattern = CELL_BAD_CALLS[case]
+    with pytest.raises(Exception) as want:
+        nn.RNNCell(3, 4)(*args)
+    with pytest.raises(type(want.value), match=pattern):
+        fusedrnn.RNNCell(3, 4)(*args)
+
+
+def test_cell_unknown_nonlinearity_raises_at_call_like_nn_rnncell():
+    cell = fusedrnn.RNNCell(3, 4, nonlinearity="gelu")  # nn.RNNCell accepts it here too
+    with pytest.raises(RuntimeError, match="Unknown nonlinearity: gelu"):
+        cell(torch.randn(2, 3))
+
+
+def test_cell_empty_sizes_and_conversion():
+    ref = nn.RNNCell(3, 4, nonlinearity="relu")
+    ours = fusedrnn.RNNCell.from_torch(ref)
+    assert ours(torch.randn(0, 3)).shape == ref(torch.randn(0, 3)).shape == (0, 4)
+    x = torch.randn(2, 3)
+    assert fusedrnn.RNNCell(3, 0)(x).shape == nn.RNNCell(3, 0)(x).shape == (2, 0)
+    back = ours.to_torch()
+    assert type(back) is nn.RNNCell and back.nonlinearity == "relu"
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(back(x), ref(x), rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"module must be a torch\.nn\.RNNCell"):
+        fusedrnn.RNNCell.from_torch(nn.GRUCell(3, 4))
+
+
+# -- autograd policy, functional_call, autocast ---------------------------------------------
+
+
+def test_double_backward_raises_clear_error():
+    rnn = fusedrnn.RNN(3, 4, 2, dtype=f64)
+    x = torch.randn(5, 2, 3, dtype=f64, requires_grad=True)
+    out, _ = rnn(x)
+    (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"double backward .* is not supported"):
+        gx.sum().backward()
+
+
+def test_functional_call_uses_the_given_parameters():
+    ref, ours = _rnn_pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    params = {n: torch.randn_like(p, requires_grad=True) for n, p in ours.named_parameters()}
+    x = torch.randn(5, 2, 3, dtype=f64)
+    out, hn = torch.func.functional_call(ours, params, (x,))
+    ref.load_state_dict(params)
+    want_out, want_hn = ref(x)
+    torch.testing.assert_close(out, want_out, **TOL[f64])
+    torch.testing.assert_close(hn, want_hn, **TOL[f64])
+    grads = torch.autograd.grad(out.sum() + hn.sum(), list(params.values()))
+    want_grads = torch.autograd.grad(want_out.sum() + want_hn.sum(), list(ref.parameters()))
+    for g, w in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, **TOL[f64])
+    # The module's own parameters are back in place and used again.
+    torch.testing.assert_close(ours(x)[0], fusedrnn.RNN.from_torch(ours.to_torch())(x)[0])
+    assert not torch.allclose(ours(x)[0], out)
+
+
+def test_cpu_bf16_autocast_matches_nn_rnn_with_float32_state():
+    ref, ours = _rnn_pair(f32, input_size=8, hidden_size=16, num_layers=2, bidirectional=True)
+    x = torch.randn(20, 4, 8, requires_grad=True)
+    lengths = torch.tensor([20, 7, 13, 1])
+    exact = _run(ref, lambda: (x,), [x])  # float32, no autocast
+    for make_args in (lambda: (x,), lambda: (pack_padded_sequence(x, lengths, False, False),)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            (want, want_hn), want_grads = _run(ref, make_args, [x])
+            (got, got_hn), got_grads = _run(ours, make_args, [x])
+        assert _data(got).dtype == _data(want).dtype == torch.bfloat16
+        assert got_hn.dtype == want_hn.dtype == torch.bfloat16
+        assert all(g.dtype == f32 for g in got_grads)
+        # Within bfloat16 tolerance of nn.RNN under the same autocast ...
+        torch.testing.assert_close(_data(got).float(), _data(want).float(), rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(got_hn.float(), want_hn.float(), rtol=2e-2, atol=2e-2)
+        for g, w in zip(got_grads, want_grads, strict=True):
+            assert _rel(g, w) < 5e-2
+    # ... and more accurate: with the state in float32, the outputs are the float32 ones
+    # rounded once to bfloat16; the gradients only see bfloat16-rounded output gradients.
+    (want, want_hn), want_grads = exact
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (got, got_hn), got_grads = _run(ours, lambda: (x,), [x])
+        (low, _), low_grads = _run(ref, lambda: (x,), [x])
+    assert _rel(got, want) <= 2**-8 and _rel(got_hn, want_hn) <= 2**-8
+    assert _rel(got, want) < _rel(low, want)
+    errors = [_rel(g, w) for g, w in zip(got_grads, want_grads, strict=True)]
+    low_errors = [_rel(g, w) for g, w in zip(low_grads, want_grads, strict=True)]
+    assert max(errors) <= 2e-2 and max(errors) < max(low_errors)
+
+
+def test_cpu_bf16_autocast_cell_and_float64_untouched():
+    ref, ours = _cell_pair(f32, input_size=3, hidden_size=4)
+    x = torch.randn(5, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = ours(x), ref(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    rnn64 = fusedrnn.RNN(3, 4, dtype=f64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, hn = rnn64(torch.randn(5, 2, 3, dtype=f64))
+    assert out.dtype == hn.dtype == f64
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_model_matches_nn_rnn_in_that_dtype(dtype):
+    """A bfloat16/float16 model, no autocast: results in that dtype, float32 inside."""
+    torch.manual_seed(0)
+    ref = nn.RNN(8, 16, 2, bidirectional=True, dtype=dtype)
+    ours = fusedrnn.RNN.from_torch(ref)
+    exact = fusedrnn.RNN.from_torch(copy.deepcopy(ref).float())  # the same weights, float32
+    x = torch.randn(20, 4, 8).to(dtype).requires_grad_(True)
+    (got, got_hn), got_grads = _run(ours, lambda: (x,), [x])
+    (want, want_hn), want_grads = _run(ref, lambda: (x,), [x])
+    want32, want32_hn = exact(x.detach().float())
+    assert got.dtype == got_hn.dtype == dtype and all(g.dtype == dtype for g in got_grads)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got_hn.float(), want_hn.float(), rtol=2e-2, atol=2e-2)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert _rel(g, w) < 5e-2
+    assert _rel(got, want32) < _rel(want, want32)
+    assert _rel(got_hn, want32_hn) < _rel(want_hn, want32_hn)
+
+
+# -- torch.compile and torch.export ---------------------------------------------------------
+
+
+class _Tagger(nn.Module):
+    """A small model around the drop-ins: RNN, then a cell over its outputs, then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = fusedrnn.RNN(3, 4, 2, bidirectional=True, batch_first=True)
+        self.cell = fusedrnn.RNNCell(8, 5, nonlinearity="relu")
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x, h0):
+        out, hn = self.rnn(x, h0)
+        return self.head(self.cell(out[:, -1])), hn
+
+
+def _compare_with_eager(fn, make_args, params, tol):
+    results = []
+    for f in (fn, torch.compile(fn, fullgraph=True)):
+        outputs = f(*make_args())
+        results.append((outputs, torch.autograd.grad(_loss(outputs), params)))
+    (want, want_grads), (got, got_grads) = results
+    for g, w in zip([*got, *got_grads], [*want, *want_grads], strict=True):
+        torch.testing.assert_close(g, w, **tol)
+
+
+# Two warnings torch 2.13 itself gives: inductor imports deprecated torch.jit code, and
+# dynamo reads .grad of any non-leaf input (here the packed data) while wrapping it.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+def test_compile_fullgraph_padded_and_packed():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _Tagger()
+    x = torch.randn(3, 6, 3, requires_grad=True)
+    h0 = torch.randn(4, 3, 4, requires_grad=True)
+    _compare_with_eager(model, lambda: (x, h0), [x, h0, *model.parameters()], TOL[f32])
+
+    rnn = model.rnn
+
+    def packed(packed_input, h0):
+        out, hn = rnn(packed_input, h0)
+        return out.data, hn
+
+    lengths = torch.tensor([2, 6, 4])
+    _compare_with_eager(
+        packed,
+        lambda: (pack_padded_sequence(x, lengths, True, enforce_sorted=False), h0),
+        [x, h0, *rnn.parameters()],
+        TOL[f32],
+    )
+
+
+def test_export_runs_the_custom_op():
+    torch.manual_seed(0)
+    model = _Tagger().eval()
+    x, h0 = torch.randn(3, 6, 3), torch.randn(4, 3, 4)
+    exported = torch.export.export(model, (x, h0))
+    targets = {str(node.target) for node in exported.graph.nodes}
+    assert "fusedrnn.rnn_layer_forward.default" in targets
+    x2 = torch.randn(3, 6, 3)
+    for got, want in zip(exported.module()(x2, h0), model(x2, h0), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# -- DistributedDataParallel with gloo -----------------------------------------------------
+
+DDP_STEPS, DDP_BATCH, DDP_WORLD = 3, 8, 2
+
+
+class _Regressor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = fusedrnn.RNN(3, 6, 2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(12, 1)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def _ddp_problem():
+    torch.manual_seed(0)
+    model = _Regressor()
+    x = torch.randn(DDP_STEPS, DDP_BATCH, 5, 3)
+    y = torch.randn(DDP_STEPS, DDP_BATCH, 1)
+    return model, x, y
+
+
+def _train(model, x, y, parameters):
+    """SGD on mean squared error; the gradients of every step, in parameter order."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    grads = []
+    for step in range(DDP_STEPS):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x[step]), y[step]).backward()
+        grads.append([p.grad.clone() for p in parameters])
+        opt.step()
+    return grads
+
+
+def _ddp_worker(rank, init_method, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=init_method,
+        rank=rank,
+        world_size=DDP_WORLD,
+        timeout=timedelta(seconds=60),
+    )
+    try:
+        model, x, y = _ddp_problem()
+        shard = slice(rank * DDP_BATCH // DDP_WORLD, (rank + 1) * DDP_BATCH // DDP_WORLD)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        grads = _train(ddp, x[:, shard], y[:, shard], list(model.parameters()))
+        torch.save(grads, f"{out_dir}/grads{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gloo_two_processes_matches_full_batch_training(tmp_path):
+    """Mean loss over equal shards: DDP's averaged gradients are the full-batch ones."""
+    init_method = f"tcp://127.0.0.1:{_free_port()}"
+    context = mp.start_processes(
+        _ddp_worker,
+        args=(init_method, str(tmp_path)),
+        nprocs=DDP_WORLD,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while not context.join(timeout=5):
+            assert time.monotonic() < deadline, "DDP workers did not finish in time"
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    model, x, y = _ddp_problem()
+    want = _train(model, x, y, list(model.parameters()))
+    names = [n for n, _ in model.named_parameters()]
+    for rank in range(DDP_WORLD):
+        got = torch.load(tmp_path / f"grads{rank}.pt")
+        for step, (g_step, w_step) in enumerate(zip(got, want, strict=True)):
+            for name, g, w in zip(names, g_step, w_step, strict=True):
+                torch.testing.assert_close(
+                    g, w, **TOL[f32], msg=lambda m, s=step, n=name: f"step {s} {n}: {m}"
+                )

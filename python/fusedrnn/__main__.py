@@ -1,0 +1,68 @@
+"""The ``fusedrnn`` command: ``fusedrnn bench``, ``fusedrnn gradcheck``, ``fusedrnn info``.
+
+Also runs as ``python -m fusedrnn``. Each subcommand lives in its own module, which
+provides ``add_arguments(parser)`` and ``run(args, parser, argv) -> exit status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _run_info(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) -> int:
+    from .sysinfo import collect, format_info
+
+    facts = collect()
+    print(json.dumps(facts, indent=2) if args.json else format_info(facts))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import bench, gradcheck
+
+    parser = argparse.ArgumentParser(
+        prog="fusedrnn",
+        description="Fused CPU/CUDA Elman RNN kernels: benchmarks, gradient checks, build info.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    bench_parser = commands.add_parser(
+        "bench",
+        help="time fusedrnn.RNN against torch.nn.RNN on identical inputs",
+        description=bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_arguments(bench_parser)
+    bench_parser.set_defaults(handler=bench.run, parser=bench_parser)
+
+    check_parser = commands.add_parser(
+        "gradcheck",
+        help="check every gradient three ways; --flow: gradient norms over time",
+        description=gradcheck.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gradcheck.add_arguments(check_parser)
+    check_parser.set_defaults(handler=gradcheck.run, parser=check_parser)
+
+    info_parser = commands.add_parser(
+        "info", help="versions, CPU SIMD level, threads, CUDA build and GPUs"
+    )
+    info_parser.add_argument("--json", action="store_true", help="print the facts as JSON")
+    info_parser.set_defaults(handler=_run_info, parser=info_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # The subcommand's own parser reports errors found after parsing (e.g. --device cuda
+    # without a GPU), so the message names the subcommand and the option.
+    return args.handler(args, args.parser, argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,704 @@
+"""``fusedrnn bench``: fusedrnn.RNN against torch.nn.RNN, side by side on identical inputs.
+
+For every case of a grid (device, dtype, inference or training, sizes) both modules are
+built with the same weights (``load_state_dict``) and run on the same input. Before
+timing, the case is checked: fusedrnn's outputs (and, for training, every gradient) are
+compared with nn.RNN's, so a fast wrong answer is flagged, never hidden. Then the two
+run alternately after a warm-up; the median of the repeated runs is reported. CPU runs
+are timed with ``time.perf_counter``, CUDA runs with CUDA events after a synchronize.
+
+FLOP count of one layer-direction with input size ``I_l`` (``I`` for the first layer,
+``D*H`` above it, D = 2 when bidirectional), counting a multiply-add as 2 FLOPs:
+
+    forward   2 * T * B * (I_l * H + H * H)
+    training  3 x forward  (the backward pass does the forward's GEMMs twice: dX and dW)
+
+summed over layers and directions; GFLOP/s is that count over fusedrnn's median time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+from . import _cli
+from .modules import RNN
+
+__all__ = ["Case", "Result", "add_arguments", "build_cases", "run", "run_case"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MODES = ("inference", "training")
+NONLINEARITIES = ("tanh", "relu")
+# Largest error relative to the largest reference value that still counts as agreeing
+# with nn.RNN. Both compute in the dtype given, with different summation orders; long
+# training runs accumulate rounding over T steps and the weight-gradient sums.
+TOLERANCE = {"float32": 5e-5, "float64": 1e-10}
+
+
+@dataclass(frozen=True)
+class Shape:
+    T: int
+    B: int
+    I: int
+    H: int
+    layers: int = 1
+    bidirectional: bool = False
+    packed: bool = False  # a PackedSequence with lengths from T down to T/2
+
+    def lengths(self) -> list[int]:
+        """Sequence lengths, longest first: evenly spread from T down to about T/2."""
+        if not self.packed:
+            return [self.T] * self.B
+        return [self.T - (self.T // 2) * b // max(self.B - 1, 1) for b in range(self.B)]
+
+
+# Each preset: the shapes, and the seconds each implementation is timed per case.
+PRESETS: dict[str, tuple[list[Shape], float]] = {
+    "quick": ([Shape(50, 16, 32, 64), Shape(100, 32, 64, 128)], 0.1),
+    "default": (
+        [
+            Shape(100, 1, 32, 64),
+            Shape(100, 32, 64, 128),
+            Shape(100, 64, 128, 256),
+            Shape(50, 32, 256, 512),
+            Shape(500, 8, 32, 128),
+            Shape(100, 32, 64, 128, layers=2, bidirectional=True),
+            Shape(100, 32, 64, 128, packed=True),
+        ],
+        0.3,
+    ),
+    "full": (
+        [Shape(200, B, 64, H) for H in (64, 128, 256, 512, 1024) for B in (1, 16, 64)]
+        + [
+            Shape(1000, 16, 64, 256),
+            Shape(2000, 4, 32, 128),
+            Shape(200, 32, 128, 256, layers=2),
+            Shape(200, 32, 128, 256, layers=2, bidirectional=True),
+            Shape(200, 32, 128, 512, layers=4),
+            Shape(200, 64, 128, 256, packed=True),
+            Shape(200, 64, 128, 256, layers=2, bidirectional=True, packed=True),
+        ],
+        1.0,
+    ),
+}
+# On a GPU the small shapes measure only launch latency: add shapes that fill the device.
+CUDA_SHAPES = {
+    "quick": [Shape(100, 64, 256, 512)],
+    "default": [Shape(200, 64, 256, 1024), Shape(1000, 16, 128, 512)],
+    "full": [Shape(200, 256, 512, 2048), Shape(1000, 64, 256, 1024), Shape(5000, 8, 128, 512)],
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    device: str
+    dtype: str
+    mode: str
+    nonlinearity: str
+    shape: Shape
+
+    @property
+    def label(self) -> str:
+        s = self.shape
+        parts = [
+            self.device,
+            {"float32": "f32", "float64": "f64"}[self.dtype],
+            "train" if self.mode == "training" else "infer",
+            self.nonlinearity,
+            f"T={s.T} B={s.B} I={s.I} H={s.H}",
+        ]
+        if s.layers > 1:
+            parts.append(f"L={s.layers}")
+        if s.bidirectional:
+            parts.append("bi")
+        if s.packed:
+            parts.append("packed")
+        return " ".join(parts)
+
+    def flops(self) -> float:
+        s = self.shape
+        D = 2 if s.bidirectional else 1
+        steps = sum(s.lengths())  # T * B unless packed
+        total = 0
+        for layer in range(s.layers):
+            I = s.I if layer == 0 else D * s.H
+            total += D * 2 * steps * (I * s.H + s.H * s.H)
+        return float(total * (3 if self.mode == "training" else 1))
+
+    def memory_bytes(self) -> int:
+        """A generous estimate of what both modules hold at once for this case."""
+        s = self.shape
+        D = 2 if s.bidirectional else 1
+        elements = s.T * s.B * (s.I + 2 * D * s.H * s.layers)  # input, outputs, saved states
+        elements += s.layers * D * s.H * (s.I + D * s.H + s.H + 2)  # weights
+        factor = 6 if self.mode == "training" else 3  # grads, two modules, workspaces
+        return elements * factor * torch.tensor([], dtype=DTYPES[self.dtype]).element_size()
+
+
+@dataclass
+class Result:
+    case: Case
+    ok: bool  # fusedrnn agreed with nn.RNN within TOLERANCE
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
+    torch_ms: float | None = None
+    fused_ms: float | None = None
+    repeats: int = 0
+    error: str | None = None  # set when a module raised instead of returning
+
+    @property
+    def speedup(self) -> float | None:
+        if self.torch_ms is None or self.fused_ms is None or self.fused_ms <= 0:
+            return None
+        return self.torch_ms / self.fused_ms
+
+    def gflops(self, ms: float | None) -> float | None:
+        return None if not ms else self.case.flops() / (ms * 1e-3) / 1e9
+
+    def to_dict(self) -> dict:
+        case = dataclasses.asdict(self.case)
+        case.update(case.pop("shape"))
+        return {
+            "label": self.case.label,
+            **case,
+            "flops": self.case.flops(),
+            "ok": self.ok,
+            "max_abs_error": self.max_abs_error,
+            "max_rel_error": self.max_rel_error,
+            "tolerance": TOLERANCE[self.case.dtype],
+            "torch_ms": self.torch_ms,
+            "fusedrnn_ms": self.fused_ms,
+            "speedup": self.speedup,
+            "torch_gflops": self.gflops(self.torch_ms),
+            "fusedrnn_gflops": self.gflops(self.fused_ms),
+            "repeats": self.repeats,
+            "error": self.error,
+        }
+
+
+# ---- building and running one case -------------------------------------------------------
+
+
+class _Workload:
+    """Both modules with the same weights, one input, and one step function for each."""
+
+    def __init__(self, case: Case, seed: int):
+        s = case.shape
+        dtype, device = DTYPES[case.dtype], torch.device(case.device)
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        kwargs = {
+            "num_layers": s.layers,
+            "nonlinearity": case.nonlinearity,
+            "bidirectional": s.bidirectional,
+            "device": device,
+            "dtype": dtype,
+        }
+        self.reference = nn.RNN(s.I, s.H, **kwargs)
+        self.fused = RNN(s.I, s.H, **kwargs)
+        self.fused.load_state_dict(self.reference.state_dict())
+        D = 2 if s.bidirectional else 1
+
+        def randn(*size):
+            return torch.randn(*size, generator=generator, dtype=dtype).to(device)
+
+        self.h0 = randn(s.layers * D, s.B, s.H) * 0.5
+        self.grad_hn = randn(s.layers * D, s.B, s.H)
+        self.training = case.mode == "training"
+        x = randn(s.T, s.B, s.I)
+        if s.packed:
+            packed = pack_padded_sequence(x, torch.tensor(s.lengths()))
+            x, batch_sizes = packed.data, packed.batch_sizes
+        self.grad_out = randn(*x.shape[:-1], D * s.H)  # [T, B, D*H], or packed [N, D*H]
+        if self.training:
+            x.requires_grad_()  # a leaf: each step computes its gradient afresh
+            self.h0.requires_grad_()
+        self.leaf = x
+        # Packed once, outside the timed steps: both modules get the same PackedSequence.
+        self.x = PackedSequence(x, batch_sizes) if s.packed else x
+
+    def step(self, module: nn.Module) -> Callable[[], None]:
+        if not self.training:
+            module.eval()
+
+            def infer() -> None:
+                with torch.inference_mode():
+                    module(self.x, self.h0)
+
+            return infer
+
+        module.train()
+        params = list(module.parameters())
+
+        def train() -> None:
+            for p in params:
+                p.grad = None
+            self.leaf.grad = self.h0.grad = None
+            out, hn = module(self.x, self.h0)
+            out = out.data if isinstance(out, PackedSequence) else out
+            torch.autograd.backward((out, hn), (self.grad_out, self.grad_hn))
+
+        return train
+
+    def results(self, module: nn.Module) -> list[torch.Tensor]:
+        """Outputs and (training) every gradient, in a fixed order."""
+        if self.training:
+            self.step(module)()
+            grads = [self.leaf.grad, self.h0.grad, *(p.grad for p in module.parameters())]
+        else:
+            module.eval()
+            grads = []
+        with torch.inference_mode():
+            out, hn = module(self.x, self.h0)
+        out = out.data if isinstance(out, PackedSequence) else out
+        return [out, hn, *(g.detach().clone() for g in grads)]
+
+
+def _compare(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> tuple[float, float]:
+    """Max absolute error, and max error relative to each tensor's largest value."""
+    max_abs = max_rel = 0.0
+    for g, w in zip(got, want, strict=True):
+        if g.shape != w.shape:
+            raise AssertionError(f"shape {tuple(g.shape)} differs from nn.RNN's {tuple(w.shape)}")
+        err = (g.double() - w.double()).abs().max().item() if w.numel() else 0.0
+        scale = w.double().abs().max().item() if w.numel() else 0.0
+        if math.isnan(err):
+            return math.nan, math.nan
+        max_abs = max(max_abs, err)
+        max_rel = max(max_rel, err / max(scale, 1e-30))
+    return max_abs, max_rel
+
+
+def _timer(device: str) -> Callable[[Callable[[], None]], float]:
+    """A function that runs ``fn`` once and returns its time in seconds."""
+    if device.startswith("cuda"):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def cuda_time(fn: Callable[[], None]) -> float:
+            torch.cuda.synchronize()
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) * 1e-3
+
+        return cuda_time
+
+    def cpu_time(fn: Callable[[], None]) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    return cpu_time
+
+
+def time_pair(
+    run_a: Callable[[], None],
+    run_b: Callable[[], None],
+    device: str,
+    min_time: float,
+    warmup: int = 1,
+    min_repeats: int = 3,
+    max_repeats: int = 200,
+) -> tuple[float, float, int]:
+    """Median seconds of ``run_a`` and ``run_b``, run alternately so both see the same noise.
+
+    Repeats until each has run ``min_repeats`` times and for ``min_time`` seconds in all
+    (at most ``max_repeats``).
+    """
+    measure = _timer(device)
+    for _ in range(warmup):
+        measure(run_a)
+        measure(run_b)
+    times_a: list[float] = []
+    times_b: list[float] = []
+    while len(times_a) < max_repeats and (
+        len(times_a) < min_repeats or min(sum(times_a), sum(times_b)) < min_time
+    ):
+        if len(times_a) % 2:
+            times_b.append(measure(run_b))
+            times_a.append(measure(run_a))
+        else:
+            times_a.append(measure(run_a))
+            times_b.append(measure(run_b))
+    return statistics.median(times_a), statistics.median(times_b), len(times_a)
+
+
+def run_case(case: Case, min_time: float, warmup: int = 1, seed: int = 0) -> Result:
+    """Check fusedrnn against nn.RNN on ``case``, then time both (only if they agree)."""
+    try:
+        work = _Workload(case, seed)
+        want = work.results(work.reference)
+        got = work.results(work.fused)
+        max_abs, max_rel = _compare(got, want)
+    except (RuntimeError, ValueError, TypeError, NotImplementedError, AssertionError) as exc:
+        return Result(case, ok=False, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+    ok = max_rel <= TOLERANCE[case.dtype]  # False for NaN too
+    result = Result(case, ok=ok, max_abs_error=max_abs, max_rel_error=max_rel)
+    if ok:
+        torch_s, fused_s, repeats = time_pair(
+            work.step(work.reference), work.step(work.fused), case.device, min_time, warmup
+        )
+        result.torch_ms, result.fused_ms, result.repeats = torch_s * 1e3, fused_s * 1e3, repeats
+    return result
+
+
+# ---- the grid -------------------------------------------------------------------------
+
+
+def build_cases(
+    preset: str,
+    devices: Sequence[str],
+    dtypes: Sequence[str] = ("float32",),
+    modes: Sequence[str] = MODES,
+    nonlinearities: Sequence[str] = ("tanh",),
+    overrides: dict[str, Sequence] | None = None,
+) -> list[Case]:
+    """The cases of ``preset`` on ``devices``; each ``overrides`` entry (a Shape field and
+    its values) replaces that field in every shape, and duplicates are dropped."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    cases: list[Case] = []
+    for device in devices:
+        shapes = list(PRESETS[preset][0])
+        if device.startswith("cuda"):
+            shapes += CUDA_SHAPES[preset]
+        for shape in shapes:
+            variants = [shape]
+            for field, values in overrides.items():
+                variants = [dataclasses.replace(v, **{field: x}) for v in variants for x in values]
+            for variant in variants:
+                for dtype in dtypes:
+                    for nonlinearity in nonlinearities:
+                        for mode in modes:
+                            cases.append(Case(device, dtype, mode, nonlinearity, variant))
+    return list(dict.fromkeys(cases))
+
+
+# ---- output -----------------------------------------------------------------------------
+
+HEADERS = ["case", "nn.RNN ms", "fusedrnn ms", "speed-up", "GFLOP/s", "max error", "check"]
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table_rows(results: Sequence[Result]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        if r.error is not None:
+            check = "ERROR"
+        else:
+            check = "ok" if r.ok else "WRONG"
+        speedup = r.speedup
+        rows.append(
+            [
+                r.case.label,
+                _fmt(r.torch_ms, ".3f"),
+                _fmt(r.fused_ms, ".3f"),
+                "-" if speedup is None else f"{speedup:.2f}x",
+                _fmt(r.gflops(r.fused_ms), ".1f"),
+                _fmt(r.max_abs_error, ".1e"),
+                check,
+            ]
+        )
+    return rows
+
+
+def _problems(results: Sequence[Result]) -> list[str]:
+    lines = []
+    for r in results:
+        if r.error is not None:
+            lines.append(f"{r.case.label}: {r.error}")
+        elif not r.ok:
+            lines.append(
+                f"{r.case.label}: fusedrnn differs from nn.RNN by {r.max_rel_error:.2e} "
+                f"(relative; tolerance {TOLERANCE[r.case.dtype]:.0e}); not timed"
+            )
+    return lines
+
+
+def _meta(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
+    from .sysinfo import collect
+
+    command = "fusedrnn bench" + ("" if not argv else " " + " ".join(argv))
+    return {
+        "command": command,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "preset": args.preset,
+        "min_time_s": args.min_time,
+        "flops": "forward 2*T*B*(I_l*H + H*H) per layer-direction; training 3x forward",
+        **collect(),
+    }
+
+
+def _machine_line(meta: dict) -> str:
+    gpus = ", ".join(g["name"] for g in meta["gpus"]) or "no GPU"
+    return (
+        f"fusedrnn {meta['fusedrnn']}, torch {meta['torch']}; {meta['cpu']}, "
+        f"{meta['threads']} threads, CPU kernel {meta['cpu_isa']}; {gpus}"
+    )
+
+
+def write_json(path: str, meta: dict, results: Sequence[Result]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"meta": meta, "results": [r.to_dict() for r in results]}, f, indent=2)
+        f.write("\n")
+
+
+def write_markdown(path: str, meta: dict, results: Sequence[Result]) -> None:
+    lines = [
+        f"## fusedrnn bench, {meta['date']}",
+        "",
+        f"- machine: {_machine_line(meta)}",
+        f"- command: `{meta['command']}`",
+        "- times: median ms per call, nn.RNN and fusedrnn alternating on identical inputs;"
+        " training = forward + backward",
+        f"- GFLOP/s: fusedrnn's; {meta['flops']}",
+        "- max error: largest |fusedrnn - nn.RNN| over outputs (and all gradients in training)",
+        "",
+        _cli.markdown_table(HEADERS, table_rows(results)),
+        "",
+    ]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+
+
+def write_plot(path: str, meta: dict, results: Sequence[Result]) -> None:
+    """A horizontal bar per timed case: nn.RNN time / fusedrnn time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = [r for r in results if r.speedup is not None]
+    labels = [r.case.label for r in timed]
+    speedups = [r.speedup for r in timed]
+    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.32 * max(len(timed), 1)), layout="constrained")
+    colors = ["tab:green" if s >= 1 else "tab:red" for s in speedups]
+    ax.barh(range(len(timed)), speedups, color=colors)
+    ax.set_yticks(range(len(timed)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", linewidth=1)
+    for i, s in enumerate(speedups):
+        ax.text(s, i, f" {s:.2f}x", va="center", fontsize=8)
+    ax.set_xlabel("speed-up of fusedrnn.RNN over torch.nn.RNN (nn.RNN time / fusedrnn time)")
+    ax.set_xlim(0, max([*speedups, 1.0]) * 1.2)
+    ax.set_title(_machine_line(meta), fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---- command line -----------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    grid = parser.add_mutually_exclusive_group()
+    grid.add_argument(
+        "--quick", dest="preset", action="store_const", const="quick", help="small grid, < 20 s"
+    )
+    grid.add_argument(
+        "--full", dest="preset", action="store_const", const="full", help="the large grid"
+    )
+    parser.set_defaults(preset="default")
+    sizes = parser.add_argument_group(
+        "sizes", "each replaces that size in every case of the grid; N or a list N,M,..."
+    )
+    sizes.add_argument(
+        "--seq",
+        type=_cli.positive_int_list(1_000_000),
+        metavar="N[,N...]",
+        help="sequence length T",
+    )
+    sizes.add_argument(
+        "--batch", type=_cli.positive_int_list(1_000_000), metavar="N[,N...]", help="batch size B"
+    )
+    sizes.add_argument(
+        "--input", type=_cli.positive_int_list(1_000_000), metavar="N[,N...]", help="input size I"
+    )
+    sizes.add_argument(
+        "--hidden", type=_cli.positive_int_list(100_000), metavar="N[,N...]", help="hidden size H"
+    )
+    sizes.add_argument(
+        "--layers", type=_cli.positive_int_list(64), metavar="N[,N...]", help="number of layers"
+    )
+    sizes.add_argument(
+        "--bidirectional", action="store_true", default=None, help="make every case bidirectional"
+    )
+    sizes.add_argument(
+        "--packed",
+        action="store_true",
+        default=None,
+        help="make every case a PackedSequence, lengths spread from T down to T/2",
+    )
+    parser.add_argument(
+        "--dtype",
+        type=_cli.choice_list(list(DTYPES)),
+        default=["float32"],
+        help="float32 (default), float64, or both: float32,float64",
+    )
+    parser.add_argument(
+        "--nonlinearity",
+        type=_cli.choice_list(NONLINEARITIES),
+        default=["tanh"],
+        help="tanh (default), relu, or tanh,relu",
+    )
+    parser.add_argument(
+        "--mode",
+        type=_cli.choice_list(MODES),
+        default=list(MODES),
+        help="inference, training (forward + backward), or both (default)",
+    )
+    parser.add_argument(
+        "--device",
+        default="all",
+        help="cpu, cuda, cuda:N, or all (default: cpu, and cuda when a GPU is visible and "
+        "fusedrnn's CUDA kernels were built)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_cli.positive_int(4096),
+        help="CPU threads for both modules (torch.set_num_threads); default: torch's",
+    )
+    parser.add_argument(
+        "--min-time",
+        type=_cli.positive_float,
+        help="seconds each implementation is timed per case (default: 0.1 quick, "
+        "0.3 default, 1.0 full)",
+    )
+    parser.add_argument(
+        "--warmup", type=_cli.positive_int(1000), default=1, help="untimed runs first"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--markdown", metavar="FILE", help="write the results as a Markdown table")
+    parser.add_argument(
+        "--plot", metavar="FILE.png", help="plot the speed-up per case (needs matplotlib)"
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: when stderr is a terminal)",
+    )
+
+
+def _devices(parser: argparse.ArgumentParser, spec: str) -> list[str]:
+    if spec == "all":
+        if not torch.cuda.is_available():
+            return ["cpu"]
+        from .sysinfo import collect
+
+        if not collect()["cuda_kernels_built"]:
+            print(
+                "fusedrnn bench: a GPU is visible but fusedrnn was built without CUDA kernels: "
+                "CPU cases only (--device cuda runs them anyway)",
+                file=sys.stderr,
+            )
+            return ["cpu"]
+        return ["cpu", "cuda"]
+    devices = []
+    for name in dict.fromkeys(part.strip() for part in spec.split(",")):
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            parser.error(f"argument --device: invalid device {name!r} (use cpu, cuda, cuda:N, all)")
+        if device.type not in ("cpu", "cuda"):
+            parser.error(f"argument --device: {name!r} is not a CPU or CUDA device")
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                parser.error(f"argument --device: {name!r} requested but CUDA is not available")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                parser.error(
+                    f"argument --device: {name!r} does not exist "
+                    f"({torch.cuda.device_count()} GPU(s) visible)"
+                )
+        devices.append(str(device))
+    return devices
+
+
+def _available_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) -> int:
+    """Run the benchmark for parsed ``args``; return the exit status."""
+    devices = _devices(parser, args.device)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("argument --plot: needs matplotlib (pip install 'fusedrnn[plot]')")
+    overrides = {
+        "T": args.seq,
+        "B": args.batch,
+        "I": args.input,
+        "H": args.hidden,
+        "layers": args.layers,
+        "bidirectional": [True] if args.bidirectional else None,
+        "packed": [True] if args.packed else None,
+    }
+    cases = build_cases(args.preset, devices, args.dtype, args.mode, args.nonlinearity, overrides)
+    memory = _available_memory()
+    for case in cases:
+        if memory is not None and case.memory_bytes() > memory // 2:
+            parser.error(
+                f"case {case.label} needs about {case.memory_bytes() / 2**30:.1f} GiB, more than "
+                f"half of this machine's {memory / 2**30:.1f} GiB: lower --seq, --batch or --hidden"
+            )
+    if args.threads is not None:
+        if args.threads > (os.cpu_count() or 1):
+            print(
+                f"fusedrnn bench: warning: --threads {args.threads} is more than the "
+                f"{os.cpu_count()} logical CPUs; timings will suffer from oversubscription",
+                file=sys.stderr,
+            )
+        torch.set_num_threads(args.threads)
+    min_time = args.min_time if args.min_time is not None else PRESETS[args.preset][1]
+    args.min_time = min_time
+
+    meta = _meta(args, argv)
+    count = f"{len(cases)} case" + ("" if len(cases) == 1 else "s")
+    print(f"fusedrnn bench: {count}; {_machine_line(meta)}", flush=True)
+    results = []
+    from tqdm.auto import tqdm
+
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    with tqdm(total=len(cases), disable=not show, unit="case", file=sys.stderr, leave=False) as bar:
+        for case in cases:
+            bar.set_description(case.label)
+            results.append(run_case(case, min_time, args.warmup, args.seed))
+            bar.update()
+
+    print(_cli.format_table(HEADERS, table_rows(results)))
+    print(
+        "ms: median per call (training = forward + backward); speed-up: nn.RNN ms / fusedrnn ms;"
+        " GFLOP/s: fusedrnn's; max error: largest |fusedrnn - nn.RNN| over outputs"
+        " (and all gradients in training)"
+    )
+    problems = _problems(results)
+    for line in problems:
+        print(f"fusedrnn bench: {line}", file=sys.stderr)
+    if args.json:
+        write_json(args.json, meta, results)
+    if args.markdown:
+        write_markdown(args.markdown, meta, results)
+    if args.plot:
+        write_plot(args.plot, meta, results)
+    return 1 if problems else 0

@@ -1,0 +1,874 @@
+"""``fusedrnn gradcheck``: every gradient of fusedrnn.RNN, checked three independent ways.
+
+For each configuration, a float64 fusedrnn.RNN computes ``L = sum(output * G) +
+sum(h_n * G_n)`` for fixed random ``G, G_n`` and its gradients with respect to the input,
+``h0`` and every weight and bias. They are checked against:
+
+  reference    fusedrnn.reference (NumPy float64), one layer-direction at a time, composed
+               over layers and directions here in NumPy; packed batches run one sequence
+               at a time, so the packed layout is not shared with the code under test.
+               The forward values (output, h_n) are compared too.
+  finite-diff  central differences (L(p + eps) - L(p - eps)) / 2 eps of the fused forward,
+               element by element (a random sample of large tensors).
+  autograd     torch.autograd.gradcheck on (output, h_n) as functions of all inputs; on a
+               failure, each input is checked alone to name the failing gradient.
+
+Errors: abs = max |fused - expected|, rel = abs / max |expected|. A check passes when
+abs <= atol + rtol * max |expected| (tolerances in the table).
+
+``--flow`` measures ||dL/dh_t|| for every step t of a long sequence with the loss on the
+last step, through the fused BPTT kernel, for several spectral radii of W_hh:
+
+  tanh   W_hh = rho * Q, Q a random orthogonal matrix, weak inputs: every step multiplies
+         the gradient by W_hh^T and by tanh' <= 1, so it vanishes for rho < 1; for
+         rho > 1 it grows while the states are small, until tanh saturates.
+  relu   W_hh >= 0 scaled to spectral radius rho, inputs and bias > 0, so every unit
+         stays active (the linear regime): the gradient shrinks or grows by rho per step.
+
+Importable: ``check(module_or_config)`` returns a :class:`Report`; ``gradient_flow``
+returns the norms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import itertools
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from . import _cli, ops, reference
+from .modules import RNN
+
+__all__ = [
+    "CHECKS",
+    "Config",
+    "Report",
+    "Row",
+    "add_arguments",
+    "check",
+    "default_grid",
+    "gradient_flow",
+    "reference_gradients",
+    "run",
+]
+
+CHECKS = ("reference", "finite-diff", "autograd")
+# (atol, rtol) per check, float64.
+TOLERANCES = {"reference": (1e-12, 1e-10), "finite-diff": (1e-7, 1e-5), "autograd": (1e-5, 1e-3)}
+FD_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Config:
+    """One RNN configuration and the sizes of its test problem."""
+
+    nonlinearity: str = "tanh"
+    packed: bool = False
+    h0: bool = True
+    layers: int = 1
+    bidirectional: bool = False
+    bias: bool = True
+    T: int = 5
+    B: int = 3
+    I: int = 3
+    H: int = 4
+    batch_first: bool = False
+
+    @property
+    def label(self) -> str:
+        parts = [
+            self.nonlinearity,
+            "packed" if self.packed else "padded",
+            "h0" if self.h0 else "no-h0",
+            f"L{self.layers}",
+            "bi" if self.bidirectional else "uni",
+        ]
+        if not self.bias:
+            parts.append("no-bias")
+        if self.batch_first:
+            parts.append("batch-first")
+        return " ".join(parts)
+
+    def module(self, device: str | torch.device = "cpu", seed: int = 0) -> RNN:
+        torch.manual_seed(seed)
+        return RNN(
+            self.I,
+            self.H,
+            self.layers,
+            self.nonlinearity,
+            self.bias,
+            self.batch_first,
+            0.0,
+            self.bidirectional,
+            device=device,
+            dtype=torch.float64,
+        )
+
+
+def default_grid(**sizes) -> list[Config]:
+    """tanh/relu x padded/packed x h0/no h0 x (1 layer uni, 2 layers bidirectional)."""
+    return [
+        Config(nonlinearity=nl, packed=packed, h0=h0, layers=layers, bidirectional=bi, **sizes)
+        for nl, packed, h0, (layers, bi) in itertools.product(
+            ("tanh", "relu"), (False, True), (True, False), ((1, False), (2, True))
+        )
+    ]
+
+
+@dataclass
+class Row:
+    config: str
+    check: str
+    gradient: str  # output, h_n (forward values), input, h0, or a parameter name
+    max_abs: float | None
+    max_rel: float | None
+    passed: bool
+    note: str = ""
+
+    @property
+    def tolerance(self) -> str:
+        atol, rtol = TOLERANCES[self.check]
+        return f"atol {atol:.0e} rtol {rtol:.0e}"
+
+
+@dataclass
+class Report:
+    """Rows of (configuration, check, gradient) with errors and verdicts."""
+
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(row.passed for row in self.rows)
+
+    @property
+    def failures(self) -> list[Row]:
+        return [row for row in self.rows if not row.passed]
+
+    def extend(self, other: Report) -> None:
+        self.rows.extend(other.rows)
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "tolerances": {k: {"atol": a, "rtol": r} for k, (a, r) in TOLERANCES.items()},
+            "rows": [dataclasses.asdict(row) | {"tolerance": row.tolerance} for row in self.rows],
+        }
+
+    def summary_table(self) -> str:
+        """Max errors per kind of gradient over all configurations, layers and directions."""
+        kinds: dict[str, dict[str, list[Row]]] = {}
+        for row in self.rows:
+            kind = re.sub(r"_l\d+(_reverse)?$", "", row.gradient)
+            kinds.setdefault(kind, {}).setdefault(row.check, []).append(row)
+        checks = [c for c in CHECKS if any(c in by_check for by_check in kinds.values())]
+        headers = ["gradient"]
+        for c in checks:
+            headers += [f"{c} abs", f"{c} rel"] if c != "autograd" else ["autograd"]
+        headers.append("verdict")
+        rows = []
+        for kind, by_check in kinds.items():
+            cells = [kind]
+            for c in checks:
+                group = by_check.get(c, [])
+                if c == "autograd":
+                    cells.append(
+                        f"{sum(r.passed for r in group)}/{len(group)} pass" if group else "-"
+                    )
+                    continue
+                for attr in ("max_abs", "max_rel"):
+                    values = [getattr(r, attr) for r in group if getattr(r, attr) is not None]
+                    cells.append(_worst(values) if values else "-")
+            everything = [r for group in by_check.values() for r in group]
+            cells.append("pass" if all(r.passed for r in everything) else "FAIL")
+            rows.append(cells)
+        return _cli.format_table(headers, rows)
+
+    def rows_table(self, rows: Sequence[Row] | None = None) -> str:
+        rows = self.rows if rows is None else rows
+        headers = [
+            "configuration",
+            "check",
+            "gradient",
+            "max abs",
+            "max rel",
+            "tolerance",
+            "verdict",
+        ]
+        cells = [
+            [
+                r.config,
+                r.check,
+                r.gradient,
+                _fmt(r.max_abs),
+                _fmt(r.max_rel),
+                r.tolerance,
+                ("pass" if r.passed else "FAIL") + (f" ({r.note})" if r.note else ""),
+            ]
+            for r in rows
+        ]
+        return _cli.format_table(headers, cells)
+
+    def format(self, verbose: bool = False) -> str:
+        configs = len(dict.fromkeys(r.config for r in self.rows))
+        parts = [self.rows_table() if verbose else self.summary_table()]
+        if self.failures and not verbose:
+            parts += ["", "failing rows:", self.rows_table(self.failures)]
+        verdict = "PASSED" if self.passed else f"FAILED ({len(self.failures)} failing rows)"
+        parts += ["", f"gradcheck {verdict}: {configs} configurations, {len(self.rows)} rows"]
+        return "\n".join(parts)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
+
+
+def _worst(values: Sequence[float]) -> str:
+    return _fmt(math.nan if any(math.isnan(v) for v in values) else max(values))
+
+
+def _errors(got, want, check: str) -> tuple[float, float, bool]:
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return math.nan, math.nan, False
+    if want.size == 0:
+        return 0.0, 0.0, True
+    max_abs = float(np.max(np.abs(got - want)))
+    scale = float(np.max(np.abs(want)))
+    atol, rtol = TOLERANCES[check]
+    passed = bool(np.isfinite(max_abs) and max_abs <= atol + rtol * scale)
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    return max_abs, max_rel, passed
+
+
+# ---- the problem: a module, inputs and the loss ------------------------------------------
+
+
+class _Problem:
+    """A float64 copy of the module, inputs, output weights G and the scalar loss."""
+
+    def __init__(self, module: RNN, config: Config, seed: int, device: torch.device):
+        self.module, self.config, self.device = module, config, device
+        rng = np.random.default_rng(seed)
+        c = config
+        D = 2 if c.bidirectional else 1
+        if c.packed:
+            lengths = rng.integers(1, c.T + 1, size=c.B)
+            lengths[rng.integers(c.B)] = c.T  # the longest sequence fills T
+            self.lengths: np.ndarray | None = lengths
+        else:
+            self.lengths = None
+
+        def tensor(a: np.ndarray) -> Tensor:
+            return torch.tensor(a, dtype=torch.float64, device=device)
+
+        x = rng.standard_normal((c.T, c.B, c.I))
+        g_out = rng.standard_normal((c.T, c.B, D * c.H))
+        if self.lengths is not None:  # padding takes no part: zero it so it is visibly unused
+            valid = np.arange(c.T)[:, None] < self.lengths[None, :]
+            x *= valid[..., None]
+            g_out *= valid[..., None]
+        self.x = tensor(x).requires_grad_()
+        self.h0 = (
+            tensor(0.5 * rng.standard_normal((c.layers * D, c.B, c.H))).requires_grad_()
+            if c.h0
+            else None
+        )
+        self.g_out = tensor(g_out)
+        self.g_hn = tensor(rng.standard_normal((c.layers * D, c.B, c.H)))
+        self.params = dict(module.named_parameters())
+
+    def inputs(self) -> dict[str, Tensor]:
+        """Every tensor with a gradient, by name: input, h0, then the parameters."""
+        named = {"input": self.x}
+        if self.h0 is not None:
+            named["h0"] = self.h0
+        named.update(self.params)
+        return named
+
+    def forward(self, x: Tensor, h0: Tensor | None, params: dict[str, Tensor] | None = None):
+        """(output [T, B, D*H] padded with zeros, h_n) for time-major ``x``."""
+        bf = self.config.batch_first
+        inp = x.transpose(0, 1) if bf else x
+        if self.lengths is not None:
+            inp = pack_padded_sequence(
+                inp, torch.as_tensor(self.lengths), batch_first=bf, enforce_sorted=False
+            )
+        if params is None:
+            out, hn = self.module(inp, h0)
+        else:
+            out, hn = torch.func.functional_call(self.module, params, (inp, h0))
+        if self.lengths is not None:
+            out, _ = pad_packed_sequence(out, batch_first=bf, total_length=self.config.T)
+        return (out.transpose(0, 1) if bf else out), hn
+
+    def loss(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(L, output, h_n)`` with ``L = sum(output * G) + sum(h_n * G_n)``."""
+        out, hn = self.forward(self.x, self.h0)
+        return (out * self.g_out).sum() + (hn * self.g_hn).sum(), out, hn
+
+    def fused_gradients(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """The fused module's gradients of every input, and its forward values."""
+        named = self.inputs()
+        for t in named.values():
+            t.grad = None
+        loss, out, hn = self.loss()
+        loss.backward()
+        grads = {}
+        for name, t in named.items():
+            grads[name] = (
+                np.zeros(tuple(t.shape)) if t.grad is None else t.grad.detach().cpu().numpy()
+            )
+        return grads, out.detach().cpu().numpy(), hn.detach().cpu().numpy()
+
+
+# ---- check 1: the NumPy float64 reference, composed over layers and directions -----------
+
+
+def reference_gradients(
+    params: dict[str, np.ndarray],
+    config: Config,
+    x: np.ndarray,
+    h0: np.ndarray | None,
+    lengths: np.ndarray | None,
+    g_out: np.ndarray,
+    g_hn: np.ndarray,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Gradients of ``sum(out * g_out) + sum(hn * g_hn)`` and ``(out, hn)`` in NumPy float64.
+
+    ``x`` is time-major ``[T, B, I]``; with ``lengths`` each sequence runs on its own over
+    its first ``lengths[b]`` steps and the output is zero beyond them, as
+    ``pad_packed_sequence`` returns it. Layers and directions are composed here: a layer's
+    input is the concatenation of the directions below, and its input gradient is the sum
+    of the directions' input gradients.
+    """
+    c = config
+    D = 2 if c.bidirectional else 1
+    T, B, _ = x.shape
+    h0 = np.zeros((c.layers * D, B, c.H)) if h0 is None else h0
+    out = np.zeros((T, B, D * c.H))
+    hn = np.zeros((c.layers * D, B, c.H))
+    grads = {name: np.zeros_like(p) for name, p in params.items()}
+    grads["input"] = np.zeros_like(x)
+    grads["h0"] = np.zeros_like(h0)
+    groups = (
+        [(list(range(B)), T)]
+        if lengths is None
+        else [([b], int(length)) for b, length in enumerate(lengths)]
+    )
+
+    def weights(layer: int, direction: int):
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        names = [f"weight_ih{suffix}", f"weight_hh{suffix}", f"bias_ih{suffix}", f"bias_hh{suffix}"]
+        return names, [params.get(name) for name in names]
+
+    for rows, steps in groups:
+        layer_inputs = []
+        inp = x[:steps, rows]
+        for layer in range(c.layers):
+            layer_inputs.append(inp)
+            outs = []
+            for d in range(D):
+                _, w = weights(layer, d)
+                h, h_last = reference.rnn_forward(
+                    inp, *w, h0[layer * D + d][rows], None, d == 1, c.nonlinearity
+                )
+                outs.append(h)
+                hn[layer * D + d, rows] = h_last
+            inp = np.concatenate(outs, axis=-1)
+        out[:steps, rows] = inp
+
+        grad = g_out[:steps, rows]
+        for layer in reversed(range(c.layers)):
+            grad_input = np.zeros_like(layer_inputs[layer])
+            for d in range(D):
+                names, w = weights(layer, d)
+                g = reference.rnn_backward(
+                    layer_inputs[layer],
+                    *w,
+                    h0[layer * D + d][rows],
+                    grad[..., d * c.H : (d + 1) * c.H],
+                    g_hn[layer * D + d][rows],
+                    None,
+                    d == 1,
+                    c.nonlinearity,
+                )
+                for name, key in zip(names, ("w_ih", "w_hh", "b_ih", "b_hh"), strict=True):
+                    if name in grads:
+                        grads[name] += g[key]
+                grads["h0"][layer * D + d, rows] = g["h0"]
+                grad_input += g["x"]
+            grad = grad_input
+        grads["input"][:steps, rows] = grad
+    return grads, out, hn
+
+
+def _check_reference(problem: _Problem, fused: dict, out: np.ndarray, hn: np.ndarray) -> list:
+    params = {k: v.detach().cpu().numpy() for k, v in problem.params.items()}
+    h0 = None if problem.h0 is None else problem.h0.detach().cpu().numpy()
+    want, want_out, want_hn = reference_gradients(
+        params,
+        problem.config,
+        problem.x.detach().cpu().numpy(),
+        h0,
+        problem.lengths,
+        problem.g_out.cpu().numpy(),
+        problem.g_hn.cpu().numpy(),
+    )
+    results = [("output", out, want_out), ("h_n", hn, want_hn)]
+    results += [(name, fused[name], want[name]) for name in fused]
+    return [(name, *_errors(got, exp, "reference")) for name, got, exp in results]
+
+
+# ---- check 2: central finite differences of the fused forward ---------------------------
+
+
+def _check_finite_differences(
+    problem: _Problem, fused: dict, rng: np.random.Generator, max_elements: int
+) -> list:
+    rows = []
+    with torch.no_grad():
+        for name, t in problem.inputs().items():
+            flat = t.view(-1)
+            n = flat.numel()
+            picked = (
+                np.arange(n) if n <= max_elements else rng.choice(n, max_elements, replace=False)
+            )
+            numeric = np.empty(len(picked))
+            for k, i in enumerate(picked):
+                original = flat[i].item()
+                flat[i] = original + FD_EPS
+                plus = problem.loss()[0].item()
+                flat[i] = original - FD_EPS
+                minus = problem.loss()[0].item()
+                flat[i] = original
+                numeric[k] = (plus - minus) / (2 * FD_EPS)
+            analytic = fused[name].reshape(-1)[picked]
+            note = "" if n <= max_elements else f"{len(picked)} of {n} elements"
+            rows.append((name, *_errors(analytic, numeric, "finite-diff"), note))
+    return rows
+
+
+# ---- check 3: torch.autograd.gradcheck ------------------------------------------------
+
+
+def _check_autograd(problem: _Problem, fast_above: int) -> list:
+    named = {k: v.detach().clone().requires_grad_() for k, v in problem.inputs().items()}
+    names = list(named)
+    param_names = list(problem.params)
+    atol, rtol = TOLERANCES["autograd"]
+
+    def run_gradcheck(active: set[str]) -> bool:
+        values = {k: (v if k in active else v.detach()) for k, v in named.items()}
+
+        def fn(*tensors: Tensor):
+            given = dict(zip(names, tensors, strict=True))
+            params = {k: given[k] for k in param_names}
+            return problem.forward(given["input"], given.get("h0"), params)
+
+        return torch.autograd.gradcheck(
+            fn,
+            tuple(values[k] for k in names),
+            eps=FD_EPS,
+            atol=atol,
+            rtol=rtol,
+            raise_exception=False,
+            fast_mode=fast,
+        )
+
+    # Fast mode checks u^T J v for random u, v instead of every Jacobian entry.
+    fast = sum(t.numel() for t in named.values()) > fast_above
+    note = "fast mode" if fast else ""
+    if run_gradcheck(set(names)):
+        return [(name, None, None, True, note) for name in names]
+    # Attribute the failure: check each input on its own.
+    return [(name, None, None, run_gradcheck({name}), note) for name in names]
+
+
+# ---- the entry point --------------------------------------------------------------------
+
+
+def _config_of(module: nn.Module, T: int, B: int, packed: bool, h0: bool) -> Config:
+    return Config(
+        nonlinearity=module.nonlinearity,
+        packed=packed,
+        h0=h0,
+        layers=module.num_layers,
+        bidirectional=module.bidirectional,
+        bias=module.bias,
+        T=T,
+        B=B,
+        I=module.input_size,
+        H=module.hidden_size,
+        batch_first=module.batch_first,
+    )
+
+
+def check(
+    module_or_config: nn.Module | Config,
+    *,
+    checks: Sequence[str] = CHECKS,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    T: int = 5,
+    B: int = 3,
+    packed: bool = False,
+    h0: bool = True,
+    max_fd_elements: int = 256,
+    autograd_fast_above: int = 150,
+) -> Report:
+    """Check every gradient of a fusedrnn.RNN (or torch.nn.RNN, converted) or a Config.
+
+    A module is copied in float64 (its weights kept, dropout off) and run on random inputs
+    of ``T`` steps and batch ``B`` (``packed``: random lengths, with ``h0``: a random
+    initial state). A :class:`Config` carries its own sizes and gets fresh weights from
+    ``seed``. ``checks`` picks from ``CHECKS``. Finite differences sample at most
+    ``max_fd_elements`` per tensor; ``torch.autograd.gradcheck`` uses its fast mode above
+    ``autograd_fast_above`` input elements. Returns a :class:`Report`; ``report.passed``.
+    """
+    for name in checks:
+        if name not in CHECKS:
+            raise ValueError(f"checks: unknown check {name!r}, expected some of {CHECKS}")
+    if isinstance(module_or_config, Config):
+        config = module_or_config
+        device = torch.device(device or "cpu")
+        module = config.module(device, seed)
+        label = config.label
+    elif isinstance(module_or_config, (RNN, nn.RNN)):
+        source = module_or_config
+        if isinstance(source, nn.RNN):
+            source = RNN.from_torch(source)
+        weight = source.weight_ih_l0
+        device = torch.device(device or weight.device)
+        module = copy.deepcopy(source).to(device=device, dtype=torch.float64)
+        module.dropout = 0.0
+        config = _config_of(module, T, B, packed, h0)
+        label = "module " + config.label
+    else:
+        raise TypeError(
+            "module_or_config must be a fusedrnn.RNN, a torch.nn.RNN or a "
+            f"fusedrnn.gradcheck.Config, got {type(module_or_config).__name__}"
+        )
+
+    problem = _Problem(module, config, seed, device)
+    fused, out, hn = problem.fused_gradients()
+    report = Report()
+    found: list[tuple[str, list]] = []
+    if "reference" in checks:
+        found.append(("reference", _check_reference(problem, fused, out, hn)))
+    if "finite-diff" in checks:
+        rng = np.random.default_rng(seed + 1)
+        found.append(
+            ("finite-diff", _check_finite_differences(problem, fused, rng, max_fd_elements))
+        )
+    if "autograd" in checks:
+        found.append(("autograd", _check_autograd(problem, autograd_fast_above)))
+    for check_name, rows in found:
+        for name, max_abs, max_rel, passed, *note in rows:
+            report.rows.append(
+                Row(label, check_name, name, max_abs, max_rel, passed, note[0] if note else "")
+            )
+    return report
+
+
+# ---- gradient flow ----------------------------------------------------------------------
+
+
+def _flow_weights(nonlinearity: str, radius: float, I: int, H: int, rng: np.random.Generator):
+    if nonlinearity == "tanh":
+        q, r = np.linalg.qr(rng.standard_normal((H, H)))
+        w_hh = radius * q * np.sign(np.diag(r))  # orthogonal: every singular value is radius
+        # Weak inputs keep the states in tanh's near-linear range, so rho shows; for rho > 1
+        # the states grow until tanh saturates, and saturation then caps the growth.
+        w_ih = 0.01 * rng.uniform(-1, 1, (H, I)) / np.sqrt(I)
+        return w_ih, w_hh, np.zeros(H)
+    a = rng.uniform(0, 1, (H, H))
+    w_hh = radius * a / np.max(np.abs(np.linalg.eigvals(a)))  # Perron root scaled to radius
+    w_ih = rng.uniform(0, 1, (H, I)) / np.sqrt(I)
+    return w_ih, w_hh, np.full(H, 0.1)
+
+
+def gradient_flow(
+    nonlinearity: str,
+    radius: float,
+    T: int = 200,
+    H: int = 64,
+    I: int = 8,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+) -> np.ndarray:
+    """``||dL/dh_t||`` for t = 0..T (``h_0`` the initial state), loss ``L = g . h_T``.
+
+    One sequence through one layer; the BPTT runs in the fused kernel
+    (``ops.rnn_layer_backward``). See the module docstring for the weights of each
+    nonlinearity. ``dL/dh_t = dL/dP_{t+1} W_hh`` for t < T, where ``P`` is the
+    pre-activation.
+    """
+    rng = np.random.default_rng(seed)
+    w_ih, w_hh, b = _flow_weights(nonlinearity, radius, I, H, rng)
+    x = rng.standard_normal((T, I)) if nonlinearity == "tanh" else rng.uniform(0, 1, (T, I))
+    g = rng.standard_normal(H)
+    g /= np.linalg.norm(g)
+
+    def tensor(a: np.ndarray) -> Tensor:
+        return torch.tensor(a, dtype=dtype, device=device)
+
+    w_hh_t = tensor(w_hh)
+    no_batch_sizes = torch.empty(0, dtype=torch.int64)
+    h0 = tensor(np.zeros((1, H)))
+    with torch.no_grad():
+        h, _ = ops.rnn_layer_forward(
+            tensor(x), tensor(w_ih), w_hh_t, tensor(b), None, h0, no_batch_sizes, False,
+            nonlinearity,
+        )  # fmt: skip
+        grad_h = torch.zeros_like(h)
+        grad_h[-1] = tensor(g)
+        dP, dh0 = ops.rnn_layer_backward(
+            w_hh_t, h, grad_h, torch.zeros_like(h0), no_batch_sizes, False, nonlinearity
+        )
+        dh = torch.cat([dh0, dP[1:] @ w_hh_t, grad_h[-1:]])  # [T + 1, H]: t = 0..T
+    return dh.double().norm(dim=1).cpu().numpy()
+
+
+def _flow_table(flows: dict[tuple[str, float], np.ndarray], T: int) -> str:
+    offsets = [k for k in (0, 10, 50, 100) if k < T] + [T]
+    headers = ["nonlinearity", "radius"] + [f"t={T - k}" for k in offsets] + ["factor/step"]
+    rows = []
+    for (nl, radius), norms in flows.items():
+        with np.errstate(divide="ignore"):
+            factor = (norms[0] / norms[T]) ** (1.0 / T) if norms[T] > 0 else math.nan
+        rows.append(
+            [nl, f"{radius:g}"] + [f"{norms[T - k]:.2e}" for k in offsets] + [f"{factor:.4f}"]
+        )
+    return _cli.format_table(headers, rows)
+
+
+def _flow_plot(path: str, flows: dict[tuple[str, float], np.ndarray], T: int, H: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nonlinearities = list(dict.fromkeys(nl for nl, _ in flows))
+    radii = sorted(dict.fromkeys(r for _, r in flows))
+    cmap = plt.get_cmap("coolwarm")
+    span = max(max(abs(r - 1.0) for r in radii), 1e-9)
+    fig, axes = plt.subplots(
+        1, len(nonlinearities), figsize=(6 * len(nonlinearities), 4.5), layout="constrained"
+    )
+    axes = np.atleast_1d(axes)
+    titles = {
+        "tanh": "tanh: $W_{hh} = \\rho\\,Q$, Q orthogonal; weak inputs",
+        "relu": "relu: $W_{hh} \\geq 0$ with spectral radius $\\rho$, all units active",
+    }
+    for ax, nl in zip(axes, nonlinearities, strict=True):
+        steps = np.arange(T + 1)
+        for radius in radii:
+            norms = flows[(nl, radius)]
+            color = "black" if radius == 1.0 else cmap(0.5 + 0.5 * (radius - 1.0) / span)
+            ax.semilogy(
+                steps, np.maximum(norms, 1e-300), color=color, label=f"$\\rho$ = {radius:g}"
+            )
+        ax.set_title(titles.get(nl, nl), fontsize=10)
+        ax.set_xlabel(f"step t (loss on the last step, t = {T})")
+        ax.set_ylabel("$\\|\\partial L / \\partial h_t\\|$")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8, title="spectral radius of $W_{hh}$", title_fontsize=8)
+    fig.suptitle(
+        f"fusedrnn gradient flow through BPTT (H = {H}): vanishing for $\\rho$ < 1, "
+        "growing for $\\rho$ > 1 (tanh: until it saturates)",
+        fontsize=11,
+    )
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- command line -----------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    grid = parser.add_argument_group("grid", "each option takes one value or a list a,b")
+    grid.add_argument(
+        "--nonlinearity",
+        type=_cli.choice_list(("tanh", "relu")),
+        default=["tanh", "relu"],
+        help="default: tanh,relu",
+    )
+    grid.add_argument(
+        "--layout",
+        type=_cli.choice_list(("padded", "packed")),
+        default=["padded", "packed"],
+        help="padded tensors or PackedSequence; default: padded,packed",
+    )
+    grid.add_argument(
+        "--h0",
+        type=_cli.choice_list(("yes", "no")),
+        default=["yes", "no"],
+        help="with an initial state h0 or without; default: yes,no",
+    )
+    grid.add_argument(
+        "--layers",
+        type=_cli.positive_int_list(8),
+        help="layers; default: 1 layer one direction and 2 layers bidirectional",
+    )
+    grid.add_argument(
+        "--directions",
+        type=_cli.choice_list(("1", "2")),
+        help="1, 2 (bidirectional) or 1,2; default: see --layers",
+    )
+    grid.add_argument(
+        "--bias", type=_cli.choice_list(("yes", "no")), default=["yes"], help="default: yes"
+    )
+    sizes = parser.add_argument_group("sizes")
+    sizes.add_argument(
+        "--seq", type=_cli.positive_int(100_000), help="T (default 5; 200 with --flow)"
+    )
+    sizes.add_argument("--batch", type=_cli.positive_int(64), default=3, help="B (default 3)")
+    sizes.add_argument("--input", type=_cli.positive_int(64), default=3, help="I (default 3)")
+    sizes.add_argument(
+        "--hidden", type=_cli.positive_int(4096), help="H (default 4; 64 with --flow)"
+    )
+    parser.add_argument(
+        "--checks",
+        type=_cli.choice_list(CHECKS),
+        default=list(CHECKS),
+        help="default: reference,finite-diff,autograd",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", "-v", action="store_true", help="print every row")
+    parser.add_argument("--json", metavar="FILE", help="write the report (or flow norms) as JSON")
+    flow = parser.add_argument_group("gradient flow")
+    flow.add_argument(
+        "--flow", action="store_true", help="measure ||dL/dh_t|| over a long sequence instead"
+    )
+    flow.add_argument(
+        "--radii",
+        type=_radii,
+        default=[0.8, 0.9, 1.0, 1.1, 1.2],
+        help="spectral radii of W_hh (default 0.8,0.9,1.0,1.1,1.2)",
+    )
+    flow.add_argument("--plot", metavar="FILE.png", help="plot the norms (needs matplotlib)")
+
+
+def _radii(text: str) -> list[float]:
+    values = [_cli.positive_float(part.strip()) for part in text.split(",")]
+    for value in values:
+        if value > 10:
+            raise argparse.ArgumentTypeError(f"spectral radius {value} is too large (at most 10)")
+    return list(dict.fromkeys(values))
+
+
+def _device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"argument --device: invalid device {name!r} (use cpu, cuda or cuda:N)")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"argument --device: {name!r} is not a CPU or CUDA device")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"argument --device: {name!r} requested but CUDA is not available")
+    return device
+
+
+def _grid(args: argparse.Namespace) -> list[Config]:
+    if args.layers is None and args.directions is None:
+        shapes = [(1, False), (2, True)]
+    else:
+        shapes = [
+            (layers, directions == "2")
+            for layers in (args.layers or [1, 2])
+            for directions in (args.directions or ["1", "2"])
+        ]
+    return [
+        Config(
+            nonlinearity=nl,
+            packed=layout == "packed",
+            h0=h0 == "yes",
+            layers=layers,
+            bidirectional=bi,
+            bias=bias == "yes",
+            T=args.seq or 5,
+            B=args.batch,
+            I=args.input,
+            H=args.hidden or 4,
+        )
+        for nl, layout, h0, (layers, bi), bias in itertools.product(
+            args.nonlinearity, args.layout, args.h0, shapes, args.bias
+        )
+    ]
+
+
+def _run_flow(args: argparse.Namespace, parser: argparse.ArgumentParser, device) -> int:
+    T, H = args.seq or 200, args.hidden or 64
+    flows = {
+        (nl, radius): gradient_flow(nl, radius, T, H, args.input, device=device, seed=args.seed)
+        for nl in args.nonlinearity
+        for radius in args.radii
+    }
+    print(f"||dL/dh_t|| with the loss on the last step t = T = {T}, H = {H}, fused BPTT kernel")
+    print(_flow_table(flows, T))
+    print("factor/step: (||dL/dh_0|| / ||dL/dh_T||)^(1/T), the mean shrink or growth per step")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(
+                {
+                    "T": T,
+                    "H": H,
+                    "flows": [
+                        {"nonlinearity": nl, "radius": r, "norms": norms.tolist()}
+                        for (nl, r), norms in flows.items()
+                    ],
+                },
+                f,
+            )
+    if args.plot:
+        _flow_plot(args.plot, flows, T, H)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) -> int:
+    """Run the gradient checks (or ``--flow``) for parsed ``args``; return the exit status."""
+    device = _device(parser, args.device)
+    if args.plot:
+        if not args.flow:
+            parser.error("argument --plot: only with --flow")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("argument --plot: needs matplotlib (pip install 'fusedrnn[plot]')")
+    if args.flow:
+        return _run_flow(args, parser, device)
+
+    configs = _grid(args)
+    print(
+        f"fusedrnn gradcheck: {len(configs)} configurations on {device}, float64, "
+        f"checks {', '.join(args.checks)}",
+        flush=True,
+    )
+    report = Report()
+    for config in configs:
+        part = check(config, checks=args.checks, device=device, seed=args.seed)
+        report.extend(part)
+        if args.verbose:
+            print(f"  {config.label}: {'pass' if part.passed else 'FAIL'}", flush=True)
+    print(report.format(verbose=args.verbose))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report.to_dict(), f, indent=2)
+            f.write("\n")
+    return 0 if report.passed else 1

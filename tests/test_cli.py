@@ -1,0 +1,192 @@
+"""The ``fusedrnn`` command line: argument errors, outputs, ``info``, ``bench``."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn.__main__ import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# The quick grid shrunk to one tiny shape: both modes, a few milliseconds of timing.
+TINY_BENCH = ["bench", "--quick", "--seq", "4", "--batch", "2", "--input", "3", "--hidden", "5"]
+TINY_BENCH += ["--min-time", "0.001"]
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "--batch", "0"], "argument --batch: expected a positive integer, got 0"),
+        (["bench", "--hidden", "-3"], "argument --hidden: expected a positive integer, got -3"),
+        (["bench", "--seq", "abc"], "argument --seq: expected a positive integer, got 'abc'"),
+        (["bench", "--seq", "10,x"], "argument --seq: expected a positive integer, got 'x'"),
+        (["bench", "--layers", "100"], "argument --layers: 100 is too large (at most 64)"),
+        (["bench", "--dtype", "float16"], "argument --dtype: invalid choice 'float16'"),
+        (["bench", "--mode", "fast"], "argument --mode: invalid choice 'fast'"),
+        (["bench", "--nonlinearity", "gelu"], "argument --nonlinearity: invalid choice 'gelu'"),
+        (["bench", "--threads", "0"], "argument --threads: expected a positive integer, got 0"),
+        (["bench", "--min-time", "0"], "argument --min-time: expected a positive number"),
+        (["bench", "--min-time", "nan"], "argument --min-time: expected a positive number"),
+        (["bench", "--device", "tpu"], "argument --device: invalid device 'tpu'"),
+        (["bench", "--device", "meta"], "argument --device: 'meta' is not a CPU or CUDA device"),
+        (["bench", "--quick", "--full"], "argument --full: not allowed with argument --quick"),
+        (
+            ["bench", "--seq", "100000", "--batch", "100000", "--hidden", "4096"],
+            "needs about",
+        ),
+        (["gradcheck", "--layers", "0"], "argument --layers: expected a positive integer, got 0"),
+        (["gradcheck", "--nonlinearity", "sigmoid"], "argument --nonlinearity: invalid choice"),
+        (["gradcheck", "--layout", "ragged"], "argument --layout: invalid choice 'ragged'"),
+        (["gradcheck", "--checks", "vibes"], "argument --checks: invalid choice 'vibes'"),
+        (["gradcheck", "--radii", "-1"], "argument --radii: expected a positive number, got -1"),
+        (["gradcheck", "--radii", "50"], "argument --radii: spectral radius 50.0 is too large"),
+        (["gradcheck", "--plot", "x.png"], "argument --plot: only with --flow"),
+        (["gradcheck", "--batch", "1000"], "argument --batch: 1000 is too large (at most 64)"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_argument_errors_name_the_option(argv, message, capsys):
+    assert message in _error(argv, capsys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+@pytest.mark.parametrize("command", ["bench", "gradcheck"])
+def test_cuda_without_gpu_is_an_argument_error(command, capsys):
+    err = _error([command, "--device", "cuda"], capsys)
+    assert "argument --device: 'cuda' requested but CUDA is not available" in err
+
+
+def test_info_prints_the_build_facts(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for label in ("fusedrnn", "torch", "CPU kernel SIMD level", "threads", "visible GPUs"):
+        assert label in out
+    assert fusedrnn._C.cpu_isa() in out
+
+
+def test_info_shows_the_cuda_build(monkeypatch, capsys):
+    monkeypatch.setattr(fusedrnn._cuda, "available", lambda: True)
+    monkeypatch.setattr(fusedrnn._cuda, "built_archs", lambda: ["80", "90"])
+    facts = fusedrnn.info()
+    assert facts["cuda_kernels_built"] is True and facts["cuda_archs"] == ["80", "90"]
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.split()[-2:] == ["80,", "90"] for line in out.splitlines())
+    assert re.search(r"^fusedrnn CUDA kernels built +yes$", out, re.MULTILINE)
+
+
+def test_info_json_and_python_m():
+    """``python -m fusedrnn`` runs the same CLI; ``fusedrnn.info()`` gives the same facts."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fusedrnn", "info", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    facts = json.loads(done.stdout)
+    assert facts["fusedrnn"] == fusedrnn.__version__
+    assert facts["cpu_isa"] == fusedrnn._C.cpu_isa()
+    assert facts["cuda_kernels_built"] in (True, False)
+    assert isinstance(facts["gpus"], list)
+    assert set(facts) == set(fusedrnn.info())
+
+
+def test_bench_writes_table_json_markdown_and_plot(tmp_path, capsys):
+    paths = {k: tmp_path / f"bench.{k}" for k in ("json", "md", "png")}
+    argv = [*TINY_BENCH, "--threads", "1", "--json", str(paths["json"])]
+    argv += ["--markdown", str(paths["md"]), "--plot", str(paths["png"]), "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for header in ("case", "nn.RNN ms", "fusedrnn ms", "speed-up", "GFLOP/s", "max error"):
+        assert header in out
+    assert torch.get_num_threads() == 1
+
+    report = json.loads(paths["json"].read_text())
+    results = report["results"]
+    # The two quick shapes collapse into one after the size overrides: one case per mode.
+    assert [r["mode"] for r in results] == ["inference", "training"]
+    for r in results:
+        assert (r["T"], r["B"], r["I"], r["H"]) == (4, 2, 3, 5)
+        assert r["ok"] and r["error"] is None
+        assert r["max_abs_error"] < 1e-5
+        assert r["torch_ms"] > 0 and r["fusedrnn_ms"] > 0 and r["speedup"] > 0
+        assert r["repeats"] >= 3
+        forward = 2 * 4 * 2 * (3 * 5 + 5 * 5)
+        assert r["flops"] == (3 * forward if r["mode"] == "training" else forward)
+    assert report["meta"]["threads"] == 1
+    assert report["meta"]["command"].startswith("fusedrnn bench --quick")
+
+    lines = paths["md"].read_text().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    assert table[0].startswith("| case | nn.RNN ms | fusedrnn ms | speed-up | GFLOP/s |")
+    assert len(table) == 2 + len(results)
+    assert {line.count("|") for line in table} == {table[0].count("|")}
+    assert any(line.startswith("- machine:") for line in lines)
+
+    assert paths["png"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_bench_flags_a_wrong_kernel_and_does_not_time_it(monkeypatch, capsys):
+    """A fast wrong answer never looks good: the case is marked WRONG and not timed."""
+    forward = fusedrnn._C.rnn_forward
+
+    def off_by_a_bit(dtype, T, B, H, batch_sizes, *args):
+        forward(dtype, T, B, H, batch_sizes, *args)
+        assert dtype == "float32" and batch_sizes == 0  # padded: h is [T*B, H]
+        h_address = args[-3]  # the binding's arguments end with (..., h, hn, threads)
+        h = np.ctypeslib.as_array((ctypes.c_float * (T * B * H)).from_address(h_address))
+        h += 1e-3
+
+    monkeypatch.setattr(fusedrnn._C, "rnn_forward", off_by_a_bit)
+    assert main([*TINY_BENCH, "--mode", "inference", "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    row = next(line for line in captured.out.splitlines() if line.startswith("cpu f32 infer"))
+    assert row.split()[-1] == "WRONG"
+    assert "1.0e-03" in row and "   -   " in row
+    assert "fusedrnn differs from nn.RNN" in captured.err
+
+
+@pytest.mark.cuda
+def test_bench_on_cuda_times_with_events(tmp_path):
+    pytest.importorskip("fusedrnn._C_cuda", reason="fusedrnn was built without CUDA kernels")
+    path = tmp_path / "cuda.json"
+    assert main([*TINY_BENCH, "--device", "cuda", "--json", str(path)]) == 0
+    results = json.loads(path.read_text())["results"]
+    assert {r["device"] for r in results} == {"cuda"}
+    assert all(r["ok"] for r in results)
+
+
+def test_bench_packed_case_is_checked_and_counts_only_real_steps(tmp_path):
+    path = tmp_path / "packed.json"
+    argv = [*TINY_BENCH, "--packed", "--layers", "2", "--bidirectional", "--mode", "training"]
+    assert main([*argv, "--device", "cpu", "--json", str(path)]) == 0
+    (result,) = json.loads(path.read_text())["results"]
+    assert result["ok"] and result["packed"] and result["label"].endswith("L=2 bi packed")
+    steps = 4 + 2  # lengths spread from T = 4 down to T/2 = 2
+    layer0 = 2 * steps * (3 * 5 + 5 * 5)
+    layer1 = 2 * steps * (10 * 5 + 5 * 5)  # input of layer 1: both directions, D*H = 10
+    assert result["flops"] == 3 * 2 * (layer0 + layer1)

@@ -1,0 +1,185 @@
+"""``fusedrnn.gradcheck``: the three checks, the report, deliberate failures, gradient flow."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import fusedrnn
+from fusedrnn import gradcheck, ops
+from fusedrnn.__main__ import main
+from fusedrnn.gradcheck import Config, check, gradient_flow, reference_gradients
+
+# One layer-direction of each kind with every gradient, and the layer/direction composition.
+SMALL = ["--layers", "1", "--directions", "1", "--nonlinearity", "tanh", "--layout", "padded"]
+
+
+def _gradient_names(module) -> set[str]:
+    return {"input", "h0", *(name for name, _ in module.named_parameters())}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        Config(nonlinearity="relu", packed=True, h0=True, layers=2, bidirectional=True),
+        Config(nonlinearity="tanh", packed=False, h0=False, bias=False, T=6, B=2, I=2, H=5),
+    ],
+    ids=lambda c: c.label,
+)
+def test_check_config_passes_and_covers_every_gradient(config):
+    report = check(config)
+    assert report.passed, report.format(verbose=True)
+    names = _gradient_names(config.module()) - ({"h0"} if not config.h0 else set())
+    for name in gradcheck.CHECKS:
+        rows = {r.gradient for r in report.rows if r.check == name}
+        expected = names | ({"output", "h_n"} if name == "reference" else set())
+        assert rows == expected, name
+    as_dict = report.to_dict()
+    assert as_dict["passed"] and len(as_dict["rows"]) == len(report.rows)
+
+
+def test_check_user_modules():
+    """A user's fusedrnn.RNN (batch_first, dropout) or torch.nn.RNN, checked as it is."""
+    torch.manual_seed(1)
+    module = fusedrnn.RNN(3, 4, num_layers=2, dropout=0.5, batch_first=True)
+    report = check(module, packed=True, T=4, B=2)
+    assert report.passed, report.format(verbose=True)
+    assert {r.config for r in report.rows} == {"module tanh packed h0 L2 uni batch-first"}
+    assert module.weight_ih_l0.dtype == torch.float32  # the user's module is left alone
+    assert check(torch.nn.RNN(2, 3, nonlinearity="relu"), checks=["reference"]).passed
+
+
+def test_check_rejects_what_it_cannot_check():
+    with pytest.raises(TypeError, match=r"module_or_config must be a fusedrnn\.RNN"):
+        check(torch.nn.GRU(2, 3))
+    with pytest.raises(ValueError, match="unknown check 'vibes'"):
+        check(Config(), checks=["vibes"])
+
+
+def test_reference_composition_matches_nn_rnn():
+    """The NumPy composition over layers, directions and packed sequences is itself right."""
+    config = Config(nonlinearity="tanh", packed=True, layers=2, bidirectional=True, T=5, B=3)
+    torch.manual_seed(0)
+    module = torch.nn.RNN(3, 4, 2, bidirectional=True, dtype=torch.float64)
+    rng = np.random.default_rng(0)
+    lengths = np.array([3, 5, 1])
+    x = torch.tensor(rng.standard_normal((5, 3, 3)), requires_grad=True)
+    h0 = torch.tensor(rng.standard_normal((4, 3, 4)), requires_grad=True)
+    g_out = rng.standard_normal((5, 3, 8)) * (np.arange(5)[:, None] < lengths)[..., None]
+    g_hn = rng.standard_normal((4, 3, 4))
+    packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
+    out, hn = module(packed, h0)
+    out, _ = pad_packed_sequence(out, total_length=5)
+    ((out * torch.tensor(g_out)).sum() + (hn * torch.tensor(g_hn)).sum()).backward()
+
+    params = {k: v.detach().numpy() for k, v in module.named_parameters()}
+    grads, ref_out, ref_hn = reference_gradients(
+        params, config, x.detach().numpy(), h0.detach().numpy(), lengths, g_out, g_hn
+    )
+    np.testing.assert_allclose(ref_out, out.detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ref_hn, hn.detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(grads["input"], x.grad.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(grads["h0"], h0.grad.numpy(), rtol=0, atol=1e-12)
+    for name, p in module.named_parameters():
+        np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=0, atol=1e-12)
+
+
+def test_cli_passes_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "report.json"
+    assert main(["gradcheck", *SMALL, "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "gradcheck PASSED" in out
+    for column in ("reference abs", "reference rel", "finite-diff abs", "autograd", "verdict"):
+        assert column in out
+    report = json.loads(path.read_text())
+    assert report["passed"] and {r["check"] for r in report["rows"]} == set(gradcheck.CHECKS)
+
+
+def _scaled_weight_hh_grad(monkeypatch):
+    """dW_hh off by 1 %: the GEMM after the kernel, in ops.py."""
+    prev_state_grad = ops._prev_state_grad
+    monkeypatch.setattr(ops, "_prev_state_grad", lambda *a: prev_state_grad(*a) * 1.01)
+    return "weight_hh_l0"
+
+
+def _zeroed_dh0_in_the_kernel(monkeypatch):
+    """The BPTT kernel itself returns dL/dh0 = 0: patched at the binding, below ops.py."""
+    backward = fusedrnn._C.rnn_backward
+
+    def broken(dtype, T, B, H, *args):
+        backward(dtype, T, B, H, *args)
+        dh0_address = args[-2]  # the binding's arguments end with (..., dP, dh0, threads)
+        ctypes.memset(dh0_address, 0, B * H * (8 if dtype == "float64" else 4))
+
+    monkeypatch.setattr(fusedrnn._C, "rnn_backward", broken)
+    return "h0"
+
+
+@pytest.mark.parametrize("breakage", [_scaled_weight_hh_grad, _zeroed_dh0_in_the_kernel])
+def test_cli_fails_on_a_broken_backward_and_shows_the_row(breakage, monkeypatch, capsys):
+    gradient = breakage(monkeypatch)
+    assert main(["gradcheck", *SMALL, "--h0", "yes"]) == 1
+    out = capsys.readouterr().out
+    assert "gradcheck FAILED" in out
+    table = out.split("failing rows:")[1].split("gradcheck FAILED")[0]
+    failing = [line for line in table.splitlines() if line.startswith("tanh padded h0")]
+    assert failing
+    for name in gradcheck.CHECKS:
+        row = next(line for line in failing if f" {name} " in line)
+        assert row.split()[-1] == "FAIL" or "FAIL (" in row
+        assert f" {gradient} " in row
+    # Only the broken gradient fails.
+    assert all(f" {gradient} " in line for line in failing)
+
+
+def test_flow_decays_below_and_grows_above_radius_one():
+    T = 100
+    for radius in (0.8, 0.9):
+        relu = gradient_flow("relu", radius, T=T, H=16)
+        assert relu[0] < relu[T] * radius ** (T / 2)
+        tanh = gradient_flow("tanh", radius, T=T, H=16)
+        # Orthogonal W_hh scaled by radius and tanh' <= 1: at least radius per step.
+        steps = T - np.arange(T + 1)
+        assert np.all(tanh <= tanh[T] * radius**steps * (1 + 1e-9))
+    for radius in (1.1, 1.2):
+        relu = gradient_flow("relu", radius, T=T, H=16)
+        assert relu[0] > relu[T] * radius ** (T / 2)
+        assert np.all(np.diff(relu[: T - 5]) < 0)  # grows at every step back from the end
+        tanh = gradient_flow("tanh", radius, T=T, H=16)
+        assert tanh[0] > tanh[T]
+    # In relu's linear regime the mean factor per step is the spectral radius.
+    for radius in (0.9, 1.0, 1.1):
+        relu = gradient_flow("relu", radius, T=400, H=16)
+        assert (relu[0] / relu[-1]) ** (1 / 400) == pytest.approx(radius, rel=0.01)
+
+
+def test_cli_flow_prints_norms_and_plots(tmp_path, capsys):
+    matplotlib_image = pytest.importorskip("matplotlib.image")
+    png, path = tmp_path / "flow.png", tmp_path / "flow.json"
+    argv = ["gradcheck", "--flow", "--seq", "60", "--hidden", "8", "--radii", "0.9,1.1"]
+    assert main([*argv, "--plot", str(png), "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "factor/step" in out and "t=60" in out and "t=0" in out
+    flows = json.loads(path.read_text())["flows"]
+    assert {(f["nonlinearity"], f["radius"]) for f in flows} == {
+        (nl, r) for nl in ("tanh", "relu") for r in (0.9, 1.1)
+    }
+    assert all(len(f["norms"]) == 61 for f in flows)
+    image = matplotlib_image.imread(png)
+    assert image.shape[0] > 300 and image.shape[1] > 600
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+@pytest.mark.cuda
+def test_check_on_cuda():
+    pytest.importorskip("fusedrnn._C_cuda", reason="fusedrnn was built without CUDA kernels")
+    config = Config(nonlinearity="relu", packed=True, layers=2, bidirectional=True)
+    report = check(config, device="cuda")
+    assert report.passed, report.format(verbose=True)
+    norms = gradient_flow("relu", 1.1, T=50, H=16, device="cuda")
+    assert norms[0] > norms[-1] * 1.1**25

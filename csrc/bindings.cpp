@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "cpu/gemm_cpu.h"
+#include "cpu/layer_cpu.h"
 #include "fusedrnn.h"
 
 namespace py = pybind11;
@@ -59,6 +61,36 @@ void backward_typed(const RecurrenceShape& s, std::uintptr_t W_hh, std::uintptr_
                                        ptr<scalar_t>(dP), ptr<scalar_t>(dh0), num_threads);
 }
 
+template <typename scalar_t>
+void gemm_typed(int64_t M, int64_t N, int64_t K, std::uintptr_t A, int64_t lda, bool a_trans,
+                std::uintptr_t B, int64_t ldb, bool b_trans, std::uintptr_t C, int64_t ldc,
+                std::uintptr_t bias, bool accumulate, int num_threads) {
+  fusedrnn::gemm_cpu<scalar_t>(M, N, K, ptr<const scalar_t>(A), lda, a_trans,
+                               ptr<const scalar_t>(B), ldb, b_trans, ptr<scalar_t>(C), ldc,
+                               ptr<const scalar_t>(bias), accumulate, num_threads);
+}
+
+template <typename T>
+void layer_forward_typed(const RecurrenceShape& s, int64_t I, std::uintptr_t x, std::uintptr_t w_ih,
+                         std::uintptr_t b_ih, std::uintptr_t b_hh, std::uintptr_t w_hh,
+                         std::uintptr_t h0, std::uintptr_t h, std::uintptr_t hn, int num_threads) {
+  fusedrnn::layer_forward_cpu<T>(s, I, ptr<const T>(x), ptr<const T>(w_ih), ptr<const T>(b_ih),
+                                 ptr<const T>(b_hh), ptr<const T>(w_hh), ptr<const T>(h0),
+                                 ptr<T>(h), ptr<T>(hn), num_threads);
+}
+
+template <typename T>
+void layer_backward_typed(const RecurrenceShape& s, int64_t I, std::uintptr_t x,
+                          std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t h0,
+                          std::uintptr_t h, std::uintptr_t G, std::uintptr_t dhn, std::uintptr_t dP,
+                          std::uintptr_t dh0, std::uintptr_t dx, std::uintptr_t dw_ih,
+                          std::uintptr_t dw_hh, std::uintptr_t db, int num_threads) {
+  fusedrnn::layer_backward_cpu<T>(s, I, ptr<const T>(x), ptr<const T>(w_ih), ptr<const T>(w_hh),
+                                  ptr<const T>(h0), ptr<const T>(h), ptr<const T>(G),
+                                  ptr<const T>(dhn), ptr<T>(dP), ptr<T>(dh0), ptr<T>(dx),
+                                  ptr<T>(dw_ih), ptr<T>(dw_hh), ptr<T>(db), num_threads);
+}
+
 void check_dtype(const std::string& dtype) {
   if (dtype != "float32" && dtype != "float64")
     throw std::invalid_argument("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
@@ -107,6 +139,75 @@ PYBIND11_MODULE(_C, m) {
       py::arg("dhn"), py::arg("dP"), py::arg("dh0"), py::arg("num_threads"),
       "BPTT recurrence. W_hh [H,H], h [N,H], G [N,H] or 0, dhn [B,H] or 0, dP [N,H] (may be G), "
       "dh0 [B,H] or 0.");
+
+  m.def(
+      "layer_forward",
+      [](const std::string& dtype, int64_t T, int64_t B, int64_t H, int64_t I,
+         std::uintptr_t batch_sizes, bool reverse, const std::string& nonlinearity,
+         std::uintptr_t x, std::uintptr_t w_ih, std::uintptr_t b_ih, std::uintptr_t b_hh,
+         std::uintptr_t w_hh, std::uintptr_t h0, std::uintptr_t h, std::uintptr_t hn,
+         int num_threads) {
+        check_dtype(dtype);
+        const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
+        py::gil_scoped_release release;
+        if (dtype == "float32")
+          layer_forward_typed<float>(s, I, x, w_ih, b_ih, b_hh, w_hh, h0, h, hn, num_threads);
+        else
+          layer_forward_typed<double>(s, I, x, w_ih, b_ih, b_hh, w_hh, h0, h, hn, num_threads);
+      },
+      py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("I"),
+      py::arg("batch_sizes"), py::arg("reverse"), py::arg("nonlinearity"), py::arg("x"),
+      py::arg("w_ih"), py::arg("b_ih"), py::arg("b_hh"), py::arg("w_hh"), py::arg("h0"),
+      py::arg("h"), py::arg("hn"), py::arg("num_threads"),
+      "One layer-direction forward: h = recurrence(x W_ih^T + b_ih + b_hh). x [N,I], w_ih "
+      "[H,I], b_ih/b_hh [H] or 0, w_hh [H,H], h0 [B,H] or 0, h [N,H] out, hn [B,H] out.");
+
+  m.def(
+      "layer_backward",
+      [](const std::string& dtype, int64_t T, int64_t B, int64_t H, int64_t I,
+         std::uintptr_t batch_sizes, bool reverse, const std::string& nonlinearity,
+         std::uintptr_t x, std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t h0,
+         std::uintptr_t h, std::uintptr_t G, std::uintptr_t dhn, std::uintptr_t dP,
+         std::uintptr_t dh0, std::uintptr_t dx, std::uintptr_t dw_ih, std::uintptr_t dw_hh,
+         std::uintptr_t db, int num_threads) {
+        check_dtype(dtype);
+        const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
+        py::gil_scoped_release release;
+        if (dtype == "float32")
+          layer_backward_typed<float>(s, I, x, w_ih, w_hh, h0, h, G, dhn, dP, dh0, dx, dw_ih, dw_hh,
+                                      db, num_threads);
+        else
+          layer_backward_typed<double>(s, I, x, w_ih, w_hh, h0, h, G, dhn, dP, dh0, dx, dw_ih,
+                                       dw_hh, db, num_threads);
+      },
+      py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("I"),
+      py::arg("batch_sizes"), py::arg("reverse"), py::arg("nonlinearity"), py::arg("x"),
+      py::arg("w_ih"), py::arg("w_hh"), py::arg("h0"), py::arg("h"), py::arg("G"), py::arg("dhn"),
+      py::arg("dP"), py::arg("dh0"), py::arg("dx"), py::arg("dw_ih"), py::arg("dw_hh"),
+      py::arg("db"), py::arg("num_threads"),
+      "One layer-direction backward: BPTT into dP [N,H] (may be G), then dh0 [B,H], dx [N,I], "
+      "dW_ih [H,I], dW_hh [H,H], db [H]; every output but dP may be 0 (not computed).");
+
+  m.def(
+      "gemm",
+      [](const std::string& dtype, int64_t M, int64_t N, int64_t K, std::uintptr_t A, int64_t lda,
+         bool a_trans, std::uintptr_t B, int64_t ldb, bool b_trans, std::uintptr_t C, int64_t ldc,
+         std::uintptr_t bias, bool accumulate, int num_threads) {
+        check_dtype(dtype);
+        py::gil_scoped_release release;
+        if (dtype == "float32")
+          gemm_typed<float>(M, N, K, A, lda, a_trans, B, ldb, b_trans, C, ldc, bias, accumulate,
+                            num_threads);
+        else
+          gemm_typed<double>(M, N, K, A, lda, a_trans, B, ldb, b_trans, C, ldc, bias, accumulate,
+                             num_threads);
+      },
+      py::arg("dtype"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("A"), py::arg("lda"),
+      py::arg("a_trans"), py::arg("B"), py::arg("ldb"), py::arg("b_trans"), py::arg("C"),
+      py::arg("ldc"), py::arg("bias"), py::arg("accumulate"), py::arg("num_threads"),
+      "C[M,N] = (accumulate ? C : 0) + op(A) op(B) (+ bias [N] or 0), row-major; "
+      "op(A)[i,k] = A[k*lda+i] if a_trans else A[i*lda+k], op(B) likewise. Bitwise identical "
+      "for any num_threads.");
 
   m.def("cpu_isa", &fusedrnn::cpu_isa, "SIMD instruction set the CPU kernels selected");
 }

@@ -1,165 +1,370 @@
-// Portable fused CPU recurrence kernels: forward and BPTT for one layer and direction.
+// The CPU recurrence driver: rnn_forward_cpu / rnn_backward_cpu / cpu_isa (fusedrnn.h).
 //
-// Contract: csrc/fusedrnn.h. This translation unit holds the driver (packed/reverse
-// walking, state sourcing, final-state gathering) and a portable row x matrix step.
-// W_hh is packed once per call as a [K,H] matrix (k-major) so that the inner loop over
-// hidden units is contiguous and vectorizes; every element is a sequential-k sum, so
-// results do not depend on how rows or columns are split.
+// One call = one team of threads for the whole sequence. W_hh^T (forward) or W_hh
+// (backward) is packed once into the micro-kernel's panels and reused for all T steps.
+// The columns (hidden units) of a step are cut into chunks of panels; each thread owns a
+// fixed range of chunks, packs them itself (so they land in its own cache) and computes
+// them first at every step, then helps with chunks its partners have not started (see
+// Chunks). Each output element is computed by exactly one thread with one fixed fma chain
+// (kernels.h), so results do not depend on the team.
 #include <algorithm>
-#include <cmath>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
-#include <stdexcept>
+#include <memory>
+#include <new>
 #include <vector>
 
+#include "aligned_buffer.h"
 #include "fusedrnn.h"
+#include "kernels.h"
+#include "thread_team.h"
 
 namespace fusedrnn {
+
 namespace {
 
-// Step sizes of the packed layout: batch size and first row of every step.
-struct PackedSteps {
-  std::vector<int64_t> bs;   // [T]
-  std::vector<int64_t> off;  // [T]
-  std::vector<int64_t> len;  // [B] steps each sequence is active for
-  PackedSteps(const RecurrenceShape& s) : bs(s.T), off(s.T), len(s.B, 0) {
-    int64_t row = 0;
-    for (int64_t t = 0; t < s.T; ++t) {
-      bs[t] = s.batch_sizes ? s.batch_sizes[t] : s.B;
-      off[t] = row;
-      row += bs[t];
-      for (int64_t b = 0; b < bs[t]; ++b) len[b] = t + 1;
+using cpu::Epilogue;
+using cpu::EpKind;
+using cpu::KernelTable;
+
+// Panel buffer reused across calls by the calling thread (aligned_buffer.h).
+template <typename T>
+T* panel_buffer(size_t elems) {
+  thread_local cpu::AlignedBuffer buf;
+  return static_cast<T*>(buf.get(elems * sizeof(T)));
+}
+
+// Threads for a step of B rows: below ~32k multiply-adds per thread and step, waking and
+// synchronizing a second thread costs more than it saves (measured end to end with
+// benchmarks/cpu_table.py, the team on torch's OpenMP workers).
+// FUSEDRNN_CPU_MIN_WORK in the environment overrides it (tests force teams on tiny sizes).
+int64_t min_work_per_thread() {
+  static const int64_t v = [] {
+    const char* env = std::getenv("FUSEDRNN_CPU_MIN_WORK");
+    const long long n = env ? std::atoll(env) : 0;
+    return n > 0 ? int64_t(n) : int64_t(1) << 15;
+  }();
+  return v;
+}
+
+int choose_threads(int64_t B, int64_t H, int64_t nchunks, int num_threads) {
+  int64_t n = std::min<int64_t>({num_threads, cpu::hardware_threads(), nchunks});
+  const int64_t work = B * H * H;
+  n = std::min<int64_t>(n, std::max<int64_t>(1, work / min_work_per_thread()));
+  return int(std::max<int64_t>(n, 1));
+}
+
+// Pulls the epilogue operands of the next step (rows x [c0, c1)) toward L2 while this
+// step computes: they stream from memory once per sequence, and the epilogue touches
+// them in a burst that the hardware prefetcher does not anticipate. Skipped when the slice
+// is too large to stay in L2 next to the panels.
+template <typename T>
+inline void prefetch_rows(const T* p, int64_t rows, int64_t ld, int64_t c0, int64_t c1) {
+  if (!p || rows * (c1 - c0) * int64_t(sizeof(T)) > (256 << 10)) return;
+  for (int64_t r = 0; r < rows; ++r) {
+    const char* row = reinterpret_cast<const char*>(p + r * ld + c0);
+    const int64_t bytes = (c1 - c0) * int64_t(sizeof(T));
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b, 0, 2);
+  }
+}
+
+// The columns of a step are cut into chunks of panels. Thread tid owns a fixed, contiguous
+// range of chunks: it packs them (so they land in its cache) and computes them first at
+// every step, in order. A thread done with its own chunks takes the ones its partners have
+// not started, from the back of their ranges; a step ends when all its chunks are done.
+// So a partner that the OS has descheduled (a shared or oversubscribed machine) costs at
+// most the chunk it is in the middle of, instead of stalling every step at a barrier.
+// Who computes a chunk never changes how: results stay bitwise identical.
+struct Chunks {
+  int64_t count = 0;
+  int64_t panels_per_chunk = 1;
+  std::unique_ptr<std::atomic<int64_t>[]> claimed;  // the last step that claimed the chunk
+  std::unique_ptr<std::atomic<int>[]> packed;       // 0 not packed, 1 packing, 2 packed
+  cpu::StepSync sync;
+
+  void init(int64_t npanels, int64_t rows) {
+    // Single-row steps need four panels per tile to keep enough fma chains in flight.
+    panels_per_chunk = std::min<int64_t>(npanels, rows <= 3 ? 4 : 2);
+    count = (npanels + panels_per_chunk - 1) / panels_per_chunk;
+    claimed.reset(new std::atomic<int64_t>[size_t(count)]);
+    packed.reset(new std::atomic<int>[size_t(count)]);
+    for (int64_t c = 0; c < count; ++c) {
+      claimed[c].store(-1, std::memory_order_relaxed);
+      packed[c].store(0, std::memory_order_relaxed);
     }
+    sync.reset(count);
+  }
+  int64_t first(int tid, int nt) const { return count * tid / nt; }
+  int64_t last(int tid, int nt) const { return count * (tid + 1) / nt; }
+  bool claim(int64_t c, int64_t step) {
+    int64_t expected = step - 1;
+    return claimed[c].load(std::memory_order_relaxed) == expected &&
+           claimed[c].compare_exchange_strong(expected, step, std::memory_order_acq_rel);
+  }
+  template <class PackFn>
+  void ensure_packed(int64_t c, PackFn&& pack) {
+    if (packed[c].load(std::memory_order_acquire) == 2) return;
+    int expected = 0;
+    if (packed[c].compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+      pack(c);
+      packed[c].store(2, std::memory_order_release);
+      return;
+    }
+    while (packed[c].load(std::memory_order_acquire) != 2) cpu::cpu_relax();
   }
 };
 
-// Wk[k*H + j]: forward uses W_hh^T (Wk[k][j] = W_hh[j][k]), backward uses W_hh itself.
-template <typename scalar_t>
-std::vector<scalar_t> pack_k_major(const scalar_t* W_hh, int64_t H, bool transpose) {
-  std::vector<scalar_t> Wk(static_cast<size_t>(H * H));
-  for (int64_t k = 0; k < H; ++k)
-    for (int64_t j = 0; j < H; ++j) Wk[k * H + j] = transpose ? W_hh[j * H + k] : W_hh[k * H + j];
-  return Wk;
-}
-
-// acc[j] = sum_k a[k] * Wk[k][j], k ascending.
-template <typename scalar_t>
-inline void row_times(const scalar_t* a, const scalar_t* Wk, int64_t H, scalar_t* acc) {
-  std::fill(acc, acc + H, scalar_t(0));
-  for (int64_t k = 0; k < H; ++k) {
-    const scalar_t ak = a[k];
-    const scalar_t* w = Wk + k * H;
-    for (int64_t j = 0; j < H; ++j) acc[j] += ak * w[j];
+// Runs steps 0..nsteps-1 on this thread: work(chunk, step) for every chunk of every step,
+// each exactly once across the team, step s + 1 only after all of step s.
+template <class PackFn, class WorkFn>
+void run_steps(Chunks& ch, int tid, int nt, int64_t nsteps, PackFn&& pack, WorkFn&& work) {
+  const int64_t c0 = ch.first(tid, nt), c1 = ch.last(tid, nt);
+  for (int64_t c = c0; c < c1; ++c) ch.ensure_packed(c, pack);
+  for (int64_t i = 0; i < nsteps; ++i) {
+    auto run = [&](int64_t c) {
+      if (!ch.claim(c, i)) return;
+      ch.ensure_packed(c, pack);
+      work(c, i);
+      ch.sync.chunk_done(i);
+    };
+    for (int64_t c = c0; c < c1; ++c) run(c);
+    for (int v = 1; v < nt; ++v) {
+      const int victim = (tid + v) % nt;
+      for (int64_t c = ch.last(victim, nt) - 1; c >= ch.first(victim, nt); --c) run(c);
+    }
+    ch.sync.wait_step(i);
   }
 }
 
-template <typename scalar_t>
-inline scalar_t activate(scalar_t v, Activation act) {
-  return act == Activation::kTanh ? std::tanh(v) : (v < scalar_t(0) ? scalar_t(0) : v);
+template <typename T>
+struct Recurrence {
+  const RecurrenceShape* s;
+  const KernelTable<T>* k;
+  std::vector<int64_t> bs;   // [T + 1], bs[T] = 0
+  std::vector<int64_t> off;  // [T + 1] row offsets
+  int64_t npanels = 0;
+  int64_t pstride = 0;
+  T* panels = nullptr;
+  Chunks chunks;
+
+  Recurrence(const RecurrenceShape& shape, const KernelTable<T>& kt) : s(&shape), k(&kt) {
+    const int64_t Tn = shape.T;
+    bs.resize(Tn + 1);
+    off.resize(Tn + 1);
+    int64_t o = 0;
+    for (int64_t t = 0; t < Tn; ++t) {
+      bs[t] = shape.batch_sizes ? shape.batch_sizes[t] : shape.B;
+      off[t] = o;
+      o += bs[t];
+    }
+    bs[Tn] = 0;
+    off[Tn] = o;
+    npanels = (shape.H + kt.nr - 1) / kt.nr;
+    pstride = shape.H * kt.nr;
+    panels = panel_buffer<T>(size_t(npanels * pstride));
+    chunks.init(npanels, shape.B);
+  }
+
+  // Packs the panels of chunk c from B[k][j] = W[k*rs + j*cs].
+  void pack_chunk(int64_t c, const T* W, int64_t rs, int64_t cs) {
+    int64_t p0, p1, c0, c1;
+    chunk_range(c, &p0, &p1, &c0, &c1);
+    k->pack(W, rs, cs, s->H, s->H, p0, p1, panels, pstride);
+  }
+
+  // Panels [p0, p1) and columns [c0, c1) of chunk c.
+  void chunk_range(int64_t c, int64_t* p0, int64_t* p1, int64_t* c0, int64_t* c1) const {
+    *p0 = c * chunks.panels_per_chunk;
+    *p1 = std::min(npanels, *p0 + chunks.panels_per_chunk);
+    *c0 = std::min(*p0 * k->nr, s->H);
+    *c1 = std::min(*p1 * k->nr, s->H);
+  }
+};
+
+template <typename T>
+struct ForwardJob {
+  Recurrence<T> rec;
+  const T* P;
+  const T* W;
+  const T* h0;
+  T* h;
+  T* hn;
+};
+
+// Step i of the forward pass on the columns of chunk c.
+template <typename T>
+void forward_chunk(ForwardJob<T>& job, int64_t c, int64_t i) {
+  const Recurrence<T>& rc = job.rec;
+  const RecurrenceShape& s = *rc.s;
+  const KernelTable<T>& k = *rc.k;
+  const int64_t H = s.H;
+  int64_t p0, p1, c0, c1;
+  rc.chunk_range(c, &p0, &p1, &c0, &c1);
+  const int64_t t = s.reverse ? s.T - 1 - i : i;
+  const int64_t m = rc.bs[t];
+  Epilogue<T> e;
+  e.kind = EpKind::kAct;
+  e.act = int(s.act);
+  e.out = job.h + rc.off[t] * H;
+  e.ldo = H;
+  e.x1 = job.P + rc.off[t] * H;
+  e.ld1 = H;
+  // Rows [0, mc) continue from the previous step; rows [mc, m) start from h0 (all rows at
+  // the first step; in the reverse direction, the sequences that join at t).
+  int64_t mc = 0;
+  if (i > 0) {
+    const int64_t tp = s.reverse ? t + 1 : t - 1;
+    mc = std::min(m, rc.bs[tp]);
+    k.gemm(mc, H, job.h + rc.off[tp] * H, H, false, rc.panels, rc.pstride, p0, p1, H, nullptr, 0,
+           e);
+  }
+  if (m > mc) {
+    Epilogue<T> es = e;
+    es.out += mc * H;
+    es.x1 += mc * H;
+    if (job.h0)
+      k.gemm(m - mc, H, job.h0 + mc * H, H, false, rc.panels, rc.pstride, p0, p1, H, nullptr, 0,
+             es);
+    else
+      k.pointwise(m - mc, c0, c1, nullptr, 0, es);
+  }
+  // Sequences whose last step this is: rows [bs[t+1], m) forward, all rows at t = 0 in
+  // reverse.
+  if (job.hn) {
+    const int64_t r_end0 = s.reverse ? (t == 0 ? 0 : m) : rc.bs[t + 1];
+    for (int64_t r = r_end0; r < m; ++r)
+      std::memcpy(job.hn + r * H + c0, job.h + (rc.off[t] + r) * H + c0,
+                  sizeof(T) * size_t(c1 - c0));
+  }
+  if (i + 1 < s.T) {
+    const int64_t tn = s.reverse ? t - 1 : t + 1;
+    prefetch_rows(job.P + rc.off[tn] * H, rc.bs[tn], H, c0, c1);
+  }
 }
 
-// phi'(pre) expressed through the output h = phi(pre).
-template <typename scalar_t>
-inline scalar_t activate_grad(scalar_t h, Activation act) {
-  return act == Activation::kTanh ? scalar_t(1) - h * h
-                                  : (h > scalar_t(0) ? scalar_t(1) : scalar_t(0));
+template <typename T>
+void forward_thread(void* vctx, int tid, int nt) {
+  auto& job = *static_cast<ForwardJob<T>*>(vctx);
+  Recurrence<T>& rc = job.rec;
+  const int64_t H = rc.s->H;
+  // B[k][j] = W_hh[j][k]: the forward step multiplies by W_hh^T.
+  auto pack = [&](int64_t c) { rc.pack_chunk(c, job.W, 1, H); };
+  run_steps(rc.chunks, tid, nt, rc.s->T, pack,
+            [&](int64_t c, int64_t i) { forward_chunk(job, c, i); });
+}
+
+template <typename T>
+struct BackwardJob {
+  Recurrence<T> rec;
+  const T* W;
+  const T* h;
+  const T* G;
+  const T* dhn;
+  T* dP;
+  T* dh0;
+};
+
+// Step i of BPTT on the columns of chunk c; step T is dh0 = d_first W_hh.
+template <typename T>
+void backward_chunk(BackwardJob<T>& job, int64_t c, int64_t i) {
+  const Recurrence<T>& rc = job.rec;
+  const RecurrenceShape& s = *rc.s;
+  const KernelTable<T>& k = *rc.k;
+  const int64_t H = s.H;
+  int64_t p0, p1, c0, c1;
+  rc.chunk_range(c, &p0, &p1, &c0, &c1);
+  Epilogue<T> store;  // dh0 = d W_hh
+  store.kind = EpKind::kStore;
+  store.ldo = H;
+  if (i == s.T) {
+    // Forward direction: every sequence starts at t = 0. Reverse: the sequences still
+    // active at T - 1 started there.
+    const int64_t t = s.reverse ? s.T - 1 : 0;
+    store.out = job.dh0;
+    k.gemm(rc.bs[t], H, job.dP + rc.off[t] * H, H, false, rc.panels, rc.pstride, p0, p1, H, nullptr,
+           0, store);
+    return;
+  }
+  const int64_t t = s.reverse ? i : s.T - 1 - i;
+  const int64_t m = rc.bs[t];
+  Epilogue<T> e;
+  e.kind = EpKind::kActGrad;
+  e.act = int(s.act);
+  e.out = job.dP + rc.off[t] * H;
+  e.ldo = H;
+  e.x1 = job.G ? job.G + rc.off[t] * H : nullptr;
+  e.ld1 = H;
+  e.x2 = job.h + rc.off[t] * H;
+  e.ld2 = H;
+  // Rows [0, mc) have a next (forward-wise) step whose d feeds back through W_hh; rows
+  // [mc, m) end their sequence here and take dhn instead.
+  int64_t mc = 0;
+  if (!s.reverse) {
+    mc = rc.bs[t + 1];
+    if (mc > 0)
+      k.gemm(mc, H, job.dP + rc.off[t + 1] * H, H, false, rc.panels, rc.pstride, p0, p1, H, nullptr,
+             0, e);
+  } else if (t > 0) {
+    mc = m;
+    k.gemm(m, H, job.dP + rc.off[t - 1] * H, H, false, rc.panels, rc.pstride, p0, p1, H, nullptr, 0,
+           e);
+    // Sequences whose first (reverse) forward step was t - 1: dh0 = d_{t-1} W_hh.
+    const int64_t mp = rc.bs[t - 1];
+    if (job.dh0 && mp > m) {
+      Epilogue<T> st = store;
+      st.out = job.dh0 + m * H;
+      k.gemm(mp - m, H, job.dP + (rc.off[t - 1] + m) * H, H, false, rc.panels, rc.pstride, p0, p1,
+             H, nullptr, 0, st);
+    }
+  }
+  if (m > mc) {
+    Epilogue<T> ef = e;
+    ef.out += mc * H;
+    if (ef.x1) ef.x1 += mc * H;
+    ef.x2 += mc * H;
+    k.pointwise(m - mc, c0, c1, job.dhn ? job.dhn + mc * H : nullptr, H, ef);
+  }
+  if (i + 1 < s.T) {
+    const int64_t tn = s.reverse ? t + 1 : t - 1;
+    prefetch_rows(job.h + rc.off[tn] * H, rc.bs[tn], H, c0, c1);
+    prefetch_rows(job.G ? job.G + rc.off[tn] * H : nullptr, rc.bs[tn], H, c0, c1);
+  }
+}
+
+template <typename T>
+void backward_thread(void* vctx, int tid, int nt) {
+  auto& job = *static_cast<BackwardJob<T>*>(vctx);
+  Recurrence<T>& rc = job.rec;
+  const int64_t H = rc.s->H;
+  // B[k][j] = W_hh[k][j]: d_next W_hh.
+  auto pack = [&](int64_t c) { rc.pack_chunk(c, job.W, H, 1); };
+  run_steps(rc.chunks, tid, nt, rc.s->T + (job.dh0 ? 1 : 0), pack,
+            [&](int64_t c, int64_t i) { backward_chunk(job, c, i); });
 }
 
 }  // namespace
 
 template <typename scalar_t>
 void rnn_forward_cpu(const RecurrenceShape& s, const scalar_t* P, const scalar_t* W_hh,
-                     const scalar_t* h0, scalar_t* h, scalar_t* hn, int /*num_threads*/) {
-  const int64_t T = s.T, B = s.B, H = s.H;
-  const PackedSteps steps(s);
-  const std::vector<scalar_t> Wk = pack_k_major(W_hh, H, /*transpose=*/true);
-  std::vector<scalar_t> zeros, mixed, acc(static_cast<size_t>(H));
-  if (!h0) {
-    zeros.assign(static_cast<size_t>(B * H), scalar_t(0));
-    h0 = zeros.data();
-  }
-  for (int64_t i = 0; i < T; ++i) {
-    const int64_t t = s.reverse ? T - 1 - i : i;
-    const int64_t m = steps.bs[t];
-    // The previous state of rows 0..m-1.
-    const scalar_t* prev;
-    if (i == 0) {
-      prev = h0;
-    } else if (!s.reverse) {
-      prev = h + steps.off[t - 1] * H;  // bs[t-1] >= m rows, all continuing
-    } else {
-      const int64_t carried = steps.bs[t + 1];  // rows that were active at step t+1
-      prev = h + steps.off[t + 1] * H;
-      if (carried < m) {  // sequences joining at this step start from h0
-        mixed.resize(static_cast<size_t>(m * H));
-        std::memcpy(mixed.data(), prev, sizeof(scalar_t) * carried * H);
-        std::memcpy(mixed.data() + carried * H, h0 + carried * H,
-                    sizeof(scalar_t) * (m - carried) * H);
-        prev = mixed.data();
-      }
-    }
-    for (int64_t r = 0; r < m; ++r) {
-      row_times(prev + r * H, Wk.data(), H, acc.data());
-      const scalar_t* p = P + (steps.off[t] + r) * H;
-      scalar_t* out = h + (steps.off[t] + r) * H;
-      for (int64_t j = 0; j < H; ++j) out[j] = activate(p[j] + acc[j], s.act);
-    }
-  }
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t t_last = s.reverse ? 0 : steps.len[b] - 1;
-    std::memcpy(hn + b * H, h + (steps.off[t_last] + b) * H, sizeof(scalar_t) * H);
-  }
+                     const scalar_t* h0, scalar_t* h, scalar_t* hn, int num_threads) {
+  if (s.T <= 0 || s.B <= 0 || s.H <= 0) return;
+  const KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
+  ForwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), P, W_hh, h0, h, hn};
+  const int nt = choose_threads(s.B, s.H, job.rec.chunks.count, num_threads);
+  cpu::team_run(nt, &forward_thread<scalar_t>, &job);
 }
 
 template <typename scalar_t>
 void rnn_backward_cpu(const RecurrenceShape& s, const scalar_t* W_hh, const scalar_t* h,
                       const scalar_t* G, const scalar_t* dhn, scalar_t* dP, scalar_t* dh0,
-                      int /*num_threads*/) {
-  const int64_t T = s.T, B = s.B, H = s.H;
-  const PackedSteps steps(s);
-  const std::vector<scalar_t> Wk = pack_k_major(W_hh, H, /*transpose=*/false);
-  std::vector<scalar_t> acc(static_cast<size_t>(H));
-  for (int64_t i = 0; i < T; ++i) {
-    // Walk opposite to the forward pass.
-    const int64_t t = s.reverse ? i : T - 1 - i;
-    const int64_t m = steps.bs[t];
-    // Rows whose forward successor step exists; the rest end here and take dhn.
-    int64_t carried;
-    const scalar_t* next;
-    if (!s.reverse) {
-      carried = t + 1 < T ? steps.bs[t + 1] : 0;
-      next = carried ? dP + steps.off[t + 1] * H : nullptr;
-    } else {
-      carried = t > 0 ? m : 0;
-      next = carried ? dP + steps.off[t - 1] * H : nullptr;
-    }
-    for (int64_t r = 0; r < m; ++r) {
-      const int64_t row = steps.off[t] + r;
-      if (r < carried) {
-        row_times(next + r * H, Wk.data(), H, acc.data());
-      } else if (dhn) {
-        std::memcpy(acc.data(), dhn + r * H, sizeof(scalar_t) * H);
-      } else {
-        std::fill(acc.begin(), acc.end(), scalar_t(0));
-      }
-      const scalar_t* g = G ? G + row * H : nullptr;
-      const scalar_t* hr = h + row * H;
-      scalar_t* d = dP + row * H;
-      for (int64_t j = 0; j < H; ++j) {
-        const scalar_t incoming = (g ? g[j] : scalar_t(0)) + acc[j];
-        d[j] = incoming * activate_grad(hr[j], s.act);
-      }
-    }
-  }
-  if (dh0) {
-    for (int64_t b = 0; b < B; ++b) {
-      // The first step the forward pass took for sequence b.
-      const int64_t t_first = s.reverse ? steps.len[b] - 1 : 0;
-      row_times(dP + (steps.off[t_first] + b) * H, Wk.data(), H, dh0 + b * H);
-    }
-  }
+                      int num_threads) {
+  if (s.T <= 0 || s.B <= 0 || s.H <= 0) return;
+  const KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
+  BackwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), W_hh, h, G, dhn, dP, dh0};
+  const int nt = choose_threads(s.B, s.H, job.rec.chunks.count, num_threads);
+  cpu::team_run(nt, &backward_thread<scalar_t>, &job);
 }
-
-const char* cpu_isa() { return "generic"; }
 
 template void rnn_forward_cpu<float>(const RecurrenceShape&, const float*, const float*,
                                      const float*, float*, float*, int);
@@ -169,5 +374,7 @@ template void rnn_backward_cpu<float>(const RecurrenceShape&, const float*, cons
                                       const float*, const float*, float*, float*, int);
 template void rnn_backward_cpu<double>(const RecurrenceShape&, const double*, const double*,
                                        const double*, const double*, double*, double*, int);
+
+const char* cpu_isa() { return cpu::select_kernels<float>().isa; }
 
 }  // namespace fusedrnn

@@ -1,0 +1,108 @@
+// gemm_cpu (gemm_cpu.h): K-blocked, packed right-hand side, one team per call.
+//
+// The team splits the columns (panels) when there are enough of them, else the rows.
+// Each thread packs the panels it uses for one K block into its own buffer (so they sit
+// in its L2), then runs the micro-kernel over its rows; the next K block continues the
+// same accumulators from C. No thread reads what another writes, so there is no barrier.
+#include "gemm_cpu.h"
+
+#include <algorithm>
+
+#include "aligned_buffer.h"
+#include "kernels.h"
+#include "thread_team.h"
+
+namespace fusedrnn {
+
+namespace {
+
+template <typename T>
+struct GemmJob {
+  const cpu::KernelTable<T>* k;
+  int64_t M, N, K;
+  const T* A;
+  int64_t lda;
+  bool a_trans;
+  const T* B;
+  int64_t ldb;
+  bool b_trans;
+  T* C;
+  int64_t ldc;
+  const T* bias;
+  bool accumulate;
+  int64_t npanels;
+  int64_t kc;
+  bool split_cols;
+};
+
+template <typename T>
+void gemm_thread(void* vjob, int tid, int nt) {
+  const GemmJob<T>& g = *static_cast<const GemmJob<T>*>(vjob);
+  const cpu::KernelTable<T>& k = *g.k;
+  int64_t p0 = 0, p1 = g.npanels, r0 = 0, r1 = g.M;
+  if (g.split_cols) {
+    p0 = g.npanels * tid / nt;
+    p1 = g.npanels * (tid + 1) / nt;
+  } else {
+    r0 = g.M * tid / nt;
+    r1 = g.M * (tid + 1) / nt;
+  }
+  if (p1 <= p0 || r1 <= r0) return;
+  thread_local cpu::AlignedBuffer buf;
+  T* panels = static_cast<T*>(buf.get(size_t(g.kc * (p1 - p0) * k.nr) * sizeof(T)));
+  for (int64_t kb = 0; kb < g.K; kb += g.kc) {
+    const int64_t kcur = std::min(g.kc, g.K - kb);
+    const int64_t pstride = kcur * k.nr;
+    // Panel p lives at base + p*pstride with base shifted so that p0 is the buffer start.
+    T* base = panels - p0 * pstride;
+    const T* bsrc = g.b_trans ? g.B + kb : g.B + kb * g.ldb;
+    k.pack(bsrc, g.b_trans ? 1 : g.ldb, g.b_trans ? g.ldb : 1, kcur, g.N, p0, p1, base, pstride);
+    cpu::Epilogue<T> ep;
+    ep.kind = cpu::EpKind::kStore;
+    ep.out = g.C + r0 * g.ldc;
+    ep.ldo = g.ldc;
+    if (kb + kcur == g.K) ep.x1 = g.bias;  // ld1 = 0: one row broadcast
+    const T* a = g.a_trans ? g.A + kb * g.lda + r0 : g.A + r0 * g.lda + kb;
+    const bool seed = kb > 0 || g.accumulate;
+    k.gemm(r1 - r0, kcur, a, g.lda, g.a_trans, base, pstride, p0, p1, g.N,
+           seed ? g.C + r0 * g.ldc : nullptr, g.ldc, ep);
+  }
+}
+
+}  // namespace
+
+template <typename scalar_t>
+void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, bool a_trans,
+              const scalar_t* B, int64_t ldb, bool b_trans, scalar_t* C, int64_t ldc,
+              const scalar_t* bias, bool accumulate, int num_threads) {
+  if (M <= 0 || N <= 0) return;
+  const cpu::KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
+  if (K <= 0) {  // empty sum: C = (accumulate ? C : 0) + bias
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j)
+        C[i * ldc + j] =
+            (accumulate ? C[i * ldc + j] : scalar_t(0)) + (bias ? bias[j] : scalar_t(0));
+    return;
+  }
+  GemmJob<scalar_t> g{&k,  M,       N,    K,          A,
+                      lda, a_trans, B,    ldb,        b_trans,
+                      C,   ldc,     bias, accumulate, (N + k.nr - 1) / k.nr,
+                      0,   true};
+  // One K block up to 1024 (a tile's panel slice then streams from L2, which the
+  // micro-kernel sustains); beyond, equal blocks of at most 512 that continue from C.
+  g.kc = K <= 1024 ? K : (K + ((K + 511) / 512) - 1) / ((K + 511) / 512);
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  int nt = std::min(num_threads, cpu::hardware_threads());
+  if (flops < 1e7) nt = 1;  // ~40 us of work: waking the team costs about as much
+  nt = std::max(nt, 1);
+  g.split_cols = g.npanels >= 4 * nt || g.npanels >= M;
+  cpu::team_run(nt, &gemm_thread<scalar_t>, &g);
+}
+
+template void gemm_cpu<float>(int64_t, int64_t, int64_t, const float*, int64_t, bool, const float*,
+                              int64_t, bool, float*, int64_t, const float*, bool, int);
+template void gemm_cpu<double>(int64_t, int64_t, int64_t, const double*, int64_t, bool,
+                               const double*, int64_t, bool, double*, int64_t, const double*, bool,
+                               int);
+
+}  // namespace fusedrnn

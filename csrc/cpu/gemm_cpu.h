@@ -1,0 +1,21 @@
+// A multithreaded GEMM on the recurrence's micro-kernel, for the large products around
+// the recurrence (input projection, dX, dW_ih, dW_hh): AVX-512 where the CPU has it (MKL
+// picks AVX2 kernels on AMD CPUs) and bitwise identical for any thread count.
+#pragma once
+
+#include <cstdint>
+
+namespace fusedrnn {
+
+// C[M,N] = (accumulate ? C : 0) + op(A) op(B) (+ bias[j] broadcast over rows)
+//   op(A)[i,k] = a_trans ? A[k*lda + i] : A[i*lda + k]
+//   op(B)[k,j] = b_trans ? B[j*ldb + k] : B[k*ldb + j]
+//   C row-major with leading dimension ldc; bias [N] or nullptr.
+// Every element is one fma chain over k = 0..K-1 in order, so neither the blocking nor
+// num_threads changes the result. C must not overlap A, B or bias.
+template <typename scalar_t>
+void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, bool a_trans,
+              const scalar_t* B, int64_t ldb, bool b_trans, scalar_t* C, int64_t ldc,
+              const scalar_t* bias, bool accumulate, int num_threads);
+
+}  // namespace fusedrnn

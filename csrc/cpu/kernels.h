@@ -1,0 +1,78 @@
+// The CPU compute kernels behind the recurrence driver (rnn_cpu.cpp) and the GEMM entry
+// point: one table of function pointers per instruction set and dtype, chosen once at run
+// time (select_kernels). Each table is compiled in its own translation unit with its own
+// ISA flags (kernels_avx512.cpp, kernels_avx2.cpp, kernels_generic.cpp), so no code built
+// for AVX-512 can run on a CPU without it.
+//
+// Layout of a packed right-hand side B [K, N] ("panels"): columns are cut into panels of
+// nr columns (the last one zero-padded); panel p holds B[k, p*nr + jj] at
+// dst[p*pstride + k*nr + jj]. The recurrence packs W_hh^T (forward) or W_hh (backward)
+// once per call and reuses it for all T steps.
+//
+// Determinism: every output element is one accumulator that starts at zero (or at cinit)
+// and takes one fused multiply-add per k, k = 0..K-1 in order. Tile shapes, panel ranges
+// and threads only decide who computes an element, never how, so results are bitwise
+// identical for any thread count.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fusedrnn {
+namespace cpu {
+
+enum class EpKind : int {
+  kStore = 0,    // out = acc (+ x1[j] broadcast over rows when x1 != nullptr and ld1 == 0,
+                 //            + x1[r, j] when ld1 != 0)
+  kAct = 1,      // out = phi(acc + x1)              forward step: x1 = P_t
+  kActGrad = 2,  // out = (acc + x1) * phi'(x2)      BPTT step: x1 = G_t (nullable), x2 = h_t
+};
+
+// Epilogue operands. Row r, column j of the tile reads x1[r*ld1 + j], x2[r*ld2 + j] and
+// writes out[r*ldo + j]; the caller points them at the first row of the tile's rows.
+// out may alias x1 (each element is read before it is written).
+template <typename T>
+struct Epilogue {
+  EpKind kind = EpKind::kStore;
+  int act = 0;  // 0 tanh, 1 relu (fusedrnn::Activation)
+  T* out = nullptr;
+  int64_t ldo = 0;
+  const T* x1 = nullptr;
+  int64_t ld1 = 0;
+  const T* x2 = nullptr;
+  int64_t ld2 = 0;
+};
+
+template <typename T>
+struct KernelTable {
+  const char* isa;
+  int nr;  // panel width in elements
+
+  // Pack panels [p0, p1) of B[k, j] = src[k*rs + j*cs] (k < K, j < N; zero beyond N).
+  void (*pack)(const T* src, int64_t rs, int64_t cs, int64_t K, int64_t N, int64_t p0, int64_t p1,
+               T* dst, int64_t pstride);
+
+  // C[r, j] = epilogue(cinit[r, j] + sum_k A[r, k] B[k, j]) for rows r < m and the
+  // columns of panels [p0, p1) below N. A[r, k] = a[r*lda + k], or a[k*lda + r] when
+  // a_trans. cinit (nullable, ldc) seeds the accumulators: a K-blocked product continues
+  // the same fma chain, so blocking does not change the result.
+  void (*gemm)(int64_t m, int64_t K, const T* a, int64_t lda, bool a_trans, const T* bp,
+               int64_t pstride, int64_t p0, int64_t p1, int64_t N, const T* cinit, int64_t ldc,
+               const Epilogue<T>& ep);
+
+  // The epilogue alone on rows r < m, columns [c0, c1), with acc[r*ldacc + j] as the
+  // accumulator (zero when acc is nullptr).
+  void (*pointwise)(int64_t m, int64_t c0, int64_t c1, const T* acc, int64_t ldacc,
+                    const Epilogue<T>& ep);
+
+  // y[i] = tanh(x[i]) for i < n (the kernels' tanh, exposed for tests).
+  void (*tanh)(const T* x, T* y, int64_t n);
+};
+
+// The best table this CPU supports: AVX-512 (F, DQ, VL, BW), then AVX2+FMA, then generic.
+// FUSEDRNN_CPU_ISA=avx512|avx2|generic in the environment caps the choice (tests, bench).
+template <typename T>
+const KernelTable<T>& select_kernels();
+
+}  // namespace cpu
+}  // namespace fusedrnn

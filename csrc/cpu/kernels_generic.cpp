@@ -1,0 +1,71 @@
+// Portable kernel tables (any CPU) and the run-time choice among the tables.
+#define FUSEDRNN_ISA_NS generic
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels_impl.h"
+#include "vec_scalar.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+#if defined(__x86_64__) || defined(_M_X64)
+const KernelTable<float>* kernels_avx512_f32();
+const KernelTable<double>* kernels_avx512_f64();
+const KernelTable<float>* kernels_avx2_f32();
+const KernelTable<double>* kernels_avx2_f64();
+#endif
+
+namespace {
+
+enum class Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+
+Isa detect_isa() {
+  Isa best = Isa::kGeneric;
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
+  if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw"))
+    best = Isa::kAvx512;
+#endif
+  // FUSEDRNN_CPU_ISA caps the choice (never raises it above what the CPU has).
+  if (const char* env = std::getenv("FUSEDRNN_CPU_ISA")) {
+    Isa cap = best;
+    if (std::strcmp(env, "generic") == 0) cap = Isa::kGeneric;
+    if (std::strcmp(env, "avx2") == 0) cap = Isa::kAvx2;
+    if (int(cap) < int(best)) best = cap;
+  }
+  return best;
+}
+
+Isa the_isa() {
+  static const Isa isa = detect_isa();
+  return isa;
+}
+
+}  // namespace
+
+template <>
+const KernelTable<float>& select_kernels<float>() {
+  static const KernelTable<float> g = generic::make_table<generic::VecScalar<float>>();
+#if defined(__x86_64__) || defined(_M_X64)
+  if (the_isa() == Isa::kAvx512) return *kernels_avx512_f32();
+  if (the_isa() == Isa::kAvx2) return *kernels_avx2_f32();
+#endif
+  return g;
+}
+
+template <>
+const KernelTable<double>& select_kernels<double>() {
+  static const KernelTable<double> g = generic::make_table<generic::VecScalar<double>>();
+#if defined(__x86_64__) || defined(_M_X64)
+  if (the_isa() == Isa::kAvx512) return *kernels_avx512_f64();
+  if (the_isa() == Isa::kAvx2) return *kernels_avx2_f64();
+#endif
+  return g;
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

@@ -1,0 +1,387 @@
+// ISA-generic kernel templates, written once against a vector traits class V
+// (vec_scalar.h, vec_avx2.h, vec_avx512.h). Each kernels_<isa>.cpp defines
+// FUSEDRNN_ISA_NS to its own namespace, includes its traits and this file, and exports one
+// KernelTable per dtype. Everything here lives in that namespace and uses no standard
+// library templates, so no inline function compiled with one ISA's flags can be picked by
+// the linker for another translation unit.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels.h"
+
+#ifndef FUSEDRNN_ISA_NS
+#error "define FUSEDRNN_ISA_NS before including kernels_impl.h"
+#endif
+
+namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
+
+template <typename T>
+struct TanhConst;
+
+// tanh(x) = sign(x) * -e / (2 + e) with e = expm1(-2|x|) in (-1, 0]: no cancellation
+// anywhere, so tanh is as accurate as expm1 (a few ulp). expm1(y) = 2^n expm1(r) + (2^n - 1)
+// with y = n ln2 + r, |r| <= ln2/2, and expm1(r) by its Taylor polynomial (exact enough on
+// that interval: degree 8 for float, 13 for double).
+template <>
+struct TanhConst<float> {
+  static constexpr float clamp = 20.0f;  // tanh(20) == 1 in float; keeps 2^n normal
+  static constexpr float log2e = 1.44269504088896341f;
+  static constexpr float ln2_hi = 0.693145751953125f;  // few significant bits: n*ln2_hi exact
+  static constexpr float ln2_lo = 1.42860682030941723212e-6f;
+  static constexpr int ncoef = 7;  // 1/2!, ..., 1/8!
+  static constexpr float coef[ncoef] = {1.0f / 2,   1.0f / 6,    1.0f / 24,   1.0f / 120,
+                                        1.0f / 720, 1.0f / 5040, 1.0f / 40320};
+};
+template <>
+struct TanhConst<double> {
+  static constexpr double clamp = 40.0;
+  static constexpr double log2e = 1.44269504088896340736;
+  static constexpr double ln2_hi = 6.93147180369123816490e-01;
+  static constexpr double ln2_lo = 1.90821492927058770002e-10;
+  static constexpr int ncoef = 12;  // 1/2!, ..., 1/13!
+  static constexpr double coef[ncoef] = {1.0 / 2,        1.0 / 6,         1.0 / 24,
+                                         1.0 / 120,      1.0 / 720,       1.0 / 5040,
+                                         1.0 / 40320,    1.0 / 362880,    1.0 / 3628800,
+                                         1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
+};
+
+template <class V>
+inline typename V::reg vtanh(typename V::reg x) {
+  using T = typename V::scalar_t;
+  using R = typename V::reg;
+  using C = TanhConst<T>;
+  const R ax = V::min(V::abs(x), V::set1(C::clamp));
+  const R y = V::mul(ax, V::set1(T(-2)));
+  const R n = V::round(V::mul(y, V::set1(C::log2e)));
+  R r = V::fma(n, V::set1(-C::ln2_hi), y);
+  r = V::fma(n, V::set1(-C::ln2_lo), r);
+  R p = V::set1(C::coef[C::ncoef - 1]);
+  for (int i = C::ncoef - 2; i >= 0; --i) p = V::fma(p, r, V::set1(C::coef[i]));
+  p = V::fma(V::mul(r, r), p, r);  // expm1(r)
+  const R one = V::set1(T(1));
+  const R two_n = V::scale2n(one, n);
+  const R e = V::add(V::scale2n(p, n), V::sub(two_n, one));  // 2^n - 1 is exact
+  const R t = V::div(V::sub(V::zero(), e), V::add(V::set1(T(2)), e));
+  return V::select_nan(x, V::copysign(t, x));
+}
+
+template <class V>
+inline typename V::reg act_forward(int act, typename V::reg x) {
+  return act == 0 ? vtanh<V>(x) : V::relu(x);
+}
+
+// phi'(h) from the activation's output: 1 - h^2 (tanh), [h > 0] (relu).
+template <class V>
+inline typename V::reg act_grad(int act, typename V::reg h) {
+  return act == 0 ? V::sub(V::set1(typename V::scalar_t(1)), V::mul(h, h)) : V::relu_grad(h);
+}
+
+// Loads/stores of the epilogue operands: full vectors unmasked (a masked load cannot take
+// its data from a recent store, which stalls the tile right after the micro-kernel).
+template <class V, bool FULL>
+inline typename V::reg ld(const typename V::scalar_t* p, typename V::mask m) {
+  return FULL ? V::load(p) : V::load_masked(p, m);
+}
+template <class V, bool FULL>
+inline void st(typename V::scalar_t* p, typename V::mask m, typename V::reg v) {
+  if (FULL)
+    V::store(p, v);
+  else
+    V::store_masked(p, m, v);
+}
+
+template <class V, bool FULL>
+inline typename V::reg ep_value(const cpu::Epilogue<typename V::scalar_t>& ep, int64_t r, int64_t j,
+                                typename V::reg acc, typename V::mask m) {
+  using R = typename V::reg;
+  switch (ep.kind) {
+    case cpu::EpKind::kAct:
+      return act_forward<V>(ep.act, V::add(acc, ld<V, FULL>(ep.x1 + r * ep.ld1 + j, m)));
+    case cpu::EpKind::kActGrad: {
+      R g = ep.x1 ? V::add(acc, ld<V, FULL>(ep.x1 + r * ep.ld1 + j, m)) : acc;
+      return V::mul(g, act_grad<V>(ep.act, ld<V, FULL>(ep.x2 + r * ep.ld2 + j, m)));
+    }
+    case cpu::EpKind::kStore:
+    default:
+      return ep.x1 ? V::add(acc, ld<V, FULL>(ep.x1 + r * ep.ld1 + j, m)) : acc;
+  }
+}
+
+// Epilogue of rows [0, mr) x columns [j0, j0 + ncols): acc[r*ldacc + (j - j0)]. The
+// accumulator buffer may be read a full vector past ncols when acc_full (tile buffers).
+template <class V>
+inline void apply_epilogue(const cpu::Epilogue<typename V::scalar_t>& ep, int64_t mr, int64_t j0,
+                           int64_t ncols, const typename V::scalar_t* acc, int64_t ldacc,
+                           bool acc_full = false) {
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  const typename V::mask all = V::tail_mask(W);
+  for (int64_t r = 0; r < mr; ++r) {
+    int64_t c = 0;
+    for (; c + W <= ncols; c += W) {
+      const R a = acc ? V::load(acc + r * ldacc + c) : V::zero();
+      st<V, true>(ep.out + r * ep.ldo + j0 + c, all, ep_value<V, true>(ep, r, j0 + c, a, all));
+    }
+    if (c < ncols) {
+      const typename V::mask m = V::tail_mask(int(ncols - c));
+      const R a =
+          acc ? (acc_full ? V::load(acc + r * ldacc + c) : V::load_masked(acc + r * ldacc + c, m))
+              : V::zero();
+      st<V, false>(ep.out + r * ep.ldo + j0 + c, m, ep_value<V, false>(ep, r, j0 + c, a, m));
+    }
+  }
+}
+
+template <class V>
+struct Tiling {
+  static constexpr int PV = V::W == 1 ? 4 : 2;  // vectors per panel row
+  static constexpr int NR = PV * V::W;          // panel width in elements
+  static constexpr int NREG =
+      (V::W == 16 || V::W == 8) && sizeof(typename V::scalar_t) * V::W == 64 ? 32 : 16;
+  // Accumulators MR*NP*PV plus NP*PV panel vectors plus one broadcast must fit the file.
+  static constexpr int np_max(int mr) {
+    const int n = (NREG - 2) / (PV * mr + PV);
+    return n > 4 ? 4 : (n < 1 ? 1 : n);
+  }
+  static constexpr int MR_MAX = (NREG - 2) / PV - 1;  // with NP = 1
+};
+
+// The register-tile micro-kernel: MR rows x NP panels, the full K, accumulators stored to
+// out[r*ldo + v*W] (ldo = NP*NR). One sequential fma chain per element.
+template <class V, int MR, int NP, bool ATRANS>
+inline void micro_kernel(int64_t K, const typename V::scalar_t* a, int64_t lda,
+                         const typename V::scalar_t* bp, int64_t pstride,
+                         const typename V::scalar_t* cinit, int64_t ldc,
+                         typename V::scalar_t* out) {
+  using T = typename V::scalar_t;
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  constexpr int PV = Tiling<V>::PV;
+  constexpr int NR = Tiling<V>::NR;
+  constexpr int NV = NP * PV;
+  R c[MR][NV];
+  if (cinit) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = V::load(cinit + r * ldc + v * W);
+  } else {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = V::zero();
+  }
+  const T* b[NP];
+#pragma GCC unroll 4
+  for (int p = 0; p < NP; ++p) b[p] = bp + p * pstride;
+  for (int64_t k = 0; k < K; ++k) {
+    R bv[NV];
+#pragma GCC unroll 16
+    for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 4
+      for (int u = 0; u < PV; ++u) bv[p * PV + u] = V::load(b[p] + k * NR + u * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const R av = V::set1(ATRANS ? a[k * lda + r] : a[r * lda + k]);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = V::fma(av, bv[v], c[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) V::store(out + r * NV * W + v * W, c[r][v]);
+}
+
+// One tile: rows [0, MR) of a, panels [p, p + NP), epilogue on the valid columns.
+template <class V, int MR, int NP, bool ATRANS>
+void tile(int64_t K, const typename V::scalar_t* a, int64_t lda, const typename V::scalar_t* bp,
+          int64_t pstride, int64_t p, int64_t N, const typename V::scalar_t* cinit, int64_t ldc,
+          const cpu::Epilogue<typename V::scalar_t>& ep, int64_t r0) {
+  using T = typename V::scalar_t;
+  constexpr int NR = Tiling<V>::NR;
+  constexpr int NV = NP * Tiling<V>::PV;
+  alignas(64) T acc[MR * NV * V::W];
+  const int64_t j0 = p * NR;
+  const int64_t ncols = (N - j0) < NP * NR ? (N - j0) : NP * NR;
+  const T* ci = nullptr;
+  int64_t ldci = 0;
+  if (cinit && ncols == NP * NR) {
+    ci = cinit + r0 * ldc + j0;  // full-width tile: seed straight from C
+    ldci = ldc;
+  } else if (cinit) {
+    // Edge tile: seed through a zero-padded copy so padded columns read nothing outside C.
+    for (int r = 0; r < MR; ++r)
+      for (int64_t c = 0; c < NV * V::W; ++c)
+        acc[r * NV * V::W + c] = c < ncols ? cinit[(r0 + r) * ldc + j0 + c] : T(0);
+    ci = acc;
+    ldci = NV * V::W;
+  }
+  micro_kernel<V, MR, NP, ATRANS>(K, ATRANS ? a + r0 : a + r0 * lda, lda, bp + p * pstride, pstride,
+                                  ci, ldci, acc);
+  cpu::Epilogue<T> e = ep;
+  e.out = ep.out + r0 * ep.ldo;
+  if (e.x1 && e.ld1) e.x1 = ep.x1 + r0 * ep.ld1;
+  if (e.x2) e.x2 = ep.x2 + r0 * ep.ld2;
+  apply_epilogue<V>(e, MR, j0, ncols, acc, NV * V::W, true);
+}
+
+template <class V, int MR, bool ATRANS>
+inline int tile_np(int np, int64_t K, const typename V::scalar_t* a, int64_t lda,
+                   const typename V::scalar_t* bp, int64_t pstride, int64_t p, int64_t N,
+                   const typename V::scalar_t* cinit, int64_t ldc,
+                   const cpu::Epilogue<typename V::scalar_t>& ep, int64_t r0) {
+  constexpr int NPM = Tiling<V>::np_max(MR);
+  if (np >= 4 && NPM >= 4) {
+    tile<V, MR, (NPM >= 4 ? 4 : 1), ATRANS>(K, a, lda, bp, pstride, p, N, cinit, ldc, ep, r0);
+    return NPM >= 4 ? 4 : 1;
+  }
+  if (np >= 3 && NPM >= 3) {
+    tile<V, MR, (NPM >= 3 ? 3 : 1), ATRANS>(K, a, lda, bp, pstride, p, N, cinit, ldc, ep, r0);
+    return NPM >= 3 ? 3 : 1;
+  }
+  if (np >= 2 && NPM >= 2) {
+    tile<V, MR, (NPM >= 2 ? 2 : 1), ATRANS>(K, a, lda, bp, pstride, p, N, cinit, ldc, ep, r0);
+    return NPM >= 2 ? 2 : 1;
+  }
+  tile<V, MR, 1, ATRANS>(K, a, lda, bp, pstride, p, N, cinit, ldc, ep, r0);
+  return 1;
+}
+
+template <class V, bool ATRANS>
+int tile_dispatch(int mr, int np, int64_t K, const typename V::scalar_t* a, int64_t lda,
+                  const typename V::scalar_t* bp, int64_t pstride, int64_t p, int64_t N,
+                  const typename V::scalar_t* cinit, int64_t ldc,
+                  const cpu::Epilogue<typename V::scalar_t>& ep, int64_t r0) {
+  constexpr int M = Tiling<V>::MR_MAX;
+#define FUSEDRNN_TILE_CASE(n)                                                             \
+  case n:                                                                                 \
+    if constexpr (n <= M)                                                                 \
+      return tile_np<V, n, ATRANS>(np, K, a, lda, bp, pstride, p, N, cinit, ldc, ep, r0); \
+    break;
+  switch (mr) {
+    FUSEDRNN_TILE_CASE(1)
+    FUSEDRNN_TILE_CASE(2)
+    FUSEDRNN_TILE_CASE(3)
+    FUSEDRNN_TILE_CASE(4)
+    FUSEDRNN_TILE_CASE(5)
+    FUSEDRNN_TILE_CASE(6)
+    FUSEDRNN_TILE_CASE(7)
+    FUSEDRNN_TILE_CASE(8)
+    FUSEDRNN_TILE_CASE(9)
+    FUSEDRNN_TILE_CASE(10)
+    FUSEDRNN_TILE_CASE(11)
+    FUSEDRNN_TILE_CASE(12)
+    FUSEDRNN_TILE_CASE(13)
+    FUSEDRNN_TILE_CASE(14)
+    default:
+      break;
+  }
+#undef FUSEDRNN_TILE_CASE
+  return 0;
+}
+
+// Row-block sizes: rows [r, r + mr) in one tile. Splits m into tiles of at most MR_MAX rows,
+// as even as possible, so a 13-row remainder is not a 12 + 1.
+template <class V>
+inline int64_t next_mr(int64_t left) {
+  constexpr int M = Tiling<V>::MR_MAX;
+  if (left <= M) return left;
+  const int64_t tiles = (left + M - 1) / M;
+  return (left + tiles - 1) / tiles;
+}
+
+template <class V>
+void gemm(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda, bool a_trans,
+          const typename V::scalar_t* bp, int64_t pstride, int64_t p0, int64_t p1, int64_t N,
+          const typename V::scalar_t* cinit, int64_t ldc,
+          const cpu::Epilogue<typename V::scalar_t>& ep) {
+  using T = typename V::scalar_t;
+  if (m <= 0 || p1 <= p0) return;
+  // Rows in blocks whose A slice stays in L2 while all panels pass over it.
+  int64_t mc = (256 * 1024) / (K * int64_t(sizeof(T)) + 1);
+  if (mc < 16) mc = 16;
+  for (int64_t rb = 0; rb < m; rb += mc) {
+    const int64_t re = rb + mc < m ? rb + mc : m;
+    // Every tile of this row block spans the same panels: the widest the largest tile allows.
+    const int npb = Tiling<V>::np_max(int(next_mr<V>(re - rb)));
+    for (int64_t p = p0; p < p1;) {
+      const int np = int(p1 - p > npb ? npb : p1 - p);
+      for (int64_t r = rb; r < re;) {
+        const int64_t mr = next_mr<V>(re - r);
+        if (a_trans)
+          tile_dispatch<V, true>(int(mr), np, K, a, lda, bp, pstride, p, N, cinit, ldc, ep, r);
+        else
+          tile_dispatch<V, false>(int(mr), np, K, a, lda, bp, pstride, p, N, cinit, ldc, ep, r);
+        r += mr;
+      }
+      p += np;
+    }
+  }
+}
+
+template <class V>
+void pack(const typename V::scalar_t* src, int64_t rs, int64_t cs, int64_t K, int64_t N, int64_t p0,
+          int64_t p1, typename V::scalar_t* dst, int64_t pstride) {
+  using T = typename V::scalar_t;
+  constexpr int NR = Tiling<V>::NR;
+  for (int64_t p = p0; p < p1; ++p) {
+    T* d = dst + p * pstride;
+    const int64_t j0 = p * NR;
+    const int64_t nc = N - j0 < NR ? N - j0 : NR;
+    if (cs == 1) {
+      for (int64_t k = 0; k < K; ++k) {
+        const T* s = src + k * rs + j0;
+        for (int64_t jj = 0; jj < NR; ++jj) d[k * NR + jj] = jj < nc ? s[jj] : T(0);
+      }
+    } else {
+      for (int64_t jj = 0; jj < NR; ++jj) {
+        const T* s = src + (j0 + jj) * cs;
+        if (jj < nc) {
+          for (int64_t k = 0; k < K; ++k) d[k * NR + jj] = s[k * rs];
+        } else {
+          for (int64_t k = 0; k < K; ++k) d[k * NR + jj] = T(0);
+        }
+      }
+    }
+  }
+}
+
+template <class V>
+void pointwise(int64_t m, int64_t c0, int64_t c1, const typename V::scalar_t* acc, int64_t ldacc,
+               const cpu::Epilogue<typename V::scalar_t>& ep) {
+  if (c1 <= c0) return;
+  for (int64_t r = 0; r < m; ++r) {
+    cpu::Epilogue<typename V::scalar_t> e = ep;
+    e.out = ep.out + r * ep.ldo;
+    if (e.x1 && e.ld1) e.x1 = ep.x1 + r * ep.ld1;
+    if (e.x2) e.x2 = ep.x2 + r * ep.ld2;
+    apply_epilogue<V>(e, 1, c0, c1 - c0, acc ? acc + r * ldacc + c0 : nullptr, 0);
+  }
+}
+
+template <class V>
+void tanh_array(const typename V::scalar_t* x, typename V::scalar_t* y, int64_t n) {
+  constexpr int W = V::W;
+  for (int64_t i = 0; i < n; i += W) {
+    const typename V::mask m = V::tail_mask(n - i >= W ? W : int(n - i));
+    V::store_masked(y + i, m, vtanh<V>(V::load_masked(x + i, m)));
+  }
+}
+
+template <class V>
+cpu::KernelTable<typename V::scalar_t> make_table() {
+  cpu::KernelTable<typename V::scalar_t> t;
+  t.isa = V::isa;
+  t.nr = Tiling<V>::NR;
+  t.pack = &pack<V>;
+  t.gemm = &gemm<V>;
+  t.pointwise = &pointwise<V>;
+  t.tanh = &tanh_array<V>;
+  return t;
+}
+
+}  // namespace FUSEDRNN_ISA_NS
+}  // namespace fusedrnn

@@ -1,0 +1,134 @@
+// layer_forward_cpu / layer_backward_cpu (layer_cpu.h).
+#include "layer_cpu.h"
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include "gemm_cpu.h"
+
+namespace fusedrnn {
+
+namespace {
+
+// Outputs of [N,H] are often 100 MB and fresh from the allocator (mmap): faulting them in
+// 4 KB at a time costs tens of milliseconds per pass, inside the multithreaded kernels.
+// Ask for transparent huge pages on the 2 MB-aligned interior before the first write (the
+// default THP mode "madvise" otherwise gives none). Advice only: harmless where refused.
+void prefer_huge_pages(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (!p || bytes < 4 * kHuge) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+}  // namespace
+
+template <typename scalar_t>
+void layer_forward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x, const scalar_t* w_ih,
+                       const scalar_t* b_ih, const scalar_t* b_hh, const scalar_t* w_hh,
+                       const scalar_t* h0, scalar_t* h, scalar_t* hn, int num_threads) {
+  const int64_t H = s.H;
+  int64_t N = 0;
+  for (int64_t t = 0; t < s.T; ++t) N += s.batch_sizes ? s.batch_sizes[t] : s.B;
+  std::vector<scalar_t> bias;
+  const scalar_t* b = b_ih ? b_ih : b_hh;
+  if (b_ih && b_hh) {
+    bias.resize(size_t(H));
+    for (int64_t j = 0; j < H; ++j) bias[j] = b_ih[j] + b_hh[j];
+    b = bias.data();
+  }
+  prefer_huge_pages(h, sizeof(scalar_t) * size_t(N * H));
+  gemm_cpu<scalar_t>(N, H, I, x, I, false, w_ih, I, true, h, H, b, false, num_threads);
+  rnn_forward_cpu<scalar_t>(s, h, w_hh, h0, h, hn, num_threads);
+}
+
+template <typename scalar_t>
+void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
+                        const scalar_t* w_ih, const scalar_t* w_hh, const scalar_t* h0,
+                        const scalar_t* h, const scalar_t* G, const scalar_t* dhn, scalar_t* dP,
+                        scalar_t* dh0, scalar_t* dx, scalar_t* dw_ih, scalar_t* dw_hh, scalar_t* db,
+                        int num_threads) {
+  const int64_t T = s.T, B = s.B, H = s.H;
+  std::vector<int64_t> bs(static_cast<size_t>(T)), off(static_cast<size_t>(T) + 1, 0);
+  for (int64_t t = 0; t < T; ++t) {
+    bs[t] = s.batch_sizes ? s.batch_sizes[t] : B;
+    off[t + 1] = off[t] + bs[t];
+  }
+  const int64_t N = off[T];
+  prefer_huge_pages(dP, sizeof(scalar_t) * size_t(N * H));
+  prefer_huge_pages(dx, sizeof(scalar_t) * size_t(N * I));
+  rnn_backward_cpu<scalar_t>(s, w_hh, h, G, dhn, dP, dh0, num_threads);
+
+  if (dx)
+    gemm_cpu<scalar_t>(N, I, H, dP, H, false, w_ih, I, false, dx, I, nullptr, false, num_threads);
+  if (dw_ih)
+    gemm_cpu<scalar_t>(H, I, N, dP, H, true, x, I, false, dw_ih, I, nullptr, false, num_threads);
+  if (dw_hh) {
+    // dW_hh = sum over rows of d_row^T h_prev(row): h_prev is the same sequence's row at
+    // the step walked before, or h0 (zeros when absent) where the sequence started.
+    if (!s.batch_sizes && T > 1) {
+      // Padded: the continuing rows are one contiguous block of d and of h.
+      const int64_t K = (T - 1) * B;
+      const scalar_t* d_cont = s.reverse ? dP : dP + B * H;
+      const scalar_t* h_prev = s.reverse ? h + B * H : h;
+      gemm_cpu<scalar_t>(H, H, K, d_cont, H, true, h_prev, H, false, dw_hh, H, nullptr, false,
+                         num_threads);
+      if (h0) {
+        const scalar_t* d_first = s.reverse ? dP + K * H : dP;
+        gemm_cpu<scalar_t>(H, H, B, d_first, H, true, h0, H, false, dw_hh, H, nullptr, true,
+                           num_threads);
+      }
+    } else {
+      // Gather h_prev row by row (zeros for rows starting from a zero state).
+      std::vector<scalar_t> prev(size_t(N * H), scalar_t(0));
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t tp = s.reverse ? t + 1 : t - 1;
+        const bool has_prev = tp >= 0 && tp < T;
+        for (int64_t b = 0; b < bs[t]; ++b) {
+          const scalar_t* src = nullptr;
+          if (has_prev && b < bs[tp])
+            src = h + (off[tp] + b) * H;
+          else if (h0)
+            src = h0 + b * H;
+          if (src) std::memcpy(prev.data() + (off[t] + b) * H, src, sizeof(scalar_t) * H);
+        }
+      }
+      gemm_cpu<scalar_t>(H, H, N, dP, H, true, prev.data(), H, false, dw_hh, H, nullptr, false,
+                         num_threads);
+    }
+  }
+  if (db) {
+    // Column sums in row order (fixed order, no threads needed: one pass over dP).
+    for (int64_t j = 0; j < H; ++j) db[j] = scalar_t(0);
+    for (int64_t r = 0; r < N; ++r)
+      for (int64_t j = 0; j < H; ++j) db[j] += dP[r * H + j];
+  }
+}
+
+template void layer_forward_cpu<float>(const RecurrenceShape&, int64_t, const float*, const float*,
+                                       const float*, const float*, const float*, const float*,
+                                       float*, float*, int);
+template void layer_forward_cpu<double>(const RecurrenceShape&, int64_t, const double*,
+                                        const double*, const double*, const double*, const double*,
+                                        const double*, double*, double*, int);
+template void layer_backward_cpu<float>(const RecurrenceShape&, int64_t, const float*, const float*,
+                                        const float*, const float*, const float*, const float*,
+                                        const float*, float*, float*, float*, float*, float*,
+                                        float*, int);
+template void layer_backward_cpu<double>(const RecurrenceShape&, int64_t, const double*,
+                                         const double*, const double*, const double*, const double*,
+                                         const double*, const double*, double*, double*, double*,
+                                         double*, double*, double*, int);
+
+}  // namespace fusedrnn

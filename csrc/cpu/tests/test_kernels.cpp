@@ -1,0 +1,329 @@
+// Correctness of the CPU kernels against a naive float64 recurrence, bitwise equality
+// across thread counts, and the accuracy of the SIMD tanh. Exit status 0 = all passed.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "fusedrnn.h"
+#include "gemm_cpu.h"
+#include "kernels.h"
+
+using namespace fusedrnn;
+
+static int g_fail = 0;
+#define CHECK(cond, ...)                               \
+  do {                                                 \
+    if (!(cond)) {                                     \
+      std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
+      std::printf(__VA_ARGS__);                        \
+      std::printf("\n");                               \
+      ++g_fail;                                        \
+    }                                                  \
+  } while (0)
+
+struct Case {
+  int64_t T, B, H;
+  bool packed, reverse;
+  Activation act;
+  bool use_h0, use_G, use_dhn, use_dh0, alias;
+};
+
+static std::vector<int64_t> make_batch_sizes(const Case& c, std::mt19937& rng) {
+  std::vector<int64_t> bs(c.T, c.B);
+  if (c.packed) {
+    std::vector<int64_t> len(c.B);
+    for (int64_t b = 0; b < c.B; ++b) len[b] = 1 + rng() % c.T;
+    len[0] = c.T;
+    std::sort(len.begin(), len.end(), std::greater<int64_t>());
+    for (int64_t t = 0; t < c.T; ++t) {
+      bs[t] = 0;
+      for (int64_t b = 0; b < c.B; ++b) bs[t] += len[b] > t;
+    }
+  }
+  return bs;
+}
+
+// Naive float64 forward + BPTT with the contract's semantics.
+static void reference(const Case& c, const std::vector<int64_t>& bs, const std::vector<double>& P,
+                      const std::vector<double>& W, const std::vector<double>* h0,
+                      const std::vector<double>* G, const std::vector<double>* dhn,
+                      std::vector<double>& h, std::vector<double>& hn, std::vector<double>& dP,
+                      std::vector<double>& dh0) {
+  const int64_t T = c.T, B = c.B, H = c.H;
+  std::vector<int64_t> off(T + 1, 0);
+  for (int64_t t = 0; t < T; ++t) off[t + 1] = off[t] + bs[t];
+  const int64_t N = off[T];
+  h.assign(N * H, 0);
+  hn.assign(B * H, 0);
+  auto phi = [&](double x) { return c.act == Activation::kTanh ? std::tanh(x) : (x > 0 ? x : 0); };
+  auto dphi = [&](double y) {
+    return c.act == Activation::kTanh ? 1 - y * y : (y > 0 ? 1.0 : 0.0);
+  };
+  // per sequence b: its steps in forward-walk order
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t len = 0;
+    while (len < T && bs[len] > b) ++len;
+    std::vector<double> prev(H, 0);
+    if (h0)
+      for (int64_t j = 0; j < H; ++j) prev[j] = (*h0)[b * H + j];
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t t = c.reverse ? len - 1 - i : i;
+      const int64_t row = off[t] + b;
+      for (int64_t j = 0; j < H; ++j) {
+        double a = P[row * H + j];
+        for (int64_t k = 0; k < H; ++k) a += prev[k] * W[j * H + k];
+        h[row * H + j] = phi(a);
+      }
+      for (int64_t j = 0; j < H; ++j) prev[j] = h[row * H + j];
+    }
+    for (int64_t j = 0; j < H; ++j) hn[b * H + j] = prev[j];
+  }
+  dP.assign(N * H, 0);
+  dh0.assign(B * H, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t len = 0;
+    while (len < T && bs[len] > b) ++len;
+    std::vector<double> dnext(H, 0);  // dL/dh of the current step from later steps
+    if (dhn)
+      for (int64_t j = 0; j < H; ++j) dnext[j] = (*dhn)[b * H + j];
+    for (int64_t i = len - 1; i >= 0; --i) {
+      const int64_t t = c.reverse ? len - 1 - i : i;
+      const int64_t row = off[t] + b;
+      std::vector<double> d(H);
+      for (int64_t j = 0; j < H; ++j)
+        d[j] = (dnext[j] + (G ? (*G)[row * H + j] : 0)) * dphi(h[row * H + j]);
+      for (int64_t j = 0; j < H; ++j) dP[row * H + j] = d[j];
+      for (int64_t k = 0; k < H; ++k) {
+        double a = 0;
+        for (int64_t j = 0; j < H; ++j) a += d[j] * W[j * H + k];
+        dnext[k] = a;
+      }
+    }
+    for (int64_t j = 0; j < H; ++j) dh0[b * H + j] = dnext[j];
+  }
+}
+
+template <typename T>
+static double max_rel_err(const std::vector<T>& got, const std::vector<double>& want) {
+  double e = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double d = std::fabs(double(got[i]) - want[i]) / (1e-3 + std::fabs(want[i]));
+    if (!(d <= e)) e = d;  // NaN-safe
+  }
+  return e;
+}
+
+template <typename T>
+static void run_case(const Case& c, std::mt19937& rng, double tol) {
+  const int64_t T_ = c.T, B = c.B, H = c.H;
+  std::vector<int64_t> bs = make_batch_sizes(c, rng);
+  int64_t N = 0;
+  for (auto v : bs) N += v;
+  std::normal_distribution<double> nd(0.0, 1.0);
+  const double ws = 1.0 / std::sqrt(double(H));
+  std::vector<T> P(N * H), W(H * H), h0(B * H), G(N * H), dhn(B * H);
+  for (auto& v : P) v = T(nd(rng));
+  for (auto& v : W) v = T(nd(rng) * ws);
+  for (auto& v : h0) v = T(nd(rng) * 0.5);
+  for (auto& v : G) v = T(nd(rng));
+  for (auto& v : dhn) v = T(nd(rng));
+  auto dbl = [](const std::vector<T>& v) { return std::vector<double>(v.begin(), v.end()); };
+  std::vector<double> Pd = dbl(P), Wd = dbl(W), h0d = dbl(h0), Gd = dbl(G), dhnd = dbl(dhn);
+  std::vector<double> rh, rhn, rdP, rdh0;
+  reference(c, bs, Pd, Wd, c.use_h0 ? &h0d : nullptr, c.use_G ? &Gd : nullptr,
+            c.use_dhn ? &dhnd : nullptr, rh, rhn, rdP, rdh0);
+
+  RecurrenceShape s;
+  s.T = T_;
+  s.B = B;
+  s.H = H;
+  s.batch_sizes = c.packed ? bs.data() : nullptr;
+  s.reverse = c.reverse;
+  s.act = c.act;
+  std::vector<T> first_h, first_dP, first_hn, first_dh0;
+  for (int nt : {1, 2, 3}) {
+    const T nan = std::numeric_limits<T>::quiet_NaN();
+    std::vector<T> h(N * H, nan), hn(B * H, nan), dP(N * H, nan), dh0(B * H, nan);
+    T* hp = h.data();
+    std::vector<T> Pc = P;
+    if (c.alias) hp = Pc.data();  // h aliases P
+    rnn_forward_cpu<T>(s, Pc.data(), W.data(), c.use_h0 ? h0.data() : nullptr, hp, hn.data(), nt);
+    if (c.alias) h = Pc;
+    std::vector<T> Gc = G;
+    T* dPp = dP.data();
+    if (c.alias && c.use_G) dPp = Gc.data();  // dP aliases G
+    rnn_backward_cpu<T>(s, W.data(), h.data(), c.use_G ? Gc.data() : nullptr,
+                        c.use_dhn ? dhn.data() : nullptr, dPp, c.use_dh0 ? dh0.data() : nullptr,
+                        nt);
+    if (c.alias && c.use_G) dP = Gc;
+    const double eh = max_rel_err(h, rh), ehn = max_rel_err(hn, rhn), ed = max_rel_err(dP, rdP);
+    const double ed0 = c.use_dh0 ? max_rel_err(dh0, rdh0) : 0.0;
+    CHECK(eh < tol && ehn < tol && ed < tol && ed0 < tol,
+          "%s T=%ld B=%ld H=%ld packed=%d rev=%d act=%d h0=%d G=%d dhn=%d dh0=%d alias=%d nt=%d: "
+          "err h %.3g hn %.3g dP %.3g dh0 %.3g",
+          sizeof(T) == 4 ? "f32" : "f64", long(T_), long(B), long(H), c.packed, c.reverse,
+          int(c.act), c.use_h0, c.use_G, c.use_dhn, c.use_dh0, c.alias, nt, eh, ehn, ed, ed0);
+    if (nt == 1) {
+      first_h = h, first_dP = dP, first_hn = hn, first_dh0 = dh0;
+    } else {
+      const bool same =
+          std::memcmp(h.data(), first_h.data(), h.size() * sizeof(T)) == 0 &&
+          std::memcmp(dP.data(), first_dP.data(), dP.size() * sizeof(T)) == 0 &&
+          std::memcmp(hn.data(), first_hn.data(), hn.size() * sizeof(T)) == 0 &&
+          (!c.use_dh0 || std::memcmp(dh0.data(), first_dh0.data(), dh0.size() * sizeof(T)) == 0);
+      CHECK(same, "results with %d threads differ from 1 thread (T=%ld B=%ld H=%ld)", nt, long(T_),
+            long(B), long(H));
+    }
+  }
+}
+
+template <typename T>
+static void tanh_check(const cpu::KernelTable<T>& k, const std::vector<T>& x, double* max_ulp,
+                       T* worst) {
+  std::vector<T> y(x.size());
+  k.tanh(x.data(), y.data(), int64_t(x.size()));
+  for (size_t i = 0; i < x.size(); ++i) {
+    const T want = std::tanh(x[i]);
+    const double ulp =
+        std::fabs(double(y[i]) - double(want)) /
+        (std::nextafter(std::fabs(want), std::numeric_limits<T>::infinity()) - std::fabs(want));
+    if (!(ulp <= *max_ulp)) {
+      *max_ulp = ulp;
+      *worst = x[i];
+    }
+  }
+}
+
+template <typename T>
+static void test_tanh(const cpu::KernelTable<T>& k) {
+  // float: every 5th float with |x| < 12 (both signs, ~0.4e9 points) plus specials;
+  // double: 4e6 random points log-uniform in [1e-18, 1e3].
+  double max_ulp = 0;
+  T worst = 0;
+  size_t count = 0;
+  std::vector<T> x;
+  auto flush = [&] {
+    tanh_check(k, x, &max_ulp, &worst);
+    count += x.size();
+    x.clear();
+  };
+  if (sizeof(T) == 4) {
+    for (uint32_t u = 0; u < 0x41400000u; u += 5) {  // |x| < 12
+      float f;
+      std::memcpy(&f, &u, 4);
+      x.push_back(T(f));
+      x.push_back(T(-f));
+      if (x.size() >= (1u << 20)) flush();
+    }
+  } else {
+    std::mt19937_64 rng(7);
+    for (int i = 0; i < 4000000; ++i) {
+      const double e = std::ldexp(1.0, int(rng() % 70) - 60);
+      const double v = e * (1.0 + double(rng() % 1000000) / 1e6);
+      x.push_back(T(i % 2 ? v : -v));
+      if (x.size() >= (1u << 20)) flush();
+    }
+  }
+  const T specials[] = {T(0),
+                        T(-0.0),
+                        T(1e-30),
+                        T(-1e-30),
+                        T(9),
+                        T(20),
+                        T(40),
+                        T(100),
+                        T(-1e30),
+                        std::numeric_limits<T>::infinity(),
+                        -std::numeric_limits<T>::infinity(),
+                        std::numeric_limits<T>::denorm_min()};
+  for (T v : specials) x.push_back(v);
+  flush();
+  T nan_in = std::numeric_limits<T>::quiet_NaN(), nan_out = 0;
+  k.tanh(&nan_in, &nan_out, 1);
+  std::printf("tanh %s %s: %zu points, max error %.2f ulp (at x = %.9g)\n", k.isa,
+              sizeof(T) == 4 ? "f32" : "f64", count, max_ulp, double(worst));
+  CHECK(max_ulp <= 4.0, "tanh error %.2f ulp at %.9g", max_ulp, double(worst));
+  CHECK(std::isnan(nan_out), "tanh(NaN) is not NaN");
+}
+
+template <typename T>
+static void test_gemm(std::mt19937& rng, double tol) {
+  const int64_t shapes[][3] = {{1, 1, 1},      {7, 5, 3},      {33, 65, 17},
+                               {130, 47, 600}, {5, 300, 1000}, {301, 2, 257}};
+  int n = 0;
+  for (auto& sh : shapes)
+    for (int at = 0; at < 2; ++at)
+      for (int bt = 0; bt < 2; ++bt)
+        for (int acc = 0; acc < 2; ++acc) {
+          const int64_t M = sh[0], N = sh[1], K = sh[2];
+          std::normal_distribution<double> nd(0, 1);
+          std::vector<T> A(M * K), B(K * N), C0(M * N), bias(N);
+          for (auto& v : A) v = T(nd(rng));
+          for (auto& v : B) v = T(nd(rng));
+          for (auto& v : C0) v = T(nd(rng));
+          for (auto& v : bias) v = T(nd(rng));
+          const int64_t lda = at ? M : K, ldb = bt ? K : N;
+          std::vector<double> want(M * N);
+          for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) {
+              double s = acc ? double(C0[i * N + j]) : 0.0;
+              for (int64_t k = 0; k < K; ++k)
+                s += double(at ? A[k * lda + i] : A[i * lda + k]) *
+                     double(bt ? B[j * ldb + k] : B[k * ldb + j]);
+              want[i * N + j] = s + (acc ? 0.0 : double(bias[j]));
+            }
+          std::vector<T> first;
+          for (int nt : {1, 2, 3}) {
+            std::vector<T> C = C0;
+            gemm_cpu<T>(M, N, K, A.data(), lda, at, B.data(), ldb, bt, C.data(), N,
+                        acc ? nullptr : bias.data(), acc, nt);
+            double e = 0;
+            for (int64_t i = 0; i < M * N; ++i)
+              e = std::max(e, std::fabs(double(C[i]) - want[i]) /
+                                  (std::sqrt(double(K)) + std::fabs(want[i])));
+            CHECK(e < tol, "gemm M=%ld N=%ld K=%ld at=%d bt=%d acc=%d nt=%d: err %.3g", long(M),
+                  long(N), long(K), at, bt, acc, nt, e);
+            if (nt == 1)
+              first = C;
+            else
+              CHECK(std::memcmp(first.data(), C.data(), C.size() * sizeof(T)) == 0,
+                    "gemm results with %d threads differ from 1 thread", nt);
+          }
+          ++n;
+        }
+  std::printf("gemm %s: %d cases x {1, 2, 3 threads}: %s\n", sizeof(T) == 4 ? "f32" : "f64", n,
+              g_fail ? "FAILED" : "ok");
+}
+
+int main() {
+  std::printf("isa: %s\n", cpu_isa());
+  test_tanh(cpu::select_kernels<float>());
+  test_tanh(cpu::select_kernels<double>());
+  std::mt19937 rng(1234);
+  test_gemm<float>(rng, 1e-5);
+  test_gemm<double>(rng, 1e-13);
+  std::vector<Case> cases;
+  const int64_t shapes[][3] = {{1, 1, 1},    {5, 3, 7},    {7, 1, 33},   {4, 13, 65},
+                               {9, 29, 100}, {3, 64, 129}, {2, 257, 40}, {6, 5, 256}};
+  for (auto& sh : shapes)
+    for (int packed = 0; packed < 2; ++packed)
+      for (int rev = 0; rev < 2; ++rev)
+        for (int act = 0; act < 2; ++act) {
+          const int v = int(rng() % 4);
+          cases.push_back({sh[0], sh[1], sh[2], bool(packed), bool(rev), Activation(act), v != 0,
+                           v != 1, v != 2, v != 3, v == 1 || v == 3});
+        }
+  for (const Case& c : cases) {
+    run_case<double>(c, rng, 1e-9);
+    run_case<float>(c, rng, 2e-3);
+  }
+  std::printf("%zu recurrence cases x {f32, f64} x {1, 2, 3 threads}: %s\n", cases.size(),
+              g_fail ? "FAILED" : "ok");
+  return g_fail ? 1 : 0;
+}

@@ -1,0 +1,106 @@
+// AVX2 + FMA vectors (8 floats / 4 doubles). Only included by kernels_avx2.cpp, which is
+// compiled with -mavx2 -mfma (csrc/cpu/simd.cmake) and called only where the CPU has them.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
+
+template <typename T>
+struct VecAvx2;
+
+template <>
+struct VecAvx2<float> {
+  using scalar_t = float;
+  using reg = __m256;
+  using mask = __m256i;
+  static constexpr int W = 8;
+  static constexpr const char* isa = "avx2";
+
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg set1(float x) { return _mm256_set1_ps(x); }
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  static mask tail_mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static reg load_masked(const float* p, mask m) { return _mm256_maskload_ps(p, m); }
+  static void store_masked(float* p, mask m, reg v) { _mm256_maskstore_ps(p, m, v); }
+  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
+  static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+  static reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
+  static reg abs(reg a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static reg min(reg a, reg b) { return _mm256_min_ps(a, b); }
+  static reg relu(reg a) { return _mm256_max_ps(_mm256_setzero_ps(), a); }  // NaN -> NaN
+  static reg relu_grad(reg h) {
+    return _mm256_and_ps(_mm256_cmp_ps(h, _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_set1_ps(1.0f));
+  }
+  static reg round(reg a) {
+    return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static reg scale2n(reg a, reg n) {
+    __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(a, _mm256_castsi256_ps(e));
+  }
+  static reg copysign(reg mag, reg sgn) {
+    const reg s = _mm256_set1_ps(-0.0f);
+    return _mm256_or_ps(_mm256_andnot_ps(s, mag), _mm256_and_ps(s, sgn));
+  }
+  static reg select_nan(reg x, reg v) {
+    return _mm256_blendv_ps(v, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+  }
+};
+
+template <>
+struct VecAvx2<double> {
+  using scalar_t = double;
+  using reg = __m256d;
+  using mask = __m256i;
+  static constexpr int W = 4;
+  static constexpr const char* isa = "avx2";
+
+  static reg zero() { return _mm256_setzero_pd(); }
+  static reg set1(double x) { return _mm256_set1_pd(x); }
+  static reg load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, reg v) { _mm256_storeu_pd(p, v); }
+  static mask tail_mask(int n) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+  static reg load_masked(const double* p, mask m) { return _mm256_maskload_pd(p, m); }
+  static void store_masked(double* p, mask m, reg v) { _mm256_maskstore_pd(p, m, v); }
+  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
+  static reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
+  static reg sub(reg a, reg b) { return _mm256_sub_pd(a, b); }
+  static reg mul(reg a, reg b) { return _mm256_mul_pd(a, b); }
+  static reg div(reg a, reg b) { return _mm256_div_pd(a, b); }
+  static reg abs(reg a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
+  static reg min(reg a, reg b) { return _mm256_min_pd(a, b); }
+  static reg relu(reg a) { return _mm256_max_pd(_mm256_setzero_pd(), a); }
+  static reg relu_grad(reg h) {
+    return _mm256_and_pd(_mm256_cmp_pd(h, _mm256_setzero_pd(), _CMP_GT_OQ), _mm256_set1_pd(1.0));
+  }
+  static reg round(reg a) {
+    return _mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static reg scale2n(reg a, reg n) {
+    __m256i i = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n));
+    __m256i e = _mm256_slli_epi64(_mm256_add_epi64(i, _mm256_set1_epi64x(1023)), 52);
+    return _mm256_mul_pd(a, _mm256_castsi256_pd(e));
+  }
+  static reg copysign(reg mag, reg sgn) {
+    const reg s = _mm256_set1_pd(-0.0);
+    return _mm256_or_pd(_mm256_andnot_pd(s, mag), _mm256_and_pd(s, sgn));
+  }
+  static reg select_nan(reg x, reg v) {
+    return _mm256_blendv_pd(v, x, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
+  }
+};
+
+}  // namespace FUSEDRNN_ISA_NS
+}  // namespace fusedrnn

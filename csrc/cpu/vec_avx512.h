@@ -1,0 +1,99 @@
+// AVX-512 vectors (16 floats / 8 doubles), masked tails. Only included by kernels_avx512.cpp,
+// compiled with -mavx512f -mavx512dq -mavx512vl -mavx512bw (csrc/cpu/simd.cmake) and called
+// only where the CPU has them.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
+
+template <typename T>
+struct VecAvx512;
+
+template <>
+struct VecAvx512<float> {
+  using scalar_t = float;
+  using reg = __m512;
+  using mask = __mmask16;
+  static constexpr int W = 16;
+  static constexpr const char* isa = "avx512";
+
+  static reg zero() { return _mm512_setzero_ps(); }
+  static reg set1(float x) { return _mm512_set1_ps(x); }
+  static reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
+  static mask tail_mask(int n) { return n >= 16 ? mask(0xFFFF) : mask((1u << n) - 1u); }
+  static reg load_masked(const float* p, mask m) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store_masked(float* p, mask m, reg v) { _mm512_mask_storeu_ps(p, m, v); }
+  static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+  static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
+  static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
+  static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
+  static reg abs(reg a) { return _mm512_abs_ps(a); }
+  static reg min(reg a, reg b) { return _mm512_min_ps(a, b); }
+  static reg relu(reg a) { return _mm512_max_ps(_mm512_setzero_ps(), a); }  // NaN -> NaN
+  static reg relu_grad(reg h) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h, _mm512_setzero_ps(), _CMP_GT_OQ),
+                               _mm512_set1_ps(1.0f));
+  }
+  static reg round(reg a) {
+    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static reg scale2n(reg a, reg n) { return _mm512_scalef_ps(a, n); }
+  static reg copysign(reg mag, reg sgn) {
+    const __m512i s = _mm512_set1_epi32(INT32_MIN);
+    return _mm512_castsi512_ps(
+        _mm512_ternarylogic_epi32(s, _mm512_castps_si512(mag), _mm512_castps_si512(sgn), 0xAC));
+  }
+  static reg select_nan(reg x, reg v) {
+    return _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
+  }
+};
+
+template <>
+struct VecAvx512<double> {
+  using scalar_t = double;
+  using reg = __m512d;
+  using mask = __mmask8;
+  static constexpr int W = 8;
+  static constexpr const char* isa = "avx512";
+
+  static reg zero() { return _mm512_setzero_pd(); }
+  static reg set1(double x) { return _mm512_set1_pd(x); }
+  static reg load(const double* p) { return _mm512_loadu_pd(p); }
+  static void store(double* p, reg v) { _mm512_storeu_pd(p, v); }
+  static mask tail_mask(int n) { return n >= 8 ? mask(0xFF) : mask((1u << n) - 1u); }
+  static reg load_masked(const double* p, mask m) { return _mm512_maskz_loadu_pd(m, p); }
+  static void store_masked(double* p, mask m, reg v) { _mm512_mask_storeu_pd(p, m, v); }
+  static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
+  static reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
+  static reg sub(reg a, reg b) { return _mm512_sub_pd(a, b); }
+  static reg mul(reg a, reg b) { return _mm512_mul_pd(a, b); }
+  static reg div(reg a, reg b) { return _mm512_div_pd(a, b); }
+  static reg abs(reg a) { return _mm512_abs_pd(a); }
+  static reg min(reg a, reg b) { return _mm512_min_pd(a, b); }
+  static reg relu(reg a) { return _mm512_max_pd(_mm512_setzero_pd(), a); }
+  static reg relu_grad(reg h) {
+    return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(h, _mm512_setzero_pd(), _CMP_GT_OQ),
+                               _mm512_set1_pd(1.0));
+  }
+  static reg round(reg a) {
+    return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static reg scale2n(reg a, reg n) { return _mm512_scalef_pd(a, n); }
+  static reg copysign(reg mag, reg sgn) {
+    const __m512i s = _mm512_set1_epi64(INT64_MIN);
+    return _mm512_castsi512_pd(
+        _mm512_ternarylogic_epi64(s, _mm512_castpd_si512(mag), _mm512_castpd_si512(sgn), 0xAC));
+  }
+  static reg select_nan(reg x, reg v) {
+    return _mm512_mask_mov_pd(v, _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q), x);
+  }
+};
+
+}  // namespace FUSEDRNN_ISA_NS
+}  // namespace fusedrnn

@@ -101,22 +101,28 @@ def test_cli_passes_and_writes_json(tmp_path, capsys):
 
 
 def _scaled_weight_hh_grad(monkeypatch):
-    """dW_hh off by 1 %: the GEMM after the kernel, in ops.py."""
-    prev_state_grad = ops._prev_state_grad
-    monkeypatch.setattr(ops, "_prev_state_grad", lambda *a: prev_state_grad(*a) * 1.01)
+    """dW_hh off by 1 %: where ops.py collects the CPU kernels' gradients."""
+    grads_impl = ops._grads_impl
+
+    def scaled(*args):
+        dx, dw_ih, dw_hh, db, dh0 = grads_impl(*args)
+        return dx, dw_ih, dw_hh * 1.01, db, dh0
+
+    monkeypatch.setattr(ops, "_grads_impl", scaled)
     return "weight_hh_l0"
 
 
 def _zeroed_dh0_in_the_kernel(monkeypatch):
     """The BPTT kernel itself returns dL/dh0 = 0: patched at the binding, below ops.py."""
-    backward = fusedrnn._C.rnn_backward
+    backward = fusedrnn._C.layer_backward  # the CPU backward: BPTT + gradient GEMMs
 
     def broken(dtype, T, B, H, *args):
         backward(dtype, T, B, H, *args)
-        dh0_address = args[-2]  # the binding's arguments end with (..., dP, dh0, threads)
+        # The binding's arguments end with (..., dP, dh0, dx, dw_ih, dw_hh, db, threads).
+        dh0_address = args[-6]
         ctypes.memset(dh0_address, 0, B * H * (8 if dtype == "float64" else 4))
 
-    monkeypatch.setattr(fusedrnn._C, "rnn_backward", broken)
+    monkeypatch.setattr(fusedrnn._C, "layer_backward", broken)
     return "h0"
 
 

@@ -2,7 +2,11 @@
 
 The two sequential recurrences run in the fused kernels of ``fusedrnn._C`` (CPU) or
 ``fusedrnn._C_cuda`` (CUDA, through ``fusedrnn._cuda``); everything
-else is a single large GEMM or reduction per call, done by torch:
+else is a single large GEMM or reduction per call. On the CPU (float32, float64) each
+pass is one call into ``_C`` (``layer_forward``; ``layer_backward`` behind
+``rnn_layer_grads``) whose GEMMs run on the recurrence's AVX-512 micro-kernel: MKL picks
+AVX2 kernels on AMD CPUs, and its sums may change with the thread count, ours do not.
+On CUDA the GEMMs are torch's:
 
     P     = x W_ih^T + b_ih + b_hh                      (one GEMM for all steps)
     h_t   = phi(P_t + h_prev W_hh^T)                    rnn_layer_forward  (fused kernel)
@@ -27,7 +31,13 @@ from torch.utils import _python_dispatch
 
 from . import _C, _cuda
 
-__all__ = ["check_layer_args", "rnn_layer", "rnn_layer_backward", "rnn_layer_forward"]
+__all__ = [
+    "check_layer_args",
+    "rnn_layer",
+    "rnn_layer_backward",
+    "rnn_layer_forward",
+    "rnn_layer_grads",
+]
 
 NONLINEARITIES = ("tanh", "relu")
 _KERNEL_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
@@ -213,31 +223,36 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
         h, hn = _forward_impl(*args, batch_sizes, reverse, nonlinearity)
         return h.to(x.dtype), hn.to(x.dtype)
     x, w_ih, w_hh, h0 = x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), h0.contiguous()
-    bias = _combined_bias(b_ih, b_hh)
-    # P = x W_ih^T + b: a fresh contiguous [N, H]; the kernel overwrites it with h in place.
-    P = torch.addmm(bias, x, w_ih.t()) if bias is not None else torch.mm(x, w_ih.t())
     hn = torch.empty_like(h0)
-    if B == 0 or H == 0:  # nothing to compute
-        return P, hn
-    if x.is_cuda:
-        _cuda.rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, P, hn)
-        return P, hn
-    _C.rnn_forward(
+    if x.is_cuda or B == 0 or H == 0:
+        bias = _combined_bias(b_ih, b_hh)
+        # P = x W_ih^T + b: a fresh contiguous [N, H]; the kernel overwrites it with h.
+        P = torch.addmm(bias, x, w_ih.t()) if bias is not None else torch.mm(x, w_ih.t())
+        if x.is_cuda and B and H:
+            _cuda.rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, P, hn)
+        return P, hn  # (B == 0 or H == 0: nothing to compute)
+    # CPU: P = x W_ih^T + b_ih + b_hh and the recurrence in place, in one call.
+    h = x.new_empty((x.shape[0], H))
+    _C.layer_forward(
         _KERNEL_DTYPES[x.dtype],
         T,
         B,
         H,
+        x.shape[1],
         _addr(batch_sizes if batch_sizes.numel() else None),
         reverse,
         nonlinearity,
-        P.data_ptr(),
+        x.data_ptr(),
+        w_ih.data_ptr(),
+        _addr(None if b_ih is None else b_ih.contiguous()),
+        _addr(None if b_hh is None else b_hh.contiguous()),
         w_hh.data_ptr(),
         h0.data_ptr(),
-        P.data_ptr(),
+        h.data_ptr(),
         hn.data_ptr(),
         torch.get_num_threads(),
     )
-    return P, hn
+    return h, hn
 
 
 @torch.library.custom_op("fusedrnn::rnn_layer_forward", mutates_args=())
@@ -266,11 +281,12 @@ def _(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
 _BACKWARD_NAMES = {"x": "h", "w_ih": "w_hh", "h0": "grad_hn"}
 
 
-def _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
-    """The BPTT computation shared by the custom op and the eager path."""
+def _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity, values=True):
+    """The checks of the backward ops; returns ``(T, B, H)``."""
     T, B, H = check_layer_args(
-        h, w_hh, w_hh, None, None, grad_hn, batch_sizes, nonlinearity, names=_BACKWARD_NAMES
-    )
+        h, w_hh, w_hh, None, None, grad_hn, batch_sizes, nonlinearity,
+        check_values=values, names=_BACKWARD_NAMES,
+    )  # fmt: skip
     if not isinstance(grad_h, Tensor):
         _fail(TypeError, f"grad_h must be a torch.Tensor, got {type(grad_h).__name__}")
     if grad_h.shape != h.shape:
@@ -284,6 +300,12 @@ def _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
             f"grad_h must have the dtype and device of h ({h.dtype}, {h.device}), "
             f"got ({grad_h.dtype}, {grad_h.device})",
         )
+    return T, B, H
+
+
+def _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
+    """The BPTT computation shared by the custom op and the eager path."""
+    T, B, H = _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity)
     if not h.is_cuda and h.dtype not in _KERNEL_DTYPES:
         args = (_float32(t) for t in (w_hh, h, grad_h, grad_hn))
         dP, dh0 = _backward_impl(*args, batch_sizes, reverse, nonlinearity)
@@ -398,40 +420,142 @@ def _backward(ctx, grad_h, grad_hn):
     # The eager path may call the kernel directly unless a graph of this backward is being
     # recorded (create_graph=True): then the op, whose own backward refuses clearly.
     eager = getattr(ctx, "eager", False) and not torch.is_grad_enabled()
+    if not h.is_cuda and h.dtype in _KERNEL_DTYPES and h.numel() and h0.shape[0]:
+        grads = _grads_impl if eager else rnn_layer_grads
+        dx, dw_ih, dw_hh, db, dh0 = grads(
+            x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
+            ctx.nonlinearity, needs[0], needs[1], needs[2], needs[3] or needs[4],
+        )  # fmt: skip
+        return (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
     bptt = _backward_impl if eager else rnn_layer_backward
     dP, dh0 = bptt(w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity)
     dx = dP @ w_ih if needs[0] else None
     dw_ih = dP.t() @ x if needs[1] else None
     dw_hh = _prev_state_grad(dP, h, h0, batch_sizes, ctx.reverse) if needs[2] else None
     db = dP.sum(0) if needs[3] or needs[4] else None
+    return (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
+
+
+def _input_grads(needs, dx, dw_ih, dw_hh, db, dh0):
+    """The gradients of (x, w_ih, w_hh, b_ih, b_hh, h0), None where not needed."""
     # Each bias gets its own tensor: AccumulateGrad may adopt it as that parameter's .grad.
     db_hh = (db.clone() if needs[3] else db) if needs[4] else None
     return (
-        dx,
-        dw_ih,
-        dw_hh,
+        dx if needs[0] else None,
+        dw_ih if needs[1] else None,
+        dw_hh if needs[2] else None,
         db if needs[3] else None,
         db_hh,
         dh0 if needs[5] else None,
-        None,
-        None,
-        None,
+    )
+
+
+def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
+                need_dx, need_dw_ih, need_dw_hh, need_db):  # fmt: skip
+    """The body of rnn_layer_grads on the CPU kernels: BPTT and every GEMM in one call."""
+    N, H = h.shape
+    B = h0.shape[0]
+    T = batch_sizes.shape[0] if batch_sizes.numel() else N // B
+    w_hh, h, grad_h, grad_hn, h0 = (t.contiguous() for t in (w_hh, h, grad_h, grad_hn, h0))
+    x = x.contiguous() if need_dw_ih else None
+    w_ih = w_ih.contiguous() if need_dx else None
+    In = x.shape[1] if x is not None else (w_ih.shape[1] if w_ih is not None else 0)
+    dP = torch.empty_like(h)
+    dh0 = torch.empty_like(grad_hn)
+    # Outputs may not alias each other: a fresh empty tensor for each gradient not asked for.
+    dx = h.new_empty((N, In) if need_dx else 0)
+    dw_ih = h.new_empty((H, In) if need_dw_ih else 0)
+    dw_hh = h.new_empty((H, H) if need_dw_hh else 0)
+    db = h.new_empty(H if need_db else 0)
+    _C.layer_backward(
+        _KERNEL_DTYPES[h.dtype],
+        T,
+        B,
+        H,
+        In,
+        _addr(batch_sizes if batch_sizes.numel() else None),
+        reverse,
+        nonlinearity,
+        _addr(x),
+        _addr(w_ih),
+        w_hh.data_ptr(),
+        h0.data_ptr(),
+        h.data_ptr(),
+        grad_h.data_ptr(),
+        grad_hn.data_ptr(),
+        dP.data_ptr(),
+        dh0.data_ptr(),
+        _addr(dx if need_dx else None),
+        _addr(dw_ih if need_dw_ih else None),
+        _addr(dw_hh if need_dw_hh else None),
+        _addr(db if need_db else None),
+        torch.get_num_threads(),
+    )
+    return dx, dw_ih, dw_hh, db, dh0
+
+
+@torch.library.custom_op("fusedrnn::rnn_layer_grads", mutates_args=())
+def rnn_layer_grads(
+    x: Tensor | None,
+    w_ih: Tensor | None,
+    w_hh: Tensor,
+    h0: Tensor,
+    h: Tensor,
+    grad_h: Tensor,
+    grad_hn: Tensor,
+    batch_sizes: Tensor,
+    reverse: bool,
+    nonlinearity: str,
+    need_dx: bool,
+    need_dw_ih: bool,
+    need_dw_hh: bool,
+    need_db: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The whole CPU backward of one layer-direction: ``(dx, dw_ih, dw_hh, db, dh0)``.
+
+    BPTT (the fused kernel), then dx = dP W_ih, dW_ih = dP^T x, dW_hh = dP^T h_prev and
+    db = sum dP, all in one call into ``_C``; a gradient not asked for comes back empty.
+    ``x`` is needed for dW_ih, ``w_ih`` for dx.
+    """
+    _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity)
+    if need_dx and w_ih is None:
+        _fail(ValueError, "need_dx requires w_ih")
+    if need_dw_ih and x is None:
+        _fail(ValueError, "need_dw_ih requires x")
+    if h.is_cuda or h.dtype not in _KERNEL_DTYPES:
+        _fail(TypeError, f"rnn_layer_grads runs the CPU kernels: got {h.dtype} on {h.device}")
+    return _grads_impl(
+        x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
+        need_dx, need_dw_ih, need_dw_hh, need_db,
+    )  # fmt: skip
+
+
+@rnn_layer_grads.register_fake
+def _(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity, need_dx,
+      need_dw_ih, need_dw_hh, need_db):  # fmt: skip
+    _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity, values=False)
+    N, H = h.shape
+    return (
+        h.new_empty((N, w_ih.shape[1])) if need_dx else h.new_empty(0),
+        h.new_empty((H, x.shape[1])) if need_dw_ih else h.new_empty(0),
+        h.new_empty((H, H)) if need_dw_hh else h.new_empty(0),
+        h.new_empty((H,)) if need_db else h.new_empty(0),
+        torch.empty_like(grad_hn),
     )
 
 
 rnn_layer_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _no_double_backward(ctx, grad_dP, grad_dh0):
+def _no_double_backward(ctx, *grads):
     raise RuntimeError(
         "fusedrnn: double backward (gradients of gradients) through the RNN is not supported; "
         "use torch.nn.RNN for higher-order derivatives"
     )
 
 
-rnn_layer_backward.register_autograd(
-    _no_double_backward, setup_context=lambda ctx, inputs, output: None
-)
+for _op in (rnn_layer_backward, rnn_layer_grads):
+    _op.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
 # Autocast policy: both ops are "float32 ops", like those on autocast's fp32 list. Inside
 # an autocast region their float16/bfloat16 inputs are cast to float32 (float64 is left
@@ -440,7 +564,7 @@ rnn_layer_backward.register_autograd(
 # op to bfloat16 and hand the float32 kernel a bfloat16 buffer. (rnn_layer sends every
 # call made under autocast through the ops.) The modules cast their results to the
 # autocast dtype, as torch.nn.RNN's are.
-for _op in (rnn_layer_forward, rnn_layer_backward):
+for _op in (rnn_layer_forward, rnn_layer_backward, rnn_layer_grads):
     for _device_type in ("cpu", "cuda"):
         if torch.amp.is_autocast_available(_device_type):
             torch.library.register_autocast(_op, _device_type, torch.float32)

@@ -1,0 +1,156 @@
+"""CPU-kernel properties: bitwise identity across thread counts, the GEMM entry point,
+the whole-backward op, and the instruction-set fallbacks."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+import fusedrnn
+from fusedrnn import _C, ops
+
+DTYPES = [torch.float32, torch.float64]
+
+
+@pytest.fixture
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _run_module(module, x, hx, threads):
+    torch.set_num_threads(threads)
+    module.zero_grad()
+    x = x.detach().clone().requires_grad_(True)
+    hx = hx.detach().clone().requires_grad_(True)
+    out, hn = module(x, hx)
+    data = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
+    g = torch.Generator().manual_seed(1)
+    (data * torch.randn(data.shape, generator=g, dtype=data.dtype)).sum().backward(
+        retain_graph=True
+    )
+    (hn * 0.5).sum().backward()
+    grads = [x.grad, hx.grad] + [p.grad for p in module.parameters()]
+    return [data.detach(), hn.detach(), *grads]
+
+
+# Sizes large enough that the recurrence and the GEMMs really use two threads.
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize(
+    "B,H,T,layers,bidir,packed",
+    [(32, 256, 7, 1, False, False), (17, 200, 5, 2, True, False), (24, 384, 6, 1, True, True)],
+)
+def test_bitwise_identical_for_1_and_2_threads(
+    restore_threads, dtype, B, H, T, layers, bidir, packed
+):
+    torch.manual_seed(0)
+    module = fusedrnn.RNN(96, H, num_layers=layers, bidirectional=bidir, dtype=dtype)
+    hx = torch.randn(layers * (2 if bidir else 1), B, H, dtype=dtype)
+    if packed:
+        lengths = sorted(torch.randint(1, T + 1, (B,)).tolist(), reverse=True)
+        lengths[0] = T
+        x = pack_sequence([torch.randn(n, 96, dtype=dtype) for n in lengths])
+        run = lambda n: _run_module_packed(module, x, hx, n)  # noqa: E731
+    else:
+        x = torch.randn(T, B, 96, dtype=dtype)
+        run = lambda n: _run_module(module, x, hx, n)  # noqa: E731
+    one, two = run(1), run(2)
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b), "results differ between 1 and 2 threads"
+
+
+def _run_module_packed(module, x, hx, threads):
+    torch.set_num_threads(threads)
+    module.zero_grad()
+    hx = hx.detach().clone().requires_grad_(True)
+    out, hn = module(x, hx)
+    g = torch.Generator().manual_seed(1)
+    (out.data * torch.randn(out.data.shape, generator=g, dtype=out.data.dtype)).sum().backward(
+        retain_graph=True
+    )
+    (hn * 0.5).sum().backward()
+    return [out.data.detach(), hn.detach(), hx.grad] + [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("a_t", [False, True])
+@pytest.mark.parametrize("b_t", [False, True])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (37, 70, 19), (300, 33, 1500), (64, 257, 128)])
+def test_gemm_matches_torch_and_is_thread_invariant(restore_threads, dtype, a_t, b_t, M, N, K):
+    g = torch.Generator().manual_seed(M * 1000 + N)
+    A = torch.randn((K, M) if a_t else (M, K), generator=g, dtype=dtype)
+    Bm = torch.randn((N, K) if b_t else (K, N), generator=g, dtype=dtype)
+    bias = torch.randn(N, generator=g, dtype=dtype)
+    want = (A.t() if a_t else A).double() @ (Bm.t() if b_t else Bm).double() + bias.double()
+    results = []
+    for threads in (1, 2):
+        C = torch.full((M, N), float("nan"), dtype=dtype)
+        _C.gemm(
+            ops._KERNEL_DTYPES[dtype], M, N, K, A.data_ptr(), A.shape[1], a_t, Bm.data_ptr(),
+            Bm.shape[1], b_t, C.data_ptr(), N, bias.data_ptr(), False, threads,
+        )  # fmt: skip
+        results.append(C)
+    tol = {torch.float32: 1e-5, torch.float64: 1e-13}[dtype]
+    scale = want.abs().max().item()
+    assert (results[0].double() - want).abs().max().item() <= tol * scale * K**0.5
+    assert torch.equal(results[0], results[1])
+
+
+def test_gemm_accumulates():
+    A, Bm = torch.randn(5, 7), torch.randn(7, 3)
+    C = torch.randn(5, 3)
+    want = C + A @ Bm
+    _C.gemm("float32", 5, 3, 7, A.data_ptr(), 7, False, Bm.data_ptr(), 3, False, C.data_ptr(),
+            3, 0, True, 1)  # fmt: skip
+    torch.testing.assert_close(C, want)
+
+
+def test_opcheck_grads():
+    g = torch.Generator().manual_seed(0)
+    x = pack_sequence([torch.randn(n, 2, generator=g, dtype=torch.float64) for n in (3, 2, 2)])
+    w_ih, w_hh = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 3, dtype=torch.float64)
+    h0 = torch.randn(3, 3, dtype=torch.float64)
+    h, hn = ops.rnn_layer(x.data, w_ih, w_hh, None, None, h0, x.batch_sizes, True, "tanh")
+    args = (x.data, w_ih, w_hh, h0, h, torch.randn_like(h), torch.randn_like(hn), x.batch_sizes,
+            True, "tanh")  # fmt: skip
+    for needs in [(True, True, True, True), (False, True, False, True), (False,) * 4]:
+        torch.library.opcheck(torch.ops.fusedrnn.rnn_layer_grads.default, (*args, *needs))
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"FUSEDRNN_CPU_ISA": "avx2"},
+        {"FUSEDRNN_CPU_ISA": "generic"},
+        {"FUSEDRNN_CPU_THREADS": "own"},
+    ],
+    ids=["avx2", "generic", "own-team"],
+)
+def test_fallback_configurations_agree_with_nn_rnn(env):
+    # Lower instruction sets (FUSEDRNN_CPU_ISA) and our own thread team instead of torch's
+    # OpenMP workers (FUSEDRNN_CPU_THREADS=own), chosen at load time: a fresh process each.
+    code = (
+        "import torch, fusedrnn; from fusedrnn import _C\n"
+        "torch.manual_seed(0)\n"
+        "ref = torch.nn.RNN(20, 300, num_layers=2, bidirectional=True, dtype=torch.float64)\n"
+        "m = fusedrnn.RNN.from_torch(ref)\n"
+        "x = torch.randn(6, 9, 20, dtype=torch.float64)\n"
+        "def run(mod, n):\n"
+        "    torch.set_num_threads(n); mod.zero_grad()\n"
+        "    o, h = mod(x); (o.sum() + h.sum()).backward()\n"
+        "    return [o, h] + [p.grad.clone() for p in mod.parameters()]\n"
+        "want = run(ref, 2); one = run(m, 1); two = run(m, 2)\n"
+        "for a, b, c in zip(want, one, two):\n"
+        "    torch.testing.assert_close(b, a); assert torch.equal(b, c)\n"
+        "print(_C.cpu_isa())\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    isa = env.get("FUSEDRNN_CPU_ISA")
+    assert isa is None or r.stdout.strip() in (isa, "generic")

@@ -1,0 +1,127 @@
+"""The CPU benchmark cases of issue 4 and the code that runs one of them.
+
+Shared by benchmarks/test_bench_cpu.py (pytest-benchmark) and benchmarks/cpu_table.py
+(the BENCHMARKS.md table), so both time exactly the same calls: fusedrnn.RNN and
+torch.nn.RNN with the same weights, on the same inputs, in the same process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+import fusedrnn
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    B: int
+    H: int
+    T: int
+    layers: int = 1
+    bidirectional: bool = False
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def I(self) -> int:  # noqa: E743 - the shape letter used everywhere
+        return self.H  # input size = H, as in the issue's table
+
+    def __repr__(self) -> str:  # pytest-benchmark's group names
+        return self.name
+
+    @property
+    def name(self) -> str:
+        s = f"B{self.B}-H{self.H}-T{self.T}"
+        if self.layers > 1:
+            s += f"-L{self.layers}"
+        if self.bidirectional:
+            s += "-bidir"
+        if self.dtype != torch.float32:
+            s += "-" + str(self.dtype).removeprefix("torch.")
+        return s
+
+    def flops(self, train: bool) -> float:
+        """Multiply-add flops of the GEMMs: input projection and recurrence forward; BPTT,
+        dW_ih, dW_hh and dX backward (the pointwise work is left out)."""
+        dirs = 2 if self.bidirectional else 1
+        total = 0.0
+        for layer in range(self.layers):
+            i = self.I if layer == 0 else dirs * self.H
+            fwd = 2.0 * self.T * self.B * (i * self.H + self.H * self.H)
+            bwd = 2.0 * self.T * self.B * (2 * self.H * self.H + 2 * i * self.H)
+            total += dirs * (fwd + (bwd if train else 0.0))
+        return total
+
+
+# The rows of issue 4 (oneDNN anchors there), then the extra rows it asks for.
+MAIN = [
+    Case(1, 64, 100),
+    Case(1, 256, 100),
+    Case(8, 256, 100),
+    Case(64, 256, 100),
+    Case(1, 1024, 100),
+    Case(64, 1024, 100),
+    Case(256, 1024, 100),
+    Case(16, 128, 1000),
+]
+EXTRA = [
+    Case(32, 256, 200, layers=2, bidirectional=True),
+    Case(1, 32, 1),
+    Case(64, 256, 100, dtype=torch.float64),
+]
+CASES = MAIN + EXTRA
+
+
+def make_pair(case: Case, seed: int = 0):
+    """(torch.nn.RNN, fusedrnn.RNN with the same weights, input x [T, B, I])."""
+    torch.manual_seed(seed)
+    ref = torch.nn.RNN(
+        case.I,
+        case.H,
+        num_layers=case.layers,
+        bidirectional=case.bidirectional,
+        dtype=case.dtype,
+    )
+    fused = fusedrnn.RNN.from_torch(ref)
+    x = torch.randn(case.T, case.B, case.I, dtype=case.dtype)
+    return ref, fused, x
+
+
+def infer_fn(module, x):
+    def run():
+        with torch.no_grad():
+            return module(x)
+
+    return run
+
+
+def train_fn(module, x):
+    """Forward + backward with dL/dx, as a training step of a first layer fed by an
+    embedding would (the weight gradients accumulate; set_to_none keeps allocation equal)."""
+    x = x.detach().clone().requires_grad_(True)
+
+    def run():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        out, hn = module(x)
+        (out.sum() + hn.sum()).backward()
+
+    return run
+
+
+def peak_bytes(fn) -> int:
+    """Peak bytes held by torch's CPU allocations during fn() (torch.profiler events)."""
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
+        fn()
+    events = sorted(
+        (e for e in prof.events() if e.cpu_memory_usage != 0),
+        key=lambda e: e.time_range.start,
+    )
+    live = peak = 0
+    for e in events:
+        live += e.cpu_memory_usage
+        peak = max(peak, live)
+    return peak

@@ -20,8 +20,7 @@ using tag = memory::format_tag;
 using dt = memory::data_type;
 
 static double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 static memory filled(const memory::desc& md, const engine& eng, float v) {
@@ -63,8 +62,8 @@ static void run(int64_t B, int64_t H, int64_t T, int rounds) {
 
   // Inference.
   vanilla_rnn_forward::primitive_desc inf_pd(
-      vanilla_rnn_forward::desc(prop_kind::forward_inference, act, dir, src_layer, src_iter,
-                                wl_any, wi_any, bias, dst_layer, dst_iter),
+      vanilla_rnn_forward::desc(prop_kind::forward_inference, act, dir, src_layer, src_iter, wl_any,
+                                wi_any, bias, dst_layer, dst_iter),
       eng);
   memory m_wl(inf_pd.weights_layer_desc(), eng), m_wi(inf_pd.weights_iter_desc(), eng);
   reorder(m_wl_user, m_wl).execute(s, m_wl_user, m_wl);
@@ -85,13 +84,13 @@ static void run(int64_t B, int64_t H, int64_t T, int rounds) {
 
   // Training: forward_training + backward.
   vanilla_rnn_forward::primitive_desc fwd_pd(
-      vanilla_rnn_forward::desc(prop_kind::forward_training, act, dir, src_layer, src_iter,
-                                wl_any, wi_any, bias, dst_layer, dst_iter),
+      vanilla_rnn_forward::desc(prop_kind::forward_training, act, dir, src_layer, src_iter, wl_any,
+                                wi_any, bias, dst_layer, dst_iter),
       eng);
   vanilla_rnn_backward::primitive_desc bwd_pd(
-      vanilla_rnn_backward::desc(prop_kind::backward, act, dir, src_layer, src_iter, wl_any,
-                                 wi_any, bias, dst_layer, dst_iter, src_layer, src_iter, wl_any,
-                                 wi_any, bias, dst_layer, dst_iter),
+      vanilla_rnn_backward::desc(prop_kind::backward, act, dir, src_layer, src_iter, wl_any, wi_any,
+                                 bias, dst_layer, dst_iter, src_layer, src_iter, wl_any, wi_any,
+                                 bias, dst_layer, dst_iter),
       eng, fwd_pd);
   memory f_wl(fwd_pd.weights_layer_desc(), eng), f_wi(fwd_pd.weights_iter_desc(), eng);
   memory b_wl(bwd_pd.weights_layer_desc(), eng), b_wi(bwd_pd.weights_iter_desc(), eng);
@@ -101,8 +100,8 @@ static void run(int64_t B, int64_t H, int64_t T, int rounds) {
   reorder(m_wi_user, b_wi).execute(s, m_wi_user, b_wi);
   memory ws(fwd_pd.workspace_desc(), eng);
   memory d_src(bwd_pd.diff_src_layer_desc(), eng), d_src_iter(bwd_pd.diff_src_iter_desc(), eng);
-  memory d_wl(bwd_pd.diff_weights_layer_desc(), eng),
-      d_wi(bwd_pd.diff_weights_iter_desc(), eng), d_bias(bwd_pd.diff_bias_desc(), eng);
+  memory d_wl(bwd_pd.diff_weights_layer_desc(), eng), d_wi(bwd_pd.diff_weights_iter_desc(), eng),
+      d_bias(bwd_pd.diff_bias_desc(), eng);
   auto d_dst = filled(dst_layer, eng, 1.0f), d_dst_iter = filled(dst_iter, eng, 1.0f);
   memory fwd_scratch(fwd_pd.scratchpad_desc(), eng), bwd_scratch(bwd_pd.scratchpad_desc(), eng);
   vanilla_rnn_forward fwd(fwd_pd);
@@ -148,10 +147,10 @@ int main(int argc, char** argv) {
   const int rounds = argc > 1 ? std::atoi(argv[1]) : 20;
   std::printf("oneDNN %d.%d.%d, vanilla RNN tanh, f32\n", dnnl_version()->major,
               dnnl_version()->minor, dnnl_version()->patch);
-  std::printf("| case | infer ms | train ms | infer GFLOP/s | train GFLOP/s |\n|---|---|---|---|---|\n");
-  const int64_t rows[][3] = {{1, 64, 100},  {1, 256, 100},   {8, 256, 100},
-                             {64, 256, 100}, {1, 1024, 100},  {64, 1024, 100},
-                             {256, 1024, 100}, {16, 128, 1000}};
+  std::printf(
+      "| case | infer ms | train ms | infer GFLOP/s | train GFLOP/s |\n|---|---|---|---|---|\n");
+  const int64_t rows[][3] = {{1, 64, 100},   {1, 256, 100},   {8, 256, 100},    {64, 256, 100},
+                             {1, 1024, 100}, {64, 1024, 100}, {256, 1024, 100}, {16, 128, 1000}};
   for (auto& r : rows) {
     const bool big = r[0] * r[1] * r[1] * r[2] >= 64LL * 1024 * 1024 * 100;
     run(r[0], r[1], r[2], big ? std::max(3, rounds / 4) : rounds);

@@ -577,14 +577,14 @@ class _EagerLayer(torch.autograd.Function):
     layers and single steps; plain eager calls take this path instead (see rnn_layer).
     """
 
+    # The old-style forward(ctx, ...): with a separate setup_context, Function.apply binds
+    # the arguments through inspect.signature on every call (~15 us).
     @staticmethod
-    def forward(*inputs):
-        return _forward_impl(*inputs)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
+    def forward(ctx, *inputs):
+        output = _forward_impl(*inputs)
         _setup_context(ctx, inputs, output)
         ctx.eager = True
+        return output
 
     @staticmethod
     def backward(ctx, grad_h, grad_hn):

@@ -35,17 +35,19 @@ if [ $# -eq 0 ]; then
   set -- tests/test_kernels.py tests/test_ops.py tests/test_dropin.py tests/test_reliability.py \
     tests/test_fuzz.py
 fi
-# An editable install puts an import hook ahead of PYTHONPATH: drop it, then make sure the
-# sanitized extension is the one that loads.
-python - "$stage" "$@" <<'PY' 2>&1 | tee "$build/last-run.txt"
-import pathlib, sys
+# An editable install puts an import hook ahead of PYTHONPATH: a sitecustomize in the
+# stage drops it in this process and in every child (DDP tests spawn processes).
+cat > "$stage/sitecustomize.py" <<'PY'
+import sys
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__]
+PY
+python - "$stage" <<'PY'
+import pathlib, sys
 import fusedrnn._C
-stage, args = pathlib.Path(sys.argv[1]).resolve(), sys.argv[2:]
+stage = pathlib.Path(sys.argv[1]).resolve()
 where = pathlib.Path(fusedrnn._C.__file__).resolve()
 assert where.is_relative_to(stage), f"not the sanitized build: {where}"
 print("sanitized extension:", where, flush=True)
-import pytest
-sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *args]))
 PY
+python -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$build/last-run.txt"
 exit "${PIPESTATUS[0]}"

@@ -327,23 +327,40 @@ void pack(const typename V::scalar_t* src, int64_t rs, int64_t cs, int64_t K, in
           int64_t p1, typename V::scalar_t* dst, int64_t pstride) {
   using T = typename V::scalar_t;
   constexpr int NR = Tiling<V>::NR;
+  constexpr int W = V::W;
+  if (cs == 1) {
+    // k outer: each k reads one contiguous run of B's row k (all panels [p0, p1)), so a
+    // large B (x, h in dW = dP^T x) streams from memory row by row; panel by panel it was
+    // read as 4 KB-strided columns whose memory latency nothing hid.
+    for (int64_t k = 0; k < K; ++k) {
+      const T* s = src + k * rs;
+      for (int64_t p = p0; p < p1; ++p) {
+        T* d = dst + p * pstride + k * NR;
+        const int64_t j0 = p * NR;
+        const int64_t nc = N - j0 < NR ? N - j0 : NR;
+        for (int c = 0; c < NR; c += W) {
+          const int64_t left = nc - c;
+          if (left >= W) {
+            V::store(d + c, V::load(s + j0 + c));
+          } else {
+            const typename V::mask m = V::tail_mask(left > 0 ? int(left) : 0);
+            V::store(d + c, V::load_masked(s + j0 + c, m));
+          }
+        }
+      }
+    }
+    return;
+  }
   for (int64_t p = p0; p < p1; ++p) {
     T* d = dst + p * pstride;
     const int64_t j0 = p * NR;
     const int64_t nc = N - j0 < NR ? N - j0 : NR;
-    if (cs == 1) {
-      for (int64_t k = 0; k < K; ++k) {
-        const T* s = src + k * rs + j0;
-        for (int64_t jj = 0; jj < NR; ++jj) d[k * NR + jj] = jj < nc ? s[jj] : T(0);
-      }
-    } else {
-      for (int64_t jj = 0; jj < NR; ++jj) {
-        const T* s = src + (j0 + jj) * cs;
-        if (jj < nc) {
-          for (int64_t k = 0; k < K; ++k) d[k * NR + jj] = s[k * rs];
-        } else {
-          for (int64_t k = 0; k < K; ++k) d[k * NR + jj] = T(0);
-        }
+    for (int64_t jj = 0; jj < NR; ++jj) {
+      const T* s = src + (j0 + jj) * cs;
+      if (jj < nc) {
+        for (int64_t k = 0; k < K; ++k) d[k * NR + jj] = s[k * rs];
+      } else {
+        for (int64_t k = 0; k < K; ++k) d[k * NR + jj] = T(0);
       }
     }
   }

@@ -11,6 +11,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
+from fusedrnn import ops
 
 
 def _model_and_input(seed=0):
@@ -129,3 +130,94 @@ def test_ctrl_c_during_long_calls_leaves_process_usable():
     )
     assert proc.returncode == 0, proc.stderr
     assert "interrupted" in proc.stdout and "recovered" in proc.stdout
+
+
+# -- regressions found in review: each reached the kernels with memory they must not read --
+
+
+def _small_layer(dtype=torch.float64, B=3, T=2, I=2, H=3):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(T * B, I, generator=g, dtype=dtype)
+    w_ih = torch.randn(H, I, generator=g, dtype=dtype)
+    w_hh = 0.5 * torch.randn(H, H, generator=g, dtype=dtype)
+    h0 = torch.randn(B, H, generator=g, dtype=dtype)
+    return x, w_ih, w_hh, h0
+
+
+def test_non_contiguous_biases_are_read_correctly():
+    """A .contiguous() copy of a bias must outlive the kernel call that reads it."""
+    x, w_ih, w_hh, h0 = _small_layer()
+    biases = torch.randn(3, 2, dtype=torch.float64)  # columns are non-contiguous views
+    bs = torch.empty(0, dtype=torch.int64)
+    for _ in range(3):  # a freed copy gets overwritten by the next allocations
+        got = ops.rnn_layer(x, w_ih, w_hh, biases[:, 0], biases[:, 1], h0, bs)
+        want = ops.rnn_layer(
+            x, w_ih, w_hh, biases[:, 0].contiguous(), biases[:, 1].contiguous(), h0, bs
+        )
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_non_contiguous_batch_sizes_are_refused():
+    x, w_ih, w_hh, h0 = _small_layer()
+    bs = torch.tensor([3, 1, 2, 1, 1, 1])[::2]  # values [3, 2, 1], memory [3, 1, 2, ...]
+    with pytest.raises(ValueError, match="batch_sizes must be a contiguous tensor"):
+        ops.rnn_layer(x, w_ih, w_hh, None, None, h0, bs)
+
+
+def test_sparse_inputs_are_refused_by_name():
+    x, w_ih, w_hh, h0 = _small_layer()
+    bs = torch.empty(0, dtype=torch.int64)
+    with pytest.raises(TypeError, match="x must be a dense"):
+        ops.rnn_layer(x.to_sparse(), w_ih, w_hh, None, None, h0, bs)
+    with pytest.raises(TypeError, match="w_hh must be a dense"):
+        ops.rnn_layer(x, w_ih, w_hh.to_sparse(), None, None, h0, bs)
+
+
+@pytest.mark.parametrize(
+    ("change", "exc", "pattern"),
+    [
+        (dict(h0=torch.zeros(6, 3, dtype=torch.float64)), ValueError, "h0 must have the shape"),
+        (dict(h0=torch.zeros(3, 3)), TypeError, "h0 must be a dense tensor with the dtype"),
+        (dict(x=torch.zeros(1, 2, dtype=torch.float64)), ValueError, "x must have shape"),
+        (dict(w_ih=torch.zeros(3, 5, dtype=torch.float64)), ValueError, "must agree on I"),
+    ],
+)
+def test_grads_op_checks_h0_x_and_w_ih(change, exc, pattern):
+    x, w_ih, w_hh, h0 = _small_layer()
+    h, hn = ops.rnn_layer(x, w_ih, w_hh, None, None, h0, torch.empty(0, dtype=torch.int64))
+    args = dict(x=x, w_ih=w_ih, h0=h0)
+    args.update(change)
+    with pytest.raises(exc, match=pattern):
+        ops.rnn_layer_grads(
+            args["x"], args["w_ih"], w_hh, args["h0"], h, torch.ones_like(h), torch.ones_like(hn),
+            torch.empty(0, dtype=torch.int64), False, "tanh", True, True, True, True,
+        )  # fmt: skip
+
+
+def test_parameter_data_replaced_before_backward_is_refused():
+    model = fusedrnn.RNN(2, 16)
+    out, _ = model(torch.randn(3, 2, 2))
+    model.weight_hh_l0.data = torch.randn(2, 2)
+    with pytest.raises(RuntimeError, match="changed its shape"):
+        out.sum().backward()
+
+
+def test_zero_hidden_size_backward_matches_nn_rnncell():
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    ours = fusedrnn.RNNCell(3, 0, dtype=torch.float64)
+    ours(x).sum().backward()
+    assert x.grad is not None and torch.equal(x.grad, torch.zeros_like(x))
+
+
+# torch.func.jvp's first use scripts torch's own decompositions (a torch deprecation).
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_forward_mode_ad_is_refused_not_silently_dropped():
+    model = fusedrnn.RNN(2, 3, dtype=torch.float64)
+    x, t = torch.randn(4, 1, 2, dtype=torch.float64), torch.randn(4, 1, 2, dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+        torch.func.jvp(lambda a: model(a)[0], (x,), (t,))
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
+        model(fwAD.make_dual(x, t))

@@ -111,6 +111,8 @@ def check_layer_args(
             TypeError,
             f"{n['x']} must have dtype float32, float64, bfloat16 or float16, got {dtype}",
         )
+    if x.layout != torch.strided:
+        _fail(TypeError, f"{n['x']} must be a dense (strided) tensor, got layout {x.layout}")
     for name, t in (
         (n["w_ih"], w_ih),
         ("w_hh", w_hh),
@@ -120,6 +122,8 @@ def check_layer_args(
     ):
         if t is None:
             continue
+        if t.layout != torch.strided:
+            _fail(TypeError, f"{name} must be a dense (strided) tensor, got layout {t.layout}")
         if t.dtype != dtype:
             _fail(TypeError, f"{name} must have the dtype of {n['x']} ({dtype}), got {t.dtype}")
         if t.device != device:
@@ -163,6 +167,12 @@ def check_layer_args(
         _fail(ValueError, f"batch_sizes must be a CPU tensor, got device {batch_sizes.device}")
     if batch_sizes.dim() != 1:
         _fail(ValueError, f"batch_sizes must be 1-D, got shape {tuple(batch_sizes.shape)}")
+    # The kernels read batch_sizes through its address, as torch.nn.RNN does.
+    if batch_sizes.layout != torch.strided or not batch_sizes.is_contiguous():
+        _fail(
+            ValueError,
+            f"batch_sizes must be a contiguous tensor, got strides {batch_sizes.stride()}",
+        )
     if batch_sizes.numel() == 0:
         if B == 0:  # an empty batch (torch.nn.RNN accepts it): no rows, nothing to compute
             if N != 0:
@@ -232,6 +242,9 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
             _cuda.rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, P, hn)
         return P, hn  # (B == 0 or H == 0: nothing to compute)
     # CPU: P = x W_ih^T + b_ih + b_hh and the recurrence in place, in one call.
+    # Named locals: a .contiguous() copy must outlive the call that reads its address.
+    b_ih = None if b_ih is None else b_ih.contiguous()
+    b_hh = None if b_hh is None else b_hh.contiguous()
     h = x.new_empty((x.shape[0], H))
     _C.layer_forward(
         _KERNEL_DTYPES[x.dtype],
@@ -244,8 +257,8 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
         nonlinearity,
         x.data_ptr(),
         w_ih.data_ptr(),
-        _addr(None if b_ih is None else b_ih.contiguous()),
-        _addr(None if b_hh is None else b_hh.contiguous()),
+        _addr(b_ih),
+        _addr(b_hh),
         w_hh.data_ptr(),
         h0.data_ptr(),
         h.data_ptr(),
@@ -403,20 +416,36 @@ def _setup_context(ctx, inputs, output):
     x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
     h, _ = output
     needs = ctx.needs_input_grad
-    ctx.save_for_backward(
-        x if needs[1] else None, w_ih if needs[0] else None, w_hh, h0, h, batch_sizes
-    )
+    saved = (x if needs[1] else None, w_ih if needs[0] else None, w_hh, h0, h, batch_sizes)
+    ctx.save_for_backward(*saved)
+    ctx.saved_meta = _meta(saved)
     ctx.reverse = reverse
     ctx.nonlinearity = nonlinearity
 
 
+def _meta(tensors) -> list:
+    return [None if t is None else (t.shape, t.dtype, t.device) for t in tensors]
+
+
 def _backward(ctx, grad_h, grad_hn):
-    x, w_ih, w_hh, h0, h, batch_sizes = ctx.saved_tensors
+    saved = ctx.saved_tensors
+    x, w_ih, w_hh, h0, h, batch_sizes = saved
+    # The forward pass checked these; the kernels trust their sizes, so refuse tensors
+    # changed in place since (a parameter's .data replaced between forward and backward).
+    if _meta(saved) != ctx.saved_meta:
+        _fail(
+            RuntimeError,
+            "a tensor saved for backward changed its shape, dtype or device after the forward "
+            "pass (was a parameter's .data replaced?)",
+        )
     needs = ctx.needs_input_grad
     if grad_h is None:
         grad_h = torch.zeros_like(h)
     if grad_hn is None:
         grad_hn = torch.zeros_like(h0)
+    if h.shape[1] == 0:  # H = 0 (torch.nn.RNNCell allows it): every gradient is empty or 0
+        dP, dh0 = torch.zeros_like(h), torch.zeros_like(h0)
+        return _generic_grads(ctx, needs, dP, dh0, x, w_ih, h0, h, batch_sizes)
     # The eager path may call the kernel directly unless a graph of this backward is being
     # recorded (create_graph=True): then the op, whose own backward refuses clearly.
     eager = getattr(ctx, "eager", False) and not torch.is_grad_enabled()
@@ -429,6 +458,11 @@ def _backward(ctx, grad_h, grad_hn):
         return (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
     bptt = _backward_impl if eager else rnn_layer_backward
     dP, dh0 = bptt(w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity)
+    return _generic_grads(ctx, needs, dP, dh0, x, w_ih, h0, h, batch_sizes)
+
+
+def _generic_grads(ctx, needs, dP, dh0, x, w_ih, h0, h, batch_sizes):
+    """The input, weight and bias gradients from dP with torch's GEMMs (CUDA, empty sizes)."""
     dx = dP @ w_ih if needs[0] else None
     dw_ih = dP.t() @ x if needs[1] else None
     dw_hh = _prev_state_grad(dP, h, h0, batch_sizes, ctx.reverse) if needs[2] else None
@@ -448,6 +482,40 @@ def _input_grads(needs, dx, dw_ih, dw_hh, db, dh0):
         db_hh,
         dh0 if needs[5] else None,
     )
+
+
+def _grads_checks(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, nonlinearity, need_dx,
+                  need_dw_ih, values=True):  # fmt: skip
+    """rnn_layer_grads' checks: the backward op's, plus h0, x and w_ih, whose sizes the
+    kernel also trusts."""
+    _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity, values=values)
+    N, H = h.shape
+    for name, t in (("h0", h0), ("x", x), ("w_ih", w_ih)):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            _fail(TypeError, f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+        if t.layout != torch.strided or t.dtype != h.dtype or t.device != h.device:
+            _fail(
+                TypeError,
+                f"{name} must be a dense tensor with the dtype and device of h "
+                f"({h.dtype}, {h.device}), got ({t.layout}, {t.dtype}, {t.device})",
+            )
+    if not isinstance(h0, Tensor) or h0.shape != grad_hn.shape:
+        _fail(ValueError, f"h0 must have the shape of grad_hn {tuple(grad_hn.shape)}")
+    if need_dx and w_ih is None:
+        _fail(ValueError, "need_dx requires w_ih")
+    if need_dw_ih and x is None:
+        _fail(ValueError, "need_dw_ih requires x")
+    if x is not None and (x.dim() != 2 or x.shape[0] != N):
+        _fail(ValueError, f"x must have shape [N, I] with N = {N}, got {tuple(x.shape)}")
+    if w_ih is not None and (w_ih.dim() != 2 or w_ih.shape[0] != H):
+        _fail(ValueError, f"w_ih must have shape [H, I] with H = {H}, got {tuple(w_ih.shape)}")
+    if x is not None and w_ih is not None and x.shape[1] != w_ih.shape[1]:
+        _fail(
+            ValueError,
+            f"x and w_ih must agree on I: x {tuple(x.shape)}, w_ih {tuple(w_ih.shape)}",
+        )
 
 
 def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
@@ -517,11 +585,8 @@ def rnn_layer_grads(
     db = sum dP, all in one call into ``_C``; a gradient not asked for comes back empty.
     ``x`` is needed for dW_ih, ``w_ih`` for dx.
     """
-    _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity)
-    if need_dx and w_ih is None:
-        _fail(ValueError, "need_dx requires w_ih")
-    if need_dw_ih and x is None:
-        _fail(ValueError, "need_dw_ih requires x")
+    _grads_checks(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, nonlinearity,
+                  need_dx, need_dw_ih)  # fmt: skip
     if h.is_cuda or h.dtype not in _KERNEL_DTYPES:
         _fail(TypeError, f"rnn_layer_grads runs the CPU kernels: got {h.dtype} on {h.device}")
     return _grads_impl(
@@ -533,7 +598,8 @@ def rnn_layer_grads(
 @rnn_layer_grads.register_fake
 def _(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity, need_dx,
       need_dw_ih, need_dw_hh, need_db):  # fmt: skip
-    _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity, values=False)
+    _grads_checks(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, nonlinearity,
+                  need_dx, need_dw_ih, values=False)  # fmt: skip
     N, H = h.shape
     return (
         h.new_empty((N, w_ih.shape[1])) if need_dx else h.new_empty(0),
@@ -591,6 +657,19 @@ class _EagerLayer(torch.autograd.Function):
         return _backward(ctx, grad_h, grad_hn)
 
 
+def _forward_ad_active() -> bool:
+    """A forward-AD dual level or a functorch jvp transform is active: neither the op nor
+    the eager path has a jvp rule, and both would drop tangents silently."""
+    if torch.autograd.forward_ad._current_level >= 0:
+        return True
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
+
+
 def _plain_eager(x: Tensor) -> bool:
     """True when nothing needs the registered op: no compiler, export, autocast, functorch
     transform, dispatch mode, tensor subclass or meta tensor is in play."""
@@ -612,6 +691,11 @@ def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonline
     input requires grad); everything else goes through ``torch.ops.fusedrnn``.
     """
     args = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+    if _forward_ad_active():
+        raise NotImplementedError(
+            "fusedrnn: forward-mode AD (dual tensors, torch.func.jvp) is not supported by the "
+            "fused RNN; use torch.nn.RNN for forward-mode derivatives"
+        )
     if not _plain_eager(x):
         # The dispatcher would reject a non-tensor before the checks could name it.
         _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)

@@ -8,6 +8,7 @@ respect to the input, hx and every parameter.
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 import socket
 import time
@@ -691,14 +692,16 @@ def _ddp_worker(rank, init_method, out_dir):
         world_size=DDP_WORLD,
         timeout=timedelta(seconds=60),
     )
-    try:
-        model, x, y = _ddp_problem()
-        shard = slice(rank * DDP_BATCH // DDP_WORLD, (rank + 1) * DDP_BATCH // DDP_WORLD)
-        ddp = nn.parallel.DistributedDataParallel(model)
-        grads = _train(ddp, x[:, shard], y[:, shard], list(model.parameters()))
-        torch.save(grads, f"{out_dir}/grads{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    model, x, y = _ddp_problem()
+    shard = slice(rank * DDP_BATCH // DDP_WORLD, (rank + 1) * DDP_BATCH // DDP_WORLD)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    grads = _train(ddp, x[:, shard], y[:, shard], list(model.parameters()))
+    torch.save(grads, f"{out_dir}/grads{rank}.pt")
+    dist.barrier()
+    # torch 2.13's gloo teardown (destroy_process_group / interpreter exit) aborts now and
+    # then with "terminate called without an active exception", with torch.nn.RNN alone
+    # too (seen in 2 of 12 runs): the results are saved, so leave without tearing down.
+    os._exit(0)
 
 
 def _free_port() -> int:

@@ -37,6 +37,8 @@ _NO_BATCH_SIZES = torch.empty(0, dtype=torch.int64)
 
 def _autocast_dtype(input: Tensor) -> torch.dtype | None:
     """The dtype autocast gives an RNN's results on ``input``; None where it does not apply."""
+    if not torch._C._is_any_autocast_enabled():
+        return None
     device_type = input.device.type
     if (
         input.dtype == torch.float64
@@ -125,17 +127,16 @@ class RNN(nn.RNNBase):
     def _layer_weights(self, layer: int, direction: int):
         # By name at every call, never through the base class's _flat_weights cache: what
         # functional_call or export puts in place is what runs, and forward assigns nothing.
-        suffix = "_reverse" if direction == 1 else ""
-        w_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
-        w_hh = getattr(self, f"weight_hh_l{layer}{suffix}")
-        if self.bias:
-            return (
-                w_ih,
-                w_hh,
-                getattr(self, f"bias_ih_l{layer}{suffix}"),
-                getattr(self, f"bias_hh_l{layer}{suffix}"),
-            )
-        return w_ih, w_hh, None, None
+        # nn.RNNBase lists the names in order, 4 (2 without bias) per layer-direction;
+        # _parameters directly saves Module.__getattr__ (a parametrized weight is not there).
+        per = 4 if self.bias else 2
+        first = (layer * (2 if self.bidirectional else 1) + direction) * per
+        params = self._parameters
+        weights = [
+            params[name] if name in params else getattr(self, name)
+            for name in self._flat_weights_names[first : first + per]
+        ]
+        return (*weights, None, None) if per == 2 else tuple(weights)
 
     def _check_forward_args(
         self, input: Tensor, hx: Tensor, batch_sizes: Tensor | None, max_batch_size: int

@@ -225,6 +225,11 @@ def _addr(t: Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def _steps_addr(batch_sizes: Tensor) -> int:
+    """The kernels' batch_sizes argument: 0 (padded input) for an empty tensor."""
+    return batch_sizes.data_ptr() if batch_sizes.numel() else 0
+
+
 def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
     """The forward computation shared by the custom op and the eager path."""
     T, B, H = check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity)
@@ -252,7 +257,7 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
         B,
         H,
         x.shape[1],
-        _addr(batch_sizes if batch_sizes.numel() else None),
+        _steps_addr(batch_sizes),
         reverse,
         nonlinearity,
         x.data_ptr(),
@@ -337,7 +342,7 @@ def _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
         T,
         B,
         H,
-        _addr(batch_sizes if batch_sizes.numel() else None),
+        _steps_addr(batch_sizes),
         reverse,
         nonlinearity,
         w_hh.data_ptr(),
@@ -541,7 +546,7 @@ def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, non
         B,
         H,
         In,
-        _addr(batch_sizes if batch_sizes.numel() else None),
+        _steps_addr(batch_sizes),
         reverse,
         nonlinearity,
         _addr(x),

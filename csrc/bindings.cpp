@@ -57,7 +57,7 @@ void backward_typed(const RecurrenceShape& s, std::uintptr_t W_hh, std::uintptr_
                     std::uintptr_t G, std::uintptr_t dhn, std::uintptr_t dP, std::uintptr_t dh0,
                     int num_threads) {
   fusedrnn::rnn_backward_cpu<scalar_t>(s, ptr<const scalar_t>(W_hh), ptr<const scalar_t>(h),
-                                       ptr<const scalar_t>(G), ptr<const scalar_t>(dhn),
+                                       ptr<const scalar_t>(G), s.H, ptr<const scalar_t>(dhn),
                                        ptr<scalar_t>(dP), ptr<scalar_t>(dh0), num_threads);
 }
 
@@ -82,11 +82,12 @@ void layer_forward_typed(const RecurrenceShape& s, int64_t I, std::uintptr_t x, 
 template <typename T>
 void layer_backward_typed(const RecurrenceShape& s, int64_t I, std::uintptr_t x,
                           std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t h0,
-                          std::uintptr_t h, std::uintptr_t G, std::uintptr_t dhn, std::uintptr_t dP,
-                          std::uintptr_t dh0, std::uintptr_t dx, std::uintptr_t dw_ih,
-                          std::uintptr_t dw_hh, std::uintptr_t db, int num_threads) {
+                          std::uintptr_t h, std::uintptr_t G, int64_t ldg, std::uintptr_t dhn,
+                          std::uintptr_t dP, std::uintptr_t dh0, std::uintptr_t dx,
+                          std::uintptr_t dw_ih, std::uintptr_t dw_hh, std::uintptr_t db,
+                          int num_threads) {
   fusedrnn::layer_backward_cpu<T>(s, I, ptr<const T>(x), ptr<const T>(w_ih), ptr<const T>(w_hh),
-                                  ptr<const T>(h0), ptr<const T>(h), ptr<const T>(G),
+                                  ptr<const T>(h0), ptr<const T>(h), ptr<const T>(G), ldg,
                                   ptr<const T>(dhn), ptr<T>(dP), ptr<T>(dh0), ptr<T>(dx),
                                   ptr<T>(dw_ih), ptr<T>(dw_hh), ptr<T>(db), num_threads);
 }
@@ -167,25 +168,29 @@ PYBIND11_MODULE(_C, m) {
       [](const std::string& dtype, int64_t T, int64_t B, int64_t H, int64_t I,
          std::uintptr_t batch_sizes, bool reverse, const std::string& nonlinearity,
          std::uintptr_t x, std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t h0,
-         std::uintptr_t h, std::uintptr_t G, std::uintptr_t dhn, std::uintptr_t dP,
+         std::uintptr_t h, std::uintptr_t G, int64_t ldg, std::uintptr_t dhn, std::uintptr_t dP,
          std::uintptr_t dh0, std::uintptr_t dx, std::uintptr_t dw_ih, std::uintptr_t dw_hh,
          std::uintptr_t db, int num_threads) {
         check_dtype(dtype);
         const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         py::gil_scoped_release release;
+        if (ldg != 0 && ldg < H)
+          throw std::invalid_argument("ldg: expected 0 or at least H = " + std::to_string(H) +
+                                      ", got " + std::to_string(ldg));
         if (dtype == "float32")
-          layer_backward_typed<float>(s, I, x, w_ih, w_hh, h0, h, G, dhn, dP, dh0, dx, dw_ih, dw_hh,
-                                      db, num_threads);
+          layer_backward_typed<float>(s, I, x, w_ih, w_hh, h0, h, G, ldg, dhn, dP, dh0, dx, dw_ih,
+                                      dw_hh, db, num_threads);
         else
-          layer_backward_typed<double>(s, I, x, w_ih, w_hh, h0, h, G, dhn, dP, dh0, dx, dw_ih,
+          layer_backward_typed<double>(s, I, x, w_ih, w_hh, h0, h, G, ldg, dhn, dP, dh0, dx, dw_ih,
                                        dw_hh, db, num_threads);
       },
       py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("I"),
       py::arg("batch_sizes"), py::arg("reverse"), py::arg("nonlinearity"), py::arg("x"),
-      py::arg("w_ih"), py::arg("w_hh"), py::arg("h0"), py::arg("h"), py::arg("G"), py::arg("dhn"),
-      py::arg("dP"), py::arg("dh0"), py::arg("dx"), py::arg("dw_ih"), py::arg("dw_hh"),
-      py::arg("db"), py::arg("num_threads"),
-      "One layer-direction backward: BPTT into dP [N,H] (may be G), then dh0 [B,H], dx [N,I], "
+      py::arg("w_ih"), py::arg("w_hh"), py::arg("h0"), py::arg("h"), py::arg("G"), py::arg("ldg"),
+      py::arg("dhn"), py::arg("dP"), py::arg("dh0"), py::arg("dx"), py::arg("dw_ih"),
+      py::arg("dw_hh"), py::arg("db"), py::arg("num_threads"),
+      "One layer-direction backward: BPTT into dP [N,H] (may be G when ldg = H; G's rows are "
+      "ldg apart, 0 = one row for all), then dh0 [B,H], dx [N,I], "
       "dW_ih [H,I], dW_hh [H,H], db [H]; every output but dP may be 0 (not computed).");
 
   m.def(

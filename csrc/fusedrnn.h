@@ -53,15 +53,18 @@ void rnn_forward_cpu(const RecurrenceShape& s, const scalar_t* P, const scalar_t
 // dhn at a sequence's final step.
 //   W_hh [H,H]  (out, in)
 //   h    [N,H]  hidden states from the forward call
-//   G    [N,H]  dL/dh from the output, or nullptr for zeros
+//   G    [N,H]  dL/dh from the output, or nullptr for zeros; row r at G + r*ldg, so
+//               ldg = H is contiguous, ldg > H a column slice of a wider matrix (one
+//               direction of a bidirectional output) and ldg = 0 one row for every row
+//               (the gradient of a sum, which autograd hands over expanded)
 //   dhn  [B,H]  dL/dhn, or nullptr for zeros
-//   dP   [N,H]  out: d_t = dL/d(pre-activation) of every row. dP may alias G.
+//   dP   [N,H]  out: d_t = dL/d(pre-activation) of every row. dP may alias G (ldg = H).
 //   dh0  [B,H]  out: dL/dh0 = d_first W_hh, or nullptr if not wanted
 // The weight, bias and input gradients are single large GEMMs on dP done by the caller.
 template <typename scalar_t>
 void rnn_backward_cpu(const RecurrenceShape& s, const scalar_t* W_hh, const scalar_t* h,
-                      const scalar_t* G, const scalar_t* dhn, scalar_t* dP, scalar_t* dh0,
-                      int num_threads);
+                      const scalar_t* G, int64_t ldg, const scalar_t* dhn, scalar_t* dP,
+                      scalar_t* dh0, int num_threads);
 
 // The instruction set the CPU kernels selected at run time ("avx512", "avx2", "generic").
 const char* cpu_isa();

@@ -169,6 +169,39 @@ def test_non_contiguous_inputs_are_accepted():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def _strided_grads(N, H, dtype):
+    """Output gradients as autograd hands them over: expanded, sliced, transposed."""
+    g = torch.Generator().manual_seed(3)
+    wide = torch.randn(N, 2 * H + 1, generator=g, dtype=dtype)
+    row = torch.randn(1, H, generator=g, dtype=dtype)
+    return {
+        "sum": torch.ones((), dtype=dtype).expand(N, H),  # d(h.sum())/dh
+        "row": row.expand(N, H),
+        "column_slice": wide[:, H : 2 * H],  # one direction of a bidirectional output
+        "transposed": torch.randn(H, N, generator=g, dtype=dtype).t(),
+        "column_of_one": torch.randn(N, generator=g, dtype=dtype)[:, None].expand(N, H),
+        "strided_row": wide[:1, ::2][:, :H].expand(N, H),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_strided_grads(2, 3, f64)))
+@pytest.mark.parametrize("lengths", [None, [4, 2, 1]], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_non_contiguous_output_gradients_match_contiguous_bitwise(kind, lengths, reverse):
+    """The backward reads an expanded or sliced grad_h in place (row stride 0 or > H)."""
+    inputs = _layer_inputs(lengths=lengths, dtype=torch.float32, H=5)
+    N, H = inputs[0].shape[0], 5
+    grad_h = _strided_grads(N, H, torch.float32)[kind]
+    grad_hn = torch.randn(inputs[5].shape)
+    results = []
+    for gh in (grad_h, grad_h.contiguous()):
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs[:6]]
+        h, hn = ops.rnn_layer(*leaves, inputs[6], reverse, "tanh")
+        results.append(torch.autograd.grad((h, hn), leaves, (gh, grad_hn)))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("lengths", [None, [4, 2, 1]], ids=["padded", "packed"])
 def test_eager_path_matches_registered_op_bitwise(lengths):
     """rnn_layer skips torch.library dispatch in plain eager mode; both paths must agree."""

@@ -56,9 +56,9 @@ void layer_forward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x, c
 template <typename scalar_t>
 void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
                         const scalar_t* w_ih, const scalar_t* w_hh, const scalar_t* h0,
-                        const scalar_t* h, const scalar_t* G, const scalar_t* dhn, scalar_t* dP,
-                        scalar_t* dh0, scalar_t* dx, scalar_t* dw_ih, scalar_t* dw_hh, scalar_t* db,
-                        int num_threads) {
+                        const scalar_t* h, const scalar_t* G, int64_t ldg, const scalar_t* dhn,
+                        scalar_t* dP, scalar_t* dh0, scalar_t* dx, scalar_t* dw_ih, scalar_t* dw_hh,
+                        scalar_t* db, int num_threads) {
   const int64_t T = s.T, B = s.B, H = s.H;
   std::vector<int64_t> bs(static_cast<size_t>(T)), off(static_cast<size_t>(T) + 1, 0);
   for (int64_t t = 0; t < T; ++t) {
@@ -68,7 +68,7 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
   const int64_t N = off[T];
   prefer_huge_pages(dP, sizeof(scalar_t) * size_t(N * H));
   prefer_huge_pages(dx, sizeof(scalar_t) * size_t(N * I));
-  rnn_backward_cpu<scalar_t>(s, w_hh, h, G, dhn, dP, dh0, num_threads);
+  rnn_backward_cpu<scalar_t>(s, w_hh, h, G, ldg, dhn, dP, dh0, num_threads);
 
   if (dx)
     gemm_cpu<scalar_t>(N, I, H, dP, H, false, w_ih, I, false, dx, I, nullptr, false, num_threads);
@@ -124,11 +124,11 @@ template void layer_forward_cpu<double>(const RecurrenceShape&, int64_t, const d
                                         const double*, double*, double*, int);
 template void layer_backward_cpu<float>(const RecurrenceShape&, int64_t, const float*, const float*,
                                         const float*, const float*, const float*, const float*,
-                                        const float*, float*, float*, float*, float*, float*,
-                                        float*, int);
+                                        int64_t, const float*, float*, float*, float*, float*,
+                                        float*, float*, int);
 template void layer_backward_cpu<double>(const RecurrenceShape&, int64_t, const double*,
                                          const double*, const double*, const double*, const double*,
-                                         const double*, const double*, double*, double*, double*,
-                                         double*, double*, double*, int);
+                                         const double*, int64_t, const double*, double*, double*,
+                                         double*, double*, double*, double*, int);
 
 }  // namespace fusedrnn

@@ -18,15 +18,16 @@ void layer_forward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x, c
                        const scalar_t* h0, scalar_t* h, scalar_t* hn, int num_threads);
 
 // BPTT and every gradient of one layer-direction. Outputs are nullable except dP:
-//   dP [N,H] out (workspace; may alias G), dh0 [B,H], dx [N,I] (needs w_ih),
+//   G [N,H] with row stride ldg (see rnn_backward_cpu: ldg = H, > H, or 0 for one row)
+//   dP [N,H] out (workspace; may alias G when ldg = H), dh0 [B,H], dx [N,I] (needs w_ih),
 //   dw_ih [H,I] (needs x), dw_hh [H,H] (needs h0 or zero initial state: h0 == nullptr),
 //   db [H] (the gradient of b_ih and of b_hh alike)
 // Every sum runs in a fixed order: results are bitwise identical for any num_threads.
 template <typename scalar_t>
 void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
                         const scalar_t* w_ih, const scalar_t* w_hh, const scalar_t* h0,
-                        const scalar_t* h, const scalar_t* G, const scalar_t* dhn, scalar_t* dP,
-                        scalar_t* dh0, scalar_t* dx, scalar_t* dw_ih, scalar_t* dw_hh, scalar_t* db,
-                        int num_threads);
+                        const scalar_t* h, const scalar_t* G, int64_t ldg, const scalar_t* dhn,
+                        scalar_t* dP, scalar_t* dh0, scalar_t* dx, scalar_t* dw_ih, scalar_t* dw_hh,
+                        scalar_t* db, int num_threads);
 
 }  // namespace fusedrnn

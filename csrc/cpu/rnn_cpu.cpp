@@ -260,6 +260,7 @@ struct BackwardJob {
   const T* W;
   const T* h;
   const T* G;
+  int64_t ldg;  // row stride of G: H, more (a column slice) or 0 (one row for all)
   const T* dhn;
   T* dP;
   T* dh0;
@@ -293,8 +294,8 @@ void backward_chunk(BackwardJob<T>& job, int64_t c, int64_t i) {
   e.act = int(s.act);
   e.out = job.dP + rc.off[t] * H;
   e.ldo = H;
-  e.x1 = job.G ? job.G + rc.off[t] * H : nullptr;
-  e.ld1 = H;
+  e.x1 = job.G ? job.G + rc.off[t] * job.ldg : nullptr;
+  e.ld1 = job.ldg;
   e.x2 = job.h + rc.off[t] * H;
   e.ld2 = H;
   // Rows [0, mc) have a next (forward-wise) step whose d feeds back through W_hh; rows
@@ -321,14 +322,15 @@ void backward_chunk(BackwardJob<T>& job, int64_t c, int64_t i) {
   if (m > mc) {
     Epilogue<T> ef = e;
     ef.out += mc * H;
-    if (ef.x1) ef.x1 += mc * H;
+    if (ef.x1) ef.x1 += mc * job.ldg;
     ef.x2 += mc * H;
     k.pointwise(m - mc, c0, c1, job.dhn ? job.dhn + mc * H : nullptr, H, ef);
   }
   if (i + 1 < s.T) {
     const int64_t tn = s.reverse ? t + 1 : t - 1;
     prefetch_rows(job.h + rc.off[tn] * H, rc.bs[tn], H, c0, c1);
-    prefetch_rows(job.G ? job.G + rc.off[tn] * H : nullptr, rc.bs[tn], H, c0, c1);
+    if (job.ldg)
+      prefetch_rows(job.G ? job.G + rc.off[tn] * job.ldg : nullptr, rc.bs[tn], job.ldg, c0, c1);
   }
 }
 
@@ -357,11 +359,11 @@ void rnn_forward_cpu(const RecurrenceShape& s, const scalar_t* P, const scalar_t
 
 template <typename scalar_t>
 void rnn_backward_cpu(const RecurrenceShape& s, const scalar_t* W_hh, const scalar_t* h,
-                      const scalar_t* G, const scalar_t* dhn, scalar_t* dP, scalar_t* dh0,
-                      int num_threads) {
+                      const scalar_t* G, int64_t ldg, const scalar_t* dhn, scalar_t* dP,
+                      scalar_t* dh0, int num_threads) {
   if (s.T <= 0 || s.B <= 0 || s.H <= 0) return;
   const KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
-  BackwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), W_hh, h, G, dhn, dP, dh0};
+  BackwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), W_hh, h, G, ldg, dhn, dP, dh0};
   const int nt = choose_threads(s.B, s.H, job.rec.chunks.count, num_threads);
   cpu::team_run(nt, &backward_thread<scalar_t>, &job);
 }
@@ -371,9 +373,10 @@ template void rnn_forward_cpu<float>(const RecurrenceShape&, const float*, const
 template void rnn_forward_cpu<double>(const RecurrenceShape&, const double*, const double*,
                                       const double*, double*, double*, int);
 template void rnn_backward_cpu<float>(const RecurrenceShape&, const float*, const float*,
-                                      const float*, const float*, float*, float*, int);
+                                      const float*, int64_t, const float*, float*, float*, int);
 template void rnn_backward_cpu<double>(const RecurrenceShape&, const double*, const double*,
-                                       const double*, const double*, double*, double*, int);
+                                       const double*, int64_t, const double*, double*, double*,
+                                       int);
 
 const char* cpu_isa() { return cpu::select_kernels<float>().isa; }
 

@@ -523,13 +523,33 @@ def _grads_checks(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, nonlineari
         )
 
 
+def _rows_view(g: Tensor) -> tuple[Tensor, int]:
+    """``g`` [N, H] as the kernel reads it: ``(tensor, row stride)`` with unit column stride.
+
+    Autograd often hands over gradients that are not contiguous: the gradient of a sum is
+    one value expanded (row stride 0), a bidirectional layer's output gradient is a column
+    slice of a wider matrix. The kernel reads those rows in place instead of a copy of
+    ``N * H`` elements per backward pass.
+    """
+    N, H = g.shape
+    if H <= 1 or g.stride(1) == 1:
+        if N <= 1:
+            return g, H
+        if g.stride(0) == 0 or g.stride(0) >= H:
+            return g, g.stride(0)
+    elif g.stride(0) == 0:  # one value or one strided row for every row: one row to copy
+        return g[:1].contiguous(), 0
+    return g.contiguous(), H
+
+
 def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
                 need_dx, need_dw_ih, need_dw_hh, need_db):  # fmt: skip
     """The body of rnn_layer_grads on the CPU kernels: BPTT and every GEMM in one call."""
     N, H = h.shape
     B = h0.shape[0]
     T = batch_sizes.shape[0] if batch_sizes.numel() else N // B
-    w_hh, h, grad_h, grad_hn, h0 = (t.contiguous() for t in (w_hh, h, grad_h, grad_hn, h0))
+    w_hh, h, grad_hn, h0 = (t.contiguous() for t in (w_hh, h, grad_hn, h0))
+    grad_h, ldg = _rows_view(grad_h)
     x = x.contiguous() if need_dw_ih else None
     w_ih = w_ih.contiguous() if need_dx else None
     In = x.shape[1] if x is not None else (w_ih.shape[1] if w_ih is not None else 0)
@@ -555,6 +575,7 @@ def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, non
         h0.data_ptr(),
         h.data_ptr(),
         grad_h.data_ptr(),
+        ldg,
         grad_hn.data_ptr(),
         dP.data_ptr(),
         dh0.data_ptr(),

@@ -158,7 +158,7 @@ static void run_case(const Case& c, std::mt19937& rng, double tol) {
     std::vector<T> Gc = G;
     T* dPp = dP.data();
     if (c.alias && c.use_G) dPp = Gc.data();  // dP aliases G
-    rnn_backward_cpu<T>(s, W.data(), h.data(), c.use_G ? Gc.data() : nullptr,
+    rnn_backward_cpu<T>(s, W.data(), h.data(), c.use_G ? Gc.data() : nullptr, H,
                         c.use_dhn ? dhn.data() : nullptr, dPp, c.use_dh0 ? dh0.data() : nullptr,
                         nt);
     if (c.alias && c.use_G) dP = Gc;

@@ -56,6 +56,16 @@ _ARG_NAMES = {"x": "x", "w_ih": "w_ih", "h0": "h0"}
 
 def _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes) -> None:
     """Every tensor argument must be a Tensor (optional biases may be None)."""
+    if (
+        isinstance(x, Tensor)
+        and isinstance(w_ih, Tensor)
+        and isinstance(w_hh, Tensor)
+        and isinstance(h0, Tensor)
+        and isinstance(batch_sizes, Tensor)
+        and (b_ih is None or isinstance(b_ih, Tensor))
+        and (b_hh is None or isinstance(b_hh, Tensor))
+    ):
+        return
     for name, t in (
         ("x", x),
         ("w_ih", w_ih),
@@ -113,23 +123,9 @@ def check_layer_args(
         )
     if x.layout != torch.strided:
         _fail(TypeError, f"{n['x']} must be a dense (strided) tensor, got layout {x.layout}")
-    for name, t in (
-        (n["w_ih"], w_ih),
-        ("w_hh", w_hh),
-        ("b_ih", b_ih),
-        ("b_hh", b_hh),
-        (n["h0"], h0),
-    ):
-        if t is None:
-            continue
-        if t.layout != torch.strided:
-            _fail(TypeError, f"{name} must be a dense (strided) tensor, got layout {t.layout}")
-        if t.dtype != dtype:
-            _fail(TypeError, f"{name} must have the dtype of {n['x']} ({dtype}), got {t.dtype}")
-        if t.device != device:
-            _fail(
-                ValueError, f"{name} must be on the device of {n['x']} ({device}), got {t.device}"
-            )
+    for t in (w_ih, w_hh, b_ih, b_hh, h0):
+        if t is not None and (t.layout != torch.strided or t.dtype != dtype or t.device != device):
+            _check_like_x(n, dtype, device, w_ih, w_hh, b_ih, b_hh, h0)
     # Meta tensors carry shapes only; the fake kernels (check_values=False) serve them, as
     # torch.nn.RNN runs on the meta device.
     if device.type not in ("cpu", "cuda") and (check_values or device.type != "meta"):
@@ -207,6 +203,27 @@ def check_layer_args(
                 f"batch_sizes must sum to the rows of {n['x']} ({N}), got sum {sum(sizes)}",
             )
     return T, B, H
+
+
+def _check_like_x(n, dtype, device, w_ih, w_hh, b_ih, b_hh, h0) -> None:
+    """check_layer_args' layout, dtype and device checks, one by one with their messages."""
+    for name, t in (
+        (n["w_ih"], w_ih),
+        ("w_hh", w_hh),
+        ("b_ih", b_ih),
+        ("b_hh", b_hh),
+        (n["h0"], h0),
+    ):
+        if t is None:
+            continue
+        if t.layout != torch.strided:
+            _fail(TypeError, f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+        if t.dtype != dtype:
+            _fail(TypeError, f"{name} must have the dtype of {n['x']} ({dtype}), got {t.dtype}")
+        if t.device != device:
+            _fail(
+                ValueError, f"{name} must be on the device of {n['x']} ({device}), got {t.device}"
+            )
 
 
 def _combined_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
@@ -413,7 +430,11 @@ def _prev_state_grad(dP: Tensor, h: Tensor, h0: Tensor, batch_sizes: Tensor, rev
         index = torch.where(continues, offsets[nxt] + seq, N + seq)
     else:
         index = torch.where(step > 0, offsets[(step - 1).clamp(min=0)] + seq, N + seq)
-    h_prev = torch.cat([h, h0]).index_select(0, index.to(h.device))
+    if h.is_cuda:
+        # Pinned and non_blocking: a pageable copy would stall the host until the GPU has
+        # finished the BPTT kernel queued before it.
+        index = index.pin_memory().to(h.device, non_blocking=True)
+    h_prev = torch.cat([h, h0]).index_select(0, index)
     return dP.t() @ h_prev
 
 

@@ -48,15 +48,15 @@ template <typename scalar_t>
 void forward_typed(const RecurrenceShape& s, std::uintptr_t P, std::uintptr_t W_hh,
                    std::uintptr_t h0, std::uintptr_t h, std::uintptr_t hn, int num_threads) {
   fusedrnn::rnn_forward_cpu<scalar_t>(s, ptr<const scalar_t>(P), ptr<const scalar_t>(W_hh),
-                                      ptr<const scalar_t>(h0), ptr<scalar_t>(h), ptr<scalar_t>(hn),
-                                      num_threads);
+                                      ptr<const scalar_t>(h0), ptr<scalar_t>(h), s.H,
+                                      ptr<scalar_t>(hn), num_threads);
 }
 
 template <typename scalar_t>
 void backward_typed(const RecurrenceShape& s, std::uintptr_t W_hh, std::uintptr_t h,
                     std::uintptr_t G, std::uintptr_t dhn, std::uintptr_t dP, std::uintptr_t dh0,
                     int num_threads) {
-  fusedrnn::rnn_backward_cpu<scalar_t>(s, ptr<const scalar_t>(W_hh), ptr<const scalar_t>(h),
+  fusedrnn::rnn_backward_cpu<scalar_t>(s, ptr<const scalar_t>(W_hh), ptr<const scalar_t>(h), s.H,
                                        ptr<const scalar_t>(G), s.H, ptr<const scalar_t>(dhn),
                                        ptr<scalar_t>(dP), ptr<scalar_t>(dh0), num_threads);
 }
@@ -73,23 +73,31 @@ void gemm_typed(int64_t M, int64_t N, int64_t K, std::uintptr_t A, int64_t lda, 
 template <typename T>
 void layer_forward_typed(const RecurrenceShape& s, int64_t I, std::uintptr_t x, std::uintptr_t w_ih,
                          std::uintptr_t b_ih, std::uintptr_t b_hh, std::uintptr_t w_hh,
-                         std::uintptr_t h0, std::uintptr_t h, std::uintptr_t hn, int num_threads) {
+                         std::uintptr_t h0, std::uintptr_t h, int64_t ldh, std::uintptr_t hn,
+                         int num_threads) {
   fusedrnn::layer_forward_cpu<T>(s, I, ptr<const T>(x), ptr<const T>(w_ih), ptr<const T>(b_ih),
                                  ptr<const T>(b_hh), ptr<const T>(w_hh), ptr<const T>(h0),
-                                 ptr<T>(h), ptr<T>(hn), num_threads);
+                                 ptr<T>(h), ldh, ptr<T>(hn), num_threads);
 }
 
 template <typename T>
 void layer_backward_typed(const RecurrenceShape& s, int64_t I, std::uintptr_t x,
                           std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t h0,
-                          std::uintptr_t h, std::uintptr_t G, int64_t ldg, std::uintptr_t dhn,
-                          std::uintptr_t dP, std::uintptr_t dh0, std::uintptr_t dx,
-                          std::uintptr_t dw_ih, std::uintptr_t dw_hh, std::uintptr_t db,
-                          int num_threads) {
-  fusedrnn::layer_backward_cpu<T>(s, I, ptr<const T>(x), ptr<const T>(w_ih), ptr<const T>(w_hh),
-                                  ptr<const T>(h0), ptr<const T>(h), ptr<const T>(G), ldg,
-                                  ptr<const T>(dhn), ptr<T>(dP), ptr<T>(dh0), ptr<T>(dx),
-                                  ptr<T>(dw_ih), ptr<T>(dw_hh), ptr<T>(db), num_threads);
+                          std::uintptr_t h, int64_t ldh, std::uintptr_t G, int64_t ldg,
+                          std::uintptr_t dhn, std::uintptr_t dP, std::uintptr_t dh0,
+                          std::uintptr_t dx, bool dx_accumulate, std::uintptr_t dw_ih,
+                          std::uintptr_t dw_hh, std::uintptr_t db, int num_threads) {
+  fusedrnn::layer_backward_cpu<T>(
+      s, I, ptr<const T>(x), ptr<const T>(w_ih), ptr<const T>(w_hh), ptr<const T>(h0),
+      ptr<const T>(h), ldh, ptr<const T>(G), ldg, ptr<const T>(dhn), ptr<T>(dP), ptr<T>(dh0),
+      ptr<T>(dx), dx_accumulate, ptr<T>(dw_ih), ptr<T>(dw_hh), ptr<T>(db), num_threads);
+}
+
+void check_row_stride(const char* name, int64_t ld, int64_t H, bool zero_ok) {
+  if ((zero_ok && ld == 0) || ld >= H) return;
+  throw std::invalid_argument(std::string(name) + ": expected " + (zero_ok ? "0 or " : "") +
+                              "a row stride of at least H = " + std::to_string(H) + ", got " +
+                              std::to_string(ld));
 }
 
 void check_dtype(const std::string& dtype) {
@@ -146,51 +154,54 @@ PYBIND11_MODULE(_C, m) {
       [](const std::string& dtype, int64_t T, int64_t B, int64_t H, int64_t I,
          std::uintptr_t batch_sizes, bool reverse, const std::string& nonlinearity,
          std::uintptr_t x, std::uintptr_t w_ih, std::uintptr_t b_ih, std::uintptr_t b_hh,
-         std::uintptr_t w_hh, std::uintptr_t h0, std::uintptr_t h, std::uintptr_t hn,
+         std::uintptr_t w_hh, std::uintptr_t h0, std::uintptr_t h, int64_t ldh, std::uintptr_t hn,
          int num_threads) {
         check_dtype(dtype);
+        check_row_stride("ldh", ldh, H, false);
         const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         py::gil_scoped_release release;
         if (dtype == "float32")
-          layer_forward_typed<float>(s, I, x, w_ih, b_ih, b_hh, w_hh, h0, h, hn, num_threads);
+          layer_forward_typed<float>(s, I, x, w_ih, b_ih, b_hh, w_hh, h0, h, ldh, hn, num_threads);
         else
-          layer_forward_typed<double>(s, I, x, w_ih, b_ih, b_hh, w_hh, h0, h, hn, num_threads);
+          layer_forward_typed<double>(s, I, x, w_ih, b_ih, b_hh, w_hh, h0, h, ldh, hn, num_threads);
       },
       py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("I"),
       py::arg("batch_sizes"), py::arg("reverse"), py::arg("nonlinearity"), py::arg("x"),
       py::arg("w_ih"), py::arg("b_ih"), py::arg("b_hh"), py::arg("w_hh"), py::arg("h0"),
-      py::arg("h"), py::arg("hn"), py::arg("num_threads"),
+      py::arg("h"), py::arg("ldh"), py::arg("hn"), py::arg("num_threads"),
       "One layer-direction forward: h = recurrence(x W_ih^T + b_ih + b_hh). x [N,I], w_ih "
-      "[H,I], b_ih/b_hh [H] or 0, w_hh [H,H], h0 [B,H] or 0, h [N,H] out, hn [B,H] out.");
+      "[H,I], b_ih/b_hh [H] or 0, w_hh [H,H], h0 [B,H] or 0, h [N,H] out with row stride ldh "
+      ">= H, hn [B,H] out.");
 
   m.def(
       "layer_backward",
       [](const std::string& dtype, int64_t T, int64_t B, int64_t H, int64_t I,
          std::uintptr_t batch_sizes, bool reverse, const std::string& nonlinearity,
          std::uintptr_t x, std::uintptr_t w_ih, std::uintptr_t w_hh, std::uintptr_t h0,
-         std::uintptr_t h, std::uintptr_t G, int64_t ldg, std::uintptr_t dhn, std::uintptr_t dP,
-         std::uintptr_t dh0, std::uintptr_t dx, std::uintptr_t dw_ih, std::uintptr_t dw_hh,
-         std::uintptr_t db, int num_threads) {
+         std::uintptr_t h, int64_t ldh, std::uintptr_t G, int64_t ldg, std::uintptr_t dhn,
+         std::uintptr_t dP, std::uintptr_t dh0, std::uintptr_t dx, bool dx_accumulate,
+         std::uintptr_t dw_ih, std::uintptr_t dw_hh, std::uintptr_t db, int num_threads) {
         check_dtype(dtype);
+        check_row_stride("ldh", ldh, H, false);
+        check_row_stride("ldg", ldg, H, true);
         const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         py::gil_scoped_release release;
-        if (ldg != 0 && ldg < H)
-          throw std::invalid_argument("ldg: expected 0 or at least H = " + std::to_string(H) +
-                                      ", got " + std::to_string(ldg));
         if (dtype == "float32")
-          layer_backward_typed<float>(s, I, x, w_ih, w_hh, h0, h, G, ldg, dhn, dP, dh0, dx, dw_ih,
-                                      dw_hh, db, num_threads);
+          layer_backward_typed<float>(s, I, x, w_ih, w_hh, h0, h, ldh, G, ldg, dhn, dP, dh0, dx,
+                                      dx_accumulate, dw_ih, dw_hh, db, num_threads);
         else
-          layer_backward_typed<double>(s, I, x, w_ih, w_hh, h0, h, G, ldg, dhn, dP, dh0, dx, dw_ih,
-                                       dw_hh, db, num_threads);
+          layer_backward_typed<double>(s, I, x, w_ih, w_hh, h0, h, ldh, G, ldg, dhn, dP, dh0, dx,
+                                       dx_accumulate, dw_ih, dw_hh, db, num_threads);
       },
       py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("I"),
       py::arg("batch_sizes"), py::arg("reverse"), py::arg("nonlinearity"), py::arg("x"),
-      py::arg("w_ih"), py::arg("w_hh"), py::arg("h0"), py::arg("h"), py::arg("G"), py::arg("ldg"),
-      py::arg("dhn"), py::arg("dP"), py::arg("dh0"), py::arg("dx"), py::arg("dw_ih"),
-      py::arg("dw_hh"), py::arg("db"), py::arg("num_threads"),
+      py::arg("w_ih"), py::arg("w_hh"), py::arg("h0"), py::arg("h"), py::arg("ldh"), py::arg("G"),
+      py::arg("ldg"), py::arg("dhn"), py::arg("dP"), py::arg("dh0"), py::arg("dx"),
+      py::arg("dx_accumulate"), py::arg("dw_ih"), py::arg("dw_hh"), py::arg("db"),
+      py::arg("num_threads"),
       "One layer-direction backward: BPTT into dP [N,H] (may be G when ldg = H; G's rows are "
-      "ldg apart, 0 = one row for all), then dh0 [B,H], dx [N,I], "
+      "ldg apart, 0 = one row for all; h's rows ldh apart), then dh0 [B,H], dx [N,I] (added to "
+      "dx when dx_accumulate), "
       "dW_ih [H,I], dW_hh [H,H], db [H]; every output but dP may be 0 (not computed).");
 
   m.def(

@@ -40,19 +40,21 @@ struct RecurrenceShape {
 //   W_hh [H,H]  (out, in)
 //   h0   [B,H]  initial state, or nullptr for zeros
 //   h    [N,H]  out: the hidden state of every row. h may alias P (in place).
+//   ldh         row stride of P and h (H, or more: one direction's columns of a
+//               bidirectional layer's [N, 2H] output)
 //   hn   [B,H]  out: the final state of each sequence (its last active step; for
 //               the reverse direction, step 0)
 // num_threads: the team size the caller allows (torch.get_num_threads()); the kernel
 // may use fewer. Results are bitwise identical for any num_threads.
 template <typename scalar_t>
 void rnn_forward_cpu(const RecurrenceShape& s, const scalar_t* P, const scalar_t* W_hh,
-                     const scalar_t* h0, scalar_t* h, scalar_t* hn, int num_threads);
+                     const scalar_t* h0, scalar_t* h, int64_t ldh, scalar_t* hn, int num_threads);
 
 // BPTT recurrence  d_t = (G_t + d_next W_hh) * phi'(h_t), walking opposite to the
 // forward direction; d_next is the d of the step the forward pass went to next, or
 // dhn at a sequence's final step.
 //   W_hh [H,H]  (out, in)
-//   h    [N,H]  hidden states from the forward call
+//   h    [N,H]  hidden states from the forward call, row stride ldh (>= H)
 //   G    [N,H]  dL/dh from the output, or nullptr for zeros; row r at G + r*ldg, so
 //               ldg = H is contiguous, ldg > H a column slice of a wider matrix (one
 //               direction of a bidirectional output) and ldg = 0 one row for every row
@@ -63,8 +65,8 @@ void rnn_forward_cpu(const RecurrenceShape& s, const scalar_t* P, const scalar_t
 // The weight, bias and input gradients are single large GEMMs on dP done by the caller.
 template <typename scalar_t>
 void rnn_backward_cpu(const RecurrenceShape& s, const scalar_t* W_hh, const scalar_t* h,
-                      const scalar_t* G, int64_t ldg, const scalar_t* dhn, scalar_t* dP,
-                      scalar_t* dh0, int num_threads);
+                      int64_t ldh, const scalar_t* G, int64_t ldg, const scalar_t* dhn,
+                      scalar_t* dP, scalar_t* dh0, int num_threads);
 
 // The instruction set the CPU kernels selected at run time ("avx512", "avx2", "generic").
 const char* cpu_isa();

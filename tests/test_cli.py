@@ -157,7 +157,8 @@ def test_bench_flags_a_wrong_kernel_and_does_not_time_it(monkeypatch, capsys):
     def off_by_a_bit(dtype, T, B, H, I, batch_sizes, *args):
         forward(dtype, T, B, H, I, batch_sizes, *args)
         assert dtype == "float32" and batch_sizes == 0  # padded: h is [T*B, H]
-        h_address = args[-3]  # the binding's arguments end with (..., h, hn, threads)
+        h_address, ldh = args[-4], args[-3]  # the arguments end with (h, ldh, hn, threads)
+        assert ldh == H
         h = np.ctypeslib.as_array((ctypes.c_float * (T * B * H)).from_address(h_address))
         h += 1e-3
 

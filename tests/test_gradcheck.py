@@ -118,8 +118,9 @@ def _zeroed_dh0_in_the_kernel(monkeypatch):
 
     def broken(dtype, T, B, H, *args):
         backward(dtype, T, B, H, *args)
-        # The binding's arguments end with (..., dP, dh0, dx, dw_ih, dw_hh, db, threads).
-        dh0_address = args[-6]
+        # The arguments end with (..., dP, dh0, dx, dx_accumulate, dw_ih, dw_hh, db, threads).
+        assert isinstance(args[-5], bool)
+        dh0_address = args[-7]
         ctypes.memset(dh0_address, 0, B * H * (8 if dtype == "float64" else 4))
 
     monkeypatch.setattr(fusedrnn._C, "layer_backward", broken)

@@ -235,3 +235,56 @@ def test_low_precision_is_stored_in_its_dtype_and_computed_in_float32(dtype):
         (*low, bs, True, "tanh"),
         test_utils=("test_schema", "test_faketensor"),
     )
+
+
+def _bidirectional_inputs(lengths, dtype, H=4, seed=0):
+    x, *wf, h0f, bs = _layer_inputs(lengths=lengths, dtype=dtype, H=H, seed=seed)
+    _, *wb, h0b, _ = _layer_inputs(lengths=lengths, dtype=dtype, H=H, seed=seed + 1)
+    return x, wf, wb, h0f, h0b, bs
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("lengths", [None, [4, 2, 1]], ids=["padded", "packed"])
+def test_bidirectional_layer_gradcheck(nonlinearity, lengths):
+    x, wf, wb, h0f, h0b, bs = _bidirectional_inputs(lengths, f64)
+    leaves = [t.requires_grad_(True) for t in (x, *wf, *wb, h0f, h0b)]
+
+    def fn(x, a, b, c, d, e, f, g, h, h0f, h0b):
+        return ops.rnn_bidirectional_layer(x, (a, b, c, d), (e, f, g, h), h0f, h0b, bs,
+                                           nonlinearity)  # fmt: skip
+
+    assert torch.autograd.gradcheck(fn, leaves)
+
+
+@pytest.mark.parametrize("kind", list(_strided_grads(2, 3, f64)))
+@pytest.mark.parametrize("lengths", [None, [4, 2, 1]], ids=["padded", "packed"])
+def test_bidirectional_layer_matches_two_layers_and_cat(kind, lengths):
+    """The fused bidirectional step against its definition: the two directions' layers
+    and a concatenation (the custom ops' path, as under torch.compile)."""
+    x, wf, wb, h0f, h0b, bs = _bidirectional_inputs(lengths, torch.float32, H=5)
+    grad_out = _strided_grads(x.shape[0], 10, torch.float32)[kind]
+    grad_hn = (torch.randn(h0f.shape), torch.randn(h0b.shape))
+    results = []
+    for fused in (True, False):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, *wf, *wb, h0f, h0b)]
+        x_, wf_, wb_, (h0f_, h0b_) = leaves[0], leaves[1:5], leaves[5:9], leaves[9:]
+        if fused:
+            out, hnf, hnb = ops.rnn_bidirectional_layer(x_, wf_, wb_, h0f_, h0b_, bs)
+        else:
+            hf, hnf = ops.rnn_layer_forward(x_, *wf_, h0f_, bs, False, "tanh")
+            hb, hnb = ops.rnn_layer_forward(x_, *wb_, h0b_, bs, True, "tanh")
+            out = torch.cat((hf, hb), 1)
+        grads = torch.autograd.grad((out, hnf, hnb), leaves, (grad_out, *grad_hn))
+        results.append((out, hnf, hnb, *grads))
+    (fused, reference) = results
+    for a, b in zip(fused[:3] + fused[4:], reference[:3] + reference[4:], strict=True):
+        assert torch.equal(a, b)  # outputs and every gradient but dx: the same kernels
+    # dx: one GEMM continues the other's sums instead of adding two results.
+    torch.testing.assert_close(fused[3], reference[3], rtol=1e-6, atol=1e-6)
+
+
+def test_bidirectional_layer_refuses_different_hidden_sizes():
+    x, wf, _, h0f, _, bs = _bidirectional_inputs(None, f64, H=4)
+    _, wb3, _, _, h0b3, _ = _bidirectional_inputs(None, f64, H=3)
+    with pytest.raises(ValueError, match="same hidden size"):
+        ops.rnn_bidirectional_layer(x, wf, wb3, h0f, h0b3, bs)

@@ -2,7 +2,7 @@
 // one layer, one direction, input size = H, float32, time per call, min over rounds.
 // Not part of the package build. Build and run (Debian: apt-get install libdnnl-dev):
 //   g++ -O2 -std=c++17 benchmarks/onednn/rnn_onednn.cpp -ldnnl -o build/rnn_onednn
-//   build/rnn_onednn [rounds]
+//   build/rnn_onednn [rounds] [case, e.g. B1-H64-T100]
 // Weights are reordered to the primitives' preferred layouts once, outside the timing, as
 // a framework keeping them in that layout would. "train" = forward_training + backward
 // (diff_src_layer, diff weights and bias, diff_src_iter).
@@ -145,6 +145,7 @@ static void run(int64_t B, int64_t H, int64_t T, int rounds) {
 
 int main(int argc, char** argv) {
   const int rounds = argc > 1 ? std::atoi(argv[1]) : 20;
+  const char* only = argc > 2 ? argv[2] : nullptr;  // one case, e.g. B1-H64-T100
   std::printf("oneDNN %d.%d.%d, vanilla RNN tanh, f32\n", dnnl_version()->major,
               dnnl_version()->minor, dnnl_version()->patch);
   std::printf(
@@ -152,6 +153,9 @@ int main(int argc, char** argv) {
   const int64_t rows[][3] = {{1, 64, 100},   {1, 256, 100},   {8, 256, 100},    {64, 256, 100},
                              {1, 1024, 100}, {64, 1024, 100}, {256, 1024, 100}, {16, 128, 1000}};
   for (auto& r : rows) {
+    char name[64];
+    std::snprintf(name, sizeof(name), "B%ld-H%ld-T%ld", long(r[0]), long(r[1]), long(r[2]));
+    if (only && std::strcmp(only, name) != 0) continue;
     const bool big = r[0] * r[1] * r[1] * r[2] >= 64LL * 1024 * 1024 * 100;
     run(r[0], r[1], r[2], big ? std::max(3, rounds / 4) : rounds);
   }

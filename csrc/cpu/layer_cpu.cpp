@@ -37,7 +37,8 @@ void prefer_huge_pages(void* p, size_t bytes) {
 template <typename scalar_t>
 void layer_forward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x, const scalar_t* w_ih,
                        const scalar_t* b_ih, const scalar_t* b_hh, const scalar_t* w_hh,
-                       const scalar_t* h0, scalar_t* h, scalar_t* hn, int num_threads) {
+                       const scalar_t* h0, scalar_t* h, int64_t ldh, scalar_t* hn,
+                       int num_threads) {
   const int64_t H = s.H;
   int64_t N = 0;
   for (int64_t t = 0; t < s.T; ++t) N += s.batch_sizes ? s.batch_sizes[t] : s.B;
@@ -48,17 +49,18 @@ void layer_forward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x, c
     for (int64_t j = 0; j < H; ++j) bias[j] = b_ih[j] + b_hh[j];
     b = bias.data();
   }
-  prefer_huge_pages(h, sizeof(scalar_t) * size_t(N * H));
-  gemm_cpu<scalar_t>(N, H, I, x, I, false, w_ih, I, true, h, H, b, false, num_threads);
-  rnn_forward_cpu<scalar_t>(s, h, w_hh, h0, h, hn, num_threads);
+  prefer_huge_pages(h, sizeof(scalar_t) * size_t(N * ldh));
+  gemm_cpu<scalar_t>(N, H, I, x, I, false, w_ih, I, true, h, ldh, b, false, num_threads);
+  rnn_forward_cpu<scalar_t>(s, h, w_hh, h0, h, ldh, hn, num_threads);
 }
 
 template <typename scalar_t>
 void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
                         const scalar_t* w_ih, const scalar_t* w_hh, const scalar_t* h0,
-                        const scalar_t* h, const scalar_t* G, int64_t ldg, const scalar_t* dhn,
-                        scalar_t* dP, scalar_t* dh0, scalar_t* dx, scalar_t* dw_ih, scalar_t* dw_hh,
-                        scalar_t* db, int num_threads) {
+                        const scalar_t* h, int64_t ldh, const scalar_t* G, int64_t ldg,
+                        const scalar_t* dhn, scalar_t* dP, scalar_t* dh0, scalar_t* dx,
+                        bool dx_accumulate, scalar_t* dw_ih, scalar_t* dw_hh, scalar_t* db,
+                        int num_threads) {
   const int64_t T = s.T, B = s.B, H = s.H;
   std::vector<int64_t> bs(static_cast<size_t>(T)), off(static_cast<size_t>(T) + 1, 0);
   for (int64_t t = 0; t < T; ++t) {
@@ -67,11 +69,12 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
   }
   const int64_t N = off[T];
   prefer_huge_pages(dP, sizeof(scalar_t) * size_t(N * H));
-  prefer_huge_pages(dx, sizeof(scalar_t) * size_t(N * I));
-  rnn_backward_cpu<scalar_t>(s, w_hh, h, G, ldg, dhn, dP, dh0, num_threads);
+  if (!dx_accumulate) prefer_huge_pages(dx, sizeof(scalar_t) * size_t(N * I));
+  rnn_backward_cpu<scalar_t>(s, w_hh, h, ldh, G, ldg, dhn, dP, dh0, num_threads);
 
   if (dx)
-    gemm_cpu<scalar_t>(N, I, H, dP, H, false, w_ih, I, false, dx, I, nullptr, false, num_threads);
+    gemm_cpu<scalar_t>(N, I, H, dP, H, false, w_ih, I, false, dx, I, nullptr, dx_accumulate,
+                       num_threads);
   if (dw_ih)
     gemm_cpu<scalar_t>(H, I, N, dP, H, true, x, I, false, dw_ih, I, nullptr, false, num_threads);
   if (dw_hh) {
@@ -81,8 +84,8 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
       // Padded: the continuing rows are one contiguous block of d and of h.
       const int64_t K = (T - 1) * B;
       const scalar_t* d_cont = s.reverse ? dP : dP + B * H;
-      const scalar_t* h_prev = s.reverse ? h + B * H : h;
-      gemm_cpu<scalar_t>(H, H, K, d_cont, H, true, h_prev, H, false, dw_hh, H, nullptr, false,
+      const scalar_t* h_prev = s.reverse ? h + B * ldh : h;
+      gemm_cpu<scalar_t>(H, H, K, d_cont, H, true, h_prev, ldh, false, dw_hh, H, nullptr, false,
                          num_threads);
       if (h0) {
         const scalar_t* d_first = s.reverse ? dP + K * H : dP;
@@ -98,7 +101,7 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
         for (int64_t b = 0; b < bs[t]; ++b) {
           const scalar_t* src = nullptr;
           if (has_prev && b < bs[tp])
-            src = h + (off[tp] + b) * H;
+            src = h + (off[tp] + b) * ldh;
           else if (h0)
             src = h0 + b * H;
           if (src) std::memcpy(prev.data() + (off[t] + b) * H, src, sizeof(scalar_t) * H);
@@ -118,17 +121,17 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
 
 template void layer_forward_cpu<float>(const RecurrenceShape&, int64_t, const float*, const float*,
                                        const float*, const float*, const float*, const float*,
-                                       float*, float*, int);
+                                       float*, int64_t, float*, int);
 template void layer_forward_cpu<double>(const RecurrenceShape&, int64_t, const double*,
                                         const double*, const double*, const double*, const double*,
-                                        const double*, double*, double*, int);
+                                        const double*, double*, int64_t, double*, int);
 template void layer_backward_cpu<float>(const RecurrenceShape&, int64_t, const float*, const float*,
-                                        const float*, const float*, const float*, const float*,
-                                        int64_t, const float*, float*, float*, float*, float*,
-                                        float*, float*, int);
+                                        const float*, const float*, const float*, int64_t,
+                                        const float*, int64_t, const float*, float*, float*, float*,
+                                        bool, float*, float*, float*, int);
 template void layer_backward_cpu<double>(const RecurrenceShape&, int64_t, const double*,
                                          const double*, const double*, const double*, const double*,
-                                         const double*, int64_t, const double*, double*, double*,
-                                         double*, double*, double*, double*, int);
+                                         int64_t, const double*, int64_t, const double*, double*,
+                                         double*, double*, bool, double*, double*, double*, int);
 
 }  // namespace fusedrnn

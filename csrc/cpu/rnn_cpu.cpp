@@ -189,6 +189,7 @@ struct ForwardJob {
   const T* W;
   const T* h0;
   T* h;
+  int64_t ldh;  // row stride of P and h
   T* hn;
 };
 
@@ -206,23 +207,24 @@ void forward_chunk(ForwardJob<T>& job, int64_t c, int64_t i) {
   Epilogue<T> e;
   e.kind = EpKind::kAct;
   e.act = int(s.act);
-  e.out = job.h + rc.off[t] * H;
-  e.ldo = H;
-  e.x1 = job.P + rc.off[t] * H;
-  e.ld1 = H;
+  const int64_t ldh = job.ldh;
+  e.out = job.h + rc.off[t] * ldh;
+  e.ldo = ldh;
+  e.x1 = job.P + rc.off[t] * ldh;
+  e.ld1 = ldh;
   // Rows [0, mc) continue from the previous step; rows [mc, m) start from h0 (all rows at
   // the first step; in the reverse direction, the sequences that join at t).
   int64_t mc = 0;
   if (i > 0) {
     const int64_t tp = s.reverse ? t + 1 : t - 1;
     mc = std::min(m, rc.bs[tp]);
-    k.gemm(mc, H, job.h + rc.off[tp] * H, H, false, rc.panels, rc.pstride, p0, p1, H, nullptr, 0,
-           e);
+    k.gemm(mc, H, job.h + rc.off[tp] * ldh, ldh, false, rc.panels, rc.pstride, p0, p1, H, nullptr,
+           0, e);
   }
   if (m > mc) {
     Epilogue<T> es = e;
-    es.out += mc * H;
-    es.x1 += mc * H;
+    es.out += mc * ldh;
+    es.x1 += mc * ldh;
     if (job.h0)
       k.gemm(m - mc, H, job.h0 + mc * H, H, false, rc.panels, rc.pstride, p0, p1, H, nullptr, 0,
              es);
@@ -234,12 +236,12 @@ void forward_chunk(ForwardJob<T>& job, int64_t c, int64_t i) {
   if (job.hn) {
     const int64_t r_end0 = s.reverse ? (t == 0 ? 0 : m) : rc.bs[t + 1];
     for (int64_t r = r_end0; r < m; ++r)
-      std::memcpy(job.hn + r * H + c0, job.h + (rc.off[t] + r) * H + c0,
+      std::memcpy(job.hn + r * H + c0, job.h + (rc.off[t] + r) * ldh + c0,
                   sizeof(T) * size_t(c1 - c0));
   }
   if (i + 1 < s.T) {
     const int64_t tn = s.reverse ? t - 1 : t + 1;
-    prefetch_rows(job.P + rc.off[tn] * H, rc.bs[tn], H, c0, c1);
+    prefetch_rows(job.P + rc.off[tn] * ldh, rc.bs[tn], ldh, c0, c1);
   }
 }
 
@@ -259,6 +261,7 @@ struct BackwardJob {
   Recurrence<T> rec;
   const T* W;
   const T* h;
+  int64_t ldh;  // row stride of h
   const T* G;
   int64_t ldg;  // row stride of G: H, more (a column slice) or 0 (one row for all)
   const T* dhn;
@@ -296,8 +299,8 @@ void backward_chunk(BackwardJob<T>& job, int64_t c, int64_t i) {
   e.ldo = H;
   e.x1 = job.G ? job.G + rc.off[t] * job.ldg : nullptr;
   e.ld1 = job.ldg;
-  e.x2 = job.h + rc.off[t] * H;
-  e.ld2 = H;
+  e.x2 = job.h + rc.off[t] * job.ldh;
+  e.ld2 = job.ldh;
   // Rows [0, mc) have a next (forward-wise) step whose d feeds back through W_hh; rows
   // [mc, m) end their sequence here and take dhn instead.
   int64_t mc = 0;
@@ -323,12 +326,12 @@ void backward_chunk(BackwardJob<T>& job, int64_t c, int64_t i) {
     Epilogue<T> ef = e;
     ef.out += mc * H;
     if (ef.x1) ef.x1 += mc * job.ldg;
-    ef.x2 += mc * H;
+    ef.x2 += mc * job.ldh;
     k.pointwise(m - mc, c0, c1, job.dhn ? job.dhn + mc * H : nullptr, H, ef);
   }
   if (i + 1 < s.T) {
     const int64_t tn = s.reverse ? t + 1 : t - 1;
-    prefetch_rows(job.h + rc.off[tn] * H, rc.bs[tn], H, c0, c1);
+    prefetch_rows(job.h + rc.off[tn] * job.ldh, rc.bs[tn], job.ldh, c0, c1);
     if (job.ldg)
       prefetch_rows(job.G ? job.G + rc.off[tn] * job.ldg : nullptr, rc.bs[tn], job.ldg, c0, c1);
   }
@@ -349,34 +352,34 @@ void backward_thread(void* vctx, int tid, int nt) {
 
 template <typename scalar_t>
 void rnn_forward_cpu(const RecurrenceShape& s, const scalar_t* P, const scalar_t* W_hh,
-                     const scalar_t* h0, scalar_t* h, scalar_t* hn, int num_threads) {
+                     const scalar_t* h0, scalar_t* h, int64_t ldh, scalar_t* hn, int num_threads) {
   if (s.T <= 0 || s.B <= 0 || s.H <= 0) return;
   const KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
-  ForwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), P, W_hh, h0, h, hn};
+  ForwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), P, W_hh, h0, h, ldh, hn};
   const int nt = choose_threads(s.B, s.H, job.rec.chunks.count, num_threads);
   cpu::team_run(nt, &forward_thread<scalar_t>, &job);
 }
 
 template <typename scalar_t>
 void rnn_backward_cpu(const RecurrenceShape& s, const scalar_t* W_hh, const scalar_t* h,
-                      const scalar_t* G, int64_t ldg, const scalar_t* dhn, scalar_t* dP,
-                      scalar_t* dh0, int num_threads) {
+                      int64_t ldh, const scalar_t* G, int64_t ldg, const scalar_t* dhn,
+                      scalar_t* dP, scalar_t* dh0, int num_threads) {
   if (s.T <= 0 || s.B <= 0 || s.H <= 0) return;
   const KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
-  BackwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), W_hh, h, G, ldg, dhn, dP, dh0};
+  BackwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), W_hh, h, ldh, G, ldg, dhn, dP, dh0};
   const int nt = choose_threads(s.B, s.H, job.rec.chunks.count, num_threads);
   cpu::team_run(nt, &backward_thread<scalar_t>, &job);
 }
 
 template void rnn_forward_cpu<float>(const RecurrenceShape&, const float*, const float*,
-                                     const float*, float*, float*, int);
+                                     const float*, float*, int64_t, float*, int);
 template void rnn_forward_cpu<double>(const RecurrenceShape&, const double*, const double*,
-                                      const double*, double*, double*, int);
-template void rnn_backward_cpu<float>(const RecurrenceShape&, const float*, const float*,
+                                      const double*, double*, int64_t, double*, int);
+template void rnn_backward_cpu<float>(const RecurrenceShape&, const float*, const float*, int64_t,
                                       const float*, int64_t, const float*, float*, float*, int);
 template void rnn_backward_cpu<double>(const RecurrenceShape&, const double*, const double*,
-                                       const double*, int64_t, const double*, double*, double*,
-                                       int);
+                                       int64_t, const double*, int64_t, const double*, double*,
+                                       double*, int);
 
 const char* cpu_isa() { return cpu::select_kernels<float>().isa; }
 

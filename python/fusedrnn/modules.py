@@ -223,23 +223,28 @@ class RNN(nn.RNNBase):
         final_states = []
         layer_input = x
         for layer in range(self.num_layers):
-            outputs = []
-            for direction in range(num_directions):
-                w_ih, w_hh, b_ih, b_hh = self._layer_weights(layer, direction)
-                h, hn = ops.rnn_layer(
+            if num_directions == 2:
+                # Both directions at once: they write the two halves of one output.
+                layer_input, hn_fwd, hn_rev = ops.rnn_bidirectional_layer(
                     layer_input,
-                    w_ih,
-                    w_hh,
-                    b_ih,
-                    b_hh,
-                    hx[layer * num_directions + direction],
+                    self._layer_weights(layer, 0),
+                    self._layer_weights(layer, 1),
+                    hx[2 * layer],
+                    hx[2 * layer + 1],
                     steps,
-                    direction == 1,
                     self.nonlinearity,
                 )
-                outputs.append(h)
+                final_states += (hn_fwd, hn_rev)
+            else:
+                layer_input, hn = ops.rnn_layer(
+                    layer_input,
+                    *self._layer_weights(layer, 0),
+                    hx[layer],
+                    steps,
+                    False,
+                    self.nonlinearity,
+                )
                 final_states.append(hn)
-            layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, 1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         output, hidden = layer_input, torch.stack(final_states, 0)

@@ -284,6 +284,7 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
         w_hh.data_ptr(),
         h0.data_ptr(),
         h.data_ptr(),
+        H,
         hn.data_ptr(),
         torch.get_num_threads(),
     )
@@ -595,12 +596,14 @@ def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, non
         w_hh.data_ptr(),
         h0.data_ptr(),
         h.data_ptr(),
+        H,
         grad_h.data_ptr(),
         ldg,
         grad_hn.data_ptr(),
         dP.data_ptr(),
         dh0.data_ptr(),
         _addr(dx if need_dx else None),
+        False,
         _addr(dw_ih if need_dw_ih else None),
         _addr(dw_hh if need_dw_hh else None),
         _addr(db if need_db else None),
@@ -752,3 +755,174 @@ def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonline
     ):
         return _EagerLayer.apply(*args)
     return _forward_impl(*args)
+
+
+def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity):
+    """Both directions of one bidirectional layer on the CPU kernels, each writing its own
+    columns of one ``[N, 2H]`` output (row stride 2H): no concatenation afterwards."""
+    T, B, H = check_layer_args(x, *wf, h0f, batch_sizes, nonlinearity)
+    check_layer_args(x, *wb, h0b, batch_sizes, nonlinearity)
+    if wb[1].shape != wf[1].shape:
+        _fail(
+            ValueError,
+            "the two directions must have the same hidden size: w_hh "
+            f"{tuple(wf[1].shape)} and {tuple(wb[1].shape)}",
+        )
+    x = x.contiguous()
+    out = x.new_empty((x.shape[0], 2 * H))
+    hns = []
+    for d, (w, h0) in enumerate(((wf, h0f), (wb, h0b))):
+        # Named locals: a .contiguous() copy must outlive the call that reads its address.
+        w_ih, w_hh, b_ih, b_hh = (None if t is None else t.contiguous() for t in w)
+        h0 = h0.contiguous()
+        hn = torch.empty_like(h0)
+        _C.layer_forward(
+            _KERNEL_DTYPES[x.dtype],
+            T,
+            B,
+            H,
+            x.shape[1],
+            _steps_addr(batch_sizes),
+            d == 1,
+            nonlinearity,
+            x.data_ptr(),
+            w_ih.data_ptr(),
+            _addr(b_ih),
+            _addr(b_hh),
+            w_hh.data_ptr(),
+            h0.data_ptr(),
+            out.data_ptr() + d * H * out.element_size(),
+            2 * H,
+            hn.data_ptr(),
+            torch.get_num_threads(),
+        )
+        hns.append(hn)
+    return out, hns[0], hns[1]
+
+
+class _EagerBiLayer(torch.autograd.Function):
+    """One bidirectional layer as one autograd node on the CPU kernels.
+
+    The directions share the ``[N, 2H]`` output (each writes its columns) and the input
+    gradient (the reverse direction's ``dP W_ih`` GEMM adds to the forward one's), so a
+    layer costs no concatenation, no slicing of the output gradient and no sum of two
+    input gradients. Inputs: ``x, w_ih, w_hh, b_ih, b_hh`` of each direction, ``h0`` of
+    each, ``batch_sizes, nonlinearity``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl):
+        out, hnf, hnb = _bi_forward_impl(
+            x, (wif, whf, bif, bhf), (wib, whb, bib, bhb), h0f, h0b, batch_sizes, nl
+        )
+        saved = (x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes)
+        ctx.save_for_backward(*saved)
+        ctx.saved_meta = _meta(saved)
+        ctx.nonlinearity = nl
+        return out, hnf, hnb
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hnf, grad_hnb):
+        saved = ctx.saved_tensors
+        x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes = saved
+        if _meta(saved) != ctx.saved_meta:
+            _fail(
+                RuntimeError,
+                "a tensor saved for backward changed its shape, dtype or device after the "
+                "forward pass (was a parameter's .data replaced?)",
+            )
+        needs = ctx.needs_input_grad
+        N, H2 = out.shape
+        H = H2 // 2
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        g, ldg = _rows_view(grad_out)
+        # The directions' columns of the output gradient: the reverse one starts H in.
+        g_addr = (g.data_ptr(), g.data_ptr() + H * g.element_size())
+        need_dx = needs[0]
+        dx = x.new_empty(x.shape) if need_dx else None
+        B = h0f.shape[0]
+        T = batch_sizes.shape[0] if batch_sizes.numel() else N // B
+        x = x.contiguous()
+        grads = []
+        for d, (w_ih, w_hh, h0, ghn, first) in enumerate(
+            ((wif, whf, h0f, grad_hnf, 1), (wib, whb, h0b, grad_hnb, 5))
+        ):
+            w_ih, w_hh, h0 = w_ih.contiguous(), w_hh.contiguous(), h0.contiguous()
+            ghn = torch.zeros_like(h0) if ghn is None else ghn.contiguous()
+            need_w_ih, need_w_hh = needs[first], needs[first + 1]
+            need_db = needs[first + 2] or needs[first + 3]
+            dP = x.new_empty((N, H))
+            dh0 = torch.empty_like(h0)
+            dw_ih = x.new_empty(w_ih.shape) if need_w_ih else None
+            dw_hh = x.new_empty(w_hh.shape) if need_w_hh else None
+            db = x.new_empty(H) if need_db else None
+            _C.layer_backward(
+                _KERNEL_DTYPES[x.dtype],
+                T,
+                B,
+                H,
+                x.shape[1],
+                _steps_addr(batch_sizes),
+                d == 1,
+                ctx.nonlinearity,
+                x.data_ptr() if need_w_ih else 0,
+                w_ih.data_ptr() if need_dx else 0,
+                w_hh.data_ptr(),
+                h0.data_ptr(),
+                out.data_ptr() + d * H * out.element_size(),
+                H2,
+                g_addr[d],
+                ldg,
+                ghn.data_ptr(),
+                dP.data_ptr(),
+                dh0.data_ptr(),
+                _addr(dx),
+                d == 1,  # the reverse direction adds its share to dx
+                _addr(dw_ih),
+                _addr(dw_hh),
+                _addr(db),
+                torch.get_num_threads(),
+            )
+            # Each bias gets its own tensor: AccumulateGrad may adopt it as .grad.
+            db_hh = (db.clone() if needs[first + 2] else db) if needs[first + 3] else None
+            grads.append((dw_ih, dw_hh, db if needs[first + 2] else None, db_hh, dh0))
+        (dwif, dwhf, dbif, dbhf, dh0f), (dwib, dwhb, dbib, dbhb, dh0b) = grads
+        return (
+            dx,
+            dwif, dwhf, dbif, dbhf,
+            dwib, dwhb, dbib, dbhb,
+            dh0f if needs[9] else None,
+            dh0b if needs[10] else None,
+            None,
+            None,
+        )  # fmt: skip
+
+
+def rnn_bidirectional_layer(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity="tanh"):
+    """Both directions of one bidirectional layer: ``(out [N, 2H], hn_fwd, hn_rev)``.
+
+    ``w_fwd`` and ``w_rev`` are ``(w_ih, w_hh, b_ih, b_hh)`` (biases may be None). Plain
+    eager CPU calls in float32 or float64 run both directions as one fused step (see
+    :class:`_EagerBiLayer`); everything else is two :func:`rnn_layer` calls and a
+    concatenation, with the same results up to the rounding of the input gradient's sum.
+    """
+    w_hh = w_fwd[1]
+    if (
+        _plain_eager(x)
+        and not x.is_cuda
+        and x.dtype in _KERNEL_DTYPES
+        and x.numel()  # no rows (B = 0) or no features: the checks and edge cases below
+        and isinstance(w_hh, Tensor)
+        and w_hh.numel()  # H = 0
+        and not _forward_ad_active()
+    ):
+        args = (x, *w_fwd, *w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity)
+        if torch.is_grad_enabled() and any(
+            getattr(t, "requires_grad", False) for t in (x, *w_fwd, *w_rev, h0_fwd, h0_rev)
+        ):
+            return _EagerBiLayer.apply(*args)
+        return _bi_forward_impl(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity)
+    hf, hnf = rnn_layer(x, *w_fwd, h0_fwd, batch_sizes, False, nonlinearity)
+    hb, hnb = rnn_layer(x, *w_rev, h0_rev, batch_sizes, True, nonlinearity)
+    return torch.cat((hf, hb), 1), hnf, hnb

@@ -52,10 +52,12 @@ static void bench(int64_t B, int64_t H, int64_t Tn, int nt, int reps) {
   s.H = H;
   const double flops = 2.0 * double(N) * H * H;
   const double tf = min_seconds(
-      [&] { rnn_forward_cpu<T>(s, P.data(), W.data(), nullptr, h.data(), hn.data(), nt); }, reps);
+      [&] { rnn_forward_cpu<T>(s, P.data(), W.data(), nullptr, h.data(), H, hn.data(), nt); },
+      reps);
   const double tb = min_seconds(
       [&] {
-        rnn_backward_cpu<T>(s, W.data(), h.data(), G.data(), H, nullptr, dP.data(), dh0.data(), nt);
+        rnn_backward_cpu<T>(s, W.data(), h.data(), H, G.data(), H, nullptr, dP.data(), dh0.data(),
+                            nt);
       },
       reps);
   std::printf(

@@ -153,12 +153,13 @@ static void run_case(const Case& c, std::mt19937& rng, double tol) {
     T* hp = h.data();
     std::vector<T> Pc = P;
     if (c.alias) hp = Pc.data();  // h aliases P
-    rnn_forward_cpu<T>(s, Pc.data(), W.data(), c.use_h0 ? h0.data() : nullptr, hp, hn.data(), nt);
+    rnn_forward_cpu<T>(s, Pc.data(), W.data(), c.use_h0 ? h0.data() : nullptr, hp, H, hn.data(),
+                       nt);
     if (c.alias) h = Pc;
     std::vector<T> Gc = G;
     T* dPp = dP.data();
     if (c.alias && c.use_G) dPp = Gc.data();  // dP aliases G
-    rnn_backward_cpu<T>(s, W.data(), h.data(), c.use_G ? Gc.data() : nullptr, H,
+    rnn_backward_cpu<T>(s, W.data(), h.data(), H, c.use_G ? Gc.data() : nullptr, H,
                         c.use_dhn ? dhn.data() : nullptr, dPp, c.use_dh0 ? dh0.data() : nullptr,
                         nt);
     if (c.alias && c.use_G) dP = Gc;

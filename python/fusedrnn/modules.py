@@ -247,7 +247,8 @@ class RNN(nn.RNNBase):
                 final_states.append(hn)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        output, hidden = layer_input, torch.stack(final_states, 0)
+        hidden = final_states[0][None] if len(final_states) == 1 else torch.stack(final_states)
+        output = layer_input
         autocast_dtype = _autocast_dtype(input)
         if autocast_dtype is not None:
             output, hidden = output.to(autocast_dtype), hidden.to(autocast_dtype)

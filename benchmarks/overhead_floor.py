@@ -1,0 +1,113 @@
+"""What a single step (T = 1) costs, and what no Python extension can go below.
+
+Issue 4 asks fusedrnn to beat torch.nn.RNN by 2x (inference) and 3x (training) on a
+B=1, H=32, T=1 call. At that size the kernels take about 2 us; the rest is per-call
+overhead. This script times, on the benchmark's exact training step (forward, then
+``(out.sum() + h_n.sum()).backward()``, gradients reset with ``set_to_none``):
+
+- torch.nn.RNN and fusedrnn.RNN;
+- a module whose forward is one do-nothing ``torch.autograd.Function`` returning
+  ready-made outputs and gradients: the floor for any RNN written as a Python autograd
+  Function, whatever its kernels;
+- the same step with no RNN at all: the loss, ``backward()`` and the gradient resets.
+
+    python benchmarks/overhead_floor.py [--seconds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+import fusedrnn
+
+B, H, T = 1, 32, 1
+
+
+class _Nothing(torch.autograd.Function):
+    """Returns (out, h_n) of the right shapes; its backward returns ready zeros."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh):
+        return x.new_zeros(T, B, H), x.new_zeros(1, B, H)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hn):
+        return (torch.zeros(T, B, H), torch.zeros(H, H), torch.zeros(H, H), torch.zeros(H),
+                torch.zeros(H))  # fmt: skip
+
+
+class NothingRNN(nn.Module):
+    """An "RNN" that computes nothing: one Python autograd Function per call."""
+
+    def __init__(self, ref: nn.RNN):
+        super().__init__()
+        self.w = nn.ParameterList(ref.parameters())
+
+    def forward(self, x):
+        return _Nothing.apply(x, *self.w)
+
+
+def _per_call(fn, seconds: float) -> float:
+    for _ in range(200):
+        fn()
+    best = float("inf")
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        n = 500
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    ref = nn.RNN(H, H)
+    models = {"torch.nn.RNN": ref, "fusedrnn.RNN": fusedrnn.RNN.from_torch(ref),
+              "do-nothing autograd.Function": NothingRNN(ref)}  # fmt: skip
+    x = torch.randn(T, B, H, requires_grad=True)
+
+    def train(model):
+        def step():
+            model.zero_grad(set_to_none=True)
+            x.grad = None
+            out, hn = model(x)
+            (out.sum() + hn.sum()).backward()
+
+        return step
+
+    def infer(model):
+        def call():
+            with torch.no_grad():
+                model(x)
+
+        return call
+
+    w = nn.Parameter(torch.zeros(T, B, H))
+
+    def no_rnn():  # the loss and backward alone, on one leaf in place of the outputs
+        w.grad = None
+        x.grad = None
+        (w.sum() + w[0:1].sum()).backward()
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, B={B} H={H} T={T}")
+    print("| what | infer us | train us |")
+    print("|---|---|---|")
+    for name, model in models.items():
+        t_inf = _per_call(infer(model), args.seconds) * 1e6
+        t_train = _per_call(train(model), args.seconds) * 1e6
+        print(f"| {name} | {t_inf:.1f} | {t_train:.1f} |", flush=True)
+    print(f"| no RNN: loss + backward + resets only | - | "
+          f"{_per_call(no_rnn, args.seconds) * 1e6:.1f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -302,6 +302,77 @@ static void test_gemm(std::mt19937& rng, double tol) {
               g_fail ? "FAILED" : "ok");
 }
 
+// Row strides: h (and P) in a wider buffer (ldh > H), G in a wider buffer (ldg > H) or one
+// row for all rows (ldg = 0). Results must equal the contiguous ones bitwise.
+template <typename T>
+static void test_strides(std::mt19937& rng) {
+  std::normal_distribution<double> nd(0, 1);
+  int checked = 0;
+  const int64_t shapes[][3] = {{6, 5, 37}, {4, 17, 64}};
+  for (const auto& sh : shapes) {
+    for (int packed = 0; packed < 2; ++packed) {
+      for (int rev = 0; rev < 2; ++rev) {
+        const Case c{sh[0], sh[1], sh[2], bool(packed), bool(rev), Activation::kTanh,
+                     true,  true,  true,  true,         false};
+        const std::vector<int64_t> bs = make_batch_sizes(c, rng);
+        const int64_t H = c.H, B = c.B;
+        int64_t N = 0;
+        for (int64_t v : bs) N += v;
+        std::vector<T> P(N * H), W(H * H), h0(B * H), dhn(B * H), row(H);
+        for (auto& v : P) v = T(nd(rng));
+        for (auto& v : W) v = T(nd(rng) / std::sqrt(double(H)));
+        for (auto& v : h0) v = T(nd(rng));
+        for (auto& v : dhn) v = T(nd(rng));
+        for (auto& v : row) v = T(nd(rng));
+        std::vector<T> G(N * H);  // every row the same, so ldg = 0 can stand for it
+        for (int64_t r = 0; r < N; ++r) std::copy(row.begin(), row.end(), G.begin() + r * H);
+        RecurrenceShape s;
+        s.T = c.T;
+        s.B = B;
+        s.H = H;
+        s.batch_sizes = packed ? bs.data() : nullptr;
+        s.reverse = bool(rev);
+        for (int nt : {1, 2}) {
+          std::vector<T> h(N * H), hn(B * H), dP(N * H), dh0(B * H);
+          rnn_forward_cpu<T>(s, P.data(), W.data(), h0.data(), h.data(), H, hn.data(), nt);
+          rnn_backward_cpu<T>(s, W.data(), h.data(), H, G.data(), H, dhn.data(), dP.data(),
+                              dh0.data(), nt);
+          const int64_t ldh = H + 3, ldg = H + 5;
+          std::vector<T> hw(N * ldh, T(-7)), hnw(B * H), Gw(N * ldg, T(-9));
+          for (int64_t r = 0; r < N; ++r) {
+            std::copy(P.begin() + r * H, P.begin() + (r + 1) * H, hw.begin() + r * ldh);
+            std::copy(G.begin() + r * H, G.begin() + (r + 1) * H, Gw.begin() + r * ldg);
+          }
+          rnn_forward_cpu<T>(s, hw.data(), W.data(), h0.data(), hw.data(), ldh, hnw.data(), nt);
+          bool same_h = hn == hnw;
+          for (int64_t r = 0; r < N; ++r) {
+            same_h = same_h &&
+                     std::equal(h.begin() + r * H, h.begin() + (r + 1) * H,
+                                hw.begin() + r * ldh) &&
+                     hw[r * ldh + H] == T(-7);  // the columns past H are not touched
+          }
+          CHECK(same_h,
+                "forward with ldh = H + 3 differs (T=%ld B=%ld H=%ld packed=%d rev=%d "
+                "nt=%d)",
+                long(c.T), long(B), long(H), packed, rev, nt);
+          for (int64_t ld : {ldg, int64_t(0)}) {
+            std::vector<T> dPw(N * H), dh0w(B * H);
+            rnn_backward_cpu<T>(s, W.data(), hw.data(), ldh, ld ? Gw.data() : row.data(), ld,
+                                dhn.data(), dPw.data(), dh0w.data(), nt);
+            CHECK(dPw == dP && dh0w == dh0,
+                  "backward with ldh = H + 3, ldg = %ld differs (T=%ld B=%ld H=%ld packed=%d "
+                  "rev=%d nt=%d)",
+                  long(ld), long(c.T), long(B), long(H), packed, rev, nt);
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  std::printf("strided h / G (%s): %d cases: %s\n", sizeof(T) == 4 ? "f32" : "f64", checked,
+              g_fail ? "FAILED" : "ok");
+}
+
 int main() {
   std::printf("isa: %s\n", cpu_isa());
   test_tanh(cpu::select_kernels<float>());
@@ -309,6 +380,8 @@ int main() {
   std::mt19937 rng(1234);
   test_gemm<float>(rng, 1e-5);
   test_gemm<double>(rng, 1e-13);
+  test_strides<float>(rng);
+  test_strides<double>(rng);
   std::vector<Case> cases;
   const int64_t shapes[][3] = {{1, 1, 1},    {5, 3, 7},    {7, 1, 33},   {4, 13, 65},
                                {9, 29, 100}, {3, 64, 129}, {2, 257, 40}, {6, 5, 256}};

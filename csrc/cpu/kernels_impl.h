@@ -354,16 +354,24 @@ void pack(const typename V::scalar_t* src, int64_t rs, int64_t cs, int64_t K, in
     }
     return;
   }
+  // A transposed source (rs == 1: W_hh^T, W_ih^T): column jj of the panel is row j of W.
+  // In blocks of 64 k, so the 64 panel rows being written (8 KB of floats) stay in L1 while
+  // the NR source rows are read; writing each column down the whole K (a 128 KB panel at
+  // H = 1024) missed L1 on every store: ~1 ns per element, 0.5 ms for a 1024 x 1024 W.
+  constexpr int64_t KB = 64;
   for (int64_t p = p0; p < p1; ++p) {
     T* d = dst + p * pstride;
     const int64_t j0 = p * NR;
     const int64_t nc = N - j0 < NR ? N - j0 : NR;
-    for (int64_t jj = 0; jj < NR; ++jj) {
-      const T* s = src + (j0 + jj) * cs;
-      if (jj < nc) {
-        for (int64_t k = 0; k < K; ++k) d[k * NR + jj] = s[k * rs];
-      } else {
-        for (int64_t k = 0; k < K; ++k) d[k * NR + jj] = T(0);
+    for (int64_t kb = 0; kb < K; kb += KB) {
+      const int64_t ke = kb + KB < K ? kb + KB : K;
+      for (int64_t jj = 0; jj < NR; ++jj) {
+        const T* s = src + (j0 + jj) * cs;
+        if (jj < nc) {
+          for (int64_t k = kb; k < ke; ++k) d[k * NR + jj] = s[k * rs];
+        } else {
+          for (int64_t k = kb; k < ke; ++k) d[k * NR + jj] = T(0);
+        }
       }
     }
   }

@@ -93,7 +93,10 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
   g.kc = K <= 1024 ? K : (K + ((K + 511) / 512) - 1) / ((K + 511) / 512);
   const double flops = 2.0 * double(M) * double(N) * double(K);
   int nt = std::min(num_threads, cpu::hardware_threads());
-  if (flops < 1e7) nt = 1;  // ~40 us of work: waking the team costs about as much
+  // ~40 us of work: waking the team costs about as much. Unless B is large: each thread
+  // packs only its own panels, and with few rows (a single step, M = 1) packing a
+  // 1024 x 1024 B is most of the call.
+  if (flops < 1e7 && double(K) * double(N) < 65536.0) nt = 1;
   nt = std::max(nt, 1);
   g.split_cols = g.npanels >= 4 * nt || g.npanels >= M;
   cpu::team_run(nt, &gemm_thread<scalar_t>, &g);

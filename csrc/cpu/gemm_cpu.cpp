@@ -69,6 +69,39 @@ void gemm_thread(void* vjob, int tid, int nt) {
   }
 }
 
+// Few rows times B^T (M <= 8, B transposed, nothing to accumulate): B read in place, as in
+// a single step's input projection, where packing B would cost more than the product.
+template <typename T>
+struct FewRowsJob {
+  const cpu::KernelTable<T>* k;
+  int64_t M, N, K;
+  const T* A;
+  int64_t lda;
+  const T* B;
+  int64_t ldb;
+  T* C;
+  int64_t ldc;
+  const T* bias;
+};
+
+template <typename T>
+void few_rows_thread(void* vjob, int tid, int nt) {
+  const FewRowsJob<T>& g = *static_cast<const FewRowsJob<T>*>(vjob);
+  const int64_t blocks = (g.N + 15) / 16;  // columns in blocks of 16 between the threads
+  const int64_t j0 = std::min(g.N, blocks * tid / nt * 16);
+  const int64_t j1 = std::min(g.N, blocks * (tid + 1) / nt * 16);
+  if (j1 <= j0) return;
+  g.k->gemv_nt(g.M, g.K, g.A, g.lda, g.B, g.ldb, j0, j1, g.C, g.ldc);
+  if (g.bias) {
+    cpu::Epilogue<T> ep;
+    ep.kind = cpu::EpKind::kStore;
+    ep.out = g.C;
+    ep.ldo = g.ldc;
+    ep.x1 = g.bias;  // ld1 = 0: one row broadcast
+    g.k->pointwise(g.M, j0, j1, g.C, g.ldc, ep);
+  }
+}
+
 }  // namespace
 
 template <typename scalar_t>
@@ -84,6 +117,18 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
             (accumulate ? C[i * ldc + j] : scalar_t(0)) + (bias ? bias[j] : scalar_t(0));
     return;
   }
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  int nt = std::min(num_threads, cpu::hardware_threads());
+  // ~40 us of work: waking the team costs about as much. Unless B is large: each thread
+  // reads (or packs) only its own columns of B, and with few rows (a single step, M = 1)
+  // going through a 1024 x 1024 B is most of the call.
+  if (flops < 1e7 && double(K) * double(N) < 65536.0) nt = 1;
+  nt = std::max(nt, 1);
+  if (M <= 8 && !a_trans && b_trans && !accumulate) {
+    FewRowsJob<scalar_t> f{&k, M, N, K, A, lda, B, ldb, C, ldc, bias};
+    cpu::team_run(nt, &few_rows_thread<scalar_t>, &f);
+    return;
+  }
   GemmJob<scalar_t> g{&k,  M,       N,    K,          A,
                       lda, a_trans, B,    ldb,        b_trans,
                       C,   ldc,     bias, accumulate, (N + k.nr - 1) / k.nr,
@@ -91,13 +136,6 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
   // One K block up to 1024 (a tile's panel slice then streams from L2, which the
   // micro-kernel sustains); beyond, equal blocks of at most 512 that continue from C.
   g.kc = K <= 1024 ? K : (K + ((K + 511) / 512) - 1) / ((K + 511) / 512);
-  const double flops = 2.0 * double(M) * double(N) * double(K);
-  int nt = std::min(num_threads, cpu::hardware_threads());
-  // ~40 us of work: waking the team costs about as much. Unless B is large: each thread
-  // packs only its own panels, and with few rows (a single step, M = 1) packing a
-  // 1024 x 1024 B is most of the call.
-  if (flops < 1e7 && double(K) * double(N) < 65536.0) nt = 1;
-  nt = std::max(nt, 1);
   g.split_cols = g.npanels >= 4 * nt || g.npanels >= M;
   cpu::team_run(nt, &gemm_thread<scalar_t>, &g);
 }

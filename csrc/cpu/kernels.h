@@ -65,6 +65,13 @@ struct KernelTable {
   void (*pointwise)(int64_t m, int64_t c0, int64_t c1, const T* acc, int64_t ldacc,
                     const Epilogue<T>& ep);
 
+  // acc[r*ldacc + j] = sum_k a[r*lda + k] * w[j*ldw + k] for rows r < m and columns j in
+  // [j0, j1): a few rows times W^T with W read in place, unpacked (one step of a short
+  // sequence; W is read once per 4 rows). Lane-wise dot products, then the lanes in a fixed order:
+  // not the packed kernel's chain, so callers choose between the two by shape, never by thread.
+  void (*gemv_nt)(int64_t m, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
+                  int64_t j0, int64_t j1, T* acc, int64_t ldacc);
+
   // y[i] = tanh(x[i]) for i < n (the kernels' tanh, exposed for tests).
   void (*tanh)(const T* x, T* y, int64_t n);
 };

@@ -377,6 +377,103 @@ void pack(const typename V::scalar_t* src, int64_t rs, int64_t cs, int64_t K, in
   }
 }
 
+// Few-row products with a transposed right-hand side, read in place (no packing):
+// acc[r*ldacc + j] = sum_k a[r*lda + k] * w[j*ldw + k] for r < m, j in [j0, j1).
+// For a single step (x W_ih^T, h W_hh^T with one to four rows) packing W costs more than
+// the product: this reads each row of W once, contiguously. Each element is a W-lane dot
+// product (lane l sums k = l, l + W, ... in order, then the lanes are added pairwise in a
+// fixed order), so it does not depend on threads, but it is not the packed kernel's
+// sequential chain: callers choose it by shape alone.
+template <class V>
+inline typename V::scalar_t hsum(typename V::reg v) {
+  using T = typename V::scalar_t;
+  alignas(64) T l[V::W];
+  V::store(l, v);
+  for (int half = V::W / 2; half >= 1; half /= 2)
+    for (int i = 0; i < half; ++i) l[i] += l[i + half];
+  return l[0];
+}
+
+template <class V, int M>
+void gemv_nt_rows(int64_t K, const typename V::scalar_t* a, int64_t lda,
+                  const typename V::scalar_t* w, int64_t ldw, int64_t j0, int64_t j1,
+                  typename V::scalar_t* acc, int64_t ldacc) {
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  constexpr int JBR = (Tiling<V>::NREG - M - 2) / M;
+  constexpr int JB = JBR > 8 ? 8 : (JBR < 1 ? 1 : JBR);
+  const int64_t Kv = K / W * W;
+  const typename V::mask tail = V::tail_mask(int(K - Kv));
+  for (int64_t j = j0; j < j1; j += JB) {
+    const int nj = j1 - j < JB ? int(j1 - j) : JB;
+    R c[M][JB];
+#pragma GCC unroll 8
+    for (int r = 0; r < M; ++r)
+#pragma GCC unroll 8
+      for (int q = 0; q < JB; ++q) c[r][q] = V::zero();
+    if (nj == JB) {
+      for (int64_t k = 0; k < Kv; k += W) {
+        R av[M];
+#pragma GCC unroll 4
+        for (int r = 0; r < M; ++r) av[r] = V::load(a + r * lda + k);
+#pragma GCC unroll 8
+        for (int q = 0; q < JB; ++q) {
+          const R wv = V::load(w + (j + q) * ldw + k);
+#pragma GCC unroll 4
+          for (int r = 0; r < M; ++r) c[r][q] = V::fma(av[r], wv, c[r][q]);
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < Kv; k += W) {
+        R av[M];
+#pragma GCC unroll 4
+        for (int r = 0; r < M; ++r) av[r] = V::load(a + r * lda + k);
+        for (int q = 0; q < nj; ++q) {
+          const R wv = V::load(w + (j + q) * ldw + k);
+#pragma GCC unroll 4
+          for (int r = 0; r < M; ++r) c[r][q] = V::fma(av[r], wv, c[r][q]);
+        }
+      }
+    }
+    if (K > Kv) {
+      R av[M];
+#pragma GCC unroll 4
+      for (int r = 0; r < M; ++r) av[r] = V::load_masked(a + r * lda + Kv, tail);
+      for (int q = 0; q < nj; ++q) {
+        const R wv = V::load_masked(w + (j + q) * ldw + Kv, tail);
+#pragma GCC unroll 4
+        for (int r = 0; r < M; ++r) c[r][q] = V::fma(av[r], wv, c[r][q]);
+      }
+    }
+    for (int r = 0; r < M; ++r)
+      for (int q = 0; q < nj; ++q) acc[r * ldacc + j + q] = hsum<V>(c[r][q]);
+  }
+}
+
+template <class V>
+void gemv_nt(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda,
+             const typename V::scalar_t* w, int64_t ldw, int64_t j0, int64_t j1,
+             typename V::scalar_t* acc, int64_t ldacc) {
+  for (int64_t r0 = 0; r0 < m; r0 += 4) {  // groups of up to 4 rows, each reading W once
+    const typename V::scalar_t* ar = a + r0 * lda;
+    typename V::scalar_t* cr = acc + r0 * ldacc;
+    switch (m - r0 < 4 ? m - r0 : 4) {
+      case 1:
+        gemv_nt_rows<V, 1>(K, ar, lda, w, ldw, j0, j1, cr, ldacc);
+        break;
+      case 2:
+        gemv_nt_rows<V, 2>(K, ar, lda, w, ldw, j0, j1, cr, ldacc);
+        break;
+      case 3:
+        gemv_nt_rows<V, 3>(K, ar, lda, w, ldw, j0, j1, cr, ldacc);
+        break;
+      default:
+        gemv_nt_rows<V, 4>(K, ar, lda, w, ldw, j0, j1, cr, ldacc);
+        break;
+    }
+  }
+}
+
 template <class V>
 void pointwise(int64_t m, int64_t c0, int64_t c1, const typename V::scalar_t* acc, int64_t ldacc,
                const cpu::Epilogue<typename V::scalar_t>& ep) {
@@ -407,6 +504,7 @@ cpu::KernelTable<typename V::scalar_t> make_table() {
   t.pack = &pack<V>;
   t.gemm = &gemm<V>;
   t.pointwise = &pointwise<V>;
+  t.gemv_nt = &gemv_nt<V>;
   t.tanh = &tanh_array<V>;
   return t;
 }

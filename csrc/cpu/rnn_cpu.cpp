@@ -35,6 +35,19 @@ T* panel_buffer(size_t elems) {
   return static_cast<T*>(buf.get(elems * sizeof(T)));
 }
 
+// Accumulators of the unpacked path (few rows: see forward_direct), one buffer per thread.
+template <typename T>
+T* row_buffer(size_t elems) {
+  thread_local cpu::AlignedBuffer buf;
+  return static_cast<T*>(buf.get(elems * sizeof(T)));
+}
+
+// Short sequences of few rows (one decoding step, an RNNCell) skip packing W_hh: at
+// B1-H1024-T1 packing W_hh^T took ~150 us for a 2 MFLOP product. Each step then reads W_hh
+// in place (KernelTable::gemv_nt), whose sums run in another order than the packed
+// kernel's: the choice depends on the shape only, never on the threads.
+bool forward_direct(const RecurrenceShape& s) { return s.B <= 8 && s.B * s.T <= 32; }
+
 // Threads for a step of B rows: below ~32k multiply-adds per thread and step, waking and
 // synchronizing a second thread costs more than it saves (measured end to end with
 // benchmarks/cpu_table.py, the team on torch's OpenMP workers).
@@ -191,6 +204,7 @@ struct ForwardJob {
   T* h;
   int64_t ldh;  // row stride of P and h
   T* hn;
+  bool direct;  // forward_direct: W_hh read in place, not packed
 };
 
 // Step i of the forward pass on the columns of chunk c.
@@ -218,14 +232,24 @@ void forward_chunk(ForwardJob<T>& job, int64_t c, int64_t i) {
   if (i > 0) {
     const int64_t tp = s.reverse ? t + 1 : t - 1;
     mc = std::min(m, rc.bs[tp]);
-    k.gemm(mc, H, job.h + rc.off[tp] * ldh, ldh, false, rc.panels, rc.pstride, p0, p1, H, nullptr,
-           0, e);
+    if (job.direct) {
+      T* acc = row_buffer<T>(size_t(mc * H));
+      k.gemv_nt(mc, H, job.h + rc.off[tp] * ldh, ldh, job.W, H, c0, c1, acc, H);
+      k.pointwise(mc, c0, c1, acc, H, e);
+    } else {
+      k.gemm(mc, H, job.h + rc.off[tp] * ldh, ldh, false, rc.panels, rc.pstride, p0, p1, H, nullptr,
+             0, e);
+    }
   }
   if (m > mc) {
     Epilogue<T> es = e;
     es.out += mc * ldh;
     es.x1 += mc * ldh;
-    if (job.h0)
+    if (job.h0 && job.direct) {
+      T* acc = row_buffer<T>(size_t((m - mc) * H));
+      k.gemv_nt(m - mc, H, job.h0 + mc * H, H, job.W, H, c0, c1, acc, H);
+      k.pointwise(m - mc, c0, c1, acc, H, es);
+    } else if (job.h0)
       k.gemm(m - mc, H, job.h0 + mc * H, H, false, rc.panels, rc.pstride, p0, p1, H, nullptr, 0,
              es);
     else
@@ -251,7 +275,9 @@ void forward_thread(void* vctx, int tid, int nt) {
   Recurrence<T>& rc = job.rec;
   const int64_t H = rc.s->H;
   // B[k][j] = W_hh[j][k]: the forward step multiplies by W_hh^T.
-  auto pack = [&](int64_t c) { rc.pack_chunk(c, job.W, 1, H); };
+  auto pack = [&](int64_t c) {
+    if (!job.direct) rc.pack_chunk(c, job.W, 1, H);
+  };
   run_steps(rc.chunks, tid, nt, rc.s->T, pack,
             [&](int64_t c, int64_t i) { forward_chunk(job, c, i); });
 }
@@ -355,7 +381,7 @@ void rnn_forward_cpu(const RecurrenceShape& s, const scalar_t* P, const scalar_t
                      const scalar_t* h0, scalar_t* h, int64_t ldh, scalar_t* hn, int num_threads) {
   if (s.T <= 0 || s.B <= 0 || s.H <= 0) return;
   const KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
-  ForwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), P, W_hh, h0, h, ldh, hn};
+  ForwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), P, W_hh, h0, h, ldh, hn, forward_direct(s)};
   const int nt = choose_threads(s.B, s.H, job.rec.chunks.count, num_threads);
   cpu::team_run(nt, &forward_thread<scalar_t>, &job);
 }

@@ -69,8 +69,8 @@ void gemm_thread(void* vjob, int tid, int nt) {
   }
 }
 
-// Few rows times B^T (M <= 8, B transposed, nothing to accumulate): B read in place, as in
-// a single step's input projection, where packing B would cost more than the product.
+// Few rows (M <= 8) times B or B^T, B read in place, as in a single step's input
+// projection or input gradient, where packing B would cost more than the product.
 template <typename T>
 struct FewRowsJob {
   const cpu::KernelTable<T>* k;
@@ -82,6 +82,8 @@ struct FewRowsJob {
   T* C;
   int64_t ldc;
   const T* bias;
+  bool b_trans;
+  bool accumulate;
 };
 
 template <typename T>
@@ -91,7 +93,11 @@ void few_rows_thread(void* vjob, int tid, int nt) {
   const int64_t j0 = std::min(g.N, blocks * tid / nt * 16);
   const int64_t j1 = std::min(g.N, blocks * (tid + 1) / nt * 16);
   if (j1 <= j0) return;
-  g.k->gemv_nt(g.M, g.K, g.A, g.lda, g.B, g.ldb, j0, j1, g.C, g.ldc);
+  if (g.b_trans)
+    g.k->gemv_nt(g.M, g.K, g.A, g.lda, g.B, g.ldb, j0, j1, g.C, g.ldc);
+  else  // the packed kernel's own chains, C as their seed when accumulating
+    g.k->gemv_nn(g.M, g.K, g.A, g.lda, g.B, g.ldb, j0, j1, g.accumulate ? g.C : nullptr, g.ldc, g.C,
+                 g.ldc);
   if (g.bias) {
     cpu::Epilogue<T> ep;
     ep.kind = cpu::EpKind::kStore;
@@ -124,8 +130,10 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
   // going through a 1024 x 1024 B is most of the call.
   if (flops < 1e7 && double(K) * double(N) < 65536.0) nt = 1;
   nt = std::max(nt, 1);
-  if (M <= 8 && !a_trans && b_trans && !accumulate) {
-    FewRowsJob<scalar_t> f{&k, M, N, K, A, lda, B, ldb, C, ldc, bias};
+  // B transposed: lane-wise dot products (another summation order: chosen by shape
+  // only). B as it is: the packed kernel's chains on B in place (bitwise the same).
+  if (M <= 8 && !a_trans && (!b_trans || !accumulate)) {
+    FewRowsJob<scalar_t> f{&k, M, N, K, A, lda, B, ldb, C, ldc, bias, b_trans, accumulate};
     cpu::team_run(nt, &few_rows_thread<scalar_t>, &f);
     return;
   }

@@ -72,6 +72,13 @@ struct KernelTable {
   void (*gemv_nt)(int64_t m, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
                   int64_t j0, int64_t j1, T* acc, int64_t ldacc);
 
+  // acc[r*ldacc + j] = (cinit ? cinit[r*ldc + j] : 0) + sum_k a[r*lda + k] * w[k*ldw + j]
+  // for rows r < m, columns j in [j0, j1): a few rows times a row-major W read in place.
+  // Each element is the packed gemm's chain (one fma per k in order), so results are
+  // bitwise the packed kernel's; acc may alias cinit.
+  void (*gemv_nn)(int64_t m, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
+                  int64_t j0, int64_t j1, const T* cinit, int64_t ldc, T* acc, int64_t ldacc);
+
   // y[i] = tanh(x[i]) for i < n (the kernels' tanh, exposed for tests).
   void (*tanh)(const T* x, T* y, int64_t n);
 };

@@ -474,6 +474,91 @@ void gemv_nt(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda,
   }
 }
 
+// Few rows times a row-major W read in place (no packing): acc[r*ldacc + j] =
+// (cinit ? cinit[r*ldc + j] : 0) + sum_k a[r*lda + k] * w[k*ldw + j], r < m, j in [j0, j1).
+// Each element is the packed micro-kernel's chain (one fma per k, in order, from zero or
+// cinit), so the result is bitwise the packed kernel's: only the memory access differs.
+template <class V, int M>
+void gemv_nn_rows(int64_t K, const typename V::scalar_t* a, int64_t lda,
+                  const typename V::scalar_t* w, int64_t ldw, int64_t j0, int64_t j1,
+                  const typename V::scalar_t* cinit, int64_t ldc, typename V::scalar_t* acc,
+                  int64_t ldacc) {
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  constexpr int JBR = (Tiling<V>::NREG - 2) / (M + 1);
+  constexpr int JB = JBR > 4 ? 4 : (JBR < 1 ? 1 : JBR);
+  for (int64_t j = j0; j < j1; j += JB * W) {
+    const int64_t ncols = j1 - j < JB * W ? j1 - j : JB * W;
+    typename V::mask mk[JB];
+#pragma GCC unroll 4
+    for (int q = 0; q < JB; ++q) {
+      const int64_t left = ncols - q * W;
+      mk[q] = V::tail_mask(left >= W ? W : (left > 0 ? int(left) : 0));
+    }
+    R c[M][JB];
+#pragma GCC unroll 8
+    for (int r = 0; r < M; ++r)
+#pragma GCC unroll 4
+      for (int q = 0; q < JB; ++q)
+        c[r][q] = cinit ? V::load_masked(cinit + r * ldc + j + q * W, mk[q]) : V::zero();
+    if (ncols == JB * W) {
+      for (int64_t k = 0; k < K; ++k) {
+        R wv[JB];
+#pragma GCC unroll 4
+        for (int q = 0; q < JB; ++q) wv[q] = V::load(w + k * ldw + j + q * W);
+#pragma GCC unroll 8
+        for (int r = 0; r < M; ++r) {
+          const R av = V::set1(a[r * lda + k]);
+#pragma GCC unroll 4
+          for (int q = 0; q < JB; ++q) c[r][q] = V::fma(av, wv[q], c[r][q]);
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        R wv[JB];
+#pragma GCC unroll 4
+        for (int q = 0; q < JB; ++q) wv[q] = V::load_masked(w + k * ldw + j + q * W, mk[q]);
+#pragma GCC unroll 8
+        for (int r = 0; r < M; ++r) {
+          const R av = V::set1(a[r * lda + k]);
+#pragma GCC unroll 4
+          for (int q = 0; q < JB; ++q) c[r][q] = V::fma(av, wv[q], c[r][q]);
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < M; ++r)
+#pragma GCC unroll 4
+      for (int q = 0; q < JB; ++q) V::store_masked(acc + r * ldacc + j + q * W, mk[q], c[r][q]);
+  }
+}
+
+template <class V>
+void gemv_nn(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda,
+             const typename V::scalar_t* w, int64_t ldw, int64_t j0, int64_t j1,
+             const typename V::scalar_t* cinit, int64_t ldc, typename V::scalar_t* acc,
+             int64_t ldacc) {
+  for (int64_t r0 = 0; r0 < m; r0 += 4) {  // groups of up to 4 rows, each reading W once
+    const typename V::scalar_t* ar = a + r0 * lda;
+    const typename V::scalar_t* ci = cinit ? cinit + r0 * ldc : nullptr;
+    typename V::scalar_t* cr = acc + r0 * ldacc;
+    switch (m - r0 < 4 ? m - r0 : 4) {
+      case 1:
+        gemv_nn_rows<V, 1>(K, ar, lda, w, ldw, j0, j1, ci, ldc, cr, ldacc);
+        break;
+      case 2:
+        gemv_nn_rows<V, 2>(K, ar, lda, w, ldw, j0, j1, ci, ldc, cr, ldacc);
+        break;
+      case 3:
+        gemv_nn_rows<V, 3>(K, ar, lda, w, ldw, j0, j1, ci, ldc, cr, ldacc);
+        break;
+      default:
+        gemv_nn_rows<V, 4>(K, ar, lda, w, ldw, j0, j1, ci, ldc, cr, ldacc);
+        break;
+    }
+  }
+}
+
 template <class V>
 void pointwise(int64_t m, int64_t c0, int64_t c1, const typename V::scalar_t* acc, int64_t ldacc,
                const cpu::Epilogue<typename V::scalar_t>& ep) {
@@ -505,6 +590,7 @@ cpu::KernelTable<typename V::scalar_t> make_table() {
   t.gemm = &gemm<V>;
   t.pointwise = &pointwise<V>;
   t.gemv_nt = &gemv_nt<V>;
+  t.gemv_nn = &gemv_nn<V>;
   t.tanh = &tanh_array<V>;
   return t;
 }

@@ -293,7 +293,23 @@ struct BackwardJob {
   const T* dhn;
   T* dP;
   T* dh0;
+  bool direct;  // forward_direct's shapes: W_hh read in place (same results as packed)
 };
+
+// rows x W_hh on the columns [c0, c1) of chunk panels [p0, p1), then the epilogue ep.
+template <typename T>
+void backward_product(const BackwardJob<T>& job, int64_t rows, const T* a, int64_t p0, int64_t p1,
+                      int64_t c0, int64_t c1, const Epilogue<T>& ep) {
+  const Recurrence<T>& rc = job.rec;
+  const int64_t H = rc.s->H;
+  if (job.direct) {
+    T* acc = row_buffer<T>(size_t(rows * H));
+    rc.k->gemv_nn(rows, H, a, H, job.W, H, c0, c1, nullptr, 0, acc, H);
+    rc.k->pointwise(rows, c0, c1, acc, H, ep);
+  } else {
+    rc.k->gemm(rows, H, a, H, false, rc.panels, rc.pstride, p0, p1, H, nullptr, 0, ep);
+  }
+}
 
 // Step i of BPTT on the columns of chunk c; step T is dh0 = d_first W_hh.
 template <typename T>
@@ -312,8 +328,7 @@ void backward_chunk(BackwardJob<T>& job, int64_t c, int64_t i) {
     // active at T - 1 started there.
     const int64_t t = s.reverse ? s.T - 1 : 0;
     store.out = job.dh0;
-    k.gemm(rc.bs[t], H, job.dP + rc.off[t] * H, H, false, rc.panels, rc.pstride, p0, p1, H, nullptr,
-           0, store);
+    backward_product(job, rc.bs[t], job.dP + rc.off[t] * H, p0, p1, c0, c1, store);
     return;
   }
   const int64_t t = s.reverse ? i : s.T - 1 - i;
@@ -332,20 +347,16 @@ void backward_chunk(BackwardJob<T>& job, int64_t c, int64_t i) {
   int64_t mc = 0;
   if (!s.reverse) {
     mc = rc.bs[t + 1];
-    if (mc > 0)
-      k.gemm(mc, H, job.dP + rc.off[t + 1] * H, H, false, rc.panels, rc.pstride, p0, p1, H, nullptr,
-             0, e);
+    if (mc > 0) backward_product(job, mc, job.dP + rc.off[t + 1] * H, p0, p1, c0, c1, e);
   } else if (t > 0) {
     mc = m;
-    k.gemm(m, H, job.dP + rc.off[t - 1] * H, H, false, rc.panels, rc.pstride, p0, p1, H, nullptr, 0,
-           e);
+    backward_product(job, m, job.dP + rc.off[t - 1] * H, p0, p1, c0, c1, e);
     // Sequences whose first (reverse) forward step was t - 1: dh0 = d_{t-1} W_hh.
     const int64_t mp = rc.bs[t - 1];
     if (job.dh0 && mp > m) {
       Epilogue<T> st = store;
       st.out = job.dh0 + m * H;
-      k.gemm(mp - m, H, job.dP + (rc.off[t - 1] + m) * H, H, false, rc.panels, rc.pstride, p0, p1,
-             H, nullptr, 0, st);
+      backward_product(job, mp - m, job.dP + (rc.off[t - 1] + m) * H, p0, p1, c0, c1, st);
     }
   }
   if (m > mc) {
@@ -369,7 +380,9 @@ void backward_thread(void* vctx, int tid, int nt) {
   Recurrence<T>& rc = job.rec;
   const int64_t H = rc.s->H;
   // B[k][j] = W_hh[k][j]: d_next W_hh.
-  auto pack = [&](int64_t c) { rc.pack_chunk(c, job.W, H, 1); };
+  auto pack = [&](int64_t c) {
+    if (!job.direct) rc.pack_chunk(c, job.W, H, 1);
+  };
   run_steps(rc.chunks, tid, nt, rc.s->T + (job.dh0 ? 1 : 0), pack,
             [&](int64_t c, int64_t i) { backward_chunk(job, c, i); });
 }
@@ -392,7 +405,8 @@ void rnn_backward_cpu(const RecurrenceShape& s, const scalar_t* W_hh, const scal
                       scalar_t* dP, scalar_t* dh0, int num_threads) {
   if (s.T <= 0 || s.B <= 0 || s.H <= 0) return;
   const KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
-  BackwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), W_hh, h, ldh, G, ldg, dhn, dP, dh0};
+  BackwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), W_hh, h, ldh, G, ldg, dhn, dP, dh0,
+                            forward_direct(s)};
   const int nt = choose_threads(s.B, s.H, job.rec.chunks.count, num_threads);
   cpu::team_run(nt, &backward_thread<scalar_t>, &job);
 }

@@ -373,6 +373,76 @@ static void test_strides(std::mt19937& rng) {
               g_fail ? "FAILED" : "ok");
 }
 
+// The few-row paths that read W in place must give the packed kernels' results bitwise
+// where they claim to: gemm with B as it is (M <= 8) and BPTT (B <= 8, B * T <= 32). Rows
+// are independent in both, so the first rows of a larger, packed call are the reference.
+template <typename T>
+static void test_in_place_matches_packed(std::mt19937& rng) {
+  std::normal_distribution<double> nd(0, 1);
+  int checked = 0;
+  for (int64_t K : {int64_t(3), int64_t(100), int64_t(1500)}) {
+    const int64_t N = 77;
+    for (int acc = 0; acc < 2; ++acc) {
+      std::vector<T> A(9 * K), B(K * N), C0(9 * N), bias(N);
+      for (auto* v : {&A, &B, &C0, &bias})
+        for (auto& e : *v) e = T(nd(rng));
+      for (int nt : {1, 2}) {
+        std::vector<T> Cp = C0, Cd = C0;
+        gemm_cpu<T>(9, N, K, A.data(), K, false, B.data(), N, false, Cp.data(), N,
+                    acc ? nullptr : bias.data(), acc, nt);
+        gemm_cpu<T>(8, N, K, A.data(), K, false, B.data(), N, false, Cd.data(), N,
+                    acc ? nullptr : bias.data(), acc, nt);
+        CHECK(std::equal(Cd.begin(), Cd.begin() + 8 * N, Cp.begin()),
+              "gemm with 8 rows (B read in place) differs from the packed 9-row gemm (K=%ld "
+              "accumulate=%d nt=%d)",
+              long(K), acc, nt);
+        ++checked;
+      }
+    }
+  }
+  for (int64_t H : {int64_t(5), int64_t(64), int64_t(300)}) {
+    for (int rev = 0; rev < 2; ++rev) {
+      const int64_t Tn = 4;
+      std::vector<T> W(H * H), h(Tn * 9 * H), G(Tn * 9 * H), dhn(9 * H);
+      for (auto& v : W) v = T(nd(rng) / std::sqrt(double(H)));
+      for (auto& v : h) v = T(std::tanh(nd(rng)));
+      for (auto& v : G) v = T(nd(rng));
+      for (auto& v : dhn) v = T(nd(rng));
+      // The same 8 sequences with and without a ninth: step t's rows are t*B .. t*B+B-1.
+      std::vector<T> h8(Tn * 8 * H), G8(Tn * 8 * H);
+      for (int64_t t = 0; t < Tn; ++t)
+        for (int64_t j = 0; j < 8 * H; ++j) {
+          h8[t * 8 * H + j] = h[t * 9 * H + j];
+          G8[t * 8 * H + j] = G[t * 9 * H + j];
+        }
+      RecurrenceShape s9, s8;
+      s9.T = s8.T = Tn;
+      s9.B = 9;
+      s8.B = 8;
+      s9.H = s8.H = H;
+      s9.reverse = s8.reverse = bool(rev);
+      for (int nt : {1, 2}) {
+        std::vector<T> dP9(Tn * 9 * H), dh09(9 * H), dP8(Tn * 8 * H), dh08(8 * H);
+        rnn_backward_cpu<T>(s9, W.data(), h.data(), H, G.data(), H, dhn.data(), dP9.data(),
+                            dh09.data(), nt);
+        rnn_backward_cpu<T>(s8, W.data(), h8.data(), H, G8.data(), H, dhn.data(), dP8.data(),
+                            dh08.data(), nt);
+        bool same = std::equal(dh08.begin(), dh08.end(), dh09.begin());
+        for (int64_t t = 0; t < Tn; ++t)
+          same = same && std::equal(dP8.begin() + t * 8 * H, dP8.begin() + (t + 1) * 8 * H,
+                                    dP9.begin() + t * 9 * H);
+        CHECK(same,
+              "BPTT with B = 8 (W_hh read in place) differs from B = 9 (packed) (H=%ld "
+              "rev=%d nt=%d)",
+              long(H), rev, nt);
+        ++checked;
+      }
+    }
+  }
+  std::printf("in place vs packed (%s): %d cases: %s\n", sizeof(T) == 4 ? "f32" : "f64", checked,
+              g_fail ? "FAILED" : "ok");
+}
+
 int main() {
   std::printf("isa: %s\n", cpu_isa());
   test_tanh(cpu::select_kernels<float>());
@@ -382,6 +452,8 @@ int main() {
   test_gemm<double>(rng, 1e-13);
   test_strides<float>(rng);
   test_strides<double>(rng);
+  test_in_place_matches_packed<float>(rng);
+  test_in_place_matches_packed<double>(rng);
   std::vector<Case> cases;
   const int64_t shapes[][3] = {{1, 1, 1},    {5, 3, 7},    {7, 1, 33},   {4, 13, 65},
                                {9, 29, 100}, {3, 64, 129}, {2, 257, 40}, {6, 5, 256}};

@@ -10,8 +10,9 @@
 // once per call and reuses it for all T steps.
 //
 // Determinism: every output element is one accumulator that starts at zero (or at cinit)
-// and takes one fused multiply-add per k, k = 0..K-1 in order. Tile shapes, panel ranges
-// and threads only decide who computes an element, never how, so results are bitwise
+// and takes one fused multiply-add per k, k = 0..K-1 in order (gemv_nt: a fixed lane-wise
+// order, used for shapes chosen without regard to threads). Tile shapes, panel ranges and
+// threads only decide who computes an element, never how, so results are bitwise
 // identical for any thread count.
 #pragma once
 

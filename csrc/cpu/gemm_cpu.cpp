@@ -125,10 +125,11 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
   }
   const double flops = 2.0 * double(M) * double(N) * double(K);
   int nt = std::min(num_threads, cpu::hardware_threads());
-  // ~40 us of work: waking the team costs about as much. Unless B is large: each thread
-  // reads (or packs) only its own columns of B, and with few rows (a single step, M = 1)
-  // going through a 1024 x 1024 B is most of the call.
-  if (flops < 1e7 && double(K) * double(N) < 65536.0) nt = 1;
+  // ~40 us of work: waking the team costs about as much. Unless B or C is large: each
+  // thread reads (or packs) only its own columns of B and writes its own part of C, and
+  // with few rows (a single step, M = 1) going through a 1024 x 1024 B, or with K = 1
+  // (a single step's weight gradient) writing a 1024 x 1024 C, is most of the call.
+  if (flops < 1e7 && double(K) * double(N) < 65536.0 && double(M) * double(N) < 65536.0) nt = 1;
   nt = std::max(nt, 1);
   // B transposed: lane-wise dot products (another summation order: chosen by shape
   // only). B as it is: the packed kernel's chains on B in place (bitwise the same).

@@ -1,0 +1,93 @@
+"""One time step per call (decoding, RNNCell loops): fusedrnn vs torch.nn, same process.
+
+Inference of ``RNN`` with T = 1 and of ``RNNCell``, and one ``RNN`` training step with
+T = 1 (forward, ``(out.sum() + h_n.sum()).backward()``, gradients reset with
+``set_to_none``), for a few batch and hidden sizes; per-call minimum over rounds.
+
+    python benchmarks/single_step.py [--seconds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import fusedrnn
+
+SIZES = [(1, 256), (1, 1024), (8, 1024), (64, 1024)]
+
+
+def _per_call(fn, seconds: float) -> float:
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    n = max(1, int(0.05 / max(time.perf_counter() - t0, 1e-7)))  # ~50 ms per round
+    best = float("inf")
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best
+
+
+def _rows(B: int, H: int, seconds: float):
+    torch.manual_seed(0)
+    ref = torch.nn.RNN(H, H)
+    ours = fusedrnn.RNN.from_torch(ref)
+    cell_ref = torch.nn.RNNCell(H, H)
+    cell = fusedrnn.RNNCell.from_torch(cell_ref)
+    x = torch.randn(1, B, H)
+    h = torch.randn(1, B, H)
+    xt = x.clone().requires_grad_(True)
+
+    def infer(m):
+        def call():
+            with torch.no_grad():
+                m(x, h)
+
+        return call
+
+    def cell_infer(m):
+        def call():
+            with torch.no_grad():
+                m(x[0], h[0])
+
+        return call
+
+    def train(m):
+        def step():
+            m.zero_grad(set_to_none=True)
+            xt.grad = None
+            out, hn = m(xt, h)
+            (out.sum() + hn.sum()).backward()
+
+        return step
+
+    for what, make, a, b in (
+        ("RNN T=1 inference", infer, ref, ours),
+        ("RNNCell inference", cell_infer, cell_ref, cell),
+        ("RNN T=1 training step", train, ref, ours),
+    ):
+        t_ref = _per_call(make(a), seconds) * 1e6
+        t_ours = _per_call(make(b), seconds) * 1e6
+        yield f"| {B} | {H} | {what} | {t_ref:.1f} | {t_ours:.1f} | {t_ref / t_ours:.2f}x |"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=1.0, help="per measurement")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| B | H | what | torch.nn us | fusedrnn us | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for B, H in SIZES:
+        for row in _rows(B, H, args.seconds):
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ torch.nn.RNN with the same weights, on the same inputs, in the same process.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import torch
 
@@ -71,6 +72,18 @@ EXTRA = [
     Case(64, 256, 100, dtype=torch.float64),
 ]
 CASES = MAIN + EXTRA
+
+
+def min_time(fn, rounds: int) -> float:
+    """Seconds of the fastest of ``rounds`` calls of fn, after one warm-up call
+    (preemption on a shared machine only ever adds time)."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def make_pair(case: Case, seed: int = 0):

@@ -13,20 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import torch
-from cpu_cases import CASES, infer_fn, make_pair, peak_bytes, train_fn
-
-
-def _min_time(fn, rounds):
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from cpu_cases import CASES, infer_fn, make_pair, min_time, peak_bytes, train_fn
 
 
 def main():
@@ -56,7 +45,7 @@ def main():
         rounds = max(3, args.rounds // 4) if big else args.rounds
         for mode, make in (("infer", infer_fn), ("train", train_fn)):
             fr, ff = make(ref, x), make(fused, x)
-            t_ref, t_fused = _min_time(fr, rounds), _min_time(ff, rounds)
+            t_ref, t_fused = min_time(fr, rounds), min_time(ff, rounds)
             gflops = case.flops(mode == "train") / t_fused / 1e9
             row = (
                 f"| {case.name} | {mode} | {t_ref * 1e3:.3f} | {t_fused * 1e3:.3f} | "

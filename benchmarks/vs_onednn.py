@@ -15,21 +15,10 @@ import argparse
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
-from cpu_cases import MAIN, infer_fn, make_pair, train_fn
-
-
-def _min_time(fn, rounds: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from cpu_cases import MAIN, infer_fn, make_pair, min_time, train_fn
 
 
 def _onednn(binary: str, case: str, rounds: int) -> tuple[float, float]:
@@ -65,7 +54,7 @@ def main() -> None:
         theirs = {"infer": float("inf"), "train": float("inf")}
         for _ in range(args.repeats):
             for mode, fn in fns.items():
-                ours[mode] = min(ours[mode], _min_time(fn, rounds))
+                ours[mode] = min(ours[mode], min_time(fn, rounds))
             inf, train = _onednn(args.binary, case.name, rounds)
             theirs["infer"] = min(theirs["infer"], inf)
             theirs["train"] = min(theirs["train"], train)

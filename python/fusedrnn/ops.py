@@ -268,6 +268,14 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
     b_ih = None if b_ih is None else b_ih.contiguous()
     b_hh = None if b_hh is None else b_hh.contiguous()
     h = x.new_empty((x.shape[0], H))
+    _layer_forward_cpu(T, B, H, batch_sizes, reverse, nonlinearity,
+                       x, w_ih, b_ih, b_hh, w_hh, h0, h.data_ptr(), H, hn)  # fmt: skip
+    return h, hn
+
+
+def _layer_forward_cpu(T, B, H, batch_sizes, reverse, nonlinearity,
+                       x, w_ih, b_ih, b_hh, w_hh, h0, h_addr, ldh, hn):  # fmt: skip
+    """``_C.layer_forward`` on checked, contiguous tensors; h at ``h_addr``, rows ``ldh`` apart."""
     _C.layer_forward(
         _KERNEL_DTYPES[x.dtype],
         T,
@@ -283,12 +291,11 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
         _addr(b_hh),
         w_hh.data_ptr(),
         h0.data_ptr(),
-        h.data_ptr(),
-        H,
+        h_addr,
+        ldh,
         hn.data_ptr(),
         torch.get_num_threads(),
     )
-    return h, hn
 
 
 @torch.library.custom_op("fusedrnn::rnn_layer_forward", mutates_args=())
@@ -454,17 +461,21 @@ def _meta(tensors) -> list:
     return [None if t is None else (t.shape, t.dtype, t.device) for t in tensors]
 
 
-def _backward(ctx, grad_h, grad_hn):
-    saved = ctx.saved_tensors
-    x, w_ih, w_hh, h0, h, batch_sizes = saved
-    # The forward pass checked these; the kernels trust their sizes, so refuse tensors
-    # changed in place since (a parameter's .data replaced between forward and backward).
+def _check_saved(ctx, saved) -> None:
+    """The kernels trust the sizes the forward pass checked: refuse saved tensors changed
+    since (a parameter's .data replaced between forward and backward)."""
     if _meta(saved) != ctx.saved_meta:
         _fail(
             RuntimeError,
             "a tensor saved for backward changed its shape, dtype or device after the forward "
             "pass (was a parameter's .data replaced?)",
         )
+
+
+def _backward(ctx, grad_h, grad_hn):
+    saved = ctx.saved_tensors
+    x, w_ih, w_hh, h0, h, batch_sizes = saved
+    _check_saved(ctx, saved)
     needs = ctx.needs_input_grad
     if grad_h is None:
         grad_h = torch.zeros_like(h)
@@ -782,26 +793,9 @@ def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity):
         w_ih, w_hh, b_ih, b_hh = (None if t is None else t.contiguous() for t in w)
         h0 = h0.contiguous()
         hn = torch.empty_like(h0)
-        _C.layer_forward(
-            _KERNEL_DTYPES[x.dtype],
-            T,
-            B,
-            H,
-            x.shape[1],
-            _steps_addr(batch_sizes),
-            d == 1,
-            nonlinearity,
-            x.data_ptr(),
-            w_ih.data_ptr(),
-            _addr(b_ih),
-            _addr(b_hh),
-            w_hh.data_ptr(),
-            h0.data_ptr(),
-            out.data_ptr() + d * H * out.element_size(),
-            2 * H,
-            hn.data_ptr(),
-            torch.get_num_threads(),
-        )
+        h_addr = out.data_ptr() + d * H * out.element_size()  # its half of each row
+        _layer_forward_cpu(T, B, H, batch_sizes, d == 1, nonlinearity,
+                           x, w_ih, b_ih, b_hh, w_hh, h0, h_addr, 2 * H, hn)  # fmt: skip
         hns.append(hn)
     return out, hns[0], hns[1]
 
@@ -831,12 +825,7 @@ class _EagerBiLayer(torch.autograd.Function):
     def backward(ctx, grad_out, grad_hnf, grad_hnb):
         saved = ctx.saved_tensors
         x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes = saved
-        if _meta(saved) != ctx.saved_meta:
-            _fail(
-                RuntimeError,
-                "a tensor saved for backward changed its shape, dtype or device after the "
-                "forward pass (was a parameter's .data replaced?)",
-            )
+        _check_saved(ctx, saved)
         needs = ctx.needs_input_grad
         N, H2 = out.shape
         H = H2 // 2

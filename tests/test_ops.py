@@ -1,5 +1,7 @@
 """The custom ops: gradcheck, opcheck, argument validation, double backward."""
 
+import typing
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence
@@ -288,3 +290,30 @@ def test_bidirectional_layer_refuses_different_hidden_sizes():
     _, wb3, _, _, h0b3, _ = _bidirectional_inputs(None, f64, H=3)
     with pytest.raises(ValueError, match="same hidden size"):
         ops.rnn_bidirectional_layer(x, wf, wb3, h0f, h0b3, bs)
+
+
+class _Logged(torch.Tensor):
+    """A tensor subclass that records the functions called on it."""
+
+    calls: typing.ClassVar[list] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.calls.append(getattr(func, "__name__", str(func)))
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@pytest.mark.parametrize("which", ["w_hh", "h0", "b_ih"])
+def test_a_subclass_weight_goes_through_the_registered_op(which):
+    """Only x's type used to decide the eager shortcut: a subclass weight or state must see
+    the registered op (its __torch_function__ runs), and the results are the plain ones."""
+    inputs = dict(
+        zip(("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "bs"), _layer_inputs(), strict=True)
+    )
+    want = ops.rnn_layer(*inputs.values())
+    inputs[which] = inputs[which].as_subclass(_Logged)
+    _Logged.calls = []
+    got = ops.rnn_layer(*inputs.values())
+    assert any("rnn_layer_forward" in name for name in _Logged.calls), _Logged.calls
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.as_subclass(torch.Tensor), b, rtol=0, atol=0)

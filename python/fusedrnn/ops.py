@@ -737,9 +737,17 @@ def _forward_ad_active() -> bool:
     return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
 
 
-def _plain_eager(x: Tensor) -> bool:
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def _plain_eager(x: Tensor, *tensors) -> bool:
     """True when nothing needs the registered op: no compiler, export, autocast, functorch
-    transform, dispatch mode, tensor subclass or meta tensor is in play."""
+    transform, dispatch mode, tensor subclass or meta tensor is in play. ``tensors`` are the
+    other arguments (weights, h0; None for an absent bias): a subclass among them (one with
+    its own __torch_function__, a DTensor) must see the op, not raw pointers."""
+    for t in tensors:
+        if t is not None and type(t) not in _PLAIN_TYPES:
+            return False
     return (
         type(x) is Tensor
         and not x.is_meta
@@ -763,7 +771,7 @@ def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonline
             "fusedrnn: forward-mode AD (dual tensors, torch.func.jvp) is not supported by the "
             "fused RNN; use torch.nn.RNN for forward-mode derivatives"
         )
-    if not _plain_eager(x):
+    if not _plain_eager(x, w_ih, w_hh, b_ih, b_hh, h0):
         # The dispatcher would reject a non-tensor before the checks could name it.
         _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
         return rnn_layer_forward(*args)
@@ -904,7 +912,7 @@ def rnn_bidirectional_layer(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlin
     """
     w_hh = w_fwd[1]
     if (
-        _plain_eager(x)
+        _plain_eager(x, *w_fwd, *w_rev, h0_fwd, h0_rev)
         and not x.is_cuda
         and x.dtype in _KERNEL_DTYPES
         and x.numel()  # no rows (B = 0) or no features: the checks and edge cases below

@@ -565,13 +565,14 @@ def _rows_view(g: Tensor) -> tuple[Tensor, int]:
     ``N * H`` elements per backward pass.
     """
     N, H = g.shape
-    if H <= 1 or g.stride(1) == 1:
+    s0, s1 = g.stride()
+    if H <= 1 or s1 == 1:
         if N <= 1:
             return g, H
-        if g.stride(0) == 0 or g.stride(0) >= H:
-            return g, g.stride(0)
-    elif g.stride(0) == 0:  # one value or one strided row for every row: one row to copy
-        return g[:1].contiguous(), 0
+        if s0 == 0 or s0 >= H:
+            return g, s0
+    elif s0 == 0:  # one value or one strided row for every row: one row to copy
+        return g[0].contiguous(), 0
     return g.contiguous(), H
 
 
@@ -581,7 +582,7 @@ def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, non
     N, H = h.shape
     B = h0.shape[0]
     T = batch_sizes.shape[0] if batch_sizes.numel() else N // B
-    w_hh, h, grad_hn, h0 = (t.contiguous() for t in (w_hh, h, grad_hn, h0))
+    w_hh, h, grad_hn, h0 = w_hh.contiguous(), h.contiguous(), grad_hn.contiguous(), h0.contiguous()
     grad_h, ldg = _rows_view(grad_h)
     x = x.contiguous() if need_dw_ih else None
     w_ih = w_ih.contiguous() if need_dx else None
@@ -589,9 +590,16 @@ def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, non
     dP = torch.empty_like(h)
     dh0 = torch.empty_like(grad_hn)
     # Outputs may not alias each other: a fresh empty tensor for each gradient not asked for.
-    dx = h.new_empty((N, In) if need_dx else 0)
-    dw_ih = h.new_empty((H, In) if need_dw_ih else 0)
-    dw_hh = h.new_empty((H, H) if need_dw_hh else 0)
+    # (empty_like of a contiguous tensor of the same shape: cheaper than new_empty(shape).)
+    dx = (
+        torch.empty_like(x) if need_dx and x is not None else h.new_empty((N, In) if need_dx else 0)
+    )
+    dw_ih = (
+        torch.empty_like(w_ih)
+        if need_dw_ih and w_ih is not None
+        else h.new_empty((H, In) if need_dw_ih else 0)
+    )
+    dw_hh = torch.empty_like(w_hh) if need_dw_hh else h.new_empty(0)
     db = h.new_empty(H if need_db else 0)
     _C.layer_backward(
         _KERNEL_DTYPES[h.dtype],

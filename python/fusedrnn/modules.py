@@ -139,20 +139,23 @@ class RNN(nn.RNNBase):
         return (*weights, None, None) if per == 2 else tuple(weights)
 
     def _check_forward_args(
-        self, input: Tensor, hx: Tensor, batch_sizes: Tensor | None, max_batch_size: int
+        self, input: Tensor, hx: Tensor | None, batch_sizes: Tensor | None, max_batch_size: int
     ) -> None:
-        """``torch.nn.RNN``'s checks, with its messages and exception types.
+        """``torch.nn.RNN``'s checks, with its messages and exception types (``hx`` None:
+        the input's only, for a state made here).
 
         The base class's ``check_forward_args`` reads ``batch_sizes[0]`` again, which
         torch.compile cannot relate to the ``max_batch_size`` read once in ``forward``.
         """
         self.check_input(input, batch_sizes)
-        num_directions = 2 if self.bidirectional else 1
-        expected = (self.num_layers * num_directions, max_batch_size, self.hidden_size)
-        self.check_hidden_size(hx, expected)
+        if hx is not None:
+            num_directions = 2 if self.bidirectional else 1
+            expected = (self.num_layers * num_directions, max_batch_size, self.hidden_size)
+            self.check_hidden_size(hx, expected)
         if batch_sizes is None and input.size(1 if self.batch_first else 0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        _check_hidden_matches(input, hx)
+        if hx is not None:
+            _check_hidden_matches(input, hx)
 
     def forward(self, input, hx: Tensor | None = None):
         num_directions = 2 if self.bidirectional else 1
@@ -206,9 +209,11 @@ class RNN(nn.RNNBase):
                 dtype=input.dtype,
                 device=input.device,
             )
+            # hx is right by construction: the input's checks only.
+            self._check_forward_args(input, None, batch_sizes, max_batch_size)
         else:
             hx = self.permute_hidden(hx, sorted_indices)
-        self._check_forward_args(input, hx, batch_sizes, max_batch_size)
+            self._check_forward_args(input, hx, batch_sizes, max_batch_size)
 
         if batch_sizes is None:
             if self.batch_first:

@@ -207,6 +207,22 @@ struct ForwardJob {
   bool direct;  // forward_direct: W_hh read in place, not packed
 };
 
+// rows x W_hh^T (a: rows lda apart) on the columns [c0, c1) of chunk panels [p0, p1), then
+// the epilogue ep: W_hh read in place (forward_direct) or from the packed panels.
+template <typename T>
+void forward_product(const ForwardJob<T>& job, int64_t rows, const T* a, int64_t lda, int64_t p0,
+                     int64_t p1, int64_t c0, int64_t c1, const Epilogue<T>& ep) {
+  const Recurrence<T>& rc = job.rec;
+  const int64_t H = rc.s->H;
+  if (job.direct) {
+    T* acc = row_buffer<T>(size_t(rows * H));
+    rc.k->gemv_nt(rows, H, a, lda, job.W, H, c0, c1, acc, H);
+    rc.k->pointwise(rows, c0, c1, acc, H, ep);
+  } else {
+    rc.k->gemm(rows, H, a, lda, false, rc.panels, rc.pstride, p0, p1, H, nullptr, 0, ep);
+  }
+}
+
 // Step i of the forward pass on the columns of chunk c.
 template <typename T>
 void forward_chunk(ForwardJob<T>& job, int64_t c, int64_t i) {
@@ -232,26 +248,14 @@ void forward_chunk(ForwardJob<T>& job, int64_t c, int64_t i) {
   if (i > 0) {
     const int64_t tp = s.reverse ? t + 1 : t - 1;
     mc = std::min(m, rc.bs[tp]);
-    if (job.direct) {
-      T* acc = row_buffer<T>(size_t(mc * H));
-      k.gemv_nt(mc, H, job.h + rc.off[tp] * ldh, ldh, job.W, H, c0, c1, acc, H);
-      k.pointwise(mc, c0, c1, acc, H, e);
-    } else {
-      k.gemm(mc, H, job.h + rc.off[tp] * ldh, ldh, false, rc.panels, rc.pstride, p0, p1, H, nullptr,
-             0, e);
-    }
+    forward_product(job, mc, job.h + rc.off[tp] * ldh, ldh, p0, p1, c0, c1, e);
   }
   if (m > mc) {
     Epilogue<T> es = e;
     es.out += mc * ldh;
     es.x1 += mc * ldh;
-    if (job.h0 && job.direct) {
-      T* acc = row_buffer<T>(size_t((m - mc) * H));
-      k.gemv_nt(m - mc, H, job.h0 + mc * H, H, job.W, H, c0, c1, acc, H);
-      k.pointwise(m - mc, c0, c1, acc, H, es);
-    } else if (job.h0)
-      k.gemm(m - mc, H, job.h0 + mc * H, H, false, rc.panels, rc.pstride, p0, p1, H, nullptr, 0,
-             es);
+    if (job.h0)
+      forward_product(job, m - mc, job.h0 + mc * H, H, p0, p1, c0, c1, es);
     else
       k.pointwise(m - mc, c0, c1, nullptr, 0, es);
   }

@@ -102,7 +102,9 @@ void StepSync::wait_step(int64_t step) {
   }
 }
 
-int hardware_threads() {
+namespace {
+
+int query_hardware_threads() {
 #if defined(__linux__)
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) {
@@ -112,6 +114,21 @@ int hardware_threads() {
 #endif
   const unsigned n = std::thread::hardware_concurrency();
   return n > 0 ? int(n) : 1;
+}
+
+}  // namespace
+
+int hardware_threads() {
+  // sched_getaffinity is a system call (~0.5 us, as long as a whole single step of a small
+  // RNN): ask once per 1024 calls, so that an affinity change is seen soon after.
+  static std::atomic<int> cached{0};
+  thread_local uint32_t calls = 0;
+  int n = cached.load(std::memory_order_relaxed);
+  if (n == 0 || (calls++ & 1023u) == 0) {
+    n = query_hardware_threads();
+    cached.store(n, std::memory_order_relaxed);
+  }
+  return n;
 }
 
 namespace {

@@ -183,7 +183,7 @@ PYBIND11_MODULE(_C, m) {
          std::uintptr_t dw_ih, std::uintptr_t dw_hh, std::uintptr_t db, int num_threads) {
         check_dtype(dtype);
         check_row_stride("ldh", ldh, H, false);
-        check_row_stride("ldg", ldg, H, true);
+        if (ldg != -1) check_row_stride("ldg", ldg, H, true);
         const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         py::gil_scoped_release release;
         if (dtype == "float32")
@@ -199,10 +199,11 @@ PYBIND11_MODULE(_C, m) {
       py::arg("ldg"), py::arg("dhn"), py::arg("dP"), py::arg("dh0"), py::arg("dx"),
       py::arg("dx_accumulate"), py::arg("dw_ih"), py::arg("dw_hh"), py::arg("db"),
       py::arg("num_threads"),
-      "One layer-direction backward: BPTT into dP [N,H] (may be G when ldg = H; G's rows are "
-      "ldg apart, 0 = one row for all; h's rows ldh apart), then dh0 [B,H], dx [N,I] (added to "
-      "dx when dx_accumulate), "
-      "dW_ih [H,I], dW_hh [H,H], db [H]; every output but dP may be 0 (not computed).");
+      "One layer-direction backward: BPTT into dP [N,H] (may be G when ldg = H; 0: an internal "
+      "workspace; G's rows are ldg apart, 0 = one row for all, -1 = the value at G for every "
+      "element; h's rows ldh apart), then dh0 [B,H], dx [N,I] (added to dx when "
+      "dx_accumulate), dW_ih [H,I], dW_hh [H,H], db [H]; every output may be 0 (not "
+      "computed).");
 
   m.def(
       "gemm",

@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "aligned_buffer.h"
 #include "gemm_cpu.h"
 
 namespace fusedrnn {
@@ -31,6 +32,11 @@ void prefer_huge_pages(void* p, size_t bytes) {
   (void)bytes;
 #endif
 }
+
+// dP workspaces up to this size stay with the calling thread between calls (a small
+// layer's backward would otherwise spend as long allocating it as computing it); larger
+// ones are allocated per call and freed, not held.
+constexpr size_t kDPCacheBytes = size_t(1) << 20;
 
 }  // namespace
 
@@ -68,7 +74,22 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
     off[t + 1] = off[t] + bs[t];
   }
   const int64_t N = off[T];
-  prefer_huge_pages(dP, sizeof(scalar_t) * size_t(N * H));
+  std::vector<scalar_t> g_row;
+  if (ldg < 0) {  // one value for every element: one row of it, read for every row
+    if (G) {
+      g_row.assign(size_t(H), *G);
+      G = g_row.data();
+    }
+    ldg = 0;
+  }
+  const size_t dp_bytes = sizeof(scalar_t) * size_t(N * H);
+  cpu::AlignedBuffer dp_own;
+  if (!dP) {
+    thread_local cpu::AlignedBuffer dp_cache;
+    dP = static_cast<scalar_t*>(dp_bytes <= kDPCacheBytes ? dp_cache.get(dp_bytes)
+                                                          : dp_own.get(dp_bytes));
+  }
+  prefer_huge_pages(dP, dp_bytes);
   if (!dx_accumulate) prefer_huge_pages(dx, sizeof(scalar_t) * size_t(N * I));
   rnn_backward_cpu<scalar_t>(s, w_hh, h, ldh, G, ldg, dhn, dP, dh0, num_threads);
 

@@ -18,10 +18,12 @@ void layer_forward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x, c
                        const scalar_t* b_ih, const scalar_t* b_hh, const scalar_t* w_hh,
                        const scalar_t* h0, scalar_t* h, int64_t ldh, scalar_t* hn, int num_threads);
 
-// BPTT and every gradient of one layer-direction. Outputs are nullable except dP:
+// BPTT and every gradient of one layer-direction. Outputs are nullable:
 //   h [N,H] from the forward call, row stride ldh (>= H)
-//   G [N,H] with row stride ldg (see rnn_backward_cpu: ldg = H, > H, or 0 for one row)
-//   dP [N,H] out (workspace; may alias G when ldg = H), dh0 [B,H], dx [N,I] (needs w_ih;
+//   G [N,H] with row stride ldg (see rnn_backward_cpu: ldg = H, > H, or 0 for one row),
+//   or ldg = -1: one value *G for every element (the gradient of a sum, expanded)
+//   dP [N,H] out (workspace; may alias G when ldg = H; nullptr: an internal workspace,
+//   reused across calls up to kDPCacheBytes), dh0 [B,H], dx [N,I] (needs w_ih;
 //   added to what dx holds when dx_accumulate: the second direction of a bidirectional
 //   layer adds its share of the input gradient),
 //   dw_ih [H,I] (needs x), dw_hh [H,H] (needs h0 or zero initial state: h0 == nullptr),

@@ -13,6 +13,7 @@
 #include "fusedrnn.h"
 #include "gemm_cpu.h"
 #include "kernels.h"
+#include "layer_cpu.h"
 
 using namespace fusedrnn;
 
@@ -443,6 +444,53 @@ static void test_in_place_matches_packed(std::mt19937& rng) {
               g_fail ? "FAILED" : "ok");
 }
 
+// layer_backward_cpu's shortcuts for the eager path: ldg = -1 (one value for every element
+// of G, the gradient of a sum) and dP = nullptr (its own workspace, cached when small)
+// must give the results of a full G and a caller's dP bitwise.
+template <typename T>
+static void test_layer_backward_shortcuts(std::mt19937& rng) {
+  std::normal_distribution<double> nd(0, 1);
+  int checked = 0;
+  const int64_t shapes[][4] = {{1, 1, 32, 32}, {5, 3, 17, 9}, {40, 64, 256, 256}};  // T B H I
+  for (const auto& sh : shapes) {
+    const int64_t Tn = sh[0], B = sh[1], H = sh[2], I = sh[3], N = Tn * B;
+    std::vector<T> x(N * I), w_ih(H * I), w_hh(H * H), h0(B * H), dhn(B * H), h(N * H);
+    for (auto* v : {&x, &w_ih, &w_hh, &h0, &dhn})
+      for (auto& e : *v) e = T(nd(rng) / std::sqrt(double(H)));
+    const T g = T(nd(rng));
+    std::vector<T> G(N * H, g);
+    RecurrenceShape s;
+    s.T = Tn;
+    s.B = B;
+    s.H = H;
+    s.batch_sizes = nullptr;
+    s.reverse = Tn % 2 == 0;
+    std::vector<T> hn(B * H);
+    layer_forward_cpu<T>(s, I, x.data(), w_ih.data(), nullptr, nullptr, w_hh.data(), h0.data(),
+                         h.data(), H, hn.data(), 2);
+    auto run = [&](const T* G_, int64_t ldg, bool own_dP, int nt) {
+      std::vector<T> dP(own_dP ? 0 : N * H), out(B * H + N * I + H * I + H * H + H);
+      T* o = out.data();
+      layer_backward_cpu<T>(s, I, x.data(), w_ih.data(), w_hh.data(), h0.data(), h.data(), H, G_,
+                            ldg, dhn.data(), own_dP ? nullptr : dP.data(), o, o + B * H, false,
+                            o + B * H + N * I, o + B * H + N * I + H * I,
+                            o + B * H + N * I + H * I + H * H, nt);
+      return out;
+    };
+    for (int nt : {1, 2}) {
+      const std::vector<T> want = run(G.data(), H, false, nt);
+      CHECK(run(&g, -1, false, nt) == want, "ldg = -1 differs (T=%ld B=%ld H=%ld nt=%d)", long(Tn),
+            long(B), long(H), nt);
+      for (int again = 0; again < 2; ++again)  // the second call reuses a cached workspace
+        CHECK(run(G.data(), H, true, nt) == want, "dP = nullptr differs (T=%ld B=%ld H=%ld nt=%d)",
+              long(Tn), long(B), long(H), nt);
+      checked += 3;
+    }
+  }
+  std::printf("layer backward shortcuts (%s): %d cases: %s\n", sizeof(T) == 4 ? "f32" : "f64",
+              checked, g_fail ? "FAILED" : "ok");
+}
+
 int main() {
   std::printf("isa: %s\n", cpu_isa());
   test_tanh(cpu::select_kernels<float>());
@@ -454,6 +502,8 @@ int main() {
   test_strides<double>(rng);
   test_in_place_matches_packed<float>(rng);
   test_in_place_matches_packed<double>(rng);
+  test_layer_backward_shortcuts<float>(rng);
+  test_layer_backward_shortcuts<double>(rng);
   std::vector<Case> cases;
   const int64_t shapes[][3] = {{1, 1, 1},    {5, 3, 7},    {7, 1, 33},   {4, 13, 65},
                                {9, 29, 100}, {3, 64, 129}, {2, 257, 40}, {6, 5, 256}};

@@ -494,6 +494,127 @@ def test_cell_empty_sizes_and_conversion():
 # -- autograd policy, functional_call, autocast ---------------------------------------------
 
 
+# The common eager CPU call takes RNN._forward_fast (checks in one pass, each layer written
+# in place); every other call, and any call the fast path declines, takes the general
+# path. Both run the same kernels and must give the same bits.
+FAST_CONFIGS = {
+    "L1": dict(num_layers=1),
+    "L2_bi": dict(num_layers=2, bidirectional=True),
+    "L3_BT": dict(num_layers=3, batch_first=True),
+    "L2_relu_no_bias": dict(num_layers=2, bias=False, nonlinearity="relu"),
+    "bi_BT": dict(bidirectional=True, batch_first=True),
+    "L2_bi_dropout": dict(num_layers=2, bidirectional=True, dropout=0.5),
+}
+
+
+def _fast_and_general(monkeypatch, module, make_inputs, grad):
+    """(results, fast-path layer calls) of the fast path, then of the general path."""
+    from fusedrnn import ops
+
+    calls = []
+    for name in ("forward_into_cpu", "rnn_layer_checked", "rnn_bidirectional_layer_checked"):
+        original = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    results = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(ops, "fast_input_cpu", lambda x: False)
+        inputs = make_inputs()
+        torch.manual_seed(5)  # the same dropout masks
+        with torch.set_grad_enabled(grad):
+            out, hn = module(*inputs)
+        grads = []
+        if grad:
+            wrt = [t for t in inputs if t is not None] + list(module.parameters())
+            grads = torch.autograd.grad(_loss((out, hn)), wrt)
+        results.append((out, hn, *grads))
+        if fast:
+            fast_calls, calls[:] = list(calls), []
+    return results, fast_calls, calls
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
+@pytest.mark.parametrize("dtype", [f32, f64], ids=["f32", "f64"])
+@pytest.mark.parametrize("config", list(FAST_CONFIGS))
+def test_fast_path_matches_general_path_bitwise(monkeypatch, config, dtype, with_hx, batched, grad):
+    kwargs = FAST_CONFIGS[config]
+    torch.manual_seed(0)
+    module = fusedrnn.RNN(3, 4, dtype=dtype, **kwargs)
+    D = 2 if module.bidirectional else 1
+    B, T = 2, 5
+    x = torch.randn((B, T, 3) if module.batch_first else (T, B, 3), dtype=dtype)
+    hx = torch.randn(module.num_layers * D, B, 4, dtype=dtype)
+    if not batched:
+        x, hx = x[0] if module.batch_first else x[:, 0], hx[:, 0]
+
+    def make_inputs():
+        xx = x.clone().requires_grad_(grad)
+        return xx, (hx.clone().requires_grad_(grad) if with_hx else None)
+
+    (fast, general), fast_calls, general_calls = _fast_and_general(
+        monkeypatch, module, make_inputs, grad
+    )
+    assert fast_calls and not general_calls  # each path was the one taken
+    for a, b in zip(fast, general, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["parametrized", "non_contiguous_weight", "subclass_input", "float32_hx", "packed", "meta"],
+)
+def test_fast_path_declines_what_it_does_not_serve(monkeypatch, change):
+    """Such calls take the general path (which converts, serves or reports them)."""
+    from torch.nn.utils import parametrize
+
+    ref, ours = _rnn_pair(input_size=3, hidden_size=4, num_layers=2)
+    x = torch.randn(5, 2, 3, dtype=f64)
+    hx = None
+    if change == "parametrized":
+        for module in (ref, ours):
+            parametrize.register_parametrization(module, "weight_hh_l0", _Halve())
+    elif change == "non_contiguous_weight":
+        for module in (ref, ours):
+            module.weight_hh_l1 = nn.Parameter(module.weight_hh_l1.detach().t().contiguous().t())
+    elif change == "subclass_input":
+        x = x.as_subclass(_PlainSubclass)
+    elif change == "float32_hx":
+        hx = torch.zeros(2, 2, 4)  # nn.RNN: a dtype error
+    elif change == "packed":
+        x = pack_padded_sequence(x, [5, 3], enforce_sorted=False)
+    elif change == "meta":
+        ref, ours, x = ref.to(_META), ours.to(_META), x.to(_META)
+
+    def refuse(*args):
+        raise AssertionError("the fast path took a call it should decline")
+
+    monkeypatch.setattr(fusedrnn.RNN, "_infer_fast", refuse)
+    monkeypatch.setattr(fusedrnn.RNN, "_train_fast", refuse)
+    try:
+        want = ref(x, hx)
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            ours(x, hx)
+        return
+    for a, b in zip(ours(x, hx), want, strict=True):
+        a, b = _data(a).as_subclass(torch.Tensor), _data(b).as_subclass(torch.Tensor)
+        assert a.shape == b.shape
+        if a.device != _META:
+            torch.testing.assert_close(a, b, **TOL[f64])
+
+
+class _Halve(nn.Module):
+    def forward(self, w):
+        return w / 2
+
+
+class _PlainSubclass(torch.Tensor):
+    pass
+
+
 def test_double_backward_raises_clear_error():
     rnn = fusedrnn.RNN(3, 4, 2, dtype=f64)
     x = torch.randn(5, 2, 3, dtype=f64, requires_grad=True)

@@ -157,7 +157,160 @@ class RNN(nn.RNNBase):
         if hx is not None:
             _check_hidden_matches(input, hx)
 
+    def _fast_weights(self, dtype: torch.dtype) -> list | None:
+        """Every layer-direction's ``[w_ih, w_hh, b_ih, b_hh]`` when all are plain,
+        contiguous CPU tensors of ``dtype`` with this module's shapes; None otherwise (the
+        general path then converts, checks and reports). One flat loop: this runs on every
+        call, and a single step of a small RNN costs about as much as these checks."""
+        key = (self.input_size, self.hidden_size, self.num_layers, self.bidirectional, self.bias)
+        plan = self.__dict__.get("_fusedrnn_plan")
+        if plan is None or plan[0] != key:
+            plan = (key, self._weight_plan())
+            self.__dict__["_fusedrnn_plan"] = plan
+        params = self._parameters
+        strided = torch.strided
+        plain = ops.PLAIN_TENSOR_TYPES
+        weights = []
+        for name, shape in plan[1]:
+            if name is None:  # bias=False
+                weights.append(None)
+                continue
+            w = params.get(name)  # absent for a parametrized weight: the general path
+            if (
+                type(w) not in plain
+                or w.dtype is not dtype
+                or not w.is_cpu
+                or w.layout is not strided
+                or not w.is_contiguous()
+                or w.shape != shape
+            ):
+                return None
+            weights.append(w)
+        return weights
+
+    def _weight_plan(self) -> list[tuple[str | None, tuple[int, ...]]]:
+        """``(name, shape)`` of w_ih, w_hh, b_ih, b_hh for each layer-direction in order,
+        name None for an absent bias."""
+        H = self.hidden_size
+        D = 2 if self.bidirectional else 1
+        per = 4 if self.bias else 2
+        names = self._flat_weights_names
+        plan = []
+        for k in range(self.num_layers * D):
+            shapes = ((H, self.input_size if k < D else D * H), (H, H), (H,), (H,))
+            group = names[k * per : (k + 1) * per] + [None] * (4 - per)
+            plan += zip(group, shapes, strict=True)
+        return plan
+
+    def _forward_fast(self, input: Tensor, hx: Tensor | None):
+        """The common eager call, lean: padded (batched or not) plain contiguous CPU tensors
+        in float32 or float64. None when anything else is asked for (packed input, autocast,
+        torch.compile, a subclass, a wrong argument...): ``forward``'s general path then
+        serves or reports it. Inference writes every layer straight into the returned
+        tensors; training runs each layer as one autograd node (``ops.rnn_layer_checked``).
+        """
+        if not ops.fast_input_cpu(input) or self.nonlinearity not in ops.NONLINEARITIES:
+            return None
+        dtype = input.dtype
+        dim = input.dim()
+        if dim == 3:
+            if self.batch_first:
+                B, T, I = input.shape
+            else:
+                T, B, I = input.shape
+        elif dim == 2:
+            (T, I), B = input.shape, 1
+        else:
+            return None
+        H, L = self.hidden_size, self.num_layers
+        D = 2 if self.bidirectional else 1
+        if I != self.input_size or T == 0 or B == 0 or H == 0:
+            return None
+        if hx is not None and not ops.fast_tensor_cpu(
+            hx, dtype, (L * D, B, H) if dim == 3 else (L * D, H)
+        ):
+            return None
+        weights = self._fast_weights(dtype)
+        if weights is None:
+            return None
+        if dim == 3 and self.batch_first and B > 1:
+            x = input.transpose(0, 1).contiguous()  # time-major rows
+        else:
+            x = input.contiguous()
+        grad = torch.is_grad_enabled() and (
+            input.requires_grad
+            or (hx is not None and hx.requires_grad)
+            or any(w is not None and w.requires_grad for w in weights)
+        )
+        if grad:
+            output, hidden = self._train_fast(x, hx, weights, T, B, H)
+            if dim == 2:
+                return output.view(T, D * H), hidden.view(L * D, H)
+            output = output.view(T, B, D * H)
+        else:  # allocated in their returned shapes: no views
+            output, hidden = self._infer_fast(x, hx, weights, T, B, H, dim)
+            if dim == 2:
+                return output, hidden
+        return (output.transpose(0, 1) if self.batch_first else output), hidden
+
+    def _infer_fast(self, x, hx, weights, T, B, H, dim):
+        """``_forward_fast`` without autograd: each layer-direction's kernel writes its
+        columns of the layer output and its rows of ``h_n`` in place."""
+        D = 2 if self.bidirectional else 1
+        L = self.num_layers
+        hidden = x.new_empty(L * D, B, H) if dim == 3 else x.new_empty(L * D, H)
+        size = B * H * x.element_size()
+        h0 = 0 if hx is None else hx.data_ptr()
+        layer_input = x
+        for layer in range(L):
+            if layer < L - 1:
+                out = x.new_empty(T * B, D * H)
+            else:
+                out = x.new_empty(T, B, D * H) if dim == 3 else x.new_empty(T, D * H)
+            for d in range(D):
+                k = layer * D + d
+                ops.forward_into_cpu(
+                    layer_input, *weights[4 * k : 4 * k + 4], h0 and h0 + k * size,
+                    out.data_ptr() + d * (size // B), D * H, hidden.data_ptr() + k * size,
+                    T, B, H, d == 1, self.nonlinearity,
+                )  # fmt: skip
+            if self.dropout > 0 and self.training and layer < L - 1:
+                out = F.dropout(out, self.dropout, training=True)
+            layer_input = out
+        return layer_input, hidden
+
+    def _train_fast(self, x, hx, weights, T, B, H):
+        """``_forward_fast`` recording the graph: one autograd node per layer."""
+        D = 2 if self.bidirectional else 1
+        L = self.num_layers
+        dims = (T, B, H)
+        layer_input = x.view(T * B, x.shape[-1])
+        states = []
+        for layer in range(L):
+            h0 = (None, None) if hx is None else (hx[layer * D], hx[layer * D + D - 1])
+            if D == 2:
+                layer_input, hn_fwd, hn_rev = ops.rnn_bidirectional_layer_checked(
+                    layer_input, weights[8 * layer : 8 * layer + 4],
+                    weights[8 * layer + 4 : 8 * layer + 8], *h0,
+                    self.nonlinearity, dims,
+                )  # fmt: skip
+                states += (hn_fwd, hn_rev)
+            else:
+                layer_input, hn = ops.rnn_layer_checked(
+                    layer_input, *weights[4 * layer : 4 * layer + 4], h0[0], self.nonlinearity,
+                    dims,
+                )  # fmt: skip
+                states.append(hn)
+            if self.dropout > 0 and self.training and layer < L - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        hidden = states[0][None] if len(states) == 1 else torch.stack(states)
+        return layer_input, hidden
+
     def forward(self, input, hx: Tensor | None = None):
+        if type(input) is Tensor:
+            fast = self._forward_fast(input, hx)
+            if fast is not None:
+                return fast
         num_directions = 2 if self.bidirectional else 1
         orig_input = input
         is_batched = True

@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 NONLINEARITIES = ("tanh", "relu")
+_NO_STEPS = torch.empty(0, dtype=torch.int64)  # batch_sizes of padded input
 _KERNEL_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 # Dtypes the CPU kernels do not take (yet): stored in that dtype, computed by the float32
 # kernels (float32 state and accumulation, as under the autocast policy at the end). A
@@ -247,8 +248,20 @@ def _steps_addr(batch_sizes: Tensor) -> int:
     return batch_sizes.data_ptr() if batch_sizes.numel() else 0
 
 
-def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
-    """The forward computation shared by the custom op and the eager path."""
+def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity, dims=None):
+    """The forward computation shared by the custom op and the eager path.
+
+    ``dims = (T, B, H)`` marks arguments already checked (the modules' fast path,
+    :func:`fast_args_cpu`): plain contiguous CPU tensors in a kernel dtype, padded input,
+    ``h0`` None for a zero state.
+    """
+    if dims is not None:
+        T, B, H = dims
+        hn = x.new_empty(B, H)
+        h = x.new_empty(x.shape[0], H)
+        forward_into_cpu(x, w_ih, w_hh, b_ih, b_hh, _addr(h0), h.data_ptr(), H, hn.data_ptr(),
+                         T, B, H, reverse, nonlinearity)  # fmt: skip
+        return h, hn
     T, B, H = check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity)
     if not x.is_cuda and x.dtype not in _KERNEL_DTYPES:
         args = (_float32(t) for t in (x, w_ih, w_hh, b_ih, b_hh, h0))
@@ -267,10 +280,22 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
     # Named locals: a .contiguous() copy must outlive the call that reads its address.
     b_ih = None if b_ih is None else b_ih.contiguous()
     b_hh = None if b_hh is None else b_hh.contiguous()
-    h = x.new_empty((x.shape[0], H))
+    h = x.new_empty(x.shape[0], H)
     _layer_forward_cpu(T, B, H, batch_sizes, reverse, nonlinearity,
                        x, w_ih, b_ih, b_hh, w_hh, h0, h.data_ptr(), H, hn)  # fmt: skip
     return h, hn
+
+
+def forward_into_cpu(x, w_ih, w_hh, b_ih, b_hh, h0_addr, h_addr, ldh, hn_addr, T, B, H, reverse,
+                     nonlinearity):  # fmt: skip
+    """One padded layer-direction on checked tensors (see :func:`fast_args_cpu`), writing
+    ``h`` at ``h_addr`` (rows ``ldh`` apart) and ``hn`` at ``hn_addr``; ``h0_addr`` 0 for a
+    zero state. The modules' inference fast path: no allocation, no view."""
+    _C.layer_forward(
+        _KERNEL_DTYPES[x.dtype], T, B, H, x.shape[-1], 0, reverse, nonlinearity, x.data_ptr(),
+        w_ih.data_ptr(), _addr(b_ih), _addr(b_hh), w_hh.data_ptr(), h0_addr, h_addr, ldh,
+        hn_addr, torch.get_num_threads(),
+    )  # fmt: skip
 
 
 def _layer_forward_cpu(T, B, H, batch_sizes, reverse, nonlinearity,
@@ -455,6 +480,7 @@ def _setup_context(ctx, inputs, output):
     ctx.saved_meta = _meta(saved)
     ctx.reverse = reverse
     ctx.nonlinearity = nonlinearity
+    ctx.B = output[1].shape[0]  # h0 may be None (a zero state) on the fast path
 
 
 def _meta(tensors) -> list:
@@ -477,6 +503,19 @@ def _backward(ctx, grad_h, grad_hn):
     x, w_ih, w_hh, h0, h, batch_sizes = saved
     _check_saved(ctx, saved)
     needs = ctx.needs_input_grad
+    B = ctx.B
+    fused = not h.is_cuda and h.dtype in _KERNEL_DTYPES and h.numel() and B
+    # The eager path may call the kernel directly unless a graph of this backward is being
+    # recorded (create_graph=True): then the op, whose own backward refuses clearly. The
+    # kernel reads absent gradients and an absent h0 as zeros.
+    if fused and getattr(ctx, "eager", False) and not torch.is_grad_enabled():
+        dx, dw_ih, dw_hh, db, dh0 = _grads_impl(
+            x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
+            ctx.nonlinearity, needs[0], needs[1], needs[2], needs[3] or needs[4], needs[5], B,
+        )  # fmt: skip
+        return (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
+    if h0 is None:
+        h0 = h.new_zeros((B, h.shape[1]))
     if grad_h is None:
         grad_h = torch.zeros_like(h)
     if grad_hn is None:
@@ -484,16 +523,13 @@ def _backward(ctx, grad_h, grad_hn):
     if h.shape[1] == 0:  # H = 0 (torch.nn.RNNCell allows it): every gradient is empty or 0
         dP, dh0 = torch.zeros_like(h), torch.zeros_like(h0)
         return _generic_grads(ctx, needs, dP, dh0, x, w_ih, h0, h, batch_sizes)
-    # The eager path may call the kernel directly unless a graph of this backward is being
-    # recorded (create_graph=True): then the op, whose own backward refuses clearly.
-    eager = getattr(ctx, "eager", False) and not torch.is_grad_enabled()
-    if not h.is_cuda and h.dtype in _KERNEL_DTYPES and h.numel() and h0.shape[0]:
-        grads = _grads_impl if eager else rnn_layer_grads
-        dx, dw_ih, dw_hh, db, dh0 = grads(
+    if fused:
+        dx, dw_ih, dw_hh, db, dh0 = rnn_layer_grads(
             x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
             ctx.nonlinearity, needs[0], needs[1], needs[2], needs[3] or needs[4],
         )  # fmt: skip
         return (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
+    eager = getattr(ctx, "eager", False) and not torch.is_grad_enabled()
     bptt = _backward_impl if eager else rnn_layer_backward
     dP, dh0 = bptt(w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity)
     return _generic_grads(ctx, needs, dP, dh0, x, w_ih, h0, h, batch_sizes)
@@ -560,12 +596,15 @@ def _rows_view(g: Tensor) -> tuple[Tensor, int]:
     """``g`` [N, H] as the kernel reads it: ``(tensor, row stride)`` with unit column stride.
 
     Autograd often hands over gradients that are not contiguous: the gradient of a sum is
-    one value expanded (row stride 0), a bidirectional layer's output gradient is a column
-    slice of a wider matrix. The kernel reads those rows in place instead of a copy of
-    ``N * H`` elements per backward pass.
+    one value expanded (both strides 0: row stride -1, the kernel reads that value for
+    every element), a bidirectional layer's output gradient is a column slice of a wider
+    matrix. The kernel reads those in place instead of a copy of ``N * H`` elements per
+    backward pass.
     """
     N, H = g.shape
     s0, s1 = g.stride()
+    if s1 == 0 and (s0 == 0 or N <= 1):
+        return g, -1
     if H <= 1 or s1 == 1:
         if N <= 1:
             return g, H
@@ -577,18 +616,24 @@ def _rows_view(g: Tensor) -> tuple[Tensor, int]:
 
 
 def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
-                need_dx, need_dw_ih, need_dw_hh, need_db):  # fmt: skip
-    """The body of rnn_layer_grads on the CPU kernels: BPTT and every GEMM in one call."""
+                need_dx, need_dw_ih, need_dw_hh, need_db, need_dh0=True, B=None):  # fmt: skip
+    """The body of rnn_layer_grads on the CPU kernels: BPTT and every GEMM in one call.
+
+    The eager path may pass None for ``h0``, ``grad_h`` and ``grad_hn`` (zeros, read as
+    such by the kernel, with ``B`` given) and ``need_dh0=False`` (``dh0`` comes back None).
+    """
     N, H = h.shape
-    B = h0.shape[0]
+    if B is None:
+        B = h0.shape[0]
     T = batch_sizes.shape[0] if batch_sizes.numel() else N // B
-    w_hh, h, grad_hn, h0 = w_hh.contiguous(), h.contiguous(), grad_hn.contiguous(), h0.contiguous()
-    grad_h, ldg = _rows_view(grad_h)
+    w_hh, h = w_hh.contiguous(), h.contiguous()
+    grad_hn = None if grad_hn is None else grad_hn.contiguous()
+    h0 = None if h0 is None else h0.contiguous()
+    grad_h, ldg = (None, H) if grad_h is None else _rows_view(grad_h)
     x = x.contiguous() if need_dw_ih else None
     w_ih = w_ih.contiguous() if need_dx else None
     In = x.shape[1] if x is not None else (w_ih.shape[1] if w_ih is not None else 0)
-    dP = torch.empty_like(h)
-    dh0 = torch.empty_like(grad_hn)
+    dh0 = h.new_empty(B, H) if need_dh0 else None
     # Outputs may not alias each other: a fresh empty tensor for each gradient not asked for.
     # (empty_like of a contiguous tensor of the same shape: cheaper than new_empty(shape).)
     dx = (
@@ -613,14 +658,14 @@ def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, non
         _addr(x),
         _addr(w_ih),
         w_hh.data_ptr(),
-        h0.data_ptr(),
+        _addr(h0),
         h.data_ptr(),
         H,
-        grad_h.data_ptr(),
+        _addr(grad_h),
         ldg,
-        grad_hn.data_ptr(),
-        dP.data_ptr(),
-        dh0.data_ptr(),
+        _addr(grad_hn),
+        0,  # dP: the kernel's workspace
+        _addr(dh0),
         _addr(dx if need_dx else None),
         False,
         _addr(dw_ih if need_dw_ih else None),
@@ -714,16 +759,18 @@ class _EagerLayer(torch.autograd.Function):
 
     # The old-style forward(ctx, ...): with a separate setup_context, Function.apply binds
     # the arguments through inspect.signature on every call (~15 us).
+    # dims: (T, B, H) of arguments the caller checked (fast_args_cpu), else None.
     @staticmethod
-    def forward(ctx, *inputs):
-        output = _forward_impl(*inputs)
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity, dims):
+        inputs = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+        output = _forward_impl(*inputs, dims)
         _setup_context(ctx, inputs, output)
         ctx.eager = True
         return output
 
     @staticmethod
     def backward(ctx, grad_h, grad_hn):
-        return _backward(ctx, grad_h, grad_hn)
+        return (*_backward(ctx, grad_h, grad_hn), None)
 
 
 # Function.apply without its Python wrapper, which binds arguments for functorch and
@@ -745,7 +792,7 @@ def _forward_ad_active() -> bool:
     return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
 
 
-_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
 
 
 def _plain_eager(x: Tensor, *tensors) -> bool:
@@ -754,16 +801,46 @@ def _plain_eager(x: Tensor, *tensors) -> bool:
     other arguments (weights, h0; None for an absent bias): a subclass among them (one with
     its own __torch_function__, a DTensor) must see the op, not raw pointers."""
     for t in tensors:
-        if t is not None and type(t) not in _PLAIN_TYPES:
+        if t is not None and type(t) not in PLAIN_TENSOR_TYPES:
             return False
+    return type(x) is Tensor and not x.is_meta and _plain_mode()
+
+
+def _plain_mode() -> bool:
+    """No compiler, export, autocast, functorch transform or dispatch mode is active."""
     return (
-        type(x) is Tensor
-        and not x.is_meta
-        and not torch.compiler.is_compiling()
+        not torch.compiler.is_compiling()
         and not torch._C._is_any_autocast_enabled()
         and not torch._C._are_functorch_transforms_active()
         and torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is None
         and not _python_dispatch.is_in_torch_dispatch_mode()
+    )
+
+
+def fast_input_cpu(x: Tensor) -> bool:
+    """The modules' fast path applies to ``x``: a plain dense CPU tensor in a kernel dtype,
+    no mode of :func:`_plain_eager` and no forward AD active. Its other arguments must
+    then pass :func:`fast_tensor_cpu`, and the caller checks the sizes; together these are
+    :func:`check_layer_args` for padded input, so the layer calls skip it (``dims``)."""
+    return (
+        type(x) is Tensor
+        and x.is_cpu
+        and x.dtype in _KERNEL_DTYPES
+        and x.layout is torch.strided
+        and _plain_mode()
+        and not _forward_ad_active()
+    )
+
+
+def fast_tensor_cpu(t, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
+    """``t`` is a plain contiguous dense CPU tensor of ``dtype`` and ``shape``."""
+    return (
+        type(t) in PLAIN_TENSOR_TYPES
+        and t.dtype is dtype
+        and t.is_cpu
+        and t.layout is torch.strided
+        and t.is_contiguous()
+        and t.shape == shape
     )
 
 
@@ -789,13 +866,37 @@ def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonline
         _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
         return rnn_layer_forward(*args)
     if _records_graph(x, w_ih, w_hh, b_ih, b_hh, h0):
-        return _eager_layer_apply(*args)
+        return _eager_layer_apply(*args, None)
     return _forward_impl(*args)
 
 
-def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity):
+def rnn_layer_checked(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity, dims):
+    """:func:`rnn_layer` on padded arguments the caller checked (:func:`fast_input_cpu`,
+    :func:`fast_tensor_cpu`, sizes ``dims = (T, B, H)``), recording the graph: the modules'
+    fast path. ``h0`` may be None for a zero state."""
+    return _eager_layer_apply(x, w_ih, w_hh, b_ih, b_hh, h0, _NO_STEPS, False, nonlinearity, dims)
+
+
+def rnn_bidirectional_layer_checked(x, w_fwd, w_rev, h0_fwd, h0_rev, nonlinearity, dims):
+    """:func:`rnn_bidirectional_layer` on checked padded arguments, recording the graph
+    (see :func:`rnn_layer_checked`)."""
+    return _EagerBiLayer.apply(x, *w_fwd, *w_rev, h0_fwd, h0_rev, _NO_STEPS, nonlinearity, dims)
+
+
+def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
     """Both directions of one bidirectional layer on the CPU kernels, each writing its own
-    columns of one ``[N, 2H]`` output (row stride 2H): no concatenation afterwards."""
+    columns of one ``[N, 2H]`` output (row stride 2H): no concatenation afterwards.
+
+    ``dims = (T, B, H)``: checked arguments, as in :func:`_forward_impl`."""
+    if dims is not None:
+        T, B, H = dims
+        out = x.new_empty(x.shape[0], 2 * H)
+        hnf, hnb = x.new_empty(B, H), x.new_empty(B, H)
+        half = H * out.element_size()
+        for d, (w, h0, hn) in enumerate(((wf, h0f, hnf), (wb, h0b, hnb))):
+            forward_into_cpu(x, w[0], w[1], w[2], w[3], _addr(h0), out.data_ptr() + d * half,
+                             2 * H, hn.data_ptr(), T, B, H, d == 1, nonlinearity)  # fmt: skip
+        return out, hnf, hnb
     T, B, H = check_layer_args(x, *wf, h0f, batch_sizes, nonlinearity)
     check_layer_args(x, *wb, h0b, batch_sizes, nonlinearity)
     if wb[1].shape != wf[1].shape:
@@ -826,18 +927,20 @@ class _EagerBiLayer(torch.autograd.Function):
     gradient (the reverse direction's ``dP W_ih`` GEMM adds to the forward one's), so a
     layer costs no concatenation, no slicing of the output gradient and no sum of two
     input gradients. Inputs: ``x, w_ih, w_hh, b_ih, b_hh`` of each direction, ``h0`` of
-    each, ``batch_sizes, nonlinearity``.
+    each, ``batch_sizes, nonlinearity`` and ``dims`` (see :func:`_bi_forward_impl`; the
+    states may then be None for zeros).
     """
 
     @staticmethod
-    def forward(ctx, x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl):
+    def forward(ctx, x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl, dims):
         out, hnf, hnb = _bi_forward_impl(
-            x, (wif, whf, bif, bhf), (wib, whb, bib, bhb), h0f, h0b, batch_sizes, nl
+            x, (wif, whf, bif, bhf), (wib, whb, bib, bhb), h0f, h0b, batch_sizes, nl, dims
         )
         saved = (x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes)
         ctx.save_for_backward(*saved)
         ctx.saved_meta = _meta(saved)
         ctx.nonlinearity = nl
+        ctx.B = hnf.shape[0]
         return out, hnf, hnb
 
     @staticmethod
@@ -848,26 +951,29 @@ class _EagerBiLayer(torch.autograd.Function):
         needs = ctx.needs_input_grad
         N, H2 = out.shape
         H = H2 // 2
-        if grad_out is None:
-            grad_out = torch.zeros_like(out)
-        g, ldg = _rows_view(grad_out)
-        # The directions' columns of the output gradient: the reverse one starts H in.
-        g_addr = (g.data_ptr(), g.data_ptr() + H * g.element_size())
+        if grad_out is None:  # zeros: address 0
+            g, ldg, g_addr = None, H2, (0, 0)
+        else:
+            g, ldg = _rows_view(grad_out)
+            # The directions' columns of the output gradient: the reverse one starts H in
+            # (unless it is one value for all, ldg = -1).
+            g_addr = (g.data_ptr(), g.data_ptr() + (ldg != -1) * H * g.element_size())
         need_dx = needs[0]
         dx = x.new_empty(x.shape) if need_dx else None
-        B = h0f.shape[0]
+        B = ctx.B
         T = batch_sizes.shape[0] if batch_sizes.numel() else N // B
         x = x.contiguous()
         grads = []
+        # Absent states and state gradients are zeros: the kernel reads address 0 as such.
         for d, (w_ih, w_hh, h0, ghn, first) in enumerate(
             ((wif, whf, h0f, grad_hnf, 1), (wib, whb, h0b, grad_hnb, 5))
         ):
-            w_ih, w_hh, h0 = w_ih.contiguous(), w_hh.contiguous(), h0.contiguous()
-            ghn = torch.zeros_like(h0) if ghn is None else ghn.contiguous()
+            w_ih, w_hh = w_ih.contiguous(), w_hh.contiguous()
+            h0 = None if h0 is None else h0.contiguous()
+            ghn = None if ghn is None else ghn.contiguous()
             need_w_ih, need_w_hh = needs[first], needs[first + 1]
             need_db = needs[first + 2] or needs[first + 3]
-            dP = x.new_empty((N, H))
-            dh0 = torch.empty_like(h0)
+            dh0 = x.new_empty(B, H) if needs[9 + d] else None
             dw_ih = x.new_empty(w_ih.shape) if need_w_ih else None
             dw_hh = x.new_empty(w_hh.shape) if need_w_hh else None
             db = x.new_empty(H) if need_db else None
@@ -883,14 +989,14 @@ class _EagerBiLayer(torch.autograd.Function):
                 x.data_ptr() if need_w_ih else 0,
                 w_ih.data_ptr() if need_dx else 0,
                 w_hh.data_ptr(),
-                h0.data_ptr(),
+                _addr(h0),
                 out.data_ptr() + d * H * out.element_size(),
                 H2,
                 g_addr[d],
                 ldg,
-                ghn.data_ptr(),
-                dP.data_ptr(),
-                dh0.data_ptr(),
+                _addr(ghn),
+                0,  # dP: the kernel's workspace
+                _addr(dh0),
                 _addr(dx),
                 d == 1,  # the reverse direction adds its share to dx
                 _addr(dw_ih),
@@ -906,8 +1012,9 @@ class _EagerBiLayer(torch.autograd.Function):
             dx,
             dwif, dwhf, dbif, dbhf,
             dwib, dwhb, dbib, dbhb,
-            dh0f if needs[9] else None,
-            dh0b if needs[10] else None,
+            dh0f,
+            dh0b,
+            None,
             None,
             None,
         )  # fmt: skip
@@ -933,7 +1040,7 @@ def rnn_bidirectional_layer(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlin
     ):
         args = (x, *w_fwd, *w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity)
         if _records_graph(x, *w_fwd, *w_rev, h0_fwd, h0_rev):
-            return _EagerBiLayer.apply(*args)
+            return _EagerBiLayer.apply(*args, None)
         return _bi_forward_impl(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity)
     hf, hnf = rnn_layer(x, *w_fwd, h0_fwd, batch_sizes, False, nonlinearity)
     hb, hnb = rnn_layer(x, *w_rev, h0_rev, batch_sizes, True, nonlinearity)

@@ -522,12 +522,13 @@ def _fast_and_general(monkeypatch, module, make_inputs, grad):
         inputs = make_inputs()
         torch.manual_seed(5)  # the same dropout masks
         with torch.set_grad_enabled(grad):
-            out, hn = module(*inputs)
+            outputs = module(*inputs)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         grads = []
         if grad:
             wrt = [t for t in inputs if t is not None] + list(module.parameters())
-            grads = torch.autograd.grad(_loss((out, hn)), wrt)
-        results.append((out, hn, *grads))
+            grads = torch.autograd.grad(_loss(outputs), wrt)
+        results.append((*outputs, *grads))
         if fast:
             fast_calls, calls[:] = list(calls), []
     return results, fast_calls, calls
@@ -557,6 +558,32 @@ def test_fast_path_matches_general_path_bitwise(monkeypatch, config, dtype, with
         monkeypatch, module, make_inputs, grad
     )
     assert fast_calls and not general_calls  # each path was the one taken
+    for a, b in zip(fast, general, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
+@pytest.mark.parametrize("dtype", [f32, f64], ids=["f32", "f64"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_cell_fast_path_matches_general_path_bitwise(monkeypatch, bias, dtype, with_hx, batched,
+                                                     grad):  # fmt: skip
+    torch.manual_seed(0)
+    cell = fusedrnn.RNNCell(3, 4, bias=bias, nonlinearity="relu" if bias else "tanh", dtype=dtype)
+    x, hx = torch.randn(2, 3, dtype=dtype), torch.randn(2, 4, dtype=dtype)
+    if not batched:
+        x, hx = x[0], hx[0]
+
+    def make_inputs():
+        xx = x.clone().requires_grad_(grad)
+        return xx, (hx.clone().requires_grad_(grad) if with_hx else None)
+
+    (fast, general), fast_calls, general_calls = _fast_and_general(
+        monkeypatch, cell, make_inputs, grad
+    )
+    assert fast_calls and not general_calls
     for a, b in zip(fast, general, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
         assert torch.equal(a, b)

@@ -470,7 +470,58 @@ class RNNCell(nn.RNNCell):
             )
         _check_hidden_matches(input, hx)
 
+    def _forward_fast(self, input: Tensor, hx: Tensor | None) -> Tensor | None:
+        """The common eager call, lean (see :meth:`RNN._forward_fast`); None for anything
+        else, which ``forward``'s general path serves or reports."""
+        if not ops.fast_input_cpu(input) or self.nonlinearity not in ops.NONLINEARITIES:
+            return None
+        dtype = input.dtype
+        dim = input.dim()
+        if dim == 2:
+            B, I = input.shape
+        elif dim == 1:
+            (I,), B = input.shape, 1
+        else:
+            return None
+        H = self.hidden_size
+        if I != self.input_size or B == 0 or H == 0:
+            return None
+        if hx is not None and not ops.fast_tensor_cpu(hx, dtype, (B, H) if dim == 2 else (H,)):
+            return None
+        params = self._parameters
+        w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
+        b_ih, b_hh = params.get("bias_ih"), params.get("bias_hh")
+        if not (
+            ops.fast_tensor_cpu(w_ih, dtype, (H, I))
+            and ops.fast_tensor_cpu(w_hh, dtype, (H, H))
+            and (
+                ops.fast_tensor_cpu(b_ih, dtype, (H,)) and ops.fast_tensor_cpu(b_hh, dtype, (H,))
+                if self.bias
+                else b_ih is None and b_hh is None
+            )
+        ):
+            return None
+        x = input.contiguous()
+        if torch.is_grad_enabled() and (
+            x.requires_grad
+            or (hx is not None and hx.requires_grad)
+            or any(w is not None and w.requires_grad for w in (w_ih, w_hh, b_ih, b_hh))
+        ):
+            if dim == 1:
+                x, hx = x.view(1, I), (None if hx is None else hx.view(1, H))
+            h, _ = ops.rnn_layer_checked(x, w_ih, w_hh, b_ih, b_hh, hx, self.nonlinearity,
+                                         (1, B, H))  # fmt: skip
+            return h if dim == 2 else h.view(H)
+        h = x.new_empty(B, H) if dim == 2 else x.new_empty(H)
+        ops.forward_into_cpu(x, w_ih, w_hh, b_ih, b_hh, 0 if hx is None else hx.data_ptr(),
+                             h.data_ptr(), H, 0, 1, B, H, False, self.nonlinearity)  # fmt: skip
+        return h
+
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if type(input) is Tensor:
+            fast = self._forward_fast(input, hx)
+            if fast is not None:
+                return fast
         if input.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):

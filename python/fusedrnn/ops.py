@@ -252,7 +252,7 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
     """The forward computation shared by the custom op and the eager path.
 
     ``dims = (T, B, H)`` marks arguments already checked (the modules' fast path,
-    :func:`fast_args_cpu`): plain contiguous CPU tensors in a kernel dtype, padded input,
+    :func:`fast_input_cpu`): plain contiguous CPU tensors in a kernel dtype, padded input,
     ``h0`` None for a zero state.
     """
     if dims is not None:
@@ -288,9 +288,10 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
 
 def forward_into_cpu(x, w_ih, w_hh, b_ih, b_hh, h0_addr, h_addr, ldh, hn_addr, T, B, H, reverse,
                      nonlinearity):  # fmt: skip
-    """One padded layer-direction on checked tensors (see :func:`fast_args_cpu`), writing
-    ``h`` at ``h_addr`` (rows ``ldh`` apart) and ``hn`` at ``hn_addr``; ``h0_addr`` 0 for a
-    zero state. The modules' inference fast path: no allocation, no view."""
+    """One padded layer-direction on checked tensors (see :func:`fast_input_cpu`), writing
+    ``h`` at ``h_addr`` (rows ``ldh`` apart) and ``hn`` at ``hn_addr`` (0: not written);
+    ``h0_addr`` 0 for a zero state. The modules' inference fast path: no allocation, no
+    view."""
     _C.layer_forward(
         _KERNEL_DTYPES[x.dtype], T, B, H, x.shape[-1], 0, reverse, nonlinearity, x.data_ptr(),
         w_ih.data_ptr(), _addr(b_ih), _addr(b_hh), w_hh.data_ptr(), h0_addr, h_addr, ldh,
@@ -759,7 +760,7 @@ class _EagerLayer(torch.autograd.Function):
 
     # The old-style forward(ctx, ...): with a separate setup_context, Function.apply binds
     # the arguments through inspect.signature on every call (~15 us).
-    # dims: (T, B, H) of arguments the caller checked (fast_args_cpu), else None.
+    # dims: (T, B, H) of arguments the caller checked (fast_input_cpu), else None.
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity, dims):
         inputs = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
@@ -880,7 +881,7 @@ def rnn_layer_checked(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity, dims):
 def rnn_bidirectional_layer_checked(x, w_fwd, w_rev, h0_fwd, h0_rev, nonlinearity, dims):
     """:func:`rnn_bidirectional_layer` on checked padded arguments, recording the graph
     (see :func:`rnn_layer_checked`)."""
-    return _EagerBiLayer.apply(x, *w_fwd, *w_rev, h0_fwd, h0_rev, _NO_STEPS, nonlinearity, dims)
+    return _eager_bi_layer_apply(x, *w_fwd, *w_rev, h0_fwd, h0_rev, _NO_STEPS, nonlinearity, dims)
 
 
 def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
@@ -1020,6 +1021,10 @@ class _EagerBiLayer(torch.autograd.Function):
         )  # fmt: skip
 
 
+# As _eager_layer_apply (rnn_bidirectional_layer checks for functorch transforms first).
+_eager_bi_layer_apply = super(torch.autograd.Function, _EagerBiLayer).apply
+
+
 def rnn_bidirectional_layer(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity="tanh"):
     """Both directions of one bidirectional layer: ``(out [N, 2H], hn_fwd, hn_rev)``.
 
@@ -1040,7 +1045,7 @@ def rnn_bidirectional_layer(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlin
     ):
         args = (x, *w_fwd, *w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity)
         if _records_graph(x, *w_fwd, *w_rev, h0_fwd, h0_rev):
-            return _EagerBiLayer.apply(*args, None)
+            return _eager_bi_layer_apply(*args, None)
         return _bi_forward_impl(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity)
     hf, hnf = rnn_layer(x, *w_fwd, h0_fwd, batch_sizes, False, nonlinearity)
     hb, hnb = rnn_layer(x, *w_rev, h0_rev, batch_sizes, True, nonlinearity)

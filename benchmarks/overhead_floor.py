@@ -9,7 +9,10 @@ overhead. This script times, on the benchmark's exact training step (forward, th
 - a module whose forward is one do-nothing ``torch.autograd.Function`` returning
   ready-made outputs and gradients: the floor for any RNN written as a Python autograd
   Function, whatever its kernels;
-- the same step with no RNN at all: the loss, ``backward()`` and the gradient resets.
+- the same step with no RNN at all: the loss, ``backward()`` and the gradient resets;
+- a step whose "RNN" is one of torch's own C++ ops per tensor (a ``sum`` of the input and
+  of each parameter): the floor for any implementation that gives every parameter a
+  gradient, C++ autograd nodes included.
 
     python benchmarks/overhead_floor.py [--seconds 2]
 """
@@ -107,6 +110,18 @@ def main() -> None:
         print(f"| {name} | {t_inf:.1f} | {t_train:.1f} |", flush=True)
     print(f"| no RNN: loss + backward + resets only | - | "
           f"{_per_call(no_rnn, args.seconds) * 1e6:.1f} |")  # fmt: skip
+    params = list(ref.parameters())
+
+    def touch_all():  # torch's C++ autograd only: a sum of the input and of each parameter
+        ref.zero_grad(set_to_none=True)
+        x.grad = None
+        loss = x.sum()
+        for p in params:
+            loss = loss + p.sum()
+        loss.backward()
+
+    print(f"| no RNN: one C++ op per input and parameter, + backward + resets | - | "
+          f"{_per_call(touch_all, args.seconds) * 1e6:.1f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

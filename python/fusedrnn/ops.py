@@ -27,6 +27,7 @@ import itertools
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad as _forward_ad
 from torch.utils import _python_dispatch
 
 from . import _C, _cuda
@@ -293,9 +294,10 @@ def forward_into_cpu(x, w_ih, w_hh, b_ih, b_hh, h0_addr, h_addr, ldh, hn_addr, T
     ``h0_addr`` 0 for a zero state. The modules' inference fast path: no allocation, no
     view."""
     _C.layer_forward(
-        _KERNEL_DTYPES[x.dtype], T, B, H, x.shape[-1], 0, reverse, nonlinearity, x.data_ptr(),
-        w_ih.data_ptr(), _addr(b_ih), _addr(b_hh), w_hh.data_ptr(), h0_addr, h_addr, ldh,
-        hn_addr, torch.get_num_threads(),
+        _KERNEL_DTYPES[x.dtype], T, B, H, w_ih.shape[1], 0, reverse, nonlinearity,
+        x.data_ptr(), w_ih.data_ptr(), 0 if b_ih is None else b_ih.data_ptr(),
+        0 if b_hh is None else b_hh.data_ptr(), w_hh.data_ptr(), h0_addr, h_addr, ldh, hn_addr,
+        torch.get_num_threads(),
     )  # fmt: skip
 
 
@@ -783,7 +785,7 @@ _eager_layer_apply = super(torch.autograd.Function, _EagerLayer).apply
 def _forward_ad_active() -> bool:
     """A forward-AD dual level or a functorch jvp transform is active: neither the op nor
     the eager path has a jvp rule, and both would drop tangents silently."""
-    if torch.autograd.forward_ad._current_level >= 0:
+    if _forward_ad._current_level >= 0:
         return True
     if not torch._C._are_functorch_transforms_active():
         return False
@@ -828,8 +830,8 @@ def fast_input_cpu(x: Tensor) -> bool:
         and x.is_cpu
         and x.dtype in _KERNEL_DTYPES
         and x.layout is torch.strided
-        and _plain_mode()
-        and not _forward_ad_active()
+        and _plain_mode()  # includes "no functorch transform": jvp is one
+        and _forward_ad._current_level < 0  # no dual level: see _forward_ad_active
     )
 
 

@@ -633,6 +633,13 @@ def test_fast_path_declines_what_it_does_not_serve(monkeypatch, change):
             torch.testing.assert_close(a, b, **TOL[f64])
 
 
+def test_cell_fast_path_leaves_zero_input_size_to_the_general_path():
+    """The general path's checks decide (here: refuse) what the lean path does not serve."""
+    cell = fusedrnn.RNNCell(0, 4)
+    with pytest.raises(ValueError, match="at least one feature column"):
+        cell(torch.randn(2, 0))
+
+
 class _Halve(nn.Module):
     def forward(self, w):
         return w / 2

@@ -74,6 +74,27 @@ def test_opcheck_backward():
     )
 
 
+def test_bidirectional_create_graph_gives_the_same_gradients_and_refuses_double_backward():
+    """With create_graph=True the fused bidirectional node's gradients must still be right,
+    and differentiating them again must raise, not silently drop the second-order terms."""
+    torch.manual_seed(0)
+    x = torch.randn(12, 3, dtype=f64, requires_grad=True)  # T = 4, B = 3
+    w_fwd = [torch.randn(s, dtype=f64, requires_grad=True) for s in ((5, 3), (5, 5), (5,), (5,))]
+    w_rev = [torch.randn(s, dtype=f64, requires_grad=True) for s in ((5, 3), (5, 5), (5,), (5,))]
+    h0 = [torch.randn(3, 5, dtype=f64, requires_grad=True) for _ in range(2)]
+    bs = torch.empty(0, dtype=torch.int64)
+    leaves = [x, *w_fwd, *w_rev, *h0]
+    grads = []
+    for create_graph in (False, True):
+        out, hnf, _ = ops.rnn_bidirectional_layer(x, w_fwd, w_rev, *h0, bs)  # no grad_hn_rev
+        loss = (out * torch.arange(out.numel(), dtype=f64).view(out.shape)).sum() + hnf.sum()
+        grads.append(torch.autograd.grad(loss, leaves, create_graph=create_graph))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match="double backward"):
+        (grads[1][0].sum() + grads[1][2].sum()).backward()
+
+
 def test_double_backward_raises_clear_error():
     x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs()
     w_hh.requires_grad_(True)

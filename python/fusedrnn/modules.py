@@ -484,7 +484,7 @@ class RNNCell(nn.RNNCell):
         else:
             return None
         H = self.hidden_size
-        if I != self.input_size or B == 0 or H == 0:
+        if I != self.input_size or I == 0 or B == 0 or H == 0:
             return None
         if hx is not None and not ops.fast_tensor_cpu(hx, dtype, (B, H) if dim == 2 else (H,)):
             return None

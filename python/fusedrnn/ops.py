@@ -951,6 +951,8 @@ class _EagerBiLayer(torch.autograd.Function):
         saved = ctx.saved_tensors
         x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes = saved
         _check_saved(ctx, saved)
+        if torch.is_grad_enabled():  # create_graph=True: see _bi_backward_recorded
+            return _bi_backward_recorded(ctx, saved, (grad_out, grad_hnf, grad_hnb))
         needs = ctx.needs_input_grad
         N, H2 = out.shape
         H = H2 // 2
@@ -1021,6 +1023,38 @@ class _EagerBiLayer(torch.autograd.Function):
             None,
             None,
         )  # fmt: skip
+
+
+def _bi_backward_recorded(ctx, saved, grads):
+    """_EagerBiLayer's backward while a graph of it is recorded (create_graph=True): each
+    direction through the rnn_layer_grads op, as a single layer's backward does, so that
+    differentiating these gradients again raises the op's clear error instead of silently
+    missing the second-order terms (the kernels' results carry no graph)."""
+    x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes = saved
+    grad_out, *grad_hns = grads
+    needs = ctx.needs_input_grad
+    H = out.shape[1] // 2
+    B = ctx.B
+    dx = None
+    result = []
+    directions = ((wif, whf, h0f, grad_hns[0]), (wib, whb, h0b, grad_hns[1]))
+    for d, (w_ih, w_hh, h0, ghn) in enumerate(directions):
+        h = out[:, d * H : (d + 1) * H]
+        g = torch.zeros_like(h) if grad_out is None else grad_out[:, d * H : (d + 1) * H]
+        h0 = out.new_zeros(B, H) if h0 is None else h0
+        ghn = out.new_zeros(B, H) if ghn is None else ghn
+        first = 1 + 4 * d
+        dxd, dw_ih, dw_hh, db, dh0 = rnn_layer_grads(
+            x, w_ih, w_hh, h0, h, g, ghn, batch_sizes, d == 1, ctx.nonlinearity,
+            needs[0], needs[first], needs[first + 1], needs[first + 2] or needs[first + 3],
+        )  # fmt: skip
+        if needs[0]:
+            dx = dxd if dx is None else dx + dxd
+        grads_d = _input_grads(needs[:1] + needs[first : first + 4] + needs[9 + d : 10 + d],
+                               None, dw_ih, dw_hh, db, dh0)  # fmt: skip
+        result.append(grads_d)
+    (_, *wf, dh0f), (_, *wr, dh0b) = result
+    return (dx, *wf, *wr, dh0f, dh0b, None, None, None)
 
 
 # As _eager_layer_apply (rnn_bidirectional_layer checks for functorch transforms first).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: build fusedrnn with its CUDA kernels, run the CUDA tests,
-# compute-sanitizer (memcheck, racecheck, synccheck) on a small case, and the GPU
+# One call on a lent GPU machine: build fusedrnn with its CUDA kernels, stress the persistent
+# kernel (scripts/cuda_stress.py), run the CUDA tests,
+# compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on a small case, and the GPU
 # benchmarks. Everything goes to $OUT (default ./out): gpu_check.log, pytest_cuda.xml,
 # sanitizer logs, bench_cuda.{json,md}, bench_paths.{json,md}. Pass --full for the issue's
 # full benchmark grid. It starts by printing the driver, nvcc and torch CUDA versions.
@@ -49,11 +50,17 @@ fi
 echo "built in $((SECONDS - start)) s"
 $PY -c "import fusedrnn, json; print(json.dumps(fusedrnn.info(), indent=1))"
 
+step "persistent kernel stress (bounded: a barrier that never completes must not take the window)"
+timeout "${STRESS_TIMEOUT:-180}" $PY scripts/cuda_stress.py || { echo "cuda_stress: FAILED or timed out"; status=1; }
+
 step "pytest -m cuda"
-$PY -m pytest -m cuda -q -p no:cacheprovider --junitxml="$OUT/pytest_cuda.xml" || status=1
+# Bounded: a kernel that never returns (a grid barrier whose CTAs are not all resident)
+# must not take the whole device window with it.
+timeout "${PYTEST_TIMEOUT:-300}" $PY -m pytest -m cuda -q -p no:cacheprovider \
+  --junitxml="$OUT/pytest_cuda.xml" || { echo "pytest -m cuda: FAILED or timed out"; status=1; }
 
 step "compute-sanitizer"
-for tool in memcheck racecheck synccheck; do
+for tool in memcheck racecheck synccheck initcheck; do
   if timeout "${SANITIZER_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
       --log-file "$OUT/sanitizer_$tool.log" $PY scripts/cuda_smoke.py; then
     echo "$tool: clean"

@@ -15,6 +15,9 @@ namespace cuda_detail {
 
 void check_cuda(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return;
+  // Clear a non-sticky error before raising: otherwise the next call's post-launch
+  // cudaGetLastError() on this thread would report this one against a good launch.
+  (void)cudaGetLastError();
   throw std::runtime_error(std::string("fusedrnn CUDA: ") + what +
                            " failed: " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
 }

@@ -162,15 +162,23 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
       check_cuda(cudaGetLastError(), "persistent recurrence kernel launch");
       return;
     }
-    // The occupancy query said it fits, but the device is shared (MPS, green contexts):
-    // in auto mode fall through to the per-step kernel, which always runs.
-    if (!(err == cudaErrorCooperativeLaunchTooLarge && c.path == CudaPath::kAuto)) {
+    // The occupancy query said it fits, but the device is shared (MPS, green contexts, a
+    // context whose opt-in shared memory setting was lost): in auto mode any refusal of the
+    // launch configuration falls through to the per-step kernel, which always runs.
+    const bool config_refused = err == cudaErrorCooperativeLaunchTooLarge ||
+                                err == cudaErrorInvalidConfiguration ||
+                                err == cudaErrorInvalidValue || err == cudaErrorNotSupported ||
+                                err == cudaErrorLaunchOutOfResources;
+    if (!(config_refused && c.path == CudaPath::kAuto)) {
       check_cuda(err, "cooperative launch of the persistent recurrence kernel");
     }
     (void)cudaGetLastError();  // clear the non-sticky launch error
   }
 
-  // Per-step kernel: the host walks the phases with the host batch_sizes.
+  // Per-step kernel: the host walks the phases with the host batch_sizes. No phase has
+  // more than B rows: refuse a batch too large for the grid before launching anything.
+  if (ceil_div(s.B, Stepwise::kTileRows) > 65535)
+    throw std::invalid_argument("fusedrnn CUDA: batch too large for the per-step kernel");
   p.batch_sizes = nullptr;  // unused by the per-step kernel: phases come from the host
   Walker walker(s.batch_sizes, s.B, s.T, c.N, p.walk_reverse);
   const bool want_final = c.Yfinal != nullptr;
@@ -179,8 +187,6 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
     const Phase ph = walker.next(k);
     const int64_t rows = phase_rows<BWD>(ph, want_final);
     const int64_t gy = ceil_div(rows, Stepwise::kTileRows);
-    if (gy > 65535)
-      throw std::invalid_argument("fusedrnn CUDA: batch too large for the per-step kernel");
     rnn_step_kernel<scalar_t, BWD, ACT>
         <<<dim3(gx, static_cast<unsigned>(gy)), Stepwise::kThreads, 0, c.stream>>>(p, ph, k, rows);
     check_cuda(cudaGetLastError(), "per-step recurrence kernel launch");

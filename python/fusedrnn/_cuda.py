@@ -144,7 +144,7 @@ def _takes_persistent(name, B, H, nonlinearity, backward, index, path) -> bool:
 
 
 def _launch_context(dtype, B, H, batch_sizes, nonlinearity, backward, device, path):
-    """(batch_sizes host, device copy, workspace, device index, stream handle).
+    """(batch_sizes host, device copy, workspace, device index, stream handle, path).
 
     The device copy of ``batch_sizes`` is made only for packed input that the persistent
     kernel will run (the per-step kernel takes its phases from the host copy), and packed
@@ -152,6 +152,10 @@ def _launch_context(dtype, B, H, batch_sizes, nonlinearity, backward, device, pa
     The copy goes from pinned memory with ``non_blocking=True`` on the current stream, the
     stream the kernel runs on, so it is ordered before the kernel without a host sync;
     torch's pinned-memory allocator keeps the host buffer until the copy is done.
+
+    While the stream is being captured into a CUDA graph, packed input takes the per-step
+    kernel: a captured copy from a pinned buffer would be replayed from memory that torch
+    has recycled since, where the per-step kernel's phases are launch arguments.
     """
     check_driver()
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -161,6 +165,13 @@ def _launch_context(dtype, B, H, batch_sizes, nonlinearity, backward, device, pa
     packed = batch_sizes.numel() > 0 and int(batch_sizes[-1]) != B
     bs_host = batch_sizes.contiguous() if packed else None
     bs_dev = None
+    if packed and torch.cuda.is_current_stream_capturing():
+        if path == "persistent":
+            raise RuntimeError(
+                "fusedrnn: FUSEDRNN_CUDA_PATH=persistent cannot run packed input inside CUDA "
+                "graph capture (use auto or stepwise)"
+            )
+        path = "stepwise"
     if packed and (
         path == "persistent"
         or (path == "auto" and _takes_persistent(name, B, H, nonlinearity, backward, index, path))
@@ -171,13 +182,13 @@ def _launch_context(dtype, B, H, batch_sizes, nonlinearity, backward, device, pa
         bs_dev = pinned.copy_(bs_host).to(device, non_blocking=True)
     workspace = torch.empty(_C_cuda.workspace_bytes(name, B, H), dtype=torch.uint8, device=device)
     stream = torch.cuda.current_stream(device).cuda_stream
-    return bs_host, bs_dev, workspace, index, stream
+    return bs_host, bs_dev, workspace, index, stream, path
 
 
 def rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, h, hn) -> None:
     """h_t = phi(P_t + h_prev W_hh^T) into h [N,H] (may be P) and hn [B,H]; inputs checked."""
     path = kernel_path()
-    bs_host, bs_dev, ws, index, stream = _launch_context(
+    bs_host, bs_dev, ws, index, stream, path = _launch_context(
         P.dtype, B, H, batch_sizes, nonlinearity, False, P.device, path
     )
     _C_cuda.rnn_forward(
@@ -205,7 +216,7 @@ def rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, h, hn)
 def rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, w_hh, h, G, dhn, dP, dh0) -> None:
     """d_t = (G_t + d_next W_hh) * phi'(h_t) into dP [N,H] and dh0 [B,H]; inputs checked."""
     path = kernel_path()
-    bs_host, bs_dev, ws, index, stream = _launch_context(
+    bs_host, bs_dev, ws, index, stream, path = _launch_context(
         h.dtype, B, H, batch_sizes, nonlinearity, True, h.device, path
     )
     _C_cuda.rnn_backward(

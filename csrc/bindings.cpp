@@ -100,6 +100,16 @@ void check_row_stride(const char* name, int64_t ld, int64_t H, bool zero_ok) {
                               std::to_string(ld));
 }
 
+// A tensor the kernel must read or write was passed as address 0 (a tensor without memory,
+// such as a ZeroTensor): refuse it here instead of dereferencing it. Optional operands
+// (h0, G, dhn, dh0, the gradients not asked for) may be 0 and are checked by no one.
+void require(std::uintptr_t address, const char* name, bool needed = true) {
+  if (address || !needed) return;
+  throw std::invalid_argument(std::string(name) +
+                              ": expected the address of a tensor's data, got 0 (a tensor "
+                              "without memory, such as a ZeroTensor?)");
+}
+
 void check_dtype(const std::string& dtype) {
   if (dtype != "float32" && dtype != "float64")
     throw std::invalid_argument("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
@@ -116,6 +126,10 @@ PYBIND11_MODULE(_C, m) {
          bool reverse, const std::string& nonlinearity, std::uintptr_t P, std::uintptr_t W_hh,
          std::uintptr_t h0, std::uintptr_t h, std::uintptr_t hn, int num_threads) {
         check_dtype(dtype);
+        const bool work = T > 0 && B > 0 && H > 0;
+        require(P, "P", work);
+        require(W_hh, "W_hh", work);
+        require(h, "h", work);
         const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         py::gil_scoped_release release;
         if (dtype == "float32")
@@ -136,6 +150,10 @@ PYBIND11_MODULE(_C, m) {
          std::uintptr_t G, std::uintptr_t dhn, std::uintptr_t dP, std::uintptr_t dh0,
          int num_threads) {
         check_dtype(dtype);
+        const bool work = T > 0 && B > 0 && H > 0;
+        require(W_hh, "W_hh", work);
+        require(h, "h", work);
+        require(dP, "dP", work);
         const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         py::gil_scoped_release release;
         if (dtype == "float32")
@@ -158,6 +176,11 @@ PYBIND11_MODULE(_C, m) {
          int num_threads) {
         check_dtype(dtype);
         check_row_stride("ldh", ldh, H, false);
+        const bool work = T > 0 && B > 0 && H > 0;
+        require(x, "x", work && I > 0);
+        require(w_ih, "w_ih", work && I > 0);
+        require(w_hh, "w_hh", work);
+        require(h, "h", work);
         const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         py::gil_scoped_release release;
         if (dtype == "float32")
@@ -184,6 +207,11 @@ PYBIND11_MODULE(_C, m) {
         check_dtype(dtype);
         check_row_stride("ldh", ldh, H, false);
         if (ldg != -1) check_row_stride("ldg", ldg, H, true);
+        const bool work = T > 0 && B > 0 && H > 0;
+        require(w_hh, "w_hh", work);
+        require(h, "h", work);
+        require(x, "x", work && I > 0 && dw_ih);
+        require(w_ih, "w_ih", work && I > 0 && dx);
         const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         py::gil_scoped_release release;
         if (dtype == "float32")
@@ -211,6 +239,10 @@ PYBIND11_MODULE(_C, m) {
          bool a_trans, std::uintptr_t B, int64_t ldb, bool b_trans, std::uintptr_t C, int64_t ldc,
          std::uintptr_t bias, bool accumulate, int num_threads) {
         check_dtype(dtype);
+        const bool work = M > 0 && N > 0;
+        require(A, "A", work && K > 0);
+        require(B, "B", work && K > 0);
+        require(C, "C", work);
         py::gil_scoped_release release;
         if (dtype == "float32")
           gemm_typed<float>(M, N, K, A, lda, a_trans, B, ldb, b_trans, C, ldc, bias, accumulate,

@@ -221,3 +221,117 @@ def test_forward_mode_ad_is_refused_not_silently_dropped():
 
     with fwAD.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
         model(fwAD.make_dual(x, t))
+
+
+# -- found by the session 3 review of the lean eager path ----------------------------------
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_unbatched_hx_with_create_graph_gives_the_usual_gradients(bidirectional):
+    """Unbatched input with hx: each layer's state is [1, H] inside, as for batched input
+    (the registered op used under create_graph checks h0 against grad_hn's [B, H])."""
+    torch.manual_seed(0)
+    rnn = fusedrnn.RNN(3, 4, 2, bidirectional=bidirectional, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    hx = torch.randn(4 if bidirectional else 2, 4, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for create_graph in (False, True):
+        out, hn = rnn(x, hx)
+        wrt = [hx, *rnn.parameters()]
+        grads.append(torch.autograd.grad(out.sum() + hn.sum(), wrt, create_graph=create_graph))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace is deprecated
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("cls", ["RNN", "RNNCell"])
+def test_jit_trace_records_the_registered_op(cls, grad):
+    """Under torch.jit.trace the modules take the registered op (raw kernel calls would
+    record only the allocations, and the traced module would return uninitialized memory)."""
+    torch.manual_seed(0)
+    module = getattr(fusedrnn, cls)(3, 4)
+    x = torch.randn(5, 2, 3) if cls == "RNN" else torch.randn(2, 3)
+    with torch.set_grad_enabled(grad):
+        traced = torch.jit.trace(module, (x,), check_trace=False)
+        want, got = module(x), traced(torch.zeros_like(x) + x)
+    for a, b in zip(got if cls == "RNN" else [got], want if cls == "RNN" else [want], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_bidirectional_backward_reads_saved_output_in_any_layout():
+    """A saved_tensors_hooks unpack hook may hand the saved output back with other strides:
+    the fused bidirectional backward must read it as a tensor, not as memory."""
+    torch.manual_seed(0)
+    ref = torch.nn.RNN(3, 4, bidirectional=True, dtype=torch.float64)
+    ours = fusedrnn.RNN.from_torch(ref)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    grads = []
+    for module, hooks in ((ref, False), (ours, True)):
+
+        def unpack(t):  # the same values, column-major
+            return t.t().contiguous().t() if t.dim() == 2 else t
+
+        ctx = torch.autograd.graph.saved_tensors_hooks(lambda t: t, unpack)
+        with ctx if hooks else torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            out, hn = module(x)
+            grads.append(
+                torch.autograd.grad((out * out).sum() + hn.sum(), list(module.parameters()))
+            )
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", ["RNN", "RNNCell"])
+def test_negative_bit_views_are_read_with_their_sign(cls):
+    """A negative-bit view keeps its sign in a flag, not in memory (z.conj().imag; its
+    one-element case is contiguous): the kernels, which read memory, must see the resolved
+    values, on the lean path and the general one. nn.RNN is the reference."""
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, cls)(1, 4)
+    ours = getattr(fusedrnn, cls).from_torch(ref)
+    shape, hshape = ((1, 1, 1), (1, 1, 4)) if cls == "RNN" else ((1, 1), (1, 4))
+    x = torch.randn(shape, dtype=torch.cfloat).conj().imag
+    hx = torch._neg_view(torch.randn(hshape))  # contiguous, negative bit set
+    assert x.is_neg() and x.is_contiguous() and hx.is_neg() and hx.is_contiguous()
+    for args in ((x,), (x, hx), (x.resolve_neg(), hx)):
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                want, got = ref(*args), ours(*args)
+            want = want if cls == "RNN" else [want]
+            got = got if cls == "RNN" else [got]
+            for a, b in zip(got, want, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_zero_tensors_are_refused_or_read_as_zeros_not_dereferenced():
+    """ZeroTensors (no memory, address 0): as an input the kernels refuse them by name; as
+    an output gradient they are absent gradients, i.e. zeros."""
+    zero = torch._efficientzerotensor
+    rnn = fusedrnn.RNN(3, 4)
+    with pytest.raises(ValueError, match="address of a tensor's data, got 0"):
+        with torch.no_grad():
+            rnn(zero((5, 2, 3)))
+    bi = fusedrnn.RNN(3, 4, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    out, hn = bi(x)
+    (g_zero,) = torch.autograd.grad(out, [bi.weight_hh_l0], zero(out.shape, dtype=out.dtype),
+                                    retain_graph=True)  # fmt: skip
+    (g_none,) = torch.autograd.grad(hn.sum() * 0, [bi.weight_hh_l0])
+    assert torch.equal(g_zero, torch.zeros_like(g_zero)) and torch.equal(g_none, g_zero)
+
+
+def test_attributes_changed_after_construction_take_the_general_path(monkeypatch):
+    """The lean path's weight plan follows the module's sizes; when they no longer match its
+    parameters it steps aside and the general path reports, as it would without it."""
+    rnn = fusedrnn.RNN(3, 4)
+    x = torch.randn(5, 2, 3)
+    rnn(x)
+    rnn.num_layers = 2
+    with pytest.raises(Exception) as fast:
+        rnn(x)
+    monkeypatch.setattr(ops, "fast_input_cpu", lambda x: False)
+    with pytest.raises(Exception) as general:
+        rnn(x)
+    assert type(fast.value) is type(general.value) and str(fast.value) == str(general.value)

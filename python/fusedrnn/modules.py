@@ -167,6 +167,8 @@ class RNN(nn.RNNBase):
         if plan is None or plan[0] != key:
             plan = (key, self._weight_plan())
             self.__dict__["_fusedrnn_plan"] = plan
+        if plan[1] is None:
+            return None
         params = self._parameters
         strided = torch.strided
         plain = ops.PLAIN_TENSOR_TYPES
@@ -188,13 +190,16 @@ class RNN(nn.RNNBase):
             weights.append(w)
         return weights
 
-    def _weight_plan(self) -> list[tuple[str | None, tuple[int, ...]]]:
+    def _weight_plan(self) -> list[tuple[str | None, tuple[int, ...]]] | None:
         """``(name, shape)`` of w_ih, w_hh, b_ih, b_hh for each layer-direction in order,
-        name None for an absent bias."""
+        name None for an absent bias; None when the parameter names do not match the sizes
+        (attributes changed after construction: the general path reports it)."""
         H = self.hidden_size
         D = 2 if self.bidirectional else 1
         per = 4 if self.bias else 2
         names = self._flat_weights_names
+        if len(names) != self.num_layers * D * per:
+            return None
         plan = []
         for k in range(self.num_layers * D):
             shapes = ((H, self.input_size if k < D else D * H), (H, H), (H,), (H,))
@@ -243,6 +248,8 @@ class RNN(nn.RNNBase):
             or any(w is not None and w.requires_grad for w in weights)
         )
         if grad:
+            if dim == 2 and hx is not None:  # each layer's state as [B = 1, H], as batched
+                hx = hx.view(L * D, 1, H)
             output, hidden = self._train_fast(x, hx, weights, T, B, H)
             if dim == 2:
                 return output.view(T, D * H), hidden.view(L * D, H)

@@ -228,6 +228,18 @@ def _check_like_x(n, dtype, device, w_ih, w_hh, b_ih, b_hh, h0) -> None:
             )
 
 
+def _dense(t: Tensor | None) -> Tensor | None:
+    """``t`` as the kernels read it through its address: contiguous, with a negative bit
+    resolved into the values (``z.conj().imag`` is a float view whose sign lives in a flag,
+    not in memory). None stays None; a tensor that already is so comes back as itself."""
+    return None if t is None else t.resolve_neg().contiguous()
+
+
+def _no_zeros_flag(t: Tensor | None) -> Tensor | None:
+    """A gradient autograd passes as a ZeroTensor (no memory, address 0) is absent: None."""
+    return None if t is None or t._is_zerotensor() else t
+
+
 def _combined_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
     if b_ih is None:
         return b_hh
@@ -268,7 +280,7 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
         args = (_float32(t) for t in (x, w_ih, w_hh, b_ih, b_hh, h0))
         h, hn = _forward_impl(*args, batch_sizes, reverse, nonlinearity)
         return h.to(x.dtype), hn.to(x.dtype)
-    x, w_ih, w_hh, h0 = x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), h0.contiguous()
+    x, w_ih, w_hh, h0 = _dense(x), _dense(w_ih), _dense(w_hh), _dense(h0)
     hn = torch.empty_like(h0)
     if x.is_cuda or B == 0 or H == 0:
         bias = _combined_bias(b_ih, b_hh)
@@ -279,8 +291,7 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
         return P, hn  # (B == 0 or H == 0: nothing to compute)
     # CPU: P = x W_ih^T + b_ih + b_hh and the recurrence in place, in one call.
     # Named locals: a .contiguous() copy must outlive the call that reads its address.
-    b_ih = None if b_ih is None else b_ih.contiguous()
-    b_hh = None if b_hh is None else b_hh.contiguous()
+    b_ih, b_hh = _dense(b_ih), _dense(b_hh)
     h = x.new_empty(x.shape[0], H)
     _layer_forward_cpu(T, B, H, batch_sizes, reverse, nonlinearity,
                        x, w_ih, b_ih, b_hh, w_hh, h0, h.data_ptr(), H, hn)  # fmt: skip
@@ -381,7 +392,7 @@ def _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
         args = (_float32(t) for t in (w_hh, h, grad_h, grad_hn))
         dP, dh0 = _backward_impl(*args, batch_sizes, reverse, nonlinearity)
         return dP.to(h.dtype), dh0.to(h.dtype)
-    w_hh, h, grad_h, grad_hn = (t.contiguous() for t in (w_hh, h, grad_h, grad_hn))
+    w_hh, h, grad_h, grad_hn = (_dense(t) for t in (w_hh, h, grad_h, grad_hn))
     dP = torch.empty_like(h)
     dh0 = torch.empty_like(grad_hn)
     if B == 0 or H == 0:  # nothing to compute
@@ -604,6 +615,7 @@ def _rows_view(g: Tensor) -> tuple[Tensor, int]:
     matrix. The kernel reads those in place instead of a copy of ``N * H`` elements per
     backward pass.
     """
+    g = g.resolve_neg()
     N, H = g.shape
     s0, s1 = g.stride()
     if s1 == 0 and (s0 == 0 or N <= 1):
@@ -629,12 +641,12 @@ def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, non
     if B is None:
         B = h0.shape[0]
     T = batch_sizes.shape[0] if batch_sizes.numel() else N // B
-    w_hh, h = w_hh.contiguous(), h.contiguous()
-    grad_hn = None if grad_hn is None else grad_hn.contiguous()
-    h0 = None if h0 is None else h0.contiguous()
+    w_hh, h, h0 = _dense(w_hh), _dense(h), _dense(h0)
+    grad_hn = _dense(_no_zeros_flag(grad_hn))
+    grad_h = _no_zeros_flag(grad_h)
     grad_h, ldg = (None, H) if grad_h is None else _rows_view(grad_h)
-    x = x.contiguous() if need_dw_ih else None
-    w_ih = w_ih.contiguous() if need_dx else None
+    x = _dense(x) if need_dw_ih else None
+    w_ih = _dense(w_ih) if need_dx else None
     In = x.shape[1] if x is not None else (w_ih.shape[1] if w_ih is not None else 0)
     dh0 = h.new_empty(B, H) if need_dh0 else None
     # Outputs may not alias each other: a fresh empty tensor for each gradient not asked for.
@@ -810,9 +822,11 @@ def _plain_eager(x: Tensor, *tensors) -> bool:
 
 
 def _plain_mode() -> bool:
-    """No compiler, export, autocast, functorch transform or dispatch mode is active."""
+    """No compiler, export, JIT tracer, autocast, functorch transform or dispatch mode is
+    active."""
     return (
         not torch.compiler.is_compiling()
+        and not torch._C._get_tracing_state()
         and not torch._C._is_any_autocast_enabled()
         and not torch._C._are_functorch_transforms_active()
         and torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is None
@@ -832,6 +846,7 @@ def fast_input_cpu(x: Tensor) -> bool:
         and x.layout is torch.strided
         and _plain_mode()  # includes "no functorch transform": jvp is one
         and _forward_ad._current_level < 0  # no dual level: see _forward_ad_active
+        and not x.is_neg()  # after _plain_mode: torch.compile cannot trace is_neg()
     )
 
 
@@ -843,6 +858,7 @@ def fast_tensor_cpu(t, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
         and t.is_cpu
         and t.layout is torch.strided
         and t.is_contiguous()
+        and not t.is_neg()
         and t.shape == shape
     )
 
@@ -908,13 +924,13 @@ def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
             "the two directions must have the same hidden size: w_hh "
             f"{tuple(wf[1].shape)} and {tuple(wb[1].shape)}",
         )
-    x = x.contiguous()
-    out = x.new_empty((x.shape[0], 2 * H))
+    x = _dense(x)
+    out = x.new_empty(x.shape[0], 2 * H)
     hns = []
     for d, (w, h0) in enumerate(((wf, h0f), (wb, h0b))):
         # Named locals: a .contiguous() copy must outlive the call that reads its address.
-        w_ih, w_hh, b_ih, b_hh = (None if t is None else t.contiguous() for t in w)
-        h0 = h0.contiguous()
+        w_ih, w_hh, b_ih, b_hh = (_dense(t) for t in w)
+        h0 = _dense(h0)
         hn = torch.empty_like(h0)
         h_addr = out.data_ptr() + d * H * out.element_size()  # its half of each row
         _layer_forward_cpu(T, B, H, batch_sizes, d == 1, nonlinearity,
@@ -954,6 +970,10 @@ class _EagerBiLayer(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: see _bi_backward_recorded
             return _bi_backward_recorded(ctx, saved, (grad_out, grad_hnf, grad_hnb))
         needs = ctx.needs_input_grad
+        # Saved tensors come back as saved_tensors_hooks make them: any layout.
+        out = _dense(out)
+        grad_out = _no_zeros_flag(grad_out)
+        grad_hnf, grad_hnb = _no_zeros_flag(grad_hnf), _no_zeros_flag(grad_hnb)
         N, H2 = out.shape
         H = H2 // 2
         if grad_out is None:  # zeros: address 0
@@ -967,15 +987,13 @@ class _EagerBiLayer(torch.autograd.Function):
         dx = x.new_empty(x.shape) if need_dx else None
         B = ctx.B
         T = batch_sizes.shape[0] if batch_sizes.numel() else N // B
-        x = x.contiguous()
+        x = _dense(x)
         grads = []
         # Absent states and state gradients are zeros: the kernel reads address 0 as such.
         for d, (w_ih, w_hh, h0, ghn, first) in enumerate(
             ((wif, whf, h0f, grad_hnf, 1), (wib, whb, h0b, grad_hnb, 5))
         ):
-            w_ih, w_hh = w_ih.contiguous(), w_hh.contiguous()
-            h0 = None if h0 is None else h0.contiguous()
-            ghn = None if ghn is None else ghn.contiguous()
+            w_ih, w_hh, h0, ghn = _dense(w_ih), _dense(w_hh), _dense(h0), _dense(ghn)
             need_w_ih, need_w_hh = needs[first], needs[first + 1]
             need_db = needs[first + 2] or needs[first + 3]
             dh0 = x.new_empty(B, H) if needs[9 + d] else None

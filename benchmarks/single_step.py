@@ -1,8 +1,9 @@
 """One time step per call (decoding, RNNCell loops): fusedrnn vs torch.nn, same process.
 
-Inference of ``RNN`` with T = 1 and of ``RNNCell``, and one ``RNN`` training step with
+Inference of ``RNN`` with T = 1 and of ``RNNCell``, one ``RNN`` training step with
 T = 1 (forward, ``(out.sum() + h_n.sum()).backward()``, gradients reset with
-``set_to_none``), for a few batch and hidden sizes; per-call minimum over rounds.
+``set_to_none``), and an ``RNNCell`` training loop over 50 steps (one backward at the end,
+reported per step), for a few batch and hidden sizes; per-call minimum over rounds.
 
     python benchmarks/single_step.py [--seconds 1]
 """
@@ -17,6 +18,7 @@ import torch
 import fusedrnn
 
 SIZES = [(1, 256), (1, 1024), (8, 1024), (64, 1024)]
+LOOP_STEPS = 50
 
 
 def _per_call(fn, seconds: float) -> float:
@@ -67,13 +69,28 @@ def _rows(B: int, H: int, seconds: float):
 
         return step
 
-    for what, make, a, b in (
-        ("RNN T=1 inference", infer, ref, ours),
-        ("RNNCell inference", cell_infer, cell_ref, cell),
-        ("RNN T=1 training step", train, ref, ours),
-    ):
-        t_ref = _per_call(make(a), seconds) * 1e6
-        t_ours = _per_call(make(b), seconds) * 1e6
+    xs = torch.randn(LOOP_STEPS, B, H)
+
+    def cell_loop(m):  # a step-by-step training loop (teacher forcing), per step
+        def run():
+            m.zero_grad(set_to_none=True)
+            state, loss = h[0], 0
+            for t in range(LOOP_STEPS):
+                state = m(xs[t], state)
+                loss = loss + state.sum()
+            loss.backward()
+
+        return run
+
+    for what, make, a, b, per in (
+        ("RNN T=1 inference", infer, ref, ours, 1),
+        ("RNNCell inference", cell_infer, cell_ref, cell, 1),
+        ("RNN T=1 training step", train, ref, ours, 1),
+        (f"RNNCell training loop, per step (T={LOOP_STEPS})", cell_loop, cell_ref, cell,
+         LOOP_STEPS),
+    ):  # fmt: skip
+        t_ref = _per_call(make(a), seconds) * 1e6 / per
+        t_ours = _per_call(make(b), seconds) * 1e6 / per
         yield f"| {B} | {H} | {what} | {t_ref:.1f} | {t_ours:.1f} | {t_ref / t_ours:.2f}x |"
 
 

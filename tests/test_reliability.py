@@ -287,7 +287,8 @@ def test_bidirectional_backward_reads_saved_output_in_any_layout():
 def test_negative_bit_views_are_read_with_their_sign(cls):
     """A negative-bit view keeps its sign in a flag, not in memory (z.conj().imag; its
     one-element case is contiguous): the kernels, which read memory, must see the resolved
-    values, on the lean path and the general one. nn.RNN is the reference."""
+    values of inputs, states and weights, on the lean path and the general one. nn.RNN is
+    the reference."""
     torch.manual_seed(0)
     ref = getattr(torch.nn, cls)(1, 4)
     ours = getattr(fusedrnn, cls).from_torch(ref)
@@ -295,7 +296,12 @@ def test_negative_bit_views_are_read_with_their_sign(cls):
     x = torch.randn(shape, dtype=torch.cfloat).conj().imag
     hx = torch._neg_view(torch.randn(hshape))  # contiguous, negative bit set
     assert x.is_neg() and x.is_contiguous() and hx.is_neg() and hx.is_contiguous()
-    for args in ((x,), (x, hx), (x.resolve_neg(), hx)):
+    name = "weight_ih_l0" if cls == "RNN" else "weight_ih"
+    for module in (ref, ours):  # the same values, behind a negative-bit view
+        w = getattr(module, name).detach()
+        setattr(module, name, torch.nn.Parameter(torch._neg_view(-w)))
+    assert getattr(ours, name).is_neg()
+    for args in ((x,), (x, hx), (x.resolve_neg(), hx), (x.resolve_neg(),)):
         for grad in (False, True):
             with torch.set_grad_enabled(grad):
                 want, got = ref(*args), ours(*args)

@@ -160,8 +160,8 @@ class RNN(nn.RNNBase):
     def _fast_weights(self, dtype: torch.dtype) -> list | None:
         """Every layer-direction's ``[w_ih, w_hh, b_ih, b_hh]`` when all are plain,
         contiguous CPU tensors of ``dtype`` with this module's shapes; None otherwise (the
-        general path then converts, checks and reports). One flat loop: this runs on every
-        call, and a single step of a small RNN costs about as much as these checks."""
+        general path then converts, checks and reports). Each weight passes the same
+        ``ops.fast_tensor_cpu`` as the input's state and the cell's weights."""
         key = (self.input_size, self.hidden_size, self.num_layers, self.bidirectional, self.bias)
         plan = self.__dict__.get("_fusedrnn_plan")
         if plan is None or plan[0] != key:
@@ -170,22 +170,13 @@ class RNN(nn.RNNBase):
         if plan[1] is None:
             return None
         params = self._parameters
-        strided = torch.strided
-        plain = ops.PLAIN_TENSOR_TYPES
         weights = []
         for name, shape in plan[1]:
             if name is None:  # bias=False
                 weights.append(None)
                 continue
             w = params.get(name)  # absent for a parametrized weight: the general path
-            if (
-                type(w) not in plain
-                or w.dtype is not dtype
-                or not w.is_cpu
-                or w.layout is not strided
-                or not w.is_contiguous()
-                or w.shape != shape
-            ):
+            if not ops.fast_tensor_cpu(w, dtype, shape):
                 return None
             weights.append(w)
         return weights

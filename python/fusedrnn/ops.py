@@ -293,48 +293,23 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
     # Named locals: a .contiguous() copy must outlive the call that reads its address.
     b_ih, b_hh = _dense(b_ih), _dense(b_hh)
     h = x.new_empty(x.shape[0], H)
-    _layer_forward_cpu(T, B, H, batch_sizes, reverse, nonlinearity,
-                       x, w_ih, b_ih, b_hh, w_hh, h0, h.data_ptr(), H, hn)  # fmt: skip
+    forward_into_cpu(x, w_ih, w_hh, b_ih, b_hh, h0.data_ptr(), h.data_ptr(), H, hn.data_ptr(),
+                     T, B, H, reverse, nonlinearity, _steps_addr(batch_sizes))  # fmt: skip
     return h, hn
 
 
 def forward_into_cpu(x, w_ih, w_hh, b_ih, b_hh, h0_addr, h_addr, ldh, hn_addr, T, B, H, reverse,
-                     nonlinearity):  # fmt: skip
-    """One padded layer-direction on checked tensors (see :func:`fast_input_cpu`), writing
-    ``h`` at ``h_addr`` (rows ``ldh`` apart) and ``hn`` at ``hn_addr`` (0: not written);
-    ``h0_addr`` 0 for a zero state. The modules' inference fast path: no allocation, no
-    view."""
+                     nonlinearity, steps_addr=0):  # fmt: skip
+    """``_C.layer_forward`` on checked, contiguous tensors (see :func:`fast_input_cpu`),
+    writing ``h`` at ``h_addr`` (rows ``ldh`` apart) and ``hn`` at ``hn_addr`` (0: not
+    written); ``h0_addr`` 0 for a zero state, ``steps_addr`` that of packed batch_sizes (0:
+    padded). The modules' inference fast path calls it directly: no allocation, no view."""
     _C.layer_forward(
-        _KERNEL_DTYPES[x.dtype], T, B, H, w_ih.shape[1], 0, reverse, nonlinearity,
+        _KERNEL_DTYPES[x.dtype], T, B, H, w_ih.shape[1], steps_addr, reverse, nonlinearity,
         x.data_ptr(), w_ih.data_ptr(), 0 if b_ih is None else b_ih.data_ptr(),
         0 if b_hh is None else b_hh.data_ptr(), w_hh.data_ptr(), h0_addr, h_addr, ldh, hn_addr,
         torch.get_num_threads(),
     )  # fmt: skip
-
-
-def _layer_forward_cpu(T, B, H, batch_sizes, reverse, nonlinearity,
-                       x, w_ih, b_ih, b_hh, w_hh, h0, h_addr, ldh, hn):  # fmt: skip
-    """``_C.layer_forward`` on checked, contiguous tensors; h at ``h_addr``, rows ``ldh`` apart."""
-    _C.layer_forward(
-        _KERNEL_DTYPES[x.dtype],
-        T,
-        B,
-        H,
-        x.shape[1],
-        _steps_addr(batch_sizes),
-        reverse,
-        nonlinearity,
-        x.data_ptr(),
-        w_ih.data_ptr(),
-        _addr(b_ih),
-        _addr(b_hh),
-        w_hh.data_ptr(),
-        h0.data_ptr(),
-        h_addr,
-        ldh,
-        hn.data_ptr(),
-        torch.get_num_threads(),
-    )
 
 
 @torch.library.custom_op("fusedrnn::rnn_layer_forward", mutates_args=())
@@ -933,8 +908,8 @@ def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
         h0 = _dense(h0)
         hn = torch.empty_like(h0)
         h_addr = out.data_ptr() + d * H * out.element_size()  # its half of each row
-        _layer_forward_cpu(T, B, H, batch_sizes, d == 1, nonlinearity,
-                           x, w_ih, b_ih, b_hh, w_hh, h0, h_addr, 2 * H, hn)  # fmt: skip
+        forward_into_cpu(x, w_ih, w_hh, b_ih, b_hh, h0.data_ptr(), h_addr, 2 * H, hn.data_ptr(),
+                         T, B, H, d == 1, nonlinearity, _steps_addr(batch_sizes))  # fmt: skip
         hns.append(hn)
     return out, hns[0], hns[1]
 

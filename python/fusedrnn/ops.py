@@ -636,34 +636,26 @@ def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, non
     )
     dw_hh = torch.empty_like(w_hh) if need_dw_hh else h.new_empty(0)
     db = h.new_empty(H if need_db else 0)
-    _C.layer_backward(
-        _KERNEL_DTYPES[h.dtype],
-        T,
-        B,
-        H,
-        In,
-        _steps_addr(batch_sizes),
-        reverse,
-        nonlinearity,
-        _addr(x),
-        _addr(w_ih),
-        w_hh.data_ptr(),
-        _addr(h0),
-        h.data_ptr(),
-        H,
-        _addr(grad_h),
-        ldg,
-        _addr(grad_hn),
-        0,  # dP: the kernel's workspace
-        _addr(dh0),
-        _addr(dx if need_dx else None),
-        False,
-        _addr(dw_ih if need_dw_ih else None),
-        _addr(dw_hh if need_dw_hh else None),
-        _addr(db if need_db else None),
-        torch.get_num_threads(),
-    )
+    _layer_backward_cpu(
+        T, B, H, In, batch_sizes, reverse, nonlinearity, x, w_ih, w_hh, h0, h.data_ptr(), H,
+        _addr(grad_h), ldg, grad_hn, dh0, dx if need_dx else None, False,
+        dw_ih if need_dw_ih else None, dw_hh if need_dw_hh else None, db if need_db else None,
+    )  # fmt: skip
     return dx, dw_ih, dw_hh, db, dh0
+
+
+def _layer_backward_cpu(T, B, H, In, batch_sizes, reverse, nonlinearity, x, w_ih, w_hh, h0,
+                        h_addr, ldh, g_addr, ldg, grad_hn, dh0, dx, dx_accumulate, dw_ih, dw_hh,
+                        db):  # fmt: skip
+    """``_C.layer_backward`` on checked, contiguous tensors (None: absent, or a gradient not
+    asked for); h and the output gradient by address and row stride (``ldg`` as
+    :func:`_rows_view` gives it); dP in the kernel's own workspace."""
+    _C.layer_backward(
+        _KERNEL_DTYPES[w_hh.dtype], T, B, H, In, _steps_addr(batch_sizes), reverse, nonlinearity,
+        _addr(x), _addr(w_ih), w_hh.data_ptr(), _addr(h0), h_addr, ldh, g_addr, ldg,
+        _addr(grad_hn), 0, _addr(dh0), _addr(dx), dx_accumulate, _addr(dw_ih), _addr(dw_hh),
+        _addr(db), torch.get_num_threads(),
+    )  # fmt: skip
 
 
 @torch.library.custom_op("fusedrnn::rnn_layer_grads", mutates_args=())
@@ -975,33 +967,13 @@ class _EagerBiLayer(torch.autograd.Function):
             dw_ih = x.new_empty(w_ih.shape) if need_w_ih else None
             dw_hh = x.new_empty(w_hh.shape) if need_w_hh else None
             db = x.new_empty(H) if need_db else None
-            _C.layer_backward(
-                _KERNEL_DTYPES[x.dtype],
-                T,
-                B,
-                H,
-                x.shape[1],
-                _steps_addr(batch_sizes),
-                d == 1,
-                ctx.nonlinearity,
-                x.data_ptr() if need_w_ih else 0,
-                w_ih.data_ptr() if need_dx else 0,
-                w_hh.data_ptr(),
-                _addr(h0),
-                out.data_ptr() + d * H * out.element_size(),
-                H2,
-                g_addr[d],
-                ldg,
-                _addr(ghn),
-                0,  # dP: the kernel's workspace
-                _addr(dh0),
-                _addr(dx),
-                d == 1,  # the reverse direction adds its share to dx
-                _addr(dw_ih),
-                _addr(dw_hh),
-                _addr(db),
-                torch.get_num_threads(),
-            )
+            # The reverse direction (d == 1) adds its share to dx.
+            _layer_backward_cpu(
+                T, B, H, x.shape[1], batch_sizes, d == 1, ctx.nonlinearity,
+                x if need_w_ih else None, w_ih if need_dx else None, w_hh, h0,
+                out.data_ptr() + d * H * out.element_size(), H2, g_addr[d], ldg, ghn, dh0, dx,
+                d == 1, dw_ih, dw_hh, db,
+            )  # fmt: skip
             # Each bias gets its own tensor: AccumulateGrad may adopt it as .grad.
             db_hh = (db.clone() if needs[first + 2] else db) if needs[first + 3] else None
             grads.append((dw_ih, dw_hh, db if needs[first + 2] else None, db_hh, dh0))

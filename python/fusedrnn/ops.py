@@ -494,10 +494,10 @@ def _backward(ctx, grad_h, grad_hn):
     needs = ctx.needs_input_grad
     B = ctx.B
     fused = not h.is_cuda and h.dtype in _KERNEL_DTYPES and h.numel() and B
-    # The eager path may call the kernel directly unless a graph of this backward is being
-    # recorded (create_graph=True): then the op, whose own backward refuses clearly. The
-    # kernel reads absent gradients and an absent h0 as zeros.
-    if fused and getattr(ctx, "eager", False) and not torch.is_grad_enabled():
+    # The eager path may call the kernels directly unless a graph of this backward is being
+    # recorded (create_graph=True): then the ops, whose own backward refuses clearly.
+    eager = getattr(ctx, "eager", False) and not torch.is_grad_enabled()
+    if fused and eager:  # the kernel reads absent gradients and an absent h0 as zeros
         dx, dw_ih, dw_hh, db, dh0 = _grads_impl(
             x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
             ctx.nonlinearity, needs[0], needs[1], needs[2], needs[3] or needs[4], needs[5], B,
@@ -518,7 +518,6 @@ def _backward(ctx, grad_h, grad_hn):
             ctx.nonlinearity, needs[0], needs[1], needs[2], needs[3] or needs[4],
         )  # fmt: skip
         return (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
-    eager = getattr(ctx, "eager", False) and not torch.is_grad_enabled()
     bptt = _backward_impl if eager else rnn_layer_backward
     dP, dh0 = bptt(w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity)
     return _generic_grads(ctx, needs, dP, dh0, x, w_ih, h0, h, batch_sizes)

@@ -233,12 +233,7 @@ class RNN(nn.RNNBase):
             x = input.transpose(0, 1).contiguous()  # time-major rows
         else:
             x = input.contiguous()
-        grad = torch.is_grad_enabled() and (
-            input.requires_grad
-            or (hx is not None and hx.requires_grad)
-            or any(w is not None and w.requires_grad for w in weights)
-        )
-        if grad:
+        if ops.records_graph(input, hx, *weights):
             if dim == 2 and hx is not None:  # each layer's state as [B = 1, H], as batched
                 hx = hx.view(L * D, 1, H)
             output, hidden = self._train_fast(x, hx, weights, T, B, H)
@@ -500,11 +495,7 @@ class RNNCell(nn.RNNCell):
         ):
             return None
         x = input.contiguous()
-        if torch.is_grad_enabled() and (
-            x.requires_grad
-            or (hx is not None and hx.requires_grad)
-            or any(w is not None and w.requires_grad for w in (w_ih, w_hh, b_ih, b_hh))
-        ):
+        if ops.records_graph(x, hx, w_ih, w_hh, b_ih, b_hh):
             if dim == 1:
                 x, hx = x.view(1, I), (None if hx is None else hx.view(1, H))
             h, _ = ops.rnn_layer_checked(x, w_ih, w_hh, b_ih, b_hh, hx, self.nonlinearity,

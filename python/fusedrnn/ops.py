@@ -829,7 +829,7 @@ def fast_tensor_cpu(t, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
     )
 
 
-def _records_graph(*tensors) -> bool:
+def records_graph(*tensors) -> bool:
     """Grad mode is on and some argument requires grad: the call needs an autograd node."""
     return torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors)
 
@@ -850,7 +850,7 @@ def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonline
         # The dispatcher would reject a non-tensor before the checks could name it.
         _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
         return rnn_layer_forward(*args)
-    if _records_graph(x, w_ih, w_hh, b_ih, b_hh, h0):
+    if records_graph(x, w_ih, w_hh, b_ih, b_hh, h0):
         return _eager_layer_apply(*args, None)
     return _forward_impl(*args)
 
@@ -1044,7 +1044,7 @@ def rnn_bidirectional_layer(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlin
         and not _forward_ad_active()
     ):
         args = (x, *w_fwd, *w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity)
-        if _records_graph(x, *w_fwd, *w_rev, h0_fwd, h0_rev):
+        if records_graph(x, *w_fwd, *w_rev, h0_fwd, h0_rev):
             return _eager_bi_layer_apply(*args, None)
         return _bi_forward_impl(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity)
     hf, hnf = rnn_layer(x, *w_fwd, h0_fwd, batch_sizes, False, nonlinearity)

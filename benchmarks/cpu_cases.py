@@ -42,6 +42,15 @@ class Case:
             s += "-" + str(self.dtype).removeprefix("torch.")
         return s
 
+    @property
+    def big(self) -> bool:
+        """B256-H1024-T100 and larger: timed with fewer rounds (a call takes ~1 s)."""
+        return self.B * self.H * self.H * self.T >= 64 * 1024 * 1024 * 100
+
+    def rounds(self, rounds: int) -> int:
+        """The rounds a table with ``rounds`` per case gives this case."""
+        return max(3, rounds // 4) if self.big else rounds
+
     def flops(self, train: bool) -> float:
         """Multiply-add flops of the GEMMs: input projection and recurrence forward; BPTT,
         dW_ih, dW_hh and dX backward (the pointwise work is left out)."""

@@ -41,8 +41,7 @@ def main():
         if wanted and case.name not in wanted:
             continue
         ref, fused, x = make_pair(case)
-        big = case.B * case.H * case.H * case.T >= 64 * 1024 * 1024 * 100
-        rounds = max(3, args.rounds // 4) if big else args.rounds
+        rounds = case.rounds(args.rounds)
         for mode, make in (("infer", infer_fn), ("train", train_fn)):
             fr, ff = make(ref, x), make(fused, x)
             t_ref, t_fused = min_time(fr, rounds), min_time(ff, rounds)

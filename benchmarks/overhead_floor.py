@@ -23,6 +23,7 @@ import argparse
 import time
 
 import torch
+from cpu_cases import infer_fn, train_fn
 from torch import nn
 
 import fusedrnn
@@ -78,22 +79,6 @@ def main() -> None:
               "do-nothing autograd.Function": NothingRNN(ref)}  # fmt: skip
     x = torch.randn(T, B, H, requires_grad=True)
 
-    def train(model):
-        def step():
-            model.zero_grad(set_to_none=True)
-            x.grad = None
-            out, hn = model(x)
-            (out.sum() + hn.sum()).backward()
-
-        return step
-
-    def infer(model):
-        def call():
-            with torch.no_grad():
-                model(x)
-
-        return call
-
     w = nn.Parameter(torch.zeros(T, B, H))
 
     def no_rnn():  # the loss and backward alone, on one leaf in place of the outputs
@@ -105,8 +90,8 @@ def main() -> None:
     print("| what | infer us | train us |")
     print("|---|---|---|")
     for name, model in models.items():
-        t_inf = _per_call(infer(model), args.seconds) * 1e6
-        t_train = _per_call(train(model), args.seconds) * 1e6
+        t_inf = _per_call(infer_fn(model, x), args.seconds) * 1e6
+        t_train = _per_call(train_fn(model, x), args.seconds) * 1e6
         print(f"| {name} | {t_inf:.1f} | {t_train:.1f} |", flush=True)
     print(f"| no RNN: loss + backward + resets only | - | "
           f"{_per_call(no_rnn, args.seconds) * 1e6:.1f} |")  # fmt: skip

@@ -33,8 +33,7 @@ def test_cpu(benchmark, case, pair, impl, mode):
     fn = (train_fn if mode == "train" else infer_fn)(module, x)
     benchmark.extra_info["gflop"] = case.flops(mode == "train") / 1e9
     benchmark.extra_info["threads"] = torch.get_num_threads()
-    big = case.B * case.H * case.H * case.T >= 64 * 1024 * 1024 * 100
-    benchmark.pedantic(fn, rounds=5 if big else 30, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(fn, rounds=5 if case.big else 30, warmup_rounds=1, iterations=1)
 
 
 @pytest.mark.parametrize("case_", MAIN[:6], ids=lambda c: c.name)

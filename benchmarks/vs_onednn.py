@@ -47,8 +47,7 @@ def main() -> None:
         if wanted and case.name not in wanted:
             continue
         _, fused, x = make_pair(case)
-        big = case.B * case.H * case.H * case.T >= 64 * 1024 * 1024 * 100
-        rounds = max(3, args.rounds // 4) if big else args.rounds
+        rounds = case.rounds(args.rounds)
         fns = {"infer": infer_fn(fused, x), "train": train_fn(fused, x)}
         ours = {"infer": float("inf"), "train": float("inf")}
         theirs = {"infer": float("inf"), "train": float("inf")}

@@ -160,8 +160,8 @@ class RNN(nn.RNNBase):
     def _fast_weights(self, dtype: torch.dtype) -> list | None:
         """Every layer-direction's ``[w_ih, w_hh, b_ih, b_hh]`` when all are plain,
         contiguous CPU tensors of ``dtype`` with this module's shapes; None otherwise (the
-        general path then converts, checks and reports). Each weight passes the same
-        ``ops.fast_tensor_cpu`` as the input's state and the cell's weights."""
+        general path then converts, checks and reports). The weights pass the same
+        ``ops.fast_tensors_cpu`` as the input's state and the cell's weights."""
         key = (self.input_size, self.hidden_size, self.num_layers, self.bidirectional, self.bias)
         plan = self.__dict__.get("_fusedrnn_plan")
         if plan is None or plan[0] != key:
@@ -169,34 +169,29 @@ class RNN(nn.RNNBase):
             self.__dict__["_fusedrnn_plan"] = plan
         if plan[1] is None:
             return None
-        params = self._parameters
-        weights = []
-        for name, shape in plan[1]:
-            if name is None:  # bias=False
-                weights.append(None)
-                continue
-            w = params.get(name)  # absent for a parametrized weight: the general path
-            if not ops.fast_tensor_cpu(w, dtype, shape):
-                return None
-            weights.append(w)
-        return weights
+        names, shapes = plan[1]
+        params = self._parameters  # a parametrized weight is not there: the general path
+        weights = [params.get(name) for name in names]
+        if not ops.fast_tensors_cpu(weights, shapes, dtype):
+            return None
+        if self.bias:
+            return weights
+        return [w for k in range(0, len(weights), 2) for w in (*weights[k : k + 2], None, None)]
 
-    def _weight_plan(self) -> list[tuple[str | None, tuple[int, ...]]] | None:
-        """``(name, shape)`` of w_ih, w_hh, b_ih, b_hh for each layer-direction in order,
-        name None for an absent bias; None when the parameter names do not match the sizes
-        (attributes changed after construction: the general path reports it)."""
+    def _weight_plan(self) -> tuple[list[str], list[tuple[int, ...]]] | None:
+        """The names and shapes of the parameters in order (w_ih, w_hh, b_ih, b_hh of each
+        layer-direction; no biases with ``bias=False``); None when the names do not match
+        the sizes (attributes changed after construction: the general path reports it)."""
         H = self.hidden_size
         D = 2 if self.bidirectional else 1
         per = 4 if self.bias else 2
         names = self._flat_weights_names
         if len(names) != self.num_layers * D * per:
             return None
-        plan = []
+        shapes = []
         for k in range(self.num_layers * D):
-            shapes = ((H, self.input_size if k < D else D * H), (H, H), (H,), (H,))
-            group = names[k * per : (k + 1) * per] + [None] * (4 - per)
-            plan += zip(group, shapes, strict=True)
-        return plan
+            shapes += ((H, self.input_size if k < D else D * H), (H, H), (H,), (H,))[:per]
+        return list(names), shapes
 
     def _forward_fast(self, input: Tensor, hx: Tensor | None):
         """The common eager call, lean: padded (batched or not) plain contiguous CPU tensors
@@ -484,15 +479,13 @@ class RNNCell(nn.RNNCell):
         params = self._parameters
         w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
         b_ih, b_hh = params.get("bias_ih"), params.get("bias_hh")
-        if not (
-            ops.fast_tensor_cpu(w_ih, dtype, (H, I))
-            and ops.fast_tensor_cpu(w_hh, dtype, (H, H))
-            and (
-                ops.fast_tensor_cpu(b_ih, dtype, (H,)) and ops.fast_tensor_cpu(b_hh, dtype, (H,))
-                if self.bias
-                else b_ih is None and b_hh is None
-            )
-        ):
+        if self.bias:
+            weights, shapes = (w_ih, w_hh, b_ih, b_hh), ((H, I), (H, H), (H,), (H,))
+        elif b_ih is None and b_hh is None:
+            weights, shapes = (w_ih, w_hh), ((H, I), (H, H))
+        else:
+            return None
+        if not ops.fast_tensors_cpu(weights, shapes, dtype):
             return None
         x = input.contiguous()
         if ops.records_graph(x, hx, w_ih, w_hh, b_ih, b_hh):

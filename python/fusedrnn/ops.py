@@ -816,17 +816,28 @@ def fast_input_cpu(x: Tensor) -> bool:
     )
 
 
+def fast_tensors_cpu(tensors, shapes, dtype: torch.dtype) -> bool:
+    """Each of ``tensors`` is a plain, contiguous, dense CPU tensor of ``dtype`` with its
+    shape in ``shapes``, its values plainly in memory (no negative bit): what the kernels
+    may read by address. One loop for all of a module's weights (this runs on every call)."""
+    strided, plain = torch.strided, PLAIN_TENSOR_TYPES
+    for t, shape in zip(tensors, shapes, strict=False):  # equal lengths by construction
+        if (
+            type(t) not in plain
+            or t.dtype is not dtype
+            or not t.is_cpu
+            or t.layout is not strided
+            or not t.is_contiguous()
+            or t.is_neg()
+            or t.shape != shape
+        ):
+            return False
+    return True
+
+
 def fast_tensor_cpu(t, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
-    """``t`` is a plain contiguous dense CPU tensor of ``dtype`` and ``shape``."""
-    return (
-        type(t) in PLAIN_TENSOR_TYPES
-        and t.dtype is dtype
-        and t.is_cpu
-        and t.layout is torch.strided
-        and t.is_contiguous()
-        and not t.is_neg()
-        and t.shape == shape
-    )
+    """:func:`fast_tensors_cpu` for one tensor."""
+    return fast_tensors_cpu((t,), (shape,), dtype)
 
 
 def records_graph(*tensors) -> bool:

@@ -140,13 +140,7 @@ static void run_case(const Case& c, std::mt19937& rng, double tol) {
   reference(c, bs, Pd, Wd, c.use_h0 ? &h0d : nullptr, c.use_G ? &Gd : nullptr,
             c.use_dhn ? &dhnd : nullptr, rh, rhn, rdP, rdh0);
 
-  RecurrenceShape s;
-  s.T = T_;
-  s.B = B;
-  s.H = H;
-  s.batch_sizes = c.packed ? bs.data() : nullptr;
-  s.reverse = c.reverse;
-  s.act = c.act;
+  const RecurrenceShape s{T_, B, H, c.packed ? bs.data() : nullptr, c.reverse, c.act};
   std::vector<T> first_h, first_dP, first_hn, first_dh0;
   for (int nt : {1, 2, 3}) {
     const T nan = std::numeric_limits<T>::quiet_NaN();
@@ -327,12 +321,7 @@ static void test_strides(std::mt19937& rng) {
         for (auto& v : row) v = T(nd(rng));
         std::vector<T> G(N * H);  // every row the same, so ldg = 0 can stand for it
         for (int64_t r = 0; r < N; ++r) std::copy(row.begin(), row.end(), G.begin() + r * H);
-        RecurrenceShape s;
-        s.T = c.T;
-        s.B = B;
-        s.H = H;
-        s.batch_sizes = packed ? bs.data() : nullptr;
-        s.reverse = bool(rev);
+        const RecurrenceShape s{c.T, B, H, packed ? bs.data() : nullptr, bool(rev)};
         for (int nt : {1, 2}) {
           std::vector<T> h(N * H), hn(B * H), dP(N * H), dh0(B * H);
           rnn_forward_cpu<T>(s, P.data(), W.data(), h0.data(), h.data(), H, hn.data(), nt);
@@ -416,12 +405,7 @@ static void test_in_place_matches_packed(std::mt19937& rng) {
           h8[t * 8 * H + j] = h[t * 9 * H + j];
           G8[t * 8 * H + j] = G[t * 9 * H + j];
         }
-      RecurrenceShape s9, s8;
-      s9.T = s8.T = Tn;
-      s9.B = 9;
-      s8.B = 8;
-      s9.H = s8.H = H;
-      s9.reverse = s8.reverse = bool(rev);
+      const RecurrenceShape s9{Tn, 9, H, nullptr, bool(rev)}, s8{Tn, 8, H, nullptr, bool(rev)};
       for (int nt : {1, 2}) {
         std::vector<T> dP9(Tn * 9 * H), dh09(9 * H), dP8(Tn * 8 * H), dh08(8 * H);
         rnn_backward_cpu<T>(s9, W.data(), h.data(), H, G.data(), H, dhn.data(), dP9.data(),
@@ -459,12 +443,7 @@ static void test_layer_backward_shortcuts(std::mt19937& rng) {
       for (auto& e : *v) e = T(nd(rng) / std::sqrt(double(H)));
     const T g = T(nd(rng));
     std::vector<T> G(N * H, g);
-    RecurrenceShape s;
-    s.T = Tn;
-    s.B = B;
-    s.H = H;
-    s.batch_sizes = nullptr;
-    s.reverse = Tn % 2 == 0;
+    const RecurrenceShape s{Tn, B, H, nullptr, Tn % 2 == 0};
     std::vector<T> hn(B * H);
     layer_forward_cpu<T>(s, I, x.data(), w_ih.data(), nullptr, nullptr, w_hh.data(), h0.data(),
                          h.data(), H, hn.data(), 2);

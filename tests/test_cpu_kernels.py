@@ -90,7 +90,7 @@ def test_gemm_matches_torch_and_is_thread_invariant(restore_threads, dtype, a_t,
     for threads in (1, 2):
         C = torch.full((M, N), float("nan"), dtype=dtype)
         _C.gemm(
-            ops._KERNEL_DTYPES[dtype], M, N, K, A.data_ptr(), A.shape[1], a_t, Bm.data_ptr(),
+            ops.KERNEL_DTYPES[dtype], M, N, K, A.data_ptr(), A.shape[1], a_t, Bm.data_ptr(),
             Bm.shape[1], b_t, C.data_ptr(), N, bias.data_ptr(), False, threads,
         )  # fmt: skip
         results.append(C)

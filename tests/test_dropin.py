@@ -312,6 +312,44 @@ def test_deepcopy_and_pickle_are_independent_and_equal():
         assert not torch.equal(clone(x)[0], ours(x)[0])
 
 
+@pytest.mark.parametrize(
+    "change",
+    ["nonlinearity", "batch_first", "hidden_size", "new_weight", "train", "deepcopy", "pickle"],
+)
+def test_fast_path_follows_the_module_after_a_call(change):
+    """The lean path keeps what it reads of the configuration between calls (its plan);
+    any attribute assigned afterwards must be seen by the next call, and a copied or
+    unpickled module must not reuse a plan made for another."""
+    torch.manual_seed(0)
+    ref = nn.RNN(3, 4, 2, dropout=0.5).eval()
+    ours = fusedrnn.RNN.from_torch(ref)
+    x = torch.randn(5, 2, 3)
+    before = ours(x)[0]  # makes the plan
+    if change == "nonlinearity":
+        ref.nonlinearity = ours.nonlinearity = "relu"
+        ref.mode = "RNN_RELU"
+    elif change == "batch_first":
+        ref.batch_first = ours.batch_first = True
+    elif change == "hidden_size":  # the weights no longer match: both refuse the call
+        ref.hidden_size = ours.hidden_size = 5
+        with pytest.raises(RuntimeError):
+            ref(x)
+        with pytest.raises((RuntimeError, ValueError)):
+            ours(x)
+        return
+    elif change == "new_weight":
+        w = nn.Parameter(torch.randn(4, 4))
+        ref.weight_hh_l1, ours.weight_hh_l1 = w, nn.Parameter(w.detach().clone())
+    elif change == "train":  # dropout between the layers now
+        ours.train()
+        assert not torch.equal(ours(x)[0], before)
+        return
+    else:
+        ours = copy.deepcopy(ours) if change == "deepcopy" else pickle.loads(pickle.dumps(ours))
+    for a, b in zip(ours(x), ref(x), strict=True):
+        torch.testing.assert_close(a, b, **TOL[f32])
+
+
 def test_conversion_both_ways():
     ref = nn.RNN(3, 4, 2, nonlinearity="relu", batch_first=True).eval()
     ours = fusedrnn.RNN.from_torch(ref)
@@ -626,11 +664,14 @@ def test_fast_path_declines_what_it_does_not_serve(monkeypatch, change):
     elif change == "meta":
         ref, ours, x = ref.to(_META), ours.to(_META), x.to(_META)
 
-    def refuse(*args):
-        raise AssertionError("the fast path took a call it should decline")
+    lean = fusedrnn.RNN._forward_fast
 
-    monkeypatch.setattr(fusedrnn.RNN, "_infer_fast", refuse)
-    monkeypatch.setattr(fusedrnn.RNN, "_train_fast", refuse)
+    def must_decline(self, *args):
+        result = lean(self, *args)
+        assert result is None, "the fast path took a call it should decline"
+        return result
+
+    monkeypatch.setattr(fusedrnn.RNN, "_forward_fast", must_decline)
     try:
         want = ref(x, hx)
     except RuntimeError:

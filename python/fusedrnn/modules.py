@@ -33,6 +33,7 @@ from . import ops
 __all__ = ["RNN", "RNNCell"]
 
 _NO_BATCH_SIZES = torch.empty(0, dtype=torch.int64)
+_PLAN_TAG = object()  # marks RNN._fast_plan's plans made in this process
 
 
 def _autocast_dtype(input: Tensor) -> torch.dtype | None:
@@ -157,41 +158,35 @@ class RNN(nn.RNNBase):
         if hx is not None:
             _check_hidden_matches(input, hx)
 
-    def _fast_weights(self, dtype: torch.dtype) -> list | None:
-        """Every layer-direction's ``[w_ih, w_hh, b_ih, b_hh]`` when all are plain,
-        contiguous CPU tensors of ``dtype`` with this module's shapes; None otherwise (the
-        general path then converts, checks and reports). The weights pass the same
-        ``ops.fast_tensors_cpu`` as the input's state and the cell's weights."""
-        key = (self.input_size, self.hidden_size, self.num_layers, self.bidirectional, self.bias)
-        plan = self.__dict__.get("_fusedrnn_plan")
-        if plan is None or plan[0] != key:
-            plan = (key, self._weight_plan())
-            self.__dict__["_fusedrnn_plan"] = plan
-        if plan[1] is None:
-            return None
-        names, shapes = plan[1]
-        params = self._parameters  # a parametrized weight is not there: the general path
-        weights = [params.get(name) for name in names]
-        if not ops.fast_tensors_cpu(weights, shapes, dtype):
-            return None
-        if self.bias:
-            return weights
-        return [w for k in range(0, len(weights), 2) for w in (*weights[k : k + 2], None, None)]
+    def __setattr__(self, name, value):
+        # Any assignment (a size, a flag, a parameter, .train()) drops the fast path's plan.
+        self.__dict__.pop("_fusedrnn_plan", None)
+        super().__setattr__(name, value)
 
-    def _weight_plan(self) -> tuple[list[str], list[tuple[int, ...]]] | None:
-        """The names and shapes of the parameters in order (w_ih, w_hh, b_ih, b_hh of each
-        layer-direction; no biases with ``bias=False``); None when the names do not match
-        the sizes (attributes changed after construction: the general path reports it)."""
-        H = self.hidden_size
+    def _fast_plan(self) -> tuple:
+        """What the lean path needs of the configuration, made once and kept until an
+        attribute is assigned (``__setattr__``): ``(tag, names, shapes, I, H, L, D,
+        batch_first, bias)`` with the parameters' names and shapes in order (w_ih, w_hh,
+        b_ih, b_hh of each layer-direction; no biases with ``bias=False``); ``names`` None
+        when the lean path cannot serve this configuration (an unknown nonlinearity, names
+        that do not match the sizes: the general path reports them). The tag tells a plan
+        made here from one brought by ``copy`` or ``pickle``, which is made again."""
+        plan = self.__dict__.get("_fusedrnn_plan")
+        if plan is not None and plan[0] is _PLAN_TAG:
+            return plan
+        H, L, I = self.hidden_size, self.num_layers, self.input_size
         D = 2 if self.bidirectional else 1
         per = 4 if self.bias else 2
         names = self._flat_weights_names
-        if len(names) != self.num_layers * D * per:
-            return None
-        shapes = []
-        for k in range(self.num_layers * D):
-            shapes += ((H, self.input_size if k < D else D * H), (H, H), (H,), (H,))[:per]
-        return list(names), shapes
+        if len(names) != L * D * per or self.nonlinearity not in ops.NONLINEARITIES:
+            names, shapes = None, None
+        else:
+            names, shapes = list(names), []
+            for k in range(L * D):
+                shapes += ((H, I if k < D else D * H), (H, H), (H,), (H,))[:per]
+        plan = (_PLAN_TAG, names, shapes, I, H, L, D, self.batch_first, self.bias)
+        self.__dict__["_fusedrnn_plan"] = plan
+        return plan
 
     def _forward_fast(self, input: Tensor, hx: Tensor | None):
         """The common eager call, lean: padded (batched or not) plain contiguous CPU tensors
@@ -199,72 +194,81 @@ class RNN(nn.RNNBase):
         torch.compile, a subclass, a wrong argument...): ``forward``'s general path then
         serves or reports it. Inference writes every layer straight into the returned
         tensors; training runs each layer as one autograd node (``ops.rnn_layer_checked``).
+        The weights and the state pass the same ``ops.fast_addresses_cpu`` as the cell's.
         """
-        if not ops.fast_input_cpu(input) or self.nonlinearity not in ops.NONLINEARITIES:
+        if not ops.fast_input_cpu(input):
             return None
-        dtype = input.dtype
+        _, names, shapes, I, H, L, D, batch_first, bias = self._fast_plan()
+        if names is None:
+            return None
         dim = input.dim()
         if dim == 3:
-            if self.batch_first:
-                B, T, I = input.shape
+            if batch_first:
+                B, T, In = input.shape
             else:
-                T, B, I = input.shape
+                T, B, In = input.shape
         elif dim == 2:
-            (T, I), B = input.shape, 1
+            (T, In), B = input.shape, 1
         else:
             return None
-        H, L = self.hidden_size, self.num_layers
-        D = 2 if self.bidirectional else 1
-        if I != self.input_size or T == 0 or B == 0 or H == 0:
+        if In != I or T == 0 or B == 0 or H == 0:
             return None
-        if hx is not None and not ops.fast_tensor_cpu(
-            hx, dtype, (L * D, B, H) if dim == 3 else (L * D, H)
-        ):
+        dtype = input.dtype
+        h0 = 0  # the state's address; 0: absent (zeros)
+        if hx is not None:
+            h0 = ops.fast_addresses_cpu((hx,), ((L * D, B, H) if dim == 3 else (L * D, H),), dtype)
+            if h0 is None:
+                return None
+            h0 = h0[0]
+        params = self._parameters  # a parametrized weight is not there: the general path
+        weights = [params.get(name) for name in names]
+        addresses = ops.fast_addresses_cpu(weights, shapes, dtype)
+        if addresses is None:
             return None
-        weights = self._fast_weights(dtype)
-        if weights is None:
-            return None
-        if dim == 3 and self.batch_first and B > 1:
+        if not bias:  # None and address 0 for the absent biases
+            pairs = range(0, len(names), 2)
+            weights = [w for k in pairs for w in (*weights[k : k + 2], None, None)]
+            addresses = [a for k in pairs for a in (*addresses[k : k + 2], 0, 0)]
+        if dim == 3 and batch_first and B > 1:
             x = input.transpose(0, 1).contiguous()  # time-major rows
         else:
             x = input.contiguous()
-        if ops.records_graph(input, hx, *weights):
+        if torch.is_grad_enabled() and ops.records_graph(input, hx, *weights):
             if dim == 2 and hx is not None:  # each layer's state as [B = 1, H], as batched
                 hx = hx.view(L * D, 1, H)
             output, hidden = self._train_fast(x, hx, weights, T, B, H)
             if dim == 2:
                 return output.view(T, D * H), hidden.view(L * D, H)
             output = output.view(T, B, D * H)
-        else:  # allocated in their returned shapes: no views
-            output, hidden = self._infer_fast(x, hx, weights, T, B, H, dim)
-            if dim == 2:
-                return output, hidden
-        return (output.transpose(0, 1) if self.batch_first else output), hidden
-
-    def _infer_fast(self, x, hx, weights, T, B, H, dim):
-        """``_forward_fast`` without autograd: each layer-direction's kernel writes its
-        columns of the layer output and its rows of ``h_n`` in place."""
-        D = 2 if self.bidirectional else 1
-        L = self.num_layers
+            return (output.transpose(0, 1) if batch_first else output), hidden
+        # Inference: each layer-direction's kernel writes its columns of the layer output
+        # and its rows of h_n in place; the last layer's output and h_n are allocated in
+        # their returned shapes (no views).
         hidden = x.new_empty(L * D, B, H) if dim == 3 else x.new_empty(L * D, H)
-        size = B * H * x.element_size()
-        h0 = 0 if hx is None else hx.data_ptr()
-        layer_input = x
+        kind = ops.KERNEL_DTYPES[dtype]
+        row = H * x.element_size()  # one direction's part of an output row
+        size = B * row  # one layer-direction's state
+        hn = hidden.data_ptr()
+        nonlinearity = self.nonlinearity
+        dropout = self.dropout > 0 and self.training
+        layer_input, width = x, I
         for layer in range(L):
             if layer < L - 1:
                 out = x.new_empty(T * B, D * H)
             else:
                 out = x.new_empty(T, B, D * H) if dim == 3 else x.new_empty(T, D * H)
+            h, x_addr = out.data_ptr(), layer_input.data_ptr()
             for d in range(D):
                 k = layer * D + d
                 ops.forward_into_cpu(
-                    layer_input, *weights[4 * k : 4 * k + 4], h0 and h0 + k * size,
-                    out.data_ptr() + d * (size // B), D * H, hidden.data_ptr() + k * size,
-                    T, B, H, d == 1, self.nonlinearity,
+                    kind, x_addr, width, addresses[4 * k : 4 * k + 4], h0 and h0 + k * size,
+                    h + d * row, D * H, hn + k * size, T, B, H, d == 1, nonlinearity,
                 )  # fmt: skip
-            if self.dropout > 0 and self.training and layer < L - 1:
+            if dropout and layer < L - 1:
                 out = F.dropout(out, self.dropout, training=True)
-            layer_input = out
+            layer_input, width = out, D * H
+        if dim == 3 and batch_first:
+            return layer_input.transpose(0, 1), hidden
         return layer_input, hidden
 
     def _train_fast(self, x, hx, weights, T, B, H):
@@ -485,7 +489,8 @@ class RNNCell(nn.RNNCell):
             weights, shapes = (w_ih, w_hh), ((H, I), (H, H))
         else:
             return None
-        if not ops.fast_tensors_cpu(weights, shapes, dtype):
+        addresses = ops.fast_addresses_cpu(weights, shapes, dtype)
+        if addresses is None:
             return None
         x = input.contiguous()
         if ops.records_graph(x, hx, w_ih, w_hh, b_ih, b_hh):
@@ -495,8 +500,11 @@ class RNNCell(nn.RNNCell):
                                          (1, B, H))  # fmt: skip
             return h if dim == 2 else h.view(H)
         h = x.new_empty(B, H) if dim == 2 else x.new_empty(H)
-        ops.forward_into_cpu(x, w_ih, w_hh, b_ih, b_hh, 0 if hx is None else hx.data_ptr(),
-                             h.data_ptr(), H, 0, 1, B, H, False, self.nonlinearity)  # fmt: skip
+        if not self.bias:
+            addresses += (0, 0)
+        ops.forward_into_cpu(ops.KERNEL_DTYPES[dtype], x.data_ptr(), I, addresses,
+                             0 if hx is None else hx.data_ptr(), h.data_ptr(), H, 0, 1, B, H,
+                             False, self.nonlinearity)  # fmt: skip
         return h
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:

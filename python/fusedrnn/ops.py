@@ -42,10 +42,10 @@ __all__ = [
 
 NONLINEARITIES = ("tanh", "relu")
 _NO_STEPS = torch.empty(0, dtype=torch.int64)  # batch_sizes of padded input
-_KERNEL_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+KERNEL_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 # Dtypes the CPU kernels do not take (yet): stored in that dtype, computed by the float32
 # kernels (float32 state and accumulation, as under the autocast policy at the end). A
-# dtype added to _KERNEL_DTYPES goes to its own kernel instead.
+# dtype added to KERNEL_DTYPES goes to its own kernel instead.
 _FLOAT32_COMPUTE_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -118,7 +118,7 @@ def check_layer_args(
                 f"{n['x']} must have dtype float32, float64, bfloat16 or float16 on CUDA, "
                 f"got {dtype}",
             )
-    elif dtype not in _KERNEL_DTYPES and dtype not in _FLOAT32_COMPUTE_DTYPES:
+    elif dtype not in KERNEL_DTYPES and dtype not in _FLOAT32_COMPUTE_DTYPES:
         _fail(
             TypeError,
             f"{n['x']} must have dtype float32, float64, bfloat16 or float16, got {dtype}",
@@ -256,6 +256,11 @@ def _addr(t: Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def _addrs(*tensors) -> list[int]:
+    """The data addresses of ``tensors``, 0 for None."""
+    return [0 if t is None else t.data_ptr() for t in tensors]
+
+
 def _steps_addr(batch_sizes: Tensor) -> int:
     """The kernels' batch_sizes argument: 0 (padded input) for an empty tensor."""
     return batch_sizes.data_ptr() if batch_sizes.numel() else 0
@@ -272,11 +277,11 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
         T, B, H = dims
         hn = x.new_empty(B, H)
         h = x.new_empty(x.shape[0], H)
-        forward_into_cpu(x, w_ih, w_hh, b_ih, b_hh, _addr(h0), h.data_ptr(), H, hn.data_ptr(),
-                         T, B, H, reverse, nonlinearity)  # fmt: skip
+        _forward_into(x, w_ih, w_hh, b_ih, b_hh, _addr(h0), h.data_ptr(), H, hn.data_ptr(),
+                      T, B, H, reverse, nonlinearity)  # fmt: skip
         return h, hn
     T, B, H = check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity)
-    if not x.is_cuda and x.dtype not in _KERNEL_DTYPES:
+    if not x.is_cuda and x.dtype not in KERNEL_DTYPES:
         args = (_float32(t) for t in (x, w_ih, w_hh, b_ih, b_hh, h0))
         h, hn = _forward_impl(*args, batch_sizes, reverse, nonlinearity)
         return h.to(x.dtype), hn.to(x.dtype)
@@ -293,23 +298,30 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
     # Named locals: a .contiguous() copy must outlive the call that reads its address.
     b_ih, b_hh = _dense(b_ih), _dense(b_hh)
     h = x.new_empty(x.shape[0], H)
-    forward_into_cpu(x, w_ih, w_hh, b_ih, b_hh, h0.data_ptr(), h.data_ptr(), H, hn.data_ptr(),
-                     T, B, H, reverse, nonlinearity, _steps_addr(batch_sizes))  # fmt: skip
+    _forward_into(x, w_ih, w_hh, b_ih, b_hh, h0.data_ptr(), h.data_ptr(), H, hn.data_ptr(),
+                  T, B, H, reverse, nonlinearity, _steps_addr(batch_sizes))  # fmt: skip
     return h, hn
 
 
-def forward_into_cpu(x, w_ih, w_hh, b_ih, b_hh, h0_addr, h_addr, ldh, hn_addr, T, B, H, reverse,
-                     nonlinearity, steps_addr=0):  # fmt: skip
-    """``_C.layer_forward`` on checked, contiguous tensors (see :func:`fast_input_cpu`),
-    writing ``h`` at ``h_addr`` (rows ``ldh`` apart) and ``hn`` at ``hn_addr`` (0: not
-    written); ``h0_addr`` 0 for a zero state, ``steps_addr`` that of packed batch_sizes (0:
-    padded). The modules' inference fast path calls it directly: no allocation, no view."""
-    _C.layer_forward(
-        _KERNEL_DTYPES[x.dtype], T, B, H, w_ih.shape[1], steps_addr, reverse, nonlinearity,
-        x.data_ptr(), w_ih.data_ptr(), 0 if b_ih is None else b_ih.data_ptr(),
-        0 if b_hh is None else b_hh.data_ptr(), w_hh.data_ptr(), h0_addr, h_addr, ldh, hn_addr,
-        torch.get_num_threads(),
-    )  # fmt: skip
+def forward_into_cpu(kind, x, I, weights, h0, h, ldh, hn, T, B, H, reverse, nonlinearity,
+                     steps=0):  # fmt: skip
+    """``_C.layer_forward`` by data addresses: ``kind`` the dtype's name
+    (``KERNEL_DTYPES``), ``x`` [N, I] (N = T B, or the packed rows), ``weights`` those of
+    ``(w_ih, w_hh, b_ih, b_hh)`` (0 for an absent bias), all checked and contiguous (see
+    :func:`fast_input_cpu`, :func:`fast_addresses_cpu`); writes ``h`` (rows ``ldh`` apart)
+    and ``hn`` (0: not written); ``h0`` 0 for a zero state, ``steps`` the address of packed
+    batch_sizes (0: padded). The modules' inference fast path calls it directly."""
+    w_ih, w_hh, b_ih, b_hh = weights
+    _C.layer_forward(kind, T, B, H, I, steps, reverse, nonlinearity, x, w_ih, b_ih, b_hh, w_hh,
+                     h0, h, ldh, hn, torch.get_num_threads())  # fmt: skip
+
+
+def _forward_into(x, w_ih, w_hh, b_ih, b_hh, h0_addr, h_addr, ldh, hn_addr, T, B, H, reverse,
+                  nonlinearity, steps_addr=0):  # fmt: skip
+    """:func:`forward_into_cpu` for the ops' own calls, on the tensors ``x`` and weights."""
+    forward_into_cpu(KERNEL_DTYPES[x.dtype], x.data_ptr(), x.shape[1],
+                     _addrs(w_ih, w_hh, b_ih, b_hh), h0_addr, h_addr, ldh, hn_addr, T, B, H,
+                     reverse, nonlinearity, steps_addr)  # fmt: skip
 
 
 @torch.library.custom_op("fusedrnn::rnn_layer_forward", mutates_args=())
@@ -363,7 +375,7 @@ def _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity, v
 def _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
     """The BPTT computation shared by the custom op and the eager path."""
     T, B, H = _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity)
-    if not h.is_cuda and h.dtype not in _KERNEL_DTYPES:
+    if not h.is_cuda and h.dtype not in KERNEL_DTYPES:
         args = (_float32(t) for t in (w_hh, h, grad_h, grad_hn))
         dP, dh0 = _backward_impl(*args, batch_sizes, reverse, nonlinearity)
         return dP.to(h.dtype), dh0.to(h.dtype)
@@ -377,7 +389,7 @@ def _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
         _cuda.rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, *args)
         return dP, dh0
     _C.rnn_backward(
-        _KERNEL_DTYPES[h.dtype],
+        KERNEL_DTYPES[h.dtype],
         T,
         B,
         H,
@@ -493,7 +505,7 @@ def _backward(ctx, grad_h, grad_hn):
     _check_saved(ctx, saved)
     needs = ctx.needs_input_grad
     B = ctx.B
-    fused = not h.is_cuda and h.dtype in _KERNEL_DTYPES and h.numel() and B
+    fused = not h.is_cuda and h.dtype in KERNEL_DTYPES and h.numel() and B
     # The eager path may call the kernels directly unless a graph of this backward is being
     # recorded (create_graph=True): then the ops, whose own backward refuses clearly.
     eager = getattr(ctx, "eager", False) and not torch.is_grad_enabled()
@@ -650,7 +662,7 @@ def _layer_backward_cpu(T, B, H, In, batch_sizes, reverse, nonlinearity, x, w_ih
     asked for); h and the output gradient by address and row stride (``ldg`` as
     :func:`_rows_view` gives it); dP in the kernel's own workspace."""
     _C.layer_backward(
-        _KERNEL_DTYPES[w_hh.dtype], T, B, H, In, _steps_addr(batch_sizes), reverse, nonlinearity,
+        KERNEL_DTYPES[w_hh.dtype], T, B, H, In, _steps_addr(batch_sizes), reverse, nonlinearity,
         _addr(x), _addr(w_ih), w_hh.data_ptr(), _addr(h0), h_addr, ldh, g_addr, ldg,
         _addr(grad_hn), 0, _addr(dh0), _addr(dx), dx_accumulate, _addr(dw_ih), _addr(dw_hh),
         _addr(db), torch.get_num_threads(),
@@ -682,7 +694,7 @@ def rnn_layer_grads(
     """
     _grads_checks(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, nonlinearity,
                   need_dx, need_dw_ih)  # fmt: skip
-    if h.is_cuda or h.dtype not in _KERNEL_DTYPES:
+    if h.is_cuda or h.dtype not in KERNEL_DTYPES:
         _fail(TypeError, f"rnn_layer_grads runs the CPU kernels: got {h.dtype} on {h.device}")
     return _grads_impl(
         x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
@@ -808,7 +820,7 @@ def fast_input_cpu(x: Tensor) -> bool:
     return (
         type(x) is Tensor
         and x.is_cpu
-        and x.dtype in _KERNEL_DTYPES
+        and x.dtype in KERNEL_DTYPES
         and x.layout is torch.strided
         and _plain_mode()  # includes "no functorch transform": jvp is one
         and _forward_ad._current_level < 0  # no dual level: see _forward_ad_active
@@ -816,11 +828,13 @@ def fast_input_cpu(x: Tensor) -> bool:
     )
 
 
-def fast_tensors_cpu(tensors, shapes, dtype: torch.dtype) -> bool:
-    """Each of ``tensors`` is a plain, contiguous, dense CPU tensor of ``dtype`` with its
-    shape in ``shapes``, its values plainly in memory (no negative bit): what the kernels
-    may read by address. One loop for all of a module's weights (this runs on every call)."""
+def fast_addresses_cpu(tensors, shapes, dtype: torch.dtype) -> list[int] | None:
+    """The data addresses of ``tensors`` when each is a plain, contiguous, dense CPU tensor
+    of ``dtype`` with its shape in ``shapes`` and its values plainly in memory (no negative
+    bit): what the kernels may read by address. None when one is not. One loop for all of
+    a module's weights and its state (this runs on every call)."""
     strided, plain = torch.strided, PLAIN_TENSOR_TYPES
+    addresses = []
     for t, shape in zip(tensors, shapes, strict=False):  # equal lengths by construction
         if (
             type(t) not in plain
@@ -831,13 +845,19 @@ def fast_tensors_cpu(tensors, shapes, dtype: torch.dtype) -> bool:
             or t.is_neg()
             or t.shape != shape
         ):
-            return False
-    return True
+            return None
+        addresses.append(t.data_ptr())
+    return addresses
+
+
+def fast_tensors_cpu(tensors, shapes, dtype: torch.dtype) -> bool:
+    """:func:`fast_addresses_cpu` accepts ``tensors``."""
+    return fast_addresses_cpu(tensors, shapes, dtype) is not None
 
 
 def fast_tensor_cpu(t, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
     """:func:`fast_tensors_cpu` for one tensor."""
-    return fast_tensors_cpu((t,), (shape,), dtype)
+    return fast_addresses_cpu((t,), (shape,), dtype) is not None
 
 
 def records_graph(*tensors) -> bool:
@@ -890,8 +910,8 @@ def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
         hnf, hnb = x.new_empty(B, H), x.new_empty(B, H)
         half = H * out.element_size()
         for d, (w, h0, hn) in enumerate(((wf, h0f, hnf), (wb, h0b, hnb))):
-            forward_into_cpu(x, w[0], w[1], w[2], w[3], _addr(h0), out.data_ptr() + d * half,
-                             2 * H, hn.data_ptr(), T, B, H, d == 1, nonlinearity)  # fmt: skip
+            _forward_into(x, *w, _addr(h0), out.data_ptr() + d * half, 2 * H, hn.data_ptr(),
+                          T, B, H, d == 1, nonlinearity)  # fmt: skip
         return out, hnf, hnb
     T, B, H = check_layer_args(x, *wf, h0f, batch_sizes, nonlinearity)
     check_layer_args(x, *wb, h0b, batch_sizes, nonlinearity)
@@ -910,8 +930,8 @@ def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
         h0 = _dense(h0)
         hn = torch.empty_like(h0)
         h_addr = out.data_ptr() + d * H * out.element_size()  # its half of each row
-        forward_into_cpu(x, w_ih, w_hh, b_ih, b_hh, h0.data_ptr(), h_addr, 2 * H, hn.data_ptr(),
-                         T, B, H, d == 1, nonlinearity, _steps_addr(batch_sizes))  # fmt: skip
+        _forward_into(x, w_ih, w_hh, b_ih, b_hh, h0.data_ptr(), h_addr, 2 * H, hn.data_ptr(),
+                      T, B, H, d == 1, nonlinearity, _steps_addr(batch_sizes))  # fmt: skip
         hns.append(hn)
     return out, hns[0], hns[1]
 
@@ -1048,7 +1068,7 @@ def rnn_bidirectional_layer(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlin
     if (
         _plain_eager(x, *w_fwd, *w_rev, h0_fwd, h0_rev)
         and not x.is_cuda
-        and x.dtype in _KERNEL_DTYPES
+        and x.dtype in KERNEL_DTYPES
         and x.numel()  # no rows (B = 0) or no features: the checks and edge cases below
         and isinstance(w_hh, Tensor)
         and w_hh.numel()  # H = 0

@@ -154,3 +154,42 @@ def test_fallback_configurations_agree_with_nn_rnn(env):
     assert r.returncode == 0, r.stderr
     isa = env.get("FUSEDRNN_CPU_ISA")
     assert isa is None or r.stdout.strip() in (isa, "generic")
+
+
+_SPLIT_CHILD = """
+import hashlib, torch
+from torch.nn.utils.rnn import pack_sequence
+import fusedrnn
+torch.set_num_threads(2)
+digest = hashlib.sha256()
+for dtype in (torch.float32, torch.float64):
+    for B, H, bidir, packed in ((16, 96, True, False), (40, 64, False, True), (9, 160, True, True)):
+        torch.manual_seed(B)
+        module = fusedrnn.RNN(24, H, num_layers=2, bidirectional=bidir, dtype=dtype)
+        hx = torch.randn(4 if bidir else 2, B, H, dtype=dtype, requires_grad=True)
+        if packed:
+            lengths = sorted(torch.randint(1, 7, (B,)).tolist(), reverse=True)
+            x = pack_sequence([torch.randn(n, 24, dtype=dtype) for n in lengths])
+        else:
+            x = torch.randn(6, B, 24, dtype=dtype, requires_grad=True)
+        out, hn = module(x, hx)
+        data = out.data if packed else out
+        (data.sum() + (hn * hn).sum()).backward()
+        for t in (data, hn, hx.grad, *(p.grad for p in module.parameters())):
+            digest.update(t.detach().numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_row_and_column_splits_give_the_same_bits():
+    """The recurrence shares a sequence between threads by batch rows or by hidden columns
+    (rnn_cpu.cpp); which one must never change a bit of the results."""
+    digests = {}
+    for split in ("rows", "cols"):
+        env = dict(os.environ, FUSEDRNN_CPU_SPLIT=split, FUSEDRNN_CPU_MIN_WORK="1")
+        r = subprocess.run(
+            [sys.executable, "-c", _SPLIT_CHILD], env=env, capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr
+        digests[split] = r.stdout.strip()
+    assert digests["rows"] == digests["cols"]

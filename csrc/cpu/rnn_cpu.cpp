@@ -2,11 +2,19 @@
 //
 // One call = one team of threads for the whole sequence. W_hh^T (forward) or W_hh
 // (backward) is packed once into the micro-kernel's panels and reused for all T steps.
-// The columns (hidden units) of a step are cut into chunks of panels; each thread owns a
-// fixed range of chunks, packs them itself (so they land in its own cache) and computes
-// them first at every step, then helps with chunks its partners have not started (see
-// Chunks). Each output element is computed by exactly one thread with one fixed fma chain
-// (kernels.h), so results do not depend on the team.
+// Two ways to share a sequence between the threads:
+// - columns (the default): the hidden units of a step are cut into chunks of panels; each
+//   thread owns a fixed range of chunks, packs them itself (so they land in its own cache)
+//   and computes them first at every step, then helps with chunks its partners have not
+//   started (see Chunks). Every step needs all of the previous step's state, half of it
+//   written by the partner: the threads meet once per step.
+// - rows (see split_rows): each thread owns a fixed range of the batch rows for the whole
+//   sequence and computes all their columns. A row's state depends on that row alone, so
+//   the threads never meet after packing; each reads all of W_hh at every step, which
+//   pays when the packed W_hh stays in every core's L2 next to its rows.
+// Each output element is computed by exactly one thread with one fixed fma chain
+// (kernels.h), whatever the tile it falls in, so results do not depend on the team or
+// on the split.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -66,6 +74,35 @@ int choose_threads(int64_t B, int64_t H, int64_t nchunks, int num_threads) {
   const int64_t work = B * H * H;
   n = std::min<int64_t>(n, std::max<int64_t>(1, work / min_work_per_thread()));
   return int(std::max<int64_t>(n, 1));
+}
+
+// Rows instead of columns (see the top of this file), when every thread gets at least 4
+// rows (enough fma chains per tile) and either the packed W_hh fits in half of a core's L2
+// (1 MB here) beside the rows' state, or the thread has 32 rows or more: then each W_hh
+// element read from L3 serves enough multiply-adds. Measured end to end (fusedrnn.RNN,
+// 2 threads, rows against columns): B16-H128-T1000 inference 2.65 -> 2.46 ms, B8-H256-T100
+// 0.50 -> 0.47 ms, B64-H1024-T100 training 171.8 -> 167.5 ms; H = 512 (W_hh 1 MB) at
+// B = 16 and 32 level or slightly behind, hence columns there. Never for the direct
+// (unpacked) path. FUSEDRNN_CPU_SPLIT=rows or =cols in the environment forces a split
+// (for measurements and tests; rows still needs a row per thread).
+enum class Split { kAuto, kRows, kCols };
+
+Split forced_split() {
+  static const Split v = [] {
+    const char* env = std::getenv("FUSEDRNN_CPU_SPLIT");
+    if (env && std::strcmp(env, "rows") == 0) return Split::kRows;
+    if (env && std::strcmp(env, "cols") == 0) return Split::kCols;
+    return Split::kAuto;
+  }();
+  return v;
+}
+
+bool split_rows(const RecurrenceShape& s, int64_t packed_bytes, bool direct, int nt) {
+  if (nt <= 1 || direct || s.B < nt) return false;
+  const Split forced = forced_split();
+  if (forced != Split::kAuto) return forced == Split::kRows;
+  const int64_t rows = s.B / nt;
+  return rows >= 32 || (rows >= 4 && packed_bytes <= (int64_t(512) << 10));
 }
 
 // Pulls the epilogue operands of the next step (rows x [c0, c1)) toward L2 while this
@@ -150,6 +187,23 @@ void run_steps(Chunks& ch, int tid, int nt, int64_t nsteps, PackFn&& pack, WorkF
   }
 }
 
+// split_rows: runs steps 0..nsteps-1 on this thread's rows [r0, r1) of every step, all
+// columns: work(step, r0, r1). The panels are packed by the team, each thread its own
+// chunks first; after that the threads never wait for each other.
+template <class PackFn, class WorkFn>
+void run_rows(Chunks& ch, int64_t B, int tid, int nt, int64_t nsteps, PackFn&& pack,
+              WorkFn&& work) {
+  for (int64_t c = ch.first(tid, nt); c < ch.last(tid, nt); ++c) ch.ensure_packed(c, pack);
+  for (int64_t c = 0; c < ch.count; ++c) ch.ensure_packed(c, pack);
+  const int64_t r0 = B * tid / nt, r1 = B * (tid + 1) / nt;
+  for (int64_t i = 0; i < nsteps; ++i) work(i, r0, r1);
+}
+
+// Panels [p0, p1) and the columns [c0, c1) they hold.
+struct Cols {
+  int64_t p0, p1, c0, c1;
+};
+
 template <typename T>
 struct Recurrence {
   const RecurrenceShape* s;
@@ -193,6 +247,13 @@ struct Recurrence {
     *c0 = std::min(*p0 * k->nr, s->H);
     *c1 = std::min(*p1 * k->nr, s->H);
   }
+  Cols chunk_cols(int64_t c) const {
+    Cols q;
+    chunk_range(c, &q.p0, &q.p1, &q.c0, &q.c1);
+    return q;
+  }
+  Cols all_cols() const { return Cols{0, npanels, 0, s->H}; }
+  int64_t packed_bytes() const { return npanels * pstride * int64_t(sizeof(T)); }
 };
 
 template <typename T>
@@ -205,6 +266,7 @@ struct ForwardJob {
   int64_t ldh;  // row stride of P and h
   T* hn;
   bool direct;  // forward_direct: W_hh read in place, not packed
+  bool rows;    // split_rows
 };
 
 // rows x W_hh^T (a: rows lda apart) on the columns [c0, c1) of chunk panels [p0, p1), then
@@ -223,37 +285,37 @@ void forward_product(const ForwardJob<T>& job, int64_t rows, const T* a, int64_t
   }
 }
 
-// Step i of the forward pass on the columns of chunk c.
+// Step i of the forward pass on the rows [ra, rb) (clipped to the step's) and the columns q.
 template <typename T>
-void forward_chunk(ForwardJob<T>& job, int64_t c, int64_t i) {
+void forward_rows(ForwardJob<T>& job, int64_t i, int64_t ra, int64_t rb, const Cols& q) {
   const Recurrence<T>& rc = job.rec;
   const RecurrenceShape& s = *rc.s;
   const KernelTable<T>& k = *rc.k;
   const int64_t H = s.H;
-  int64_t p0, p1, c0, c1;
-  rc.chunk_range(c, &p0, &p1, &c0, &c1);
+  const int64_t p0 = q.p0, p1 = q.p1, c0 = q.c0, c1 = q.c1;
   const int64_t t = s.reverse ? s.T - 1 - i : i;
-  const int64_t m = rc.bs[t];
+  const int64_t m = std::min(rc.bs[t], rb);
+  if (ra >= m) return;  // none of these rows is active at this step
   Epilogue<T> e;
   e.kind = EpKind::kAct;
   e.act = int(s.act);
   const int64_t ldh = job.ldh;
-  e.out = job.h + rc.off[t] * ldh;
+  e.out = job.h + (rc.off[t] + ra) * ldh;
   e.ldo = ldh;
-  e.x1 = job.P + rc.off[t] * ldh;
+  e.x1 = job.P + (rc.off[t] + ra) * ldh;
   e.ld1 = ldh;
-  // Rows [0, mc) continue from the previous step; rows [mc, m) start from h0 (all rows at
+  // Rows [ra, mc) continue from the previous step; rows [mc, m) start from h0 (all rows at
   // the first step; in the reverse direction, the sequences that join at t).
-  int64_t mc = 0;
+  int64_t mc = ra;
   if (i > 0) {
     const int64_t tp = s.reverse ? t + 1 : t - 1;
-    mc = std::min(m, rc.bs[tp]);
-    forward_product(job, mc, job.h + rc.off[tp] * ldh, ldh, p0, p1, c0, c1, e);
+    mc = std::max(ra, std::min(m, rc.bs[tp]));
+    forward_product(job, mc - ra, job.h + (rc.off[tp] + ra) * ldh, ldh, p0, p1, c0, c1, e);
   }
   if (m > mc) {
     Epilogue<T> es = e;
-    es.out += mc * ldh;
-    es.x1 += mc * ldh;
+    es.out += (mc - ra) * ldh;
+    es.x1 += (mc - ra) * ldh;
     if (job.h0)
       forward_product(job, m - mc, job.h0 + mc * H, H, p0, p1, c0, c1, es);
     else
@@ -263,13 +325,14 @@ void forward_chunk(ForwardJob<T>& job, int64_t c, int64_t i) {
   // reverse.
   if (job.hn) {
     const int64_t r_end0 = s.reverse ? (t == 0 ? 0 : m) : rc.bs[t + 1];
-    for (int64_t r = r_end0; r < m; ++r)
+    for (int64_t r = std::max(ra, r_end0); r < m; ++r)
       std::memcpy(job.hn + r * H + c0, job.h + (rc.off[t] + r) * ldh + c0,
                   sizeof(T) * size_t(c1 - c0));
   }
   if (i + 1 < s.T) {
     const int64_t tn = s.reverse ? t - 1 : t + 1;
-    prefetch_rows(job.P + rc.off[tn] * ldh, rc.bs[tn], ldh, c0, c1);
+    const int64_t mn = std::min(rc.bs[tn], rb);
+    if (mn > ra) prefetch_rows(job.P + (rc.off[tn] + ra) * ldh, mn - ra, ldh, c0, c1);
   }
 }
 
@@ -282,8 +345,13 @@ void forward_thread(void* vctx, int tid, int nt) {
   auto pack = [&](int64_t c) {
     if (!job.direct) rc.pack_chunk(c, job.W, 1, H);
   };
-  run_steps(rc.chunks, tid, nt, rc.s->T, pack,
-            [&](int64_t c, int64_t i) { forward_chunk(job, c, i); });
+  if (job.rows)
+    run_rows(rc.chunks, rc.s->B, tid, nt, rc.s->T, pack, [&](int64_t i, int64_t r0, int64_t r1) {
+      forward_rows(job, i, r0, r1, rc.all_cols());
+    });
+  else
+    run_steps(rc.chunks, tid, nt, rc.s->T, pack,
+              [&](int64_t c, int64_t i) { forward_rows(job, i, 0, rc.s->B, rc.chunk_cols(c)); });
 }
 
 template <typename T>
@@ -298,6 +366,7 @@ struct BackwardJob {
   T* dP;
   T* dh0;
   bool direct;  // forward_direct's shapes: W_hh read in place (same results as packed)
+  bool rows;    // split_rows
 };
 
 // rows x W_hh on the columns [c0, c1) of chunk panels [p0, p1), then the epilogue ep.
@@ -315,15 +384,15 @@ void backward_product(const BackwardJob<T>& job, int64_t rows, const T* a, int64
   }
 }
 
-// Step i of BPTT on the columns of chunk c; step T is dh0 = d_first W_hh.
+// Step i of BPTT on the rows [ra, rb) (clipped to the step's) and the columns q; step T is
+// dh0 = d_first W_hh.
 template <typename T>
-void backward_chunk(BackwardJob<T>& job, int64_t c, int64_t i) {
+void backward_rows(BackwardJob<T>& job, int64_t i, int64_t ra, int64_t rb, const Cols& q) {
   const Recurrence<T>& rc = job.rec;
   const RecurrenceShape& s = *rc.s;
   const KernelTable<T>& k = *rc.k;
   const int64_t H = s.H;
-  int64_t p0, p1, c0, c1;
-  rc.chunk_range(c, &p0, &p1, &c0, &c1);
+  const int64_t p0 = q.p0, p1 = q.p1, c0 = q.c0, c1 = q.c1;
   Epilogue<T> store;  // dh0 = d W_hh
   store.kind = EpKind::kStore;
   store.ldo = H;
@@ -331,50 +400,54 @@ void backward_chunk(BackwardJob<T>& job, int64_t c, int64_t i) {
     // Forward direction: every sequence starts at t = 0. Reverse: the sequences still
     // active at T - 1 started there.
     const int64_t t = s.reverse ? s.T - 1 : 0;
-    store.out = job.dh0;
-    backward_product(job, rc.bs[t], job.dP + rc.off[t] * H, p0, p1, c0, c1, store);
+    const int64_t m = std::min(rc.bs[t], rb);
+    store.out = job.dh0 + ra * H;
+    if (m > ra) backward_product(job, m - ra, job.dP + (rc.off[t] + ra) * H, p0, p1, c0, c1, store);
     return;
   }
   const int64_t t = s.reverse ? i : s.T - 1 - i;
-  const int64_t m = rc.bs[t];
+  const int64_t m = std::min(rc.bs[t], rb);
   Epilogue<T> e;
   e.kind = EpKind::kActGrad;
   e.act = int(s.act);
-  e.out = job.dP + rc.off[t] * H;
+  e.out = job.dP + (rc.off[t] + ra) * H;
   e.ldo = H;
-  e.x1 = job.G ? job.G + rc.off[t] * job.ldg : nullptr;
+  e.x1 = job.G ? job.G + (rc.off[t] + ra) * job.ldg : nullptr;
   e.ld1 = job.ldg;
-  e.x2 = job.h + rc.off[t] * job.ldh;
+  e.x2 = job.h + (rc.off[t] + ra) * job.ldh;
   e.ld2 = job.ldh;
-  // Rows [0, mc) have a next (forward-wise) step whose d feeds back through W_hh; rows
+  // Rows [ra, mc) have a next (forward-wise) step whose d feeds back through W_hh; rows
   // [mc, m) end their sequence here and take dhn instead.
-  int64_t mc = 0;
+  int64_t mc = ra;
   if (!s.reverse) {
-    mc = rc.bs[t + 1];
-    if (mc > 0) backward_product(job, mc, job.dP + rc.off[t + 1] * H, p0, p1, c0, c1, e);
+    mc = std::max(ra, std::min(m, rc.bs[t + 1]));
+    if (mc > ra)
+      backward_product(job, mc - ra, job.dP + (rc.off[t + 1] + ra) * H, p0, p1, c0, c1, e);
   } else if (t > 0) {
-    mc = m;
-    backward_product(job, m, job.dP + rc.off[t - 1] * H, p0, p1, c0, c1, e);
+    mc = std::max(ra, m);
+    if (m > ra) backward_product(job, m - ra, job.dP + (rc.off[t - 1] + ra) * H, p0, p1, c0, c1, e);
     // Sequences whose first (reverse) forward step was t - 1: dh0 = d_{t-1} W_hh.
-    const int64_t mp = rc.bs[t - 1];
-    if (job.dh0 && mp > m) {
+    const int64_t d0 = std::max(ra, rc.bs[t]), mp = std::min(rc.bs[t - 1], rb);
+    if (job.dh0 && mp > d0) {
       Epilogue<T> st = store;
-      st.out = job.dh0 + m * H;
-      backward_product(job, mp - m, job.dP + (rc.off[t - 1] + m) * H, p0, p1, c0, c1, st);
+      st.out = job.dh0 + d0 * H;
+      backward_product(job, mp - d0, job.dP + (rc.off[t - 1] + d0) * H, p0, p1, c0, c1, st);
     }
   }
   if (m > mc) {
     Epilogue<T> ef = e;
-    ef.out += mc * H;
-    if (ef.x1) ef.x1 += mc * job.ldg;
-    ef.x2 += mc * job.ldh;
+    ef.out += (mc - ra) * H;
+    if (ef.x1) ef.x1 += (mc - ra) * job.ldg;
+    ef.x2 += (mc - ra) * job.ldh;
     k.pointwise(m - mc, c0, c1, job.dhn ? job.dhn + mc * H : nullptr, H, ef);
   }
   if (i + 1 < s.T) {
     const int64_t tn = s.reverse ? t + 1 : t - 1;
-    prefetch_rows(job.h + rc.off[tn] * job.ldh, rc.bs[tn], job.ldh, c0, c1);
-    if (job.ldg)
-      prefetch_rows(job.G ? job.G + rc.off[tn] * job.ldg : nullptr, rc.bs[tn], job.ldg, c0, c1);
+    const int64_t mn = std::min(rc.bs[tn], rb) - ra;
+    if (mn > 0) {
+      prefetch_rows(job.h + (rc.off[tn] + ra) * job.ldh, mn, job.ldh, c0, c1);
+      if (job.ldg && job.G) prefetch_rows(job.G + (rc.off[tn] + ra) * job.ldg, mn, job.ldg, c0, c1);
+    }
   }
 }
 
@@ -387,8 +460,14 @@ void backward_thread(void* vctx, int tid, int nt) {
   auto pack = [&](int64_t c) {
     if (!job.direct) rc.pack_chunk(c, job.W, H, 1);
   };
-  run_steps(rc.chunks, tid, nt, rc.s->T + (job.dh0 ? 1 : 0), pack,
-            [&](int64_t c, int64_t i) { backward_chunk(job, c, i); });
+  const int64_t nsteps = rc.s->T + (job.dh0 ? 1 : 0);
+  if (job.rows)
+    run_rows(rc.chunks, rc.s->B, tid, nt, nsteps, pack, [&](int64_t i, int64_t r0, int64_t r1) {
+      backward_rows(job, i, r0, r1, rc.all_cols());
+    });
+  else
+    run_steps(rc.chunks, tid, nt, nsteps, pack,
+              [&](int64_t c, int64_t i) { backward_rows(job, i, 0, rc.s->B, rc.chunk_cols(c)); });
 }
 
 }  // namespace
@@ -398,8 +477,10 @@ void rnn_forward_cpu(const RecurrenceShape& s, const scalar_t* P, const scalar_t
                      const scalar_t* h0, scalar_t* h, int64_t ldh, scalar_t* hn, int num_threads) {
   if (s.T <= 0 || s.B <= 0 || s.H <= 0) return;
   const KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
-  ForwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), P, W_hh, h0, h, ldh, hn, forward_direct(s)};
+  ForwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), P,    W_hh, h0, h, ldh, hn,
+                           forward_direct(s),          false};
   const int nt = choose_threads(s.B, s.H, job.rec.chunks.count, num_threads);
+  job.rows = split_rows(s, job.rec.packed_bytes(), job.direct, nt);
   cpu::team_run(nt, &forward_thread<scalar_t>, &job);
 }
 
@@ -410,8 +491,9 @@ void rnn_backward_cpu(const RecurrenceShape& s, const scalar_t* W_hh, const scal
   if (s.T <= 0 || s.B <= 0 || s.H <= 0) return;
   const KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
   BackwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), W_hh, h, ldh, G, ldg, dhn, dP, dh0,
-                            forward_direct(s)};
+                            forward_direct(s),          false};
   const int nt = choose_threads(s.B, s.H, job.rec.chunks.count, num_threads);
+  job.rows = split_rows(s, job.rec.packed_bytes(), job.direct, nt);
   cpu::team_run(nt, &backward_thread<scalar_t>, &job);
 }
 

@@ -236,11 +236,8 @@ class RNN(nn.RNNBase):
         if torch.is_grad_enabled() and ops.records_graph(input, hx, *weights):
             if dim == 2 and hx is not None:  # each layer's state as [B = 1, H], as batched
                 hx = hx.view(L * D, 1, H)
-            output, hidden = self._train_fast(x, hx, weights, T, B, H)
-            if dim == 2:
-                return output.view(T, D * H), hidden.view(L * D, H)
-            output = output.view(T, B, D * H)
-            return (output.transpose(0, 1) if batch_first else output), hidden
+            output, hidden = self._train_fast(x, hx, weights, T, B, H, dim == 3)
+            return (output.transpose(0, 1) if dim == 3 and batch_first else output), hidden
         # Inference: each layer-direction's kernel writes its columns of the layer output
         # and its rows of h_n in place; the last layer's output and h_n are allocated in
         # their returned shapes (no views).
@@ -271,14 +268,20 @@ class RNN(nn.RNNBase):
             return layer_input.transpose(0, 1), hidden
         return layer_input, hidden
 
-    def _train_fast(self, x, hx, weights, T, B, H):
-        """``_forward_fast`` recording the graph: one autograd node per layer."""
+    def _train_fast(self, x, hx, weights, T, B, H, batched):
+        """``_forward_fast`` recording the graph: one autograd node per layer. The layers
+        take ``x`` ([T, B, I] time-major, or [T, I]) and allocate the last output (and
+        with one layer-direction, h_n) in the returned shapes: no view node in the graph."""
         D = 2 if self.bidirectional else 1
         L = self.num_layers
-        dims = (T, B, H)
-        layer_input = x.view(T * B, x.shape[-1])
+        rows = (T * B, D * H)  # an inner layer's output
+        last = (T, B, D * H) if batched else (T, D * H)
+        one = L * D == 1  # h_n is that layer-direction's [1, B, H], no stack
+        hn_shape = ((1, B, H) if batched else (1, H)) if one else (B, H)
+        layer_input = x
         states = []
         for layer in range(L):
+            dims = (T, B, H, last if layer == L - 1 else rows, hn_shape)
             h0 = (None, None) if hx is None else (hx[layer * D], hx[layer * D + D - 1])
             if D == 2:
                 layer_input, hn_fwd, hn_rev = ops.rnn_bidirectional_layer_checked(
@@ -295,8 +298,10 @@ class RNN(nn.RNNBase):
                 states.append(hn)
             if self.dropout > 0 and self.training and layer < L - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        hidden = states[0][None] if len(states) == 1 else torch.stack(states)
-        return layer_input, hidden
+        if one:
+            return layer_input, states[0]
+        hidden = torch.stack(states)
+        return layer_input, (hidden if batched else hidden.view(L * D, H))
 
     def forward(self, input, hx: Tensor | None = None):
         if type(input) is Tensor:
@@ -497,7 +502,7 @@ class RNNCell(nn.RNNCell):
             if dim == 1:
                 x, hx = x.view(1, I), (None if hx is None else hx.view(1, H))
             h, _ = ops.rnn_layer_checked(x, w_ih, w_hh, b_ih, b_hh, hx, self.nonlinearity,
-                                         (1, B, H))  # fmt: skip
+                                         (1, B, H, (B, H), (B, H)))  # fmt: skip
             return h if dim == 2 else h.view(H)
         h = x.new_empty(B, H) if dim == 2 else x.new_empty(H)
         if not self.bias:

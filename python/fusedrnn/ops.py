@@ -269,16 +269,19 @@ def _steps_addr(batch_sizes: Tensor) -> int:
 def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity, dims=None):
     """The forward computation shared by the custom op and the eager path.
 
-    ``dims = (T, B, H)`` marks arguments already checked (the modules' fast path,
-    :func:`fast_input_cpu`): plain contiguous CPU tensors in a kernel dtype, padded input,
-    ``h0`` None for a zero state.
+    ``dims = (T, B, H, h_shape, hn_shape)`` marks arguments already checked (the modules'
+    fast path, :func:`fast_input_cpu`): plain contiguous CPU tensors in a kernel dtype,
+    padded input (``x`` any shape ``[..., I]`` of ``T B`` rows), ``h0`` None for a zero
+    state; ``h`` and ``hn`` are then allocated in the given shapes (of ``T B`` and ``B``
+    rows), the shapes the module returns, so that no view node follows in the graph.
     """
     if dims is not None:
-        T, B, H = dims
-        hn = x.new_empty(B, H)
-        h = x.new_empty(x.shape[0], H)
-        _forward_into(x, w_ih, w_hh, b_ih, b_hh, _addr(h0), h.data_ptr(), H, hn.data_ptr(),
-                      T, B, H, reverse, nonlinearity)  # fmt: skip
+        T, B, H, h_shape, hn_shape = dims
+        hn = x.new_empty(hn_shape)
+        h = x.new_empty(h_shape)
+        forward_into_cpu(KERNEL_DTYPES[x.dtype], x.data_ptr(), x.shape[-1],
+                         _addrs(w_ih, w_hh, b_ih, b_hh), _addr(h0), h.data_ptr(), H,
+                         hn.data_ptr(), T, B, H, reverse, nonlinearity)  # fmt: skip
         return h, hn
     T, B, H = check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity)
     if not x.is_cuda and x.dtype not in KERNEL_DTYPES:
@@ -319,7 +322,7 @@ def forward_into_cpu(kind, x, I, weights, h0, h, ldh, hn, T, B, H, reverse, nonl
 def _forward_into(x, w_ih, w_hh, b_ih, b_hh, h0_addr, h_addr, ldh, hn_addr, T, B, H, reverse,
                   nonlinearity, steps_addr=0):  # fmt: skip
     """:func:`forward_into_cpu` for the ops' own calls, on the tensors ``x`` and weights."""
-    forward_into_cpu(KERNEL_DTYPES[x.dtype], x.data_ptr(), x.shape[1],
+    forward_into_cpu(KERNEL_DTYPES[x.dtype], x.data_ptr(), x.shape[-1],
                      _addrs(w_ih, w_hh, b_ih, b_hh), h0_addr, h_addr, ldh, hn_addr, T, B, H,
                      reverse, nonlinearity, steps_addr)  # fmt: skip
 
@@ -476,12 +479,15 @@ def _setup_context(ctx, inputs, output):
     x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
     h, _ = output
     needs = ctx.needs_input_grad
+    # The lean path's x (and its own h, hn) may come in other shapes than [N, I] (see
+    # _forward_impl's dims): the backward reads them as rows and returns dx in x's shape.
+    ctx.x_shape = x.shape if x.dim() != 2 else None
     saved = (x if needs[1] else None, w_ih if needs[0] else None, w_hh, h0, h, batch_sizes)
     ctx.save_for_backward(*saved)
     ctx.saved_meta = _meta(saved)
     ctx.reverse = reverse
     ctx.nonlinearity = nonlinearity
-    ctx.B = output[1].shape[0]  # h0 may be None (a zero state) on the fast path
+    ctx.B = output[1].shape[-2]  # h0 may be None (a zero state) on the fast path
 
 
 def _meta(tensors) -> list:
@@ -514,7 +520,26 @@ def _backward(ctx, grad_h, grad_hn):
             x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
             ctx.nonlinearity, needs[0], needs[1], needs[2], needs[3] or needs[4], needs[5], B,
         )  # fmt: skip
-        return (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
+        grads = (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
+    else:  # the lean path's shapes (see _forward_impl's dims) as rows for the ops
+        x, h, grad_h, grad_hn = (_as_rows(t) for t in (x, h, grad_h, grad_hn))
+        grads = _backward_rows(ctx, needs, B, fused, eager, x, w_ih, w_hh, h0, h, batch_sizes,
+                               grad_h, grad_hn)  # fmt: skip
+    dx = grads[0]
+    if dx is None or ctx.x_shape is None or dx.shape == ctx.x_shape:
+        return grads
+    return (dx.reshape(ctx.x_shape), *grads[1:])
+
+
+def _as_rows(t: Tensor | None) -> Tensor | None:
+    """``t`` [..., n] as [rows, n] (a view where the strides allow: an expanded gradient
+    stays expanded)."""
+    return t if t is None or t.dim() == 2 else t.reshape(-1, t.shape[-1])
+
+
+def _backward_rows(ctx, needs, B, fused, eager, x, w_ih, w_hh, h0, h, batch_sizes, grad_h,
+                   grad_hn):  # fmt: skip
+    """``_backward`` through the ops or torch, on [N, I] x, [N, H] h and their gradients."""
     if h0 is None:
         h0 = h.new_zeros((B, h.shape[1]))
     if grad_h is None:
@@ -602,6 +627,12 @@ def _rows_view(g: Tensor) -> tuple[Tensor, int]:
     backward pass.
     """
     g = g.resolve_neg()
+    if g.dim() != 2:  # the lean path's [T, B, H] (see _forward_impl's dims)
+        if not any(g.stride()):
+            return g, -1
+        if g.is_contiguous():
+            return g, g.shape[-1]
+        g = g.reshape(-1, g.shape[-1])
     N, H = g.shape
     s0, s1 = g.stride()
     if s1 == 0 and (s0 == 0 or N <= 1):
@@ -623,7 +654,8 @@ def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, non
     The eager path may pass None for ``h0``, ``grad_h`` and ``grad_hn`` (zeros, read as
     such by the kernel, with ``B`` given) and ``need_dh0=False`` (``dh0`` comes back None).
     """
-    N, H = h.shape
+    H = h.shape[-1]  # h and x may come in the lean path's shapes: read as rows
+    N = h.numel() // H if H else h.shape[0]
     if B is None:
         B = h0.shape[0]
     T = batch_sizes.shape[0] if batch_sizes.numel() else N // B
@@ -633,7 +665,7 @@ def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, non
     grad_h, ldg = (None, H) if grad_h is None else _rows_view(grad_h)
     x = _dense(x) if need_dw_ih else None
     w_ih = _dense(w_ih) if need_dx else None
-    In = x.shape[1] if x is not None else (w_ih.shape[1] if w_ih is not None else 0)
+    In = x.shape[-1] if x is not None else (w_ih.shape[1] if w_ih is not None else 0)
     dh0 = h.new_empty(B, H) if need_dh0 else None
     # Outputs may not alias each other: a fresh empty tensor for each gradient not asked for.
     # (empty_like of a contiguous tensor of the same shape: cheaper than new_empty(shape).)
@@ -903,11 +935,12 @@ def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
     """Both directions of one bidirectional layer on the CPU kernels, each writing its own
     columns of one ``[N, 2H]`` output (row stride 2H): no concatenation afterwards.
 
-    ``dims = (T, B, H)``: checked arguments, as in :func:`_forward_impl`."""
+    ``dims = (T, B, H, out_shape, hn_shape)``: checked arguments, as in
+    :func:`_forward_impl`."""
     if dims is not None:
-        T, B, H = dims
-        out = x.new_empty(x.shape[0], 2 * H)
-        hnf, hnb = x.new_empty(B, H), x.new_empty(B, H)
+        T, B, H, out_shape, hn_shape = dims
+        out = x.new_empty(out_shape)
+        hnf, hnb = x.new_empty(hn_shape), x.new_empty(hn_shape)
         half = H * out.element_size()
         for d, (w, h0, hn) in enumerate(((wf, h0f, hnf), (wb, h0b, hnb))):
             _forward_into(x, *w, _addr(h0), out.data_ptr() + d * half, 2 * H, hn.data_ptr(),
@@ -956,68 +989,85 @@ class _EagerBiLayer(torch.autograd.Function):
         ctx.save_for_backward(*saved)
         ctx.saved_meta = _meta(saved)
         ctx.nonlinearity = nl
-        ctx.B = hnf.shape[0]
+        ctx.B = hnf.shape[-2]
         return out, hnf, hnb
 
     @staticmethod
     def backward(ctx, grad_out, grad_hnf, grad_hnb):
         saved = ctx.saved_tensors
-        x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes = saved
         _check_saved(ctx, saved)
+        x, *weights, out, batch_sizes = saved
+        # The lean path's x and output may have other shapes than [N, I] and [N, 2H]
+        # (_bi_forward_impl's dims): read them as rows, return dx in x's shape.
+        x_shape = x.shape
+        x, out, grad_out = _as_rows(x), _as_rows(out), _as_rows(grad_out)
+        saved = (x, *weights, out, batch_sizes)
+        grads = (grad_out, grad_hnf, grad_hnb)
         if torch.is_grad_enabled():  # create_graph=True: see _bi_backward_recorded
-            return _bi_backward_recorded(ctx, saved, (grad_out, grad_hnf, grad_hnb))
-        needs = ctx.needs_input_grad
-        # Saved tensors come back as saved_tensors_hooks make them: any layout.
-        out = _dense(out)
-        grad_out = _no_zeros_flag(grad_out)
-        grad_hnf, grad_hnb = _no_zeros_flag(grad_hnf), _no_zeros_flag(grad_hnb)
-        N, H2 = out.shape
-        H = H2 // 2
-        if grad_out is None:  # zeros: address 0
-            g, ldg, g_addr = None, H2, (0, 0)
+            grads = _bi_backward_recorded(ctx, saved, grads)
         else:
-            g, ldg = _rows_view(grad_out)
-            # The directions' columns of the output gradient: the reverse one starts H in
-            # (unless it is one value for all, ldg = -1).
-            g_addr = (g.data_ptr(), g.data_ptr() + (ldg != -1) * H * g.element_size())
-        need_dx = needs[0]
-        dx = x.new_empty(x.shape) if need_dx else None
-        B = ctx.B
-        T = batch_sizes.shape[0] if batch_sizes.numel() else N // B
-        x = _dense(x)
-        grads = []
-        # Absent states and state gradients are zeros: the kernel reads address 0 as such.
-        for d, (w_ih, w_hh, h0, ghn, first) in enumerate(
-            ((wif, whf, h0f, grad_hnf, 1), (wib, whb, h0b, grad_hnb, 5))
-        ):
-            w_ih, w_hh, h0, ghn = _dense(w_ih), _dense(w_hh), _dense(h0), _dense(ghn)
-            need_w_ih, need_w_hh = needs[first], needs[first + 1]
-            need_db = needs[first + 2] or needs[first + 3]
-            dh0 = x.new_empty(B, H) if needs[9 + d] else None
-            dw_ih = x.new_empty(w_ih.shape) if need_w_ih else None
-            dw_hh = x.new_empty(w_hh.shape) if need_w_hh else None
-            db = x.new_empty(H) if need_db else None
-            # The reverse direction (d == 1) adds its share to dx.
-            _layer_backward_cpu(
-                T, B, H, x.shape[1], batch_sizes, d == 1, ctx.nonlinearity,
-                x if need_w_ih else None, w_ih if need_dx else None, w_hh, h0,
-                out.data_ptr() + d * H * out.element_size(), H2, g_addr[d], ldg, ghn, dh0, dx,
-                d == 1, dw_ih, dw_hh, db,
-            )  # fmt: skip
-            # Each bias gets its own tensor: AccumulateGrad may adopt it as .grad.
-            db_hh = (db.clone() if needs[first + 2] else db) if needs[first + 3] else None
-            grads.append((dw_ih, dw_hh, db if needs[first + 2] else None, db_hh, dh0))
-        (dwif, dwhf, dbif, dbhf, dh0f), (dwib, dwhb, dbib, dbhb, dh0b) = grads
-        return (
-            dx,
-            dwif, dwhf, dbif, dbhf,
-            dwib, dwhb, dbib, dbhb,
-            dh0f,
-            dh0b,
-            None,
-            None,
-            None,
+            grads = _bi_backward_eager(ctx, saved, grads)
+        if grads[0] is None or grads[0].shape == x_shape:
+            return grads
+        return (grads[0].reshape(x_shape), *grads[1:])
+
+
+def _bi_backward_eager(ctx, saved, grads):
+    """_EagerBiLayer's backward on the kernels, on [N, I] x and [N, 2H] output rows."""
+    x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes = saved
+    grad_out, grad_hnf, grad_hnb = grads
+    needs = ctx.needs_input_grad
+    # Saved tensors come back as saved_tensors_hooks make them: any layout.
+    out = _dense(out)
+    grad_out = _no_zeros_flag(grad_out)
+    grad_hnf, grad_hnb = _no_zeros_flag(grad_hnf), _no_zeros_flag(grad_hnb)
+    N, H2 = out.shape
+    H = H2 // 2
+    if grad_out is None:  # zeros: address 0
+        g, ldg, g_addr = None, H2, (0, 0)
+    else:
+        g, ldg = _rows_view(grad_out)
+        # The directions' columns of the output gradient: the reverse one starts H in
+        # (unless it is one value for all, ldg = -1).
+        g_addr = (g.data_ptr(), g.data_ptr() + (ldg != -1) * H * g.element_size())
+    need_dx = needs[0]
+    dx = x.new_empty(x.shape) if need_dx else None
+    B = ctx.B
+    T = batch_sizes.shape[0] if batch_sizes.numel() else N // B
+    x = _dense(x)
+    grads = []
+    # Absent states and state gradients are zeros: the kernel reads address 0 as such.
+    for d, (w_ih, w_hh, h0, ghn, first) in enumerate(
+        ((wif, whf, h0f, grad_hnf, 1), (wib, whb, h0b, grad_hnb, 5))
+    ):
+        w_ih, w_hh, h0, ghn = _dense(w_ih), _dense(w_hh), _dense(h0), _dense(ghn)
+        need_w_ih, need_w_hh = needs[first], needs[first + 1]
+        need_db = needs[first + 2] or needs[first + 3]
+        dh0 = x.new_empty(B, H) if needs[9 + d] else None
+        dw_ih = x.new_empty(w_ih.shape) if need_w_ih else None
+        dw_hh = x.new_empty(w_hh.shape) if need_w_hh else None
+        db = x.new_empty(H) if need_db else None
+        # The reverse direction (d == 1) adds its share to dx.
+        _layer_backward_cpu(
+            T, B, H, x.shape[-1], batch_sizes, d == 1, ctx.nonlinearity,
+            x if need_w_ih else None, w_ih if need_dx else None, w_hh, h0,
+            out.data_ptr() + d * H * out.element_size(), H2, g_addr[d], ldg, ghn, dh0, dx,
+            d == 1, dw_ih, dw_hh, db,
         )  # fmt: skip
+        # Each bias gets its own tensor: AccumulateGrad may adopt it as .grad.
+        db_hh = (db.clone() if needs[first + 2] else db) if needs[first + 3] else None
+        grads.append((dw_ih, dw_hh, db if needs[first + 2] else None, db_hh, dh0))
+    (dwif, dwhf, dbif, dbhf, dh0f), (dwib, dwhb, dbib, dbhb, dh0b) = grads
+    return (
+        dx,
+        dwif, dwhf, dbif, dbhf,
+        dwib, dwhb, dbib, dbhb,
+        dh0f,
+        dh0b,
+        None,
+        None,
+        None,
+    )  # fmt: skip
 
 
 def _bi_backward_recorded(ctx, saved, grads):

@@ -152,7 +152,7 @@ def test_bench_writes_table_json_markdown_and_plot(tmp_path, capsys):
 
 def test_bench_flags_a_wrong_kernel_and_does_not_time_it(monkeypatch, capsys):
     """A fast wrong answer never looks good: the case is marked WRONG and not timed."""
-    forward = fusedrnn._C.layer_forward  # the CPU forward: projection + recurrence
+    forward = fusedrnn.ops.forward_into_cpu  # the CPU forward: projection + recurrence
 
     def off_by_a_bit(dtype, T, B, H, I, batch_sizes, *args):
         forward(dtype, T, B, H, I, batch_sizes, *args)
@@ -162,7 +162,7 @@ def test_bench_flags_a_wrong_kernel_and_does_not_time_it(monkeypatch, capsys):
         h = np.ctypeslib.as_array((ctypes.c_float * (T * B * H)).from_address(h_address))
         h += 1e-3
 
-    monkeypatch.setattr(fusedrnn._C, "layer_forward", off_by_a_bit)
+    monkeypatch.setattr(fusedrnn.ops, "forward_into_cpu", off_by_a_bit)
     assert main([*TINY_BENCH, "--mode", "inference", "--device", "cpu"]) == 1
     captured = capsys.readouterr()
     row = next(line for line in captured.out.splitlines() if line.startswith("cpu f32 infer"))

@@ -198,7 +198,10 @@ class RNN(nn.RNNBase):
         """
         if not ops.fast_input_cpu(input):
             return None
-        _, names, shapes, I, H, L, D, batch_first, bias = self._fast_plan()
+        plan = self.__dict__.get("_fusedrnn_plan")
+        if plan is None or plan[0] is not _PLAN_TAG:
+            plan = self._fast_plan()
+        _, names, shapes, I, H, L, D, batch_first, bias = plan
         if names is None:
             return None
         dim = input.dim()
@@ -248,6 +251,7 @@ class RNN(nn.RNNBase):
         hn = hidden.data_ptr()
         nonlinearity = self.nonlinearity
         dropout = self.dropout > 0 and self.training
+        threads = torch.get_num_threads()
         layer_input, width = x, I
         for layer in range(L):
             if layer < L - 1:
@@ -257,9 +261,10 @@ class RNN(nn.RNNBase):
             h, x_addr = out.data_ptr(), layer_input.data_ptr()
             for d in range(D):
                 k = layer * D + d
+                w_ih, w_hh, b_ih, b_hh = addresses[4 * k : 4 * k + 4]
                 ops.forward_into_cpu(
-                    kind, x_addr, width, addresses[4 * k : 4 * k + 4], h0 and h0 + k * size,
-                    h + d * row, D * H, hn + k * size, T, B, H, d == 1, nonlinearity,
+                    kind, T, B, H, width, 0, d == 1, nonlinearity, x_addr, w_ih, b_ih, b_hh, w_hh,
+                    h0 and h0 + k * size, h + d * row, D * H, hn + k * size, threads,
                 )  # fmt: skip
             if dropout and layer < L - 1:
                 out = F.dropout(out, self.dropout, training=True)
@@ -505,11 +510,11 @@ class RNNCell(nn.RNNCell):
                                          (1, B, H, (B, H), (B, H)))  # fmt: skip
             return h if dim == 2 else h.view(H)
         h = x.new_empty(B, H) if dim == 2 else x.new_empty(H)
-        if not self.bias:
-            addresses += (0, 0)
-        ops.forward_into_cpu(ops.KERNEL_DTYPES[dtype], x.data_ptr(), I, addresses,
-                             0 if hx is None else hx.data_ptr(), h.data_ptr(), H, 0, 1, B, H,
-                             False, self.nonlinearity)  # fmt: skip
+        w_ih, w_hh, b_ih, b_hh = addresses if self.bias else (*addresses, 0, 0)
+        ops.forward_into_cpu(ops.KERNEL_DTYPES[dtype], 1, B, H, I, 0, False, self.nonlinearity,
+                             x.data_ptr(), w_ih, b_ih, b_hh, w_hh,
+                             0 if hx is None else hx.data_ptr(), h.data_ptr(), H, 0,
+                             torch.get_num_threads())  # fmt: skip
         return h
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:

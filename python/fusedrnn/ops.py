@@ -279,9 +279,8 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
         T, B, H, h_shape, hn_shape = dims
         hn = x.new_empty(hn_shape)
         h = x.new_empty(h_shape)
-        forward_into_cpu(KERNEL_DTYPES[x.dtype], x.data_ptr(), x.shape[-1],
-                         _addrs(w_ih, w_hh, b_ih, b_hh), _addr(h0), h.data_ptr(), H,
-                         hn.data_ptr(), T, B, H, reverse, nonlinearity)  # fmt: skip
+        _forward_into(x, w_ih, w_hh, b_ih, b_hh, _addr(h0), h.data_ptr(), H, hn.data_ptr(),
+                      T, B, H, reverse, nonlinearity)  # fmt: skip
         return h, hn
     T, B, H = check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity)
     if not x.is_cuda and x.dtype not in KERNEL_DTYPES:
@@ -306,25 +305,23 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
     return h, hn
 
 
-def forward_into_cpu(kind, x, I, weights, h0, h, ldh, hn, T, B, H, reverse, nonlinearity,
-                     steps=0):  # fmt: skip
-    """``_C.layer_forward`` by data addresses: ``kind`` the dtype's name
-    (``KERNEL_DTYPES``), ``x`` [N, I] (N = T B, or the packed rows), ``weights`` those of
-    ``(w_ih, w_hh, b_ih, b_hh)`` (0 for an absent bias), all checked and contiguous (see
-    :func:`fast_input_cpu`, :func:`fast_addresses_cpu`); writes ``h`` (rows ``ldh`` apart)
-    and ``hn`` (0: not written); ``h0`` 0 for a zero state, ``steps`` the address of packed
-    batch_sizes (0: padded). The modules' inference fast path calls it directly."""
-    w_ih, w_hh, b_ih, b_hh = weights
-    _C.layer_forward(kind, T, B, H, I, steps, reverse, nonlinearity, x, w_ih, b_ih, b_hh, w_hh,
-                     h0, h, ldh, hn, torch.get_num_threads())  # fmt: skip
+# The CPU forward of one layer-direction by data addresses, the binding itself (no Python
+# wrapper: the modules' inference path calls it per layer-direction):
+#   forward_into_cpu(dtype name (KERNEL_DTYPES), T, B, H, I, batch_sizes address (0:
+#                    padded), reverse, nonlinearity, x, w_ih, b_ih, b_hh, w_hh, h0, h,
+#                    ldh, hn, num_threads)
+# x [N, I], w_ih [H, I], b_ih and b_hh [H] (0: absent), w_hh [H, H], h0 [B, H] (0: zeros),
+# h [N, H] written with row stride ldh, hn [B, H] written (0: not written); every operand
+# checked and contiguous (see fast_input_cpu, fast_addresses_cpu).
+forward_into_cpu = _C.layer_forward
 
 
 def _forward_into(x, w_ih, w_hh, b_ih, b_hh, h0_addr, h_addr, ldh, hn_addr, T, B, H, reverse,
                   nonlinearity, steps_addr=0):  # fmt: skip
     """:func:`forward_into_cpu` for the ops' own calls, on the tensors ``x`` and weights."""
-    forward_into_cpu(KERNEL_DTYPES[x.dtype], x.data_ptr(), x.shape[-1],
-                     _addrs(w_ih, w_hh, b_ih, b_hh), h0_addr, h_addr, ldh, hn_addr, T, B, H,
-                     reverse, nonlinearity, steps_addr)  # fmt: skip
+    forward_into_cpu(KERNEL_DTYPES[x.dtype], T, B, H, x.shape[-1], steps_addr, reverse,
+                     nonlinearity, x.data_ptr(), *_addrs(w_ih, b_ih, b_hh, w_hh), h0_addr, h_addr,
+                     ldh, hn_addr, torch.get_num_threads())  # fmt: skip
 
 
 @torch.library.custom_op("fusedrnn::rnn_layer_forward", mutates_args=())
@@ -831,6 +828,9 @@ def _plain_eager(x: Tensor, *tensors) -> bool:
     return type(x) is Tensor and not x.is_meta and _plain_mode()
 
 
+_FAKE = torch._C._TorchDispatchModeKey.FAKE
+
+
 def _plain_mode() -> bool:
     """No compiler, export, JIT tracer, autocast, functorch transform or dispatch mode is
     active."""
@@ -839,7 +839,7 @@ def _plain_mode() -> bool:
         and not torch._C._get_tracing_state()
         and not torch._C._is_any_autocast_enabled()
         and not torch._C._are_functorch_transforms_active()
-        and torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is None
+        and torch._C._get_dispatch_mode(_FAKE) is None
         and not _python_dispatch.is_in_torch_dispatch_mode()
     )
 

@@ -2,7 +2,9 @@
 //
 // Thin on purpose: tensors are checked and allocated by python/fusedrnn/ops.py, which
 // passes data addresses (0 for an absent optional tensor), sizes and the dtype name.
-// The GIL is released for the whole kernel call.
+// The GIL is released for the whole kernel call. The two per-call entry points
+// (layer_forward, layer_backward) are plain METH_FASTCALL functions (see FastArgs); the
+// rest go through pybind11.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>

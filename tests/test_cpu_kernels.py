@@ -193,3 +193,57 @@ def test_row_and_column_splits_give_the_same_bits():
         assert r.returncode == 0, r.stderr
         digests[split] = r.stdout.strip()
     assert digests["rows"] == digests["cols"]
+
+
+def _layer_forward_args(**changes):
+    """Valid arguments of _C.layer_forward for T=2, B=1, H=3, I=2 (tensors kept alive)."""
+    x, w_ih, w_hh = torch.randn(2, 2), torch.randn(3, 2), torch.randn(3, 3)
+    h, hn = torch.empty(2, 3), torch.empty(1, 3)
+    args = dict(dtype="float32", T=2, B=1, H=3, I=2, batch_sizes=0, reverse=False,
+                nonlinearity="tanh", x=x.data_ptr(), w_ih=w_ih.data_ptr(), b_ih=0, b_hh=0,
+                w_hh=w_hh.data_ptr(), h0=0, h=h.data_ptr(), ldh=3, hn=hn.data_ptr(),
+                num_threads=1)  # fmt: skip
+    args.update(changes)
+    return (x, w_ih, w_hh, h, hn), list(args.values())
+
+
+@pytest.mark.parametrize(
+    "change,error,match",
+    [
+        ({"T": "2"}, TypeError, "T: expected an int, got str"),
+        ({"x": -1}, TypeError, "x: expected an address"),
+        ({"reverse": "yes"}, TypeError, "reverse: expected a bool, got str"),
+        ({"nonlinearity": 1}, TypeError, "nonlinearity: expected a str, got int"),
+        ({"dtype": "float16"}, ValueError, "dtype: expected 'float32' or 'float64'"),
+        ({"nonlinearity": "gelu"}, ValueError, "nonlinearity: expected 'tanh' or 'relu'"),
+        ({"ldh": 2}, ValueError, "ldh: expected a row stride of at least H = 3, got 2"),
+        ({"w_hh": 0}, ValueError, "w_hh: expected the address of a tensor's data, got 0"),
+    ],
+)
+def test_layer_forward_binding_names_a_bad_argument(change, error, match):
+    """The per-call bindings parse their arguments by hand (METH_FASTCALL): each bad one
+    is refused by name with a Python exception, never read."""
+    _alive, args = _layer_forward_args(**change)
+    with pytest.raises(error, match=match):
+        _C.layer_forward(*args)
+
+
+def test_layer_bindings_take_positional_arguments_and_bool_like_flags():
+    alive, args = _layer_forward_args()
+    with pytest.raises(TypeError, match="takes 18 positional arguments, got 17"):
+        _C.layer_forward(*args[:-1])
+    with pytest.raises(TypeError):
+        _C.layer_forward(*args[:-1], num_threads=1)
+    with pytest.raises(TypeError, match="takes 25 positional arguments, got 0"):
+        _C.layer_backward()
+    x, w_ih, w_hh, h, hn = alive
+    _C.layer_forward(*args)
+    want = h.clone()
+    _, args = _layer_forward_args(x=x.data_ptr(), w_ih=w_ih.data_ptr(), w_hh=w_hh.data_ptr(),
+                                  h=h.data_ptr(), hn=hn.data_ptr(), reverse=0)  # fmt: skip
+    h.zero_()
+    _C.layer_forward(*args)  # 0 for False, as pybind11 converts a bool
+    assert torch.equal(h, want)
+    ref = torch.tanh(x @ w_ih.t())
+    ref[1] = torch.tanh(x[1] @ w_ih.t() + ref[0] @ w_hh.t())
+    torch.testing.assert_close(h, ref)

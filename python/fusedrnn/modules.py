@@ -23,6 +23,8 @@ each layer's results in that dtype but compute them in float32.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -165,10 +167,11 @@ class RNN(nn.RNNBase):
 
     def _fast_plan(self) -> tuple:
         """What the lean path needs of the configuration, made once and kept until an
-        attribute is assigned (``__setattr__``): ``(tag, names, shapes, I, H, L, D,
-        batch_first, bias)`` with the parameters' names and shapes in order (w_ih, w_hh,
-        b_ih, b_hh of each layer-direction; no biases with ``bias=False``); ``names`` None
-        when the lean path cannot serve this configuration (an unknown nonlinearity, names
+        attribute is assigned (``__setattr__``): ``(tag, weights, shapes, I, H, L, D,
+        batch_first, bias)``: ``weights(self._parameters)`` gives the parameters and
+        ``shapes`` their shapes in order (w_ih, w_hh, b_ih, b_hh of each layer-direction; no
+        biases with ``bias=False``); ``weights`` None when the lean path cannot serve this
+        configuration (an unknown nonlinearity, names
         that do not match the sizes: the general path reports them). The tag tells a plan
         made here from one brought by ``copy`` or ``pickle``, which is made again."""
         plan = self.__dict__.get("_fusedrnn_plan")
@@ -181,9 +184,11 @@ class RNN(nn.RNNBase):
         if len(names) != L * D * per or self.nonlinearity not in ops.NONLINEARITIES:
             names, shapes = None, None
         else:
-            names, shapes = list(names), []
+            shapes = []
             for k in range(L * D):
                 shapes += ((H, I if k < D else D * H), (H, H), (H,), (H,))[:per]
+            # The parameters in that order, from _parameters in one call (at least 2).
+            names = operator.itemgetter(*names)
         plan = (_PLAN_TAG, names, shapes, I, H, L, D, self.batch_first, self.bias)
         self.__dict__["_fusedrnn_plan"] = plan
         return plan
@@ -201,17 +206,18 @@ class RNN(nn.RNNBase):
         plan = self.__dict__.get("_fusedrnn_plan")
         if plan is None or plan[0] is not _PLAN_TAG:
             plan = self._fast_plan()
-        _, names, shapes, I, H, L, D, batch_first, bias = plan
-        if names is None:
+        _, get_weights, shapes, I, H, L, D, batch_first, bias = plan
+        if get_weights is None:
             return None
-        dim = input.dim()
+        shape = input.shape
+        dim = len(shape)
         if dim == 3:
             if batch_first:
-                B, T, In = input.shape
+                B, T, In = shape
             else:
-                T, B, In = input.shape
+                T, B, In = shape
         elif dim == 2:
-            (T, In), B = input.shape, 1
+            (T, In), B = shape, 1
         else:
             return None
         if In != I or T == 0 or B == 0 or H == 0:
@@ -223,13 +229,15 @@ class RNN(nn.RNNBase):
             if h0 is None:
                 return None
             h0 = h0[0]
-        params = self._parameters  # a parametrized weight is not there: the general path
-        weights = [params.get(name) for name in names]
+        try:  # a parametrized weight is not in _parameters: the general path
+            weights = get_weights(self._parameters)
+        except KeyError:
+            return None
         addresses = ops.fast_addresses_cpu(weights, shapes, dtype)
         if addresses is None:
             return None
         if not bias:  # None and address 0 for the absent biases
-            pairs = range(0, len(names), 2)
+            pairs = range(0, len(weights), 2)
             weights = [w for k in pairs for w in (*weights[k : k + 2], None, None)]
             addresses = [a for k in pairs for a in (*addresses[k : k + 2], 0, 0)]
         if dim == 3 and batch_first and B > 1:

@@ -191,73 +191,67 @@ PyObject* fast_call(F&& body) {
   return nullptr;
 }
 
+// The arguments both layer entry points start with: dtype, T, B, H, I, batch_sizes,
+// reverse, nonlinearity.
+struct LayerHead {
+  std::string dtype;
+  RecurrenceShape s;
+  int64_t I;
+  bool work;  // T, B and H all > 0
+};
+
+LayerHead layer_head(const FastArgs& a) {
+  LayerHead head;
+  head.dtype = a.str(0);
+  const int64_t T = a.i64(1), B = a.i64(2), H = a.i64(3);
+  head.I = a.i64(4);
+  const std::uintptr_t batch_sizes = a.addr(5);
+  const bool reverse = a.flag(6);
+  const std::string nonlinearity = a.str(7);
+  check_dtype(head.dtype);
+  head.s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
+  head.work = T > 0 && B > 0 && H > 0;
+  return head;
+}
+
+// clang-format off
 const char* const kLayerForwardArgs[] = {
-    "dtype", "T",    "B",    "H",    "I",  "batch_sizes", "reverse", "nonlinearity", "x",
-    "w_ih",  "b_ih", "b_hh", "w_hh", "h0", "h",           "ldh",     "hn",           "num_threads"};
+    "dtype", "T", "B", "H", "I", "batch_sizes", "reverse", "nonlinearity",
+    "x", "w_ih", "b_ih", "b_hh", "w_hh", "h0", "h", "ldh", "hn", "num_threads"};
+const char* const kLayerBackwardArgs[] = {
+    "dtype", "T", "B", "H", "I", "batch_sizes", "reverse", "nonlinearity",
+    "x", "w_ih", "w_hh", "h0", "h", "ldh", "G", "ldg", "dhn", "dP", "dh0", "dx",
+    "dx_accumulate", "dw_ih", "dw_hh", "db", "num_threads"};
+// clang-format on
 
 PyObject* layer_forward(PyObject*, PyObject* const* args, Py_ssize_t n) {
   return fast_call([&] {
     const FastArgs a("layer_forward", args, n, kLayerForwardArgs, 18);
-    const std::string dtype = a.str(0);
-    const int64_t T = a.i64(1), B = a.i64(2), H = a.i64(3), I = a.i64(4);
-    const std::uintptr_t batch_sizes = a.addr(5);
-    const bool reverse = a.flag(6);
-    const std::string nonlinearity = a.str(7);
+    const LayerHead head = layer_head(a);
     const std::uintptr_t x = a.addr(8), w_ih = a.addr(9), b_ih = a.addr(10), b_hh = a.addr(11),
                          w_hh = a.addr(12), h0 = a.addr(13), h = a.addr(14);
     const int64_t ldh = a.i64(15);
     const std::uintptr_t hn = a.addr(16);
     const int num_threads = int(a.i64(17));
-    check_dtype(dtype);
-    check_row_stride("ldh", ldh, H, false);
-    const bool work = T > 0 && B > 0 && H > 0;
-    require(x, "x", work && I > 0);
-    require(w_ih, "w_ih", work && I > 0);
-    require(w_hh, "w_hh", work);
-    require(h, "h", work);
-    const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
+    const RecurrenceShape& s = head.s;
+    const int64_t I = head.I;
+    check_row_stride("ldh", ldh, s.H, false);
+    require(x, "x", head.work && I > 0);
+    require(w_ih, "w_ih", head.work && I > 0);
+    require(w_hh, "w_hh", head.work);
+    require(h, "h", head.work);
     py::gil_scoped_release release;
-    if (dtype == "float32")
+    if (head.dtype == "float32")
       layer_forward_typed<float>(s, I, x, w_ih, b_ih, b_hh, w_hh, h0, h, ldh, hn, num_threads);
     else
       layer_forward_typed<double>(s, I, x, w_ih, b_ih, b_hh, w_hh, h0, h, ldh, hn, num_threads);
   });
 }
 
-const char* const kLayerBackwardArgs[] = {"dtype",
-                                          "T",
-                                          "B",
-                                          "H",
-                                          "I",
-                                          "batch_sizes",
-                                          "reverse",
-                                          "nonlinearity",
-                                          "x",
-                                          "w_ih",
-                                          "w_hh",
-                                          "h0",
-                                          "h",
-                                          "ldh",
-                                          "G",
-                                          "ldg",
-                                          "dhn",
-                                          "dP",
-                                          "dh0",
-                                          "dx",
-                                          "dx_accumulate",
-                                          "dw_ih",
-                                          "dw_hh",
-                                          "db",
-                                          "num_threads"};
-
 PyObject* layer_backward(PyObject*, PyObject* const* args, Py_ssize_t n) {
   return fast_call([&] {
     const FastArgs a("layer_backward", args, n, kLayerBackwardArgs, 25);
-    const std::string dtype = a.str(0);
-    const int64_t T = a.i64(1), B = a.i64(2), H = a.i64(3), I = a.i64(4);
-    const std::uintptr_t batch_sizes = a.addr(5);
-    const bool reverse = a.flag(6);
-    const std::string nonlinearity = a.str(7);
+    const LayerHead head = layer_head(a);
     const std::uintptr_t x = a.addr(8), w_ih = a.addr(9), w_hh = a.addr(10), h0 = a.addr(11),
                          h = a.addr(12);
     const int64_t ldh = a.i64(13);
@@ -267,17 +261,16 @@ PyObject* layer_backward(PyObject*, PyObject* const* args, Py_ssize_t n) {
     const bool dx_accumulate = a.flag(20);
     const std::uintptr_t dw_ih = a.addr(21), dw_hh = a.addr(22), db = a.addr(23);
     const int num_threads = int(a.i64(24));
-    check_dtype(dtype);
-    check_row_stride("ldh", ldh, H, false);
-    if (ldg != -1) check_row_stride("ldg", ldg, H, true);
-    const bool work = T > 0 && B > 0 && H > 0;
-    require(w_hh, "w_hh", work);
-    require(h, "h", work);
-    require(x, "x", work && I > 0 && dw_ih);
-    require(w_ih, "w_ih", work && I > 0 && dx);
-    const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
+    const RecurrenceShape& s = head.s;
+    const int64_t I = head.I;
+    check_row_stride("ldh", ldh, s.H, false);
+    if (ldg != -1) check_row_stride("ldg", ldg, s.H, true);
+    require(w_hh, "w_hh", head.work);
+    require(h, "h", head.work);
+    require(x, "x", head.work && I > 0 && dw_ih);
+    require(w_ih, "w_ih", head.work && I > 0 && dx);
     py::gil_scoped_release release;
-    if (dtype == "float32")
+    if (head.dtype == "float32")
       layer_backward_typed<float>(s, I, x, w_ih, w_hh, h0, h, ldh, G, ldg, dhn, dP, dh0, dx,
                                   dx_accumulate, dw_ih, dw_hh, db, num_threads);
     else

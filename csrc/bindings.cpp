@@ -7,6 +7,7 @@
 // rest go through pybind11.
 #include <pybind11/pybind11.h>
 
+#include <climits>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -136,8 +137,22 @@ class FastArgs {
     if (v == -1 && PyErr_Occurred()) fail(k, "an int");
     return int64_t(v);
   }
+  int i32(int k) const {
+    const int64_t v = i64(k);
+    if (v < INT_MIN || v > INT_MAX) fail(k, "an int of 32 bits");
+    return int(v);
+  }
   std::uintptr_t addr(int k) const {
-    const unsigned long long v = PyLong_AsUnsignedLongLong(args_[k]);
+    PyObject* o = args_[k];
+    unsigned long long v;
+    if (PyLong_Check(o)) {
+      v = PyLong_AsUnsignedLongLong(o);
+    } else {  // an integer-like object (a NumPy integer): through __index__
+      PyObject* i = PyNumber_Index(o);
+      if (!i) fail(k, "an address (int >= 0)");
+      v = PyLong_AsUnsignedLongLong(i);
+      Py_DECREF(i);
+    }
     if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred())
       fail(k, "an address (int >= 0)");
     return std::uintptr_t(v);
@@ -232,7 +247,7 @@ PyObject* layer_forward(PyObject*, PyObject* const* args, Py_ssize_t n) {
                          w_hh = a.addr(12), h0 = a.addr(13), h = a.addr(14);
     const int64_t ldh = a.i64(15);
     const std::uintptr_t hn = a.addr(16);
-    const int num_threads = int(a.i64(17));
+    const int num_threads = a.i32(17);
     const RecurrenceShape& s = head.s;
     const int64_t I = head.I;
     check_row_stride("ldh", ldh, s.H, false);
@@ -260,7 +275,7 @@ PyObject* layer_backward(PyObject*, PyObject* const* args, Py_ssize_t n) {
     const std::uintptr_t dhn = a.addr(16), dP = a.addr(17), dh0 = a.addr(18), dx = a.addr(19);
     const bool dx_accumulate = a.flag(20);
     const std::uintptr_t dw_ih = a.addr(21), dw_hh = a.addr(22), db = a.addr(23);
-    const int num_threads = int(a.i64(24));
+    const int num_threads = a.i32(24);
     const RecurrenceShape& s = head.s;
     const int64_t I = head.I;
     check_row_stride("ldh", ldh, s.H, false);

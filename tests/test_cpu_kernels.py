@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence
@@ -218,6 +219,7 @@ def _layer_forward_args(**changes):
         ({"nonlinearity": "gelu"}, ValueError, "nonlinearity: expected 'tanh' or 'relu'"),
         ({"ldh": 2}, ValueError, "ldh: expected a row stride of at least H = 3, got 2"),
         ({"w_hh": 0}, ValueError, "w_hh: expected the address of a tensor's data, got 0"),
+        ({"num_threads": 2**32 + 1}, TypeError, "num_threads: expected an int of 32 bits"),
     ],
 )
 def test_layer_forward_binding_names_a_bad_argument(change, error, match):
@@ -243,6 +245,10 @@ def test_layer_bindings_take_positional_arguments_and_bool_like_flags():
                                   h=h.data_ptr(), hn=hn.data_ptr(), reverse=0)  # fmt: skip
     h.zero_()
     _C.layer_forward(*args)  # 0 for False, as pybind11 converts a bool
+    assert torch.equal(h, want)
+    h.zero_()
+    args[8] = np.int64(x.data_ptr())  # an integer-like address: through __index__
+    _C.layer_forward(*args)
     assert torch.equal(h, want)
     ref = torch.tanh(x @ w_ih.t())
     ref[1] = torch.tanh(x[1] @ w_ih.t() + ref[0] @ w_hh.t())

@@ -313,6 +313,16 @@ def test_bidirectional_layer_refuses_different_hidden_sizes():
         ops.rnn_bidirectional_layer(x, wf, wb3, h0f, h0b3, bs)
 
 
+@pytest.mark.parametrize("lengths", [None, [4, 2, 1]], ids=["padded", "packed"])
+def test_bidirectional_layer_refuses_a_reverse_state_of_another_batch(lengths):
+    """The reverse direction's batch_sizes values are not read again (the forward one's
+    check did): its state must still match the forward one's, never be read past its end."""
+    x, wf, wb, h0f, h0b, bs = _bidirectional_inputs(lengths, f64)
+    short = h0b[:-1]
+    with pytest.raises(ValueError, match=r"same shape|T\*B rows"):
+        ops.rnn_bidirectional_layer(x, wf, wb, h0f, short, bs)
+
+
 class _Logged(torch.Tensor):
     """A tensor subclass that records the functions called on it."""
 

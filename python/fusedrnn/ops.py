@@ -947,12 +947,20 @@ def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
                           T, B, H, d == 1, nonlinearity)  # fmt: skip
         return out, hnf, hnb
     T, B, H = check_layer_args(x, *wf, h0f, batch_sizes, nonlinearity)
-    check_layer_args(x, *wb, h0b, batch_sizes, nonlinearity)
+    # The reverse direction shares x and batch_sizes, whose values the first check read:
+    # only its own tensors are checked again, and its B and H must be the first one's.
+    dims_b = check_layer_args(x, *wb, h0b, batch_sizes, nonlinearity, check_values=False)
     if wb[1].shape != wf[1].shape:
         _fail(
             ValueError,
             "the two directions must have the same hidden size: w_hh "
             f"{tuple(wf[1].shape)} and {tuple(wb[1].shape)}",
+        )
+    if dims_b != (T, B, H):
+        _fail(
+            ValueError,
+            f"the two directions' states must have the same shape: h0 {tuple(h0f.shape)} and "
+            f"{tuple(h0b.shape)}",
         )
     x = _dense(x)
     out = x.new_empty(x.shape[0], 2 * H)

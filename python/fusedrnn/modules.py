@@ -167,13 +167,13 @@ class RNN(nn.RNNBase):
 
     def _fast_plan(self) -> tuple:
         """What the lean path needs of the configuration, made once and kept until an
-        attribute is assigned (``__setattr__``): ``(tag, weights, shapes, I, H, L, D,
-        batch_first, bias)``: ``weights(self._parameters)`` gives the parameters and
-        ``shapes`` their shapes in order (w_ih, w_hh, b_ih, b_hh of each layer-direction; no
-        biases with ``bias=False``); ``weights`` None when the lean path cannot serve this
-        configuration (an unknown nonlinearity, names
-        that do not match the sizes: the general path reports them). The tag tells a plan
-        made here from one brought by ``copy`` or ``pickle``, which is made again."""
+        attribute is assigned (``__setattr__``): ``(tag, get_weights, shapes, I, H, L, D,
+        batch_first, bias)``. ``get_weights(self._parameters)`` gives the parameters and
+        ``shapes`` their shapes, in order (w_ih, w_hh, b_ih, b_hh of each layer-direction;
+        no biases with ``bias=False``); ``get_weights`` is None when the lean path cannot
+        serve this configuration (an unknown nonlinearity, names that do not match the
+        sizes: the general path reports them). The tag tells a plan made here from one
+        brought by ``copy`` or ``pickle``, which is made again."""
         plan = self.__dict__.get("_fusedrnn_plan")
         if plan is not None and plan[0] is _PLAN_TAG:
             return plan
@@ -181,15 +181,14 @@ class RNN(nn.RNNBase):
         D = 2 if self.bidirectional else 1
         per = 4 if self.bias else 2
         names = self._flat_weights_names
-        if len(names) != L * D * per or self.nonlinearity not in ops.NONLINEARITIES:
-            names, shapes = None, None
-        else:
+        get_weights, shapes = None, None
+        if len(names) == L * D * per and self.nonlinearity in ops.NONLINEARITIES:
             shapes = []
             for k in range(L * D):
                 shapes += ((H, I if k < D else D * H), (H, H), (H,), (H,))[:per]
-            # The parameters in that order, from _parameters in one call (at least 2).
-            names = operator.itemgetter(*names)
-        plan = (_PLAN_TAG, names, shapes, I, H, L, D, self.batch_first, self.bias)
+            # The parameters in that order, from _parameters in one call (at least 2 names).
+            get_weights = operator.itemgetter(*names)
+        plan = (_PLAN_TAG, get_weights, shapes, I, H, L, D, self.batch_first, self.bias)
         self.__dict__["_fusedrnn_plan"] = plan
         return plan
 

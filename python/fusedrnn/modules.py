@@ -495,8 +495,12 @@ class RNNCell(nn.RNNCell):
         H = self.hidden_size
         if I != self.input_size or I == 0 or B == 0 or H == 0:
             return None
-        if hx is not None and not ops.fast_tensor_cpu(hx, dtype, (B, H) if dim == 2 else (H,)):
-            return None
+        h0 = 0  # the state's address; 0: absent (zeros)
+        if hx is not None:
+            h0 = ops.fast_addresses_cpu((hx,), ((B, H) if dim == 2 else (H,),), dtype)
+            if h0 is None:
+                return None
+            h0 = h0[0]
         params = self._parameters
         w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
         b_ih, b_hh = params.get("bias_ih"), params.get("bias_hh")
@@ -519,8 +523,7 @@ class RNNCell(nn.RNNCell):
         h = x.new_empty(B, H) if dim == 2 else x.new_empty(H)
         w_ih, w_hh, b_ih, b_hh = addresses if self.bias else (*addresses, 0, 0)
         ops.forward_into_cpu(ops.KERNEL_DTYPES[dtype], 1, B, H, I, 0, False, self.nonlinearity,
-                             x.data_ptr(), w_ih, b_ih, b_hh, w_hh,
-                             0 if hx is None else hx.data_ptr(), h.data_ptr(), H, 0,
+                             x.data_ptr(), w_ih, b_ih, b_hh, w_hh, h0, h.data_ptr(), H, 0,
                              torch.get_num_threads())  # fmt: skip
         return h
 

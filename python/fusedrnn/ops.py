@@ -847,7 +847,7 @@ def _plain_mode() -> bool:
 def fast_input_cpu(x: Tensor) -> bool:
     """The modules' fast path applies to ``x``: a plain dense CPU tensor in a kernel dtype,
     no mode of :func:`_plain_eager` and no forward AD active. Its other arguments must
-    then pass :func:`fast_tensor_cpu`, and the caller checks the sizes; together these are
+    then pass :func:`fast_addresses_cpu`, and the caller checks the sizes; together these are
     :func:`check_layer_args` for padded input, so the layer calls skip it (``dims``)."""
     return (
         type(x) is Tensor
@@ -882,16 +882,6 @@ def fast_addresses_cpu(tensors, shapes, dtype: torch.dtype) -> list[int] | None:
     return addresses
 
 
-def fast_tensors_cpu(tensors, shapes, dtype: torch.dtype) -> bool:
-    """:func:`fast_addresses_cpu` accepts ``tensors``."""
-    return fast_addresses_cpu(tensors, shapes, dtype) is not None
-
-
-def fast_tensor_cpu(t, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
-    """:func:`fast_tensors_cpu` for one tensor."""
-    return fast_addresses_cpu((t,), (shape,), dtype) is not None
-
-
 def records_graph(*tensors) -> bool:
     """Grad mode is on and some argument requires grad: the call needs an autograd node."""
     return torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors)
@@ -920,7 +910,7 @@ def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonline
 
 def rnn_layer_checked(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity, dims):
     """:func:`rnn_layer` on padded arguments the caller checked (:func:`fast_input_cpu`,
-    :func:`fast_tensor_cpu`, sizes ``dims = (T, B, H)``), recording the graph: the modules'
+    :func:`fast_addresses_cpu`, sizes ``dims``), recording the graph: the modules'
     fast path. ``h0`` may be None for a zero state."""
     return _eager_layer_apply(x, w_ih, w_hh, b_ih, b_hh, h0, _NO_STEPS, False, nonlinearity, dims)
 

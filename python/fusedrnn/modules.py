@@ -35,7 +35,7 @@ from . import ops
 __all__ = ["RNN", "RNNCell"]
 
 _NO_BATCH_SIZES = torch.empty(0, dtype=torch.int64)
-_PLAN_TAG = object()  # marks RNN._fast_plan's plans made in this process
+_PLAN_TAG = object()  # marks RNN._make_fast_plan's plans made in this process
 
 
 def _autocast_dtype(input: Tensor) -> torch.dtype | None:
@@ -165,18 +165,16 @@ class RNN(nn.RNNBase):
         self.__dict__.pop("_fusedrnn_plan", None)
         super().__setattr__(name, value)
 
-    def _fast_plan(self) -> tuple:
-        """What the lean path needs of the configuration, made once and kept until an
-        attribute is assigned (``__setattr__``): ``(tag, get_weights, shapes, I, H, L, D,
-        batch_first, bias)``. ``get_weights(self._parameters)`` gives the parameters and
-        ``shapes`` their shapes, in order (w_ih, w_hh, b_ih, b_hh of each layer-direction;
-        no biases with ``bias=False``); ``get_weights`` is None when the lean path cannot
-        serve this configuration (an unknown nonlinearity, names that do not match the
-        sizes: the general path reports them). The tag tells a plan made here from one
-        brought by ``copy`` or ``pickle``, which is made again."""
-        plan = self.__dict__.get("_fusedrnn_plan")
-        if plan is not None and plan[0] is _PLAN_TAG:
-            return plan
+    def _make_fast_plan(self) -> tuple:
+        """What the lean path needs of the configuration, made when ``_forward_fast``
+        finds none and kept until an attribute is assigned (``__setattr__``): ``(tag,
+        get_weights, shapes, I, H, L, D, batch_first, bias)``.
+        ``get_weights(self._parameters)`` gives the parameters and ``shapes`` their shapes,
+        in order (w_ih, w_hh, b_ih, b_hh of each layer-direction; no biases with
+        ``bias=False``); ``get_weights`` is None when the lean path cannot serve this
+        configuration (an unknown nonlinearity, names that do not match the sizes: the
+        general path reports them). The tag tells a plan made here from one brought by
+        ``copy`` or ``pickle``, which is made again."""
         H, L, I = self.hidden_size, self.num_layers, self.input_size
         D = 2 if self.bidirectional else 1
         per = 4 if self.bias else 2
@@ -204,7 +202,7 @@ class RNN(nn.RNNBase):
             return None
         plan = self.__dict__.get("_fusedrnn_plan")
         if plan is None or plan[0] is not _PLAN_TAG:
-            plan = self._fast_plan()
+            plan = self._make_fast_plan()
         _, get_weights, shapes, I, H, L, D, batch_first, bias = plan
         if get_weights is None:
             return None

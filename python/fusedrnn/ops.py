@@ -1052,20 +1052,22 @@ def _bi_backward_eager(ctx, saved, grads):
             out.data_ptr() + d * H * out.element_size(), H2, g_addr[d], ldg, ghn, dh0, dx,
             d == 1, dw_ih, dw_hh, db,
         )  # fmt: skip
-        # Each bias gets its own tensor: AccumulateGrad may adopt it as .grad.
-        db_hh = (db.clone() if needs[first + 2] else db) if needs[first + 3] else None
-        grads.append((dw_ih, dw_hh, db if needs[first + 2] else None, db_hh, dh0))
-    (dwif, dwhf, dbif, dbhf, dh0f), (dwib, dwhb, dbib, dbhb, dh0b) = grads
-    return (
-        dx,
-        dwif, dwhf, dbif, dbhf,
-        dwib, dwhb, dbib, dbhb,
-        dh0f,
-        dh0b,
-        None,
-        None,
-        None,
-    )  # fmt: skip
+        grads.append(_direction_grads(needs, d, dw_ih, dw_hh, db, dh0))
+    return _bi_grads(dx, grads)
+
+
+def _direction_grads(needs, d, dw_ih, dw_hh, db, dh0):
+    """Direction d's ``(dw_ih, dw_hh, db_ih, db_hh, dh0)`` of an _EagerBiLayer backward, None
+    where not needed (``needs``: the layer's needs_input_grad)."""
+    first = 1 + 4 * d
+    mine = needs[:1] + needs[first : first + 4] + needs[9 + d : 10 + d]
+    return _input_grads(mine, None, dw_ih, dw_hh, db, dh0)[1:]
+
+
+def _bi_grads(dx, grads):
+    """_EagerBiLayer.backward's result from dx and both directions' _direction_grads."""
+    (*wf, dh0f), (*wr, dh0b) = grads
+    return (dx, *wf, *wr, dh0f, dh0b, None, None, None)
 
 
 def _bi_backward_recorded(ctx, saved, grads):
@@ -1093,11 +1095,8 @@ def _bi_backward_recorded(ctx, saved, grads):
         )  # fmt: skip
         if needs[0]:
             dx = dxd if dx is None else dx + dxd
-        grads_d = _input_grads(needs[:1] + needs[first : first + 4] + needs[9 + d : 10 + d],
-                               None, dw_ih, dw_hh, db, dh0)  # fmt: skip
-        result.append(grads_d)
-    (_, *wf, dh0f), (_, *wr, dh0b) = result
-    return (dx, *wf, *wr, dh0f, dh0b, None, None, None)
+        result.append(_direction_grads(needs, d, dw_ih, dw_hh, db, dh0))
+    return _bi_grads(dx, result)
 
 
 # As _eager_layer_apply (rnn_bidirectional_layer checks for functorch transforms first).

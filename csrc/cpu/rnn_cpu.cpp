@@ -235,22 +235,15 @@ struct Recurrence {
 
   // Packs the panels of chunk c from B[k][j] = W[k*rs + j*cs].
   void pack_chunk(int64_t c, const T* W, int64_t rs, int64_t cs) {
-    int64_t p0, p1, c0, c1;
-    chunk_range(c, &p0, &p1, &c0, &c1);
-    k->pack(W, rs, cs, s->H, s->H, p0, p1, panels, pstride);
+    const Cols q = chunk_cols(c);
+    k->pack(W, rs, cs, s->H, s->H, q.p0, q.p1, panels, pstride);
   }
 
   // Panels [p0, p1) and columns [c0, c1) of chunk c.
-  void chunk_range(int64_t c, int64_t* p0, int64_t* p1, int64_t* c0, int64_t* c1) const {
-    *p0 = c * chunks.panels_per_chunk;
-    *p1 = std::min(npanels, *p0 + chunks.panels_per_chunk);
-    *c0 = std::min(*p0 * k->nr, s->H);
-    *c1 = std::min(*p1 * k->nr, s->H);
-  }
   Cols chunk_cols(int64_t c) const {
-    Cols q;
-    chunk_range(c, &q.p0, &q.p1, &q.c0, &q.c1);
-    return q;
+    const int64_t p0 = c * chunks.panels_per_chunk;
+    const int64_t p1 = std::min(npanels, p0 + chunks.panels_per_chunk);
+    return Cols{p0, p1, std::min(p0 * k->nr, s->H), std::min(p1 * k->nr, s->H)};
   }
   Cols all_cols() const { return Cols{0, npanels, 0, s->H}; }
   int64_t packed_bytes() const { return npanels * pstride * int64_t(sizeof(T)); }

@@ -479,9 +479,7 @@ def _setup_context(ctx, inputs, output):
     # The lean path's x (and its own h, hn) may come in other shapes than [N, I] (see
     # _forward_impl's dims): the backward reads them as rows and returns dx in x's shape.
     ctx.x_shape = x.shape if x.dim() != 2 else None
-    saved = (x if needs[1] else None, w_ih if needs[0] else None, w_hh, h0, h, batch_sizes)
-    ctx.save_for_backward(*saved)
-    ctx.saved_meta = _meta(saved)
+    _save(ctx, (x if needs[1] else None, w_ih if needs[0] else None, w_hh, h0, h, batch_sizes))
     ctx.reverse = reverse
     ctx.nonlinearity = nonlinearity
     ctx.B = output[1].shape[-2]  # h0 may be None (a zero state) on the fast path
@@ -489,6 +487,12 @@ def _setup_context(ctx, inputs, output):
 
 def _meta(tensors) -> list:
     return [None if t is None else (t.shape, t.dtype, t.device) for t in tensors]
+
+
+def _save(ctx, saved) -> None:
+    """ctx.save_for_backward, with what _check_saved compares them to in the backward."""
+    ctx.save_for_backward(*saved)
+    ctx.saved_meta = _meta(saved)
 
 
 def _check_saved(ctx, saved) -> None:
@@ -983,9 +987,7 @@ class _EagerBiLayer(torch.autograd.Function):
         out, hnf, hnb = _bi_forward_impl(
             x, (wif, whf, bif, bhf), (wib, whb, bib, bhb), h0f, h0b, batch_sizes, nl, dims
         )
-        saved = (x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes)
-        ctx.save_for_backward(*saved)
-        ctx.saved_meta = _meta(saved)
+        _save(ctx, (x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes))
         ctx.nonlinearity = nl
         ctx.B = hnf.shape[-2]
         return out, hnf, hnb

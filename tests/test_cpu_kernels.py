@@ -23,6 +23,16 @@ def restore_threads():
     torch.set_num_threads(n)
 
 
+def _run_child(code: str, env: dict[str, str]) -> str:
+    """Runs code in a fresh Python process with env added to this one's (the kernels read
+    their knobs once, at load); fails on a non-zero exit; returns its stripped stdout."""
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
 def _run_module(module, x, hx, threads):
     torch.set_num_threads(threads)
     module.zero_grad()
@@ -149,12 +159,9 @@ def test_fallback_configurations_agree_with_nn_rnn(env):
         "    torch.testing.assert_close(b, a); assert torch.equal(b, c)\n"
         "print(_C.cpu_isa())\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True
-    )
-    assert r.returncode == 0, r.stderr
+    out = _run_child(code, env)
     isa = env.get("FUSEDRNN_CPU_ISA")
-    assert isa is None or r.stdout.strip() in (isa, "generic")
+    assert isa is None or out in (isa, "generic")
 
 
 _SPLIT_CHILD = """
@@ -187,12 +194,8 @@ def test_row_and_column_splits_give_the_same_bits():
     (rnn_cpu.cpp); which one must never change a bit of the results."""
     digests = {}
     for split in ("rows", "cols"):
-        env = dict(os.environ, FUSEDRNN_CPU_SPLIT=split, FUSEDRNN_CPU_MIN_WORK="1")
-        r = subprocess.run(
-            [sys.executable, "-c", _SPLIT_CHILD], env=env, capture_output=True, text=True
-        )
-        assert r.returncode == 0, r.stderr
-        digests[split] = r.stdout.strip()
+        env = {"FUSEDRNN_CPU_SPLIT": split, "FUSEDRNN_CPU_MIN_WORK": "1"}
+        digests[split] = _run_child(_SPLIT_CHILD, env)
     assert digests["rows"] == digests["cols"]
 
 

@@ -210,19 +210,6 @@ def test_zero_hidden_size_backward_matches_nn_rnncell():
     assert x.grad is not None and torch.equal(x.grad, torch.zeros_like(x))
 
 
-# torch.func.jvp's first use scripts torch's own decompositions (a torch deprecation).
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-def test_forward_mode_ad_is_refused_not_silently_dropped():
-    model = fusedrnn.RNN(2, 3, dtype=torch.float64)
-    x, t = torch.randn(4, 1, 2, dtype=torch.float64), torch.randn(4, 1, 2, dtype=torch.float64)
-    with pytest.raises(NotImplementedError, match="forward-mode AD"):
-        torch.func.jvp(lambda a: model(a)[0], (x,), (t,))
-    import torch.autograd.forward_ad as fwAD
-
-    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
-        model(fwAD.make_dual(x, t))
-
-
 # -- found by the session 3 review of the lean eager path ----------------------------------
 
 

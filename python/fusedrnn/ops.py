@@ -23,6 +23,7 @@ tensor for CUDA inputs too, as in PyTorch.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -443,16 +444,21 @@ def _(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
 
 
 def _prev_state_grad(dP: Tensor, h: Tensor, h0: Tensor, batch_sizes: Tensor, reverse: bool):
-    """dW_hh = sum over rows of d_row^T h_prev(row), as GEMMs.
-
-    h_prev of a row is the state the forward pass came from: the row of the same sequence
-    at the step walked before it, or h0 where the sequence started.
-    """
+    """dW_hh = sum over rows of d_row^T h_prev(row), as GEMMs (see :func:`_prev_states`)."""
     B = h0.shape[0]
     if batch_sizes.numel() == 0:  # padded: contiguous blocks, no gather needed
         if reverse:
             return dP[:-B].t() @ h[B:] + dP[-B:].t() @ h0
         return dP[B:].t() @ h[:-B] + dP[:B].t() @ h0
+    return dP.t() @ _prev_states(h, h0, batch_sizes, reverse)
+
+
+def _prev_states(h: Tensor, h0: Tensor, batch_sizes: Tensor, reverse: bool) -> Tensor:
+    """``h_prev`` [N, H]: for each row, the state the forward pass came from: the row of the
+    same sequence at the step walked before it, or h0 where the sequence started."""
+    B = h0.shape[0]
+    if batch_sizes.numel() == 0:
+        return torch.cat((h[B:], h0) if reverse else (h0, h[:-B]))
     N = h.shape[0]
     T = batch_sizes.shape[0]
     offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
@@ -468,8 +474,19 @@ def _prev_state_grad(dP: Tensor, h: Tensor, h0: Tensor, batch_sizes: Tensor, rev
         # Pinned and non_blocking: a pageable copy would stall the host until the GPU has
         # finished the BPTT kernel queued before it.
         index = index.pin_memory().to(h.device, non_blocking=True)
-    h_prev = torch.cat([h, h0]).index_select(0, index)
-    return dP.t() @ h_prev
+    return torch.cat([h, h0]).index_select(0, index)
+
+
+def _last_rows(h: Tensor, B: int, batch_sizes: Tensor, reverse: bool) -> Tensor:
+    """[B, H]: each sequence's row at its last step (what the forward pass returns as hn)."""
+    if reverse:  # every sequence ends at t = 0
+        return h[:B]
+    if batch_sizes.numel() == 0:
+        return h[h.shape[0] - B :]
+    lengths = (batch_sizes[None, :] > torch.arange(B)[:, None]).sum(1)  # [B]
+    offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
+    index = offsets[lengths - 1] + torch.arange(B)
+    return h.index_select(0, index.to(h.device))
 
 
 def _setup_context(ctx, inputs, output):
@@ -551,13 +568,13 @@ def _backward_rows(ctx, needs, B, fused, eager, x, w_ih, w_hh, h0, h, batch_size
         dP, dh0 = torch.zeros_like(h), torch.zeros_like(h0)
         return _generic_grads(ctx, needs, dP, dh0, x, w_ih, h0, h, batch_sizes)
     if fused:
-        dx, dw_ih, dw_hh, db, dh0 = rnn_layer_grads(
-            x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
+        dx, dw_ih, dw_hh, db, dh0 = _call_op(
+            rnn_layer_grads, x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
             ctx.nonlinearity, needs[0], needs[1], needs[2], needs[3] or needs[4],
         )  # fmt: skip
         return (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
-    bptt = _backward_impl if eager else rnn_layer_backward
-    dP, dh0 = bptt(w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity)
+    args = (w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity)
+    dP, dh0 = _backward_impl(*args) if eager else _call_op(rnn_layer_backward, *args)
     return _generic_grads(ctx, needs, dP, dh0, x, w_ih, h0, h, batch_sizes)
 
 
@@ -763,6 +780,43 @@ def _no_double_backward(ctx, *grads):
 for _op in (rnn_layer_backward, rnn_layer_grads):
     _op.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """``op(*args)`` for one of the backward ops, recording a node that refuses to be
+    differentiated: what the ops' registered autograd does, in a form torch.func transforms
+    accept (torch.library's generated Function has no setup_context, and they refuse it)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(op, *args):
+        return op(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        _no_double_backward(ctx)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(
+            "fusedrnn: forward-mode derivatives of the RNN's derivatives (torch.func.hessian, "
+            "jacfwd of a jvp or of a gradient) are not supported; use torch.nn.RNN for "
+            "higher-order derivatives"
+        )
+
+
+def _call_op(op, *args):
+    """A backward op, through :class:`_FirstOrderOnly` while torch.func transforms or
+    forward AD are active (where the op's own autograd cannot run)."""
+    if _func_or_forward_ad():
+        return _FirstOrderOnly.apply(op, *args)
+    return op(*args)
+
+
 # Autocast policy: both ops are "float32 ops", like those on autocast's fp32 list. Inside
 # an autocast region their float16/bfloat16 inputs are cast to float32 (float64 is left
 # alone) and they run with autocast off, so the input GEMM, the recurrence and its state
@@ -799,23 +853,72 @@ class _EagerLayer(torch.autograd.Function):
         return (*_backward(ctx, grad_h, grad_hn), None)
 
 
+class _FuncLayer(torch.autograd.Function):
+    """rnn_layer under torch.func transforms (grad, vjp, jacrev, jvp, jacfwd, vmap) and
+    forward-mode AD (``torch.autograd.forward_ad``).
+
+    The registered op's own autograd (torch.library's generated Function) cannot run under
+    functorch transforms, and it has no forward-mode formula; this Function computes the
+    forward through the op (vmap batches it with torch's fallback, as it does the op) and has
+    the op's backward and a forward-mode rule of its own:
+
+        u_t = phi'(h_t) * (Q_t + u_prev W_hh^T),   u_prev = dh0 where the sequence starts,
+        Q_t = dx_t W_ih^T + x_t dW_ih^T + h_prev dW_hh^T + db_ih + db_hh,
+
+    a recurrence of the BPTT's form walked in the forward direction: the BPTT op on W_hh^T,
+    with the direction flipped, Q in the place of the output gradient and dh0 W_hh^T as the
+    state gradient it starts from.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
+        return rnn_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+        x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, _reverse, _nonlinearity = inputs
+        ctx.save_for_forward(x, w_ih, w_hh, h0, output[0], batch_sizes)
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_hn):
+        return _backward(ctx, grad_h, grad_hn)
+
+    @staticmethod
+    def jvp(ctx, dx, dw_ih, dw_hh, db_ih, db_hh, dh0, *_):
+        x, w_ih, w_hh, h0, h, batch_sizes = ctx.saved_tensors
+        terms = []
+        if dx is not None:
+            terms.append(dx @ w_ih.t())
+        if dw_ih is not None:
+            terms.append(x @ dw_ih.t())
+        if dw_hh is not None:
+            terms.append(_prev_states(h, h0, batch_sizes, ctx.reverse) @ dw_hh.t())
+        for db in (db_ih, db_hh):
+            if db is not None:
+                terms.append(db.expand_as(h))
+        q = functools.reduce(torch.add, terms) if terms else torch.zeros_like(h)
+        start = dh0 @ w_hh.t() if dh0 is not None else torch.zeros_like(h0)
+        u, _ = _call_op(
+            rnn_layer_backward, w_hh.t().contiguous(), h, q, start, batch_sizes,
+            not ctx.reverse, ctx.nonlinearity,
+        )  # fmt: skip
+        return u, _last_rows(u, ctx.B, batch_sizes, ctx.reverse)
+
+
 # Function.apply without its Python wrapper, which binds arguments for functorch and
 # unwraps its dead wrappers (~3 us a call): rnn_layer takes this only when no functorch
 # transform is active (_plain_eager).
 _eager_layer_apply = super(torch.autograd.Function, _EagerLayer).apply
 
 
-def _forward_ad_active() -> bool:
-    """A forward-AD dual level or a functorch jvp transform is active: neither the op nor
-    the eager path has a jvp rule, and both would drop tangents silently."""
-    if _forward_ad._current_level >= 0:
-        return True
-    if not torch._C._are_functorch_transforms_active():
-        return False
-    from torch._C._functorch import TransformType
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-
-    return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
+def _func_or_forward_ad() -> bool:
+    """torch.func transforms or a forward-AD dual level are active: the layers then go
+    through :class:`_FuncLayer` (the registered op's own autograd cannot run under the
+    former and has no forward-mode rule for the latter)."""
+    return _forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
 
 
 PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
@@ -859,7 +962,7 @@ def fast_input_cpu(x: Tensor) -> bool:
         and x.dtype in KERNEL_DTYPES
         and x.layout is torch.strided
         and _plain_mode()  # includes "no functorch transform": jvp is one
-        and _forward_ad._current_level < 0  # no dual level: see _forward_ad_active
+        and _forward_ad._current_level < 0  # no dual level: see _func_or_forward_ad
         and not x.is_neg()  # after _plain_mode: torch.compile cannot trace is_neg()
     )
 
@@ -898,11 +1001,9 @@ def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonline
     input requires grad); everything else goes through ``torch.ops.fusedrnn``.
     """
     args = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
-    if _forward_ad_active():
-        raise NotImplementedError(
-            "fusedrnn: forward-mode AD (dual tensors, torch.func.jvp) is not supported by the "
-            "fused RNN; use torch.nn.RNN for forward-mode derivatives"
-        )
+    if _func_or_forward_ad():
+        _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
+        return _FuncLayer.apply(*args)
     if not _plain_eager(x, w_ih, w_hh, b_ih, b_hh, h0):
         # The dispatcher would reject a non-tensor before the checks could name it.
         _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
@@ -1121,7 +1222,7 @@ def rnn_bidirectional_layer(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlin
         and x.numel()  # no rows (B = 0) or no features: the checks and edge cases below
         and isinstance(w_hh, Tensor)
         and w_hh.numel()  # H = 0
-        and not _forward_ad_active()
+        and not _func_or_forward_ad()
     ):
         args = (x, *w_fwd, *w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity)
         if records_graph(x, *w_fwd, *w_rev, h0_fwd, h0_rev):

@@ -1,0 +1,242 @@
+"""torch.func transforms and forward-mode AD: the same derivatives as torch.nn.RNN.
+
+jvp / jacfwd / ``torch.autograd.forward_ad`` run fusedrnn's own forward-mode rule (a
+BPTT-shaped recurrence walked forwards); grad / vjp / jacrev / vmap run the registered ops
+through an autograd.Function that torch.func accepts. Every check is against torch.nn.RNN
+in float64 (for packed input, against torch.nn.RNN on each sequence alone, since torch.nn.RNN
+has no forward-mode rule for packed input), and second derivatives must raise, not come back
+silently wrong.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fusedrnn
+
+f64 = torch.float64
+TOL = dict(rtol=1e-11, atol=1e-12)
+
+pytestmark = [
+    # torch.func.jvp's first use scripts torch's own decompositions (a torch deprecation),
+    # and vmap over the registered ops batches them with torch's per-sample fallback.
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning"),
+]
+
+
+def _pair(seed=0, cell=False, **kwargs):
+    torch.manual_seed(seed)
+    if cell:
+        ref = nn.RNNCell(dtype=f64, **kwargs)
+        return ref, fusedrnn.RNNCell.from_torch(ref)
+    ref = nn.RNN(dtype=f64, **kwargs)
+    return ref, fusedrnn.RNN.from_torch(ref)
+
+
+def _randn_like(tensors, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in tensors.items()}
+
+
+def _assert_close(got, want):
+    if isinstance(want, tuple | list):
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            _assert_close(g, w)
+    else:
+        torch.testing.assert_close(got, want, **TOL)
+
+
+CONFIGS = {
+    "L1_tanh": dict(num_layers=1),
+    "L2_relu_no_bias": dict(num_layers=2, nonlinearity="relu", bias=False),
+    "L2_bi": dict(num_layers=2, bidirectional=True),
+    "L1_bi_relu_batch_first": dict(
+        num_layers=1, bidirectional=True, nonlinearity="relu", batch_first=True
+    ),
+}
+
+
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_jvp_in_every_input_and_parameter_matches_nn_rnn(config, with_hx):
+    kwargs = CONFIGS[config]
+    ref, ours = _pair(input_size=3, hidden_size=5, **kwargs)
+    D = 2 if kwargs.get("bidirectional") else 1
+    shape = (2, 4, 3) if kwargs.get("batch_first") else (4, 2, 3)  # B = 2, T = 4
+    x = torch.randn(shape, dtype=f64)
+    hx = torch.randn(D * kwargs["num_layers"], 2, 5, dtype=f64)
+    params = {n: p.detach() for n, p in ref.named_parameters()}
+    primals = {"x": x, "hx": hx, **params} if with_hx else {"x": x, **params}
+    tangents = _randn_like(primals, seed=1)
+
+    def run(module):
+        def f(p):
+            rest = {k: v for k, v in p.items() if k not in ("x", "hx")}
+            args = (p["x"], p["hx"]) if with_hx else (p["x"],)
+            return functional_call(module, rest, args)
+
+        return jvp(f, (primals,), (tangents,))
+
+    (want, want_t), (got, got_t) = run(ref), run(ours)
+    _assert_close(got, want)
+    _assert_close(got_t, want_t)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
+def test_jvp_on_packed_input_matches_each_sequence_alone(bidirectional, enforce_sorted):
+    """torch.nn.RNN has no forward-mode rule for packed input: each sequence alone is the
+    reference (a packed sequence's results are those of the sequence run by itself)."""
+    ref, ours = _pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=bidirectional)
+    lengths = torch.tensor([5, 3, 3, 1]) if enforce_sorted else torch.tensor([3, 1, 5, 3])
+    x = torch.randn(5, 4, 3, dtype=f64)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    g = torch.Generator().manual_seed(2)
+    t_data = torch.randn(packed.data.shape, generator=g, dtype=f64)
+    t_w = {n: torch.randn(p.shape, generator=g, dtype=f64) for n, p in ref.named_parameters()}
+    w = {n: p.detach() for n, p in ref.named_parameters()}
+
+    def ours_f(data, weights):
+        seq = PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
+                             packed.unsorted_indices)  # fmt: skip
+        out, hn = functional_call(ours, weights, (seq,))
+        return out.data, hn
+
+    (out, hn), (t_out, t_hn) = jvp(ours_f, (packed.data, w), (t_data, t_w))
+    # The tangent of the input, laid out as x: pack it the same way to read it per sequence.
+    t_x = torch.zeros_like(x)
+    index = pack_padded_sequence(
+        torch.arange(x.shape[0] * x.shape[1]).view(x.shape[0], x.shape[1], 1).double(),
+        lengths, enforce_sorted=enforce_sorted,
+    ).data.long().flatten()  # fmt: skip
+    t_x.view(-1, 3)[index] = t_data
+    out_pad = torch.zeros(5, 4, out.shape[1], dtype=f64)
+    t_out_pad = torch.zeros_like(out_pad)
+    out_pad.view(-1, out.shape[1])[index] = out
+    t_out_pad.view(-1, out.shape[1])[index] = t_out
+    for b, n in enumerate(lengths.tolist()):
+
+        def ref_f(xb, weights):
+            return functional_call(ref, weights, (xb,))
+
+        (want, want_hn), (want_t, want_t_hn) = jvp(ref_f, (x[:n, b], w), (t_x[:n, b], t_w))
+        _assert_close((out_pad[:n, b], hn[:, b]), (want, want_hn))
+        _assert_close((t_out_pad[:n, b], t_hn[:, b]), (want_t, want_t_hn))
+
+
+def test_forward_ad_dual_tensors_match_nn_rnn():
+    ref, ours = _pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    x, hx = torch.randn(6, 2, 3, dtype=f64), torch.randn(4, 2, 4, dtype=f64)
+    tx, thx = torch.randn_like(x), torch.randn_like(hx)
+    results = []
+    for module in (ref, ours):
+        with fwAD.dual_level():
+            out, hn = module(fwAD.make_dual(x, tx), fwAD.make_dual(hx, thx))
+            results.append([t for o in (out, hn) for t in fwAD.unpack_dual(o)[:2]])
+    _assert_close(results[1], results[0])
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_grad_vjp_and_jacrev_match_nn_rnn(config):
+    kwargs = CONFIGS[config]
+    ref, ours = _pair(input_size=3, hidden_size=4, **kwargs)
+    x = torch.randn(5, 2, 3, dtype=f64)
+    params = {n: p.detach() for n, p in ref.named_parameters()}
+    cotangent = torch.randn_like(ref(x)[0])
+    results = []
+    for module in (ref, ours):
+
+        def loss(p, a, module=module):
+            out, hn = functional_call(module, p, (a,))
+            return out.square().sum() + hn.sum()
+
+        def outputs(a, module=module):
+            return module(a)[0]
+
+        _, pullback = vjp(outputs, x)
+        results.append(
+            (
+                grad(loss, argnums=(0, 1))(params, x),
+                pullback(cotangent),
+                jacrev(lambda a, module=module: module(a)[1])(x),
+            )
+        )
+    _assert_close(results[1], results[0])
+
+
+def test_per_sample_gradients_with_vmap_match_a_loop_over_nn_rnn():
+    """The usual torch.func recipe: vmap(grad(loss)) over a batch of single sequences."""
+    ref, ours = _pair(input_size=3, hidden_size=4, num_layers=2)
+    params = {n: p.detach() for n, p in ours.named_parameters()}
+    xs = torch.randn(6, 5, 3, dtype=f64)  # 6 samples of [T = 5, I = 3], unbatched each
+    targets = torch.randn(6, 4, dtype=f64)
+
+    def loss(p, x, y, module=ours):
+        out, _ = functional_call(module, p, (x,))
+        return (out[-1] - y).square().sum()
+
+    got = vmap(grad(loss), in_dims=(None, 0, 0))(params, xs, targets)
+    for i in range(xs.shape[0]):
+        want = grad(loss)(params, xs[i], targets[i], module=ref)
+        _assert_close([got[n][i] for n in params], [want[n] for n in params])
+
+
+def test_cell_jvp_and_grad_match_nn_rnncell():
+    ref, ours = _pair(cell=True, input_size=3, hidden_size=4)
+    x, h = torch.randn(2, 3, dtype=f64), torch.randn(2, 4, dtype=f64)
+    tx, th = torch.randn_like(x), torch.randn_like(h)
+    results = [
+        (
+            jvp(lambda a, b, m=module: m(a, b), (x, h), (tx, th)),
+            grad(lambda a, b, m=module: m(a, b).square().sum(), argnums=(0, 1))(x, h),
+        )
+        for module in (ref, ours)
+    ]
+    _assert_close(results[1], results[0])
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        pytest.param(lambda f: hessian(f), id="hessian"),
+        pytest.param(lambda f: jacfwd(jacfwd(f)), id="jacfwd_jacfwd"),
+        pytest.param(lambda f: jacrev(jacrev(f)), id="jacrev_jacrev"),
+        pytest.param(lambda f: jacrev(jacfwd(f)), id="jacrev_jacfwd"),
+    ],
+)
+def test_second_derivatives_raise_instead_of_coming_back_wrong(transform):
+    _, ours = _pair(input_size=2, hidden_size=3)
+    x = torch.randn(4, 1, 2, dtype=f64)
+    with pytest.raises(RuntimeError, match=r"not supported; use torch\.nn\.RNN"):
+        transform(lambda a: ours(a)[0].square().sum())(x)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_forward_mode_rule_passes_torch_gradcheck(packed, reverse, nonlinearity):
+    """The forward-mode rule against finite differences, independently of torch.nn.RNN:
+    torch.autograd.gradcheck with check_forward_ad on one layer-direction, every input."""
+    from fusedrnn import ops
+
+    g = torch.Generator().manual_seed(3)
+    I, H, B = 3, 4, 3
+    batch_sizes = torch.tensor([3, 2, 2, 1]) if packed else torch.empty(0, dtype=torch.int64)
+    N = int(batch_sizes.sum()) if packed else 4 * B
+
+    def rand(*shape):
+        return (0.5 * torch.randn(*shape, generator=g, dtype=f64)).requires_grad_()
+
+    inputs = (rand(N, I), rand(H, I), rand(H, H), rand(H), rand(H), rand(B, H))
+
+    def f(*tensors):
+        return ops.rnn_layer(*tensors, batch_sizes, reverse, nonlinearity)
+
+    assert torch.autograd.gradcheck(f, inputs, check_forward_ad=True, check_batched_grad=False)

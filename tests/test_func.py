@@ -240,3 +240,35 @@ def test_forward_mode_rule_passes_torch_gradcheck(packed, reverse, nonlinearity)
         return ops.rnn_layer(*tensors, batch_sizes, reverse, nonlinearity)
 
     assert torch.autograd.gradcheck(f, inputs, check_forward_ad=True, check_batched_grad=False)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_jvp_and_grad_on_cuda_match_cpu(packed):
+    """torch.func.grad and the forward-mode rule (the tangent recurrence on the CUDA BPTT
+    kernel) on CUDA tensors, against the same calls on the CPU."""
+    _, ours = _pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 3, dtype=f64)
+    packed_x = pack_padded_sequence(x, torch.tensor([5, 2, 4]), enforce_sorted=False)
+    data = packed_x.data if packed else x
+    tangent = torch.randn_like(data)
+    results = []
+    for device in ("cpu", "cuda"):
+        model = ours.to(device)
+        params = {n: p.detach() for n, p in model.named_parameters()}
+
+        # batch_sizes stays on the CPU, as torch requires; the indices follow the data.
+        meta = (packed_x.batch_sizes, packed_x.sorted_indices.to(device),
+                packed_x.unsorted_indices.to(device))  # fmt: skip
+
+        def f(a, p, model=model, meta=meta):
+            if packed:
+                out, hn = functional_call(model, p, (PackedSequence(a, *meta),))
+                return out.data, hn
+            return functional_call(model, p, (a,))
+
+        a, t = data.to(device), tangent.to(device)
+        primal, tangent_out = jvp(lambda a, p=params, f=f: f(a, p), (a,), (t,))
+        grads = grad(lambda p, a, f=f: sum(o.square().sum() for o in f(a, p)))(params, a)
+        results.append([*primal, *tangent_out, *grads.values()])
+    _assert_close([r.cpu() for r in results[1]], results[0])

@@ -701,13 +701,22 @@ class _PlainSubclass(torch.Tensor):
     pass
 
 
-def test_double_backward_raises_clear_error():
-    rnn = fusedrnn.RNN(3, 4, 2, dtype=f64)
-    x = torch.randn(5, 2, 3, dtype=f64, requires_grad=True)
-    out, _ = rnn(x)
-    (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match=r"double backward .* is not supported"):
-        gx.sum().backward()
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_double_backward_matches_nn_rnn(packed):
+    """Gradients of gradients (create_graph=True), as torch.nn.RNN on the CPU gives them."""
+    ref, ours = _rnn_pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 3, dtype=f64, requires_grad=True)
+    lengths = torch.tensor([5, 2, 4])
+    results = []
+    for module in (ref, ours):
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+        out, hn = module(inp)
+        wrt = [x, *module.parameters()]
+        grads = torch.autograd.grad(_loss((out, hn)), wrt, create_graph=True)
+        second = torch.autograd.grad(sum(g.square().sum() for g in grads), wrt)
+        results.append((*grads, *second))
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, **TOL[f64])
 
 
 def test_functional_call_uses_the_given_parameters():

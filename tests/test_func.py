@@ -4,8 +4,9 @@ jvp / jacfwd / ``torch.autograd.forward_ad`` run fusedrnn's own forward-mode rul
 BPTT-shaped recurrence walked forwards); grad / vjp / jacrev / vmap run the registered ops
 through an autograd.Function that torch.func accepts. Every check is against torch.nn.RNN
 in float64 (for packed input, against torch.nn.RNN on each sequence alone, since torch.nn.RNN
-has no forward-mode rule for packed input), and second derivatives must raise, not come back
-silently wrong.
+has no forward-mode rule for packed input). Second derivatives with at most one forward level
+(hessian, jacrev of jacrev or of jacfwd) match torch.nn.RNN's; forward over forward, which torch
+gets wrong through any autograd.Function, must raise.
 """
 
 from __future__ import annotations
@@ -206,16 +207,35 @@ def test_cell_jvp_and_grad_match_nn_rnncell():
     "transform",
     [
         pytest.param(lambda f: hessian(f), id="hessian"),
-        pytest.param(lambda f: jacfwd(jacfwd(f)), id="jacfwd_jacfwd"),
         pytest.param(lambda f: jacrev(jacrev(f)), id="jacrev_jacrev"),
         pytest.param(lambda f: jacrev(jacfwd(f)), id="jacrev_jacfwd"),
     ],
 )
-def test_second_derivatives_raise_instead_of_coming_back_wrong(transform):
-    _, ours = _pair(input_size=2, hidden_size=3)
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_second_derivatives_match_nn_rnn(transform, nonlinearity):
+    ref, ours = _pair(input_size=2, hidden_size=3, num_layers=2, bidirectional=True,
+                      nonlinearity=nonlinearity)  # fmt: skip
+    x = torch.randn(4, 2, 2, dtype=f64)
+    results = [transform(lambda a, m=m: m(a)[0].square().sum())(x) for m in (ref, ours)]
+    _assert_close(results[1], results[0])
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        pytest.param(lambda f, x, t: jacfwd(jacfwd(f))(x), id="jacfwd_jacfwd"),
+        pytest.param(
+            lambda f, x, t: jvp(lambda a: jvp(f, (a,), (t,))[1], (x,), (t,)), id="jvp_jvp"
+        ),
+    ],
+)
+def test_forward_over_forward_is_refused(transform):
+    """torch drops the inner tangents' own tangents through an autograd.Function
+    (pytorch/pytorch#197867): a wrong result is refused, not returned."""
+    _, ours = _pair(input_size=2, hidden_size=3, num_layers=2)
     x = torch.randn(4, 1, 2, dtype=f64)
-    with pytest.raises(RuntimeError, match=r"not supported; use torch\.nn\.RNN"):
-        transform(lambda a: ours(a)[0].square().sum())(x)
+    with pytest.raises(RuntimeError, match=r"forward-mode derivatives of forward-mode"):
+        transform(lambda a: ours(a)[0].square().sum(), x, torch.ones_like(x))
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])

@@ -1,4 +1,4 @@
-"""The custom ops: gradcheck, opcheck, argument validation, double backward."""
+"""The custom ops: gradcheck, gradgradcheck, opcheck, argument validation."""
 
 import typing
 
@@ -74,34 +74,108 @@ def test_opcheck_backward():
     )
 
 
-def test_bidirectional_create_graph_gives_the_same_gradients_and_refuses_double_backward():
-    """With create_graph=True the fused bidirectional node's gradients must still be right,
-    and differentiating them again must raise, not silently drop the second-order terms."""
+# check_fwd_over_rev's first use scripts torch's own decompositions (a torch deprecation).
+JIT_SCRIPT_DEPRECATED = "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+
+
+@pytest.mark.filterwarnings(JIT_SCRIPT_DEPRECATED)
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("lengths", [None, [4, 2, 1]], ids=["padded", "packed"])
+def test_gradgradcheck(nonlinearity, reverse, lengths):
+    """Second derivatives, reverse over reverse and forward over reverse, against finite
+    differences of the first (the backward records the differentiable BPTT, _BPTT)."""
+    x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs(lengths=lengths)
+    inputs = tuple(t.requires_grad_(True) for t in (x, w_ih, w_hh, b_ih, b_hh, h0))
+
+    def fn(*tensors):
+        return ops.rnn_layer(*tensors, bs, reverse, nonlinearity)
+
+    assert torch.autograd.gradgradcheck(fn, inputs, check_fwd_over_rev=True)
+
+
+@pytest.mark.filterwarnings(JIT_SCRIPT_DEPRECATED)
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("lengths", [None, [4, 2, 1]], ids=["padded", "packed"])
+def test_backward_op_gradcheck_and_gradgradcheck(nonlinearity, reverse, lengths):
+    """The BPTT op is differentiable to any order in reverse mode (its rule calls it again);
+    _BPTT, which the layers' recorded backward and forward-mode rule call, in forward mode
+    too (the op's torch.library registration has no forward-mode rule)."""
+    _, _, w_hh, _, _, h0, bs = _layer_inputs(lengths=lengths)
+    N, H = (12 if lengths is None else sum(lengths)), w_hh.shape[0]
+    g = torch.Generator().manual_seed(1)
+    # States away from 0, where relu's phi' jumps (finite differences would see the step).
+    r = torch.rand(N, H, generator=g, dtype=f64) * 2 - 1
+    h = r.sign() * (0.1 + 0.8 * r.abs())
+    inputs = (w_hh, h, torch.randn(N, H, generator=g, dtype=f64),
+              torch.randn(h0.shape, generator=g, dtype=f64))  # fmt: skip
+    inputs = tuple(t.detach().requires_grad_(True) for t in inputs)
+
+    def fn(*tensors):
+        return ops.rnn_layer_backward(*tensors, bs, reverse, nonlinearity)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+    def fn_forward_mode(*tensors):
+        return ops._BPTT.apply(*tensors, bs, reverse, nonlinearity)
+
+    assert torch.autograd.gradcheck(fn_forward_mode, inputs, check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(fn_forward_mode, inputs, check_fwd_over_rev=True)
+
+
+def _torch_layer(x, w_ih, w_hh, b_ih, b_hh, h0, T, reverse):
+    """One padded tanh layer-direction in plain torch ops: the second-derivative reference."""
+    xs, h, outs = x.view(T, -1, x.shape[1]), h0, [None] * T
+    for t in reversed(range(T)) if reverse else range(T):
+        h = torch.tanh(xs[t] @ w_ih.t() + b_ih + h @ w_hh.t() + b_hh)
+        outs[t] = h
+    return torch.cat(outs), h
+
+
+def test_bidirectional_layer_first_and_second_derivatives_match_torch():
+    """The fused bidirectional node: its gradients with and without create_graph=True, and
+    the derivatives of those gradients, against the same layer in plain torch ops."""
     torch.manual_seed(0)
     x = torch.randn(12, 3, dtype=f64, requires_grad=True)  # T = 4, B = 3
     w_fwd = [torch.randn(s, dtype=f64, requires_grad=True) for s in ((5, 3), (5, 5), (5,), (5,))]
     w_rev = [torch.randn(s, dtype=f64, requires_grad=True) for s in ((5, 3), (5, 5), (5,), (5,))]
     h0 = [torch.randn(3, 5, dtype=f64, requires_grad=True) for _ in range(2)]
-    bs = torch.empty(0, dtype=torch.int64)
     leaves = [x, *w_fwd, *w_rev, *h0]
-    grads = []
-    for create_graph in (False, True):
-        out, hnf, _ = ops.rnn_bidirectional_layer(x, w_fwd, w_rev, *h0, bs)  # no grad_hn_rev
-        loss = (out * torch.arange(out.numel(), dtype=f64).view(out.shape)).sum() + hnf.sum()
-        grads.append(torch.autograd.grad(loss, leaves, create_graph=create_graph))
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    with pytest.raises(RuntimeError, match="double backward"):
-        (grads[1][0].sum() + grads[1][2].sum()).backward()
+    weight = torch.randn(12, 10, dtype=f64)
+
+    def fused():
+        return ops.rnn_bidirectional_layer(x, w_fwd, w_rev, *h0, PADDED)
+
+    def plain():
+        hf, hnf = _torch_layer(x, *w_fwd, h0[0], 4, False)
+        hb, hnb = _torch_layer(x, *w_rev, h0[1], 4, True)
+        return torch.cat((hf, hb), 1), hnf, hnb
+
+    results = []
+    for layer in (fused, plain):
+        out, hnf, _ = layer()  # no gradient for hn of the reverse direction
+        loss = (out * weight).sum() + hnf.square().sum()
+        first = torch.autograd.grad(loss, leaves, retain_graph=True)
+        first_graph = torch.autograd.grad(loss, leaves, create_graph=True)
+        second = torch.autograd.grad(first_graph[0].square().sum() + first_graph[2].sum(), leaves)
+        results.append((first, first_graph, second))
+    for got, want in zip(*results, strict=True):
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
 
 
-def test_double_backward_raises_clear_error():
+def test_double_backward_through_the_fused_grads_op_raises_clear_error():
+    """The fused gradients op has no second derivative (nothing differentiates through it:
+    a recorded backward takes the differentiable path); called directly, it says so."""
     x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs()
+    h, hn = ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, bs)
     w_hh.requires_grad_(True)
-    h, _ = ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, bs)
-    (g,) = torch.autograd.grad(h.sum(), w_hh, create_graph=True)
-    with pytest.raises(RuntimeError, match="double backward"):
-        g.sum().backward()
+    grads = ops.rnn_layer_grads(x, w_ih, w_hh, h0, h, torch.ones_like(h), torch.zeros_like(hn),
+                                bs, False, "tanh", True, True, True, True)  # fmt: skip
+    with pytest.raises(RuntimeError, match="double backward through the fused rnn_layer_grads"):
+        grads[2].sum().backward()
 
 
 def _call(**changes):

@@ -18,6 +18,12 @@ empty for padded input (``N = T*B`` rows, step ``t`` at rows ``t*B .. t*B+B-1``)
 ``PackedSequence`` batch sizes ``[T]`` (non-increasing, summing to ``N``). It stays a CPU
 tensor for CUDA inputs too, as in PyTorch.
 
+Derivatives: the BPTT is linear in the output gradients, and its own derivative is the
+same recurrence walked the other way on ``W_hh^T`` (:class:`_BPTT`); the forward-mode
+tangent ``u_t = phi'(h_t) (Q_t + u_prev W_hh^T)`` is that recurrence too
+(:class:`_FuncLayer`). So a recorded backward (``create_graph=True``, torch.func), forward
+mode and their compositions all run on the BPTT kernel and match torch.nn.RNN.
+
 :func:`check_layer_args` is the one place that validates tensors before they reach C++.
 """
 
@@ -477,15 +483,21 @@ def _prev_states(h: Tensor, h0: Tensor, batch_sizes: Tensor, reverse: bool) -> T
     return torch.cat([h, h0]).index_select(0, index)
 
 
-def _last_rows(h: Tensor, B: int, batch_sizes: Tensor, reverse: bool) -> Tensor:
-    """[B, H]: each sequence's row at its last step (what the forward pass returns as hn)."""
+def _last_index(N: int, B: int, batch_sizes: Tensor, reverse: bool) -> Tensor:
+    """[B]: the row of each sequence's last step in the walk of direction ``reverse``."""
     if reverse:  # every sequence ends at t = 0
-        return h[:B]
+        return torch.arange(B)
     if batch_sizes.numel() == 0:
-        return h[h.shape[0] - B :]
+        return torch.arange(N - B, N)
     lengths = (batch_sizes[None, :] > torch.arange(B)[:, None]).sum(1)  # [B]
     offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
-    index = offsets[lengths - 1] + torch.arange(B)
+    return offsets[lengths - 1] + torch.arange(B)
+
+
+def _last_rows(h: Tensor, B: int, batch_sizes: Tensor, reverse: bool) -> Tensor:
+    """[B, H]: each sequence's row at its last step (what the forward pass returns as hn);
+    with ``not reverse``, at its first step."""
+    index = _last_index(h.shape[0], B, batch_sizes, reverse)
     return h.index_select(0, index.to(h.device))
 
 
@@ -567,14 +579,19 @@ def _backward_rows(ctx, needs, B, fused, eager, x, w_ih, w_hh, h0, h, batch_size
     if h.shape[1] == 0:  # H = 0 (torch.nn.RNNCell allows it): every gradient is empty or 0
         dP, dh0 = torch.zeros_like(h), torch.zeros_like(h0)
         return _generic_grads(ctx, needs, dP, dh0, x, w_ih, h0, h, batch_sizes)
-    if fused:
-        dx, dw_ih, dw_hh, db, dh0 = _call_op(
-            rnn_layer_grads, x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
+    args = (w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity)
+    if torch.is_grad_enabled():
+        # A graph of this backward is being recorded (create_graph=True, torch.func): the
+        # differentiable BPTT and torch's GEMMs, so second derivatives are nn.RNN's.
+        dP, dh0 = _BPTT.apply(*args)
+    elif fused:
+        dx, dw_ih, dw_hh, db, dh0 = rnn_layer_grads(
+            x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
             ctx.nonlinearity, needs[0], needs[1], needs[2], needs[3] or needs[4],
         )  # fmt: skip
         return (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
-    args = (w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity)
-    dP, dh0 = _backward_impl(*args) if eager else _call_op(rnn_layer_backward, *args)
+    else:
+        dP, dh0 = _backward_impl(*args) if eager else rnn_layer_backward(*args)
     return _generic_grads(ctx, needs, dP, dh0, x, w_ih, h0, h, batch_sizes)
 
 
@@ -772,49 +789,16 @@ rnn_layer_forward.register_autograd(_backward, setup_context=_setup_context)
 
 def _no_double_backward(ctx, *grads):
     raise RuntimeError(
-        "fusedrnn: double backward (gradients of gradients) through the RNN is not supported; "
-        "use torch.nn.RNN for higher-order derivatives"
+        "fusedrnn: double backward through the fused rnn_layer_grads op is not supported; "
+        "rnn_layer, the modules and the rnn_layer_backward op are differentiable to any order"
     )
 
 
-for _op in (rnn_layer_backward, rnn_layer_grads):
-    _op.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
-
-
-class _FirstOrderOnly(torch.autograd.Function):
-    """``op(*args)`` for one of the backward ops, recording a node that refuses to be
-    differentiated: what the ops' registered autograd does, in a form torch.func transforms
-    accept (torch.library's generated Function has no setup_context, and they refuse it)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(op, *args):
-        return op(*args)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, *grads):
-        _no_double_backward(ctx)
-
-    @staticmethod
-    def jvp(ctx, *tangents):
-        raise RuntimeError(
-            "fusedrnn: forward-mode derivatives of the RNN's derivatives (torch.func.hessian, "
-            "jacfwd of a jvp or of a gradient) are not supported; use torch.nn.RNN for "
-            "higher-order derivatives"
-        )
-
-
-def _call_op(op, *args):
-    """A backward op, through :class:`_FirstOrderOnly` while torch.func transforms or
-    forward AD are active (where the op's own autograd cannot run)."""
-    if _func_or_forward_ad():
-        return _FirstOrderOnly.apply(op, *args)
-    return op(*args)
+# The fused gradients op is what a backward pass runs when nothing records it; a recorded
+# backward (create_graph=True, torch.func) runs _BPTT and torch's GEMMs instead.
+rnn_layer_grads.register_autograd(
+    _no_double_backward, setup_context=lambda ctx, inputs, output: None
+)
 
 
 # Autocast policy: both ops are "float32 ops", like those on autocast's fp32 list. Inside
@@ -851,6 +835,93 @@ class _EagerLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_h, grad_hn):
         return (*_backward(ctx, grad_h, grad_hn), None)
+
+
+class _BPTT(torch.autograd.Function):
+    """The BPTT op (:func:`rnn_layer_backward`), differentiable to any order: what a
+    backward pass runs while a graph of it is recorded (``create_graph=True``, torch.func),
+    so that second derivatives (double backward, hessian) come out as torch.nn.RNN's.
+
+    With ``e_t = g_t + d_next W + [last] g_hn`` and ``d_t = e_t * s(h_t)``,
+    ``s = phi'`` (1 - h^2 or [h > 0]), and ``dh0 = d_first W``:
+
+    - backward: ``e_bar_t = (c_t + e_bar_prev W^T) * s_t``, starting from ``c0 W^T``, is
+      the same recurrence walked the other way (this op again, on W^T, direction flipped);
+      then ``g_bar = e_bar``, ``g_hn_bar`` = e_bar at the last steps,
+      ``W_bar = sum d_next^T e_bar + d_first^T c0`` and ``h_bar = c_tilde * e * s'(h)``,
+      ``c_tilde_t = c_t + e_bar_prev W^T`` (zero for relu: s' = 0);
+    - forward mode: ``delta d = a + b`` with ``b = e * s'(h) delta h`` and ``a`` this op on
+      ``delta g + d_next delta W + b_next W`` (seed ``delta g_hn``).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
+        return rnn_layer_backward(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity = inputs
+        ctx.save_for_backward(w_hh, h, grad_h, grad_hn, batch_sizes, output[0])
+        ctx.save_for_forward(w_hh, h, grad_h, grad_hn, batch_sizes, output[0])
+        ctx.reverse, ctx.nonlinearity = reverse, nonlinearity
+
+    @staticmethod
+    def _pre_activation_grad(ctx, w_hh, grad_h, grad_hn, batch_sizes, dP):
+        """e = g + d_next W + g_hn scattered to each sequence's last step."""
+        B = grad_hn.shape[0]
+        d_next = _prev_states(dP, torch.zeros_like(grad_hn), batch_sizes, not ctx.reverse)
+        e = grad_h + d_next @ w_hh
+        index = _last_index(dP.shape[0], B, batch_sizes, ctx.reverse).to(dP.device)
+        return e.index_add(0, index, grad_hn)
+
+    @staticmethod
+    def backward(ctx, c, c0):
+        w_hh, h, grad_h, grad_hn, batch_sizes, dP = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        B = grad_hn.shape[0]
+        c = torch.zeros_like(dP) if c is None else c
+        c0 = torch.zeros_like(grad_hn) if c0 is None else c0
+        wt = w_hh.t().contiguous()
+        e_bar, _ = _BPTT.apply(wt, h, c, c0 @ wt, batch_sizes, not ctx.reverse, ctx.nonlinearity)
+        w_bar = h_bar = None
+        if needs[0]:
+            d_next = _prev_states(dP, torch.zeros_like(grad_hn), batch_sizes, not ctx.reverse)
+            d_first = _last_rows(dP, B, batch_sizes, not ctx.reverse)
+            w_bar = d_next.t() @ e_bar + d_first.t() @ c0
+        if needs[1] and ctx.nonlinearity == "tanh":  # relu: s' = 0, no gradient for h
+            e = _BPTT._pre_activation_grad(ctx, w_hh, grad_h, grad_hn, batch_sizes, dP)
+            c_tilde = c + _prev_states(e_bar, c0, batch_sizes, ctx.reverse) @ wt
+            h_bar = -2 * h * c_tilde * e
+        g_bar = e_bar if needs[2] else None
+        g_hn_bar = _last_rows(e_bar, B, batch_sizes, ctx.reverse) if needs[3] else None
+        return w_bar, h_bar, g_bar, g_hn_bar, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dw, dh, dg, dg_hn, *_):
+        w_hh, h, grad_h, grad_hn, batch_sizes, dP = ctx.saved_tensors
+        B = grad_hn.shape[0]
+        zeros = torch.zeros_like(grad_hn)
+        g_in = torch.zeros_like(dP) if dg is None else dg
+        b = None
+        if dh is not None and ctx.nonlinearity == "tanh":
+            e = _BPTT._pre_activation_grad(ctx, w_hh, grad_h, grad_hn, batch_sizes, dP)
+            b = -2 * h * dh * e
+            g_in = g_in + _prev_states(b, zeros, batch_sizes, not ctx.reverse) @ w_hh
+        d_next = _prev_states(dP, zeros, batch_sizes, not ctx.reverse)
+        if dw is not None:
+            g_in = g_in + d_next @ dw
+        seed = zeros if dg_hn is None else dg_hn
+        a, _ = _BPTT.apply(w_hh, h, g_in, seed, batch_sizes, ctx.reverse, ctx.nonlinearity)
+        d_dP = a if b is None else a + b
+        d_dh0 = _last_rows(d_dP, B, batch_sizes, not ctx.reverse) @ w_hh
+        if dw is not None:
+            d_dh0 = d_dh0 + _last_rows(dP, B, batch_sizes, not ctx.reverse) @ dw
+        return d_dP, d_dh0
+
+
+rnn_layer_backward.register_autograd(_BPTT.backward, setup_context=_BPTT.setup_context)
 
 
 class _FuncLayer(torch.autograd.Function):
@@ -901,10 +972,9 @@ class _FuncLayer(torch.autograd.Function):
                 terms.append(db.expand_as(h))
         q = functools.reduce(torch.add, terms) if terms else torch.zeros_like(h)
         start = dh0 @ w_hh.t() if dh0 is not None else torch.zeros_like(h0)
-        u, _ = _call_op(
-            rnn_layer_backward, w_hh.t().contiguous(), h, q, start, batch_sizes,
-            not ctx.reverse, ctx.nonlinearity,
-        )  # fmt: skip
+        u, _ = _BPTT.apply(
+            w_hh.t().contiguous(), h, q, start, batch_sizes, not ctx.reverse, ctx.nonlinearity
+        )
         return u, _last_rows(u, ctx.B, batch_sizes, ctx.reverse)
 
 
@@ -919,6 +989,29 @@ def _func_or_forward_ad() -> bool:
     through :class:`_FuncLayer` (the registered op's own autograd cannot run under the
     former and has no forward-mode rule for the latter)."""
     return _forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+
+
+def _refuse_forward_over_forward() -> None:
+    """Forward mode nested in forward mode (jacfwd of jacfwd, jvp of jvp) through an
+    autograd.Function drops the inner tangents' own tangents in torch (pytorch/pytorch
+    #197867, open): the result would be silently wrong, so it is refused. One forward
+    level with any number of reverse levels (hessian, jacrev of jacfwd) is right."""
+    # torch.func's jvp levels all share one forward-AD dual level (and torch refuses a
+    # user's dual level around them): count its Jvp interpreters.
+    if not torch._C._are_functorch_transforms_active():
+        return
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    interpreters = retrieve_all_functorch_interpreters()
+    if sum(i.key() == TransformType.Jvp for i in interpreters) > 1:
+        _fail(
+            RuntimeError,
+            "forward-mode derivatives of forward-mode derivatives (jacfwd of jacfwd, jvp of "
+            "jvp) are not supported: torch drops the inner tangents' tangents through an "
+            "autograd.Function (pytorch/pytorch#197867); use jacrev for one of the two, "
+            "e.g. torch.func.hessian (jacfwd of jacrev)",
+        )
 
 
 PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
@@ -1003,6 +1096,7 @@ def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonline
     args = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
     if _func_or_forward_ad():
         _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
+        _refuse_forward_over_forward()
         return _FuncLayer.apply(*args)
     if not _plain_eager(x, w_ih, w_hh, b_ih, b_hh, h0):
         # The dispatcher would reject a non-tensor before the checks could name it.
@@ -1175,9 +1269,8 @@ def _bi_grads(dx, grads):
 
 def _bi_backward_recorded(ctx, saved, grads):
     """_EagerBiLayer's backward while a graph of it is recorded (create_graph=True): each
-    direction through the rnn_layer_grads op, as a single layer's backward does, so that
-    differentiating these gradients again raises the op's clear error instead of silently
-    missing the second-order terms (the kernels' results carry no graph)."""
+    direction through the differentiable BPTT (:class:`_BPTT`) and torch's GEMMs, as a
+    single layer's recorded backward does, so second derivatives are nn.RNN's."""
     x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes = saved
     grad_out, *grad_hns = grads
     needs = ctx.needs_input_grad
@@ -1192,10 +1285,11 @@ def _bi_backward_recorded(ctx, saved, grads):
         h0 = out.new_zeros(B, H) if h0 is None else h0
         ghn = out.new_zeros(B, H) if ghn is None else ghn
         first = 1 + 4 * d
-        dxd, dw_ih, dw_hh, db, dh0 = rnn_layer_grads(
-            x, w_ih, w_hh, h0, h, g, ghn, batch_sizes, d == 1, ctx.nonlinearity,
-            needs[0], needs[first], needs[first + 1], needs[first + 2] or needs[first + 3],
-        )  # fmt: skip
+        dP, dh0 = _BPTT.apply(w_hh, h, g, ghn, batch_sizes, d == 1, ctx.nonlinearity)
+        dxd = dP @ w_ih if needs[0] else None
+        dw_ih = dP.t() @ x if needs[first] else None
+        dw_hh = _prev_state_grad(dP, h, h0, batch_sizes, d == 1) if needs[first + 1] else None
+        db = dP.sum(0) if needs[first + 2] or needs[first + 3] else None
         if needs[0]:
             dx = dxd if dx is None else dx + dxd
         result.append(_direction_grads(needs, d, dw_ih, dw_hh, db, dh0))

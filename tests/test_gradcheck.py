@@ -1,4 +1,4 @@
-"""``fusedrnn.gradcheck``: the three checks, the report, deliberate failures, gradient flow."""
+"""``fusedrnn.gradcheck``: the four checks, the report, deliberate failures, gradient flow."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def _scaled_weight_hh_grad(monkeypatch):
         return dx, dw_ih, dw_hh * 1.01, db, dh0
 
     monkeypatch.setattr(ops, "_grads_impl", scaled)
-    return "weight_hh_l0"
+    return "weight_hh_l0", REVERSE_MODE
 
 
 def _zeroed_dh0_in_the_kernel(monkeypatch):
@@ -125,19 +125,38 @@ def _zeroed_dh0_in_the_kernel(monkeypatch):
             ctypes.memset(dh0_address, 0, B * H * (8 if dtype == "float64" else 4))
 
     monkeypatch.setattr(fusedrnn._C, "layer_backward", broken)
-    return "h0"
+    return "h0", REVERSE_MODE
 
 
-@pytest.mark.parametrize("breakage", [_scaled_weight_hh_grad, _zeroed_dh0_in_the_kernel])
+def _dropped_weight_hh_tangent(monkeypatch):
+    """The forward-mode rule ignores the tangent of W_hh: only forward mode can see it."""
+    jvp = ops._FuncLayer.jvp
+
+    def broken(ctx, dx, dw_ih, dw_hh, *rest):
+        return jvp(ctx, dx, dw_ih, None, *rest)
+
+    monkeypatch.setattr(ops._FuncLayer, "jvp", staticmethod(broken))
+    return "weight_hh_l0", ("forward-mode",)
+
+
+REVERSE_MODE = ("reference", "finite-diff", "autograd")
+
+
+@pytest.mark.parametrize(
+    "breakage", [_scaled_weight_hh_grad, _zeroed_dh0_in_the_kernel, _dropped_weight_hh_tangent]
+)
 def test_cli_fails_on_a_broken_backward_and_shows_the_row(breakage, monkeypatch, capsys):
-    gradient = breakage(monkeypatch)
+    gradient, checks = breakage(monkeypatch)
     assert main(["gradcheck", *SMALL, "--h0", "yes"]) == 1
     out = capsys.readouterr().out
     assert "gradcheck FAILED" in out
     table = out.split("failing rows:")[1].split("gradcheck FAILED")[0]
     failing = [line for line in table.splitlines() if line.startswith("tanh padded h0")]
     assert failing
-    for name in gradcheck.CHECKS:
+    assert {name for name in gradcheck.CHECKS if any(f" {name} " in r for r in failing)} == set(
+        checks
+    )
+    for name in checks:
         row = next(line for line in failing if f" {name} " in line)
         assert row.split()[-1] == "FAIL" or "FAIL (" in row
         assert f" {gradient} " in row

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check_parser = commands.add_parser(
         "gradcheck",
-        help="check every gradient three ways; --flow: gradient norms over time",
+        help="check every gradient three ways and forward mode; --flow: gradient norms over time",
         description=gradcheck.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

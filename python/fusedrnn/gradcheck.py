@@ -1,4 +1,5 @@
-"""``fusedrnn gradcheck``: every gradient of fusedrnn.RNN, checked three independent ways.
+"""``fusedrnn gradcheck``: every gradient of fusedrnn.RNN, checked three independent ways,
+and its forward-mode derivatives a fourth.
 
 For each configuration, a float64 fusedrnn.RNN computes ``L = sum(output * G) +
 sum(h_n * G_n)`` for fixed random ``G, G_n`` and its gradients with respect to the input,
@@ -12,6 +13,10 @@ sum(h_n * G_n)`` for fixed random ``G, G_n`` and its gradients with respect to t
                element by element (a random sample of large tensors).
   autograd     torch.autograd.gradcheck on (output, h_n) as functions of all inputs; on a
                failure, each input is checked alone to name the failing gradient.
+  forward-mode torch.func.jvp of (output, h_n) along a random direction in each input
+               (fusedrnn's forward-mode rule: the tangent recurrence, run by the BPTT
+               kernel forwards in time), against central differences of the fused forward
+               along the same direction, every output element.
 
 Errors: abs = max |fused - expected|, rel = abs / max |expected|. A check passes when
 abs <= atol + rtol * max |expected| (tolerances in the table).
@@ -38,13 +43,14 @@ import itertools
 import json
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from . import _cli, ops, reference
 from .modules import RNN
@@ -62,9 +68,14 @@ __all__ = [
     "run",
 ]
 
-CHECKS = ("reference", "finite-diff", "autograd")
+CHECKS = ("reference", "finite-diff", "autograd", "forward-mode")
 # (atol, rtol) per check, float64.
-TOLERANCES = {"reference": (1e-12, 1e-10), "finite-diff": (1e-7, 1e-5), "autograd": (1e-5, 1e-3)}
+TOLERANCES = {
+    "reference": (1e-12, 1e-10),
+    "finite-diff": (1e-7, 1e-5),
+    "autograd": (1e-5, 1e-3),
+    "forward-mode": (1e-7, 1e-5),
+}
 FD_EPS = 1e-6
 
 
@@ -267,6 +278,17 @@ class _Problem:
             lengths = rng.integers(1, c.T + 1, size=c.B)
             lengths[rng.integers(c.B)] = c.T  # the longest sequence fills T
             self.lengths: np.ndarray | None = lengths
+            # Packing as row gathers (which forward mode goes through; torch's
+            # pack_padded_sequence has no forward-mode rule): the time-major row of x that
+            # each packed row holds, and the PackedSequence fields that go with them.
+            rows = torch.arange(c.T * c.B, dtype=torch.float64).view(c.T, c.B, 1)
+            packed = pack_padded_sequence(rows, torch.as_tensor(lengths), enforce_sorted=False)
+            self.rows = packed.data.view(-1).long().to(device)
+            self.packing = (
+                packed.batch_sizes,
+                packed.sorted_indices.to(device),
+                packed.unsorted_indices.to(device),
+            )
         else:
             self.lengths = None
 
@@ -300,17 +322,19 @@ class _Problem:
     def forward(self, x: Tensor, h0: Tensor | None, params: dict[str, Tensor] | None = None):
         """(output [T, B, D*H] padded with zeros, h_n) for time-major ``x``."""
         bf = self.config.batch_first
-        inp = x.transpose(0, 1) if bf else x
-        if self.lengths is not None:
-            inp = pack_padded_sequence(
-                inp, torch.as_tensor(self.lengths), batch_first=bf, enforce_sorted=False
-            )
+        T, B = x.shape[0], x.shape[1]
+        if self.lengths is not None:  # packed input ignores batch_first
+            inp = PackedSequence(x.reshape(T * B, -1).index_select(0, self.rows), *self.packing)
+        else:
+            inp = x.transpose(0, 1) if bf else x
         if params is None:
             out, hn = self.module(inp, h0)
         else:
             out, hn = torch.func.functional_call(self.module, params, (inp, h0))
         if self.lengths is not None:
-            out, _ = pad_packed_sequence(out, batch_first=bf, total_length=self.config.T)
+            data = out.data
+            padded = data.new_zeros(T * B, data.shape[1]).index_copy(0, self.rows, data)
+            return padded.view(T, B, -1), hn
         return (out.transpose(0, 1) if bf else out), hn
 
     def loss(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -496,6 +520,39 @@ def _check_autograd(problem: _Problem, fast_above: int) -> list:
     return [(name, None, None, run_gradcheck({name}), note) for name in names]
 
 
+# ---- check 4: forward mode against central differences along a direction --------------
+
+
+def _check_forward_mode(problem: _Problem, rng: np.random.Generator) -> list:
+    named = {k: v.detach() for k, v in problem.inputs().items()}
+    rows = []
+    for name, value in named.items():
+        direction = torch.as_tensor(
+            rng.standard_normal(tuple(value.shape)), dtype=value.dtype, device=value.device
+        )
+
+        def outputs(t: Tensor, name: str = name) -> Tensor:
+            given = dict(named, **{name: t})
+            params = {k: given[k] for k in problem.params}
+            out, hn = problem.forward(given["input"], given.get("h0"), params)
+            return torch.cat((out.reshape(-1), hn.reshape(-1)))
+
+        with warnings.catch_warnings():
+            # torch.func.jvp's first use scripts torch's own decompositions, which warns
+            # that torch.jit.script is deprecated (torch's own use, nothing to act on here).
+            warnings.filterwarnings(
+                "ignore", "`torch.jit.script` is deprecated", DeprecationWarning
+            )
+            _, tangent = torch.func.jvp(outputs, (value,), (direction,))
+        with torch.no_grad():
+            plus = outputs(value + FD_EPS * direction)
+            minus = outputs(value - FD_EPS * direction)
+        numeric = (plus - minus) / (2 * FD_EPS)
+        got, want = tangent.detach().cpu().numpy(), numeric.cpu().numpy()
+        rows.append((name, *_errors(got, want, "forward-mode")))
+    return rows
+
+
 # ---- the entry point --------------------------------------------------------------------
 
 
@@ -574,6 +631,9 @@ def check(
         )
     if "autograd" in checks:
         found.append(("autograd", _check_autograd(problem, autograd_fast_above)))
+    if "forward-mode" in checks:
+        rng = np.random.default_rng(seed + 2)
+        found.append(("forward-mode", _check_forward_mode(problem, rng)))
     for check_name, rows in found:
         for name, max_abs, max_rel, passed, *note in rows:
             report.rows.append(
@@ -745,7 +805,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checks",
         type=_cli.choice_list(CHECKS),
         default=list(CHECKS),
-        help="default: reference,finite-diff,autograd",
+        help="default: reference,finite-diff,autograd,forward-mode",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=0)

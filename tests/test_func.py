@@ -23,12 +23,12 @@ import fusedrnn
 f64 = torch.float64
 TOL = dict(rtol=1e-11, atol=1e-12)
 
-pytestmark = [
-    # torch.func.jvp's first use scripts torch's own decompositions (a torch deprecation),
-    # and vmap over the registered ops batches them with torch's per-sample fallback.
-    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning"),
-]
+# torch.func.jvp's first use scripts torch's own decompositions (a torch deprecation).
+# (torch's per-sample vmap fallback warns "There is a performance drop": the ops have vmap
+# rules, so that warning fails these tests.)
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+)
 
 
 def _pair(seed=0, cell=False, **kwargs):
@@ -187,6 +187,59 @@ def test_per_sample_gradients_with_vmap_match_a_loop_over_nn_rnn():
     for i in range(xs.shape[0]):
         want = grad(loss)(params, xs[i], targets[i], module=ref)
         _assert_close([got[n][i] for n in params], [want[n] for n in params])
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_vmap_runs_the_problems_as_one_batch(packed, bidirectional, monkeypatch):
+    """vmap over the input (and h0): one kernel call per layer-direction for all the
+    problems (their sequences folded into one batch), the results of a loop."""
+    from fusedrnn import ops
+
+    ref, ours = _pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=bidirectional)
+    V, D = 5, 2 if bidirectional else 1
+    xs, h0s = torch.randn(V, 6, 3, 3, dtype=f64), torch.randn(V, 2 * D, 3, 4, dtype=f64)
+    lengths = torch.tensor([6, 2, 4])
+    packed_0 = pack_padded_sequence(xs[0], lengths, enforce_sorted=False)
+    fields = (packed_0.batch_sizes, packed_0.sorted_indices, packed_0.unsorted_indices)
+    data = torch.stack([pack_padded_sequence(x, lengths, enforce_sorted=False).data for x in xs])
+
+    def run(module, x, h0):
+        out, hn = module(PackedSequence(x, *fields) if packed else x, h0)
+        return (out.data if packed else out), hn
+
+    calls = []
+    forward_impl = ops._forward_impl
+    monkeypatch.setattr(ops, "_forward_impl", lambda *a: calls.append(1) or forward_impl(*a))
+    got = vmap(lambda x, h0: run(ours, x, h0))(data if packed else xs, h0s)
+    assert len(calls) == 2 * D  # layers x directions, not V times that
+    want = [run(ref, x, h0) for x, h0 in zip(data if packed else xs, h0s, strict=True)]
+    _assert_close(got, tuple(torch.stack(w) for w in zip(*want, strict=True)))
+
+
+def test_jacrev_of_packed_input_matches_row_by_row_gradients():
+    """jacrev (vmap over the BPTT's cotangents) on packed input, where torch.nn.RNN's own
+    jacrev fails: against one torch.nn.RNN gradient per output element."""
+    ref, ours = _pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    packed = pack_padded_sequence(torch.randn(5, 3, 3, dtype=f64), torch.tensor([5, 4, 2]))
+    got = jacrev(lambda d: ours(PackedSequence(d, packed.batch_sizes))[1])(packed.data)
+    data = packed.data.clone().requires_grad_()
+    hn = ref(PackedSequence(data, packed.batch_sizes))[1].reshape(-1)
+    rows = [torch.autograd.grad(hn[i], data, retain_graph=True)[0] for i in range(hn.numel())]
+    _assert_close(got, torch.stack(rows).view(got.shape))
+
+
+def test_vmap_over_stacked_weights_matches_each_model():
+    """An ensemble: torch.func.stack_module_state and vmap over the weights (one call per
+    model: weights differ), without torch's fallback warning."""
+    from torch.func import stack_module_state
+
+    models = [_pair(seed=i, input_size=3, hidden_size=4, num_layers=2)[1] for i in range(3)]
+    params, _ = stack_module_state(models)
+    x = torch.randn(5, 2, 3, dtype=f64)
+    got = vmap(lambda p: functional_call(models[0], p, (x,)))(params)
+    want = [m(x) for m in models]
+    _assert_close(got, tuple(torch.stack(w) for w in zip(*want, strict=True)))
 
 
 def test_cell_jvp_and_grad_match_nn_rnncell():

@@ -801,6 +801,90 @@ rnn_layer_grads.register_autograd(
 )
 
 
+def _fold_rows(t: Tensor, batch_sizes: Tensor, B: int) -> Tensor:
+    """[V, N, n] rows of V problems as the rows of one problem of batch V * B: at each step,
+    sequence b of problem v at position b * V + v, so that the active sequences of a packed
+    step stay a prefix (the ones longer than t, all V copies of each)."""
+    V, N = t.shape[0], t.shape[1]
+    if batch_sizes.numel() == 0:  # [V, T, B, n] -> [T, B, V, n]
+        return t.reshape(V, N // B, B, -1).permute(1, 2, 0, 3).reshape(V * N, -1)
+    return t.reshape(V * N, -1).index_select(0, _fold_index(V, N, batch_sizes).to(t.device))
+
+
+def _unfold_rows(t: Tensor, V: int, batch_sizes: Tensor, B: int) -> Tensor:
+    """The inverse of :func:`_fold_rows`: [V * N, n] -> [V, N, n]."""
+    N = t.shape[0] // V
+    if batch_sizes.numel() == 0:
+        return t.reshape(N // B, B, V, -1).permute(2, 0, 1, 3).reshape(V, N, -1)
+    index = _fold_index(V, N, batch_sizes).to(t.device)
+    return t.new_empty(t.shape).index_copy(0, index, t).reshape(V, N, -1)
+
+
+def _fold_index(V: int, N: int, batch_sizes: Tensor) -> Tensor:
+    """Row of the [V * N] stacked problems that each folded row takes (see _fold_rows)."""
+    T = batch_sizes.shape[0]
+    offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
+    step = torch.repeat_interleave(torch.arange(T), batch_sizes * V)  # step of each row
+    within = torch.arange(V * N) - V * offsets[step]  # position b * V + v in its step
+    return (within % V) * N + offsets[step] + within // V
+
+
+def _fold_states(t: Tensor) -> Tensor:
+    """[V, B, H] states -> [B * V, H], sequence b of problem v at b * V + v."""
+    return t.transpose(0, 1).reshape(-1, t.shape[-1])
+
+
+def _unfold_states(t: Tensor, V: int) -> Tensor:
+    return t.reshape(-1, V, t.shape[-1]).transpose(0, 1)
+
+
+def _stacked(t: Tensor, in_dim: int | None, V: int) -> Tensor:
+    """``t`` with its vmapped dimension first (an unbatched one expanded, not copied)."""
+    return t.movedim(in_dim, 0) if in_dim is not None else t.expand(V, *t.shape)
+
+
+def _vmap_loop(op, info, in_dims, args):
+    """One op call per vmapped problem, stacked: for batched weights or batch_sizes."""
+    outputs = [
+        op(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims, strict=True)))
+        for i in range(info.batch_size)
+    ]
+    return tuple(torch.stack(o) for o in zip(*outputs, strict=True)), (0, 0)
+
+
+@rnn_layer_forward.register_vmap
+def _(info, in_dims, x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
+    """torch.vmap over the forward op: V problems sharing the weights run as one of batch
+    V * B (one kernel call); with batched weights, one call per problem."""
+    args = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+    V = info.batch_size
+    h0s = _stacked(h0, in_dims[5], V)
+    B = h0s.shape[1]
+    if any(d is not None for d in in_dims[1:5]) or in_dims[6] is not None or not B * V:
+        return _vmap_loop(rnn_layer_forward, info, in_dims, args)
+    xs = _fold_rows(_stacked(x, in_dims[0], V), batch_sizes, B)
+    steps = batch_sizes * V if batch_sizes.numel() else batch_sizes
+    h, hn = rnn_layer_forward(xs, w_ih, w_hh, b_ih, b_hh, _fold_states(h0s), steps, reverse,
+                              nonlinearity)  # fmt: skip
+    return (_unfold_rows(h, V, batch_sizes, B), _unfold_states(hn, V)), (0, 0)
+
+
+@rnn_layer_backward.register_vmap
+def _(info, in_dims, w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
+    """torch.vmap over the BPTT op (jacrev, per-sample gradients): folded as the forward."""
+    args = (w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
+    V = info.batch_size
+    g_hn = _stacked(grad_hn, in_dims[3], V)
+    B = g_hn.shape[1]
+    if in_dims[0] is not None or in_dims[4] is not None or not B * V:
+        return _vmap_loop(rnn_layer_backward, info, in_dims, args)
+    hs = _fold_rows(_stacked(h, in_dims[1], V), batch_sizes, B)
+    gs = _fold_rows(_stacked(grad_h, in_dims[2], V), batch_sizes, B)
+    steps = batch_sizes * V if batch_sizes.numel() else batch_sizes
+    dP, dh0 = rnn_layer_backward(w_hh, hs, gs, _fold_states(g_hn), steps, reverse, nonlinearity)
+    return (_unfold_rows(dP, V, batch_sizes, B), _unfold_states(dh0, V)), (0, 0)
+
+
 # Autocast policy: both ops are "float32 ops", like those on autocast's fp32 list. Inside
 # an autocast region their float16/bfloat16 inputs are cast to float32 (float64 is left
 # alone) and they run with autocast off, so the input GEMM, the recurrence and its state

@@ -256,6 +256,41 @@ def test_cell_jvp_and_grad_match_nn_rnncell():
     _assert_close(results[1], results[0])
 
 
+def test_zero_hidden_size_cell_under_every_transform():
+    """RNNCell(3, 0): empty tangents, gradients and hessians as torch.nn.RNNCell's (found
+    by review: the forward-mode rule and the vmap rules reshaped empty tensors)."""
+    ref, ours = _pair(cell=True, input_size=3, hidden_size=0)
+    x = torch.randn(2, 3, dtype=f64)
+    for module in (ref, ours):
+        _, tangent = jvp(module, (x,), (torch.ones_like(x),))
+        assert tangent.shape == (2, 0)
+        with fwAD.dual_level():
+            assert fwAD.unpack_dual(module(fwAD.make_dual(x, x))).tangent.shape == (2, 0)
+        h = hessian(lambda a, m=module: m(a).sum())(x)
+        assert torch.equal(h, torch.zeros(2, 3, 2, 3, dtype=f64))
+    # vmap (torch.nn.RNNCell's goes through torch's fallback) and vmap(grad), which
+    # torch.nn.RNNCell fails on: empty outputs, a zero input gradient.
+    assert vmap(ours)(torch.stack([x, x])).shape == (2, 2, 0)
+    g = vmap(grad(lambda a: ours(a).sum()))(torch.stack([x, x]))
+    assert torch.equal(g, torch.zeros(2, 2, 3, dtype=f64))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compiled_grad_of_a_model_runs_and_matches_eager():
+    """torch.compile of torch.func.grad over the model: the layers run eagerly inside it (a
+    graph break), with the eager results; torch.nn.RNN behaves the same way."""
+    _, ours = _pair(input_size=3, hidden_size=4)
+    params = {n: p.detach() for n, p in ours.named_parameters()}
+    x = torch.randn(5, 2, 3, dtype=f64)
+
+    def loss(p, a):
+        return functional_call(ours, p, (a,))[0].square().sum()
+
+    torch._dynamo.reset()
+    got = torch.compile(grad(loss))(params, x)
+    _assert_close(list(got.values()), list(grad(loss)(params, x).values()))
+
+
 @pytest.mark.parametrize(
     "transform",
     [

@@ -476,11 +476,16 @@ def _prev_states(h: Tensor, h0: Tensor, batch_sizes: Tensor, reverse: bool) -> T
         index = torch.where(continues, offsets[nxt] + seq, N + seq)
     else:
         index = torch.where(step > 0, offsets[(step - 1).clamp(min=0)] + seq, N + seq)
-    if h.is_cuda:
-        # Pinned and non_blocking: a pageable copy would stall the host until the GPU has
-        # finished the BPTT kernel queued before it.
-        index = index.pin_memory().to(h.device, non_blocking=True)
-    return torch.cat([h, h0]).index_select(0, index)
+    return torch.cat([h, h0]).index_select(0, _index_on(index, h.device))
+
+
+def _index_on(index: Tensor, device: torch.device) -> Tensor:
+    """A row index built on the CPU, on ``device``. For CUDA pinned and non_blocking: a
+    pageable copy would stall the host until the GPU has finished the kernels queued
+    before it (the BPTT)."""
+    if device.type == "cpu":
+        return index
+    return index.pin_memory().to(device, non_blocking=True)
 
 
 def _last_index(N: int, B: int, batch_sizes: Tensor, reverse: bool) -> Tensor:
@@ -497,8 +502,21 @@ def _last_index(N: int, B: int, batch_sizes: Tensor, reverse: bool) -> Tensor:
 def _last_rows(h: Tensor, B: int, batch_sizes: Tensor, reverse: bool) -> Tensor:
     """[B, H]: each sequence's row at its last step (what the forward pass returns as hn);
     with ``not reverse``, at its first step."""
-    index = _last_index(h.shape[0], B, batch_sizes, reverse)
-    return h.index_select(0, index.to(h.device))
+    if reverse:
+        return h[:B]
+    if batch_sizes.numel() == 0:
+        return h[h.shape[0] - B :]
+    return h.index_select(0, _index_on(_last_index(h.shape[0], B, batch_sizes, False), h.device))
+
+
+def _add_to_last_rows(e: Tensor, g: Tensor, batch_sizes: Tensor, reverse: bool) -> Tensor:
+    """``e`` [N, H] with ``g`` [B, H] added to each sequence's row at its last step."""
+    N, B = e.shape[0], g.shape[0]
+    if reverse:
+        return torch.cat((e[:B] + g, e[B:]))
+    if batch_sizes.numel() == 0:
+        return torch.cat((e[: N - B], e[N - B :] + g))
+    return e.index_add(0, _index_on(_last_index(N, B, batch_sizes, False), e.device), g)
 
 
 def _setup_context(ctx, inputs, output):
@@ -790,7 +808,8 @@ rnn_layer_forward.register_autograd(_backward, setup_context=_setup_context)
 def _no_double_backward(ctx, *grads):
     raise RuntimeError(
         "fusedrnn: double backward through the fused rnn_layer_grads op is not supported; "
-        "rnn_layer, the modules and the rnn_layer_backward op are differentiable to any order"
+        "rnn_layer and the modules are differentiable to any order (and the "
+        "rnn_layer_backward op in reverse mode)"
     )
 
 
@@ -805,19 +824,20 @@ def _fold_rows(t: Tensor, batch_sizes: Tensor, B: int) -> Tensor:
     """[V, N, n] rows of V problems as the rows of one problem of batch V * B: at each step,
     sequence b of problem v at position b * V + v, so that the active sequences of a packed
     step stay a prefix (the ones longer than t, all V copies of each)."""
-    V, N = t.shape[0], t.shape[1]
+    V, N, n = t.shape
     if batch_sizes.numel() == 0:  # [V, T, B, n] -> [T, B, V, n]
-        return t.reshape(V, N // B, B, -1).permute(1, 2, 0, 3).reshape(V * N, -1)
-    return t.reshape(V * N, -1).index_select(0, _fold_index(V, N, batch_sizes).to(t.device))
+        return t.reshape(V, N // B, B, n).permute(1, 2, 0, 3).reshape(V * N, n)
+    index = _index_on(_fold_index(V, N, batch_sizes), t.device)
+    return t.reshape(V * N, n).index_select(0, index)
 
 
 def _unfold_rows(t: Tensor, V: int, batch_sizes: Tensor, B: int) -> Tensor:
     """The inverse of :func:`_fold_rows`: [V * N, n] -> [V, N, n]."""
-    N = t.shape[0] // V
+    N, n = t.shape[0] // V, t.shape[1]
     if batch_sizes.numel() == 0:
-        return t.reshape(N // B, B, V, -1).permute(2, 0, 1, 3).reshape(V, N, -1)
-    index = _fold_index(V, N, batch_sizes).to(t.device)
-    return t.new_empty(t.shape).index_copy(0, index, t).reshape(V, N, -1)
+        return t.reshape(N // B, B, V, n).permute(2, 0, 1, 3).reshape(V, N, n)
+    index = _index_on(_fold_index(V, N, batch_sizes), t.device)
+    return t.new_empty(t.shape).index_copy(0, index, t).reshape(V, N, n)
 
 
 def _fold_index(V: int, N: int, batch_sizes: Tensor) -> Tensor:
@@ -831,11 +851,12 @@ def _fold_index(V: int, N: int, batch_sizes: Tensor) -> Tensor:
 
 def _fold_states(t: Tensor) -> Tensor:
     """[V, B, H] states -> [B * V, H], sequence b of problem v at b * V + v."""
-    return t.transpose(0, 1).reshape(-1, t.shape[-1])
+    V, B, H = t.shape
+    return t.transpose(0, 1).reshape(B * V, H)
 
 
 def _unfold_states(t: Tensor, V: int) -> Tensor:
-    return t.reshape(-1, V, t.shape[-1]).transpose(0, 1)
+    return t.reshape(t.shape[0] // V, V, t.shape[1]).transpose(0, 1)
 
 
 def _stacked(t: Tensor, in_dim: int | None, V: int) -> Tensor:
@@ -954,11 +975,8 @@ class _BPTT(torch.autograd.Function):
     @staticmethod
     def _pre_activation_grad(ctx, w_hh, grad_h, grad_hn, batch_sizes, dP):
         """e = g + d_next W + g_hn scattered to each sequence's last step."""
-        B = grad_hn.shape[0]
         d_next = _prev_states(dP, torch.zeros_like(grad_hn), batch_sizes, not ctx.reverse)
-        e = grad_h + d_next @ w_hh
-        index = _last_index(dP.shape[0], B, batch_sizes, ctx.reverse).to(dP.device)
-        return e.index_add(0, index, grad_hn)
+        return _add_to_last_rows(grad_h + d_next @ w_hh, grad_hn, batch_sizes, ctx.reverse)
 
     @staticmethod
     def backward(ctx, c, c0):
@@ -1044,6 +1062,8 @@ class _FuncLayer(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, dx, dw_ih, dw_hh, db_ih, db_hh, dh0, *_):
         x, w_ih, w_hh, h0, h, batch_sizes = ctx.saved_tensors
+        if h.shape[1] == 0:  # H = 0 (torch.nn.RNNCell allows it): nothing to propagate
+            return torch.zeros_like(h), torch.zeros_like(h0)
         terms = []
         if dx is not None:
             terms.append(dx @ w_ih.t())
@@ -1073,6 +1093,15 @@ def _func_or_forward_ad() -> bool:
     through :class:`_FuncLayer` (the registered op's own autograd cannot run under the
     former and has no forward-mode rule for the latter)."""
     return _forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+
+
+@torch.compiler.disable
+def _func_layer(args):
+    """rnn_layer under torch.func or forward AD. Never traced by torch.compile (which
+    cannot trace the transforms' interpreter stack or this Function's jvp): a compiled
+    torch.func transform of a model runs the layers eagerly, as for torch.nn.RNN."""
+    _refuse_forward_over_forward()
+    return _FuncLayer.apply(*args)
 
 
 def _refuse_forward_over_forward() -> None:
@@ -1180,8 +1209,7 @@ def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonline
     args = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
     if _func_or_forward_ad():
         _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
-        _refuse_forward_over_forward()
-        return _FuncLayer.apply(*args)
+        return _func_layer(args)
     if not _plain_eager(x, w_ih, w_hh, b_ih, b_hh, h0):
         # The dispatcher would reject a non-tensor before the checks could name it.
         _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)

@@ -13,23 +13,18 @@ batch. Times (minimum of ``--repeats`` calls, after one warm-up):
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import torch
+from cpu_cases import min_time
 from torch.func import functional_call, grad, vmap
 
 import fusedrnn
 
 
 def _best(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
+    """Milliseconds of the fastest of ``repeats`` calls, after a warm-up call."""
+    return min_time(fn, repeats) * 1e3
 
 
 def main() -> None:

@@ -4,9 +4,9 @@ jvp / jacfwd / ``torch.autograd.forward_ad`` run fusedrnn's own forward-mode rul
 BPTT-shaped recurrence walked forwards); grad / vjp / jacrev / vmap run the registered ops
 through an autograd.Function that torch.func accepts. Every check is against torch.nn.RNN
 in float64 (for packed input, against torch.nn.RNN on each sequence alone, since torch.nn.RNN
-has no forward-mode rule for packed input). Second derivatives with at most one forward level
-(hessian, jacrev of jacrev or of jacfwd) match torch.nn.RNN's; forward over forward, which torch
-gets wrong through any autograd.Function, must raise.
+has no forward-mode rule for packed input). Second derivatives match torch.nn.RNN's: on the
+kernels with at most one forward level (hessian, jacrev of jacrev or of jacfwd); as torch ops
+for forward over forward, which torch gets wrong through any autograd.Function.
 """
 
 from __future__ import annotations
@@ -308,22 +308,47 @@ def test_second_derivatives_match_nn_rnn(transform, nonlinearity):
     _assert_close(results[1], results[0])
 
 
-@pytest.mark.parametrize(
-    "transform",
-    [
-        pytest.param(lambda f, x, t: jacfwd(jacfwd(f))(x), id="jacfwd_jacfwd"),
-        pytest.param(
-            lambda f, x, t: jvp(lambda a: jvp(f, (a,), (t,))[1], (x,), (t,)), id="jvp_jvp"
-        ),
-    ],
-)
-def test_forward_over_forward_is_refused(transform):
-    """torch drops the inner tangents' own tangents through an autograd.Function
-    (pytorch/pytorch#197867): a wrong result is refused, not returned."""
-    _, ours = _pair(input_size=2, hidden_size=3, num_layers=2)
-    x = torch.randn(4, 1, 2, dtype=f64)
-    with pytest.raises(RuntimeError, match=r"forward-mode derivatives of forward-mode"):
-        transform(lambda a: ours(a)[0].square().sum(), x, torch.ones_like(x))
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_forward_over_forward_matches_nn_rnn(nonlinearity):
+    """jacfwd of jacfwd and jvp of jvp: torch drops nested tangents through an
+    autograd.Function (pytorch/pytorch#197867), so the layers then run as torch ops; the
+    values must be nn.RNN's, which the Function path got wrong for two layers."""
+    ref, ours = _pair(input_size=2, hidden_size=3, num_layers=2, bidirectional=True,
+                      nonlinearity=nonlinearity)  # fmt: skip
+    x = torch.randn(4, 2, 2, dtype=f64)
+    t = torch.randn_like(x)
+    results = []
+    for m in (ref, ours):
+
+        def f(a, m=m):
+            return m(a)[0].square().sum()
+
+        results.append(
+            (jacfwd(jacfwd(f))(x), jvp(lambda a, f=f: jvp(f, (a,), (t,))[1], (x,), (t,))[1])
+        )
+    _assert_close(results[1], results[0])
+
+
+def test_forward_over_forward_on_packed_input_matches_each_sequence_alone():
+    """The second directional derivative of a loss that sums over the sequences is the sum
+    of each sequence's own, computed by torch.nn.RNN on that sequence unbatched."""
+    _, ours = _pair(input_size=2, hidden_size=3, num_layers=2, bidirectional=True)
+    ref = ours.to_torch()
+    lengths = torch.tensor([4, 3, 1])
+    packed = pack_padded_sequence(torch.randn(4, 3, 2, dtype=f64), lengths)
+    t = torch.randn_like(packed.data)
+
+    def second(f, d, u):
+        return jvp(lambda a: jvp(f, (a,), (u,))[1], (d,), (u,))[1]
+
+    got = second(lambda d: ours(PackedSequence(d, packed.batch_sizes))[1].square().sum(),
+                 packed.data, t)  # fmt: skip
+    offsets = torch.cumsum(packed.batch_sizes, 0) - packed.batch_sizes
+    want = sum(
+        second(lambda a: ref(a)[1].square().sum(), packed.data[offsets[:n] + b], t[offsets[:n] + b])
+        for b, n in enumerate(lengths.tolist())
+    )
+    _assert_close(got, want)
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])

@@ -561,7 +561,7 @@ def _backward(ctx, grad_h, grad_hn):
     B = ctx.B
     fused = not h.is_cuda and h.dtype in KERNEL_DTYPES and h.numel() and B
     # The eager path may call the kernels directly unless a graph of this backward is being
-    # recorded (create_graph=True): then the ops, whose own backward refuses clearly.
+    # recorded (create_graph=True): then the differentiable BPTT (see _backward_rows).
     eager = getattr(ctx, "eager", False) and not torch.is_grad_enabled()
     if fused and eager:  # the kernel reads absent gradients and an absent h0 as zeros
         dx, dw_ih, dw_hh, db, dh0 = _grads_impl(
@@ -1100,31 +1100,53 @@ def _func_layer(args):
     """rnn_layer under torch.func or forward AD. Never traced by torch.compile (which
     cannot trace the transforms' interpreter stack or this Function's jvp): a compiled
     torch.func transform of a model runs the layers eagerly, as for torch.nn.RNN."""
-    _refuse_forward_over_forward()
+    if _nested_forward_mode():
+        check_layer_args(*args[:7], args[8])  # the kernels' checks: the same errors
+        return _torch_layer(*args)
     return _FuncLayer.apply(*args)
 
 
-def _refuse_forward_over_forward() -> None:
-    """Forward mode nested in forward mode (jacfwd of jacfwd, jvp of jvp) through an
-    autograd.Function drops the inner tangents' own tangents in torch (pytorch/pytorch
-    #197867, open): the result would be silently wrong, so it is refused. One forward
-    level with any number of reverse levels (hessian, jacrev of jacfwd) is right."""
+def _nested_forward_mode() -> bool:
+    """Forward mode nested in forward mode (jacfwd of jacfwd, jvp of jvp): through an
+    autograd.Function torch drops the inner tangents' own tangents (pytorch/pytorch#197867,
+    open), so the layer then runs as torch ops (:func:`_torch_layer`). One forward level
+    with any number of reverse levels (hessian, jacrev of jacfwd) goes through the kernels."""
     # torch.func's jvp levels all share one forward-AD dual level (and torch refuses a
     # user's dual level around them): count its Jvp interpreters.
     if not torch._C._are_functorch_transforms_active():
-        return
+        return False
     from torch._C._functorch import TransformType
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
     interpreters = retrieve_all_functorch_interpreters()
-    if sum(i.key() == TransformType.Jvp for i in interpreters) > 1:
-        _fail(
-            RuntimeError,
-            "forward-mode derivatives of forward-mode derivatives (jacfwd of jacfwd, jvp of "
-            "jvp) are not supported: torch drops the inner tangents' tangents through an "
-            "autograd.Function (pytorch/pytorch#197867); use jacrev for one of the two, "
-            "e.g. torch.func.hessian (jacfwd of jacrev)",
-        )
+    return sum(i.key() == TransformType.Jvp for i in interpreters) > 1
+
+
+def _torch_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
+    """The layer as torch ops, one step at a time (the kernels' math, torch's derivative
+    rules for every transform): for nested forward mode only, where speed does not count."""
+    phi = torch.tanh if nonlinearity == "tanh" else torch.relu
+    p = x @ w_ih.t()
+    for b in (b_ih, b_hh):
+        if b is not None:
+            p = p + b
+    B = h0.shape[0]
+    steps = batch_sizes.tolist() if batch_sizes.numel() else [B] * (x.shape[0] // max(B, 1))
+    starts = [0]
+    for n in steps[:-1]:
+        starts.append(starts[-1] + n)
+    outs: list[Tensor] = [p[:0]] * len(steps)
+    state = h0 if not reverse else h0[:0]  # the latest state of each sequence so far
+    for t in reversed(range(len(steps))) if reverse else range(len(steps)):
+        n = steps[t]
+        if reverse:  # sequences joining at t start from their h0 rows
+            state = torch.cat((state, h0[state.shape[0] : n]))
+        h = phi(p[starts[t] : starts[t] + n] + state[:n] @ w_hh.t())
+        outs[t] = h
+        state = torch.cat((h, state[n:]))
+    if reverse:  # every sequence has ended at t = 0
+        state = torch.cat((state, h0[state.shape[0] :]))
+    return torch.cat(outs), state
 
 
 PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)

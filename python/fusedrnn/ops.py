@@ -873,8 +873,8 @@ def _vmap_loop(op, info, in_dims, args):
     return tuple(torch.stack(o) for o in zip(*outputs, strict=True)), (0, 0)
 
 
-@rnn_layer_forward.register_vmap
-def _(info, in_dims, x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
+def _vmap_forward(info, in_dims, x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse,
+                  nonlinearity):  # fmt: skip
     """torch.vmap over the forward op: V problems sharing the weights run as one of batch
     V * B (one kernel call); with batched weights, one call per problem."""
     args = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
@@ -890,8 +890,7 @@ def _(info, in_dims, x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlin
     return (_unfold_rows(h, V, batch_sizes, B), _unfold_states(hn, V)), (0, 0)
 
 
-@rnn_layer_backward.register_vmap
-def _(info, in_dims, w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
+def _vmap_backward(info, in_dims, w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
     """torch.vmap over the BPTT op (jacrev, per-sample gradients): folded as the forward."""
     args = (w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
     V = info.batch_size
@@ -904,6 +903,13 @@ def _(info, in_dims, w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearit
     steps = batch_sizes * V if batch_sizes.numel() else batch_sizes
     dP, dh0 = rnn_layer_backward(w_hh, hs, gs, _fold_states(g_hn), steps, reverse, nonlinearity)
     return (_unfold_rows(dP, V, batch_sizes, B), _unfold_states(dh0, V)), (0, 0)
+
+
+# CustomOpDef.register_vmap is newer than some torch versions this package supports;
+# without it, vmap batches the ops with torch's per-problem fallback (slower, and it warns).
+if hasattr(rnn_layer_forward, "register_vmap"):
+    rnn_layer_forward.register_vmap(_vmap_forward)
+    rnn_layer_backward.register_vmap(_vmap_backward)
 
 
 # Autocast policy: both ops are "float32 ops", like those on autocast's fp32 list. Inside

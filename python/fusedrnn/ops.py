@@ -820,6 +820,9 @@ rnn_layer_grads.register_autograd(
 )
 
 
+# ---- torch.vmap rules for the recurrence ops ---------------------------------------------
+
+
 def _fold_rows(t: Tensor, batch_sizes: Tensor, B: int) -> Tensor:
     """[V, N, n] rows of V problems as the rows of one problem of batch V * B: at each step,
     sequence b of problem v at position b * V + v, so that the active sequences of a packed
@@ -946,6 +949,9 @@ class _EagerLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_h, grad_hn):
         return (*_backward(ctx, grad_h, grad_hn), None)
+
+
+# ---- derivatives under torch.func, forward mode and second order -------------------------
 
 
 class _BPTT(torch.autograd.Function):

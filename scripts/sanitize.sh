@@ -33,7 +33,7 @@ export PYTHONPATH=$PWD/$stage${PYTHONPATH:+:$PYTHONPATH}
 
 if [ $# -eq 0 ]; then
   set -- tests/test_kernels.py tests/test_ops.py tests/test_dropin.py tests/test_reliability.py \
-    tests/test_cpu_kernels.py \
+    tests/test_cpu_kernels.py tests/test_func.py tests/test_gradcheck.py \
     tests/test_fuzz.py
 fi
 # An editable install puts an import hook ahead of PYTHONPATH: a sitecustomize in the

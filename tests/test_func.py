@@ -308,6 +308,47 @@ def test_second_derivatives_match_nn_rnn(transform, nonlinearity):
     _assert_close(results[1], results[0])
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_nested_reverse_mode_matches_nn_rnn(bidirectional, monkeypatch):
+    """grad of grad, jacrev of grad, a MAML-style outer backward through torch.func.grad,
+    and a third derivative with create_graph: nn.RNN's values. The recorded backward runs
+    the fused gradients op (its derivatives recompute the differentiable path)."""
+    from fusedrnn import ops
+
+    calls = []
+    fused = ops.rnn_layer_grads
+    monkeypatch.setattr(ops, "rnn_layer_grads", lambda *a: calls.append(1) or fused(*a))
+    ref, ours = _pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=bidirectional)
+    x = torch.randn(5, 2, 3, dtype=f64)
+    results = []
+    for m in (ref, ours):
+
+        def f(a, m=m):
+            return m(a)[0].square().sum()
+
+        def inner(p, m=m):
+            return functional_call(m, p, (x,))[0].square().sum()
+
+        params = {k: v.detach().clone().requires_grad_() for k, v in m.named_parameters()}
+        calls.clear()
+        g = grad(inner)(params)
+        assert bool(calls) == (m is ours)  # the fused op ran under torch.func.grad
+        functional_call(m, {k: params[k] - 0.1 * g[k] for k in params}, (x,))[0].sum().backward()
+        xr = x.clone().requires_grad_()
+        (g1,) = torch.autograd.grad(f(xr), xr, create_graph=True)
+        (g2,) = torch.autograd.grad(g1.square().sum(), xr, create_graph=True)
+        (g3,) = torch.autograd.grad(g2.sum(), xr)
+        results.append(
+            (
+                grad(lambda a, f=f: grad(f)(a).square().sum())(x),
+                jacrev(grad(f))(x),
+                [params[k].grad for k in params],
+                g3,
+            )
+        )
+    _assert_close(results[1], results[0])
+
+
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_forward_over_forward_matches_nn_rnn(nonlinearity):
     """jacfwd of jacfwd and jvp of jvp: torch drops nested tangents through an

@@ -598,9 +598,17 @@ def _backward_rows(ctx, needs, B, fused, eager, x, w_ih, w_hh, h0, h, batch_size
         dP, dh0 = torch.zeros_like(h), torch.zeros_like(h0)
         return _generic_grads(ctx, needs, dP, dh0, x, w_ih, h0, h, batch_sizes)
     args = (w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity)
+    if torch.is_grad_enabled() and fused and _reverse_levels_only():
+        # A graph of this backward is recorded (create_graph=True, torch.func.grad): the
+        # fused op, whose own derivatives recompute the differentiable path below.
+        dx, dw_ih, dw_hh, db, dh0 = _FusedGrads.apply(
+            x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
+            ctx.nonlinearity, needs[0], needs[1], needs[2], needs[3] or needs[4],
+        )  # fmt: skip
+        return (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
     if torch.is_grad_enabled():
-        # A graph of this backward is being recorded (create_graph=True, torch.func): the
-        # differentiable BPTT and torch's GEMMs, so second derivatives are nn.RNN's.
+        # Recorded under forward mode or vmap (or not a kernel dtype): the differentiable
+        # BPTT and torch's GEMMs, so second derivatives are nn.RNN's.
         dP, dh0 = _BPTT.apply(*args)
     elif fused:
         dx, dw_ih, dw_hh, db, dh0 = rnn_layer_grads(
@@ -1038,6 +1046,70 @@ class _BPTT(torch.autograd.Function):
 rnn_layer_backward.register_autograd(_BPTT.backward, setup_context=_BPTT.setup_context)
 
 
+def _recorded_grads(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
+                    need_dx, need_dw_ih, need_dw_hh, need_db):  # fmt: skip
+    """rnn_layer_grads' results through the differentiable BPTT and torch's GEMMs."""
+    dP, dh0 = _BPTT.apply(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
+    return (
+        dP @ w_ih if need_dx else None,
+        dP.t() @ x if need_dw_ih else None,
+        _prev_state_grad(dP, h, h0, batch_sizes, reverse) if need_dw_hh else None,
+        dP.sum(0) if need_db else None,
+        dh0,
+    )
+
+
+class _FusedGrads(torch.autograd.Function):
+    """The fused gradients op (:func:`rnn_layer_grads`) where a graph of the backward is
+    recorded: the fused kernels for the gradients themselves, and for their derivatives a
+    recomputation through :func:`_recorded_grads` (differentiable to any order)."""
+
+    @staticmethod
+    def forward(*args):
+        return rnn_layer_grads(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:8])
+        ctx.flags = inputs[8:]
+
+    @staticmethod
+    def backward(ctx, *cotangents):
+        saved = list(ctx.saved_tensors)
+        tensors, batch_sizes = saved[:7], saved[7]
+        flags = ctx.flags
+        wanted = [i for i in range(7) if tensors[i] is not None and ctx.needs_input_grad[i]]
+        present = [flags[2], flags[3], flags[4], flags[5], True]  # dx, dw_ih, dw_hh, db, dh0
+
+        def grads_of(*primals):
+            full = list(tensors)
+            for i, t in zip(wanted, primals, strict=True):
+                full[i] = t
+            outputs = _recorded_grads(*full, batch_sizes, *flags)
+            return tuple(o for o in outputs if o is not None)
+
+        _, pullback = torch.func.vjp(grads_of, *(tensors[i] for i in wanted))
+        # (Autograd materializes the cotangents of unused outputs as zeros.)
+        cots = tuple(c for c, p in zip(cotangents, present, strict=True) if p)
+        result = [None] * (8 + len(flags))
+        for i, g in zip(wanted, pullback(cots), strict=True):
+            result[i] = g
+        return tuple(result)
+
+
+def _reverse_levels_only() -> bool:
+    """Only reverse-mode levels are active (no forward-AD dual level, no torch.func jvp or
+    vmap): where :class:`_FusedGrads` may stand in for the differentiable path."""
+    if _forward_ad._current_level >= 0:
+        return False
+    if not torch._C._are_functorch_transforms_active():
+        return True
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return all(i.key() == TransformType.Grad for i in retrieve_all_functorch_interpreters())
+
+
 class _FuncLayer(torch.autograd.Function):
     """rnn_layer under torch.func transforms (grad, vjp, jacrev, jvp, jacfwd, vmap) and
     forward-mode AD (``torch.autograd.forward_ad``).
@@ -1415,8 +1487,8 @@ def _bi_grads(dx, grads):
 
 def _bi_backward_recorded(ctx, saved, grads):
     """_EagerBiLayer's backward while a graph of it is recorded (create_graph=True): each
-    direction through the differentiable BPTT (:class:`_BPTT`) and torch's GEMMs, as a
-    single layer's recorded backward does, so second derivatives are nn.RNN's."""
+    direction through :class:`_FusedGrads` (the fused kernels, differentiable again through
+    a recomputation), as a single layer's recorded backward does."""
     x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes = saved
     grad_out, *grad_hns = grads
     needs = ctx.needs_input_grad
@@ -1431,11 +1503,10 @@ def _bi_backward_recorded(ctx, saved, grads):
         h0 = out.new_zeros(B, H) if h0 is None else h0
         ghn = out.new_zeros(B, H) if ghn is None else ghn
         first = 1 + 4 * d
-        dP, dh0 = _BPTT.apply(w_hh, h, g, ghn, batch_sizes, d == 1, ctx.nonlinearity)
-        dxd = dP @ w_ih if needs[0] else None
-        dw_ih = dP.t() @ x if needs[first] else None
-        dw_hh = _prev_state_grad(dP, h, h0, batch_sizes, d == 1) if needs[first + 1] else None
-        db = dP.sum(0) if needs[first + 2] or needs[first + 3] else None
+        dxd, dw_ih, dw_hh, db, dh0 = _FusedGrads.apply(
+            x, w_ih, w_hh, h0, h, g, ghn, batch_sizes, d == 1, ctx.nonlinearity,
+            needs[0], needs[first], needs[first + 1], needs[first + 2] or needs[first + 3],
+        )  # fmt: skip
         if needs[0]:
             dx = dxd if dx is None else dx + dxd
         result.append(_direction_grads(needs, d, dw_ih, dw_hh, db, dh0))

@@ -1,13 +1,14 @@
-"""Per-sample gradients with torch.func: ``vmap(grad(loss))`` over a batch of sequences.
+"""torch.func with fusedrnn and torch.nn.RNN: per-sample gradients, and torch.func.grad.
 
-torch.nn.RNN cannot be vmapped (no batching rule for its op), so its per-sample gradients
-take one ``grad`` per sample; fusedrnn's ops have vmap rules that run the samples as one
-batch. Times (minimum of ``--repeats`` calls, after one warm-up):
+1. Per-sample gradients, ``vmap(grad(loss))`` over a batch of sequences. torch.nn.RNN cannot
+   be vmapped (no batching rule for its op), so its per-sample gradients take one ``grad``
+   per sample; fusedrnn's ops have vmap rules that run the samples as one batch.
+2. A training step's gradients as ``torch.func.grad(loss)(params)`` (functional training)
+   against ``loss.backward()``, for both modules.
 
-- fusedrnn: ``vmap(grad(loss))`` over the samples;
-- fusedrnn and torch.nn.RNN: a Python loop of ``grad(loss)``, one sample at a time.
+Times: minimum of ``--repeats`` calls, after one warm-up.
 
-    python benchmarks/per_sample_grads.py [--samples 64] [--seq 50] [--input 16] [--hidden 64]
+    python benchmarks/torch_func.py [--samples 64] [--seq 50] [--input 16] [--hidden 64]
 """
 
 from __future__ import annotations
@@ -58,9 +59,29 @@ def main() -> None:
     ]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.samples} samples"
           f" of T={args.seq}, I={args.input}, H={args.hidden}, float32")  # fmt: skip
-    print("| method | ms |\n|---|---|")
+    print("| per-sample gradients | ms |\n|---|---|")
     for name, ms in rows:
         print(f"| {name} | {ms:.1f} |")
+    print("\n| B-H-T, float32 | module | loss.backward() ms | torch.func.grad ms |")
+    print("|---|---|---|---|")
+    for B, H, T in ((8, 256, 100), (64, 256, 100), (64, 1024, 100)):
+        torch.manual_seed(0)
+        ref = torch.nn.RNN(H, H)
+        for name, module in (("fusedrnn.RNN", fusedrnn.RNN.from_torch(ref)), ("torch.nn.RNN", ref)):
+            x = torch.randn(T, B, H)
+            params = {k: p.detach() for k, p in module.named_parameters()}
+
+            def step(module=module, x=x):
+                module.zero_grad(set_to_none=True)
+                module(x)[0].sum().backward()
+
+            def func_loss(p, module=module, x=x):
+                return functional_call(module, p, (x,))[0].sum()
+
+            func_step = grad(func_loss)
+            eager = _best(step, args.repeats)
+            func = _best(lambda f=func_step, p=params: f(p), args.repeats)
+            print(f"| B{B}-H{H}-T{T} | {name} | {eager:.2f} | {func:.2f} |")
 
 
 if __name__ == "__main__":

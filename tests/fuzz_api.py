@@ -106,17 +106,22 @@ def test_layer_op_never_crashes(args):
     assert hn.shape == args["h0"].shape
 
 
-@st.composite
-def module_calls(draw):
-    config = dict(
-        input_size=draw(st.integers(1, 4)),
+def _module_config(draw, max_input: int, max_layers: int) -> dict:
+    """Random valid ``torch.nn.RNN`` constructor arguments."""
+    return dict(
+        input_size=draw(st.integers(1, max_input)),
         hidden_size=draw(st.integers(1, 4)),
-        num_layers=draw(st.integers(1, 3)),
+        num_layers=draw(st.integers(1, max_layers)),
         nonlinearity=draw(st.sampled_from(["tanh", "relu"])),
         bias=draw(st.booleans()),
         batch_first=draw(st.booleans()),
         bidirectional=draw(st.booleans()),
     )
+
+
+@st.composite
+def module_calls(draw):
+    config = _module_config(draw, max_input=4, max_layers=3)
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
     input_dtype = draw(st.sampled_from([dtype] * 6 + DTYPES))
     T, B = draw(st.integers(1, 5)), draw(st.integers(1, 4))
@@ -169,15 +174,7 @@ def test_module_matches_nn_rnn_or_both_raise(case):
 
 @st.composite
 def derivative_cases(draw):
-    config = dict(
-        input_size=draw(st.integers(1, 3)),
-        hidden_size=draw(st.integers(1, 4)),
-        num_layers=draw(st.integers(1, 2)),
-        nonlinearity=draw(st.sampled_from(["tanh", "relu"])),
-        bias=draw(st.booleans()),
-        batch_first=draw(st.booleans()),
-        bidirectional=draw(st.booleans()),
-    )
+    config = _module_config(draw, max_input=3, max_layers=2)
     T, B = draw(st.integers(1, 4)), draw(st.integers(1, 3))
     I, H = config["input_size"], config["hidden_size"]
     x = torch.randn((B, T, I) if config["batch_first"] else (T, B, I), dtype=torch.float64)

@@ -349,6 +349,37 @@ def test_nested_reverse_mode_matches_nn_rnn(bidirectional, monkeypatch):
     _assert_close(results[1], results[0])
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_batched_and_dual_gradients_through_the_eager_backward(bidirectional):
+    """The eager backward gets gradients batched by torch's legacy vmap (is_grads_batched,
+    autograd.functional with vectorize=True) or carrying forward-mode tangents: nn.RNN's
+    values, not raw pointers of wrapped tensors (found by review: a RuntimeError, a lost
+    tangent, and a missing jvp when a dual level surrounds create_graph)."""
+    ref, ours = _pair(input_size=3, hidden_size=4, bidirectional=bidirectional)
+    x = torch.randn(4, 2, 3, dtype=f64)
+    cotangents = torch.randn(5, 4, 2, 3, dtype=f64)
+    results = []
+    for m in (ref, ours):
+        xr = x.clone().requires_grad_()
+        (g1,) = torch.autograd.grad(m(xr)[0].tanh().sum(), xr, create_graph=True)
+        (batched,) = torch.autograd.grad(g1, xr, cotangents, is_grads_batched=True)
+        hessian = torch.autograd.functional.hessian(
+            lambda a, m=m: m(a)[0].tanh().sum(), x, vectorize=True
+        )
+        with fwAD.dual_level():
+            xr = x.clone().requires_grad_()
+            out, _ = m(xr)
+            v = fwAD.make_dual(torch.ones_like(out), torch.full_like(out, 0.5))
+            (gx,) = torch.autograd.grad(out, xr, v, create_graph=True)
+            first_tangent = fwAD.unpack_dual(gx).tangent
+            (g2,) = torch.autograd.grad(out.tanh().sum(), xr, create_graph=True)
+            w = fwAD.make_dual(torch.ones_like(g2), torch.full_like(g2, 0.5))
+            (h,) = torch.autograd.grad(g2, xr, w)
+            second_tangent = fwAD.unpack_dual(h).tangent
+        results.append((batched, hessian, first_tangent, second_tangent))
+    _assert_close(results[1], results[0])
+
+
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_forward_over_forward_matches_nn_rnn(nonlinearity):
     """jacfwd of jacfwd and jvp of jvp: torch drops nested tangents through an

@@ -561,8 +561,13 @@ def _backward(ctx, grad_h, grad_hn):
     B = ctx.B
     fused = not h.is_cuda and h.dtype in KERNEL_DTYPES and h.numel() and B
     # The eager path may call the kernels directly unless a graph of this backward is being
-    # recorded (create_graph=True): then the differentiable BPTT (see _backward_rows).
-    eager = getattr(ctx, "eager", False) and not torch.is_grad_enabled()
+    # recorded (create_graph=True) or the gradients are transformed (batched by vmap, as
+    # is_grads_batched does, or carrying forward-mode tangents): see _backward_rows.
+    eager = (
+        getattr(ctx, "eager", False)
+        and not _recorded_or_transformed()
+        and not _legacy_batched(grad_h, grad_hn)
+    )
     if fused and eager:  # the kernel reads absent gradients and an absent h0 as zeros
         dx, dw_ih, dw_hh, db, dh0 = _grads_impl(
             x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
@@ -606,9 +611,10 @@ def _backward_rows(ctx, needs, B, fused, eager, x, w_ih, w_hh, h0, h, batch_size
             ctx.nonlinearity, needs[0], needs[1], needs[2], needs[3] or needs[4],
         )  # fmt: skip
         return (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
-    if torch.is_grad_enabled():
-        # Recorded under forward mode or vmap (or not a kernel dtype): the differentiable
-        # BPTT and torch's GEMMs, so second derivatives are nn.RNN's.
+    if _recorded_or_transformed() or _legacy_batched(grad_h, grad_hn):
+        # Recorded under forward mode or vmap, or not a kernel dtype; or the gradients are
+        # batched or carry tangents: the differentiable BPTT (with vmap and forward-mode
+        # rules) and torch's GEMMs, so every derivative is nn.RNN's.
         dP, dh0 = _BPTT.apply(*args)
     elif fused:
         dx, dw_ih, dw_hh, db, dh0 = rnn_layer_grads(
@@ -1097,6 +1103,23 @@ class _FusedGrads(torch.autograd.Function):
         return tuple(result)
 
 
+_is_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
+
+
+def _legacy_batched(*tensors) -> bool:
+    """Some gradient is batched by torch's legacy vmap (``autograd.grad(...,
+    is_grads_batched=True)``, ``autograd.functional`` with ``vectorize=True``), which no
+    torch.func interpreter announces."""
+    return any(t is not None and _is_legacy_batched(t) for t in tensors)
+
+
+def _recorded_or_transformed() -> bool:
+    """A graph of the backward is recorded, or torch.func transforms or a forward-AD dual
+    level are active (batched or dual gradients): the kernels may not be called on raw
+    pointers then."""
+    return torch.is_grad_enabled() or _func_or_forward_ad()
+
+
 def _reverse_levels_only() -> bool:
     """Only reverse-mode levels are active (no forward-AD dual level, no torch.func jvp or
     vmap): where :class:`_FusedGrads` may stand in for the differentiable path."""
@@ -1416,7 +1439,7 @@ class _EagerBiLayer(torch.autograd.Function):
         x, out, grad_out = _as_rows(x), _as_rows(out), _as_rows(grad_out)
         saved = (x, *weights, out, batch_sizes)
         grads = (grad_out, grad_hnf, grad_hnb)
-        if torch.is_grad_enabled():  # create_graph=True: see _bi_backward_recorded
+        if _recorded_or_transformed() or _legacy_batched(*grads):  # see _bi_backward_recorded
             grads = _bi_backward_recorded(ctx, saved, grads)
         else:
             grads = _bi_backward_eager(ctx, saved, grads)
@@ -1486,9 +1509,9 @@ def _bi_grads(dx, grads):
 
 
 def _bi_backward_recorded(ctx, saved, grads):
-    """_EagerBiLayer's backward while a graph of it is recorded (create_graph=True): each
-    direction through :class:`_FusedGrads` (the fused kernels, differentiable again through
-    a recomputation), as a single layer's recorded backward does."""
+    """_EagerBiLayer's backward while a graph of it is recorded (create_graph=True) or its
+    gradients are transformed: each direction as a single layer's (:class:`_FusedGrads`
+    where only reverse-mode levels are active, else the differentiable path)."""
     x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes = saved
     grad_out, *grad_hns = grads
     needs = ctx.needs_input_grad
@@ -1503,7 +1526,12 @@ def _bi_backward_recorded(ctx, saved, grads):
         h0 = out.new_zeros(B, H) if h0 is None else h0
         ghn = out.new_zeros(B, H) if ghn is None else ghn
         first = 1 + 4 * d
-        dxd, dw_ih, dw_hh, db, dh0 = _FusedGrads.apply(
+        grads_fn = (
+            _FusedGrads.apply
+            if torch.is_grad_enabled() and _reverse_levels_only()
+            else _recorded_grads
+        )
+        dxd, dw_ih, dw_hh, db, dh0 = grads_fn(
             x, w_ih, w_hh, h0, h, g, ghn, batch_sizes, d == 1, ctx.nonlinearity,
             needs[0], needs[first], needs[first + 1], needs[first + 2] or needs[first + 3],
         )  # fmt: skip

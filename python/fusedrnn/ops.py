@@ -488,12 +488,8 @@ def _index_on(index: Tensor, device: torch.device) -> Tensor:
     return index.pin_memory().to(device, non_blocking=True)
 
 
-def _last_index(N: int, B: int, batch_sizes: Tensor, reverse: bool) -> Tensor:
-    """[B]: the row of each sequence's last step in the walk of direction ``reverse``."""
-    if reverse:  # every sequence ends at t = 0
-        return torch.arange(B)
-    if batch_sizes.numel() == 0:
-        return torch.arange(N - B, N)
+def _packed_last_index(B: int, batch_sizes: Tensor) -> Tensor:
+    """[B]: the row of each packed sequence's last time step (``batch_sizes`` non-empty)."""
     lengths = (batch_sizes[None, :] > torch.arange(B)[:, None]).sum(1)  # [B]
     offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
     return offsets[lengths - 1] + torch.arange(B)
@@ -506,7 +502,7 @@ def _last_rows(h: Tensor, B: int, batch_sizes: Tensor, reverse: bool) -> Tensor:
         return h[:B]
     if batch_sizes.numel() == 0:
         return h[h.shape[0] - B :]
-    return h.index_select(0, _index_on(_last_index(h.shape[0], B, batch_sizes, False), h.device))
+    return h.index_select(0, _index_on(_packed_last_index(B, batch_sizes), h.device))
 
 
 def _add_to_last_rows(e: Tensor, g: Tensor, batch_sizes: Tensor, reverse: bool) -> Tensor:
@@ -516,7 +512,7 @@ def _add_to_last_rows(e: Tensor, g: Tensor, batch_sizes: Tensor, reverse: bool) 
         return torch.cat((e[:B] + g, e[B:]))
     if batch_sizes.numel() == 0:
         return torch.cat((e[: N - B], e[N - B :] + g))
-    return e.index_add(0, _index_on(_last_index(N, B, batch_sizes, False), e.device), g)
+    return e.index_add(0, _index_on(_packed_last_index(B, batch_sizes), e.device), g)
 
 
 def _setup_context(ctx, inputs, output):
@@ -560,14 +556,11 @@ def _backward(ctx, grad_h, grad_hn):
     needs = ctx.needs_input_grad
     B = ctx.B
     fused = not h.is_cuda and h.dtype in KERNEL_DTYPES and h.numel() and B
-    # The eager path may call the kernels directly unless a graph of this backward is being
+    # The kernels may read the tensors by address unless a graph of this backward is
     # recorded (create_graph=True) or the gradients are transformed (batched by vmap, as
     # is_grads_batched does, or carrying forward-mode tangents): see _backward_rows.
-    eager = (
-        getattr(ctx, "eager", False)
-        and not _recorded_or_transformed()
-        and not _legacy_batched(grad_h, grad_hn)
-    )
+    transformed = _recorded_or_transformed() or _legacy_batched(grad_h, grad_hn)
+    eager = getattr(ctx, "eager", False) and not transformed
     if fused and eager:  # the kernel reads absent gradients and an absent h0 as zeros
         dx, dw_ih, dw_hh, db, dh0 = _grads_impl(
             x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
@@ -576,8 +569,8 @@ def _backward(ctx, grad_h, grad_hn):
         grads = (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
     else:  # the lean path's shapes (see _forward_impl's dims) as rows for the ops
         x, h, grad_h, grad_hn = (_as_rows(t) for t in (x, h, grad_h, grad_hn))
-        grads = _backward_rows(ctx, needs, B, fused, eager, x, w_ih, w_hh, h0, h, batch_sizes,
-                               grad_h, grad_hn)  # fmt: skip
+        grads = _backward_rows(ctx, needs, B, fused, eager, transformed, x, w_ih, w_hh, h0, h,
+                               batch_sizes, grad_h, grad_hn)  # fmt: skip
     dx = grads[0]
     if dx is None or ctx.x_shape is None or dx.shape == ctx.x_shape:
         return grads
@@ -590,8 +583,8 @@ def _as_rows(t: Tensor | None) -> Tensor | None:
     return t if t is None or t.dim() == 2 else t.reshape(-1, t.shape[-1])
 
 
-def _backward_rows(ctx, needs, B, fused, eager, x, w_ih, w_hh, h0, h, batch_sizes, grad_h,
-                   grad_hn):  # fmt: skip
+def _backward_rows(ctx, needs, B, fused, eager, transformed, x, w_ih, w_hh, h0, h, batch_sizes,
+                   grad_h, grad_hn):  # fmt: skip
     """``_backward`` through the ops or torch, on [N, I] x, [N, H] h and their gradients."""
     if h0 is None:
         h0 = h.new_zeros((B, h.shape[1]))
@@ -599,41 +592,43 @@ def _backward_rows(ctx, needs, B, fused, eager, x, w_ih, w_hh, h0, h, batch_size
         grad_h = torch.zeros_like(h)
     if grad_hn is None:
         grad_hn = torch.zeros_like(h0)
+    args = (x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity,
+            needs[0], needs[1], needs[2], needs[3] or needs[4])  # fmt: skip
     if h.shape[1] == 0:  # H = 0 (torch.nn.RNNCell allows it): every gradient is empty or 0
-        dP, dh0 = torch.zeros_like(h), torch.zeros_like(h0)
-        return _generic_grads(ctx, needs, dP, dh0, x, w_ih, h0, h, batch_sizes)
-    args = (w_hh, h, grad_h, grad_hn, batch_sizes, ctx.reverse, ctx.nonlinearity)
-    if torch.is_grad_enabled() and fused and _reverse_levels_only():
+        grads = _grads_via(_zero_bptt, *args)
+    elif fused and torch.is_grad_enabled() and _reverse_levels_only():
         # A graph of this backward is recorded (create_graph=True, torch.func.grad): the
-        # fused op, whose own derivatives recompute the differentiable path below.
-        dx, dw_ih, dw_hh, db, dh0 = _FusedGrads.apply(
-            x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
-            ctx.nonlinearity, needs[0], needs[1], needs[2], needs[3] or needs[4],
-        )  # fmt: skip
-        return (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
-    if _recorded_or_transformed() or _legacy_batched(grad_h, grad_hn):
+        # fused op, whose own derivatives recompute the differentiable path.
+        grads = _FusedGrads.apply(*args)
+    elif transformed:
         # Recorded under forward mode or vmap, or not a kernel dtype; or the gradients are
         # batched or carry tangents: the differentiable BPTT (with vmap and forward-mode
         # rules) and torch's GEMMs, so every derivative is nn.RNN's.
-        dP, dh0 = _BPTT.apply(*args)
+        grads = _recorded_grads(*args)
     elif fused:
-        dx, dw_ih, dw_hh, db, dh0 = rnn_layer_grads(
-            x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
-            ctx.nonlinearity, needs[0], needs[1], needs[2], needs[3] or needs[4],
-        )  # fmt: skip
-        return (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
+        grads = rnn_layer_grads(*args)
     else:
-        dP, dh0 = _backward_impl(*args) if eager else rnn_layer_backward(*args)
-    return _generic_grads(ctx, needs, dP, dh0, x, w_ih, h0, h, batch_sizes)
+        grads = _grads_via(_backward_impl if eager else rnn_layer_backward, *args)
+    return (*_input_grads(needs, *grads), None, None, None)
 
 
-def _generic_grads(ctx, needs, dP, dh0, x, w_ih, h0, h, batch_sizes):
-    """The input, weight and bias gradients from dP with torch's GEMMs (CUDA, empty sizes)."""
-    dx = dP @ w_ih if needs[0] else None
-    dw_ih = dP.t() @ x if needs[1] else None
-    dw_hh = _prev_state_grad(dP, h, h0, batch_sizes, ctx.reverse) if needs[2] else None
-    db = dP.sum(0) if needs[3] or needs[4] else None
-    return (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
+def _zero_bptt(w_hh, h, grad_h, grad_hn, *_):
+    """The BPTT at H = 0: no columns, every dP and dh0 is empty."""
+    return torch.zeros_like(h), torch.zeros_like(grad_hn)
+
+
+def _grads_via(bptt, x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
+               need_dx, need_dw_ih, need_dw_hh, need_db):  # fmt: skip
+    """rnn_layer_grads' results (None where not asked for) from ``bptt`` (the BPTT op's
+    arguments and results) and torch's GEMMs."""
+    dP, dh0 = bptt(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
+    return (
+        dP @ w_ih if need_dx else None,
+        dP.t() @ x if need_dw_ih else None,
+        _prev_state_grad(dP, h, h0, batch_sizes, reverse) if need_dw_hh else None,
+        dP.sum(0) if need_db else None,
+        dh0,
+    )
 
 
 def _input_grads(needs, dx, dw_ih, dw_hh, db, dh0):
@@ -827,8 +822,8 @@ def _no_double_backward(ctx, *grads):
     )
 
 
-# The fused gradients op is what a backward pass runs when nothing records it; a recorded
-# backward (create_graph=True, torch.func) runs _BPTT and torch's GEMMs instead.
+# Nothing differentiates through the fused gradients op: a recorded backward runs it inside
+# _FusedGrads (whose derivatives recompute the differentiable path) or runs that path.
 rnn_layer_grads.register_autograd(
     _no_double_backward, setup_context=lambda ctx, inputs, output: None
 )
@@ -890,43 +885,35 @@ def _vmap_loop(op, info, in_dims, args):
     return tuple(torch.stack(o) for o in zip(*outputs, strict=True)), (0, 0)
 
 
-def _vmap_forward(info, in_dims, x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse,
-                  nonlinearity):  # fmt: skip
-    """torch.vmap over the forward op: V problems sharing the weights run as one of batch
-    V * B (one kernel call); with batched weights, one call per problem."""
-    args = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+def _vmap_folded(op, rows, state, steps, info, in_dims, *args):
+    """torch.vmap over a recurrence op whose ``args[rows]`` are [N, n] rows, ``args[state]``
+    a [B, H] state and ``args[steps]`` the batch_sizes, returning (rows, state): when only
+    those rows and the state are batched, the V problems run as one of batch V * B (one
+    kernel call); with batched weights or batch_sizes, one call per problem."""
     V = info.batch_size
-    h0s = _stacked(h0, in_dims[5], V)
-    B = h0s.shape[1]
-    if any(d is not None for d in in_dims[1:5]) or in_dims[6] is not None or not B * V:
-        return _vmap_loop(rnn_layer_forward, info, in_dims, args)
-    xs = _fold_rows(_stacked(x, in_dims[0], V), batch_sizes, B)
-    steps = batch_sizes * V if batch_sizes.numel() else batch_sizes
-    h, hn = rnn_layer_forward(xs, w_ih, w_hh, b_ih, b_hh, _fold_states(h0s), steps, reverse,
-                              nonlinearity)  # fmt: skip
-    return (_unfold_rows(h, V, batch_sizes, B), _unfold_states(hn, V)), (0, 0)
-
-
-def _vmap_backward(info, in_dims, w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
-    """torch.vmap over the BPTT op (jacrev, per-sample gradients): folded as the forward."""
-    args = (w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
-    V = info.batch_size
-    g_hn = _stacked(grad_hn, in_dims[3], V)
-    B = g_hn.shape[1]
-    if in_dims[0] is not None or in_dims[4] is not None or not B * V:
-        return _vmap_loop(rnn_layer_backward, info, in_dims, args)
-    hs = _fold_rows(_stacked(h, in_dims[1], V), batch_sizes, B)
-    gs = _fold_rows(_stacked(grad_h, in_dims[2], V), batch_sizes, B)
-    steps = batch_sizes * V if batch_sizes.numel() else batch_sizes
-    dP, dh0 = rnn_layer_backward(w_hh, hs, gs, _fold_states(g_hn), steps, reverse, nonlinearity)
-    return (_unfold_rows(dP, V, batch_sizes, B), _unfold_states(dh0, V)), (0, 0)
+    states = _stacked(args[state], in_dims[state], V)
+    B = states.shape[1]
+    if any(d is not None for i, d in enumerate(in_dims) if i not in (*rows, state)) or not B * V:
+        return _vmap_loop(op, info, in_dims, args)
+    batch_sizes = args[steps]
+    folded = list(args)
+    for i in rows:
+        folded[i] = _fold_rows(_stacked(args[i], in_dims[i], V), batch_sizes, B)
+    folded[state] = _fold_states(states)
+    folded[steps] = batch_sizes * V if batch_sizes.numel() else batch_sizes
+    out_rows, out_state = op(*folded)
+    return (_unfold_rows(out_rows, V, batch_sizes, B), _unfold_states(out_state, V)), (0, 0)
 
 
 # CustomOpDef.register_vmap is newer than some torch versions this package supports;
 # without it, vmap batches the ops with torch's per-problem fallback (slower, and it warns).
 if hasattr(rnn_layer_forward, "register_vmap"):
-    rnn_layer_forward.register_vmap(_vmap_forward)
-    rnn_layer_backward.register_vmap(_vmap_backward)
+    # forward (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, ...) -> (h, hn); BPTT (w_hh, h,
+    # grad_h, grad_hn, batch_sizes, ...) -> (dP, dh0)
+    rnn_layer_forward.register_vmap(functools.partial(_vmap_folded, rnn_layer_forward, (0,), 5, 6))
+    rnn_layer_backward.register_vmap(
+        functools.partial(_vmap_folded, rnn_layer_backward, (1, 2), 3, 4)
+    )
 
 
 # Autocast policy: both ops are "float32 ops", like those on autocast's fp32 list. Inside
@@ -1052,17 +1039,9 @@ class _BPTT(torch.autograd.Function):
 rnn_layer_backward.register_autograd(_BPTT.backward, setup_context=_BPTT.setup_context)
 
 
-def _recorded_grads(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
-                    need_dx, need_dw_ih, need_dw_hh, need_db):  # fmt: skip
+def _recorded_grads(*args):
     """rnn_layer_grads' results through the differentiable BPTT and torch's GEMMs."""
-    dP, dh0 = _BPTT.apply(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
-    return (
-        dP @ w_ih if need_dx else None,
-        dP.t() @ x if need_dw_ih else None,
-        _prev_state_grad(dP, h, h0, batch_sizes, reverse) if need_dw_hh else None,
-        dP.sum(0) if need_db else None,
-        dh0,
-    )
+    return _grads_via(_BPTT.apply, *args)
 
 
 class _FusedGrads(torch.autograd.Function):
@@ -1120,17 +1099,21 @@ def _recorded_or_transformed() -> bool:
     return torch.is_grad_enabled() or _func_or_forward_ad()
 
 
+def _transforms() -> list:
+    """The TransformType of each active torch.func interpreter (none: an empty list)."""
+    if not torch._C._are_functorch_transforms_active():
+        return []
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return [i.key() for i in retrieve_all_functorch_interpreters()]
+
+
 def _reverse_levels_only() -> bool:
     """Only reverse-mode levels are active (no forward-AD dual level, no torch.func jvp or
     vmap): where :class:`_FusedGrads` may stand in for the differentiable path."""
-    if _forward_ad._current_level >= 0:
-        return False
-    if not torch._C._are_functorch_transforms_active():
-        return True
     from torch._C._functorch import TransformType
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-    return all(i.key() == TransformType.Grad for i in retrieve_all_functorch_interpreters())
+    return _forward_ad._current_level < 0 and all(k == TransformType.Grad for k in _transforms())
 
 
 class _FuncLayer(torch.autograd.Function):
@@ -1220,13 +1203,9 @@ def _nested_forward_mode() -> bool:
     with any number of reverse levels (hessian, jacrev of jacfwd) goes through the kernels."""
     # torch.func's jvp levels all share one forward-AD dual level (and torch refuses a
     # user's dual level around them): count its Jvp interpreters.
-    if not torch._C._are_functorch_transforms_active():
-        return False
     from torch._C._functorch import TransformType
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-    interpreters = retrieve_all_functorch_interpreters()
-    return sum(i.key() == TransformType.Jvp for i in interpreters) > 1
+    return sum(k == TransformType.Jvp for k in _transforms()) > 1
 
 
 def _torch_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):

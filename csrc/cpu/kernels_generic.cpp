@@ -1,10 +1,11 @@
-// Portable kernel tables (any CPU) and the run-time choice among the tables.
+// Portable kernel tables (any CPU: 128-bit vectors, NEON on aarch64) and the run-time
+// choice among the tables.
 #define FUSEDRNN_ISA_NS generic
 #include <cstdlib>
 #include <cstring>
 
 #include "kernels_impl.h"
-#include "vec_scalar.h"
+#include "vec_portable.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -40,7 +41,7 @@ Isa detect_isa() {
   return best;
 }
 
-Isa the_isa() {
+[[maybe_unused]] Isa the_isa() {  // only x86-64 has tables to choose from
   static const Isa isa = detect_isa();
   return isa;
 }
@@ -49,7 +50,7 @@ Isa the_isa() {
 
 template <>
 const KernelTable<float>& select_kernels<float>() {
-  static const KernelTable<float> g = generic::make_table<generic::VecScalar<float>>();
+  static const KernelTable<float> g = generic::make_table<generic::VecPortable<float>>();
 #if defined(__x86_64__) || defined(_M_X64)
   if (the_isa() == Isa::kAvx512) return *kernels_avx512_f32();
   if (the_isa() == Isa::kAvx2) return *kernels_avx2_f32();
@@ -59,7 +60,7 @@ const KernelTable<float>& select_kernels<float>() {
 
 template <>
 const KernelTable<double>& select_kernels<double>() {
-  static const KernelTable<double> g = generic::make_table<generic::VecScalar<double>>();
+  static const KernelTable<double> g = generic::make_table<generic::VecPortable<double>>();
 #if defined(__x86_64__) || defined(_M_X64)
   if (the_isa() == Isa::kAvx512) return *kernels_avx512_f64();
   if (the_isa() == Isa::kAvx2) return *kernels_avx2_f64();

@@ -1,5 +1,5 @@
 // ISA-generic kernel templates, written once against a vector traits class V
-// (vec_scalar.h, vec_avx2.h, vec_avx512.h). Each kernels_<isa>.cpp defines
+// (vec_portable.h, vec_avx2.h, vec_avx512.h). Each kernels_<isa>.cpp defines
 // FUSEDRNN_ISA_NS to its own namespace, includes its traits and this file, and exports one
 // KernelTable per dtype. Everything here lives in that namespace and uses no standard
 // library templates, so no inline function compiled with one ISA's flags can be picked by
@@ -136,10 +136,9 @@ inline void apply_epilogue(const cpu::Epilogue<typename V::scalar_t>& ep, int64_
 
 template <class V>
 struct Tiling {
-  static constexpr int PV = V::W == 1 ? 4 : 2;  // vectors per panel row
-  static constexpr int NR = PV * V::W;          // panel width in elements
-  static constexpr int NREG =
-      (V::W == 16 || V::W == 8) && sizeof(typename V::scalar_t) * V::W == 64 ? 32 : 16;
+  static constexpr int PV = 2;           // vectors per panel row
+  static constexpr int NR = PV * V::W;   // panel width in elements
+  static constexpr int NREG = V::nregs;  // vector registers of the ISA
   // Accumulators MR*NP*PV plus NP*PV panel vectors plus one broadcast must fit the file.
   static constexpr int np_max(int mr) {
     const int n = (NREG - 2) / (PV * mr + PV);

@@ -19,6 +19,7 @@ struct VecAvx2<float> {
   using mask = __m256i;
   static constexpr int W = 8;
   static constexpr const char* isa = "avx2";
+  static constexpr int nregs = 16;
 
   static reg zero() { return _mm256_setzero_ps(); }
   static reg set1(float x) { return _mm256_set1_ps(x); }
@@ -64,6 +65,7 @@ struct VecAvx2<double> {
   using mask = __m256i;
   static constexpr int W = 4;
   static constexpr const char* isa = "avx2";
+  static constexpr int nregs = 16;
 
   static reg zero() { return _mm256_setzero_pd(); }
   static reg set1(double x) { return _mm256_set1_pd(x); }

@@ -20,6 +20,7 @@ struct VecAvx512<float> {
   using mask = __mmask16;
   static constexpr int W = 16;
   static constexpr const char* isa = "avx512";
+  static constexpr int nregs = 32;
 
   static reg zero() { return _mm512_setzero_ps(); }
   static reg set1(float x) { return _mm512_set1_ps(x); }
@@ -61,6 +62,7 @@ struct VecAvx512<double> {
   using mask = __mmask8;
   static constexpr int W = 8;
   static constexpr const char* isa = "avx512";
+  static constexpr int nregs = 32;
 
   static reg zero() { return _mm512_setzero_pd(); }
   static reg set1(double x) { return _mm512_set1_pd(x); }

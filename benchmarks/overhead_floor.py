@@ -11,10 +11,13 @@ overhead. This script times, on the benchmark's exact training step (forward, th
   Function, whatever its kernels;
 - the same step with no RNN at all: the loss, ``backward()`` and the gradient resets;
 - a step whose "RNN" is one of torch's own C++ ops per tensor (a ``sum`` of the input and
-  of each parameter): the floor for any implementation that gives every parameter a
-  gradient, C++ autograd nodes included.
+  of each parameter);
+- with ``--cpp``, a module whose forward is one do-nothing C++
+  ``torch::autograd::Function`` (built at run time with
+  ``torch.utils.cpp_extension.load_inline``, which needs ninja and torch's headers): the
+  floor for any RNN whose autograd node is written in C++.
 
-    python benchmarks/overhead_floor.py [--seconds 2]
+    python benchmarks/overhead_floor.py [--seconds 2] [--cpp]
 """
 
 from __future__ import annotations
@@ -45,14 +48,51 @@ class _Nothing(torch.autograd.Function):
 
 
 class NothingRNN(nn.Module):
-    """An "RNN" that computes nothing: one Python autograd Function per call."""
+    """An "RNN" that computes nothing: one autograd Function per call (``fn``: Python's
+    ``_Nothing.apply`` by default, or the C++ one of :func:`_cpp_nothing`)."""
 
-    def __init__(self, ref: nn.RNN):
+    def __init__(self, ref: nn.RNN, fn=None):
         super().__init__()
         self.w = nn.ParameterList(ref.parameters())
+        self.fn = fn or _Nothing.apply
 
     def forward(self, x):
-        return _Nothing.apply(x, *self.w)
+        return tuple(self.fn(x, *self.w))
+
+
+# _Nothing in C++: outputs and gradients of the right shapes, nothing computed or saved.
+_CPP_NOTHING = r"""
+#include <torch/extension.h>
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+struct Nothing : public torch::autograd::Function<Nothing> {
+  static variable_list forward(AutogradContext*, at::Tensor x, at::Tensor, at::Tensor,
+                               at::Tensor, at::Tensor) {
+    return {at::zeros({T, B, H}, x.options()), at::zeros({1, B, H}, x.options())};
+  }
+  static variable_list backward(AutogradContext*, variable_list) {
+    return {at::zeros({T, B, H}), at::zeros({H, H}), at::zeros({H, H}), at::zeros({H}),
+            at::zeros({H})};
+  }
+};
+std::vector<at::Tensor> nothing(at::Tensor x, at::Tensor a, at::Tensor b, at::Tensor c,
+                                at::Tensor d) {
+  return Nothing::apply(x, a, b, c, d);
+}
+"""
+
+
+def _cpp_nothing():
+    """The do-nothing C++ autograd Function, compiled for this torch (~30 s the first time)."""
+    from torch.utils.cpp_extension import load_inline
+
+    ext = load_inline(
+        "fusedrnn_overhead_nothing",
+        cpp_sources=[f"constexpr int64_t T = {T}, B = {B}, H = {H};\n" + _CPP_NOTHING],
+        functions=["nothing"],
+        extra_cflags=["-O2"],
+    )
+    return ext.nothing
 
 
 def _per_call(fn, seconds: float) -> float:
@@ -72,11 +112,14 @@ def _per_call(fn, seconds: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    ap.add_argument("--cpp", action="store_true", help="also a do-nothing C++ autograd Function")
     args = ap.parse_args()
     torch.manual_seed(0)
     ref = nn.RNN(H, H)
     models = {"torch.nn.RNN": ref, "fusedrnn.RNN": fusedrnn.RNN.from_torch(ref),
               "do-nothing autograd.Function": NothingRNN(ref)}  # fmt: skip
+    if args.cpp:
+        models["do-nothing C++ torch::autograd::Function"] = NothingRNN(ref, _cpp_nothing())
     x = torch.randn(T, B, H, requires_grad=True)
 
     w = nn.Parameter(torch.zeros(T, B, H))

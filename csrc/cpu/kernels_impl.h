@@ -139,12 +139,22 @@ struct Tiling {
   static constexpr int PV = 2;           // vectors per panel row
   static constexpr int NR = PV * V::W;   // panel width in elements
   static constexpr int NREG = V::nregs;  // vector registers of the ISA
-  // Accumulators MR*NP*PV plus NP*PV panel vectors plus one broadcast must fit the file.
+  // Accumulators MR*NP*PV plus NP*PV panel vectors plus one broadcast, plus V::row_regs
+  // per row (NEON multiplies by a lane of a register that holds that row's A element),
+  // must fit the file: no accumulator spilled in the k loop.
   static constexpr int np_max(int mr) {
-    const int n = (NREG - 2) / (PV * mr + PV);
+    const int n = (NREG - 2 - V::row_regs * mr) / (PV * mr + PV);
     return n > 4 ? 4 : (n < 1 ? 1 : n);
   }
-  static constexpr int MR_MAX = (NREG - 2) / PV - 1;  // with NP = 1
+  static constexpr int MR_MAX = (NREG - 2 - PV) / (PV + V::row_regs);  // with NP = 1
+  // Long K: the tallest tile that still spans two panels (half the broadcasts per fma),
+  // when that is at least 5 rows: 6 with AVX-512, 5 with NEON; else MR_MAX (AVX2: 6 x 1).
+  static constexpr int mr_two_panels() {
+    int m = MR_MAX;
+    while (m > 1 && np_max(m) < 2) --m;
+    return m;
+  }
+  static constexpr int MR_LONG_K = mr_two_panels() >= 5 ? mr_two_panels() : MR_MAX;
 };
 
 // The register-tile micro-kernel: MR rows x NP panels, the full K, accumulators stored to
@@ -305,7 +315,7 @@ void gemm(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda, bool
   // with AVX-512): half the broadcasts per fma and each panel streamed for half as many
   // tiles. Measured at H = 1024 (same-process A/B): x W^T 496 -> 508 GFLOP/s, BPTT up to
   // +3%, training B64-H1024 170.3 -> 168.1 ms; no change at K = 256.
-  const int mr_max = K >= 512 && Tiling<V>::MR_MAX > 6 ? 6 : Tiling<V>::MR_MAX;
+  const int mr_max = K >= 512 ? Tiling<V>::MR_LONG_K : Tiling<V>::MR_MAX;
   // The last block takes a remainder of up to mc / 4 rows: a step of 64 rows at H = 1024
   // (mc = 63) was a 63-row block and a 1-row one, which streamed every panel again for one
   // row with a quarter-efficient tile (the recurrence at B64-H1024: 2% of its time).

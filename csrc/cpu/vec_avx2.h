@@ -20,6 +20,7 @@ struct VecAvx2<float> {
   static constexpr int W = 8;
   static constexpr const char* isa = "avx2";
   static constexpr int nregs = 16;
+  static constexpr int row_regs = 0;  // A broadcast from memory into one register
 
   static reg zero() { return _mm256_setzero_ps(); }
   static reg set1(float x) { return _mm256_set1_ps(x); }
@@ -66,6 +67,7 @@ struct VecAvx2<double> {
   static constexpr int W = 4;
   static constexpr const char* isa = "avx2";
   static constexpr int nregs = 16;
+  static constexpr int row_regs = 0;  // A broadcast from memory into one register
 
   static reg zero() { return _mm256_setzero_pd(); }
   static reg set1(double x) { return _mm256_set1_pd(x); }

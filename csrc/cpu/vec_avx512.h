@@ -21,6 +21,7 @@ struct VecAvx512<float> {
   static constexpr int W = 16;
   static constexpr const char* isa = "avx512";
   static constexpr int nregs = 32;
+  static constexpr int row_regs = 0;  // A broadcast from memory into one register
 
   static reg zero() { return _mm512_setzero_ps(); }
   static reg set1(float x) { return _mm512_set1_ps(x); }
@@ -63,6 +64,7 @@ struct VecAvx512<double> {
   static constexpr int W = 8;
   static constexpr const char* isa = "avx512";
   static constexpr int nregs = 32;
+  static constexpr int row_regs = 0;  // A broadcast from memory into one register
 
   static reg zero() { return _mm512_setzero_pd(); }
   static reg set1(double x) { return _mm512_set1_pd(x); }

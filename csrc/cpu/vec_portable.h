@@ -47,10 +47,12 @@ struct VecPortable {
   using mask = ireg;              // all ones in the active lanes
   static constexpr int W = int(16 / sizeof(T));
 #if defined(__aarch64__)
-  static constexpr int nregs = 32;  // v0-v31
+  static constexpr int nregs = 32;    // v0-v31
+  static constexpr int row_regs = 1;  // fmla by element: each row's A value in a register
   static constexpr const char* isa = "neon";
 #else
   static constexpr int nregs = 16;
+  static constexpr int row_regs = 0;
   static constexpr const char* isa = "generic";
 #endif
 

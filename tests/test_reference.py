@@ -102,3 +102,26 @@ def test_reference_rejects_unknown_nonlinearity():
     p = make_problem(rng_for("bad"), T=2, B=1, I=1, H=1, dtype=np.float64)
     with pytest.raises(ValueError, match="nonlinearity"):
         reference.rnn_forward(p["x"], p["w_ih"], p["w_hh"], nonlinearity="sigmoid")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_reference_backward_at_given_states(layout):
+    """``h=``: BPTT at the states given (a kernel's stored, rounded ones), not recomputed.
+    The same states give the same gradients; rounded states give 1 - h_r^2 from those."""
+    rng = rng_for("given-h", layout)
+    p = make_problem(rng, T=4, B=3, I=2, H=3, dtype=np.float64, lengths=LAYOUTS[layout])
+    args = [p[k] for k in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0")]
+    h, hn = reference.rnn_forward(*args, p["batch_sizes"])
+    G, Gn = rng.standard_normal(h.shape), rng.standard_normal(hn.shape)
+    want = reference.rnn_backward(*args, G, Gn, p["batch_sizes"])
+    same = reference.rnn_backward(*args, G, Gn, p["batch_sizes"], h=h)
+    for name in want:
+        np.testing.assert_array_equal(same[name], want[name])
+    rounded = h.astype(np.float16)
+    got = reference.rnn_backward(*args, G, Gn, p["batch_sizes"], h=rounded)
+    # With no grad_hn and no recurrence the pre-activation gradient is G * (1 - h^2).
+    zero_w = np.zeros_like(p["w_hh"])
+    d = reference.rnn_backward(p["x"], p["w_ih"], zero_w, None, None, None, G, None,
+                               p["batch_sizes"], h=rounded)["dpre"]  # fmt: skip
+    np.testing.assert_allclose(d, G * (1 - rounded.astype(np.float64) ** 2), rtol=1e-15)
+    assert not np.allclose(got["dpre"], want["dpre"], rtol=1e-6, atol=0)

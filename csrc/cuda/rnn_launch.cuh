@@ -64,7 +64,15 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
     plan.reason = "the device cannot launch cooperative kernels";
     return plan;
   }
-  const int64_t smem_max = persistent_max_dynamic_smem<scalar_t, BWD, ACT>(dev);
+  // A query or opt-in the driver refuses leaves the per-step kernel, which needs neither:
+  // auto falls back to it, a requested persistent kernel reports the reason (run_for_kernel).
+  int64_t smem_max = 0;
+  try {
+    smem_max = persistent_max_dynamic_smem<scalar_t, BWD, ACT>(dev);
+  } catch (const std::runtime_error& e) {
+    plan.reason = e.what();
+    return plan;
+  }
   // One CTA per SM, each owning Hc units (a multiple of the warp item width U).
   const int64_t Hp = padded_hidden(H);
   const int64_t Hc = ceil_div(ceil_div(H, dev.sms), U) * U;
@@ -89,9 +97,14 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
 
   auto kernel = rnn_persistent_kernel<scalar_t, BWD, ACT>;
   int per_sm = 0;
-  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Persistent::kThreads,
-                                                           static_cast<size_t>(smem)),
-             "cudaOccupancyMaxActiveBlocksPerMultiprocessor(persistent kernel)");
+  try {
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Persistent::kThreads,
+                                                             static_cast<size_t>(smem)),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor(persistent kernel)");
+  } catch (const std::runtime_error& e) {
+    plan.reason = e.what();
+    return plan;
+  }
   if (static_cast<int64_t>(per_sm) * dev.sms < grid) {
     plan.reason = "only " + std::to_string(per_sm * dev.sms) + " CTAs with " +
                   std::to_string(smem) + " bytes of shared memory can be co-resident, " +

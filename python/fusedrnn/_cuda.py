@@ -143,6 +143,14 @@ def _takes_persistent(name, B, H, nonlinearity, backward, index, path) -> bool:
     return plan["path"] == "persistent"
 
 
+def stream_capturing(device: torch.device) -> bool:
+    """The current stream of ``device``, the one the kernels run on, is being captured into
+    a CUDA graph (``torch.cuda.is_current_stream_capturing()`` alone reads the current
+    device's stream, which may be another device's)."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_current_stream_capturing()
+
+
 def _launch_context(dtype, B, H, batch_sizes, nonlinearity, backward, device, path):
     """(batch_sizes host, device copy, workspace, device index, stream handle, path).
 
@@ -165,7 +173,7 @@ def _launch_context(dtype, B, H, batch_sizes, nonlinearity, backward, device, pa
     packed = batch_sizes.numel() > 0 and int(batch_sizes[-1]) != B
     bs_host = batch_sizes.contiguous() if packed else None
     bs_dev = None
-    if packed and torch.cuda.is_current_stream_capturing():
+    if packed and stream_capturing(device):
         if path == "persistent":
             raise RuntimeError(
                 "fusedrnn: FUSEDRNN_CUDA_PATH=persistent cannot run packed input inside CUDA "

@@ -479,13 +479,24 @@ def _prev_states(h: Tensor, h0: Tensor, batch_sizes: Tensor, reverse: bool) -> T
     return torch.cat([h, h0]).index_select(0, _index_on(index, h.device))
 
 
+# Pinned row indices whose copies were captured into CUDA graphs (see _index_on).
+_CAPTURED_INDICES: dict = {}
+
+
 def _index_on(index: Tensor, device: torch.device) -> Tensor:
     """A row index built on the CPU, on ``device``. For CUDA pinned and non_blocking: a
     pageable copy would stall the host until the GPU has finished the kernels queued
-    before it (the BPTT)."""
+    before it (the BPTT). A copy captured into a CUDA graph is replayed from its host
+    buffer at every replay: that buffer is then kept, with these contents, for the life of
+    the process (one per distinct index and device), instead of going back to torch's
+    pinned allocator to be reused."""
     if device.type == "cpu":
         return index
-    return index.pin_memory().to(device, non_blocking=True)
+    pinned = index.pin_memory()
+    if _cuda.stream_capturing(device):
+        key = (str(device), index.dtype, tuple(index.tolist()))
+        pinned = _CAPTURED_INDICES.setdefault(key, pinned)
+    return pinned.to(device, non_blocking=True)
 
 
 def _packed_last_index(B: int, batch_sizes: Tensor) -> Tensor:

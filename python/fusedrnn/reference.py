@@ -104,17 +104,26 @@ def rnn_backward(
     batch_sizes=None,
     reverse=False,
     nonlinearity="tanh",
+    h=None,
 ):
     """Backpropagation through time for ``L`` with ``dL/dh = grad_h`` and ``dL/dhn = grad_hn``.
 
     Returns a dict with ``x, w_ih, w_hh, b_ih, b_hh, h0`` gradients (``b_*`` are the same
     vector, the sum of the pre-activation gradients) and ``dpre``, the pre-activation
     gradients in the layout of ``h``.
+
+    ``h``: the hidden states to differentiate at, in the layout of :func:`rnn_forward`'s
+    (default: computed here in float64). A kernel that stores its states in a lower
+    precision and runs BPTT on what it stored is compared with its own ``h`` here: near
+    ``|h| = 1`` the derivative ``1 - h^2`` of tanh magnifies a rounding of ``h`` many times.
     """
     _, dphi = _activation(nonlinearity)
     w_ih, w_hh = np.asarray(w_ih, np.float64), np.asarray(w_hh, np.float64)
     H = w_hh.shape[0]
-    h, _ = rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+    if h is None:
+        h, _ = rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
+    else:
+        h = np.asarray(h, np.float64)
     xf, rows, padded_shape = _flatten(x, batch_sizes)
     hf = h.reshape(-1, H)
     B = len(rows)

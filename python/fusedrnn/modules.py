@@ -318,6 +318,10 @@ class RNN(nn.RNNBase):
             fast = self._forward_fast(input, hx)
             if fast is not None:
                 return fast
+        if torch.onnx.is_in_onnx_export():
+            # ONNX has no fusedrnn op: export torch.nn.RNN's own forward, whose graph the
+            # exporters turn into ONNX RNN nodes (dynamic sequence length, as for nn.RNN).
+            return nn.RNN.forward(self, input, hx)
         num_directions = 2 if self.bidirectional else 1
         orig_input = input
         is_batched = True
@@ -530,6 +534,8 @@ class RNNCell(nn.RNNCell):
             fast = self._forward_fast(input, hx)
             if fast is not None:
                 return fast
+        if torch.onnx.is_in_onnx_export():  # torch.nn.RNNCell's graph (see RNN.forward)
+            return super().forward(input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):

@@ -107,7 +107,7 @@ struct VecPortable {
   static reg relu(reg a) { return a > reg{} ? a : (a != a ? a : reg{}); }
   static reg relu_grad(reg h) { return h > reg{} ? set1(T(1)) : reg{}; }
   // Round to nearest even by adding and subtracting 1.5 * 2^mant_bits: exact for |a| below
-  // 2^(mant_bits - 1) (vtanh rounds values of at most 58 in magnitude).
+  // 2^(mant_bits - 1) (vtanh rounds values of at most 58 in magnitude, 116 for double).
   static reg round(reg a) {
     const reg m = set1(P::round_magic);
     return (a + m) - m;

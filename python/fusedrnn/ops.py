@@ -607,20 +607,26 @@ def _backward_rows(ctx, needs, B, fused, eager, transformed, x, w_ih, w_hh, h0, 
             needs[0], needs[1], needs[2], needs[3] or needs[4])  # fmt: skip
     if h.shape[1] == 0:  # H = 0 (torch.nn.RNNCell allows it): every gradient is empty or 0
         grads = _grads_via(_zero_bptt, *args)
-    elif fused and torch.is_grad_enabled() and _reverse_levels_only():
-        # A graph of this backward is recorded (create_graph=True, torch.func.grad): the
-        # fused op, whose own derivatives recompute the differentiable path.
-        grads = _FusedGrads.apply(*args)
     elif transformed:
-        # Recorded under forward mode or vmap, or not a kernel dtype; or the gradients are
-        # batched or carry tangents: the differentiable BPTT (with vmap and forward-mode
-        # rules) and torch's GEMMs, so every derivative is nn.RNN's.
-        grads = _recorded_grads(*args)
+        grads = _transformed_grads(fused, *args)
     elif fused:
         grads = rnn_layer_grads(*args)
     else:
         grads = _grads_via(_backward_impl if eager else rnn_layer_backward, *args)
     return (*_input_grads(needs, *grads), None, None, None)
+
+
+def _transformed_grads(fused, *args):
+    """rnn_layer_grads' results (its arguments ``args``) where a graph of the backward is
+    recorded or its gradients are transformed (see _backward)."""
+    if fused and torch.is_grad_enabled() and _reverse_levels_only():
+        # Recorded with reverse-mode levels only (create_graph=True, torch.func.grad): the
+        # fused op, whose own derivatives recompute the differentiable path.
+        return _FusedGrads.apply(*args)
+    # Recorded under forward mode or vmap, or not a kernel dtype; or the gradients are
+    # batched or carry tangents: the differentiable BPTT (with vmap and forward-mode
+    # rules) and torch's GEMMs, so every derivative is nn.RNN's.
+    return _recorded_grads(*args)
 
 
 def _zero_bptt(w_hh, h, grad_h, grad_hn, *_):
@@ -1500,8 +1506,8 @@ def _bi_grads(dx, grads):
 
 def _bi_backward_recorded(ctx, saved, grads):
     """_EagerBiLayer's backward while a graph of it is recorded (create_graph=True) or its
-    gradients are transformed: each direction as a single layer's (:class:`_FusedGrads`
-    where only reverse-mode levels are active, else the differentiable path)."""
+    gradients are transformed: each direction as a single layer's (:func:`_transformed_grads`;
+    the fused kernels serve every bidirectional layer that gets here)."""
     x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes = saved
     grad_out, *grad_hns = grads
     needs = ctx.needs_input_grad
@@ -1516,13 +1522,8 @@ def _bi_backward_recorded(ctx, saved, grads):
         h0 = out.new_zeros(B, H) if h0 is None else h0
         ghn = out.new_zeros(B, H) if ghn is None else ghn
         first = 1 + 4 * d
-        grads_fn = (
-            _FusedGrads.apply
-            if torch.is_grad_enabled() and _reverse_levels_only()
-            else _recorded_grads
-        )
-        dxd, dw_ih, dw_hh, db, dh0 = grads_fn(
-            x, w_ih, w_hh, h0, h, g, ghn, batch_sizes, d == 1, ctx.nonlinearity,
+        dxd, dw_ih, dw_hh, db, dh0 = _transformed_grads(
+            True, x, w_ih, w_hh, h0, h, g, ghn, batch_sizes, d == 1, ctx.nonlinearity,
             needs[0], needs[first], needs[first + 1], needs[first + 2] or needs[first + 3],
         )  # fmt: skip
         if needs[0]:

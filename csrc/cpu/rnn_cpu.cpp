@@ -187,15 +187,44 @@ void run_steps(Chunks& ch, int tid, int nt, int64_t nsteps, PackFn&& pack, WorkF
   }
 }
 
-// split_rows: runs steps 0..nsteps-1 on this thread's rows [r0, r1) of every step, all
-// columns: work(step, r0, r1). The panels are packed by the team, each thread its own
-// chunks first; after that the threads never wait for each other.
+// split_rows: thread k of nt owns the rows [row_bound(k), row_bound(k + 1)) of every step.
+// Padded: equal ranges. Packed (batch_sizes non-increasing), the first rows are the longest
+// sequences, so equal ranges would leave most of the work with thread 0 (uniform lengths:
+// about 3/4 of it with 2 threads, and the others idle for the second half of the
+// sequence); the bounds balance the rows-times-steps instead: the smallest r with
+// nt * sum_t min(bs[t], r) >= k * N.
+int64_t row_bound(const RecurrenceShape& s, int k, int nt) {
+  if (k <= 0) return 0;
+  if (k >= nt) return s.B;
+  if (!s.batch_sizes) return s.B * k / nt;
+  int64_t N = 0;
+  for (int64_t t = 0; t < s.T; ++t) N += s.batch_sizes[t];
+  auto below = [&](int64_t r) {  // rows-times-steps of the rows [0, r)
+    int64_t w = 0;
+    for (int64_t t = 0; t < s.T; ++t) w += std::min(s.batch_sizes[t], r);
+    return w;
+  };
+  int64_t lo = 0, hi = s.B;  // below(hi) * nt >= k * N always holds
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (below(mid) * nt >= N * k)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
+}
+
+// split_rows: runs steps 0..nsteps-1 on this thread's rows [r0, r1) of every step (see
+// row_bound), all columns: work(step, r0, r1). The panels are packed by the team, each
+// thread its own chunks first; after that the threads never wait for each other.
 template <class PackFn, class WorkFn>
-void run_rows(Chunks& ch, int64_t B, int tid, int nt, int64_t nsteps, PackFn&& pack,
+void run_rows(Chunks& ch, const RecurrenceShape& s, int tid, int nt, int64_t nsteps, PackFn&& pack,
               WorkFn&& work) {
   for (int64_t c = ch.first(tid, nt); c < ch.last(tid, nt); ++c) ch.ensure_packed(c, pack);
   for (int64_t c = 0; c < ch.count; ++c) ch.ensure_packed(c, pack);
-  const int64_t r0 = B * tid / nt, r1 = B * (tid + 1) / nt;
+  const int64_t r0 = row_bound(s, tid, nt), r1 = row_bound(s, tid + 1, nt);
+  if (r1 <= r0) return;
   for (int64_t i = 0; i < nsteps; ++i) work(i, r0, r1);
 }
 
@@ -339,7 +368,7 @@ void forward_thread(void* vctx, int tid, int nt) {
     if (!job.direct) rc.pack_chunk(c, job.W, 1, H);
   };
   if (job.rows)
-    run_rows(rc.chunks, rc.s->B, tid, nt, rc.s->T, pack, [&](int64_t i, int64_t r0, int64_t r1) {
+    run_rows(rc.chunks, *rc.s, tid, nt, rc.s->T, pack, [&](int64_t i, int64_t r0, int64_t r1) {
       forward_rows(job, i, r0, r1, rc.all_cols());
     });
   else
@@ -455,7 +484,7 @@ void backward_thread(void* vctx, int tid, int nt) {
   };
   const int64_t nsteps = rc.s->T + (job.dh0 ? 1 : 0);
   if (job.rows)
-    run_rows(rc.chunks, rc.s->B, tid, nt, nsteps, pack, [&](int64_t i, int64_t r0, int64_t r1) {
+    run_rows(rc.chunks, *rc.s, tid, nt, nsteps, pack, [&](int64_t i, int64_t r0, int64_t r1) {
       backward_rows(job, i, r0, r1, rc.all_cols());
     });
   else

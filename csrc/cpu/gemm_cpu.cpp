@@ -7,6 +7,7 @@
 #include "gemm_cpu.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "aligned_buffer.h"
 #include "kernels.h"
@@ -33,6 +34,7 @@ struct GemmJob {
   int64_t npanels;
   int64_t kc;
   bool split_cols;
+  const T* const* b_rows;  // B row by row instead of B (gemm_cpu_rows)
 };
 
 template <typename T>
@@ -55,8 +57,18 @@ void gemm_thread(void* vjob, int tid, int nt) {
     const int64_t pstride = kcur * k.nr;
     // Panel p lives at base + p*pstride with base shifted so that p0 is the buffer start.
     T* base = panels - p0 * pstride;
-    const T* bsrc = g.b_trans ? g.B + kb : g.B + kb * g.ldb;
-    k.pack(bsrc, g.b_trans ? 1 : g.ldb, g.b_trans ? g.ldb : 1, kcur, g.N, p0, p1, base, pstride);
+    if (g.b_rows) {
+      // Row by row: a one-row pack at row k's place in the panels (pstride unchanged).
+      thread_local std::vector<T> zeros;
+      if (int64_t(zeros.size()) < g.N) zeros.assign(size_t(g.N), T(0));
+      for (int64_t kk = 0; kk < kcur; ++kk) {
+        const T* row = g.b_rows[kb + kk];
+        k.pack(row ? row : zeros.data(), 0, 1, 1, g.N, p0, p1, base + kk * k.nr, pstride);
+      }
+    } else {
+      const T* bsrc = g.b_trans ? g.B + kb : g.B + kb * g.ldb;
+      k.pack(bsrc, g.b_trans ? 1 : g.ldb, g.b_trans ? g.ldb : 1, kcur, g.N, p0, p1, base, pstride);
+    }
     cpu::Epilogue<T> ep;
     ep.kind = cpu::EpKind::kStore;
     ep.out = g.C + r0 * g.ldc;
@@ -108,6 +120,29 @@ void few_rows_thread(void* vjob, int tid, int nt) {
   }
 }
 
+// The team for an M x N x K product.
+int threads_for(int64_t M, int64_t N, int64_t K, int num_threads) {
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  int nt = std::min(num_threads, cpu::hardware_threads());
+  // ~40 us of work: waking the team costs about as much. Unless B or C is large: each
+  // thread reads (or packs) only its own columns of B and writes its own part of C, and
+  // with few rows (a single step, M = 1) going through a 1024 x 1024 B, or with K = 1
+  // (a single step's weight gradient) writing a 1024 x 1024 C, is most of the call.
+  if (flops < 1e7 && double(K) * double(N) < 65536.0 && double(M) * double(N) < 65536.0) nt = 1;
+  return std::max(nt, 1);
+}
+
+// The packed product of g (g.npanels set) on nt threads.
+template <typename T>
+void run_packed(GemmJob<T>& g, int nt) {
+  // One K block up to 1024 (a tile's panel slice then streams from L2, which the
+  // micro-kernel sustains); beyond, equal blocks of at most 512 that continue from C.
+  const int64_t K = g.K;
+  g.kc = K <= 1024 ? K : (K + ((K + 511) / 512) - 1) / ((K + 511) / 512);
+  g.split_cols = g.npanels >= 4 * nt || g.npanels >= g.M;
+  cpu::team_run(nt, &gemm_thread<T>, &g);
+}
+
 }  // namespace
 
 template <typename scalar_t>
@@ -123,14 +158,7 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
             (accumulate ? C[i * ldc + j] : scalar_t(0)) + (bias ? bias[j] : scalar_t(0));
     return;
   }
-  const double flops = 2.0 * double(M) * double(N) * double(K);
-  int nt = std::min(num_threads, cpu::hardware_threads());
-  // ~40 us of work: waking the team costs about as much. Unless B or C is large: each
-  // thread reads (or packs) only its own columns of B and writes its own part of C, and
-  // with few rows (a single step, M = 1) going through a 1024 x 1024 B, or with K = 1
-  // (a single step's weight gradient) writing a 1024 x 1024 C, is most of the call.
-  if (flops < 1e7 && double(K) * double(N) < 65536.0 && double(M) * double(N) < 65536.0) nt = 1;
-  nt = std::max(nt, 1);
+  const int nt = threads_for(M, N, K, num_threads);
   // B transposed: lane-wise dot products (another summation order: chosen by shape
   // only). B as it is: the packed kernel's chains on B in place (bitwise the same).
   if (M <= 8 && !a_trans && (!b_trans || !accumulate)) {
@@ -138,15 +166,30 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
     cpu::team_run(nt, &few_rows_thread<scalar_t>, &f);
     return;
   }
-  GemmJob<scalar_t> g{&k,  M,       N,    K,          A,
-                      lda, a_trans, B,    ldb,        b_trans,
-                      C,   ldc,     bias, accumulate, (N + k.nr - 1) / k.nr,
-                      0,   true};
-  // One K block up to 1024 (a tile's panel slice then streams from L2, which the
-  // micro-kernel sustains); beyond, equal blocks of at most 512 that continue from C.
-  g.kc = K <= 1024 ? K : (K + ((K + 511) / 512) - 1) / ((K + 511) / 512);
-  g.split_cols = g.npanels >= 4 * nt || g.npanels >= M;
-  cpu::team_run(nt, &gemm_thread<scalar_t>, &g);
+  GemmJob<scalar_t> g{&k,  M,       N,      K,          A,
+                      lda, a_trans, B,      ldb,        b_trans,
+                      C,   ldc,     bias,   accumulate, (N + k.nr - 1) / k.nr,
+                      0,   true,    nullptr};
+  run_packed(g, nt);
+}
+
+template <typename scalar_t>
+void gemm_cpu_rows(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, bool a_trans,
+                   const scalar_t* const* b_rows, scalar_t* C, int64_t ldc, bool accumulate,
+                   int num_threads) {
+  if (M <= 0 || N <= 0) return;
+  const cpu::KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = scalar_t(0);
+    return;
+  }
+  GemmJob<scalar_t> g{&k,  M,       N,       K,          A,
+                      lda, a_trans, nullptr, 0,          false,
+                      C,   ldc,     nullptr, accumulate, (N + k.nr - 1) / k.nr,
+                      0,   true,    b_rows};
+  run_packed(g, threads_for(M, N, K, num_threads));
 }
 
 template void gemm_cpu<float>(int64_t, int64_t, int64_t, const float*, int64_t, bool, const float*,
@@ -154,5 +197,9 @@ template void gemm_cpu<float>(int64_t, int64_t, int64_t, const float*, int64_t, 
 template void gemm_cpu<double>(int64_t, int64_t, int64_t, const double*, int64_t, bool,
                                const double*, int64_t, bool, double*, int64_t, const double*, bool,
                                int);
+template void gemm_cpu_rows<float>(int64_t, int64_t, int64_t, const float*, int64_t, bool,
+                                   const float* const*, float*, int64_t, bool, int);
+template void gemm_cpu_rows<double>(int64_t, int64_t, int64_t, const double*, int64_t, bool,
+                                    const double* const*, double*, int64_t, bool, int);
 
 }  // namespace fusedrnn

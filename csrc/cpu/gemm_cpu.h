@@ -18,4 +18,13 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
               const scalar_t* B, int64_t ldb, bool b_trans, scalar_t* C, int64_t ldc,
               const scalar_t* bias, bool accumulate, int num_threads);
 
+// gemm_cpu with B given row by row: op(B)[k,j] = b_rows[k][j], a row of zeros where
+// b_rows[k] is nullptr (no bias). The rows are packed straight from where they are, so
+// a B gathered from scattered rows (h_prev of packed sequences in dW_hh) costs no copy;
+// the results are those of gemm_cpu on the gathered matrix, bit for bit.
+template <typename scalar_t>
+void gemm_cpu_rows(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, bool a_trans,
+                   const scalar_t* const* b_rows, scalar_t* C, int64_t ldc, bool accumulate,
+                   int num_threads);
+
 }  // namespace fusedrnn

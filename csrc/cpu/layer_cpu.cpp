@@ -1,6 +1,7 @@
 // layer_forward_cpu / layer_backward_cpu (layer_cpu.h).
 #include "layer_cpu.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -114,22 +115,17 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
                            num_threads);
       }
     } else {
-      // Gather h_prev row by row (zeros for rows starting from a zero state).
-      std::vector<scalar_t> prev(size_t(N * H), scalar_t(0));
+      // Packed: B's row r is h_prev of dP's row r, read where it lies. Step t's rows
+      // b < bs[tp] continue from step tp's row b (in the forward direction all of them:
+      // the batch sizes do not increase); the others start from h0 (zeros when absent).
+      std::vector<const scalar_t*> prev(static_cast<size_t>(N));
       for (int64_t t = 0; t < T; ++t) {
         const int64_t tp = s.reverse ? t + 1 : t - 1;
-        const bool has_prev = tp >= 0 && tp < T;
-        for (int64_t b = 0; b < bs[t]; ++b) {
-          const scalar_t* src = nullptr;
-          if (has_prev && b < bs[tp])
-            src = h + (off[tp] + b) * ldh;
-          else if (h0)
-            src = h0 + b * H;
-          if (src) std::memcpy(prev.data() + (off[t] + b) * H, src, sizeof(scalar_t) * H);
-        }
+        const int64_t cont = (tp >= 0 && tp < T) ? std::min(bs[t], bs[tp]) : 0;
+        for (int64_t b = 0; b < bs[t]; ++b)
+          prev[off[t] + b] = b < cont ? h + (off[tp] + b) * ldh : (h0 ? h0 + b * H : nullptr);
       }
-      gemm_cpu<scalar_t>(H, H, N, dP, H, true, prev.data(), H, false, dw_hh, H, nullptr, false,
-                         num_threads);
+      gemm_cpu_rows<scalar_t>(H, H, N, dP, H, true, prev.data(), dw_hh, H, false, num_threads);
     }
   }
   if (db) {

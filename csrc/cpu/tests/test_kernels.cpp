@@ -252,6 +252,43 @@ static void test_tanh(const cpu::KernelTable<T>& k) {
   CHECK(std::isnan(nan_out), "tanh(NaN) is not NaN");
 }
 
+// gemm_cpu_rows must give gemm_cpu's bits on the gathered matrix: rows in scattered order,
+// repeated rows, rows of zeros (nullptr), one and several K blocks, 1-3 threads.
+template <typename T>
+static void test_gemm_rows(std::mt19937& rng) {
+  const int64_t shapes[][3] = {{1, 1, 1}, {17, 33, 40}, {64, 96, 1500}, {9, 300, 700}};
+  int n = 0;
+  for (auto& sh : shapes)
+    for (int at = 0; at < 2; ++at)
+      for (int acc = 0; acc < 2; ++acc) {
+        const int64_t M = sh[0], N = sh[1], K = sh[2], R = K / 2 + 1;  // R source rows
+        std::normal_distribution<double> nd(0, 1);
+        std::vector<T> A(M * K), src(R * (N + 3)), C0(M * N), gathered(K * N, T(0));
+        for (auto& v : A) v = T(nd(rng));
+        for (auto& v : src) v = T(nd(rng));
+        for (auto& v : C0) v = T(nd(rng));
+        std::vector<const T*> rows(K);
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t r = int64_t(rng() % (R + 1));  // R: a row of zeros
+          rows[k] = r < R ? src.data() + r * (N + 3) : nullptr;
+          if (rows[k]) std::memcpy(gathered.data() + k * N, rows[k], sizeof(T) * N);
+        }
+        const int64_t lda = at ? M : K;
+        for (int nt : {1, 2, 3}) {
+          std::vector<T> want = C0, got = C0;
+          gemm_cpu<T>(M, N, K, A.data(), lda, at, gathered.data(), N, false, want.data(), N,
+                      nullptr, acc, nt);
+          gemm_cpu_rows<T>(M, N, K, A.data(), lda, at, rows.data(), got.data(), N, acc, nt);
+          CHECK(std::memcmp(want.data(), got.data(), want.size() * sizeof(T)) == 0,
+                "gemm_cpu_rows M=%ld N=%ld K=%ld at=%d acc=%d nt=%d differs from gemm_cpu", long(M),
+                long(N), long(K), at, acc, nt);
+        }
+        ++n;
+      }
+  std::printf("gemm_cpu_rows %s: %d cases x {1, 2, 3 threads}: %s\n",
+              sizeof(T) == 4 ? "f32" : "f64", n, g_fail ? "FAILED" : "ok");
+}
+
 template <typename T>
 static void test_gemm(std::mt19937& rng, double tol) {
   const int64_t shapes[][3] = {{1, 1, 1},      {7, 5, 3},      {33, 65, 17},
@@ -489,6 +526,8 @@ int main(int argc, char** argv) {
   std::mt19937 rng(1234);
   test_gemm<float>(rng, 1e-5);
   test_gemm<double>(rng, 1e-13);
+  test_gemm_rows<float>(rng);
+  test_gemm_rows<double>(rng);
   test_strides<float>(rng);
   test_strides<double>(rng);
   test_in_place_matches_packed<float>(rng);

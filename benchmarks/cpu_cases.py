@@ -11,6 +11,7 @@ import dataclasses
 import time
 
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
 
@@ -23,6 +24,16 @@ class Case:
     layers: int = 1
     bidirectional: bool = False
     dtype: torch.dtype = torch.float32
+    packed: bool = False  # a PackedSequence, lengths spread evenly from T down to 1
+
+    def lengths(self) -> list[int]:
+        """Each sequence's length: all T when padded; packed, T, ..., 1 spread evenly over
+        the batch (shuffled, so packing has to sort them, as with real data)."""
+        if not self.packed:
+            return [self.T] * self.B
+        spread = [max(1, round(self.T * (self.B - b) / self.B)) for b in range(self.B)]
+        order = torch.randperm(self.B, generator=torch.Generator().manual_seed(self.B))
+        return [spread[i] for i in order.tolist()]
 
     @property
     def I(self) -> int:  # noqa: E743 - the shape letter used everywhere
@@ -40,6 +51,8 @@ class Case:
             s += "-bidir"
         if self.dtype != torch.float32:
             s += "-" + str(self.dtype).removeprefix("torch.")
+        if self.packed:
+            s += "-packed"
         return s
 
     @property
@@ -55,11 +68,12 @@ class Case:
         """Multiply-add flops of the GEMMs: input projection and recurrence forward; BPTT,
         dW_ih, dW_hh and dX backward (the pointwise work is left out)."""
         dirs = 2 if self.bidirectional else 1
+        rows = sum(self.lengths())  # T * B unless packed
         total = 0.0
         for layer in range(self.layers):
             i = self.I if layer == 0 else dirs * self.H
-            fwd = 2.0 * self.T * self.B * (i * self.H + self.H * self.H)
-            bwd = 2.0 * self.T * self.B * (2 * self.H * self.H + 2 * i * self.H)
+            fwd = 2.0 * rows * (i * self.H + self.H * self.H)
+            bwd = 2.0 * rows * (2 * self.H * self.H + 2 * i * self.H)
             total += dirs * (fwd + (bwd if train else 0.0))
         return total
 
@@ -80,7 +94,12 @@ EXTRA = [
     Case(1, 32, 1),
     Case(64, 256, 100, dtype=torch.float64),
 ]
-CASES = MAIN + EXTRA
+# Variable-length batches (not in issue 4): what an NLP model feeds an RNN.
+PACKED = [
+    Case(64, 256, 100, packed=True),
+    Case(32, 256, 200, layers=2, bidirectional=True, packed=True),
+]
+CASES = MAIN + EXTRA + PACKED
 
 
 def min_time(fn, rounds: int) -> float:
@@ -95,8 +114,21 @@ def min_time(fn, rounds: int) -> float:
     return best
 
 
+@dataclasses.dataclass(frozen=True)
+class PackedInput:
+    """A padded batch [T, B, I] and its lengths: each call packs it
+    (``pack_padded_sequence(enforce_sorted=False)``), as a model does with every batch."""
+
+    x: torch.Tensor
+    lengths: torch.Tensor
+
+    def pack(self, x: torch.Tensor | None = None):
+        return pack_padded_sequence(self.x if x is None else x, self.lengths, enforce_sorted=False)
+
+
 def make_pair(case: Case, seed: int = 0):
-    """(torch.nn.RNN, fusedrnn.RNN with the same weights, input x [T, B, I])."""
+    """(torch.nn.RNN, fusedrnn.RNN with the same weights, input: x [T, B, I], or a
+    PackedInput for a packed case)."""
     torch.manual_seed(seed)
     ref = torch.nn.RNN(
         case.I,
@@ -107,26 +139,34 @@ def make_pair(case: Case, seed: int = 0):
     )
     fused = fusedrnn.RNN.from_torch(ref)
     x = torch.randn(case.T, case.B, case.I, dtype=case.dtype)
+    if case.packed:
+        x = PackedInput(x, torch.tensor(case.lengths()))
     return ref, fused, x
 
 
 def infer_fn(module, x):
     def run():
         with torch.no_grad():
-            return module(x)
+            return module(x.pack() if isinstance(x, PackedInput) else x)
 
     return run
 
 
 def train_fn(module, x):
     """Forward + backward with dL/dx, as a training step of a first layer fed by an
-    embedding would (the weight gradients accumulate; set_to_none keeps allocation equal)."""
-    x = x.detach().clone().requires_grad_(True)
+    embedding would (the weight gradients accumulate; set_to_none keeps allocation equal).
+    A packed input is packed inside the step, from a padded x that requires grad."""
+    packed = x if isinstance(x, PackedInput) else None
+    x = (packed.x if packed else x).detach().clone().requires_grad_(True)
 
     def run():
         module.zero_grad(set_to_none=True)
         x.grad = None
-        out, hn = module(x)
+        if packed:
+            out, hn = module(packed.pack(x))
+            out = out.data
+        else:
+            out, hn = module(x)
         (out.sum() + hn.sum()).backward()
 
     return run

@@ -172,18 +172,39 @@ def train_fn(module, x):
     return run
 
 
-def peak_bytes(fn) -> int:
-    """Peak bytes held by torch's CPU allocations during fn() (torch.profiler events)."""
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-    ) as prof:
-        fn()
-    events = sorted(
-        (e for e in prof.events() if e.cpu_memory_usage != 0),
-        key=lambda e: e.time_range.start,
-    )
-    live = peak = 0
-    for e in events:
-        live += e.cpu_memory_usage
-        peak = max(peak, live)
-    return peak
+_RSS_CHILD = """
+import dataclasses, resource, sys
+sys.path.insert(0, {bench!r})
+import torch
+from cpu_cases import CASES, make_pair, train_fn
+case = next(c for c in CASES if c.name == {name!r})
+impl = {impl!r}
+# Warm-up on a tiny problem of the same kind: thread pools, kernel code, the autograd
+# engine and lazy buffers of both libraries come up here, and no large tensor is touched.
+tiny_ref, tiny_fused, tiny_x = make_pair(dataclasses.replace(case, B=1, H=8, T=2))
+train_fn(tiny_ref if impl == "nn.RNN" else tiny_fused, tiny_x)()
+ref, fused, x = make_pair(case)
+module = ref if impl == "nn.RNN" else fused
+step = train_fn(module, x)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+step()
+step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def peak_rss_bytes(case: Case, impl: str) -> int:
+    """Growth of the peak resident set over two training steps of ``impl`` ("nn.RNN" or
+    "fusedrnn") on ``case``, in a fresh process: everything the step holds at its peak
+    (torch's tensors, the weight gradients, and what MKL and the C++ kernels allocate
+    themselves, which torch's profiler does not see), after a warm-up on a tiny problem
+    and with the model and input already built."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = _RSS_CHILD.format(bench=str(Path(__file__).resolve().parent), name=case.name, impl=impl)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    return int(out.split()[-1]) * 1024  # ru_maxrss is in KiB on Linux

@@ -15,14 +15,18 @@ import os
 import platform
 
 import torch
-from cpu_cases import CASES, infer_fn, make_pair, min_time, peak_bytes, train_fn
+from cpu_cases import CASES, infer_fn, make_pair, min_time, peak_rss_bytes, train_fn
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--cases", default="")
-    ap.add_argument("--memory", action="store_true", help="also compare training peak memory")
+    ap.add_argument(
+        "--memory",
+        action="store_true",
+        help="also compare training peak memory (resident set, each in a fresh process)",
+    )
     args = ap.parse_args()
     wanted = set(filter(None, args.cases.split(",")))
     from fusedrnn import _C
@@ -51,7 +55,8 @@ def main():
                 f"{t_ref / t_fused:.2f}x | {gflops:.0f} |"
             )
             if args.memory and mode == "train":
-                row += f" {peak_bytes(fr) / 2**20:.1f} / {peak_bytes(ff) / 2**20:.1f} |"
+                nn_mb, fused_mb = (peak_rss_bytes(case, i) / 2**20 for i in ("nn.RNN", "fusedrnn"))
+                row += f" {nn_mb:.1f} / {fused_mb:.1f} |"
             elif args.memory:
                 row += " |"
             print(row, flush=True)

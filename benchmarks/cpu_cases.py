@@ -173,7 +173,7 @@ def train_fn(module, x):
 
 
 _RSS_CHILD = """
-import dataclasses, resource, sys
+import dataclasses, sys
 sys.path.insert(0, {bench!r})
 import torch
 from cpu_cases import CASES, make_pair, train_fn
@@ -186,10 +186,22 @@ train_fn(tiny_ref if impl == "nn.RNN" else tiny_fused, tiny_x)()
 ref, fused, x = make_pair(case)
 module = ref if impl == "nn.RNN" else fused
 step = train_fn(module, x)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def kib(field):  # VmRSS / VmHWM of this process, in KiB (/proc/self/status)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+# The peak is measured from here: reset the high-water mark to the current resident set
+# (clear_refs 5, Linux >= 4.0). getrusage's ru_maxrss would not do: it survives exec, so a
+# child of a large process reports its parent's peak.
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = kib("VmRSS")
 step()
 step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+print(kib("VmHWM") - before)
 """
 
 
@@ -207,4 +219,4 @@ def peak_rss_bytes(case: Case, impl: str) -> int:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
-    return int(out.split()[-1]) * 1024  # ru_maxrss is in KiB on Linux
+    return int(out.split()[-1]) * 1024

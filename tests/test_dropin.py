@@ -854,6 +854,27 @@ def test_compile_fullgraph_padded_and_packed():
     )
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_jit_script_is_refused_clearly():
+    """TorchScript cannot compile the Python forward: a clear error that names the ways
+    out (before, a "Lambda aren't supported" from deep inside the forward), and the model
+    is left as it was (torch swaps in whatever __prepare_scriptable__ returns). The cell's
+    way out, scripting ``to_torch()``, works (torch.nn.RNN itself does not script in
+    torch 2.13: the scripted module has no forward)."""
+    torch.manual_seed(0)
+    model = _Tagger()
+    for target, pattern in (
+        (model, r"fusedrnn\.RNN:.*torch\.compile"),
+        (model.rnn, r"fusedrnn\.RNN:.*torch\.compile"),
+        (model.cell, r"fusedrnn\.RNNCell:.*to_torch\(\)"),
+    ):
+        with pytest.raises(RuntimeError, match=pattern):
+            torch.jit.script(target)
+    assert type(model.rnn) is fusedrnn.RNN and type(model.cell) is fusedrnn.RNNCell
+    x, h = torch.randn(3, 8), torch.randn(3, 5)
+    torch.testing.assert_close(torch.jit.script(model.cell.to_torch())(x, h), model.cell(x, h))
+
+
 def test_export_runs_the_custom_op():
     torch.manual_seed(0)
     model = _Tagger().eval()

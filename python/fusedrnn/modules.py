@@ -87,6 +87,23 @@ def _rebuild(cls: type[nn.Module], source: nn.Module, arg_names: tuple[str, ...]
     return module.train(source.training)
 
 
+def _refuse_script(module: nn.Module) -> None:
+    """``torch.jit.script`` calls ``__prepare_scriptable__`` first: refuse clearly there,
+    instead of failing deep inside the Python forward."""
+    cell = isinstance(module, RNNCell)
+    name = "RNNCell" if cell else "RNN"
+    alternative = (
+        "script `module.to_torch()` (a torch.nn.RNNCell with the same weights, on torch's "
+        "kernels), or use torch.compile, torch.export or torch.onnx.export"
+        if cell
+        else "use torch.compile, torch.export or torch.onnx.export"
+    )
+    raise RuntimeError(
+        f"torch.jit.script does not support fusedrnn.{name}: its forward calls the fused "
+        f"kernels from Python. Instead, {alternative}, which support fusedrnn modules."
+    )
+
+
 class RNN(nn.RNNBase):
     r"""Multi-layer Elman RNN with ``tanh`` or ``relu``, computed by fused kernels.
 
@@ -126,6 +143,9 @@ class RNN(nn.RNNBase):
     def to_torch(self) -> nn.RNN:
         """A ``torch.nn.RNN`` with the configuration and the weights of this module."""
         return _rebuild(nn.RNN, self, _RNN_ARGS)
+
+    def __prepare_scriptable__(self):
+        _refuse_script(self)
 
     def _layer_weights(self, layer: int, direction: int):
         # By name at every call, never through the base class's _flat_weights cache: what
@@ -455,6 +475,9 @@ class RNNCell(nn.RNNCell):
     def to_torch(self) -> nn.RNNCell:
         """A ``torch.nn.RNNCell`` with the configuration and the weights of this module."""
         return _rebuild(nn.RNNCell, self, _CELL_ARGS)
+
+    def __prepare_scriptable__(self):
+        _refuse_script(self)
 
     def check_forward_args(self, input: Tensor, hx: Tensor) -> None:
         """``torch.nn.RNNCell``'s checks on batched input, with its messages and types."""

@@ -173,11 +173,11 @@ def train_fn(module, x):
 
 
 _RSS_CHILD = """
-import dataclasses, sys
+import ctypes, dataclasses, sys
 sys.path.insert(0, {bench!r})
 import torch
-from cpu_cases import CASES, make_pair, train_fn
-case = next(c for c in CASES if c.name == {name!r})
+from cpu_cases import Case, make_pair, train_fn
+case = {case}
 impl = {impl!r}
 # Warm-up on a tiny problem of the same kind: thread pools, kernel code, the autograd
 # engine and lazy buffers of both libraries come up here, and no large tensor is touched.
@@ -193,6 +193,9 @@ def kib(field):  # VmRSS / VmHWM of this process, in KiB (/proc/self/status)
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
+# Give freed heap memory back to the kernel (glibc), so that the step's allocations fault
+# their pages in and count, instead of reusing pages that are still resident.
+ctypes.CDLL(None).malloc_trim(0)
 # The peak is measured from here: reset the high-water mark to the current resident set
 # (clear_refs 5, Linux >= 4.0). getrusage's ru_maxrss would not do: it survives exec, so a
 # child of a large process reports its parent's peak.
@@ -205,18 +208,48 @@ print(kib("VmHWM") - before)
 """
 
 
-def peak_rss_bytes(case: Case, impl: str) -> int:
+def rss_measurable() -> bool:
+    """Whether peak_rss_bytes can measure here (Linux >= 4.0 with glibc: /proc/self/status
+    has VmHWM and /proc/self/clear_refs is writable)."""
+    import ctypes
+    import os
+
+    try:
+        with open("/proc/self/status") as f:
+            if not any(line.startswith("VmHWM:") for line in f):
+                return False
+        ctypes.CDLL(None).malloc_trim  # noqa: B018 - glibc only
+    except (OSError, AttributeError):
+        return False
+    return os.access("/proc/self/clear_refs", os.W_OK)
+
+
+def peak_rss_bytes(case: Case, impl: str, runs: int = 3) -> int:
     """Growth of the peak resident set over two training steps of ``impl`` ("nn.RNN" or
     "fusedrnn") on ``case``, in a fresh process: everything the step holds at its peak
     (torch's tensors, the weight gradients, and what MKL and the C++ kernels allocate
-    themselves, which torch's profiler does not see), after a warm-up on a tiny problem
-    and with the model and input already built."""
+    themselves, which torch's profiler does not see), after a warm-up on a tiny problem,
+    with the model and input already built and freed heap memory returned to the kernel.
+    The median of ``runs`` processes (the allocators' reuse of memory moves single
+    readings by tens of percent). Resolution: a few pages (tiny cases read ~0). Needs
+    :func:`rss_measurable`."""
+    import statistics
     import subprocess
     import sys
     from pathlib import Path
 
-    code = _RSS_CHILD.format(bench=str(Path(__file__).resolve().parent), name=case.name, impl=impl)
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    return int(out.split()[-1]) * 1024
+    fields = ", ".join(
+        f"{f.name}={getattr(case, f.name)!r}" for f in dataclasses.fields(case) if f.name != "dtype"
+    )
+    code = _RSS_CHILD.format(
+        bench=str(Path(__file__).resolve().parent),
+        case=f"Case({fields}, dtype={case.dtype})",
+        impl=impl,
+    )
+    readings = []
+    for _ in range(runs):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the memory child for {case.name} / {impl} failed:\n{proc.stderr}")
+        readings.append(int(proc.stdout.split()[-1]) * 1024)
+    return int(statistics.median(readings))

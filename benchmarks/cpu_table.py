@@ -15,7 +15,15 @@ import os
 import platform
 
 import torch
-from cpu_cases import CASES, infer_fn, make_pair, min_time, peak_rss_bytes, train_fn
+from cpu_cases import (
+    CASES,
+    infer_fn,
+    make_pair,
+    min_time,
+    peak_rss_bytes,
+    rss_measurable,
+    train_fn,
+)
 
 
 def main():
@@ -29,6 +37,8 @@ def main():
     )
     args = ap.parse_args()
     wanted = set(filter(None, args.cases.split(",")))
+    if args.memory and not rss_measurable():
+        ap.error("--memory needs Linux's /proc/self/clear_refs and glibc")
     from fusedrnn import _C
 
     print(

@@ -199,6 +199,45 @@ def test_row_and_column_splits_give_the_same_bits():
     assert digests["rows"] == digests["cols"]
 
 
+_TEAMS_CHILD = """
+import hashlib, torch
+from torch.nn.utils.rnn import pack_sequence
+import fusedrnn
+digests = []
+for n in (1, 3, 4):
+    torch.set_num_threads(n)
+    digest = hashlib.sha256()
+    for dtype in (torch.float32, torch.float64):
+        for B, H, bidir, packed in ((16, 96, True, False), (40, 64, False, True),
+                                    (9, 160, True, True), (64, 300, False, True)):
+            torch.manual_seed(B)
+            module = fusedrnn.RNN(24, H, num_layers=2, bidirectional=bidir, dtype=dtype)
+            hx = torch.randn(4 if bidir else 2, B, H, dtype=dtype, requires_grad=True)
+            if packed:
+                lengths = sorted(torch.randint(1, 9, (B,)).tolist(), reverse=True)
+                x = pack_sequence([torch.randn(k, 24, dtype=dtype) for k in lengths])
+            else:
+                x = torch.randn(6, B, 24, dtype=dtype, requires_grad=True)
+            out, hn = module(x, hx)
+            data = out.data if packed else out
+            (data.sum() + (hn * hn).sum()).backward()
+            for t in (data, hn, hx.grad, *(p.grad for p in module.parameters())):
+                digest.update(t.detach().numpy().tobytes())
+    digests.append(digest.hexdigest())
+print(" ".join(digests))
+"""
+
+
+@pytest.mark.parametrize("split", ["rows", "cols"])
+def test_teams_of_3_and_4_threads_give_the_bits_of_1(split):
+    """Teams larger than this 2-core machine (FUSEDRNN_CPU_CORES lifts the cap; every
+    kernel forced into a team with FUSEDRNN_CPU_MIN_WORK=1): the partitions a 3- or 4-core
+    machine makes, packed sequences' balanced row ranges included, change no bit."""
+    env = {"FUSEDRNN_CPU_CORES": "4", "FUSEDRNN_CPU_MIN_WORK": "1", "FUSEDRNN_CPU_SPLIT": split}
+    one, three, four = _run_child(_TEAMS_CHILD, env).split()
+    assert one == three == four
+
+
 def _layer_forward_args(**changes):
     """Valid arguments of _C.layer_forward for T=2, B=1, H=3, I=2 (tensors kept alive)."""
     x, w_ih, w_hh = torch.randn(2, 2), torch.randn(3, 2), torch.randn(3, 3)

@@ -119,6 +119,15 @@ int query_hardware_threads() {
 }  // namespace
 
 int hardware_threads() {
+  // FUSEDRNN_CPU_CORES=n (read once) replaces the count: tests run teams of 3 or 4 threads
+  // on a 2-core machine with it, so partitions that only larger machines would see get
+  // checked (oversubscribed, but the results must not change).
+  static const int forced = [] {
+    const char* env = std::getenv("FUSEDRNN_CPU_CORES");
+    const long n = env ? std::atol(env) : 0;
+    return n > 0 ? int(std::min(n, 1024L)) : 0;
+  }();
+  if (forced) return forced;
   // sched_getaffinity is a system call (~0.5 us, as long as a whole single step of a small
   // RNN): ask once per 1024 calls, so that an affinity change is seen soon after.
   static std::atomic<int> cached{0};

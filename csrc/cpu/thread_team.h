@@ -42,7 +42,8 @@ using TeamFn = void (*)(void* ctx, int tid, int nthreads);
 // torch's libgomp is loaded (see thread_team.cpp), else our own persistent team.
 int team_run(int nthreads, TeamFn fn, void* ctx);
 
-// Cores this process may use (at least 1).
+// Cores this process may use (at least 1; FUSEDRNN_CPU_CORES=n in the environment, read
+// once, replaces the count: tests use it to run larger teams than the machine has).
 int hardware_threads();
 
 // Spin-then-sleep wait helpers shared by the barrier and the team (Linux futex, or yield).

@@ -164,47 +164,15 @@ def test_fallback_configurations_agree_with_nn_rnn(env):
     assert isa is None or out in (isa, "generic")
 
 
-_SPLIT_CHILD = """
-import hashlib, torch
-from torch.nn.utils.rnn import pack_sequence
-import fusedrnn
-torch.set_num_threads(2)
-digest = hashlib.sha256()
-for dtype in (torch.float32, torch.float64):
-    for B, H, bidir, packed in ((16, 96, True, False), (40, 64, False, True), (9, 160, True, True)):
-        torch.manual_seed(B)
-        module = fusedrnn.RNN(24, H, num_layers=2, bidirectional=bidir, dtype=dtype)
-        hx = torch.randn(4 if bidir else 2, B, H, dtype=dtype, requires_grad=True)
-        if packed:
-            lengths = sorted(torch.randint(1, 7, (B,)).tolist(), reverse=True)
-            x = pack_sequence([torch.randn(n, 24, dtype=dtype) for n in lengths])
-        else:
-            x = torch.randn(6, B, 24, dtype=dtype, requires_grad=True)
-        out, hn = module(x, hx)
-        data = out.data if packed else out
-        (data.sum() + (hn * hn).sum()).backward()
-        for t in (data, hn, hx.grad, *(p.grad for p in module.parameters())):
-            digest.update(t.detach().numpy().tobytes())
-print(digest.hexdigest())
-"""
-
-
-def test_row_and_column_splits_give_the_same_bits():
-    """The recurrence shares a sequence between threads by batch rows or by hidden columns
-    (rnn_cpu.cpp); which one must never change a bit of the results."""
-    digests = {}
-    for split in ("rows", "cols"):
-        env = {"FUSEDRNN_CPU_SPLIT": split, "FUSEDRNN_CPU_MIN_WORK": "1"}
-        digests[split] = _run_child(_SPLIT_CHILD, env)
-    assert digests["rows"] == digests["cols"]
-
-
-_TEAMS_CHILD = """
+# A digest of every output and gradient of a few models (padded, packed, bidirectional;
+# float32 and float64), one per thread count in {threads}: run in a child process, since
+# the kernels read their knobs once.
+_DIGEST_CHILD = """
 import hashlib, torch
 from torch.nn.utils.rnn import pack_sequence
 import fusedrnn
 digests = []
-for n in (1, 3, 4):
+for n in {threads}:
     torch.set_num_threads(n)
     digest = hashlib.sha256()
     for dtype in (torch.float32, torch.float64):
@@ -228,13 +196,23 @@ print(" ".join(digests))
 """
 
 
+def test_row_and_column_splits_give_the_same_bits():
+    """The recurrence shares a sequence between threads by batch rows or by hidden columns
+    (rnn_cpu.cpp); which one must never change a bit of the results."""
+    digests = {}
+    for split in ("rows", "cols"):
+        env = {"FUSEDRNN_CPU_SPLIT": split, "FUSEDRNN_CPU_MIN_WORK": "1"}
+        digests[split] = _run_child(_DIGEST_CHILD.format(threads=(2,)), env)
+    assert digests["rows"] == digests["cols"]
+
+
 @pytest.mark.parametrize("split", ["rows", "cols"])
 def test_teams_of_3_and_4_threads_give_the_bits_of_1(split):
     """Teams larger than this 2-core machine (FUSEDRNN_CPU_CORES lifts the cap; every
     kernel forced into a team with FUSEDRNN_CPU_MIN_WORK=1): the partitions a 3- or 4-core
     machine makes, packed sequences' balanced row ranges included, change no bit."""
     env = {"FUSEDRNN_CPU_CORES": "4", "FUSEDRNN_CPU_MIN_WORK": "1", "FUSEDRNN_CPU_SPLIT": split}
-    one, three, four = _run_child(_TEAMS_CHILD, env).split()
+    one, three, four = _run_child(_DIGEST_CHILD.format(threads=(1, 3, 4)), env).split()
     assert one == three == four
 
 

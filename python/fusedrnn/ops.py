@@ -570,7 +570,7 @@ def _backward(ctx, grad_h, grad_hn):
     # The kernels may read the tensors by address unless a graph of this backward is
     # recorded (create_graph=True) or the gradients are transformed (batched by vmap, as
     # is_grads_batched does, or carrying forward-mode tangents): see _backward_rows.
-    transformed = _recorded_or_transformed() or _legacy_batched(grad_h, grad_hn)
+    transformed = _recorded_or_transformed(grad_h, grad_hn)
     eager = getattr(ctx, "eager", False) and not transformed
     if fused and eager:  # the kernel reads absent gradients and an absent h0 as zeros
         dx, dw_ih, dw_hh, db, dh0 = _grads_impl(
@@ -1102,18 +1102,17 @@ class _FusedGrads(torch.autograd.Function):
 _is_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
 
 
-def _legacy_batched(*tensors) -> bool:
-    """Some gradient is batched by torch's legacy vmap (``autograd.grad(...,
-    is_grads_batched=True)``, ``autograd.functional`` with ``vectorize=True``), which no
-    torch.func interpreter announces."""
-    return any(t is not None and _is_legacy_batched(t) for t in tensors)
-
-
-def _recorded_or_transformed() -> bool:
-    """A graph of the backward is recorded, or torch.func transforms or a forward-AD dual
-    level are active (batched or dual gradients): the kernels may not be called on raw
-    pointers then."""
-    return torch.is_grad_enabled() or _func_or_forward_ad()
+def _recorded_or_transformed(*grads) -> bool:
+    """A graph of the backward is recorded, torch.func transforms or a forward-AD dual level
+    are active (batched or dual gradients), or one of ``grads`` is batched by torch's legacy
+    vmap (``autograd.grad(..., is_grads_batched=True)``, ``autograd.functional`` with
+    ``vectorize=True``), which no torch.func interpreter announces: the kernels may not be
+    called on raw pointers then."""
+    return (
+        torch.is_grad_enabled()
+        or _func_or_forward_ad()
+        or any(g is not None and _is_legacy_batched(g) for g in grads)
+    )
 
 
 def _transforms() -> list:
@@ -1435,7 +1434,7 @@ class _EagerBiLayer(torch.autograd.Function):
         x, out, grad_out = _as_rows(x), _as_rows(out), _as_rows(grad_out)
         saved = (x, *weights, out, batch_sizes)
         grads = (grad_out, grad_hnf, grad_hnb)
-        if _recorded_or_transformed() or _legacy_batched(*grads):  # see _bi_backward_recorded
+        if _recorded_or_transformed(*grads):  # see _bi_backward_recorded
             grads = _bi_backward_recorded(ctx, saved, grads)
         else:
             grads = _bi_backward_eager(ctx, saved, grads)

@@ -238,13 +238,10 @@ def peak_rss_bytes(case: Case, impl: str, runs: int = 3) -> int:
     import sys
     from pathlib import Path
 
-    fields = ", ".join(
-        f"{f.name}={getattr(case, f.name)!r}" for f in dataclasses.fields(case) if f.name != "dtype"
-    )
+    # The case rebuilt from its fields' reprs (a dtype's is ``torch.float64``).
+    fields = ", ".join(f"{f.name}={getattr(case, f.name)!r}" for f in dataclasses.fields(case))
     code = _RSS_CHILD.format(
-        bench=str(Path(__file__).resolve().parent),
-        case=f"Case({fields}, dtype={case.dtype})",
-        impl=impl,
+        bench=str(Path(__file__).resolve().parent), case=f"Case({fields})", impl=impl
     )
     readings = []
     for _ in range(runs):

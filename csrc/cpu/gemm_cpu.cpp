@@ -120,6 +120,14 @@ void few_rows_thread(void* vjob, int tid, int nt) {
   }
 }
 
+// A product over K = 0: C = (accumulate ? C : 0) + bias (bias may be nullptr).
+template <typename T>
+void empty_sum(int64_t M, int64_t N, T* C, int64_t ldc, const T* bias, bool accumulate) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j)
+      C[i * ldc + j] = (accumulate ? C[i * ldc + j] : T(0)) + (bias ? bias[j] : T(0));
+}
+
 // The team for an M x N x K product.
 int threads_for(int64_t M, int64_t N, int64_t K, int num_threads) {
   const double flops = 2.0 * double(M) * double(N) * double(K);
@@ -151,13 +159,7 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
               const scalar_t* bias, bool accumulate, int num_threads) {
   if (M <= 0 || N <= 0) return;
   const cpu::KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
-  if (K <= 0) {  // empty sum: C = (accumulate ? C : 0) + bias
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j)
-        C[i * ldc + j] =
-            (accumulate ? C[i * ldc + j] : scalar_t(0)) + (bias ? bias[j] : scalar_t(0));
-    return;
-  }
+  if (K <= 0) return empty_sum(M, N, C, ldc, bias, accumulate);
   const int nt = threads_for(M, N, K, num_threads);
   // B transposed: lane-wise dot products (another summation order: chosen by shape
   // only). B as it is: the packed kernel's chains on B in place (bitwise the same).
@@ -179,12 +181,7 @@ void gemm_cpu_rows(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t l
                    int num_threads) {
   if (M <= 0 || N <= 0) return;
   const cpu::KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
-  if (K <= 0) {
-    if (!accumulate)
-      for (int64_t i = 0; i < M; ++i)
-        for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = scalar_t(0);
-    return;
-  }
+  if (K <= 0) return empty_sum(M, N, C, ldc, static_cast<const scalar_t*>(nullptr), accumulate);
   GemmJob<scalar_t> g{&k,  M,       N,       K,          A,
                       lda, a_trans, nullptr, 0,          false,
                       C,   ldc,     nullptr, accumulate, (N + k.nr - 1) / k.nr,

@@ -118,6 +118,20 @@ void check_dtype(const std::string& dtype) {
     throw std::invalid_argument("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
 }
 
+// The recurrences alone also take bfloat16, where the CPU runs its kernels.
+void check_recurrence_dtype(const std::string& dtype) {
+  if (dtype == "bfloat16") {
+    if (!fusedrnn::cpu_has_bf16())
+      throw std::invalid_argument(
+          "dtype: 'bfloat16' needs a CPU with AVX512_BF16 (fusedrnn._C.cpu_has_bf16() is "
+          "False here)");
+    return;
+  }
+  if (dtype != "float32" && dtype != "float64")
+    throw std::invalid_argument("dtype: expected 'float32', 'float64' or 'bfloat16', got '" +
+                                dtype + "'");
+}
+
 // layer_forward and layer_backward run once per layer and call: a single step (T = 1) is
 // a few microseconds in all, and pybind11's dispatcher took ~0.15 us more than a plain
 // METH_FASTCALL function to convert their 18 and 25 arguments. These two are therefore
@@ -322,7 +336,7 @@ PYBIND11_MODULE(_C, m) {
       [](const std::string& dtype, int64_t T, int64_t B, int64_t H, std::uintptr_t batch_sizes,
          bool reverse, const std::string& nonlinearity, std::uintptr_t P, std::uintptr_t W_hh,
          std::uintptr_t h0, std::uintptr_t h, std::uintptr_t hn, int num_threads) {
-        check_dtype(dtype);
+        check_recurrence_dtype(dtype);
         const bool work = T > 0 && B > 0 && H > 0;
         require(P, "P", work);
         require(W_hh, "W_hh", work);
@@ -331,14 +345,17 @@ PYBIND11_MODULE(_C, m) {
         py::gil_scoped_release release;
         if (dtype == "float32")
           forward_typed<float>(s, P, W_hh, h0, h, hn, num_threads);
-        else
+        else if (dtype == "float64")
           forward_typed<double>(s, P, W_hh, h0, h, hn, num_threads);
+        else
+          forward_typed<fusedrnn::bfloat16_t>(s, P, W_hh, h0, h, hn, num_threads);
       },
       py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("batch_sizes"),
       py::arg("reverse"), py::arg("nonlinearity"), py::arg("P"), py::arg("W_hh"), py::arg("h0"),
       py::arg("h"), py::arg("hn"), py::arg("num_threads"),
       "Forward recurrence over T steps. P [N,H], W_hh [H,H], h0 [B,H] or 0, h [N,H] (may be P), "
-      "hn [B,H]; batch_sizes: address of [T] int64 or 0 for padded input.");
+      "hn [B,H]; batch_sizes: address of [T] int64 or 0 for padded input. dtype 'float32', "
+      "'float64' or, where cpu_has_bf16(), 'bfloat16' (float32 arithmetic inside).");
 
   m.def(
       "rnn_backward",
@@ -346,7 +363,7 @@ PYBIND11_MODULE(_C, m) {
          bool reverse, const std::string& nonlinearity, std::uintptr_t W_hh, std::uintptr_t h,
          std::uintptr_t G, std::uintptr_t dhn, std::uintptr_t dP, std::uintptr_t dh0,
          int num_threads) {
-        check_dtype(dtype);
+        check_recurrence_dtype(dtype);
         const bool work = T > 0 && B > 0 && H > 0;
         require(W_hh, "W_hh", work);
         require(h, "h", work);
@@ -355,8 +372,10 @@ PYBIND11_MODULE(_C, m) {
         py::gil_scoped_release release;
         if (dtype == "float32")
           backward_typed<float>(s, W_hh, h, G, dhn, dP, dh0, num_threads);
-        else
+        else if (dtype == "float64")
           backward_typed<double>(s, W_hh, h, G, dhn, dP, dh0, num_threads);
+        else
+          backward_typed<fusedrnn::bfloat16_t>(s, W_hh, h, G, dhn, dP, dh0, num_threads);
       },
       py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("batch_sizes"),
       py::arg("reverse"), py::arg("nonlinearity"), py::arg("W_hh"), py::arg("h"), py::arg("G"),
@@ -396,4 +415,7 @@ PYBIND11_MODULE(_C, m) {
       "for any num_threads.");
 
   m.def("cpu_isa", &fusedrnn::cpu_isa, "SIMD instruction set the CPU kernels selected");
+  m.def("cpu_has_bf16", &fusedrnn::cpu_has_bf16,
+        "whether rnn_forward and rnn_backward take 'bfloat16' here (AVX512_BF16, not capped by "
+        "FUSEDRNN_CPU_ISA)");
 }

@@ -24,6 +24,14 @@ namespace fusedrnn {
 
 enum class Activation : int { kTanh = 0, kRelu = 1 };
 
+// A bfloat16 value as stored (torch.bfloat16's bits): the kernels of bfloat16 layers
+// (rnn_forward_cpu / rnn_backward_cpu<bfloat16_t>, where cpu_has_bf16()) read and write
+// bfloat16 and compute in float32 (float32 accumulators, one rounding per stored value).
+struct bfloat16_t {
+  uint16_t bits;
+};
+static_assert(sizeof(bfloat16_t) == 2, "bfloat16_t must be two bytes");
+
 struct RecurrenceShape {
   int64_t T = 0;
   int64_t B = 0;
@@ -70,5 +78,10 @@ void rnn_backward_cpu(const RecurrenceShape& s, const scalar_t* W_hh, const scal
 
 // The instruction set the CPU kernels selected at run time ("avx512", "avx2", "generic").
 const char* cpu_isa();
+
+// Whether this CPU runs the bfloat16 recurrence kernels (AVX-512 BF16 dot products, and
+// FUSEDRNN_CPU_ISA not capping the choice below AVX-512). rnn_forward_cpu and
+// rnn_backward_cpu<bfloat16_t> throw std::runtime_error where it is false.
+bool cpu_has_bf16();
 
 }  // namespace fusedrnn

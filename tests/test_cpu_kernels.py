@@ -165,7 +165,7 @@ def test_fallback_configurations_agree_with_nn_rnn(env):
 
 
 # A digest of every output and gradient of a few models (padded, packed, bidirectional;
-# float32 and float64), one per thread count in {threads}: run in a child process, since
+# float32, float64 and bfloat16), one per thread count in {threads}: run in a child process, since
 # the kernels read their knobs once.
 _DIGEST_CHILD = """
 import hashlib, torch
@@ -175,7 +175,7 @@ digests = []
 for n in {threads}:
     torch.set_num_threads(n)
     digest = hashlib.sha256()
-    for dtype in (torch.float32, torch.float64):
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
         for B, H, bidir, packed in ((16, 96, True, False), (40, 64, False, True),
                                     (9, 160, True, True), (64, 300, False, True)):
             torch.manual_seed(B)
@@ -190,7 +190,7 @@ for n in {threads}:
             data = out.data if packed else out
             (data.sum() + (hn * hn).sum()).backward()
             for t in (data, hn, hx.grad, *(p.grad for p in module.parameters())):
-                digest.update(t.detach().numpy().tobytes())
+                digest.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
     digests.append(digest.hexdigest())
 print(" ".join(digests))
 """
@@ -273,3 +273,121 @@ def test_layer_bindings_take_positional_arguments_and_bool_like_flags():
     ref = torch.tanh(x @ w_ih.t())
     ref[1] = torch.tanh(x[1] @ w_ih.t() + ref[0] @ w_hh.t())
     torch.testing.assert_close(h, ref)
+
+
+# -- the bfloat16 recurrences (AVX512_BF16) ---------------------------------------------
+
+_needs_bf16 = pytest.mark.skipif(
+    not _C.cpu_has_bf16(), reason="the bfloat16 kernels need a CPU with AVX512_BF16"
+)
+
+
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    """Rounded to bfloat16 and back to float64: the value the kernels store."""
+    return t.float().to(torch.bfloat16).double()
+
+
+def _packed_rows(lengths):
+    """Row offsets of the steps and each sequence's steps in the order the forward pass
+    walks them."""
+    T = max(lengths)
+    bs = [sum(n > t for n in lengths) for t in range(T)]
+    return [sum(bs[:t]) for t in range(T)]
+
+
+def _bf16_forward_model(P, W, h0, lengths, reverse, act):
+    """The bfloat16 forward kernel's arithmetic in float64, sequence by sequence:
+    bfloat16 operands, exact sums, h rounded once per step. Returns h, hn."""
+    off, phi = _packed_rows(lengths), (torch.tanh if act == "tanh" else torch.relu)
+    P, W, h0 = P.double(), W.double(), h0.double()
+    h, hn = torch.zeros_like(P), torch.zeros_like(h0)
+    for b, n in enumerate(lengths):
+        state = h0[b]
+        for t in range(n - 1, -1, -1) if reverse else range(n):
+            state = h[off[t] + b] = _bf16(phi(P[off[t] + b] + W @ state))
+        hn[b] = state
+    return h, hn
+
+
+def _bf16_backward_model(h, W, G, dhn, lengths, reverse, act):
+    """The bfloat16 BPTT kernel's arithmetic in float64 on the stored h: dP and dh0
+    rounded once each. Returns dP, dh0."""
+    off = _packed_rows(lengths)
+    h, W, G, dhn = h.double(), W.double(), G.double(), dhn.double()
+    dP, dh0 = torch.zeros_like(h), torch.zeros_like(dhn)
+    for b, n in enumerate(lengths):
+        d = None
+        for t in range(n) if reverse else range(n - 1, -1, -1):  # opposite to the forward
+            hb = h[off[t] + b]
+            g = G[off[t] + b] + (dhn[b] if d is None else d @ W)
+            d = dP[off[t] + b] = _bf16(g * (1 - hb * hb if act == "tanh" else (hb > 0).double()))
+        dh0[b] = _bf16(d @ W)
+    return dP, dh0
+
+
+def _assert_bf16_close(got, want, what):
+    """Equal but for float32 accumulation flipping a rounding: within 2 bfloat16 ulps of
+    the magnitude, and almost every value bit-exact."""
+    got = got.double()
+    scale = want.abs().max().clamp_min(1e-3)
+    err = (got - want).abs()
+    assert err.max() <= 2 * 2**-8 * scale, f"{what}: max error {err.max():.3g} of {scale:.3g}"
+    assert (err == 0).double().mean() >= 0.97, f"{what}: too few values bit-exact"
+
+
+@_needs_bf16
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize(
+    "H,lengths",
+    [(7, [5, 5, 5]), (33, [4] * 16), (64, [3]), (257, [6, 6, 4, 4, 3, 1]), (100, [6] * 20)],
+    ids=["H7", "H33", "H64-B1", "H257-packed", "H100-B20"],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bfloat16_recurrences_match_their_rounding_model(restore_threads, act, reverse, H,
+                                                         lengths, threads):  # fmt: skip
+    """The bfloat16 kernels (AVX512_BF16 pair products, k in pairs with an odd last k,
+    panels of 32 columns with a masked tail) against their arithmetic in float64."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(H + len(lengths))
+    T, B, N = max(lengths), len(lengths), sum(lengths)
+    packed = len(set(lengths)) > 1
+    bs = torch.tensor([sum(n > t for n in lengths) for t in range(T)], dtype=torch.int64)
+    P = torch.randn(N, H).to(torch.bfloat16)
+    W = (torch.randn(H, H) / H**0.5).to(torch.bfloat16)
+    h0, dhn = torch.randn(B, H).to(torch.bfloat16), torch.randn(B, H).to(torch.bfloat16)
+    G = torch.randn(N, H).to(torch.bfloat16)
+    h, hn = torch.empty_like(P), torch.empty_like(h0)
+    dP, dh0 = torch.empty_like(P), torch.empty_like(h0)
+    steps = bs.data_ptr() if packed else 0
+    shape = ("bfloat16", T, B, H, steps, reverse, act)
+    _C.rnn_forward(*shape, *(t.data_ptr() for t in (P, W, h0, h, hn)), threads)
+    _C.rnn_backward(*shape, *(t.data_ptr() for t in (W, h, G, dhn, dP, dh0)), threads)
+    # Each pass against its model; the backward one on the kernel's own h.
+    for got, want, what in zip(
+        (h, hn, dP, dh0),
+        (*_bf16_forward_model(P, W, h0, lengths, reverse, act),
+         *_bf16_backward_model(h, W, G, dhn, lengths, reverse, act)),
+        ("h", "hn", "dP", "dh0"),
+        strict=True,
+    ):  # fmt: skip
+        _assert_bf16_close(got, want, what)
+
+
+def test_bfloat16_without_avx512_bf16_computes_in_float32():
+    """Below AVX-512 (FUSEDRNN_CPU_ISA=avx2, as on a CPU without AVX512_BF16) a bfloat16
+    layer takes the float32 kernels and rounds once: bitwise the float32 layer's result
+    rounded. A fresh process: the kernels read the knob at load."""
+    code = (
+        "import torch; from fusedrnn import _C, ops\n"
+        "torch.manual_seed(0)\n"
+        "args = [torch.randn(*s).to(torch.bfloat16) for s in ((12, 5), (40, 5), (40, 40),\n"
+        "        (40,), (40,), (3, 40))]\n"
+        "bs = torch.tensor([3, 3, 3, 2, 1])\n"
+        "h, hn = ops.rnn_layer(*args, bs, False, 'tanh')\n"
+        "want = ops.rnn_layer(*(t.float() for t in args), bs, False, 'tanh')\n"
+        "assert torch.equal(h, want[0].to(torch.bfloat16))\n"
+        "assert torch.equal(hn, want[1].to(torch.bfloat16))\n"
+        "print(_C.cpu_has_bf16())\n"
+    )
+    assert _run_child(code, {"FUSEDRNN_CPU_ISA": "avx2"}) == "False"

@@ -48,6 +48,11 @@ template <typename T>
 struct KernelTable {
   const char* isa;
   int nr;  // panel width in elements
+  // K is packed in groups of kstep consecutive k (zero-padded to a multiple of kstep): 1,
+  // or 2 for the bfloat16 table, whose dot-product instructions take k in pairs (panel p
+  // holds B[k, p*nr + jj] at dst[p*pstride + (k/2)*2*nr + 2*jj + k%2]). pstride is then at
+  // least round_up(K, kstep) * nr.
+  int kstep = 1;
 
   // Pack panels [p0, p1) of B[k, j] = src[k*rs + j*cs] (k < K, j < N; zero beyond N).
   void (*pack)(const T* src, int64_t rs, int64_t cs, int64_t K, int64_t N, int64_t p0, int64_t p1,
@@ -67,9 +72,10 @@ struct KernelTable {
                     const Epilogue<T>& ep);
 
   // acc[r*ldacc + j] = sum_k a[r*lda + k] * w[j*ldw + k] for rows r < m and columns j in
-  // [j0, j1): a few rows times W^T with W read in place, unpacked (one step of a short
-  // sequence; W is read once per 4 rows). Lane-wise dot products, then the lanes in a fixed order:
-  // not the packed kernel's chain, so callers choose between the two by shape, never by thread.
+  // [j0, j1) (nullptr in a table without an unpacked path: the bfloat16 one): a few rows times W^T
+  // with W read in place, unpacked (one step of a short sequence; W is read once per 4 rows).
+  // Lane-wise dot products, then the lanes in a fixed order: not the packed kernel's chain, so
+  // callers choose between the two by shape, never by thread.
   void (*gemv_nt)(int64_t m, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
                   int64_t j0, int64_t j1, T* acc, int64_t ldacc);
 
@@ -86,6 +92,8 @@ struct KernelTable {
 
 // The best table this CPU supports: AVX-512 (F, DQ, VL, BW), then AVX2+FMA, then generic.
 // FUSEDRNN_CPU_ISA=avx512|avx2|generic in the environment caps the choice (tests, bench).
+// bfloat16_t has one table (AVX-512 BF16); where the CPU lacks it (cpu_has_bf16() false),
+// select_kernels<bfloat16_t> throws std::runtime_error.
 template <typename T>
 const KernelTable<T>& select_kernels();
 

@@ -3,7 +3,9 @@
 #define FUSEDRNN_ISA_NS generic
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 
+#include "fusedrnn.h"
 #include "kernels_impl.h"
 #include "vec_portable.h"
 
@@ -15,6 +17,10 @@ const KernelTable<float>* kernels_avx512_f32();
 const KernelTable<double>* kernels_avx512_f64();
 const KernelTable<float>* kernels_avx2_f32();
 const KernelTable<double>* kernels_avx2_f64();
+#endif
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(FUSEDRNN_NO_BF16)
+#define FUSEDRNN_BF16_TABLE 1
+const KernelTable<bfloat16_t>* kernels_avx512_bf16();
 #endif
 
 namespace {
@@ -46,6 +52,16 @@ Isa detect_isa() {
   return isa;
 }
 
+// AVX512_BF16 (vdpbf16ps, vcvtneps2bf16) beside the AVX-512 table, which
+// FUSEDRNN_CPU_ISA=avx2|generic also turns off.
+bool detect_bf16() {
+#if defined(FUSEDRNN_BF16_TABLE) && (defined(__GNUC__) || defined(__clang__))
+  return the_isa() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 template <>
@@ -68,5 +84,21 @@ const KernelTable<double>& select_kernels<double>() {
   return g;
 }
 
+template <>
+const KernelTable<bfloat16_t>& select_kernels<bfloat16_t>() {
+#if defined(FUSEDRNN_BF16_TABLE)
+  if (cpu_has_bf16()) return *kernels_avx512_bf16();
+#endif
+  throw std::runtime_error(
+      "fusedrnn: the bfloat16 CPU kernels need AVX512_BF16, which this CPU lacks (or "
+      "FUSEDRNN_CPU_ISA caps the kernels below AVX-512)");
+}
+
 }  // namespace cpu
+
+bool cpu_has_bf16() {
+  static const bool v = cpu::detect_bf16();
+  return v;
+}
+
 }  // namespace fusedrnn

@@ -54,7 +54,11 @@ T* row_buffer(size_t elems) {
 // B1-H1024-T1 packing W_hh^T took ~150 us for a 2 MFLOP product. Each step then reads W_hh
 // in place (KernelTable::gemv_nt), whose sums run in another order than the packed
 // kernel's: the choice depends on the shape only, never on the threads.
-bool forward_direct(const RecurrenceShape& s) { return s.B <= 8 && s.B * s.T <= 32; }
+// A table without the unpacked products (bfloat16) always packs.
+template <typename T>
+bool forward_direct(const RecurrenceShape& s, const KernelTable<T>& k) {
+  return k.gemv_nt && k.gemv_nn && s.B <= 8 && s.B * s.T <= 32;
+}
 
 // Threads for a step of B rows: below ~32k multiply-adds per thread and step, waking and
 // synchronizing a second thread costs more than it saves (measured end to end with
@@ -257,7 +261,7 @@ struct Recurrence {
     bs[Tn] = 0;
     off[Tn] = o;
     npanels = (shape.H + kt.nr - 1) / kt.nr;
-    pstride = shape.H * kt.nr;
+    pstride = (shape.H + kt.kstep - 1) / kt.kstep * kt.kstep * kt.nr;
     panels = panel_buffer<T>(size_t(npanels * pstride));
     chunks.init(npanels, shape.B);
   }
@@ -500,7 +504,7 @@ void rnn_forward_cpu(const RecurrenceShape& s, const scalar_t* P, const scalar_t
   if (s.T <= 0 || s.B <= 0 || s.H <= 0) return;
   const KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
   ForwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), P,    W_hh, h0, h, ldh, hn,
-                           forward_direct(s),          false};
+                           forward_direct(s, k),       false};
   const int nt = choose_threads(s.B, s.H, job.rec.chunks.count, num_threads);
   job.rows = split_rows(s, job.rec.packed_bytes(), job.direct, nt);
   cpu::team_run(nt, &forward_thread<scalar_t>, &job);
@@ -513,7 +517,7 @@ void rnn_backward_cpu(const RecurrenceShape& s, const scalar_t* W_hh, const scal
   if (s.T <= 0 || s.B <= 0 || s.H <= 0) return;
   const KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
   BackwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), W_hh, h, ldh, G, ldg, dhn, dP, dh0,
-                            forward_direct(s),          false};
+                            forward_direct(s, k),       false};
   const int nt = choose_threads(s.B, s.H, job.rec.chunks.count, num_threads);
   job.rows = split_rows(s, job.rec.packed_bytes(), job.direct, nt);
   cpu::team_run(nt, &backward_thread<scalar_t>, &job);
@@ -528,6 +532,13 @@ template void rnn_backward_cpu<float>(const RecurrenceShape&, const float*, cons
 template void rnn_backward_cpu<double>(const RecurrenceShape&, const double*, const double*,
                                        int64_t, const double*, int64_t, const double*, double*,
                                        double*, int);
+// bfloat16 (cpu_has_bf16()): select_kernels throws before any work where the CPU lacks it.
+template void rnn_forward_cpu<bfloat16_t>(const RecurrenceShape&, const bfloat16_t*,
+                                          const bfloat16_t*, const bfloat16_t*, bfloat16_t*,
+                                          int64_t, bfloat16_t*, int);
+template void rnn_backward_cpu<bfloat16_t>(const RecurrenceShape&, const bfloat16_t*,
+                                           const bfloat16_t*, int64_t, const bfloat16_t*, int64_t,
+                                           const bfloat16_t*, bfloat16_t*, bfloat16_t*, int);
 
 const char* cpu_isa() { return cpu::select_kernels<float>().isa; }
 

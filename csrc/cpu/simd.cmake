@@ -7,6 +7,18 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64|x86|i[3-6]86)$")
     COMPILE_OPTIONS "-mavx512f;-mavx512dq;-mavx512vl;-mavx512bw;-mavx2;-mfma;-Wno-maybe-uninitialized")
   set_source_files_properties(${_fusedrnn_cpu_dir}/kernels_avx2.cpp PROPERTIES
     COMPILE_OPTIONS "-mavx2;-mfma")
+  # The bfloat16 table (AVX512_BF16 dot products): GCC >= 10 and Clang >= 9 have the flag;
+  # with an older compiler the table is left out and bfloat16 layers compute in float32.
+  include(CheckCXXCompilerFlag)
+  check_cxx_compiler_flag("-mavx512bf16" FUSEDRNN_HAVE_AVX512BF16_FLAG)
+  if(FUSEDRNN_HAVE_AVX512BF16_FLAG)
+    set_source_files_properties(${_fusedrnn_cpu_dir}/kernels_avx512bf16.cpp PROPERTIES
+      COMPILE_OPTIONS
+        "-mavx512f;-mavx512dq;-mavx512vl;-mavx512bw;-mavx512bf16;-mavx2;-mfma;-Wno-maybe-uninitialized")
+  else()
+    set_source_files_properties(${_fusedrnn_cpu_dir}/kernels_avx512bf16.cpp
+      ${_fusedrnn_cpu_dir}/kernels_generic.cpp PROPERTIES COMPILE_DEFINITIONS FUSEDRNN_NO_BF16=1)
+  endif()
 endif()
 # Contraction would turn the generic kernel's a*b+c into fma in some copies and not in
 # others; keep every copy of an element's computation the same.

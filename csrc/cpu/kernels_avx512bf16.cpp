@@ -1,0 +1,344 @@
+// The bfloat16 kernel table: AVX-512 BF16 dot products (vdpbf16ps) on bfloat16 operands
+// with float32 accumulators. Built with the AVX-512 and AVX512_BF16 flags of simd.cmake;
+// selected only where the CPU has them (kernels_generic.cpp).
+//
+// vdpbf16ps multiplies pairs: lane i of the accumulator takes a[2i] b[2i] + a[2i+1] b[2i+1]
+// in one instruction, twice the multiply-adds of a float32 fma on the same vector width.
+// So K is walked in pairs of k: the A element pair (A[r, k], A[r, k+1]) is broadcast as one
+// 32-bit value, and the panels hold B's rows k and k+1 interleaved (kernels.h, kstep = 2).
+// An odd K ends with the pair (A[r, K-1], 0) against (B[K-1, j], 0): nothing is read past
+// a row of A.
+//
+// Epilogues compute in float32 (the float32 table's tanh and derivative) from bfloat16
+// operands and round once, to nearest even, when they store. Each output element is one
+// float32 accumulator taking one vdpbf16ps per k pair in order, whatever the tile or the
+// thread: results are bitwise identical for any thread count, as in the other tables.
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(FUSEDRNN_NO_BF16)
+#define FUSEDRNN_ISA_NS avx512bf16
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "fusedrnn.h"
+#include "kernels_impl.h"
+#include "vec_avx512.h"
+
+namespace fusedrnn {
+namespace avx512bf16 {
+namespace {
+
+using bf16 = bfloat16_t;
+using V = VecAvx512<float>;
+using Ep = cpu::Epilogue<bf16>;
+constexpr int W = V::W;            // float32 lanes of a vector
+constexpr int PV = Tiling<V>::PV;  // vectors per panel row
+constexpr int NR = Tiling<V>::NR;  // panel width in columns
+
+inline const uint16_t* u16(const bf16* p) { return reinterpret_cast<const uint16_t*>(p); }
+inline uint16_t* u16(bf16* p) { return reinterpret_cast<uint16_t*>(p); }
+
+// 16 bfloat16 values to float32 (exact: a bfloat16 is the top half of a float32).
+inline __m512 load16(const bf16* p) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+inline __m512 load16_masked(const bf16* p, __mmask16 m) {
+  const __m256i v = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+// float32 to bfloat16, rounded to nearest even (vcvtneps2bf16).
+inline __m256i round16(__m512 v) {
+  const __m256bh b = _mm512_cvtneps_pbh(v);
+  __m256i i;
+  std::memcpy(&i, &b, sizeof(i));
+  return i;
+}
+template <bool FULL>
+inline __m512 ld(const bf16* p, __mmask16 m) {
+  return FULL ? load16(p) : load16_masked(p, m);
+}
+template <bool FULL>
+inline void st(bf16* p, __mmask16 m, __m512 v) {
+  if (FULL)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), round16(v));
+  else
+    _mm256_mask_storeu_epi16(p, m, round16(v));
+}
+
+// The epilogue of one vector: row r, columns [j, j + 16) (masked by m unless FULL).
+template <bool FULL>
+inline void ep_store(const Ep& ep, int64_t r, int64_t j, __m512 acc, __mmask16 m) {
+  __m512 v;
+  switch (ep.kind) {
+    case cpu::EpKind::kAct:
+      v = act_forward<V>(ep.act, _mm512_add_ps(acc, ld<FULL>(ep.x1 + r * ep.ld1 + j, m)));
+      break;
+    case cpu::EpKind::kActGrad: {
+      const __m512 g = ep.x1 ? _mm512_add_ps(acc, ld<FULL>(ep.x1 + r * ep.ld1 + j, m)) : acc;
+      v = _mm512_mul_ps(g, act_grad<V>(ep.act, ld<FULL>(ep.x2 + r * ep.ld2 + j, m)));
+      break;
+    }
+    case cpu::EpKind::kStore:
+    default:
+      v = ep.x1 ? _mm512_add_ps(acc, ld<FULL>(ep.x1 + r * ep.ld1 + j, m)) : acc;
+      break;
+  }
+  st<FULL>(ep.out + r * ep.ldo + j, m, v);
+}
+
+inline __mmask16 tail(int64_t n) { return n >= W ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+
+// The register tile: MR rows x NP panels over all K, accumulators to out (NP*NR per row).
+template <int MR, int NP>
+inline void micro_kernel(int64_t K, const bf16* a, int64_t lda, const bf16* bp, int64_t pstride,
+                         float* out) {
+  constexpr int NV = NP * PV;
+  __m512 c[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) c[r][v] = _mm512_setzero_ps();
+  const uint16_t* au = u16(a);
+  const uint16_t* b[NP];
+#pragma GCC unroll 4
+  for (int p = 0; p < NP; ++p) b[p] = u16(bp) + p * pstride;
+  const int64_t pairs = K / 2;
+  for (int64_t q = 0; q < pairs; ++q) {
+    __m512bh bv[NV];
+#pragma GCC unroll 16
+    for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 4
+      for (int u = 0; u < PV; ++u) {
+        const __m512i raw = _mm512_loadu_si512(b[p] + q * 2 * NR + u * 2 * W);
+        std::memcpy(&bv[p * PV + u], &raw, sizeof(raw));
+      }
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      uint32_t pair;
+      std::memcpy(&pair, au + r * lda + 2 * q, sizeof(pair));
+      const __m512i ai = _mm512_set1_epi32(int(pair));
+      __m512bh av;
+      std::memcpy(&av, &ai, sizeof(ai));
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_dpbf16_ps(c[r][v], av, bv[v]);
+    }
+  }
+  if (K & 1) {  // the last k alone: (A[r, K-1], 0), the panels hold (B[K-1, j], 0)
+    __m512bh bv[NV];
+    for (int p = 0; p < NP; ++p)
+      for (int u = 0; u < PV; ++u) {
+        const __m512i raw = _mm512_loadu_si512(b[p] + pairs * 2 * NR + u * 2 * W);
+        std::memcpy(&bv[p * PV + u], &raw, sizeof(raw));
+      }
+    for (int r = 0; r < MR; ++r) {
+      const __m512i ai = _mm512_set1_epi32(int(uint32_t(au[r * lda + K - 1])));
+      __m512bh av;
+      std::memcpy(&av, &ai, sizeof(ai));
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_dpbf16_ps(c[r][v], av, bv[v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + r * NV * W + v * W, c[r][v]);
+}
+
+// One tile: rows [r0, r0 + MR) of a, panels [p, p + NP), the epilogue on the columns below N.
+template <int MR, int NP>
+void tile(int64_t K, const bf16* a, int64_t lda, const bf16* bp, int64_t pstride, int64_t p,
+          int64_t N, const Ep& ep, int64_t r0) {
+  constexpr int NV = NP * PV;
+  alignas(64) float acc[MR * NV * W];
+  micro_kernel<MR, NP>(K, a + r0 * lda, lda, bp + p * pstride, pstride, acc);
+  Ep e = ep;
+  e.out = ep.out + r0 * ep.ldo;
+  if (e.x1 && e.ld1) e.x1 = ep.x1 + r0 * ep.ld1;
+  if (e.x2) e.x2 = ep.x2 + r0 * ep.ld2;
+  const int64_t j0 = p * NR;
+  const int64_t ncols = N - j0 < NP * NR ? N - j0 : NP * NR;
+  for (int r = 0; r < MR; ++r) {
+    int64_t c = 0;
+    for (; c + W <= ncols; c += W)
+      ep_store<true>(e, r, j0 + c, _mm512_load_ps(acc + r * NV * W + c), 0xFFFF);
+    if (c < ncols)
+      ep_store<false>(e, r, j0 + c, _mm512_load_ps(acc + r * NV * W + c), tail(ncols - c));
+  }
+}
+
+// The widest tile of MR rows whose accumulators fit the register file (Tiling::np_max:
+// the float32 AVX-512 tiles, since the accumulators are the same float32 vectors).
+template <int MR>
+void tile_np(int np, int64_t K, const bf16* a, int64_t lda, const bf16* bp, int64_t pstride,
+             int64_t p, int64_t N, const Ep& ep, int64_t r0) {
+  constexpr int NPM = Tiling<V>::np_max(MR);
+  if constexpr (NPM >= 4) {
+    if (np >= 4) return tile<MR, 4>(K, a, lda, bp, pstride, p, N, ep, r0);
+  }
+  if constexpr (NPM >= 3) {
+    if (np >= 3) return tile<MR, 3>(K, a, lda, bp, pstride, p, N, ep, r0);
+  }
+  if constexpr (NPM >= 2) {
+    if (np >= 2) return tile<MR, 2>(K, a, lda, bp, pstride, p, N, ep, r0);
+  }
+  tile<MR, 1>(K, a, lda, bp, pstride, p, N, ep, r0);
+}
+
+void tile_dispatch(int mr, int np, int64_t K, const bf16* a, int64_t lda, const bf16* bp,
+                   int64_t pstride, int64_t p, int64_t N, const Ep& ep, int64_t r0) {
+#define FUSEDRNN_BF16_TILE(n)                             \
+  case n:                                                 \
+    tile_np<n>(np, K, a, lda, bp, pstride, p, N, ep, r0); \
+    break;
+  switch (mr) {
+    FUSEDRNN_BF16_TILE(1)
+    FUSEDRNN_BF16_TILE(2)
+    FUSEDRNN_BF16_TILE(3)
+    FUSEDRNN_BF16_TILE(4)
+    FUSEDRNN_BF16_TILE(5)
+    FUSEDRNN_BF16_TILE(6)
+    FUSEDRNN_BF16_TILE(7)
+    FUSEDRNN_BF16_TILE(8)
+    FUSEDRNN_BF16_TILE(9)
+    FUSEDRNN_BF16_TILE(10)
+    FUSEDRNN_BF16_TILE(11)
+    FUSEDRNN_BF16_TILE(12)
+    FUSEDRNN_BF16_TILE(13)
+    FUSEDRNN_BF16_TILE(14)
+    default:
+      break;
+  }
+#undef FUSEDRNN_BF16_TILE
+}
+
+// KernelTable::gemm for bfloat16 operands. Only what the recurrences use: A not
+// transposed, no cinit (rnn_cpu.cpp passes neither). The blocking is the float32 table's
+// (kernels_impl.h gemm): row blocks whose A slice stays in L2 while all panels pass over
+// it, tiles of at most 6 rows over two panels for long K.
+void gemm_bf16(int64_t m, int64_t K, const bf16* a, int64_t lda, bool /*a_trans*/, const bf16* bp,
+               int64_t pstride, int64_t p0, int64_t p1, int64_t N, const bf16* /*cinit*/,
+               int64_t /*ldc*/, const Ep& ep) {
+  if (m <= 0 || p1 <= p0) return;
+  int64_t mc = (256 * 1024) / (K * int64_t(sizeof(bf16)) + 1);
+  if (mc < 16) mc = 16;
+  const int mr_max = K >= 512 ? Tiling<V>::MR_LONG_K : Tiling<V>::MR_MAX;
+  for (int64_t rb = 0, re = 0; rb < m; rb = re) {
+    re = m - rb <= mc + mc / 4 ? m : rb + mc;
+    const int npb = Tiling<V>::np_max(int(next_mr<V>(re - rb, mr_max)));
+    for (int64_t p = p0; p < p1;) {
+      const int np = int(p1 - p > npb ? npb : p1 - p);
+      for (int64_t r = rb; r < re;) {
+        const int64_t mr = next_mr<V>(re - r, mr_max);
+        tile_dispatch(int(mr), np, K, a, lda, bp, pstride, p, N, ep, r);
+        r += mr;
+      }
+      p += np;
+    }
+  }
+}
+
+// Packs panels [p0, p1) of B[k, j] = src[k*rs + j*cs] in k pairs (kernels.h).
+void pack_bf16(const bf16* src, int64_t rs, int64_t cs, int64_t K, int64_t N, int64_t p0,
+               int64_t p1, bf16* dst, int64_t pstride) {
+  const uint16_t* s = u16(src);
+  uint16_t* d = u16(dst);
+  const int64_t pairs = (K + 1) / 2;
+  if (cs == 1) {
+    // Rows k and k + 1 of B are contiguous runs: interleave 32 columns of each into 64
+    // values (lane 2i from row k, 2i + 1 from row k + 1).
+    alignas(64) static const uint16_t lo_idx[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,
+                                                    37, 6,  38, 7,  39, 8,  40, 9,  41, 10, 42,
+                                                    11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    alignas(64) static const uint16_t hi_idx[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21,
+                                                    53, 22, 54, 23, 55, 24, 56, 25, 57, 26, 58,
+                                                    27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+    const __m512i lo = _mm512_load_si512(lo_idx);
+    const __m512i hi = _mm512_load_si512(hi_idx);
+    for (int64_t q = 0; q < pairs; ++q) {
+      const uint16_t* s0 = s + 2 * q * rs;
+      const bool second = 2 * q + 1 < K;
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t j0 = p * NR;
+        const int64_t nc = N - j0 < NR ? N - j0 : NR;
+        const __mmask32 m = nc >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << nc) - 1u);
+        const __m512i r0 = _mm512_maskz_loadu_epi16(m, s0 + j0);
+        const __m512i r1 =
+            second ? _mm512_maskz_loadu_epi16(m, s0 + rs + j0) : _mm512_setzero_si512();
+        uint16_t* out = d + p * pstride + q * 2 * NR;
+        _mm512_storeu_si512(out, _mm512_permutex2var_epi16(r0, lo, r1));
+        _mm512_storeu_si512(out + 2 * W, _mm512_permutex2var_epi16(r0, hi, r1));
+      }
+    }
+    return;
+  }
+  // Column j of B is a run with stride rs (rs == 1: W^T, where the pair (k, k + 1) of a
+  // column is one 32-bit word). In blocks of 64 pairs, so the panel rows being written
+  // stay in L1 while the 32 source columns are read (as in kernels_impl.h).
+  constexpr int64_t QB = 64;
+  for (int64_t p = p0; p < p1; ++p) {
+    uint16_t* dp = d + p * pstride;
+    const int64_t j0 = p * NR;
+    const int64_t nc = N - j0 < NR ? N - j0 : NR;
+    for (int64_t qb = 0; qb < pairs; qb += QB) {
+      const int64_t qe = qb + QB < pairs ? qb + QB : pairs;
+      for (int64_t jj = 0; jj < NR; ++jj) {
+        const uint16_t* col = s + (j0 + jj) * cs;
+        for (int64_t q = qb; q < qe; ++q) {
+          const int64_t k = 2 * q;
+          const bool in = jj < nc;
+          dp[q * 2 * NR + 2 * jj] = in ? col[k * rs] : uint16_t(0);
+          dp[q * 2 * NR + 2 * jj + 1] = in && k + 1 < K ? col[(k + 1) * rs] : uint16_t(0);
+        }
+      }
+    }
+  }
+}
+
+// KernelTable::pointwise: the epilogue on rows r < m, columns [c0, c1), from the
+// accumulators acc (bfloat16, e.g. dhn) or zeros.
+void pointwise_bf16(int64_t m, int64_t c0, int64_t c1, const bf16* acc, int64_t ldacc,
+                    const Ep& ep) {
+  for (int64_t r = 0; r < m; ++r) {
+    int64_t c = c0;
+    for (; c + W <= c1; c += W) {
+      const __m512 a = acc ? load16(acc + r * ldacc + c) : _mm512_setzero_ps();
+      ep_store<true>(ep, r, c, a, 0xFFFF);
+    }
+    if (c < c1) {
+      const __mmask16 m16 = tail(c1 - c);
+      const __m512 a = acc ? load16_masked(acc + r * ldacc + c, m16) : _mm512_setzero_ps();
+      ep_store<false>(ep, r, c, a, m16);
+    }
+  }
+}
+
+// y = bfloat16(tanh(x)), the forward epilogue's tanh (tests).
+void tanh_bf16(const bf16* x, bf16* y, int64_t n) {
+  for (int64_t i = 0; i < n; i += W) {
+    const __mmask16 m = tail(n - i);
+    st<false>(y + i, m, vtanh<V>(load16_masked(x + i, m)));
+  }
+}
+
+}  // namespace
+}  // namespace avx512bf16
+
+namespace cpu {
+const KernelTable<bfloat16_t>* kernels_avx512_bf16() {
+  static const KernelTable<bfloat16_t> t = [] {
+    KernelTable<bfloat16_t> k;
+    k.isa = "avx512_bf16";
+    k.nr = avx512bf16::NR;
+    k.kstep = 2;
+    k.pack = &avx512bf16::pack_bf16;
+    k.gemm = &avx512bf16::gemm_bf16;
+    k.pointwise = &avx512bf16::pointwise_bf16;
+    k.gemv_nt = nullptr;
+    k.gemv_nn = nullptr;
+    k.tanh = &avx512bf16::tanh_bf16;
+    return k;
+  }();
+  return &t;
+}
+}  // namespace cpu
+}  // namespace fusedrnn
+#endif

@@ -43,7 +43,8 @@ def main():
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, fusedrnn ISA "
-        f"{_C.cpu_isa()}, {platform.processor() or platform.machine()}, "
+        f"{_C.cpu_isa()}{' + bfloat16 kernels' if _C.cpu_has_bf16() else ''}, "
+        f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs"
     )
     print(

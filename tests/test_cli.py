@@ -110,6 +110,7 @@ def test_info_json_and_python_m():
     facts = json.loads(done.stdout)
     assert facts["fusedrnn"] == fusedrnn.__version__
     assert facts["cpu_isa"] == fusedrnn._C.cpu_isa()
+    assert facts["cpu_bf16_kernels"] == fusedrnn._C.cpu_has_bf16()
     assert facts["cuda_kernels_built"] in (True, False)
     assert isinstance(facts["gpus"], list)
     assert set(facts) == set(fusedrnn.info())
@@ -148,6 +149,18 @@ def test_bench_writes_table_json_markdown_and_plot(tmp_path, capsys):
     assert any(line.startswith("- machine:") for line in lines)
 
     assert paths["png"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_bench_runs_bfloat16_models(tmp_path, capsys):
+    """--dtype bfloat16 benchmarks models converted to bfloat16, checked against nn.RNN
+    in bfloat16 first."""
+    path = tmp_path / "bench.json"
+    argv = [*TINY_BENCH, "--dtype", "bfloat16", "--device", "cpu", "--json", str(path)]
+    assert main(argv) == 0
+    assert "cpu bf16 train" in capsys.readouterr().out
+    results = json.loads(path.read_text())["results"]
+    assert {r["dtype"] for r in results} == {"bfloat16"}
+    assert all(r["ok"] and 0 < r["max_rel_error"] <= 5e-2 for r in results)
 
 
 def test_bench_flags_a_wrong_kernel_and_does_not_time_it(monkeypatch, capsys):

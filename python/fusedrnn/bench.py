@@ -39,13 +39,15 @@ from .modules import RNN
 
 __all__ = ["Case", "Result", "add_arguments", "build_cases", "run", "run_case"]
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 MODES = ("inference", "training")
 NONLINEARITIES = ("tanh", "relu")
 # Largest error relative to the largest reference value that still counts as agreeing
 # with nn.RNN. Both compute in the dtype given, with different summation orders; long
 # training runs accumulate rounding over T steps and the weight-gradient sums.
-TOLERANCE = {"float32": 5e-5, "float64": 1e-10}
+# bfloat16: both round every stored value to 8 significant bits, each in its own places
+# (nn.RNN after every op; fusedrnn once per value, float32 inside).
+TOLERANCE = {"float32": 5e-5, "float64": 1e-10, "bfloat16": 5e-2}
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ class Case:
         s = self.shape
         parts = [
             self.device,
-            {"float32": "f32", "float64": "f64"}[self.dtype],
+            {"float32": "f32", "float64": "f64", "bfloat16": "bf16"}[self.dtype],
             "train" if self.mode == "training" else "infer",
             self.nonlinearity,
             f"T={s.T} B={s.B} I={s.I} H={s.H}",
@@ -449,7 +451,8 @@ def _machine_line(meta: dict) -> str:
     gpus = ", ".join(g["name"] for g in meta["gpus"]) or "no GPU"
     return (
         f"fusedrnn {meta['fusedrnn']}, torch {meta['torch']}; {meta['cpu']}, "
-        f"{meta['threads']} threads, CPU kernel {meta['cpu_isa']}; {gpus}"
+        f"{meta['threads']} threads, CPU kernel {meta['cpu_isa']}"
+        f"{' + bfloat16' if meta.get('cpu_bf16_kernels') else ''}; {gpus}"
     )
 
 
@@ -548,7 +551,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         type=_cli.choice_list(list(DTYPES)),
         default=["float32"],
-        help="float32 (default), float64, or both: float32,float64",
+        help="float32 (default), float64, bfloat16 (a model converted to bfloat16), or a "
+        "list: float32,bfloat16",
     )
     parser.add_argument(
         "--nonlinearity",

@@ -950,17 +950,51 @@ if hasattr(rnn_layer_forward, "register_vmap"):
     )
 
 
-# Autocast policy: both ops are "float32 ops", like those on autocast's fp32 list. Inside
-# an autocast region their float16/bfloat16 inputs are cast to float32 (float64 is left
-# alone) and they run with autocast off, so the input GEMM, the recurrence and its state
-# all stay in float32. Without this rule autocast would lower the GEMMs inside the forward
-# op to bfloat16 and hand the float32 kernel a bfloat16 buffer. (rnn_layer sends every
-# call made under autocast through the ops.) The modules cast their results to the
-# autocast dtype, as torch.nn.RNN's are.
+# Autocast policy. On CUDA, and on a CPU without the bfloat16 kernels, the ops are
+# "float32 ops", like those on autocast's fp32 list: inside an autocast region their
+# float16/bfloat16 inputs are cast to float32 (float64 is left alone) and they run with
+# autocast off, so the input GEMM, the recurrence and its state all stay in float32. On a
+# CPU with the bfloat16 kernels (_C.cpu_has_bf16()), CPU autocast to bfloat16 casts them to
+# bfloat16 instead: the layers then run as a bfloat16 model's do (bfloat16 GEMMs, a
+# bfloat16 state, float32 accumulation), as nn.RNN's do under autocast, but with one
+# rounding per stored value where nn.RNN rounds after every op. Without a rule autocast
+# would lower the GEMMs inside the forward op and hand a kernel a buffer of another dtype.
+# (rnn_layer sends every call made under autocast through the ops.) The modules cast their
+# results to the autocast dtype, as torch.nn.RNN's are.
+def _cpu_autocast_dtype() -> torch.dtype:
+    """The dtype the ops compute in under CPU autocast (see the policy above)."""
+    if _CPU_BF16 and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        return torch.bfloat16
+    return torch.float32
+
+
+def _autocast_cast(value, dtype: torch.dtype):
+    """``value`` with its floating CPU tensors other than float64 cast to ``dtype`` (the
+    rule torch.library.register_autocast applies)."""
+    if isinstance(value, Tensor):
+        eligible = value.is_floating_point() and not value.is_cuda and value.dtype != torch.float64
+        return value.to(dtype) if eligible else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_autocast_cast(v, dtype) for v in value)
+    return value
+
+
+def _register_cpu_autocast(op) -> None:
+    """torch.library.register_autocast's CPU rule, with the dtype chosen per call."""
+    excluded = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+
+    def kernel(_keyset, *args):
+        dtype = _cpu_autocast_dtype()
+        with torch._C._ExcludeDispatchKeyGuard(excluded):
+            return op._opoverload(*(_autocast_cast(a, dtype) for a in args))
+
+    op._lib.impl(op._name, kernel, "AutocastCPU", with_keyset=True)
+
+
 for _op in (rnn_layer_forward, rnn_layer_backward, rnn_layer_grads):
-    for _device_type in ("cpu", "cuda"):
-        if torch.amp.is_autocast_available(_device_type):
-            torch.library.register_autocast(_op, _device_type, torch.float32)
+    if torch.amp.is_autocast_available("cuda"):
+        torch.library.register_autocast(_op, "cuda", torch.float32)
+    _register_cpu_autocast(_op)
 
 
 class _EagerLayer(torch.autograd.Function):

@@ -270,10 +270,34 @@ void pack_bf16(const bf16* src, int64_t rs, int64_t cs, int64_t K, int64_t N, in
     }
     return;
   }
-  // Column j of B is a run with stride rs (rs == 1: W^T, where the pair (k, k + 1) of a
-  // column is one 32-bit word). In blocks of 64 pairs, so the panel rows being written
-  // stay in L1 while the 32 source columns are read (as in kernels_impl.h).
+  // Column j of B is a run with stride rs. In blocks of 64 pairs, so the panel rows being
+  // written stay in L1 while the 32 source columns are read (as in kernels_impl.h).
   constexpr int64_t QB = 64;
+  if (rs == 1) {
+    // W^T (the forward step): the pair (k, k + 1) of column j is one 32-bit word of row j
+    // of W, copied whole (little-endian: k in the low half, as the panel wants it). An odd
+    // K's last pair is (W[j, K-1], 0): nothing is read past the row.
+    const int64_t full = K / 2;
+    for (int64_t p = p0; p < p1; ++p) {
+      uint32_t* dw = reinterpret_cast<uint32_t*>(d + p * pstride);
+      const int64_t j0 = p * NR;
+      const int64_t nc = N - j0 < NR ? N - j0 : NR;
+      for (int64_t qb = 0; qb < pairs; qb += QB) {
+        const int64_t qe = qb + QB < pairs ? qb + QB : pairs;
+        const int64_t qf = qe < full ? qe : full;
+        for (int64_t jj = 0; jj < NR; ++jj) {
+          if (jj >= nc) {
+            for (int64_t q = qb; q < qe; ++q) dw[q * NR + jj] = 0;
+            continue;
+          }
+          const uint16_t* col = s + (j0 + jj) * cs;
+          for (int64_t q = qb; q < qf; ++q) std::memcpy(&dw[q * NR + jj], col + 2 * q, 4);
+          if (qe > full) dw[full * NR + jj] = col[K - 1];
+        }
+      }
+    }
+    return;
+  }
   for (int64_t p = p0; p < p1; ++p) {
     uint16_t* dp = d + p * pstride;
     const int64_t j0 = p * NR;

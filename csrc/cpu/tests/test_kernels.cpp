@@ -511,6 +511,60 @@ static void test_layer_backward_shortcuts(std::mt19937& rng) {
               checked, g_fail ? "FAILED" : "ok");
 }
 
+// The bfloat16 table's panels (kernels.h, kstep = 2): every packing path (rows of B
+// contiguous, W^T as 32-bit pairs, any other stride) gives the documented layout, zeros in
+// the padding (columns past N, the second half of an odd K's last pair), and writes
+// nothing past its panels.
+static void test_bf16_pack(std::mt19937& rng) {
+  if (!cpu_has_bf16()) {
+    std::printf("bf16 pack: skipped (no AVX512_BF16)\n");
+    return;
+  }
+  const cpu::KernelTable<bfloat16_t>& k = cpu::select_kernels<bfloat16_t>();
+  const int nr = k.nr;
+  const int64_t sizes[][2] = {{1, 1}, {2, 32}, {3, 33}, {7, 5}, {64, 64}, {65, 100}, {130, 31}};
+  int cases = 0;
+  for (auto& sz : sizes) {
+    const int64_t K = sz[0], N = sz[1];
+    const int64_t npanels = (N + nr - 1) / nr, pstride = (K + 1) / 2 * 2 * nr;
+    std::vector<uint16_t> Bkj(size_t(K * N)), Bt(size_t(N * K)), Bs(size_t(2 * K * N * 3));
+    for (int64_t kk = 0; kk < K; ++kk)
+      for (int64_t j = 0; j < N; ++j) {
+        const uint16_t v = uint16_t(rng() & 0x7F7F);  // finite values
+        Bkj[size_t(kk * N + j)] = v;                  // rows of B contiguous: rs N, cs 1
+        Bt[size_t(j * K + kk)] = v;                   // W^T: rs 1, cs K
+        Bs[size_t(kk * 3 + j * 3 * K)] = v;           // neither: rs 3, cs 3K
+      }
+    const struct {
+      const uint16_t* src;
+      int64_t rs, cs;
+    } srcs[] = {{Bkj.data(), N, 1}, {Bt.data(), 1, K}, {Bs.data(), 3, 3 * K}};
+    for (auto& src : srcs) {
+      const size_t total = size_t(npanels * pstride);
+      std::vector<uint16_t> dst(total + 64, 0xFFFF);
+      // Two halves of the panels, as two threads' chunks would pack them.
+      const int64_t mid = npanels / 2;
+      auto* b = reinterpret_cast<const bfloat16_t*>(src.src);
+      auto* d = reinterpret_cast<bfloat16_t*>(dst.data());
+      k.pack(b, src.rs, src.cs, K, N, 0, mid, d, pstride);
+      k.pack(b, src.rs, src.cs, K, N, mid, npanels, d, pstride);
+      bool ok = true;
+      for (int64_t p = 0; p < npanels; ++p)
+        for (int64_t kk = 0; kk < (K + 1) / 2 * 2; ++kk)
+          for (int64_t jj = 0; jj < nr; ++jj) {
+            const int64_t j = p * nr + jj;
+            const uint16_t want = kk < K && j < N ? Bkj[size_t(kk * N + j)] : 0;
+            ok &= dst[size_t(p * pstride + kk / 2 * 2 * nr + 2 * jj + kk % 2)] == want;
+          }
+      for (size_t i = total; i < dst.size(); ++i) ok &= dst[i] == 0xFFFF;
+      CHECK(ok, "bf16 pack K=%lld N=%lld rs=%lld cs=%lld", (long long)K, (long long)N,
+            (long long)src.rs, (long long)src.cs);
+      ++cases;
+    }
+  }
+  std::printf("bf16 pack: %d cases: %s\n", cases, g_fail ? "FAILED" : "ok");
+}
+
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
@@ -537,6 +591,7 @@ int main(int argc, char** argv) {
   test_in_place_matches_packed<double>(rng);
   test_layer_backward_shortcuts<float>(rng);
   test_layer_backward_shortcuts<double>(rng);
+  test_bf16_pack(rng);
   std::vector<Case> cases;
   const int64_t shapes[][3] = {{1, 1, 1},    {5, 3, 7},    {7, 1, 33},   {4, 13, 65},
                                {9, 29, 100}, {3, 64, 129}, {2, 257, 40}, {6, 5, 256}};

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import zlib
+from contextlib import nullcontext
 from datetime import timedelta
 
 import pytest
@@ -774,6 +775,56 @@ def test_cpu_bf16_autocast_matches_nn_rnn_and_is_more_accurate():
     errors = [_rel(g, w) for g, w in zip(got_grads, want_grads, strict=True)]
     low_errors = [_rel(g, w) for g, w in zip(low_grads, want_grads, strict=True)]
     assert max(errors) <= 2e-2 and max(errors) < max(low_errors)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_backward_inside_cpu_autocast_computes_in_the_forward_dtypes():
+    """A float32 forward whose backward runs inside CPU autocast (plain, create_graph,
+    compiled): the backward ops take the saved float32 tensors as they are, so the
+    gradients are the float32 ones."""
+    _, ours = _rnn_pair(f32, input_size=8, hidden_size=16)
+    x = torch.randn(5, 2, 8, requires_grad=True)
+    out, _ = ours(x)
+    want = torch.autograd.grad(out.sum(), [x, *ours.parameters()])
+    torch._dynamo.reset()
+    # (A compiled backward cannot create a graph: torch's donated buffers forbid it.)
+    for model, create_graph in ((ours, False), (ours, True),
+                                (torch.compile(ours, fullgraph=True), False)):  # fmt: skip
+        out, _ = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = torch.autograd.grad(out.sum(), [x, *ours.parameters()],
+                                      create_graph=create_graph)  # fmt: skip
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == f32
+            torch.testing.assert_close(g, w)
+
+
+def test_torch_func_grad_with_cpu_autocast_inside_matches_nn_rnn():
+    """torch.func.grad of a loss that enters CPU autocast itself, or is called inside it:
+    nn.RNN's gradients within bfloat16 tolerance (the layer's autograd.Function sees the
+    tensors the op computes with)."""
+    ref, ours = _rnn_pair(f32, input_size=8, hidden_size=16, num_layers=2)
+    x = torch.randn(5, 2, 8)
+
+    def grads(model, inside):
+        def loss(p):
+            amp = torch.autocast("cpu", dtype=torch.bfloat16) if inside else nullcontext()
+            with amp:
+                out, _ = torch.func.functional_call(model, p, (x,))
+            return out.float().square().sum()
+
+        params = dict(model.named_parameters())
+        if inside:
+            return torch.func.grad(loss)(params)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return torch.func.grad(loss)(params)
+
+    for inside in (True, False):
+        got, want = grads(ours, inside), grads(ref, inside)
+        assert got.keys() == want.keys()
+        for name in want:
+            assert got[name].dtype == f32
+            assert _rel(got[name], want[name]) < 5e-2, name
 
 
 def test_cpu_bf16_autocast_without_bf16_kernels_keeps_float32_state():

@@ -950,43 +950,64 @@ if hasattr(rnn_layer_forward, "register_vmap"):
     )
 
 
-# Autocast policy. On CUDA, and on a CPU without the bfloat16 kernels, the ops are
-# "float32 ops", like those on autocast's fp32 list: inside an autocast region their
-# float16/bfloat16 inputs are cast to float32 (float64 is left alone) and they run with
+# Autocast policy. The forward op: on CUDA, and on a CPU without the bfloat16 kernels, a
+# "float32 op", like those on autocast's fp32 list: inside an autocast region its
+# float16/bfloat16 inputs are cast to float32 (float64 is left alone) and it runs with
 # autocast off, so the input GEMM, the recurrence and its state all stay in float32. On a
 # CPU with the bfloat16 kernels (_C.cpu_has_bf16()), CPU autocast to bfloat16 casts them to
 # bfloat16 instead: the layers then run as a bfloat16 model's do (bfloat16 GEMMs, a
 # bfloat16 state, float32 accumulation), as nn.RNN's do under autocast, but with one
 # rounding per stored value where nn.RNN rounds after every op. Without a rule autocast
-# would lower the GEMMs inside the forward op and hand a kernel a buffer of another dtype.
-# (rnn_layer sends every call made under autocast through the ops.) The modules cast their
-# results to the autocast dtype, as torch.nn.RNN's are.
+# would lower the GEMMs inside the op and hand a kernel a buffer of another dtype. (rnn_layer
+# sends every call made under autocast through the ops, or casts first: _autocast_args.) The
+# modules cast their results to the autocast dtype, as torch.nn.RNN's are.
+# The backward ops take the tensors the forward saved, whose dtypes the forward chose: on
+# the CPU they run with autocast off and cast nothing, so a backward pass run inside an
+# autocast region computes in the forward's dtypes (on CUDA: the float32 rule, as before).
 def _cpu_autocast_dtype() -> torch.dtype:
-    """The dtype the ops compute in under CPU autocast (see the policy above)."""
+    """The dtype the forward op computes in under CPU autocast (see the policy above)."""
     if _CPU_BF16 and torch.get_autocast_dtype("cpu") == torch.bfloat16:
         return torch.bfloat16
     return torch.float32
 
 
-def _autocast_cast(value, dtype: torch.dtype):
-    """``value`` with its floating CPU tensors other than float64 cast to ``dtype`` (the
-    rule torch.library.register_autocast applies)."""
+def _autocast_cast(value, dtype: torch.dtype, device_type: str):
+    """``value`` with its floating tensors on ``device_type``, other than float64, cast to
+    ``dtype`` (the rule torch.library.register_autocast applies)."""
     if isinstance(value, Tensor):
-        eligible = value.is_floating_point() and not value.is_cuda and value.dtype != torch.float64
+        eligible = (
+            value.is_floating_point()
+            and value.device.type == device_type
+            and value.dtype != torch.float64
+        )
         return value.to(dtype) if eligible else value
     if isinstance(value, (list, tuple)):
-        return type(value)(_autocast_cast(v, dtype) for v in value)
+        return type(value)(_autocast_cast(v, dtype, device_type) for v in value)
     return value
 
 
-def _register_cpu_autocast(op) -> None:
-    """torch.library.register_autocast's CPU rule, with the dtype chosen per call."""
+def _autocast_args(args: tuple) -> tuple:
+    """rnn_layer's arguments as the forward op's autocast rule casts them, where an autocast
+    region is active for their device. For the paths that wrap the op in an
+    autograd.Function of their own (torch.func): the Function must see, and save, the
+    tensors the op computes with, so that the backward gets consistent dtypes."""
+    device_type = args[0].device.type
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return args
+    dtype = _cpu_autocast_dtype() if device_type == "cpu" else torch.float32
+    return tuple(_autocast_cast(a, dtype, device_type) for a in args)
+
+
+def _register_cpu_autocast(op, cast: bool) -> None:
+    """The CPU autocast rule of ``op``: torch.library.register_autocast's, with the dtype
+    chosen per call (``cast``), or autocast off and nothing cast."""
     excluded = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
 
     def kernel(_keyset, *args):
-        dtype = _cpu_autocast_dtype()
+        if cast:
+            args = tuple(_autocast_cast(a, _cpu_autocast_dtype(), "cpu") for a in args)
         with torch._C._ExcludeDispatchKeyGuard(excluded):
-            return op._opoverload(*(_autocast_cast(a, dtype) for a in args))
+            return op._opoverload(*args)
 
     op._lib.impl(op._name, kernel, "AutocastCPU", with_keyset=True)
 
@@ -994,7 +1015,7 @@ def _register_cpu_autocast(op) -> None:
 for _op in (rnn_layer_forward, rnn_layer_backward, rnn_layer_grads):
     if torch.amp.is_autocast_available("cuda"):
         torch.library.register_autocast(_op, "cuda", torch.float32)
-    _register_cpu_autocast(_op)
+    _register_cpu_autocast(_op, cast=_op is rnn_layer_forward)
 
 
 class _EagerLayer(torch.autograd.Function):
@@ -1260,7 +1281,7 @@ def _func_layer(args):
     if _nested_forward_mode():
         check_layer_args(*args[:7], args[8])  # the kernels' checks: the same errors
         return _torch_layer(*args)
-    return _FuncLayer.apply(*args)
+    return _FuncLayer.apply(*_autocast_args(args))
 
 
 def _nested_forward_mode() -> bool:

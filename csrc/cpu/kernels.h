@@ -86,6 +86,17 @@ struct KernelTable {
   void (*gemv_nn)(int64_t m, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
                   int64_t j0, int64_t j1, const T* cinit, int64_t ldc, T* acc, int64_t ldacc);
 
+  // The same two few-row products with the epilogue fused, for a table whose accumulators
+  // are not of type T (bfloat16: float32 sums, rounded once by the epilogue): rows r < m,
+  // columns [j0, j1) of ep get epilogue(sum_k a[r*lda + k] * w[j*ldw + k]) (_nt: lane-wise
+  // sums, as gemv_nt) or epilogue(sum_k a[r*lda + k] * w[k*ldw + j]) (_nn: the packed
+  // kernel's chain, so bitwise the packed result). nullptr in the other tables, whose
+  // driver path is gemv_nt / gemv_nn and then pointwise.
+  void (*gemv_nt_ep)(int64_t m, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
+                     int64_t j0, int64_t j1, const Epilogue<T>& ep) = nullptr;
+  void (*gemv_nn_ep)(int64_t m, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
+                     int64_t j0, int64_t j1, const Epilogue<T>& ep) = nullptr;
+
   // y[i] = tanh(x[i]) for i < n (the kernels' tanh, exposed for tests).
   void (*tanh)(const T* x, T* y, int64_t n);
 };

@@ -18,6 +18,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "fusedrnn.h"
 #include "kernels_impl.h"
@@ -317,6 +318,156 @@ void pack_bf16(const bf16* src, int64_t rs, int64_t cs, int64_t K, int64_t N, in
   }
 }
 
+// Few rows (the driver's unpacked path: a short sequence of up to 8 rows) times W read in
+// place, epilogue fused. Groups of up to 4 rows, each reading W once.
+template <class Rows>
+void by_row_groups(int64_t m, const Rows& rows) {
+  for (int64_t r0 = 0; r0 < m; r0 += 4) {
+    switch (m - r0 < 4 ? m - r0 : 4) {
+      case 1:
+        rows(std::integral_constant<int, 1>(), r0);
+        break;
+      case 2:
+        rows(std::integral_constant<int, 2>(), r0);
+        break;
+      case 3:
+        rows(std::integral_constant<int, 3>(), r0);
+        break;
+      default:
+        rows(std::integral_constant<int, 4>(), r0);
+        break;
+    }
+  }
+}
+
+inline Ep rows_from(const Ep& ep, int64_t r0) {
+  Ep e = ep;
+  e.out = ep.out + r0 * ep.ldo;
+  if (e.x1 && e.ld1) e.x1 = ep.x1 + r0 * ep.ld1;
+  if (e.x2) e.x2 = ep.x2 + r0 * ep.ld2;
+  return e;
+}
+
+inline __mmask32 tail32(int64_t n) {
+  return n >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << n) - 1u);
+}
+
+inline __m512bh as_bh(__m512i v) {
+  __m512bh b;
+  std::memcpy(&b, &v, sizeof(b));
+  return b;
+}
+
+// M rows x W^T: each sum a W-lane dot product of 32 k per vdpbf16ps (masked past K: zeros),
+// the 16 lanes then added in _mm512_reduce_add_ps's fixed order. Not the packed chain: the
+// driver chooses this path by shape alone.
+template <int M>
+void nt_rows(int64_t K, const bf16* a, int64_t lda, const bf16* w, int64_t ldw, int64_t j0,
+             int64_t j1, const Ep& ep) {
+  constexpr int JB = 4;  // columns per pass: M x 4 accumulators, M + 1 operand vectors
+  const uint16_t* au = u16(a);
+  const uint16_t* wu = u16(w);
+  for (int64_t j = j0; j < j1; j += W) {
+    const int64_t nj = j1 - j < W ? j1 - j : W;
+    alignas(64) float sums[M][W];
+    for (int64_t jb = 0; jb < nj; jb += JB) {
+      const int nb = int(nj - jb < JB ? nj - jb : JB);
+      __m512 c[M][JB];
+      for (int r = 0; r < M; ++r)
+        for (int q = 0; q < JB; ++q) c[r][q] = _mm512_setzero_ps();
+      for (int64_t k = 0; k < K; k += 2 * W) {
+        const __mmask32 mk = tail32(K - k);
+        __m512bh av[M];
+        for (int r = 0; r < M; ++r) av[r] = as_bh(_mm512_maskz_loadu_epi16(mk, au + r * lda + k));
+        for (int q = 0; q < nb; ++q) {
+          const __m512bh wv = as_bh(_mm512_maskz_loadu_epi16(mk, wu + (j + jb + q) * ldw + k));
+          for (int r = 0; r < M; ++r) c[r][q] = _mm512_dpbf16_ps(c[r][q], av[r], wv);
+        }
+      }
+      for (int r = 0; r < M; ++r)
+        for (int q = 0; q < nb; ++q) sums[r][jb + q] = _mm512_reduce_add_ps(c[r][q]);
+    }
+    for (int r = 0; r < M; ++r) {
+      const __m512 v = _mm512_load_ps(sums[r]);
+      if (nj == W)
+        ep_store<true>(ep, r, j, v, 0xFFFF);
+      else
+        ep_store<false>(ep, r, j, v, tail(nj));
+    }
+  }
+}
+
+void gemv_nt_ep_bf16(int64_t m, int64_t K, const bf16* a, int64_t lda, const bf16* w, int64_t ldw,
+                     int64_t j0, int64_t j1, const Ep& ep) {
+  if (j1 <= j0) return;
+  by_row_groups(m, [&](auto rows, int64_t r0) {
+    nt_rows<decltype(rows)::value>(K, a + r0 * lda, lda, w, ldw, j0, j1, rows_from(ep, r0));
+  });
+}
+
+// M rows x a row-major W: per 16 columns, rows k and k + 1 of W interleaved in registers
+// into the panels' pairs, so each sum is the packed micro-kernel's chain (one vdpbf16ps per
+// k pair, in order, from zero): bitwise the packed result.
+template <int M>
+void nn_rows(int64_t K, const bf16* a, int64_t lda, const bf16* w, int64_t ldw, int64_t j0,
+             int64_t j1, const Ep& ep) {
+  alignas(64) static const uint16_t pair_idx[32] = {0,  16, 1,  17, 2,  18, 3,  19, 4,  20, 5,
+                                                    21, 6,  22, 7,  23, 8,  24, 9,  25, 10, 26,
+                                                    11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i idx = _mm512_load_si512(pair_idx);
+  const uint16_t* au = u16(a);
+  const uint16_t* wu = u16(w);
+  const int64_t pairs = K / 2;
+  for (int64_t j = j0; j < j1; j += NR) {
+    const int64_t nc = j1 - j < NR ? j1 - j : NR;
+    __mmask16 mv[PV];
+    for (int u = 0; u < PV; ++u) mv[u] = tail(nc - u * W > 0 ? nc - u * W : 0);
+    __m512 c[M][PV];
+    for (int r = 0; r < M; ++r)
+      for (int u = 0; u < PV; ++u) c[r][u] = _mm512_setzero_ps();
+    auto panel = [&](const uint16_t* row0, const uint16_t* row1, int u) {
+      const __m256i lo = _mm256_maskz_loadu_epi16(mv[u], row0 + j + u * W);
+      const __m256i hi =
+          row1 ? _mm256_maskz_loadu_epi16(mv[u], row1 + j + u * W) : _mm256_setzero_si256();
+      return as_bh(
+          _mm512_permutexvar_epi16(idx, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)));
+    };
+    for (int64_t q = 0; q < pairs; ++q) {
+      __m512bh bv[PV];
+      for (int u = 0; u < PV; ++u) bv[u] = panel(wu + 2 * q * ldw, wu + (2 * q + 1) * ldw, u);
+      for (int r = 0; r < M; ++r) {
+        uint32_t pair;
+        std::memcpy(&pair, au + r * lda + 2 * q, sizeof(pair));
+        const __m512bh av = as_bh(_mm512_set1_epi32(int(pair)));
+        for (int u = 0; u < PV; ++u) c[r][u] = _mm512_dpbf16_ps(c[r][u], av, bv[u]);
+      }
+    }
+    if (K & 1) {  // (A[r, K-1], 0) against (W[K-1, j], 0), as in the packed kernel
+      __m512bh bv[PV];
+      for (int u = 0; u < PV; ++u) bv[u] = panel(wu + (K - 1) * ldw, nullptr, u);
+      for (int r = 0; r < M; ++r) {
+        const __m512bh av = as_bh(_mm512_set1_epi32(int(uint32_t(au[r * lda + K - 1]))));
+        for (int u = 0; u < PV; ++u) c[r][u] = _mm512_dpbf16_ps(c[r][u], av, bv[u]);
+      }
+    }
+    for (int r = 0; r < M; ++r)
+      for (int u = 0; u < PV && u * W < nc; ++u) {
+        if (nc - u * W >= W)
+          ep_store<true>(ep, r, j + u * W, c[r][u], 0xFFFF);
+        else
+          ep_store<false>(ep, r, j + u * W, c[r][u], mv[u]);
+      }
+  }
+}
+
+void gemv_nn_ep_bf16(int64_t m, int64_t K, const bf16* a, int64_t lda, const bf16* w, int64_t ldw,
+                     int64_t j0, int64_t j1, const Ep& ep) {
+  if (j1 <= j0) return;
+  by_row_groups(m, [&](auto rows, int64_t r0) {
+    nn_rows<decltype(rows)::value>(K, a + r0 * lda, lda, w, ldw, j0, j1, rows_from(ep, r0));
+  });
+}
+
 // KernelTable::pointwise: the epilogue on rows r < m, columns [c0, c1), from the
 // accumulators acc (bfloat16, e.g. dhn) or zeros.
 void pointwise_bf16(int64_t m, int64_t c0, int64_t c1, const bf16* acc, int64_t ldacc,
@@ -356,8 +507,10 @@ const KernelTable<bfloat16_t>* kernels_avx512_bf16() {
     k.pack = &avx512bf16::pack_bf16;
     k.gemm = &avx512bf16::gemm_bf16;
     k.pointwise = &avx512bf16::pointwise_bf16;
-    k.gemv_nt = nullptr;
+    k.gemv_nt = nullptr;  // the unpacked products come with their epilogue fused:
     k.gemv_nn = nullptr;
+    k.gemv_nt_ep = &avx512bf16::gemv_nt_ep_bf16;
+    k.gemv_nn_ep = &avx512bf16::gemv_nn_ep_bf16;
     k.tanh = &avx512bf16::tanh_bf16;
     return k;
   }();

@@ -54,10 +54,11 @@ T* row_buffer(size_t elems) {
 // B1-H1024-T1 packing W_hh^T took ~150 us for a 2 MFLOP product. Each step then reads W_hh
 // in place (KernelTable::gemv_nt), whose sums run in another order than the packed
 // kernel's: the choice depends on the shape only, never on the threads.
-// A table without the unpacked products (bfloat16) always packs.
+// (The bfloat16 table has these products with the epilogue fused: gemv_nt_ep, gemv_nn_ep.)
 template <typename T>
 bool forward_direct(const RecurrenceShape& s, const KernelTable<T>& k) {
-  return k.gemv_nt && k.gemv_nn && s.B <= 8 && s.B * s.T <= 32;
+  const bool unpacked = (k.gemv_nt && k.gemv_nn) || (k.gemv_nt_ep && k.gemv_nn_ep);
+  return unpacked && s.B <= 8 && s.B * s.T <= 32;
 }
 
 // Threads for a step of B rows: below ~32k multiply-adds per thread and step, waking and
@@ -302,7 +303,9 @@ void forward_product(const ForwardJob<T>& job, int64_t rows, const T* a, int64_t
                      int64_t p1, int64_t c0, int64_t c1, const Epilogue<T>& ep) {
   const Recurrence<T>& rc = job.rec;
   const int64_t H = rc.s->H;
-  if (job.direct) {
+  if (job.direct && rc.k->gemv_nt_ep) {
+    rc.k->gemv_nt_ep(rows, H, a, lda, job.W, H, c0, c1, ep);
+  } else if (job.direct) {
     T* acc = row_buffer<T>(size_t(rows * H));
     rc.k->gemv_nt(rows, H, a, lda, job.W, H, c0, c1, acc, H);
     rc.k->pointwise(rows, c0, c1, acc, H, ep);
@@ -401,7 +404,9 @@ void backward_product(const BackwardJob<T>& job, int64_t rows, const T* a, int64
                       int64_t c0, int64_t c1, const Epilogue<T>& ep) {
   const Recurrence<T>& rc = job.rec;
   const int64_t H = rc.s->H;
-  if (job.direct) {
+  if (job.direct && rc.k->gemv_nn_ep) {
+    rc.k->gemv_nn_ep(rows, H, a, H, job.W, H, c0, c1, ep);
+  } else if (job.direct) {
     T* acc = row_buffer<T>(size_t(rows * H));
     rc.k->gemv_nn(rows, H, a, H, job.W, H, c0, c1, nullptr, 0, acc, H);
     rc.k->pointwise(rows, c0, c1, acc, H, ep);

@@ -470,9 +470,11 @@ def _prev_state_grad(dP: Tensor, h: Tensor, h0: Tensor, batch_sizes: Tensor, rev
     """dW_hh = sum over rows of d_row^T h_prev(row), as GEMMs (see :func:`_prev_states`)."""
     B = h0.shape[0]
     if batch_sizes.numel() == 0:  # padded: contiguous blocks, no gather needed
-        if reverse:
-            return dP[:-B].t() @ h[B:] + dP[-B:].t() @ h0
-        return dP[B:].t() @ h[:-B] + dP[:B].t() @ h0
+        first, rest = (dP[-B:], dP[:-B]) if reverse else (dP[:B], dP[B:])
+        dw = first.t() @ h0  # the first step's rows follow h0, the others the row before
+        if not rest.shape[0]:  # T = 1 (a cell): no second [H, H] product and sum
+            return dw
+        return torch.addmm(dw, rest.t(), h[B:] if reverse else h[:-B])
     return dP.t() @ _prev_states(h, h0, batch_sizes, reverse)
 
 

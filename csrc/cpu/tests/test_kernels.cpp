@@ -565,6 +565,92 @@ static void test_bf16_pack(std::mt19937& rng) {
   std::printf("bf16 pack: %d cases: %s\n", cases, g_fail ? "FAILED" : "ok");
 }
 
+// The bfloat16 table's unpacked products (the driver's path for up to 8 rows of a short
+// sequence): gemv_nn_ep is bitwise the packed gemm (the same chain); gemv_nt_ep sums in
+// another order, so it is checked against float64 within float32 rounding of the sum
+// before the epilogue's bfloat16 rounding (one bfloat16 ulp).
+static uint16_t to_bf16(double v) {
+  float f = float(v);
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7FFF + ((u >> 16) & 1);  // round to nearest even (finite values only)
+  return uint16_t(u >> 16);
+}
+static double from_bf16(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+static void test_bf16_unpacked(std::mt19937& rng) {
+  if (!cpu_has_bf16()) {
+    std::printf("bf16 unpacked: skipped (no AVX512_BF16)\n");
+    return;
+  }
+  const cpu::KernelTable<bfloat16_t>& k = cpu::select_kernels<bfloat16_t>();
+  std::normal_distribution<double> nd(0.0, 1.0);
+  const int64_t shapes[][3] = {{1, 1, 1}, {3, 7, 5}, {4, 64, 33}, {8, 33, 100}, {5, 100, 64}};
+  int cases = 0;
+  for (auto& sh : shapes) {
+    const int64_t m = sh[0], K = sh[1], N = sh[2];
+    auto fill = [&](std::vector<uint16_t>& v, size_t n, double scale) {
+      v.resize(n);
+      for (auto& x : v) x = to_bf16(nd(rng) * scale);
+    };
+    std::vector<uint16_t> a, wkn, wnk, g, h;
+    fill(a, size_t(m * K), 1.0);
+    fill(wkn, size_t(K * N), 1.0 / std::sqrt(double(K)));  // W[k, j], row-major
+    wnk.resize(size_t(N * K));                             // the same values as W^T[j, k]
+    for (int64_t kk = 0; kk < K; ++kk)
+      for (int64_t j = 0; j < N; ++j) wnk[size_t(j * K + kk)] = wkn[size_t(kk * N + j)];
+    fill(g, size_t(m * N), 1.0);
+    fill(h, size_t(m * N), 0.5);
+    auto bf = [](std::vector<uint16_t>& v) { return reinterpret_cast<bfloat16_t*>(v.data()); };
+    cpu::Epilogue<bfloat16_t> ep;
+    ep.kind = cpu::EpKind::kActGrad;
+    ep.x1 = bf(g);
+    ep.ld1 = N;
+    ep.x2 = bf(h);
+    ep.ld2 = N;
+    ep.ldo = N;
+    // gemv_nn_ep against the packed gemm on B = W: bitwise.
+    std::vector<uint16_t> direct(size_t(m * N), 0xFFFF), packed(size_t(m * N), 0xFFFF);
+    const int64_t npanels = (N + k.nr - 1) / k.nr, pstride = (K + 1) / 2 * 2 * k.nr;
+    std::vector<uint16_t> panels(size_t(npanels * pstride));
+    k.pack(bf(wkn), N, 1, K, N, 0, npanels, bf(panels), pstride);
+    ep.out = bf(packed);
+    k.gemm(m, K, bf(a), K, false, bf(panels), pstride, 0, npanels, N, nullptr, 0, ep);
+    ep.out = bf(direct);
+    k.gemv_nn_ep(m, K, bf(a), K, bf(wkn), N, 0, N, ep);
+    CHECK(direct == packed, "bf16 gemv_nn_ep m=%lld K=%lld N=%lld: not the packed bits",
+          (long long)m, (long long)K, (long long)N);
+    // gemv_nt_ep (W^T read in place) against float64, columns [1, N) only: column 0 and
+    // the memory past each row must stay untouched.
+    std::vector<uint16_t> nt(size_t(m * N), 0xFFFF);
+    ep.out = bf(nt);
+    k.gemv_nt_ep(m, K, bf(a), K, bf(wnk), K, N > 1 ? 1 : 0, N, ep);
+    bool ok = true;
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = 0; j < N; ++j) {
+        const uint16_t got = nt[size_t(r * N + j)];
+        if (j == 0 && N > 1) {
+          ok &= got == 0xFFFF;
+          continue;
+        }
+        double acc = 0;
+        for (int64_t kk = 0; kk < K; ++kk)
+          acc += from_bf16(a[size_t(r * K + kk)]) * from_bf16(wnk[size_t(j * K + kk)]);
+        const double hv = from_bf16(h[size_t(r * N + j)]);
+        const double want = (acc + from_bf16(g[size_t(r * N + j)])) * (1 - hv * hv);
+        ok &= std::fabs(from_bf16(got) - want) <= std::ldexp(std::fabs(want), -7) + 1e-6;
+      }
+    CHECK(ok, "bf16 gemv_nt_ep m=%lld K=%lld N=%lld", (long long)m, (long long)K, (long long)N);
+    ++cases;
+  }
+  std::printf("bf16 unpacked: %d cases: %s\n", cases, g_fail ? "FAILED" : "ok");
+}
+
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
@@ -592,6 +678,7 @@ int main(int argc, char** argv) {
   test_layer_backward_shortcuts<float>(rng);
   test_layer_backward_shortcuts<double>(rng);
   test_bf16_pack(rng);
+  test_bf16_unpacked(rng);
   std::vector<Case> cases;
   const int64_t shapes[][3] = {{1, 1, 1},    {5, 3, 7},    {7, 1, 33},   {4, 13, 65},
                                {9, 29, 100}, {3, 64, 129}, {2, 257, 40}, {6, 5, 256}};

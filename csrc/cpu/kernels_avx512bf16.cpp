@@ -12,7 +12,8 @@
 // Epilogues compute in float32 (the float32 table's tanh and derivative) from bfloat16
 // operands and round once, to nearest even, when they store. Each output element is one
 // float32 accumulator taking one vdpbf16ps per k pair in order, whatever the tile or the
-// thread: results are bitwise identical for any thread count, as in the other tables.
+// thread (the forward's few-row path, gemv_nt_ep, sums lane-wise instead, in an order fixed
+// by the shape): results are bitwise identical for any thread count, as in the other tables.
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(FUSEDRNN_NO_BF16)
 #define FUSEDRNN_ISA_NS avx512bf16
 #include <immintrin.h>

@@ -212,30 +212,15 @@ void tile_dispatch(int mr, int np, int64_t K, const bf16* a, int64_t lda, const 
 #undef FUSEDRNN_BF16_TILE
 }
 
-// KernelTable::gemm for bfloat16 operands. Only what the recurrences use: A not
-// transposed, no cinit (rnn_cpu.cpp passes neither). The blocking is the float32 table's
-// (kernels_impl.h gemm): row blocks whose A slice stays in L2 while all panels pass over
-// it, tiles of at most 6 rows over two panels for long K.
+// KernelTable::gemm for bfloat16 operands, with the float32 table's blocking
+// (for_each_tile). Only what the recurrences use: A not transposed, no cinit (rnn_cpu.cpp
+// passes neither).
 void gemm_bf16(int64_t m, int64_t K, const bf16* a, int64_t lda, bool /*a_trans*/, const bf16* bp,
                int64_t pstride, int64_t p0, int64_t p1, int64_t N, const bf16* /*cinit*/,
                int64_t /*ldc*/, const Ep& ep) {
-  if (m <= 0 || p1 <= p0) return;
-  int64_t mc = (256 * 1024) / (K * int64_t(sizeof(bf16)) + 1);
-  if (mc < 16) mc = 16;
-  const int mr_max = K >= 512 ? Tiling<V>::MR_LONG_K : Tiling<V>::MR_MAX;
-  for (int64_t rb = 0, re = 0; rb < m; rb = re) {
-    re = m - rb <= mc + mc / 4 ? m : rb + mc;
-    const int npb = Tiling<V>::np_max(int(next_mr<V>(re - rb, mr_max)));
-    for (int64_t p = p0; p < p1;) {
-      const int np = int(p1 - p > npb ? npb : p1 - p);
-      for (int64_t r = rb; r < re;) {
-        const int64_t mr = next_mr<V>(re - r, mr_max);
-        tile_dispatch(int(mr), np, K, a, lda, bp, pstride, p, N, ep, r);
-        r += mr;
-      }
-      p += np;
-    }
-  }
+  for_each_tile<V>(m, K, int64_t(sizeof(bf16)), p0, p1, [&](int mr, int np, int64_t p, int64_t r) {
+    tile_dispatch(mr, np, K, a, lda, bp, pstride, p, N, ep, r);
+  });
 }
 
 // Packs panels [p0, p1) of B[k, j] = src[k*rs + j*cs] in k pairs (kernels.h).

@@ -301,15 +301,15 @@ inline int64_t next_mr(int64_t left, int M = Tiling<V>::MR_MAX) {
   return (left + tiles - 1) / tiles;
 }
 
-template <class V>
-void gemm(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda, bool a_trans,
-          const typename V::scalar_t* bp, int64_t pstride, int64_t p0, int64_t p1, int64_t N,
-          const typename V::scalar_t* cinit, int64_t ldc,
-          const cpu::Epilogue<typename V::scalar_t>& ep) {
-  using T = typename V::scalar_t;
+// The blocking of gemm, for every table (the bfloat16 one too): calls tile(mr, np, p, r) for
+// the tile of rows [r, r + mr) and panels [p, p + np), each once, in a fixed order.
+// elem_bytes: the size of an A element.
+template <class V, class TileFn>
+void for_each_tile(int64_t m, int64_t K, int64_t elem_bytes, int64_t p0, int64_t p1,
+                   const TileFn& tile) {
   if (m <= 0 || p1 <= p0) return;
   // Rows in blocks whose A slice stays in L2 while all panels pass over it.
-  int64_t mc = (256 * 1024) / (K * int64_t(sizeof(T)) + 1);
+  int64_t mc = (256 * 1024) / (K * elem_bytes + 1);
   if (mc < 16) mc = 16;
   // Long K: tiles of at most 6 rows, so a tile spans two panels (6 x 2 panels against 13 x 1
   // with AVX-512): half the broadcasts per fma and each panel streamed for half as many
@@ -327,15 +327,26 @@ void gemm(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda, bool
       const int np = int(p1 - p > npb ? npb : p1 - p);
       for (int64_t r = rb; r < re;) {
         const int64_t mr = next_mr<V>(re - r, mr_max);
-        if (a_trans)
-          tile_dispatch<V, true>(int(mr), np, K, a, lda, bp, pstride, p, N, cinit, ldc, ep, r);
-        else
-          tile_dispatch<V, false>(int(mr), np, K, a, lda, bp, pstride, p, N, cinit, ldc, ep, r);
+        tile(int(mr), np, p, r);
         r += mr;
       }
       p += np;
     }
   }
+}
+
+template <class V>
+void gemm(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda, bool a_trans,
+          const typename V::scalar_t* bp, int64_t pstride, int64_t p0, int64_t p1, int64_t N,
+          const typename V::scalar_t* cinit, int64_t ldc,
+          const cpu::Epilogue<typename V::scalar_t>& ep) {
+  using T = typename V::scalar_t;
+  for_each_tile<V>(m, K, int64_t(sizeof(T)), p0, p1, [&](int mr, int np, int64_t p, int64_t r) {
+    if (a_trans)
+      tile_dispatch<V, true>(mr, np, K, a, lda, bp, pstride, p, N, cinit, ldc, ep, r);
+    else
+      tile_dispatch<V, false>(mr, np, K, a, lda, bp, pstride, p, N, cinit, ldc, ep, r);
+  });
 }
 
 template <class V>

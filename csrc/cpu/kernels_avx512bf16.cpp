@@ -355,7 +355,7 @@ void nt_rows(int64_t K, const bf16* a, int64_t lda, const bf16* w, int64_t ldw, 
   const uint16_t* wu = u16(w);
   for (int64_t j = j0; j < j1; j += W) {
     const int64_t nj = j1 - j < W ? j1 - j : W;
-    alignas(64) float sums[M][W];
+    alignas(64) float sums[M][W] = {};  // columns past nj go through the epilogue, unstored
     for (int64_t jb = 0; jb < nj; jb += JB) {
       const int nb = int(nj - jb < JB ? nj - jb : JB);
       __m512 c[M][JB];

@@ -341,6 +341,36 @@ def test_low_precision_is_stored_in_its_dtype(dtype):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("lengths", [None, [5, 3, 2]], ids=["padded", "packed"])
+def test_low_precision_backward_runs_the_float32_kernels(monkeypatch, dtype, lengths):
+    """A layer computed in float32 (float16; bfloat16 without the bfloat16 kernels) has its
+    backward on the fused float32 kernels too, and its gradients rounded once: not through
+    torch's float16 GEMMs, which have no fast CPU kernel."""
+    monkeypatch.setattr(ops, "_CPU_BF16", False)  # bfloat16 as on a CPU without AVX512_BF16
+    seen = []
+    grads_impl = ops._grads_impl
+
+    def spy(*args, **kwargs):
+        seen.append(args[4].dtype)  # h
+        return grads_impl(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "_grads_impl", spy)
+    x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs(T=5, B=3, I=4, H=6, lengths=lengths,
+                                                      dtype=torch.float32)  # fmt: skip
+    low = [t.to(dtype).requires_grad_(True) for t in (x, w_ih, w_hh, b_ih, b_hh, h0)]
+    h, hn = ops.rnn_layer(*low, bs, False, "tanh")
+    grads = torch.autograd.grad(h.float().square().sum() + hn.float().sum(), low)
+    assert seen == [torch.float32]
+    # The float32 gradients of the same stored values, rounded once.
+    exact = [t.detach().float().requires_grad_(True) for t in low]
+    he, hne = ops.rnn_layer(*exact, bs, False, "tanh")
+    want = torch.autograd.grad(he.square().sum() + hne.sum(), exact)
+    for g, w in zip(grads, want, strict=True):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.float(), w, rtol=2e-2, atol=2e-2)
+
+
 def _bidirectional_inputs(lengths, dtype, H=4, seed=0):
     x, *wf, h0f, bs = _layer_inputs(lengths=lengths, dtype=dtype, H=H, seed=seed)
     _, *wb, h0b, _ = _layer_inputs(lengths=lengths, dtype=dtype, H=H, seed=seed + 1)

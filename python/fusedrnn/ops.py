@@ -591,6 +591,18 @@ def _backward(ctx, grad_h, grad_hn):
     # is_grads_batched does, or carrying forward-mode tangents): see _backward_rows.
     transformed = _recorded_or_transformed(grad_h, grad_hn)
     eager = getattr(ctx, "eager", False) and not transformed
+    # A float16 layer, or a bfloat16 one without the bfloat16 kernels, was computed in
+    # float32 (_forward_impl): so is its backward, on the fused float32 kernels, and the
+    # gradients are rounded once. (Through torch's float16 GEMMs, which have no fast CPU
+    # kernel, a B64-H1024-T100 training step took 16 s.) Transformed or recorded backward
+    # passes keep the general path, whose derivatives are torch's.
+    low = h.dtype if (not h.is_cuda and h.dtype in _FLOAT32_COMPUTE_DTYPES and not transformed
+                      and not _bf16_kernels(h) and h.numel() and B) else None  # fmt: skip
+    if low is not None:
+        x, w_ih, w_hh, h0, h, grad_h, grad_hn = (
+            _float32(t) for t in (x, w_ih, w_hh, h0, h, grad_h, grad_hn)
+        )
+        fused = True
     if fused and eager:  # the kernel reads absent gradients and an absent h0 as zeros
         dx, dw_ih, dw_hh, db, dh0 = _grads_impl(
             x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
@@ -601,6 +613,8 @@ def _backward(ctx, grad_h, grad_hn):
         x, h, grad_h, grad_hn = (_as_rows(t) for t in (x, h, grad_h, grad_hn))
         grads = _backward_rows(ctx, needs, B, fused, eager, transformed, x, w_ih, w_hh, h0, h,
                                batch_sizes, grad_h, grad_hn)  # fmt: skip
+    if low is not None:
+        grads = tuple(None if g is None else g.to(low) for g in grads)
     dx = grads[0]
     if dx is None or ctx.x_shape is None or dx.shape == ctx.x_shape:
         return grads

@@ -288,8 +288,7 @@ def _bf16(t: torch.Tensor) -> torch.Tensor:
 
 
 def _packed_rows(lengths):
-    """Row offsets of the steps and each sequence's steps in the order the forward pass
-    walks them."""
+    """The first row of each step in the packed layout of sequences of ``lengths``."""
     T = max(lengths)
     bs = [sum(n > t for n in lengths) for t in range(T)]
     return [sum(bs[:t]) for t in range(T)]

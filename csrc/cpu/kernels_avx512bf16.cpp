@@ -19,7 +19,6 @@
 #include <immintrin.h>
 
 #include <cstring>
-#include <type_traits>
 
 #include "fusedrnn.h"
 #include "kernels_impl.h"
@@ -89,6 +88,27 @@ inline void ep_store(const Ep& ep, int64_t r, int64_t j, __m512 acc, __mmask16 m
 }
 
 inline __mmask16 tail(int64_t n) { return n >= W ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+inline __mmask32 tail32(int64_t n) {
+  return n >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << n) - 1u);
+}
+
+inline __m512bh as_bh(__m512i v) {
+  __m512bh b;
+  std::memcpy(&b, &v, sizeof(b));
+  return b;
+}
+
+// The epilogue of row r on the columns [c0, c1): full vectors, then a masked tail;
+// acc(c, m) gives the accumulators of the columns [c, c + 16) (m: the valid ones).
+template <class Acc>
+inline void ep_columns(const Ep& ep, int64_t r, int64_t c0, int64_t c1, const Acc& acc) {
+  int64_t c = c0;
+  for (; c + W <= c1; c += W) ep_store<true>(ep, r, c, acc(c, __mmask16(0xFFFF)), 0xFFFF);
+  if (c < c1) {
+    const __mmask16 m = tail(c1 - c);
+    ep_store<false>(ep, r, c, acc(c, m), m);
+  }
+}
 
 // The register tile: MR rows x NP panels over all K, accumulators to out (NP*NR per row).
 template <int MR, int NP>
@@ -110,17 +130,13 @@ inline void micro_kernel(int64_t K, const bf16* a, int64_t lda, const bf16* bp, 
 #pragma GCC unroll 16
     for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 4
-      for (int u = 0; u < PV; ++u) {
-        const __m512i raw = _mm512_loadu_si512(b[p] + q * 2 * NR + u * 2 * W);
-        std::memcpy(&bv[p * PV + u], &raw, sizeof(raw));
-      }
+      for (int u = 0; u < PV; ++u)
+        bv[p * PV + u] = as_bh(_mm512_loadu_si512(b[p] + q * 2 * NR + u * 2 * W));
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       uint32_t pair;
       std::memcpy(&pair, au + r * lda + 2 * q, sizeof(pair));
-      const __m512i ai = _mm512_set1_epi32(int(pair));
-      __m512bh av;
-      std::memcpy(&av, &ai, sizeof(ai));
+      const __m512bh av = as_bh(_mm512_set1_epi32(int(pair)));
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) c[r][v] = _mm512_dpbf16_ps(c[r][v], av, bv[v]);
     }
@@ -128,14 +144,10 @@ inline void micro_kernel(int64_t K, const bf16* a, int64_t lda, const bf16* bp, 
   if (K & 1) {  // the last k alone: (A[r, K-1], 0), the panels hold (B[K-1, j], 0)
     __m512bh bv[NV];
     for (int p = 0; p < NP; ++p)
-      for (int u = 0; u < PV; ++u) {
-        const __m512i raw = _mm512_loadu_si512(b[p] + pairs * 2 * NR + u * 2 * W);
-        std::memcpy(&bv[p * PV + u], &raw, sizeof(raw));
-      }
+      for (int u = 0; u < PV; ++u)
+        bv[p * PV + u] = as_bh(_mm512_loadu_si512(b[p] + pairs * 2 * NR + u * 2 * W));
     for (int r = 0; r < MR; ++r) {
-      const __m512i ai = _mm512_set1_epi32(int(uint32_t(au[r * lda + K - 1])));
-      __m512bh av;
-      std::memcpy(&av, &ai, sizeof(ai));
+      const __m512bh av = as_bh(_mm512_set1_epi32(int(uint32_t(au[r * lda + K - 1]))));
       for (int v = 0; v < NV; ++v) c[r][v] = _mm512_dpbf16_ps(c[r][v], av, bv[v]);
     }
   }
@@ -152,19 +164,12 @@ void tile(int64_t K, const bf16* a, int64_t lda, const bf16* bp, int64_t pstride
   constexpr int NV = NP * PV;
   alignas(64) float acc[MR * NV * W];
   micro_kernel<MR, NP>(K, a + r0 * lda, lda, bp + p * pstride, pstride, acc);
-  Ep e = ep;
-  e.out = ep.out + r0 * ep.ldo;
-  if (e.x1 && e.ld1) e.x1 = ep.x1 + r0 * ep.ld1;
-  if (e.x2) e.x2 = ep.x2 + r0 * ep.ld2;
+  const Ep e = ep_rows(ep, r0);
   const int64_t j0 = p * NR;
   const int64_t ncols = N - j0 < NP * NR ? N - j0 : NP * NR;
-  for (int r = 0; r < MR; ++r) {
-    int64_t c = 0;
-    for (; c + W <= ncols; c += W)
-      ep_store<true>(e, r, j0 + c, _mm512_load_ps(acc + r * NV * W + c), 0xFFFF);
-    if (c < ncols)
-      ep_store<false>(e, r, j0 + c, _mm512_load_ps(acc + r * NV * W + c), tail(ncols - c));
-  }
+  for (int r = 0; r < MR; ++r)
+    ep_columns(e, r, j0, j0 + ncols,
+               [&](int64_t c, __mmask16) { return _mm512_load_ps(acc + r * NV * W + (c - j0)); });
 }
 
 // The widest tile of MR rows whose accumulators fit the register file (Tiling::np_max:
@@ -246,7 +251,7 @@ void pack_bf16(const bf16* src, int64_t rs, int64_t cs, int64_t K, int64_t N, in
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t j0 = p * NR;
         const int64_t nc = N - j0 < NR ? N - j0 : NR;
-        const __mmask32 m = nc >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << nc) - 1u);
+        const __mmask32 m = tail32(nc);
         const __m512i r0 = _mm512_maskz_loadu_epi16(m, s0 + j0);
         const __m512i r1 =
             second ? _mm512_maskz_loadu_epi16(m, s0 + rs + j0) : _mm512_setzero_si512();
@@ -305,44 +310,7 @@ void pack_bf16(const bf16* src, int64_t rs, int64_t cs, int64_t K, int64_t N, in
 }
 
 // Few rows (the driver's unpacked path: a short sequence of up to 8 rows) times W read in
-// place, epilogue fused. Groups of up to 4 rows, each reading W once.
-template <class Rows>
-void by_row_groups(int64_t m, const Rows& rows) {
-  for (int64_t r0 = 0; r0 < m; r0 += 4) {
-    switch (m - r0 < 4 ? m - r0 : 4) {
-      case 1:
-        rows(std::integral_constant<int, 1>(), r0);
-        break;
-      case 2:
-        rows(std::integral_constant<int, 2>(), r0);
-        break;
-      case 3:
-        rows(std::integral_constant<int, 3>(), r0);
-        break;
-      default:
-        rows(std::integral_constant<int, 4>(), r0);
-        break;
-    }
-  }
-}
-
-inline Ep rows_from(const Ep& ep, int64_t r0) {
-  Ep e = ep;
-  e.out = ep.out + r0 * ep.ldo;
-  if (e.x1 && e.ld1) e.x1 = ep.x1 + r0 * ep.ld1;
-  if (e.x2) e.x2 = ep.x2 + r0 * ep.ld2;
-  return e;
-}
-
-inline __mmask32 tail32(int64_t n) {
-  return n >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << n) - 1u);
-}
-
-inline __m512bh as_bh(__m512i v) {
-  __m512bh b;
-  std::memcpy(&b, &v, sizeof(b));
-  return b;
-}
+// place, epilogue fused, in groups of up to 4 rows each reading W once (by_row_groups).
 
 // M rows x W^T: each sum a W-lane dot product of 32 k per vdpbf16ps (masked past K: zeros),
 // the 16 lanes then added in _mm512_reduce_add_ps's fixed order. Not the packed chain: the
@@ -373,13 +341,8 @@ void nt_rows(int64_t K, const bf16* a, int64_t lda, const bf16* w, int64_t ldw, 
       for (int r = 0; r < M; ++r)
         for (int q = 0; q < nb; ++q) sums[r][jb + q] = _mm512_reduce_add_ps(c[r][q]);
     }
-    for (int r = 0; r < M; ++r) {
-      const __m512 v = _mm512_load_ps(sums[r]);
-      if (nj == W)
-        ep_store<true>(ep, r, j, v, 0xFFFF);
-      else
-        ep_store<false>(ep, r, j, v, tail(nj));
-    }
+    for (int r = 0; r < M; ++r)
+      ep_columns(ep, r, j, j + nj, [&](int64_t, __mmask16) { return _mm512_load_ps(sums[r]); });
   }
 }
 
@@ -387,7 +350,7 @@ void gemv_nt_ep_bf16(int64_t m, int64_t K, const bf16* a, int64_t lda, const bf1
                      int64_t j0, int64_t j1, const Ep& ep) {
   if (j1 <= j0) return;
   by_row_groups(m, [&](auto rows, int64_t r0) {
-    nt_rows<decltype(rows)::value>(K, a + r0 * lda, lda, w, ldw, j0, j1, rows_from(ep, r0));
+    nt_rows<decltype(rows)::value>(K, a + r0 * lda, lda, w, ldw, j0, j1, ep_rows(ep, r0));
   });
 }
 
@@ -437,12 +400,7 @@ void nn_rows(int64_t K, const bf16* a, int64_t lda, const bf16* w, int64_t ldw, 
       }
     }
     for (int r = 0; r < M; ++r)
-      for (int u = 0; u < PV && u * W < nc; ++u) {
-        if (nc - u * W >= W)
-          ep_store<true>(ep, r, j + u * W, c[r][u], 0xFFFF);
-        else
-          ep_store<false>(ep, r, j + u * W, c[r][u], mv[u]);
-      }
+      ep_columns(ep, r, j, j + nc, [&](int64_t col, __mmask16) { return c[r][(col - j) / W]; });
   }
 }
 
@@ -450,7 +408,7 @@ void gemv_nn_ep_bf16(int64_t m, int64_t K, const bf16* a, int64_t lda, const bf1
                      int64_t j0, int64_t j1, const Ep& ep) {
   if (j1 <= j0) return;
   by_row_groups(m, [&](auto rows, int64_t r0) {
-    nn_rows<decltype(rows)::value>(K, a + r0 * lda, lda, w, ldw, j0, j1, rows_from(ep, r0));
+    nn_rows<decltype(rows)::value>(K, a + r0 * lda, lda, w, ldw, j0, j1, ep_rows(ep, r0));
   });
 }
 
@@ -458,18 +416,10 @@ void gemv_nn_ep_bf16(int64_t m, int64_t K, const bf16* a, int64_t lda, const bf1
 // accumulators acc (bfloat16, e.g. dhn) or zeros.
 void pointwise_bf16(int64_t m, int64_t c0, int64_t c1, const bf16* acc, int64_t ldacc,
                     const Ep& ep) {
-  for (int64_t r = 0; r < m; ++r) {
-    int64_t c = c0;
-    for (; c + W <= c1; c += W) {
-      const __m512 a = acc ? load16(acc + r * ldacc + c) : _mm512_setzero_ps();
-      ep_store<true>(ep, r, c, a, 0xFFFF);
-    }
-    if (c < c1) {
-      const __mmask16 m16 = tail(c1 - c);
-      const __m512 a = acc ? load16_masked(acc + r * ldacc + c, m16) : _mm512_setzero_ps();
-      ep_store<false>(ep, r, c, a, m16);
-    }
-  }
+  for (int64_t r = 0; r < m; ++r)
+    ep_columns(ep, r, c0, c1, [&](int64_t c, __mmask16 m) {
+      return acc ? load16_masked(acc + r * ldacc + c, m) : _mm512_setzero_ps();
+    });
 }
 
 // y = bfloat16(tanh(x)), the forward epilogue's tanh (tests).

@@ -92,6 +92,17 @@ inline void st(typename V::scalar_t* p, typename V::mask m, typename V::reg v) {
     V::store_masked(p, m, v);
 }
 
+// ep as seen from row r0 on: its row pointers moved down r0 rows (a broadcast x1 row,
+// ld1 == 0, stays where it is).
+template <typename T>
+inline cpu::Epilogue<T> ep_rows(const cpu::Epilogue<T>& ep, int64_t r0) {
+  cpu::Epilogue<T> e = ep;
+  e.out = ep.out + r0 * ep.ldo;
+  if (e.x1 && e.ld1) e.x1 = ep.x1 + r0 * ep.ld1;
+  if (e.x2) e.x2 = ep.x2 + r0 * ep.ld2;
+  return e;
+}
+
 template <class V, bool FULL>
 inline typename V::reg ep_value(const cpu::Epilogue<typename V::scalar_t>& ep, int64_t r, int64_t j,
                                 typename V::reg acc, typename V::mask m) {
@@ -230,11 +241,7 @@ void tile(int64_t K, const typename V::scalar_t* a, int64_t lda, const typename 
   }
   micro_kernel<V, MR, NP, ATRANS>(K, ATRANS ? a + r0 : a + r0 * lda, lda, bp + p * pstride, pstride,
                                   ci, ldci, acc);
-  cpu::Epilogue<T> e = ep;
-  e.out = ep.out + r0 * ep.ldo;
-  if (e.x1 && e.ld1) e.x1 = ep.x1 + r0 * ep.ld1;
-  if (e.x2) e.x2 = ep.x2 + r0 * ep.ld2;
-  apply_epilogue<V>(e, MR, j0, ncols, acc, NV * V::W, true);
+  apply_epilogue<V>(ep_rows(ep, r0), MR, j0, ncols, acc, NV * V::W, true);
 }
 
 template <class V, int MR, bool ATRANS>
@@ -408,6 +415,32 @@ void pack(const typename V::scalar_t* src, int64_t rs, int64_t cs, int64_t K, in
 // product (lane l sums k = l, l + W, ... in order, then the lanes are added pairwise in a
 // fixed order), so it does not depend on threads, but it is not the packed kernel's
 // sequential chain: callers choose it by shape alone.
+// The few-row products take rows in groups of up to 4, each group reading W once:
+// rows(RowCount<n>(), r0) for the group of n rows from r0, in order.
+template <int N>
+struct RowCount {
+  static constexpr int value = N;
+};
+template <class Fn>
+inline void by_row_groups(int64_t m, const Fn& rows) {
+  for (int64_t r0 = 0; r0 < m; r0 += 4) {
+    switch (m - r0 < 4 ? m - r0 : 4) {
+      case 1:
+        rows(RowCount<1>(), r0);
+        break;
+      case 2:
+        rows(RowCount<2>(), r0);
+        break;
+      case 3:
+        rows(RowCount<3>(), r0);
+        break;
+      default:
+        rows(RowCount<4>(), r0);
+        break;
+    }
+  }
+}
+
 template <class V>
 inline typename V::scalar_t hsum(typename V::reg v) {
   using T = typename V::scalar_t;
@@ -478,24 +511,10 @@ template <class V>
 void gemv_nt(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda,
              const typename V::scalar_t* w, int64_t ldw, int64_t j0, int64_t j1,
              typename V::scalar_t* acc, int64_t ldacc) {
-  for (int64_t r0 = 0; r0 < m; r0 += 4) {  // groups of up to 4 rows, each reading W once
-    const typename V::scalar_t* ar = a + r0 * lda;
-    typename V::scalar_t* cr = acc + r0 * ldacc;
-    switch (m - r0 < 4 ? m - r0 : 4) {
-      case 1:
-        gemv_nt_rows<V, 1>(K, ar, lda, w, ldw, j0, j1, cr, ldacc);
-        break;
-      case 2:
-        gemv_nt_rows<V, 2>(K, ar, lda, w, ldw, j0, j1, cr, ldacc);
-        break;
-      case 3:
-        gemv_nt_rows<V, 3>(K, ar, lda, w, ldw, j0, j1, cr, ldacc);
-        break;
-      default:
-        gemv_nt_rows<V, 4>(K, ar, lda, w, ldw, j0, j1, cr, ldacc);
-        break;
-    }
-  }
+  by_row_groups(m, [&](auto rows, int64_t r0) {
+    gemv_nt_rows<V, decltype(rows)::value>(K, a + r0 * lda, lda, w, ldw, j0, j1, acc + r0 * ldacc,
+                                           ldacc);
+  });
 }
 
 // Few rows times a row-major W read in place (no packing): acc[r*ldacc + j] =
@@ -562,38 +581,19 @@ void gemv_nn(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda,
              const typename V::scalar_t* w, int64_t ldw, int64_t j0, int64_t j1,
              const typename V::scalar_t* cinit, int64_t ldc, typename V::scalar_t* acc,
              int64_t ldacc) {
-  for (int64_t r0 = 0; r0 < m; r0 += 4) {  // groups of up to 4 rows, each reading W once
-    const typename V::scalar_t* ar = a + r0 * lda;
-    const typename V::scalar_t* ci = cinit ? cinit + r0 * ldc : nullptr;
-    typename V::scalar_t* cr = acc + r0 * ldacc;
-    switch (m - r0 < 4 ? m - r0 : 4) {
-      case 1:
-        gemv_nn_rows<V, 1>(K, ar, lda, w, ldw, j0, j1, ci, ldc, cr, ldacc);
-        break;
-      case 2:
-        gemv_nn_rows<V, 2>(K, ar, lda, w, ldw, j0, j1, ci, ldc, cr, ldacc);
-        break;
-      case 3:
-        gemv_nn_rows<V, 3>(K, ar, lda, w, ldw, j0, j1, ci, ldc, cr, ldacc);
-        break;
-      default:
-        gemv_nn_rows<V, 4>(K, ar, lda, w, ldw, j0, j1, ci, ldc, cr, ldacc);
-        break;
-    }
-  }
+  by_row_groups(m, [&](auto rows, int64_t r0) {
+    gemv_nn_rows<V, decltype(rows)::value>(K, a + r0 * lda, lda, w, ldw, j0, j1,
+                                           cinit ? cinit + r0 * ldc : nullptr, ldc,
+                                           acc + r0 * ldacc, ldacc);
+  });
 }
 
 template <class V>
 void pointwise(int64_t m, int64_t c0, int64_t c1, const typename V::scalar_t* acc, int64_t ldacc,
                const cpu::Epilogue<typename V::scalar_t>& ep) {
   if (c1 <= c0) return;
-  for (int64_t r = 0; r < m; ++r) {
-    cpu::Epilogue<typename V::scalar_t> e = ep;
-    e.out = ep.out + r * ep.ldo;
-    if (e.x1 && e.ld1) e.x1 = ep.x1 + r * ep.ld1;
-    if (e.x2) e.x2 = ep.x2 + r * ep.ld2;
-    apply_epilogue<V>(e, 1, c0, c1 - c0, acc ? acc + r * ldacc + c0 : nullptr, 0);
-  }
+  for (int64_t r = 0; r < m; ++r)
+    apply_epilogue<V>(ep_rows(ep, r), 1, c0, c1 - c0, acc ? acc + r * ldacc + c0 : nullptr, 0);
 }
 
 template <class V>

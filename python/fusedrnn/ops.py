@@ -1011,7 +1011,7 @@ def _autocast_args(args: tuple) -> tuple:
     if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
         return args
     dtype = _cpu_autocast_dtype() if device_type == "cpu" else torch.float32
-    return tuple(_autocast_cast(a, dtype, device_type) for a in args)
+    return _autocast_cast(args, dtype, device_type)
 
 
 def _register_cpu_autocast(op, cast: bool) -> None:
@@ -1021,7 +1021,7 @@ def _register_cpu_autocast(op, cast: bool) -> None:
 
     def kernel(_keyset, *args):
         if cast:
-            args = tuple(_autocast_cast(a, _cpu_autocast_dtype(), "cpu") for a in args)
+            args = _autocast_cast(args, _cpu_autocast_dtype(), "cpu")
         with torch._C._ExcludeDispatchKeyGuard(excluded):
             return op._opoverload(*args)
 

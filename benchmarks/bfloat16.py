@@ -4,7 +4,7 @@ For each size, in one process and interleaved round by round (minimum over round
 
 - a model converted to bfloat16 (``model.to(torch.bfloat16)``): torch.nn.RNN, fusedrnn.RNN
   (its bfloat16 kernels where the CPU has AVX512_BF16), and fusedrnn.RNN computing in float32
-  as it did before those kernels (``ops._CPU_BF16`` turned off for the call);
+  as it did before those kernels (bfloat16 out of ``ops.KERNEL_DTYPES`` for the call);
 - a float32 model under ``torch.autocast("cpu", dtype=torch.bfloat16)``: torch.nn.RNN and
   fusedrnn.RNN, and again fusedrnn with the float32 rule.
 
@@ -34,12 +34,12 @@ SIZES = {
 @contextlib.contextmanager
 def _float32_path(on: bool):
     """fusedrnn's bfloat16 layers as before the bfloat16 kernels: computed in float32."""
-    saved = ops._CPU_BF16
-    ops._CPU_BF16 = saved and not on
+    saved = ops.KERNEL_DTYPES.pop(torch.bfloat16, None) if on else None
     try:
         yield
     finally:
-        ops._CPU_BF16 = saved
+        if saved is not None:
+            ops.KERNEL_DTYPES[torch.bfloat16] = saved
 
 
 def _step(module, x, train: bool, autocast: bool, f32_path: bool = False):

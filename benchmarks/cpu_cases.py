@@ -100,8 +100,9 @@ PACKED = [
     Case(32, 256, 200, layers=2, bidirectional=True, packed=True),
 ]
 # Models converted to bfloat16 (not in issue 4). nn.RNN runs torch's bfloat16 GEMMs
-# (oneDNN; AVX512_BF16 dot products where the CPU has them); fusedrnn its bfloat16
-# recurrence kernels there, and the float32 ones elsewhere (docs/cpu_kernels.md).
+# (oneDNN; AVX512_BF16 dot products where the CPU has them); fusedrnn its own bfloat16
+# kernels there (recurrences and GEMMs), and the float32 ones elsewhere
+# (docs/cpu_kernels.md).
 BFLOAT16 = [
     Case(64, 256, 100, dtype=torch.bfloat16),
     Case(64, 1024, 100, dtype=torch.bfloat16),

@@ -4,8 +4,9 @@ Inference of ``RNN`` with T = 1 and of ``RNNCell``, one ``RNN`` training step wi
 T = 1 (forward, ``(out.sum() + h_n.sum()).backward()``, gradients reset with
 ``set_to_none``), and an ``RNNCell`` training loop over 50 steps (one backward at the end,
 reported per step), for a few batch and hidden sizes; per-call minimum over rounds.
+``--dtype bfloat16``: both modules converted to bfloat16 (the loss is summed in float32).
 
-    python benchmarks/single_step.py [--seconds 1]
+    python benchmarks/single_step.py [--seconds 1] [--dtype float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ def _per_call(fn, seconds: float) -> float:
     return best
 
 
-def _rows(B: int, H: int, seconds: float):
+def _rows(B: int, H: int, seconds: float, dtype: torch.dtype):
     torch.manual_seed(0)
-    ref = torch.nn.RNN(H, H)
+    ref = torch.nn.RNN(H, H).to(dtype)
     ours = fusedrnn.RNN.from_torch(ref)
-    cell_ref = torch.nn.RNNCell(H, H)
+    cell_ref = torch.nn.RNNCell(H, H).to(dtype)
     cell = fusedrnn.RNNCell.from_torch(cell_ref)
-    x = torch.randn(1, B, H)
-    h = torch.randn(1, B, H)
+    x = torch.randn(1, B, H, dtype=dtype)
+    h = torch.randn(1, B, H, dtype=dtype)
     xt = x.clone().requires_grad_(True)
 
     def infer(m):
@@ -65,11 +66,11 @@ def _rows(B: int, H: int, seconds: float):
             m.zero_grad(set_to_none=True)
             xt.grad = None
             out, hn = m(xt, h)
-            (out.sum() + hn.sum()).backward()
+            (out.float().sum() + hn.float().sum()).backward()
 
         return step
 
-    xs = torch.randn(LOOP_STEPS, B, H)
+    xs = torch.randn(LOOP_STEPS, B, H, dtype=dtype)
 
     def cell_loop(m):  # a step-by-step training loop (teacher forcing), per step
         def run():
@@ -77,7 +78,7 @@ def _rows(B: int, H: int, seconds: float):
             state, loss = h[0], 0
             for t in range(LOOP_STEPS):
                 state = m(xs[t], state)
-                loss = loss + state.sum()
+                loss = loss + state.float().sum()
             loss.backward()
 
         return run
@@ -97,12 +98,14 @@ def _rows(B: int, H: int, seconds: float):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=1.0, help="per measurement")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    dtype = getattr(torch, args.dtype)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}")
     print("| B | H | what | torch.nn us | fusedrnn us | speed-up |")
     print("|---|---|---|---|---|---|")
     for B, H in SIZES:
-        for row in _rows(B, H, args.seconds):
+        for row in _rows(B, H, args.seconds, dtype):
             print(row, flush=True)
 
 

@@ -113,13 +113,9 @@ void require(std::uintptr_t address, const char* name, bool needed = true) {
                               "without memory, such as a ZeroTensor?)");
 }
 
+// Every entry point takes float32 and float64, and bfloat16 where the CPU runs its kernels
+// (float32 sums inside, one rounding per stored value).
 void check_dtype(const std::string& dtype) {
-  if (dtype != "float32" && dtype != "float64")
-    throw std::invalid_argument("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
-}
-
-// The recurrences alone also take bfloat16, where the CPU runs its kernels.
-void check_recurrence_dtype(const std::string& dtype) {
   if (dtype == "bfloat16") {
     if (!fusedrnn::cpu_has_bf16())
       throw std::invalid_argument(
@@ -130,6 +126,17 @@ void check_recurrence_dtype(const std::string& dtype) {
   if (dtype != "float32" && dtype != "float64")
     throw std::invalid_argument("dtype: expected 'float32', 'float64' or 'bfloat16', got '" +
                                 dtype + "'");
+}
+
+// fn(T{}) for the scalar type T named by a checked dtype.
+template <class Fn>
+void by_dtype(const std::string& dtype, Fn&& fn) {
+  if (dtype == "float32")
+    fn(float{});
+  else if (dtype == "float64")
+    fn(double{});
+  else
+    fn(fusedrnn::bfloat16_t{});
 }
 
 // layer_forward and layer_backward run once per layer and call: a single step (T = 1) is
@@ -270,10 +277,10 @@ PyObject* layer_forward(PyObject*, PyObject* const* args, Py_ssize_t n) {
     require(w_hh, "w_hh", head.work);
     require(h, "h", head.work);
     py::gil_scoped_release release;
-    if (head.dtype == "float32")
-      layer_forward_typed<float>(s, I, x, w_ih, b_ih, b_hh, w_hh, h0, h, ldh, hn, num_threads);
-    else
-      layer_forward_typed<double>(s, I, x, w_ih, b_ih, b_hh, w_hh, h0, h, ldh, hn, num_threads);
+    by_dtype(head.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      layer_forward_typed<T>(s, I, x, w_ih, b_ih, b_hh, w_hh, h0, h, ldh, hn, num_threads);
+    });
   });
 }
 
@@ -299,12 +306,11 @@ PyObject* layer_backward(PyObject*, PyObject* const* args, Py_ssize_t n) {
     require(x, "x", head.work && I > 0 && dw_ih);
     require(w_ih, "w_ih", head.work && I > 0 && dx);
     py::gil_scoped_release release;
-    if (head.dtype == "float32")
-      layer_backward_typed<float>(s, I, x, w_ih, w_hh, h0, h, ldh, G, ldg, dhn, dP, dh0, dx,
-                                  dx_accumulate, dw_ih, dw_hh, db, num_threads);
-    else
-      layer_backward_typed<double>(s, I, x, w_ih, w_hh, h0, h, ldh, G, ldg, dhn, dP, dh0, dx,
-                                   dx_accumulate, dw_ih, dw_hh, db, num_threads);
+    by_dtype(head.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      layer_backward_typed<T>(s, I, x, w_ih, w_hh, h0, h, ldh, G, ldg, dhn, dP, dh0, dx,
+                              dx_accumulate, dw_ih, dw_hh, db, num_threads);
+    });
   });
 }
 
@@ -336,19 +342,16 @@ PYBIND11_MODULE(_C, m) {
       [](const std::string& dtype, int64_t T, int64_t B, int64_t H, std::uintptr_t batch_sizes,
          bool reverse, const std::string& nonlinearity, std::uintptr_t P, std::uintptr_t W_hh,
          std::uintptr_t h0, std::uintptr_t h, std::uintptr_t hn, int num_threads) {
-        check_recurrence_dtype(dtype);
+        check_dtype(dtype);
         const bool work = T > 0 && B > 0 && H > 0;
         require(P, "P", work);
         require(W_hh, "W_hh", work);
         require(h, "h", work);
         const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         py::gil_scoped_release release;
-        if (dtype == "float32")
-          forward_typed<float>(s, P, W_hh, h0, h, hn, num_threads);
-        else if (dtype == "float64")
-          forward_typed<double>(s, P, W_hh, h0, h, hn, num_threads);
-        else
-          forward_typed<fusedrnn::bfloat16_t>(s, P, W_hh, h0, h, hn, num_threads);
+        by_dtype(dtype, [&](auto tag) {
+          forward_typed<decltype(tag)>(s, P, W_hh, h0, h, hn, num_threads);
+        });
       },
       py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("batch_sizes"),
       py::arg("reverse"), py::arg("nonlinearity"), py::arg("P"), py::arg("W_hh"), py::arg("h0"),
@@ -363,19 +366,16 @@ PYBIND11_MODULE(_C, m) {
          bool reverse, const std::string& nonlinearity, std::uintptr_t W_hh, std::uintptr_t h,
          std::uintptr_t G, std::uintptr_t dhn, std::uintptr_t dP, std::uintptr_t dh0,
          int num_threads) {
-        check_recurrence_dtype(dtype);
+        check_dtype(dtype);
         const bool work = T > 0 && B > 0 && H > 0;
         require(W_hh, "W_hh", work);
         require(h, "h", work);
         require(dP, "dP", work);
         const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         py::gil_scoped_release release;
-        if (dtype == "float32")
-          backward_typed<float>(s, W_hh, h, G, dhn, dP, dh0, num_threads);
-        else if (dtype == "float64")
-          backward_typed<double>(s, W_hh, h, G, dhn, dP, dh0, num_threads);
-        else
-          backward_typed<fusedrnn::bfloat16_t>(s, W_hh, h, G, dhn, dP, dh0, num_threads);
+        by_dtype(dtype, [&](auto tag) {
+          backward_typed<decltype(tag)>(s, W_hh, h, G, dhn, dP, dh0, num_threads);
+        });
       },
       py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("batch_sizes"),
       py::arg("reverse"), py::arg("nonlinearity"), py::arg("W_hh"), py::arg("h"), py::arg("G"),
@@ -400,19 +400,19 @@ PYBIND11_MODULE(_C, m) {
         require(B, "B", work && K > 0);
         require(C, "C", work);
         py::gil_scoped_release release;
-        if (dtype == "float32")
-          gemm_typed<float>(M, N, K, A, lda, a_trans, B, ldb, b_trans, C, ldc, bias, accumulate,
-                            num_threads);
-        else
-          gemm_typed<double>(M, N, K, A, lda, a_trans, B, ldb, b_trans, C, ldc, bias, accumulate,
-                             num_threads);
+        by_dtype(dtype, [&](auto tag) {
+          using T = decltype(tag);
+          gemm_typed<T>(M, N, K, A, lda, a_trans, B, ldb, b_trans, C, ldc, bias, accumulate,
+                        num_threads);
+        });
       },
       py::arg("dtype"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("A"), py::arg("lda"),
       py::arg("a_trans"), py::arg("B"), py::arg("ldb"), py::arg("b_trans"), py::arg("C"),
       py::arg("ldc"), py::arg("bias"), py::arg("accumulate"), py::arg("num_threads"),
       "C[M,N] = (accumulate ? C : 0) + op(A) op(B) (+ bias [N] or 0), row-major; "
       "op(A)[i,k] = A[k*lda+i] if a_trans else A[i*lda+k], op(B) likewise. Bitwise identical "
-      "for any num_threads.");
+      "for any num_threads. bfloat16 (where cpu_has_bf16()): float32 sums, each element rounded "
+      "once (bias and accumulate not both).");
 
   m.def("cpu_isa", &fusedrnn::cpu_isa, "SIMD instruction set the CPU kernels selected");
   m.def("cpu_has_bf16", &fusedrnn::cpu_has_bf16,

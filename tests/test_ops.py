@@ -347,7 +347,8 @@ def test_low_precision_backward_runs_the_float32_kernels(monkeypatch, dtype, len
     """A layer computed in float32 (float16; bfloat16 without the bfloat16 kernels) has its
     backward on the fused float32 kernels too, and its gradients rounded once: not through
     torch's float16 GEMMs, which have no fast CPU kernel."""
-    monkeypatch.setattr(ops, "_CPU_BF16", False)  # bfloat16 as on a CPU without AVX512_BF16
+    # bfloat16 as on a CPU without AVX512_BF16
+    monkeypatch.delitem(ops.KERNEL_DTYPES, torch.bfloat16, raising=False)
     seen = []
     grads_impl = ops._grads_impl
 

@@ -7,9 +7,12 @@
 #include "gemm_cpu.h"
 
 #include <algorithm>
+#include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "aligned_buffer.h"
+#include "bf16_scalar.h"
 #include "kernels.h"
 #include "thread_team.h"
 
@@ -35,7 +38,29 @@ struct GemmJob {
   int64_t kc;
   bool split_cols;
   const T* const* b_rows;  // B row by row instead of B (gemm_cpu_rows)
+  // A table with float32 sums (bfloat16, KernelTable::gemm_acc) and more than one K block:
+  // the sums of every row, ldacc = npanels * nr apart; each thread its own rows and panels.
+  float* acc = nullptr;
+  int64_t ldacc = 0;
 };
+
+// The epilogue that stores C: + bias (one row, broadcast), or + C itself when accumulating.
+// (A table with float32 sums stores C from them, and so adds C back this way: rounding once
+// more, as C += product does. gemm_cpu refuses a bias with accumulate there.)
+template <typename T>
+cpu::Epilogue<T> store_c(T* C, int64_t ldc, const T* bias, bool add_c) {
+  cpu::Epilogue<T> ep;
+  ep.kind = cpu::EpKind::kStore;
+  ep.out = C;
+  ep.ldo = ldc;
+  if (add_c) {
+    ep.x1 = C;
+    ep.ld1 = ldc;
+  } else {
+    ep.x1 = bias;  // ld1 = 0: one row broadcast
+  }
+  return ep;
+}
 
 template <typename T>
 void gemm_thread(void* vjob, int tid, int nt) {
@@ -51,33 +76,55 @@ void gemm_thread(void* vjob, int tid, int nt) {
   }
   if (p1 <= p0 || r1 <= r0) return;
   thread_local cpu::AlignedBuffer buf;
-  T* panels = static_cast<T*>(buf.get(size_t(g.kc * (p1 - p0) * k.nr) * sizeof(T)));
+  const int64_t ks = k.kstep;  // K packed in groups of ks (zero-padded)
+  const int64_t kc_pad = (g.kc + ks - 1) / ks * ks;
+  T* panels = static_cast<T*>(buf.get(size_t(kc_pad * (p1 - p0) * k.nr) * sizeof(T)));
   for (int64_t kb = 0; kb < g.K; kb += g.kc) {
     const int64_t kcur = std::min(g.kc, g.K - kb);
-    const int64_t pstride = kcur * k.nr;
+    const int64_t pstride = (kcur + ks - 1) / ks * ks * k.nr;
     // Panel p lives at base + p*pstride with base shifted so that p0 is the buffer start.
     T* base = panels - p0 * pstride;
     if (g.b_rows) {
-      // Row by row: a one-row pack at row k's place in the panels (pstride unchanged).
-      thread_local std::vector<T> zeros;
-      if (int64_t(zeros.size()) < g.N) zeros.assign(size_t(g.N), T(0));
-      for (int64_t kk = 0; kk < kcur; ++kk) {
-        const T* row = g.b_rows[kb + kk];
-        k.pack(row ? row : zeros.data(), 0, 1, 1, g.N, p0, p1, base + kk * k.nr, pstride);
+      // Row by row: a pack of ks rows at their place in the panels (pstride unchanged); with
+      // ks = 2 the pair's rows are copied side by side first (pack reads B with one stride).
+      thread_local std::vector<T> zeros, pair;
+      if (int64_t(zeros.size()) < g.N) zeros.assign(size_t(g.N), T{});
+      for (int64_t kk = 0; kk < kcur; kk += ks) {
+        const int64_t n = std::min(ks, kcur - kk);
+        const T* row = g.b_rows[kb + kk] ? g.b_rows[kb + kk] : zeros.data();
+        if (ks > 1) {
+          if (int64_t(pair.size()) < ks * g.N) pair.resize(size_t(ks * g.N));
+          for (int64_t i = 0; i < n; ++i) {
+            const T* ri = g.b_rows[kb + kk + i] ? g.b_rows[kb + kk + i] : zeros.data();
+            std::memcpy(pair.data() + i * g.N, ri, size_t(g.N) * sizeof(T));
+          }
+          row = pair.data();
+        }
+        k.pack(row, g.N, 1, n, g.N, p0, p1, base + kk * k.nr, pstride);
       }
     } else {
       const T* bsrc = g.b_trans ? g.B + kb : g.B + kb * g.ldb;
       k.pack(bsrc, g.b_trans ? 1 : g.ldb, g.b_trans ? g.ldb : 1, kcur, g.N, p0, p1, base, pstride);
     }
-    cpu::Epilogue<T> ep;
-    ep.kind = cpu::EpKind::kStore;
-    ep.out = g.C + r0 * g.ldc;
-    ep.ldo = g.ldc;
-    if (kb + kcur == g.K) ep.x1 = g.bias;  // ld1 = 0: one row broadcast
     const T* a = g.a_trans ? g.A + kb * g.lda + r0 : g.A + r0 * g.lda + kb;
+    const bool last = kb + kcur == g.K;
+    if (g.acc) {  // float32 sums across the K blocks, C stored from them after the last
+      float* acc = g.acc + r0 * g.ldacc;
+      k.gemm_acc(r1 - r0, kcur, a, g.lda, g.a_trans, base, pstride, p0, p1, acc, g.ldacc, kb > 0);
+      if (last)
+        k.pointwise_acc(r1 - r0, p0 * k.nr, std::min(p1 * k.nr, g.N), acc, g.ldacc,
+                        store_c(g.C + r0 * g.ldc, g.ldc, g.bias, g.accumulate));
+      continue;
+    }
+    if (k.gemm_acc) {  // one K block of float32 sums: C stored by the tiles
+      k.gemm(r1 - r0, kcur, a, g.lda, g.a_trans, base, pstride, p0, p1, g.N, nullptr, 0,
+             store_c(g.C + r0 * g.ldc, g.ldc, g.bias, g.accumulate));
+      continue;
+    }
     const bool seed = kb > 0 || g.accumulate;
     k.gemm(r1 - r0, kcur, a, g.lda, g.a_trans, base, pstride, p0, p1, g.N,
-           seed ? g.C + r0 * g.ldc : nullptr, g.ldc, ep);
+           seed ? g.C + r0 * g.ldc : nullptr, g.ldc,
+           store_c(g.C + r0 * g.ldc, g.ldc, last ? g.bias : nullptr, false));
   }
 }
 
@@ -105,20 +152,24 @@ void few_rows_thread(void* vjob, int tid, int nt) {
   const int64_t j0 = std::min(g.N, blocks * tid / nt * 16);
   const int64_t j1 = std::min(g.N, blocks * (tid + 1) / nt * 16);
   if (j1 <= j0) return;
+  if (g.k->gemv_nt_ep) {  // float32 sums: the epilogue fused, C rounded once
+    const cpu::Epilogue<T> ep = store_c(g.C, g.ldc, g.bias, g.accumulate);
+    if (g.b_trans)
+      g.k->gemv_nt_ep(g.M, g.K, g.A, g.lda, g.B, g.ldb, j0, j1, ep);
+    else
+      g.k->gemv_nn_ep(g.M, g.K, g.A, g.lda, g.B, g.ldb, j0, j1, ep);
+    return;
+  }
   if (g.b_trans)
     g.k->gemv_nt(g.M, g.K, g.A, g.lda, g.B, g.ldb, j0, j1, g.C, g.ldc);
   else  // the packed kernel's own chains, C as their seed when accumulating
     g.k->gemv_nn(g.M, g.K, g.A, g.lda, g.B, g.ldb, j0, j1, g.accumulate ? g.C : nullptr, g.ldc, g.C,
                  g.ldc);
-  if (g.bias) {
-    cpu::Epilogue<T> ep;
-    ep.kind = cpu::EpKind::kStore;
-    ep.out = g.C;
-    ep.ldo = g.ldc;
-    ep.x1 = g.bias;  // ld1 = 0: one row broadcast
-    g.k->pointwise(g.M, j0, j1, g.C, g.ldc, ep);
-  }
+  if (g.bias) g.k->pointwise(g.M, j0, j1, g.C, g.ldc, store_c(g.C, g.ldc, g.bias, false));
 }
+
+// K up to this: gemm_cpu's few-row products over all rows (see there).
+constexpr int64_t kFewK = 8;
 
 // A product over K = 0: C = (accumulate ? C : 0) + bias (bias may be nullptr).
 template <typename T>
@@ -126,6 +177,15 @@ void empty_sum(int64_t M, int64_t N, T* C, int64_t ldc, const T* bias, bool accu
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < N; ++j)
       C[i * ldc + j] = (accumulate ? C[i * ldc + j] : T(0)) + (bias ? bias[j] : T(0));
+}
+
+template <>
+void empty_sum(int64_t M, int64_t N, bfloat16_t* C, int64_t ldc, const bfloat16_t* bias,
+               bool accumulate) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j)
+      C[i * ldc + j] = cpu::to_bf16((accumulate ? cpu::to_float(C[i * ldc + j]) : 0.0f) +
+                                    (bias ? cpu::to_float(bias[j]) : 0.0f));
 }
 
 // The team for an M x N x K product.
@@ -144,10 +204,24 @@ int threads_for(int64_t M, int64_t N, int64_t K, int num_threads) {
 template <typename T>
 void run_packed(GemmJob<T>& g, int nt) {
   // One K block up to 1024 (a tile's panel slice then streams from L2, which the
-  // micro-kernel sustains); beyond, equal blocks of at most 512 that continue from C.
+  // micro-kernel sustains); beyond, equal blocks of at most 512 that continue from C
+  // (a multiple of the table's kstep, so no k group straddles two blocks).
   const int64_t K = g.K;
+  const int64_t ks = g.k->kstep;
   g.kc = K <= 1024 ? K : (K + ((K + 511) / 512) - 1) / ((K + 511) / 512);
+  g.kc = std::min(K, (g.kc + ks - 1) / ks * ks);
   g.split_cols = g.npanels >= 4 * nt || g.npanels >= g.M;
+  // The float32 sums: up to 1 MB kept by the calling thread between calls, larger ones
+  // (4 MB for a 1024 x 1024 weight gradient) freed after the call, not held.
+  thread_local cpu::AlignedBuffer kept;
+  cpu::AlignedBuffer own;
+  if (g.k->gemm_acc && g.kc < K) {
+    if (g.bias && g.accumulate)
+      throw std::invalid_argument("gemm_cpu: bfloat16 takes a bias or accumulate, not both");
+    g.ldacc = g.npanels * g.k->nr;
+    const size_t bytes = size_t(g.M * g.ldacc) * sizeof(float);
+    g.acc = static_cast<float*>(bytes <= (size_t(1) << 20) ? kept.get(bytes) : own.get(bytes));
+  }
   cpu::team_run(nt, &gemm_thread<T>, &g);
 }
 
@@ -168,10 +242,32 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
     cpu::team_run(nt, &few_rows_thread<scalar_t>, &f);
     return;
   }
+  // A few k and many rows (a single step's weight gradients, K = the batch): writing C is
+  // the work, and the few-row products over all M rows write it straight from their
+  // registers (the packed tiles pass each sum through a buffer). B as it is, so the sums
+  // are still the packed kernel's chains, bitwise; a transposed A (M x K elements) is
+  // copied into rows first.
+  if (K <= kFewK && !b_trans) {
+    thread_local std::vector<scalar_t> a_rows;
+    const scalar_t* a = A;
+    int64_t la = lda;
+    if (a_trans) {
+      a_rows.resize(size_t(M * K));
+      for (int64_t kk = 0; kk < K; ++kk)
+        for (int64_t i = 0; i < M; ++i) a_rows[size_t(i * K + kk)] = A[kk * lda + i];
+      a = a_rows.data();
+      la = K;
+    }
+    FewRowsJob<scalar_t> f{&k, M, N, K, a, la, B, ldb, C, ldc, bias, false, accumulate};
+    cpu::team_run(nt, &few_rows_thread<scalar_t>, &f);
+    return;
+  }
   GemmJob<scalar_t> g{&k,  M,       N,      K,          A,
                       lda, a_trans, B,      ldb,        b_trans,
                       C,   ldc,     bias,   accumulate, (N + k.nr - 1) / k.nr,
                       0,   true,    nullptr};
+  if (k.gemm_acc && bias && accumulate && K > 0)
+    throw std::invalid_argument("gemm_cpu: bfloat16 takes a bias or accumulate, not both");
   run_packed(g, nt);
 }
 
@@ -182,6 +278,15 @@ void gemm_cpu_rows(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t l
   if (M <= 0 || N <= 0) return;
   const cpu::KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
   if (K <= 0) return empty_sum(M, N, C, ldc, static_cast<const scalar_t*>(nullptr), accumulate);
+  if (K <= kFewK) {  // a few rows: gathered (K x N at most 8 rows) for gemm_cpu's few-k path
+    thread_local std::vector<scalar_t> gathered;
+    gathered.assign(size_t(K * N), scalar_t{});
+    for (int64_t kk = 0; kk < K; ++kk)
+      if (b_rows[kk])
+        std::memcpy(&gathered[size_t(kk * N)], b_rows[kk], size_t(N) * sizeof(scalar_t));
+    return gemm_cpu<scalar_t>(M, N, K, A, lda, a_trans, gathered.data(), N, false, C, ldc, nullptr,
+                              accumulate, num_threads);
+  }
   GemmJob<scalar_t> g{&k,  M,       N,       K,          A,
                       lda, a_trans, nullptr, 0,          false,
                       C,   ldc,     nullptr, accumulate, (N + k.nr - 1) / k.nr,
@@ -199,4 +304,14 @@ template void gemm_cpu_rows<float>(int64_t, int64_t, int64_t, const float*, int6
 template void gemm_cpu_rows<double>(int64_t, int64_t, int64_t, const double*, int64_t, bool,
                                     const double* const*, double*, int64_t, bool, int);
 
+}  // namespace fusedrnn
+
+namespace fusedrnn {
+// bfloat16 (where cpu_has_bf16(); select_kernels throws otherwise): float32 sums, each C
+// element rounded once (plus once more for what C held, when accumulating).
+template void gemm_cpu<bfloat16_t>(int64_t, int64_t, int64_t, const bfloat16_t*, int64_t, bool,
+                                   const bfloat16_t*, int64_t, bool, bfloat16_t*, int64_t,
+                                   const bfloat16_t*, bool, int);
+template void gemm_cpu_rows<bfloat16_t>(int64_t, int64_t, int64_t, const bfloat16_t*, int64_t, bool,
+                                        const bfloat16_t* const*, bfloat16_t*, int64_t, bool, int);
 }  // namespace fusedrnn

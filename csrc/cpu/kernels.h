@@ -97,6 +97,19 @@ struct KernelTable {
   void (*gemv_nn_ep)(int64_t m, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
                      int64_t j0, int64_t j1, const Epilogue<T>& ep) = nullptr;
 
+  // A table whose accumulators are not of type T (bfloat16) has no cinit in gemm (a seed of
+  // type T would round the sums twice); a product cut into K blocks (gemm_cpu) carries its
+  // float32 sums from block to block instead. gemm_acc: c[r*ldc + j] = (seed ? c[r*ldc + j]
+  // : 0) + sum_k A[r, k] B[k, j] for rows r < m and every column j of panels [p0, p1) (ldc
+  // >= p1 * nr), each sum continuing one chain, so the blocks give the bits of one pass;
+  // pointwise_acc: the epilogue on rows r < m, columns [c0, c1), from such sums. nullptr in
+  // the other tables.
+  void (*gemm_acc)(int64_t m, int64_t K, const T* a, int64_t lda, bool a_trans, const T* bp,
+                   int64_t pstride, int64_t p0, int64_t p1, float* c, int64_t ldc,
+                   bool seed) = nullptr;
+  void (*pointwise_acc)(int64_t m, int64_t c0, int64_t c1, const float* acc, int64_t ldacc,
+                        const Epilogue<T>& ep) = nullptr;
+
   // y[i] = tanh(x[i]) for i < n (the kernels' tanh, exposed for tests).
   void (*tanh)(const T* x, T* y, int64_t n);
 };

@@ -20,6 +20,7 @@
 
 #include <cstring>
 
+#include "aligned_buffer.h"
 #include "fusedrnn.h"
 #include "kernels_impl.h"
 #include "vec_avx512.h"
@@ -110,16 +111,19 @@ inline void ep_columns(const Ep& ep, int64_t r, int64_t c0, int64_t c1, const Ac
   }
 }
 
-// The register tile: MR rows x NP panels over all K, accumulators to out (NP*NR per row).
+// The register tile: MR rows x NP panels over all K; the accumulators start at zero, or at
+// seed[r*lds + c] (a K-blocked product continuing its float32 chains), and are stored to
+// out[r*ldo + c], c < NP*NR.
 template <int MR, int NP>
 inline void micro_kernel(int64_t K, const bf16* a, int64_t lda, const bf16* bp, int64_t pstride,
-                         float* out) {
+                         const float* seed, int64_t lds, float* out, int64_t ldo) {
   constexpr int NV = NP * PV;
   __m512 c[MR][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) c[r][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v)
+      c[r][v] = seed ? _mm512_loadu_ps(seed + r * lds + v * W) : _mm512_setzero_ps();
   const uint16_t* au = u16(a);
   const uint16_t* b[NP];
 #pragma GCC unroll 4
@@ -154,16 +158,31 @@ inline void micro_kernel(int64_t K, const bf16* a, int64_t lda, const bf16* bp, 
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + r * NV * W + v * W, c[r][v]);
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + r * ldo + v * W, c[r][v]);
 }
 
-// One tile: rows [r0, r0 + MR) of a, panels [p, p + NP), the epilogue on the columns below N.
+// Where a tile's sums go: through the epilogue (sums == nullptr), or as float32 sums to
+// sums[r*ld + j] for every column of the tile's panels, seeded from there when seed.
+struct Sums {
+  float* sums = nullptr;
+  int64_t ld = 0;
+  bool seed = false;
+};
+
+// One tile: rows [r0, r0 + MR) of a, panels [p, p + NP), the epilogue on the columns below N
+// (or the float32 sums, see Sums).
 template <int MR, int NP>
 void tile(int64_t K, const bf16* a, int64_t lda, const bf16* bp, int64_t pstride, int64_t p,
-          int64_t N, const Ep& ep, int64_t r0) {
+          int64_t N, const Ep& ep, int64_t r0, const Sums& s) {
   constexpr int NV = NP * PV;
+  if (s.sums) {
+    float* c = s.sums + r0 * s.ld + p * NR;
+    micro_kernel<MR, NP>(K, a + r0 * lda, lda, bp + p * pstride, pstride, s.seed ? c : nullptr,
+                         s.ld, c, s.ld);
+    return;
+  }
   alignas(64) float acc[MR * NV * W];
-  micro_kernel<MR, NP>(K, a + r0 * lda, lda, bp + p * pstride, pstride, acc);
+  micro_kernel<MR, NP>(K, a + r0 * lda, lda, bp + p * pstride, pstride, nullptr, 0, acc, NV * W);
   const Ep e = ep_rows(ep, r0);
   const int64_t j0 = p * NR;
   const int64_t ncols = N - j0 < NP * NR ? N - j0 : NP * NR;
@@ -176,25 +195,25 @@ void tile(int64_t K, const bf16* a, int64_t lda, const bf16* bp, int64_t pstride
 // the float32 AVX-512 tiles, since the accumulators are the same float32 vectors).
 template <int MR>
 void tile_np(int np, int64_t K, const bf16* a, int64_t lda, const bf16* bp, int64_t pstride,
-             int64_t p, int64_t N, const Ep& ep, int64_t r0) {
+             int64_t p, int64_t N, const Ep& ep, int64_t r0, const Sums& s) {
   constexpr int NPM = Tiling<V>::np_max(MR);
   if constexpr (NPM >= 4) {
-    if (np >= 4) return tile<MR, 4>(K, a, lda, bp, pstride, p, N, ep, r0);
+    if (np >= 4) return tile<MR, 4>(K, a, lda, bp, pstride, p, N, ep, r0, s);
   }
   if constexpr (NPM >= 3) {
-    if (np >= 3) return tile<MR, 3>(K, a, lda, bp, pstride, p, N, ep, r0);
+    if (np >= 3) return tile<MR, 3>(K, a, lda, bp, pstride, p, N, ep, r0, s);
   }
   if constexpr (NPM >= 2) {
-    if (np >= 2) return tile<MR, 2>(K, a, lda, bp, pstride, p, N, ep, r0);
+    if (np >= 2) return tile<MR, 2>(K, a, lda, bp, pstride, p, N, ep, r0, s);
   }
-  tile<MR, 1>(K, a, lda, bp, pstride, p, N, ep, r0);
+  tile<MR, 1>(K, a, lda, bp, pstride, p, N, ep, r0, s);
 }
 
 void tile_dispatch(int mr, int np, int64_t K, const bf16* a, int64_t lda, const bf16* bp,
-                   int64_t pstride, int64_t p, int64_t N, const Ep& ep, int64_t r0) {
-#define FUSEDRNN_BF16_TILE(n)                             \
-  case n:                                                 \
-    tile_np<n>(np, K, a, lda, bp, pstride, p, N, ep, r0); \
+                   int64_t pstride, int64_t p, int64_t N, const Ep& ep, int64_t r0, const Sums& s) {
+#define FUSEDRNN_BF16_TILE(n)                                \
+  case n:                                                    \
+    tile_np<n>(np, K, a, lda, bp, pstride, p, N, ep, r0, s); \
     break;
   switch (mr) {
     FUSEDRNN_BF16_TILE(1)
@@ -217,15 +236,106 @@ void tile_dispatch(int mr, int np, int64_t K, const bf16* a, int64_t lda, const 
 #undef FUSEDRNN_BF16_TILE
 }
 
+// v[i] (16 32-bit words each) becomes column i of the 16 x 16 matrix whose rows they were.
+inline void transpose16(__m512i v[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  // u[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3.
+  for (int c = 0; c < 4; ++c) {
+    const __m512i s0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88);
+    const __m512i s1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xDD);
+    const __m512i s2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+    const __m512i s3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xDD);
+    v[c] = _mm512_shuffle_i32x4(s0, s2, 0x88);
+    v[4 + c] = _mm512_shuffle_i32x4(s1, s3, 0x88);
+    v[8 + c] = _mm512_shuffle_i32x4(s0, s2, 0xDD);
+    v[12 + c] = _mm512_shuffle_i32x4(s1, s3, 0xDD);
+  }
+}
+
+// A^T (a[k*lda + r], k < K) for rows [0, m) as row-major pairs: dst[r*ldd + k], with a zero
+// at k = K when K is odd (the pair the micro-kernel reads whole). Blocks of 16 rows x 16
+// pairs: 16 vectors of (row r's pair q) words for 16 r, transposed in registers, so each
+// row's 16 pairs are one 64-byte store; the edges element by element.
+void transpose_pairs(const bf16* a, int64_t lda, int64_t m, int64_t K, bf16* dst, int64_t ldd) {
+  const uint16_t* s = u16(a);
+  uint16_t* d = u16(dst);
+  const int64_t pairs = (K + 1) / 2;
+  const int64_t full_q = (K / 2) / 16 * 16;  // pairs in whole blocks of 16 (both k inside K)
+  const int64_t full_r = m / 16 * 16;
+  for (int64_t r = 0; r < full_r; r += 16) {
+    for (int64_t q = 0; q < full_q; q += 16) {
+      __m512i v[16];
+      for (int i = 0; i < 16; ++i) {
+        const uint16_t* row = s + (2 * (q + i)) * lda + r;
+        const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)row));
+        const __m512i hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(row + lda)));
+        v[i] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+      }
+      transpose16(v);
+      for (int i = 0; i < 16; ++i) _mm512_storeu_si512(d + (r + i) * ldd + 2 * q, v[i]);
+    }
+  }
+  auto one = [&](int64_t r, int64_t q) {
+    const int64_t k = 2 * q;
+    d[r * ldd + k] = s[k * lda + r];
+    d[r * ldd + k + 1] = k + 1 < K ? s[(k + 1) * lda + r] : uint16_t(0);
+  };
+  for (int64_t r = 0; r < full_r; ++r)
+    for (int64_t q = full_q; q < pairs; ++q) one(r, q);
+  for (int64_t r = full_r; r < m; ++r)
+    for (int64_t q = 0; q < pairs; ++q) one(r, q);
+}
+
+// The products of gemm and gemm_acc: A as it is, or A^T copied into row-major pairs one
+// block of rows at a time (the blocks for_each_tile would make, each copied once and read by
+// every panel). The pairs of the copy are those the micro-kernel reads from a row-major A,
+// so a transposed A gives the bits of its row-major copy.
+void products(int64_t m, int64_t K, const bf16* a, int64_t lda, bool a_trans, const bf16* bp,
+              int64_t pstride, int64_t p0, int64_t p1, int64_t N, const Ep& ep, const Sums& s) {
+  auto run = [&](int64_t rows, const bf16* ar, int64_t ldr, const Ep& e, const Sums& sr) {
+    for_each_tile<V>(rows, K, int64_t(sizeof(bf16)), p0, p1,
+                     [&](int mr, int np, int64_t p, int64_t r) {
+                       tile_dispatch(mr, np, K, ar, ldr, bp, pstride, p, N, e, r, sr);
+                     });
+  };
+  if (!a_trans) return run(m, a, lda, ep, s);
+  const int64_t ldd = (K + 1) / 2 * 2;
+  int64_t mc = (256 * 1024) / (K * int64_t(sizeof(bf16)) + 1);  // for_each_tile's row blocks
+  if (mc < 16) mc = 16;
+  thread_local cpu::AlignedBuffer buf;
+  for (int64_t rb = 0, re = 0; rb < m; rb = re) {
+    re = m - rb <= mc + mc / 4 ? m : rb + mc;
+    bf16* t = static_cast<bf16*>(buf.get(size_t((re - rb) * ldd) * sizeof(bf16)));
+    transpose_pairs(a + rb, lda, re - rb, K, t, ldd);
+    Sums sr = s;
+    if (sr.sums) sr.sums += rb * sr.ld;
+    run(re - rb, t, ldd, ep_rows(ep, rb), sr);
+  }
+}
+
 // KernelTable::gemm for bfloat16 operands, with the float32 table's blocking
-// (for_each_tile). Only what the recurrences use: A not transposed, no cinit (rnn_cpu.cpp
-// passes neither).
-void gemm_bf16(int64_t m, int64_t K, const bf16* a, int64_t lda, bool /*a_trans*/, const bf16* bp,
+// (for_each_tile); no cinit (a bfloat16 seed would round the sums twice: gemm_acc's float32
+// sums carry a product across K blocks instead).
+void gemm_bf16(int64_t m, int64_t K, const bf16* a, int64_t lda, bool a_trans, const bf16* bp,
                int64_t pstride, int64_t p0, int64_t p1, int64_t N, const bf16* /*cinit*/,
                int64_t /*ldc*/, const Ep& ep) {
-  for_each_tile<V>(m, K, int64_t(sizeof(bf16)), p0, p1, [&](int mr, int np, int64_t p, int64_t r) {
-    tile_dispatch(mr, np, K, a, lda, bp, pstride, p, N, ep, r);
-  });
+  products(m, K, a, lda, a_trans, bp, pstride, p0, p1, N, ep, Sums{});
+}
+
+// KernelTable::gemm_acc: the float32 sums of panels [p0, p1) to c (see kernels.h).
+void gemm_acc_bf16(int64_t m, int64_t K, const bf16* a, int64_t lda, bool a_trans, const bf16* bp,
+                   int64_t pstride, int64_t p0, int64_t p1, float* c, int64_t ldc, bool seed) {
+  products(m, K, a, lda, a_trans, bp, pstride, p0, p1, p1 * NR, Ep{}, Sums{c, ldc, seed});
 }
 
 // Packs panels [p0, p1) of B[k, j] = src[k*rs + j*cs] in k pairs (kernels.h).
@@ -274,7 +384,17 @@ void pack_bf16(const bf16* src, int64_t rs, int64_t cs, int64_t K, int64_t N, in
       uint32_t* dw = reinterpret_cast<uint32_t*>(d + p * pstride);
       const int64_t j0 = p * NR;
       const int64_t nc = N - j0 < NR ? N - j0 : NR;
-      for (int64_t qb = 0; qb < pairs; qb += QB) {
+      // Whole panels: 16 rows x 16 pairs at a time, transposed in registers (16 words of
+      // 16 rows of W in, 16 runs of 16 panel words out); the odd K's last pair below.
+      const int64_t vq = nc == NR ? full / 16 * 16 : 0;
+      for (int64_t q = 0; q < vq; q += 16)
+        for (int64_t jb = 0; jb < NR; jb += 16) {
+          __m512i v[16];
+          for (int i = 0; i < 16; ++i) v[i] = _mm512_loadu_si512(s + (j0 + jb + i) * cs + 2 * q);
+          transpose16(v);
+          for (int i = 0; i < 16; ++i) _mm512_storeu_si512(dw + (q + i) * NR + jb, v[i]);
+        }
+      for (int64_t qb = vq; qb < pairs; qb += QB) {
         const int64_t qe = qb + QB < pairs ? qb + QB : pairs;
         const int64_t qf = qe < full ? qe : full;
         for (int64_t jj = 0; jj < NR; ++jj) {
@@ -422,6 +542,15 @@ void pointwise_bf16(int64_t m, int64_t c0, int64_t c1, const bf16* acc, int64_t 
     });
 }
 
+// KernelTable::pointwise_acc: the epilogue on rows r < m, columns [c0, c1), from float32 sums.
+void pointwise_acc_bf16(int64_t m, int64_t c0, int64_t c1, const float* acc, int64_t ldacc,
+                        const Ep& ep) {
+  for (int64_t r = 0; r < m; ++r)
+    ep_columns(ep, r, c0, c1, [&](int64_t c, __mmask16 mk) {
+      return _mm512_maskz_loadu_ps(mk, acc + r * ldacc + c);
+    });
+}
+
 // y = bfloat16(tanh(x)), the forward epilogue's tanh (tests).
 void tanh_bf16(const bf16* x, bf16* y, int64_t n) {
   for (int64_t i = 0; i < n; i += W) {
@@ -442,6 +571,8 @@ const KernelTable<bfloat16_t>* kernels_avx512_bf16() {
     k.kstep = 2;
     k.pack = &avx512bf16::pack_bf16;
     k.gemm = &avx512bf16::gemm_bf16;
+    k.gemm_acc = &avx512bf16::gemm_acc_bf16;
+    k.pointwise_acc = &avx512bf16::pointwise_acc_bf16;
     k.pointwise = &avx512bf16::pointwise_bf16;
     k.gemv_nt = nullptr;  // the unpacked products come with their epilogue fused:
     k.gemv_nn = nullptr;

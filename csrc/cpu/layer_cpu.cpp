@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__linux__)
@@ -11,6 +12,7 @@
 #endif
 
 #include "aligned_buffer.h"
+#include "bf16_scalar.h"
 #include "gemm_cpu.h"
 
 namespace fusedrnn {
@@ -39,6 +41,20 @@ void prefer_huge_pages(void* p, size_t bytes) {
 // ones are allocated per call and freed, not held.
 constexpr size_t kDPCacheBytes = size_t(1) << 20;
 
+// Sums in float32 for bfloat16 (one rounding at the end), in the type itself otherwise.
+template <typename T>
+using sum_t = std::conditional_t<std::is_same_v<T, bfloat16_t>, float, T>;
+inline float widen(bfloat16_t v) { return cpu::to_float(v); }
+inline float widen(float v) { return v; }
+inline double widen(double v) { return v; }
+template <typename T>
+T narrow(sum_t<T> v) {
+  if constexpr (std::is_same_v<T, bfloat16_t>)
+    return cpu::to_bf16(v);
+  else
+    return v;
+}
+
 }  // namespace
 
 template <typename scalar_t>
@@ -53,7 +69,7 @@ void layer_forward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x, c
   const scalar_t* b = b_ih ? b_ih : b_hh;
   if (b_ih && b_hh) {
     bias.resize(size_t(H));
-    for (int64_t j = 0; j < H; ++j) bias[j] = b_ih[j] + b_hh[j];
+    for (int64_t j = 0; j < H; ++j) bias[j] = narrow<scalar_t>(widen(b_ih[j]) + widen(b_hh[j]));
     b = bias.data();
   }
   prefer_huge_pages(h, sizeof(scalar_t) * size_t(N * ldh));
@@ -102,7 +118,10 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
   if (dw_hh) {
     // dW_hh = sum over rows of d_row^T h_prev(row): h_prev is the same sequence's row at
     // the step walked before, or h0 (zeros when absent) where the sequence started.
-    if (!s.batch_sizes && T > 1) {
+    // bfloat16 with h0: the rows way below, so the h0 rows join the same float32 sums
+    // (two products would round dW_hh twice).
+    const bool one_sum = std::is_same_v<scalar_t, bfloat16_t> && h0;
+    if (!s.batch_sizes && T > 1 && !one_sum) {
       // Padded: the continuing rows are one contiguous block of d and of h.
       const int64_t K = (T - 1) * B;
       const scalar_t* d_cont = s.reverse ? dP : dP + B * H;
@@ -115,7 +134,7 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
                            num_threads);
       }
     } else {
-      // Packed: B's row r is h_prev of dP's row r, read where it lies. Step t's rows
+      // Packed (or one_sum): B's row r is h_prev of dP's row r, read where it lies. Step t's rows
       // b < bs[tp] continue from step tp's row b (in the forward direction all of them:
       // the batch sizes do not increase); the others start from h0 (zeros when absent).
       std::vector<const scalar_t*> prev(static_cast<size_t>(N));
@@ -130,9 +149,10 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
   }
   if (db) {
     // Column sums in row order (fixed order, no threads needed: one pass over dP).
-    for (int64_t j = 0; j < H; ++j) db[j] = scalar_t(0);
+    std::vector<sum_t<scalar_t>> sums(size_t(H), sum_t<scalar_t>(0));
     for (int64_t r = 0; r < N; ++r)
-      for (int64_t j = 0; j < H; ++j) db[j] += dP[r * H + j];
+      for (int64_t j = 0; j < H; ++j) sums[j] += widen(dP[r * H + j]);
+    for (int64_t j = 0; j < H; ++j) db[j] = narrow<scalar_t>(sums[j]);
   }
 }
 
@@ -150,5 +170,17 @@ template void layer_backward_cpu<double>(const RecurrenceShape&, int64_t, const 
                                          const double*, const double*, const double*, const double*,
                                          int64_t, const double*, int64_t, const double*, double*,
                                          double*, double*, bool, double*, double*, double*, int);
+
+// bfloat16 (where cpu_has_bf16(); select_kernels throws otherwise).
+template void layer_forward_cpu<bfloat16_t>(const RecurrenceShape&, int64_t, const bfloat16_t*,
+                                            const bfloat16_t*, const bfloat16_t*, const bfloat16_t*,
+                                            const bfloat16_t*, const bfloat16_t*, bfloat16_t*,
+                                            int64_t, bfloat16_t*, int);
+template void layer_backward_cpu<bfloat16_t>(const RecurrenceShape&, int64_t, const bfloat16_t*,
+                                             const bfloat16_t*, const bfloat16_t*,
+                                             const bfloat16_t*, const bfloat16_t*, int64_t,
+                                             const bfloat16_t*, int64_t, const bfloat16_t*,
+                                             bfloat16_t*, bfloat16_t*, bfloat16_t*, bool,
+                                             bfloat16_t*, bfloat16_t*, bfloat16_t*, int);
 
 }  // namespace fusedrnn

@@ -49,22 +49,23 @@ __all__ = [
 
 NONLINEARITIES = ("tanh", "relu")
 _NO_STEPS = torch.empty(0, dtype=torch.int64)  # batch_sizes of padded input
+# bfloat16 on a CPU with AVX512_BF16 (_C.cpu_has_bf16(): not capped by FUSEDRNN_CPU_ISA):
+# fusedrnn's bfloat16 kernels, the recurrences and every GEMM around them (bfloat16
+# operands and state, float32 sums, one rounding per stored value), through the same
+# one-call-per-pass layer entry points as float32 and float64. (Tests and benchmarks take
+# the entry out of KERNEL_DTYPES for bfloat16 as on a CPU without them.)
 KERNEL_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
-# Dtypes the fused CPU layer kernels do not take: stored in that dtype, computed by the
-# float32 kernels (float32 state and accumulation, as under the autocast policy at the
-# end). A dtype added to KERNEL_DTYPES goes to its own kernel instead.
+if _C.cpu_has_bf16():
+    KERNEL_DTYPES[torch.bfloat16] = "bfloat16"
+# Dtypes the fused CPU layer kernels do not take (float16; bfloat16 without AVX512_BF16):
+# stored in that dtype, computed by the float32 kernels (float32 state and accumulation, as
+# under the autocast policy at the end).
 _FLOAT32_COMPUTE_DTYPES = (torch.bfloat16, torch.float16)
-# bfloat16 layers on a CPU with AVX512_BF16 (_C.cpu_has_bf16(): not capped by
-# FUSEDRNN_CPU_ISA) run as on CUDA instead: the input projection and the gradient GEMMs
-# are torch's bfloat16 GEMMs (oneDNN, AVX512_BF16 dot products) and the two recurrences
-# are fusedrnn's bfloat16 kernels (bfloat16 operands and state, float32 accumulation,
-# one rounding per stored value). Elsewhere they take the float32 path above.
-_CPU_BF16 = _C.cpu_has_bf16()
 
 
 def _bf16_kernels(t: Tensor) -> bool:
-    """Whether the CPU bfloat16 recurrence kernels serve tensors like ``t``."""
-    return _CPU_BF16 and t.dtype == torch.bfloat16 and not t.is_cuda
+    """Whether the CPU bfloat16 kernels serve tensors like ``t``."""
+    return t.dtype == torch.bfloat16 and not t.is_cuda and torch.bfloat16 in KERNEL_DTYPES
 
 
 def _fail(exc: type[Exception], message: str) -> None:
@@ -301,23 +302,18 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
                       T, B, H, reverse, nonlinearity)  # fmt: skip
         return h, hn
     T, B, H = check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity)
-    bf16 = _bf16_kernels(x)
-    if not x.is_cuda and x.dtype not in KERNEL_DTYPES and not bf16:
+    if not x.is_cuda and x.dtype not in KERNEL_DTYPES:
         args = (_float32(t) for t in (x, w_ih, w_hh, b_ih, b_hh, h0))
         h, hn = _forward_impl(*args, batch_sizes, reverse, nonlinearity)
         return h.to(x.dtype), hn.to(x.dtype)
     x, w_ih, w_hh, h0 = _dense(x), _dense(w_ih), _dense(w_hh), _dense(h0)
     hn = torch.empty_like(h0)
-    if x.is_cuda or bf16 or B == 0 or H == 0:
+    if x.is_cuda or B == 0 or H == 0:
         bias = _combined_bias(b_ih, b_hh)
         # P = x W_ih^T + b: a fresh contiguous [N, H]; the kernel overwrites it with h.
         P = torch.addmm(bias, x, w_ih.t()) if bias is not None else torch.mm(x, w_ih.t())
         if x.is_cuda and B and H:
             _cuda.rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, P, hn)
-        elif B and H:
-            _C.rnn_forward("bfloat16", T, B, H, _steps_addr(batch_sizes), reverse, nonlinearity,
-                           P.data_ptr(), w_hh.data_ptr(), h0.data_ptr(), P.data_ptr(),
-                           hn.data_ptr(), torch.get_num_threads())  # fmt: skip
         return P, hn  # (B == 0 or H == 0: nothing to compute)
     # CPU: P = x W_ih^T + b_ih + b_hh and the recurrence in place, in one call.
     # Named locals: a .contiguous() copy must outlive the call that reads its address.
@@ -398,8 +394,7 @@ def _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity, v
 def _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
     """The BPTT computation shared by the custom op and the eager path."""
     T, B, H = _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity)
-    bf16 = _bf16_kernels(h)
-    if not h.is_cuda and h.dtype not in KERNEL_DTYPES and not bf16:
+    if not h.is_cuda and h.dtype not in KERNEL_DTYPES:
         args = (_float32(t) for t in (w_hh, h, grad_h, grad_hn))
         dP, dh0 = _backward_impl(*args, batch_sizes, reverse, nonlinearity)
         return dP.to(h.dtype), dh0.to(h.dtype)
@@ -413,7 +408,7 @@ def _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
         _cuda.rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, *args)
         return dP, dh0
     _C.rnn_backward(
-        "bfloat16" if bf16 else KERNEL_DTYPES[h.dtype],
+        KERNEL_DTYPES[h.dtype],
         T,
         B,
         H,
@@ -982,7 +977,7 @@ if hasattr(rnn_layer_forward, "register_vmap"):
 # autocast region computes in the forward's dtypes (on CUDA: the float32 rule, as before).
 def _cpu_autocast_dtype() -> torch.dtype:
     """The dtype the forward op computes in under CPU autocast (see the policy above)."""
-    if _CPU_BF16 and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+    if torch.bfloat16 in KERNEL_DTYPES and torch.get_autocast_dtype("cpu") == torch.bfloat16:
         return torch.bfloat16
     return torch.float32
 

@@ -256,7 +256,7 @@ static void test_tanh(const cpu::KernelTable<T>& k) {
 // repeated rows, rows of zeros (nullptr), one and several K blocks, 1-3 threads.
 template <typename T>
 static void test_gemm_rows(std::mt19937& rng) {
-  const int64_t shapes[][3] = {{1, 1, 1}, {17, 33, 40}, {64, 96, 1500}, {9, 300, 700}};
+  const int64_t shapes[][3] = {{1, 1, 1}, {17, 33, 40}, {64, 96, 1500}, {9, 300, 700}, {30, 50, 6}};
   int n = 0;
   for (auto& sh : shapes)
     for (int at = 0; at < 2; ++at)
@@ -291,8 +291,8 @@ static void test_gemm_rows(std::mt19937& rng) {
 
 template <typename T>
 static void test_gemm(std::mt19937& rng, double tol) {
-  const int64_t shapes[][3] = {{1, 1, 1},      {7, 5, 3},      {33, 65, 17},
-                               {130, 47, 600}, {5, 300, 1000}, {301, 2, 257}};
+  const int64_t shapes[][3] = {{1, 1, 1},      {7, 5, 3},      {33, 65, 17},  {40, 70, 5},
+                               {130, 47, 600}, {5, 300, 1000}, {301, 2, 257}, {12, 33, 8}};
   int n = 0;
   for (auto& sh : shapes)
     for (int at = 0; at < 2; ++at)
@@ -522,7 +522,8 @@ static void test_bf16_pack(std::mt19937& rng) {
   }
   const cpu::KernelTable<bfloat16_t>& k = cpu::select_kernels<bfloat16_t>();
   const int nr = k.nr;
-  const int64_t sizes[][2] = {{1, 1}, {2, 32}, {3, 33}, {7, 5}, {64, 64}, {65, 100}, {130, 31}};
+  const int64_t sizes[][2] = {{1, 1},    {2, 32},   {3, 33},  {7, 5},  {64, 64},
+                              {65, 100}, {130, 31}, {97, 64}, {80, 96}};
   int cases = 0;
   for (auto& sz : sizes) {
     const int64_t K = sz[0], N = sz[1];
@@ -651,6 +652,107 @@ static void test_bf16_unpacked(std::mt19937& rng) {
   std::printf("bf16 unpacked: %d cases: %s\n", cases, g_fail ? "FAILED" : "ok");
 }
 
+// The bfloat16 GEMM (gemm_cpu / gemm_cpu_rows on bfloat16): float32 sums carried across K
+// blocks (K > 1024), each element rounded once. Against float64: within one bfloat16
+// rounding plus the float32 sum's error bound. Bitwise: 1-4 threads alike, a transposed A
+// like its row-major copy, B given row by row like the gathered B.
+static void test_bf16_gemm(std::mt19937& rng) {
+  if (!cpu_has_bf16()) {
+    std::printf("bf16 gemm: skipped (no AVX512_BF16)\n");
+    return;
+  }
+  std::normal_distribution<double> nd(0.0, 1.0);
+  using bf = bfloat16_t;
+  auto cast = [](std::vector<uint16_t>& v) { return reinterpret_cast<bf*>(v.data()); };
+  const int64_t shapes[][3] = {{1, 1, 1},     {3, 40, 17},    {8, 64, 64},  {9, 33, 1025},
+                               {5, 70, 1100}, {64, 96, 2049}, {37, 50, 99}, {130, 33, 7}};
+  int cases = 0;
+  for (auto& sh : shapes) {
+    const int64_t M = sh[0], N = sh[1], K = sh[2];
+    for (int variant = 0; variant < 12; ++variant) {
+      const bool at = variant & 1, bt = (variant >> 1) & 1;
+      const int mode = variant >> 2;  // 0 plain, 1 bias, 2 accumulate
+      const bool bias = mode == 1, acc = mode == 2;
+      std::vector<uint16_t> A(static_cast<size_t>(M * K)), B(static_cast<size_t>(K * N)),
+          b(static_cast<size_t>(N)), C0(static_cast<size_t>(M * N));
+      for (auto& x : A) x = to_bf16(nd(rng));
+      for (auto& x : B) x = to_bf16(nd(rng));
+      for (auto& x : b) x = to_bf16(nd(rng));
+      for (auto& x : C0) x = to_bf16(nd(rng));
+      const int64_t lda = at ? M : K, ldb = bt ? K : N;
+      auto a_at = [&](int64_t i, int64_t kk) {
+        return from_bf16(A[size_t(at ? kk * M + i : i * K + kk)]);
+      };
+      auto b_at = [&](int64_t kk, int64_t j) {
+        return from_bf16(B[size_t(bt ? j * K + kk : kk * N + j)]);
+      };
+      std::vector<uint16_t> first;
+      for (int nt = 1; nt <= 4; ++nt) {
+        std::vector<uint16_t> C = C0;
+        gemm_cpu<bf>(M, N, K, cast(A), lda, at, cast(B), ldb, bt, cast(C), N,
+                     bias ? cast(b) : nullptr, acc, nt);
+        if (nt == 1) {
+          first = C;
+          bool ok = true;
+          for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) {
+              double sum = 0, mag = 0;
+              for (int64_t kk = 0; kk < K; ++kk) {
+                const double t = a_at(i, kk) * b_at(kk, j);
+                sum += t;
+                mag += std::fabs(t);
+              }
+              const double add = bias  ? from_bf16(b[size_t(j)])
+                                 : acc ? from_bf16(C0[size_t(i * N + j)])
+                                       : 0;
+              const double want = sum + add;
+              const double got = from_bf16(C[size_t(i * N + j)]);
+              // one bfloat16 rounding of the result (plus of the sum before C is added back)
+              // and float32 sums of K terms
+              const double tol = std::ldexp(std::fabs(want) + (acc ? std::fabs(sum) : 0), -8) +
+                                 double(K + 2) * std::ldexp(mag + std::fabs(add), -24) + 1e-30;
+              ok &= std::fabs(got - want) <= tol;
+            }
+          CHECK(ok, "bf16 gemm M=%lld N=%lld K=%lld at=%d bt=%d mode=%d: against float64",
+                (long long)M, (long long)N, (long long)K, at, bt, mode);
+        } else {
+          CHECK(C == first, "bf16 gemm M=%lld N=%lld K=%lld at=%d bt=%d mode=%d: %d threads differ",
+                (long long)M, (long long)N, (long long)K, at, bt, mode, nt);
+        }
+      }
+      // The same product on A's row-major copy: the same bits, but where that copy takes
+      // the few-row path with B^T (M <= 8: lane-wise sums, another order by design).
+      if (at && !(M <= 8 && bt)) {
+        std::vector<uint16_t> Ar(static_cast<size_t>(M * K)), C = C0;
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t kk = 0; kk < K; ++kk) Ar[size_t(i * K + kk)] = A[size_t(kk * M + i)];
+        gemm_cpu<bf>(M, N, K, cast(Ar), K, false, cast(B), ldb, bt, cast(C), N,
+                     bias ? cast(b) : nullptr, acc, 2);
+        CHECK(C == first, "bf16 gemm M=%lld N=%lld K=%lld bt=%d mode=%d: A^T not its copy's bits",
+              (long long)M, (long long)N, (long long)K, bt, mode);
+      }
+      if (!bt && !bias) {  // B row by row (scattered, some rows absent = zeros)
+        std::vector<const bf*> rows(static_cast<size_t>(K));
+        std::vector<uint16_t> gathered(static_cast<size_t>(K * N), 0), C = C0, want = C0;
+        for (int64_t kk = 0; kk < K; ++kk) {
+          const int64_t src = (kk * 7 + 3) % K;
+          const bool absent = kk % 5 == 4;
+          rows[size_t(kk)] = absent ? nullptr : cast(B) + src * N;
+          if (!absent) std::memcpy(&gathered[size_t(kk * N)], &B[size_t(src * N)], size_t(N) * 2);
+        }
+        gemm_cpu<bf>(M, N, K, cast(A), lda, at, cast(gathered), N, false, cast(want), N, nullptr,
+                     acc, 2);
+        gemm_cpu_rows<bf>(M, N, K, cast(A), lda, at, rows.data(), cast(C), N, acc, 3);
+        CHECK(C == want,
+              "bf16 gemm_cpu_rows M=%lld N=%lld K=%lld at=%d acc=%d: not gemm_cpu's bits",
+              (long long)M, (long long)N, (long long)K, at, acc);
+      }
+      ++cases;
+    }
+  }
+  std::printf("bf16 gemm: %d cases x {1-4 threads}: %s\n", cases, g_fail ? "FAILED" : "ok");
+}
+
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
@@ -679,6 +781,7 @@ int main(int argc, char** argv) {
   test_layer_backward_shortcuts<double>(rng);
   test_bf16_pack(rng);
   test_bf16_unpacked(rng);
+  test_bf16_gemm(rng);
   std::vector<Case> cases;
   const int64_t shapes[][3] = {{1, 1, 1},    {5, 3, 7},    {7, 1, 33},   {4, 13, 65},
                                {9, 29, 100}, {3, 64, 129}, {2, 257, 40}, {6, 5, 256}};

@@ -586,10 +586,15 @@ def _fast_and_general(monkeypatch, module, make_inputs, grad):
     return results, fast_calls, calls
 
 
+# The lean path's dtypes: float32, float64, and bfloat16 where its CPU kernels run.
+_FAST_DTYPES = [f32, f64] + ([torch.bfloat16] if fusedrnn._C.cpu_has_bf16() else [])
+_FAST_DTYPE_IDS = ["f32", "f64", "bf16"][: len(_FAST_DTYPES)]
+
+
 @pytest.mark.parametrize("grad", [True, False], ids=["train", "infer"])
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
 @pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
-@pytest.mark.parametrize("dtype", [f32, f64], ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", _FAST_DTYPES, ids=_FAST_DTYPE_IDS)
 @pytest.mark.parametrize("config", list(FAST_CONFIGS))
 def test_fast_path_matches_general_path_bitwise(monkeypatch, config, dtype, with_hx, batched, grad):
     kwargs = FAST_CONFIGS[config]
@@ -618,7 +623,7 @@ def test_fast_path_matches_general_path_bitwise(monkeypatch, config, dtype, with
 @pytest.mark.parametrize("grad", [True, False], ids=["train", "infer"])
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
 @pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
-@pytest.mark.parametrize("dtype", [f32, f64], ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", _FAST_DTYPES, ids=_FAST_DTYPE_IDS)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 def test_cell_fast_path_matches_general_path_bitwise(monkeypatch, bias, dtype, with_hx, batched,
                                                      grad):  # fmt: skip

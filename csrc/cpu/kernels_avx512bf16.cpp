@@ -237,7 +237,9 @@ void tile_dispatch(int mr, int np, int64_t K, const bf16* a, int64_t lda, const 
 }
 
 // v[i] (16 32-bit words each) becomes column i of the 16 x 16 matrix whose rows they were.
-inline void transpose16(__m512i v[16]) {
+// (Always inlined: out of line, GCC 12 warns about the undefined pass-through operand of
+// _mm512_unpacklo_epi32's builtin, GCC bug 105593.)
+__attribute__((always_inline)) inline void transpose16(__m512i v[16]) {
   __m512i t[16], u[16];
   for (int i = 0; i < 8; ++i) {
     t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);

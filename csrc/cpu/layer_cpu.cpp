@@ -118,9 +118,10 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
   if (dw_hh) {
     // dW_hh = sum over rows of d_row^T h_prev(row): h_prev is the same sequence's row at
     // the step walked before, or h0 (zeros when absent) where the sequence started.
-    // bfloat16 with h0: the rows way below, so the h0 rows join the same float32 sums
-    // (two products would round dW_hh twice).
-    const bool one_sum = std::is_same_v<scalar_t, bfloat16_t> && h0;
+    // bfloat16: always the rows way below, so that the h0 rows join the same float32 sums
+    // (two products would round dW_hh twice), and so that the k pairs of the bfloat16
+    // products are the same rows whether h0 is given or absent (zeros).
+    const bool one_sum = std::is_same_v<scalar_t, bfloat16_t>;
     if (!s.batch_sizes && T > 1 && !one_sum) {
       // Padded: the continuing rows are one contiguous block of d and of h.
       const int64_t K = (T - 1) * B;

@@ -212,7 +212,8 @@ class RNN(nn.RNNBase):
 
     def _forward_fast(self, input: Tensor, hx: Tensor | None):
         """The common eager call, lean: padded (batched or not) plain contiguous CPU tensors
-        in float32 or float64. None when anything else is asked for (packed input, autocast,
+        in a kernel dtype (float32, float64; bfloat16 where the CPU has AVX512_BF16: see
+        ``ops.KERNEL_DTYPES``). None when anything else is asked for (packed input, autocast,
         torch.compile, a subclass, a wrong argument...): ``forward``'s general path then
         serves or reports it. Inference writes every layer straight into the returned
         tensors; training runs each layer as one autograd node (``ops.rnn_layer_checked``).

@@ -1622,7 +1622,7 @@ def rnn_bidirectional_layer(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlin
     """Both directions of one bidirectional layer: ``(out [N, 2H], hn_fwd, hn_rev)``.
 
     ``w_fwd`` and ``w_rev`` are ``(w_ih, w_hh, b_ih, b_hh)`` (biases may be None). Plain
-    eager CPU calls in float32 or float64 run both directions as one fused step (see
+    eager CPU calls in a kernel dtype (KERNEL_DTYPES) run both directions as one fused step (see
     :class:`_EagerBiLayer`); everything else is two :func:`rnn_layer` calls and a
     concatenation, with the same results up to the rounding of the input gradient's sum.
     """

@@ -448,6 +448,19 @@ def test_bfloat16_layer_passes_match_their_rounding_model(restore_threads, rever
         _assert_bf16_close(got, _bf16(want), what)
 
 
+@_needs_bf16
+def test_bfloat16_gemm_refuses_bias_with_accumulate():
+    """The bfloat16 GEMM adds a bias or the C it accumulates into to its float32 sums, not
+    both: refused by name, for the few-row, few-k and packed paths alike."""
+    for M, K in ((3, 16), (40, 4), (40, 64)):
+        a, b = torch.ones(M, K, dtype=torch.bfloat16), torch.ones(K, 8, dtype=torch.bfloat16)
+        c, bias = torch.zeros(M, 8, dtype=torch.bfloat16), torch.ones(8, dtype=torch.bfloat16)
+        with pytest.raises(ValueError, match="bias or accumulate, not both"):
+            _C.gemm("bfloat16", M, 8, K, a.data_ptr(), K, False, b.data_ptr(), 8, False,
+                    c.data_ptr(), 8, bias.data_ptr(), True, 1)  # fmt: skip
+        assert not c.any()
+
+
 def test_bfloat16_without_avx512_bf16_computes_in_float32():
     """Below AVX-512 (FUSEDRNN_CPU_ISA=avx2, as on a CPU without AVX512_BF16) a bfloat16
     layer takes the float32 kernels and rounds once: bitwise the float32 layer's result

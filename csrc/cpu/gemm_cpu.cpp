@@ -216,8 +216,6 @@ void run_packed(GemmJob<T>& g, int nt) {
   thread_local cpu::AlignedBuffer kept;
   cpu::AlignedBuffer own;
   if (g.k->gemm_acc && g.kc < K) {
-    if (g.bias && g.accumulate)
-      throw std::invalid_argument("gemm_cpu: bfloat16 takes a bias or accumulate, not both");
     g.ldacc = g.npanels * g.k->nr;
     const size_t bytes = size_t(g.M * g.ldacc) * sizeof(float);
     g.acc = static_cast<float*>(bytes <= (size_t(1) << 20) ? kept.get(bytes) : own.get(bytes));
@@ -234,6 +232,9 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
   if (M <= 0 || N <= 0) return;
   const cpu::KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
   if (K <= 0) return empty_sum(M, N, C, ldc, bias, accumulate);
+  // A table with float32 sums adds either to them in its store epilogue (store_c), not both.
+  if (k.gemm_acc && bias && accumulate)
+    throw std::invalid_argument("gemm_cpu: bfloat16 takes a bias or accumulate, not both");
   const int nt = threads_for(M, N, K, num_threads);
   // B transposed: lane-wise dot products (another summation order: chosen by shape
   // only). B as it is: the packed kernel's chains on B in place (bitwise the same).
@@ -266,8 +267,6 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
                       lda, a_trans, B,      ldb,        b_trans,
                       C,   ldc,     bias,   accumulate, (N + k.nr - 1) / k.nr,
                       0,   true,    nullptr};
-  if (k.gemm_acc && bias && accumulate && K > 0)
-    throw std::invalid_argument("gemm_cpu: bfloat16 takes a bias or accumulate, not both");
   run_packed(g, nt);
 }
 

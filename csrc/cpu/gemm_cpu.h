@@ -13,6 +13,9 @@ namespace fusedrnn {
 //   C row-major with leading dimension ldc; bias [N] or nullptr.
 // Every element is one fma chain over k = 0..K-1 in order, so neither the blocking nor
 // num_threads changes the result. C must not overlap A, B or bias.
+// bfloat16 (where cpu_has_bf16()): float32 sums, rounded once per element (what C held,
+// when accumulating, is added to the sum before that rounding); a bias and accumulate
+// together are refused (std::invalid_argument).
 template <typename scalar_t>
 void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, bool a_trans,
               const scalar_t* B, int64_t ldb, bool b_trans, scalar_t* C, int64_t ldc,

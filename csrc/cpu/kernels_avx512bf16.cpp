@@ -274,8 +274,11 @@ void transpose_pairs(const bf16* a, int64_t lda, int64_t m, int64_t K, bf16* dst
   const int64_t pairs = (K + 1) / 2;
   const int64_t full_q = (K / 2) / 16 * 16;  // pairs in whole blocks of 16 (both k inside K)
   const int64_t full_r = m / 16 * 16;
-  for (int64_t r = 0; r < full_r; r += 16) {
-    for (int64_t q = 0; q < full_q; q += 16) {
+  // q blocks outer: the 32 rows of A^T a block reads (64 bytes of each per two r blocks)
+  // are used whole before the next block's (r outer swept all of K first, and the other
+  // half of each line came back from L2).
+  for (int64_t q = 0; q < full_q; q += 16) {
+    for (int64_t r = 0; r < full_r; r += 16) {
       __m512i v[16];
       for (int i = 0; i < 16; ++i) {
         const uint16_t* row = s + (2 * (q + i)) * lda + r;

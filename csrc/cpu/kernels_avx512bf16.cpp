@@ -113,10 +113,11 @@ inline void ep_columns(const Ep& ep, int64_t r, int64_t c0, int64_t c1, const Ac
 
 // The register tile: MR rows x NP panels over all K; the accumulators start at zero, or at
 // seed[r*lds + c] (a K-blocked product continuing its float32 chains), and are stored to
-// out[r*ldo + c], c < NP*NR.
-template <int MR, int NP>
+// out[r*ldo + c], c < NP*NR, or (ROUNDED) rounded to rounded[r*ldo + c].
+template <int MR, int NP, bool ROUNDED = false>
 inline void micro_kernel(int64_t K, const bf16* a, int64_t lda, const bf16* bp, int64_t pstride,
-                         const float* seed, int64_t lds, float* out, int64_t ldo) {
+                         const float* seed, int64_t lds, float* out, int64_t ldo,
+                         bf16* rounded = nullptr) {
   constexpr int NV = NP * PV;
   __m512 c[MR][NV];
 #pragma GCC unroll 16
@@ -158,7 +159,12 @@ inline void micro_kernel(int64_t K, const bf16* a, int64_t lda, const bf16* bp, 
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + r * ldo + v * W, c[r][v]);
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (ROUNDED)
+        st<true>(rounded + r * ldo + v * W, 0xFFFF, c[r][v]);
+      else
+        _mm512_storeu_ps(out + r * ldo + v * W, c[r][v]);
+    }
 }
 
 // Where a tile's sums go: through the epilogue (sums == nullptr), or as float32 sums to
@@ -181,11 +187,18 @@ void tile(int64_t K, const bf16* a, int64_t lda, const bf16* bp, int64_t pstride
                          s.ld, c, s.ld);
     return;
   }
+  const int64_t j0 = p * NR;
+  const int64_t ncols = N - j0 < NP * NR ? N - j0 : NP * NR;
+  if (ep.kind == cpu::EpKind::kStore && !ep.x1 && ncols == NP * NR) {
+    // A plain store of whole panels: rounded from the registers (products that compute
+    // little and write much, a single step's weight gradients, are bound by this store).
+    micro_kernel<MR, NP, true>(K, a + r0 * lda, lda, bp + p * pstride, pstride, nullptr, 0, nullptr,
+                               ep.ldo, ep.out + r0 * ep.ldo + j0);
+    return;
+  }
   alignas(64) float acc[MR * NV * W];
   micro_kernel<MR, NP>(K, a + r0 * lda, lda, bp + p * pstride, pstride, nullptr, 0, acc, NV * W);
   const Ep e = ep_rows(ep, r0);
-  const int64_t j0 = p * NR;
-  const int64_t ncols = N - j0 < NP * NR ? N - j0 : NP * NR;
   for (int r = 0; r < MR; ++r)
     ep_columns(e, r, j0, j0 + ncols,
                [&](int64_t c, __mmask16) { return _mm512_load_ps(acc + r * NV * W + (c - j0)); });
@@ -492,6 +505,9 @@ void nn_rows(int64_t K, const bf16* a, int64_t lda, const bf16* w, int64_t ldw, 
   const uint16_t* au = u16(a);
   const uint16_t* wu = u16(w);
   const int64_t pairs = K / 2;
+  // A plain store (a single step's weight gradient, the few-k products of gemm_cpu): whole
+  // panels go from the registers to memory, not through ep_columns' per-vector epilogue.
+  const bool plain = ep.kind == cpu::EpKind::kStore && !ep.x1;
   for (int64_t j = j0; j < j1; j += NR) {
     const int64_t nc = j1 - j < NR ? j1 - j : NR;
     __mmask16 mv[PV];
@@ -523,6 +539,13 @@ void nn_rows(int64_t K, const bf16* a, int64_t lda, const bf16* w, int64_t ldw, 
         const __m512bh av = as_bh(_mm512_set1_epi32(int(uint32_t(au[r * lda + K - 1]))));
         for (int u = 0; u < PV; ++u) c[r][u] = _mm512_dpbf16_ps(c[r][u], av, bv[u]);
       }
+    }
+    if (plain && nc == NR) {  // whole panels of a plain store: rounded from the registers
+#pragma GCC unroll 8
+      for (int r = 0; r < M; ++r)
+#pragma GCC unroll 4
+        for (int u = 0; u < PV; ++u) st<true>(ep.out + r * ep.ldo + j + u * W, 0xFFFF, c[r][u]);
+      continue;
     }
     for (int r = 0; r < M; ++r)
       ep_columns(ep, r, j, j + nc, [&](int64_t col, __mmask16) { return c[r][(col - j) / W]; });

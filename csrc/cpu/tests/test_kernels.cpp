@@ -665,7 +665,8 @@ static void test_bf16_gemm(std::mt19937& rng) {
   using bf = bfloat16_t;
   auto cast = [](std::vector<uint16_t>& v) { return reinterpret_cast<bf*>(v.data()); };
   const int64_t shapes[][3] = {{1, 1, 1},     {3, 40, 17},    {8, 64, 64},  {9, 33, 1025},
-                               {5, 70, 1100}, {64, 96, 2049}, {37, 50, 99}, {130, 33, 7}};
+                               {5, 70, 1100}, {64, 96, 2049}, {37, 50, 99}, {130, 33, 7},
+                               {70, 96, 3},   {40, 64, 300}};
   int cases = 0;
   for (auto& sh : shapes) {
     const int64_t M = sh[0], N = sh[1], K = sh[2];

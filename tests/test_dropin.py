@@ -940,6 +940,32 @@ def test_compile_fullgraph_padded_and_packed():
     )
 
 
+@pytest.mark.skipif(
+    not fusedrnn._C.cpu_has_bf16(), reason="the bfloat16 kernels need a CPU with AVX512_BF16"
+)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compile_fullgraph_bfloat16():
+    """A bfloat16 model compiled: its layers run the registered ops on the bfloat16 kernels
+    (before session 9 the compiled backward raised a TypeError from rnn_layer_grads). Equal
+    to eager up to bfloat16 roundings: compiled, a bidirectional layer is two layers whose
+    input gradients torch adds (one more rounding), and the head's GEMMs are torch's."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _Tagger().to(torch.bfloat16)
+    x = torch.randn(3, 6, 3, dtype=torch.bfloat16, requires_grad=True)
+    h0 = torch.randn(4, 3, 4, dtype=torch.bfloat16, requires_grad=True)
+    params = [x, h0, *model.parameters()]
+    results = []
+    for f in (model, torch.compile(model, fullgraph=True)):
+        outputs = f(x, h0)
+        loss = sum(o.float().sum() for o in outputs)
+        results.append((*outputs, *torch.autograd.grad(loss, params)))
+    for got, want in zip(*results, strict=True):
+        assert got.dtype == want.dtype == torch.bfloat16 and got.shape == want.shape
+        scale = want.float().abs().max().clamp_min(1e-3)
+        assert (got.float() - want.float()).abs().max() <= 2**-6 * scale
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_jit_script_is_refused_clearly():
     """TorchScript cannot compile the Python forward: a clear error that names the ways

@@ -216,11 +216,14 @@ void run_packed(GemmJob<T>& g, int nt) {
   g.kc = K <= 1024 ? K : (K + ((K + 511) / 512) - 1) / ((K + 511) / 512);
   g.kc = std::min(K, (g.kc + ks - 1) / ks * ks);
   // The bfloat16 table copies a transposed A into row-major pairs (kernels_avx512bf16.cpp):
-  // split by rows, each thread copies its own rows, not all of them (it packs all of B's
-  // panels instead, which costs less). The same results: only who computes changes.
-  // 1024 x 1024 x 25600: 60.6-62.1 -> 58.5-61.2 ms; 256 x 256 x 6400: 0.93-0.96 -> 0.87-0.91
-  // (C++ harness, 2 threads, alternated three times).
-  g.split_cols = (g.npanels >= 4 * nt || g.npanels >= g.M) && !(g.k->gemm_acc && g.a_trans);
+  // with at least as many rows as columns, split by rows, so each thread copies its own
+  // rows of A^T (and packs all of B, M K against N K). The same results: only who computes
+  // changes. 1024 x 1024 x 25600: 60.6-62.1 -> 58.5-61.2 ms; 256 x 256 x 6400: 0.93-0.96 ->
+  // 0.87-0.91 (C++ harness, 2 threads, alternated three times). Wide products keep the
+  // column split (a review measured 16 x 4096 x 4096 at 3.1-3.3 ms split by rows, 1.7 by
+  // columns).
+  const bool copy_rows = g.k->gemm_acc && g.a_trans && g.M >= g.N;
+  g.split_cols = (g.npanels >= 4 * nt || g.npanels >= g.M) && !copy_rows;
   // The float32 sums: up to 1 MB kept by the calling thread between calls, larger ones
   // (4 MB for a 1024 x 1024 weight gradient) freed after the call, not held.
   thread_local cpu::AlignedBuffer kept;

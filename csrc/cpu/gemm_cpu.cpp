@@ -168,12 +168,15 @@ void few_rows_thread(void* vjob, int tid, int nt) {
   if (g.bias) g.k->pointwise(g.M, j0, j1, g.C, g.ldc, store_c(g.C, g.ldc, g.bias, false));
 }
 
-// K up to this: gemm_cpu's few-row products over all rows (see there). The bfloat16
-// table's packed tiles round their plain stores straight from the registers and pass its
-// few-row products from K = 8 on (1024 x 1024, one thread: 93 against 119 us; 70 against 75
-// at K = 1); the float tables' from K = 9 on.
-inline int64_t few_k(const cpu::KernelTable<float>&) { return 8; }
-inline int64_t few_k(const cpu::KernelTable<double>&) { return 8; }
+// K up to this: gemm_cpu's few-row products over all rows (see there), where they beat the
+// packed tiles (1024 x 1024 x K, a transposed A, 2 threads, C++ harness, alternated twice):
+// float32 K = 9 55 against 81-89 us, K = 12 85 against 93-94, K = 14 level, K = 16 121
+// against 103-110; float64 K = 8 96-98 against 191-192, K = 16 234-238 against 252-254,
+// K = 18 level, K = 20 302-304 against 261-266. The bfloat16 table's packed tiles round
+// their plain stores straight from the registers and pass its few-row products from K = 8
+// on (one thread: 93 against 119 us; 70 against 75 at K = 1).
+inline int64_t few_k(const cpu::KernelTable<float>&) { return 12; }
+inline int64_t few_k(const cpu::KernelTable<double>&) { return 16; }
 inline int64_t few_k(const cpu::KernelTable<bfloat16_t>&) { return 4; }
 
 // A product over K = 0: C = (accumulate ? C : 0) + bias (bias may be nullptr).
@@ -290,7 +293,7 @@ void gemm_cpu_rows(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t l
   if (M <= 0 || N <= 0) return;
   const cpu::KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
   if (K <= 0) return empty_sum(M, N, C, ldc, static_cast<const scalar_t*>(nullptr), accumulate);
-  if (K <= few_k(k)) {  // a few rows: gathered (K x N, at most 8 rows) for gemm_cpu's few-k path
+  if (K <= few_k(k)) {  // a few rows: gathered (K x N, at most 16 rows) for gemm_cpu's few-k path
     thread_local std::vector<scalar_t> gathered;
     gathered.assign(size_t(K * N), scalar_t{});
     for (int64_t kk = 0; kk < K; ++kk)

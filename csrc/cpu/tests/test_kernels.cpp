@@ -291,8 +291,9 @@ static void test_gemm_rows(std::mt19937& rng) {
 
 template <typename T>
 static void test_gemm(std::mt19937& rng, double tol) {
-  const int64_t shapes[][3] = {{1, 1, 1},      {7, 5, 3},      {33, 65, 17},  {40, 70, 5},
-                               {130, 47, 600}, {5, 300, 1000}, {301, 2, 257}, {12, 33, 8}};
+  const int64_t shapes[][3] = {{1, 1, 1},     {7, 5, 3},      {33, 65, 17},
+                               {40, 70, 5},   {130, 47, 600}, {5, 300, 1000},
+                               {301, 2, 257}, {12, 33, 8},    {30, 40, 14}};
   int n = 0;
   for (auto& sh : shapes)
     for (int at = 0; at < 2; ++at)

@@ -89,15 +89,14 @@ void gemm_thread(void* vjob, int tid, int nt) {
       // ks = 2 the pair's rows are copied side by side first (pack reads B with one stride).
       thread_local std::vector<T> zeros, pair;
       if (int64_t(zeros.size()) < g.N) zeros.assign(size_t(g.N), T{});
+      auto row_at = [&](int64_t k) { return g.b_rows[k] ? g.b_rows[k] : zeros.data(); };
       for (int64_t kk = 0; kk < kcur; kk += ks) {
         const int64_t n = std::min(ks, kcur - kk);
-        const T* row = g.b_rows[kb + kk] ? g.b_rows[kb + kk] : zeros.data();
+        const T* row = row_at(kb + kk);
         if (ks > 1) {
           if (int64_t(pair.size()) < ks * g.N) pair.resize(size_t(ks * g.N));
-          for (int64_t i = 0; i < n; ++i) {
-            const T* ri = g.b_rows[kb + kk + i] ? g.b_rows[kb + kk + i] : zeros.data();
-            std::memcpy(pair.data() + i * g.N, ri, size_t(g.N) * sizeof(T));
-          }
+          for (int64_t i = 0; i < n; ++i)
+            std::memcpy(pair.data() + i * g.N, row_at(kb + kk + i), size_t(g.N) * sizeof(T));
           row = pair.data();
         }
         k.pack(row, g.N, 1, n, g.N, p0, p1, base + kk * k.nr, pstride);
@@ -182,18 +181,11 @@ inline int64_t few_k(const cpu::KernelTable<bfloat16_t>&) { return 4; }
 // A product over K = 0: C = (accumulate ? C : 0) + bias (bias may be nullptr).
 template <typename T>
 void empty_sum(int64_t M, int64_t N, T* C, int64_t ldc, const T* bias, bool accumulate) {
+  using S = cpu::sum_t<T>;
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < N; ++j)
-      C[i * ldc + j] = (accumulate ? C[i * ldc + j] : T(0)) + (bias ? bias[j] : T(0));
-}
-
-template <>
-void empty_sum(int64_t M, int64_t N, bfloat16_t* C, int64_t ldc, const bfloat16_t* bias,
-               bool accumulate) {
-  for (int64_t i = 0; i < M; ++i)
-    for (int64_t j = 0; j < N; ++j)
-      C[i * ldc + j] = cpu::to_bf16((accumulate ? cpu::to_float(C[i * ldc + j]) : 0.0f) +
-                                    (bias ? cpu::to_float(bias[j]) : 0.0f));
+      C[i * ldc + j] = cpu::narrow<T>((accumulate ? cpu::widen(C[i * ldc + j]) : S(0)) +
+                                      (bias ? cpu::widen(bias[j]) : S(0)));
 }
 
 // The team for an M x N x K product.

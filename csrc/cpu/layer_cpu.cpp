@@ -41,19 +41,9 @@ void prefer_huge_pages(void* p, size_t bytes) {
 // ones are allocated per call and freed, not held.
 constexpr size_t kDPCacheBytes = size_t(1) << 20;
 
-// Sums in float32 for bfloat16 (one rounding at the end), in the type itself otherwise.
-template <typename T>
-using sum_t = std::conditional_t<std::is_same_v<T, bfloat16_t>, float, T>;
-inline float widen(bfloat16_t v) { return cpu::to_float(v); }
-inline float widen(float v) { return v; }
-inline double widen(double v) { return v; }
-template <typename T>
-T narrow(sum_t<T> v) {
-  if constexpr (std::is_same_v<T, bfloat16_t>)
-    return cpu::to_bf16(v);
-  else
-    return v;
-}
+using cpu::narrow;
+using cpu::sum_t;
+using cpu::widen;
 
 }  // namespace
 

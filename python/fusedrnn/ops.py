@@ -63,11 +63,6 @@ if _C.cpu_has_bf16():
 _FLOAT32_COMPUTE_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def _bf16_kernels(t: Tensor) -> bool:
-    """Whether the CPU bfloat16 kernels serve tensors like ``t``."""
-    return t.dtype == torch.bfloat16 and not t.is_cuda and torch.bfloat16 in KERNEL_DTYPES
-
-
 def _fail(exc: type[Exception], message: str) -> None:
     raise exc(f"fusedrnn: {message}")
 
@@ -592,7 +587,7 @@ def _backward(ctx, grad_h, grad_hn):
     # kernel, a B64-H1024-T100 training step took 16 s.) Transformed or recorded backward
     # passes keep the general path, whose derivatives are torch's.
     low = h.dtype if (not h.is_cuda and h.dtype in _FLOAT32_COMPUTE_DTYPES and not transformed
-                      and not _bf16_kernels(h) and h.numel() and B) else None  # fmt: skip
+                      and h.dtype not in KERNEL_DTYPES and h.numel() and B) else None  # fmt: skip
     if low is not None:
         x, w_ih, w_hh, h0, h, grad_h, grad_hn = (
             _float32(t) for t in (x, w_ih, w_hh, h0, h, grad_h, grad_hn)

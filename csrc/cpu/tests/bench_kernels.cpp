@@ -1,6 +1,7 @@
 // Micro-benchmark of the CPU recurrence kernels (no Python): GFLOP/s of the recurrent
 // product (2*N*H*H flops per pass) at the sizes of issue 4, forward and BPTT, per team size.
-//   build/cpu-tests/bench_kernels [reps]
+//   build/cpu-tests/bench_kernels [reps]      the table below
+//   build/cpu-tests/bench_kernels reps B H T [f64]      one shape
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -61,10 +62,10 @@ static void bench(int64_t B, int64_t H, int64_t Tn, int nt, int reps) {
       },
       reps);
   std::printf(
-      "%-4s B=%-4ld H=%-5ld T=%-5ld threads=%d  fwd %9.3f ms %7.1f GFLOP/s   bwd %9.3f ms %7.1f "
+      "%-4s B=%-4ld H=%-5ld T=%-5ld threads=%d  fwd %10.2f us %7.1f GFLOP/s   bwd %10.2f us %7.1f "
       "GFLOP/s\n",
-      sizeof(T) == 4 ? "f32" : "f64", long(B), long(H), long(Tn), nt, tf * 1e3, flops / tf / 1e9,
-      tb * 1e3, flops / tb / 1e9);
+      sizeof(T) == 4 ? "f32" : "f64", long(B), long(H), long(Tn), nt, tf * 1e6, flops / tf / 1e9,
+      tb * 1e6, flops / tb / 1e9);
 }
 
 template <typename T>
@@ -108,9 +109,14 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
-  if (argc > 2) {
-    for (int nt : {1, 2})
-      bench<float>(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]), nt, reps);
+  if (argc > 2) {  // bench_kernels reps B H T [f64]
+    const bool f64 = argc > 5 && std::string(argv[5]) == "f64";
+    for (int nt : {1, 2}) {
+      if (f64)
+        bench<double>(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]), nt, reps);
+      else
+        bench<float>(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]), nt, reps);
+    }
     return 0;
   }
   const int64_t rows[][3] = {{1, 64, 100},   {1, 256, 100},   {8, 256, 100},    {64, 256, 100},

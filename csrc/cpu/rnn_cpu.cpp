@@ -176,8 +176,7 @@ template <class PackFn, class WorkFn>
 void run_steps(Chunks& ch, int tid, int nt, int64_t nsteps, PackFn&& pack, WorkFn&& work) {
   const int64_t c0 = ch.first(tid, nt), c1 = ch.last(tid, nt);
   for (int64_t c = c0; c < c1; ++c) ch.ensure_packed(c, pack);
-  static const bool oldsync = std::getenv("FUSEDRNN_OLDSYNC") != nullptr;
-  if (nt == 1 && !oldsync) {  // alone: no claims, no step counter (locked instructions, each a fence)
+  if (nt == 1) {  // alone: no claims, no step counter (locked instructions, each a fence)
     for (int64_t i = 0; i < nsteps; ++i)
       for (int64_t c = 0; c < ch.count; ++c) work(c, i);
     return;

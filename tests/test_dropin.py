@@ -886,6 +886,101 @@ def test_low_precision_model_matches_nn_rnn_in_that_dtype(dtype):
     assert _rel(got_hn, want32_hn) < _rel(want_hn, want32_hn)
 
 
+# -- the output changed in place before the backward ----------------------------------------
+
+_IN_PLACE = {
+    "add_": lambda o: o.add_(o.detach() * 0.5 + 1.0),  # a residual `out += f(...)`
+    "relu_": torch.relu_,
+    "setitem": lambda o: o.__setitem__(-1, 0.25),
+}
+
+
+def _in_place_grads(module, x, change, packed=False):
+    for p in module.parameters():
+        p.grad = None
+    x.grad = None
+    inp = pack_padded_sequence(x, torch.tensor([4, 2, 1])) if packed else x
+    out, hn = module(inp)
+    change(_data(out))
+    _loss((out, hn)).backward()
+    return [x.grad, *(p.grad for p in module.parameters())]
+
+
+@pytest.mark.parametrize("change", list(_IN_PLACE))
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"num_layers": 2}, {"bidirectional": True}, {"batch_first": True}, {"packed": True}],
+    ids=["L1", "L2", "bi", "BT", "packed"],
+)
+@pytest.mark.parametrize("dtype", [f32, f64], ids=["f32", "f64"])
+def test_output_changed_in_place_before_backward(dtype, kwargs, change):
+    """nn.RNN's output may be changed in place before the backward (its saved states are
+    other tensors); ours is the saved states, and the backward computes them again. The
+    gradients are nn.RNN's (and with float64 and the same kernels, our own unchanged run's)."""
+    kwargs = dict(kwargs)
+    packed = kwargs.pop("packed", False)
+    ref, ours = _rnn_pair(dtype, input_size=3, hidden_size=5, **kwargs)
+    x = torch.randn(4, 3, 3, dtype=dtype, requires_grad=True)
+    want = _in_place_grads(ref, x, _IN_PLACE[change], packed)
+    got = _in_place_grads(ours, x, _IN_PLACE[change], packed)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOL[dtype])
+
+
+def test_output_changed_in_place_keeps_autograds_other_errors():
+    """Only the output is computed again: an input changed in place (with or without the
+    output), a backward through a freed graph and a recorded second-order backward over a
+    changed output still raise; retain_graph gives the same gradients twice."""
+    _, rnn = _rnn_pair(f64, input_size=3, hidden_size=4)
+    x = torch.randn(5, 2, 3, dtype=f64, requires_grad=True)
+
+    out, _ = rnn(x)
+    out.mul_(2)
+    with torch.no_grad():
+        rnn.weight_hh_l0.add_(1e-3)  # saved for the backward: autograd refuses
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+    out, _ = rnn(x)
+    out.mul_(2)
+    with torch.no_grad():
+        rnn.bias_ih_l0.add_(1e-3)  # not saved, but the recomputation would read it
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+    out, _ = rnn(x)
+    out.mul_(2)
+    out.sum().backward(retain_graph=True)
+    first = rnn.weight_hh_l0.grad.clone()
+    rnn.weight_hh_l0.grad = None
+    out.sum().backward()
+    torch.testing.assert_close(rnn.weight_hh_l0.grad, first, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="second time"):
+        out.sum().backward()
+
+    out, _ = rnn(x)
+    out.add_(1)
+    with pytest.raises(RuntimeError, match=r"modified in place.*create_graph"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("kwargs", [{}, {"batch_first": True}], ids=["TB", "BT"])
+def test_compiled_output_changed_in_place_before_backward(kwargs):
+    """Compiled, the last layer's saved output was the buffer Inductor returned, and a change
+    made to it reached the backward silently (wrong gradients, no error): a compiled module
+    returns a copy (ops.output_copy)."""
+    torch._dynamo.reset()
+    ref, ours = _rnn_pair(f32, input_size=3, hidden_size=4, num_layers=2, **kwargs)
+    x = torch.randn(5, 3, 3, requires_grad=True)
+    want = _in_place_grads(ref, x, _IN_PLACE["add_"])
+    got = _in_place_grads(torch.compile(ours, fullgraph=True), x, _IN_PLACE["add_"])
+    for g, w in zip(got[:1], want[:1], strict=True):
+        torch.testing.assert_close(g, w, **TOL[f32])
+    for (_, p), w in zip(ours.named_parameters(), want[1:], strict=True):
+        torch.testing.assert_close(p.grad, w, **TOL[f32])
+
+
 # -- torch.compile and torch.export ---------------------------------------------------------
 
 

@@ -439,6 +439,19 @@ class RNN(nn.RNNBase):
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         hidden = final_states[0][None] if len(final_states) == 1 else torch.stack(final_states)
         output = layer_input
+        if (
+            torch.compiler.is_compiling()
+            and output.requires_grad
+            and not torch._C._are_functorch_transforms_active()
+        ):
+            # The last layer saves this very tensor for its backward. Eager calls compute it
+            # again there if the caller changed the output in place (a residual `out += x`;
+            # ops._saved_or_recomputed), but a compiled graph would hand the changed values
+            # to the backward silently: Inductor returns the saved buffer itself, and
+            # autograd's in-place check does not follow it there. So a compiled module
+            # returns a copy (one pass over the output), and the caller's output and the
+            # saved states are distinct, as nn.RNN's are.
+            output = ops.output_copy(output)
         autocast_dtype = _autocast_dtype(input)
         if autocast_dtype is not None:
             output, hidden = output.to(autocast_dtype), hidden.to(autocast_dtype)

@@ -535,9 +535,10 @@ def _add_to_last_rows(e: Tensor, g: Tensor, batch_sizes: Tensor, reverse: bool) 
     return e.index_add(0, _index_on(_packed_last_index(B, batch_sizes), e.device), g)
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output, dims=None):
     x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
     h, _ = output
+    _keep_for_recompute(ctx, h, inputs, dims, 6)  # x, w_ih, w_hh, b_ih, b_hh, h0
     needs = ctx.needs_input_grad
     # The lean path's x (and its own h, hn) may come in other shapes than [N, I] (see
     # _forward_impl's dims): the backward reads them as rows and returns dx in x's shape.
@@ -569,8 +570,72 @@ def _check_saved(ctx, saved) -> None:
         )
 
 
+def _keep_for_recompute(ctx, out, inputs, dims, tensors) -> None:
+    """What an eager layer's backward needs when the caller changed its output ``out`` in
+    place between the forward and the backward (a residual ``out += x``, ``relu_(out)``):
+    torch.nn.RNN allows that, as its saved states are not the tensor it returns, but ours
+    are, and autograd refuses a saved tensor changed since. ``out``'s version (through a
+    detached alias: ``out`` itself on ctx would be a reference cycle through its grad_fn)
+    tells that case from the others; the inputs (and their versions, so that one changed
+    in place is still refused) let the backward compute the states again. Nothing is kept
+    while a graph is traced (``out`` is then not a plain tensor): a compiled module returns
+    a copy of its output instead (modules.RNN.forward)."""
+    if type(out) is not Tensor:
+        return
+    ctx.out_alias = out.detach()
+    ctx.out_version = out._version
+    ctx.inputs = inputs
+    # The tensors lead the inputs; an absent one (None) and everything after them (flags,
+    # and batch_sizes, which nothing changes in place) get no version.
+    ctx.input_versions = [None if t is None else t._version for t in inputs[:tensors]]
+    ctx.dims = dims
+
+
+def _saved_or_recomputed(ctx, recompute):
+    """``(ctx.saved_tensors, False)``, or where only the layer's output was changed in place
+    since the forward (see :func:`_keep_for_recompute`), ``(recompute(ctx), True)``: the
+    saved tuple with the output computed again from the inputs, the same bits (the kernels
+    are deterministic). Any other failure (an input changed in place, a graph already
+    freed) is autograd's own error."""
+    try:
+        return ctx.saved_tensors, False
+    except RuntimeError as e:
+        changed = getattr(ctx, "out_alias", None) is not None and (
+            ctx.out_alias._version != ctx.out_version
+        )
+        inputs_intact = changed and all(
+            v is None or t._version == v
+            for t, v in zip(ctx.inputs, ctx.input_versions, strict=False)  # versions: a prefix
+        )
+        if not inputs_intact or "inplace operation" not in str(e):
+            raise
+    with torch.no_grad():
+        return recompute(ctx), True
+
+
+def _refuse_recorded_recompute(recomputed: bool, transformed: bool) -> None:
+    if recomputed and transformed:
+        _fail(
+            RuntimeError,
+            "the RNN's output was modified in place after the forward pass; its gradients "
+            "can still be computed, but not with create_graph=True or under a transform "
+            "(the states are computed again without a graph): clone the output before "
+            "modifying it",
+        )
+
+
+def _recompute_layer(ctx):
+    """_EagerLayer's saved tuple with the output ``h`` computed again (see
+    :func:`_saved_or_recomputed`)."""
+    x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity = ctx.inputs
+    h, _ = _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity,
+                         ctx.dims)  # fmt: skip
+    needs = ctx.needs_input_grad
+    return (x if needs[1] else None, w_ih if needs[0] else None, w_hh, h0, h, batch_sizes)
+
+
 def _backward(ctx, grad_h, grad_hn):
-    saved = ctx.saved_tensors
+    saved, recomputed = _saved_or_recomputed(ctx, _recompute_layer)
     x, w_ih, w_hh, h0, h, batch_sizes = saved
     _check_saved(ctx, saved)
     needs = ctx.needs_input_grad
@@ -580,6 +645,7 @@ def _backward(ctx, grad_h, grad_hn):
     # recorded (create_graph=True) or the gradients are transformed (batched by vmap, as
     # is_grads_batched does, or carrying forward-mode tangents): see _backward_rows.
     transformed = _recorded_or_transformed(grad_h, grad_hn)
+    _refuse_recorded_recompute(recomputed, transformed)
     eager = getattr(ctx, "eager", False) and not transformed
     # A float16 layer, or a bfloat16 one without the bfloat16 kernels, was computed in
     # float32 (_forward_impl): so is its backward, on the fused float32 kernels, and the
@@ -854,6 +920,22 @@ def _(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
 rnn_layer_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("fusedrnn::output_copy", mutates_args=())
+def output_copy(x: Tensor) -> Tensor:
+    """A copy of ``x`` that a compiled graph keeps (Inductor drops ``aten.clone`` as a no-op):
+    what a compiled module returns instead of its last layer's output, which that layer
+    saved for its backward (see modules.RNN.forward)."""
+    return x.clone()
+
+
+@output_copy.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+output_copy.register_autograd(lambda ctx, grad: grad)
+
+
 def _no_double_backward(ctx, *grads):
     raise RuntimeError(
         "fusedrnn: double backward through the fused rnn_layer_grads op is not supported; "
@@ -1038,7 +1120,7 @@ class _EagerLayer(torch.autograd.Function):
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity, dims):
         inputs = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
         output = _forward_impl(*inputs, dims)
-        _setup_context(ctx, inputs, output)
+        _setup_context(ctx, inputs, output, dims)
         ctx.eager = True
         return output
 
@@ -1499,11 +1581,13 @@ class _EagerBiLayer(torch.autograd.Function):
         _save(ctx, (x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes))
         ctx.nonlinearity = nl
         ctx.B = hnf.shape[-2]
+        inputs = (x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl)
+        _keep_for_recompute(ctx, out, inputs, dims, 11)  # x, 4 weights each way, h0 each way
         return out, hnf, hnb
 
     @staticmethod
     def backward(ctx, grad_out, grad_hnf, grad_hnb):
-        saved = ctx.saved_tensors
+        saved, recomputed = _saved_or_recomputed(ctx, _recompute_bi_layer)
         _check_saved(ctx, saved)
         x, *weights, out, batch_sizes = saved
         # The lean path's x and output may have other shapes than [N, I] and [N, 2H]
@@ -1512,13 +1596,24 @@ class _EagerBiLayer(torch.autograd.Function):
         x, out, grad_out = _as_rows(x), _as_rows(out), _as_rows(grad_out)
         saved = (x, *weights, out, batch_sizes)
         grads = (grad_out, grad_hnf, grad_hnb)
-        if _recorded_or_transformed(*grads):  # see _bi_backward_recorded
+        transformed = _recorded_or_transformed(*grads)
+        _refuse_recorded_recompute(recomputed, transformed)
+        if transformed:  # see _bi_backward_recorded
             grads = _bi_backward_recorded(ctx, saved, grads)
         else:
             grads = _bi_backward_eager(ctx, saved, grads)
         if grads[0] is None or grads[0].shape == x_shape:
             return grads
         return (grads[0].reshape(x_shape), *grads[1:])
+
+
+def _recompute_bi_layer(ctx):
+    """_EagerBiLayer's saved tuple with the output computed again (see
+    :func:`_saved_or_recomputed`)."""
+    x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl = ctx.inputs
+    out, _, _ = _bi_forward_impl(x, (wif, whf, bif, bhf), (wib, whb, bib, bhb), h0f, h0b,
+                                 batch_sizes, nl, ctx.dims)  # fmt: skip
+    return (x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes)
 
 
 def _bi_backward_eager(ctx, saved, grads):

@@ -317,7 +317,16 @@ def test_deepcopy_and_pickle_are_independent_and_equal():
 
 @pytest.mark.parametrize(
     "change",
-    ["nonlinearity", "batch_first", "hidden_size", "new_weight", "train", "deepcopy", "pickle"],
+    [
+        "mode",
+        "nonlinearity_alone",
+        "batch_first",
+        "hidden_size",
+        "new_weight",
+        "train",
+        "deepcopy",
+        "pickle",
+    ],
 )
 def test_fast_path_follows_the_module_after_a_call(change):
     """The lean path keeps what it reads of the configuration between calls (its plan);
@@ -328,9 +337,10 @@ def test_fast_path_follows_the_module_after_a_call(change):
     ours = fusedrnn.RNN.from_torch(ref)
     x = torch.randn(5, 2, 3)
     before = ours(x)[0]  # makes the plan
-    if change == "nonlinearity":
+    if change == "mode":  # what nn.RNN runs by
+        ref.mode = ours.mode = "RNN_RELU"
+    elif change == "nonlinearity_alone":  # read at construction only, in both (was not, here)
         ref.nonlinearity = ours.nonlinearity = "relu"
-        ref.mode = "RNN_RELU"
     elif change == "batch_first":
         ref.batch_first = ours.batch_first = True
     elif change == "hidden_size":  # the weights no longer match: both refuse the call
@@ -351,6 +361,16 @@ def test_fast_path_follows_the_module_after_a_call(change):
         ours = copy.deepcopy(ours) if change == "deepcopy" else pickle.loads(pickle.dumps(ours))
     for a, b in zip(ours(x), ref(x), strict=True):
         torch.testing.assert_close(a, b, **TOL[f32])
+
+
+def test_unknown_mode_raises_like_nn_rnn():
+    ref = nn.RNN(3, 4)
+    ours = fusedrnn.RNN.from_torch(ref)
+    x = torch.randn(5, 2, 3)
+    ref.mode = ours.mode = "LSTM"
+    for m in (ref, ours):
+        with pytest.raises(AssertionError, match="mode must be RNN_TANH or RNN_RELU, got LSTM"):
+            m(x)
 
 
 def test_conversion_both_ways():

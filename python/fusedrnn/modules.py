@@ -35,6 +35,8 @@ from . import ops
 __all__ = ["RNN", "RNNCell"]
 
 _NO_BATCH_SIZES = torch.empty(0, dtype=torch.int64)
+# RNN's activation: nn.RNN runs by self.mode, set from the nonlinearity at construction.
+_MODE_ACTIVATION = {"RNN_TANH": "tanh", "RNN_RELU": "relu"}
 _PLAN_TAG = object()  # marks RNN._make_fast_plan's plans made in this process
 
 
@@ -188,11 +190,11 @@ class RNN(nn.RNNBase):
     def _make_fast_plan(self) -> tuple:
         """What the lean path needs of the configuration, made when ``_forward_fast``
         finds none and kept until an attribute is assigned (``__setattr__``): ``(tag,
-        get_weights, shapes, I, H, L, D, batch_first, bias)``.
+        get_weights, shapes, I, H, L, D, batch_first, bias, nonlinearity)``.
         ``get_weights(self._parameters)`` gives the parameters and ``shapes`` their shapes,
         in order (w_ih, w_hh, b_ih, b_hh of each layer-direction; no biases with
         ``bias=False``); ``get_weights`` is None when the lean path cannot serve this
-        configuration (an unknown nonlinearity, names that do not match the sizes: the
+        configuration (an unknown mode, names that do not match the sizes: the
         general path reports them). The tag tells a plan made here from one brought by
         ``copy`` or ``pickle``, which is made again."""
         H, L, I = self.hidden_size, self.num_layers, self.input_size
@@ -200,13 +202,15 @@ class RNN(nn.RNNBase):
         per = 4 if self.bias else 2
         names = self._flat_weights_names
         get_weights, shapes = None, None
-        if len(names) == L * D * per and self.nonlinearity in ops.NONLINEARITIES:
+        nonlinearity = _MODE_ACTIVATION.get(self.mode)
+        if len(names) == L * D * per and nonlinearity is not None:
             shapes = []
             for k in range(L * D):
                 shapes += ((H, I if k < D else D * H), (H, H), (H,), (H,))[:per]
             # The parameters in that order, from _parameters in one call (at least 2 names).
             get_weights = operator.itemgetter(*names)
-        plan = (_PLAN_TAG, get_weights, shapes, I, H, L, D, self.batch_first, self.bias)
+        plan = (_PLAN_TAG, get_weights, shapes, I, H, L, D, self.batch_first, self.bias,
+                nonlinearity)  # fmt: skip
         self.__dict__["_fusedrnn_plan"] = plan
         return plan
 
@@ -224,7 +228,7 @@ class RNN(nn.RNNBase):
         plan = self.__dict__.get("_fusedrnn_plan")
         if plan is None or plan[0] is not _PLAN_TAG:
             plan = self._make_fast_plan()
-        _, get_weights, shapes, I, H, L, D, batch_first, bias = plan
+        _, get_weights, shapes, I, H, L, D, batch_first, bias, nonlinearity = plan
         if get_weights is None:
             return None
         shape = input.shape
@@ -265,7 +269,7 @@ class RNN(nn.RNNBase):
         if torch.is_grad_enabled() and ops.records_graph(input, hx, *weights):
             if dim == 2 and hx is not None:  # each layer's state as [B = 1, H], as batched
                 hx = hx.view(L * D, 1, H)
-            output, hidden = self._train_fast(x, hx, weights, T, B, H, dim == 3)
+            output, hidden = self._train_fast(x, hx, weights, T, B, H, dim == 3, nonlinearity)
             return (output.transpose(0, 1) if dim == 3 and batch_first else output), hidden
         # Inference: each layer-direction's kernel writes its columns of the layer output
         # and its rows of h_n in place; the last layer's output and h_n are allocated in
@@ -275,7 +279,6 @@ class RNN(nn.RNNBase):
         row = H * x.element_size()  # one direction's part of an output row
         size = B * row  # one layer-direction's state
         hn = hidden.data_ptr()
-        nonlinearity = self.nonlinearity
         dropout = self.dropout > 0 and self.training
         threads = torch.get_num_threads()
         layer_input, width = x, I
@@ -299,7 +302,7 @@ class RNN(nn.RNNBase):
             return layer_input.transpose(0, 1), hidden
         return layer_input, hidden
 
-    def _train_fast(self, x, hx, weights, T, B, H, batched):
+    def _train_fast(self, x, hx, weights, T, B, H, batched, nonlinearity):
         """``_forward_fast`` recording the graph: one autograd node per layer. The layers
         take ``x`` ([T, B, I] time-major, or [T, I]) and allocate the last output (and
         with one layer-direction, h_n) in the returned shapes: no view node in the graph."""
@@ -318,12 +321,12 @@ class RNN(nn.RNNBase):
                 layer_input, hn_fwd, hn_rev = ops.rnn_bidirectional_layer_checked(
                     layer_input, weights[8 * layer : 8 * layer + 4],
                     weights[8 * layer + 4 : 8 * layer + 8], *h0,
-                    self.nonlinearity, dims,
+                    nonlinearity, dims,
                 )  # fmt: skip
                 states += (hn_fwd, hn_rev)
             else:
                 layer_input, hn = ops.rnn_layer_checked(
-                    layer_input, *weights[4 * layer : 4 * layer + 4], h0[0], self.nonlinearity,
+                    layer_input, *weights[4 * layer : 4 * layer + 4], h0[0], nonlinearity,
                     dims,
                 )  # fmt: skip
                 states.append(hn)
@@ -410,6 +413,11 @@ class RNN(nn.RNNBase):
             x = input
             steps = batch_sizes
 
+        # The activation comes from self.mode, fixed at construction, as in nn.RNN (which
+        # ignores a later assignment to self.nonlinearity).
+        nonlinearity = _MODE_ACTIVATION.get(self.mode)
+        if nonlinearity is None:
+            raise AssertionError(f"mode must be RNN_TANH or RNN_RELU, got {self.mode}")
         final_states = []
         layer_input = x
         for layer in range(self.num_layers):
@@ -422,7 +430,7 @@ class RNN(nn.RNNBase):
                     hx[2 * layer],
                     hx[2 * layer + 1],
                     steps,
-                    self.nonlinearity,
+                    nonlinearity,
                 )
                 final_states += (hn_fwd, hn_rev)
             else:
@@ -432,7 +440,7 @@ class RNN(nn.RNNBase):
                     hx[layer],
                     steps,
                     False,
-                    self.nonlinearity,
+                    nonlinearity,
                 )
                 final_states.append(hn)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:

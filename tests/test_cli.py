@@ -64,6 +64,13 @@ def _error(argv, capsys) -> str:
         (["gradcheck", "--radii", "50"], "argument --radii: spectral radius 50.0 is too large"),
         (["gradcheck", "--plot", "x.png"], "argument --plot: only with --flow"),
         (["gradcheck", "--batch", "1000"], "argument --batch: 1000 is too large (at most 64)"),
+        (["bench", "--seed", "-1"], "argument --seed: expected an integer in 0..2**63-1"),
+        (["gradcheck", "--seed", str(2**64)], "argument --seed: expected an integer in 0..2"),
+        (["gradcheck", "--seed", "x"], "argument --seed: expected an integer, got 'x'"),
+        (["bench", "--json", "/no/such/dir/b.json"], "argument --json: no directory"),
+        (["bench", "--markdown", "/no/such/dir/b.md"], "argument --markdown: no directory"),
+        (["gradcheck", "--json", "/no/such/dir/g.json"], "argument --json: no directory"),
+        (["gradcheck", "--json", "/"], "argument --json: '/' is a directory"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         ([], "the following arguments are required: COMMAND"),
     ],
@@ -182,6 +189,47 @@ def test_bench_flags_a_wrong_kernel_and_does_not_time_it(monkeypatch, capsys):
     assert row.split()[-1] == "WRONG"
     assert "1.0e-03" in row and "   -   " in row
     assert "fusedrnn differs from nn.RNN" in captured.err
+
+
+@pytest.mark.parametrize("failure", ["IndexError", "no_gradient"])
+def test_bench_reports_any_module_failure_as_an_error_row(failure, monkeypatch, tmp_path, capsys):
+    """Whatever a module raises, and a parameter left without a gradient, is that case's
+    ERROR row; the other cases still run, the files are written and the exit status is 1
+    (an IndexError and a None gradient used to end the run in a traceback)."""
+    forward = fusedrnn.RNN.forward
+
+    def broken(self, input, hx=None):
+        raise IndexError("broken on purpose")
+
+    def detached_hh(self, input, hx=None):
+        saved = self._parameters["weight_hh_l0"]
+        self._parameters["weight_hh_l0"] = saved.detach()
+        try:
+            return forward(self, input, hx)
+        finally:
+            self._parameters["weight_hh_l0"] = saved
+
+    monkeypatch.setattr(fusedrnn.RNN, "forward", broken if failure == "IndexError" else detached_hh)
+    path = tmp_path / "b.json"
+    assert main([*TINY_BENCH, "--device", "cpu", "--json", str(path)]) == 1
+    err = capsys.readouterr().err
+    results = json.loads(path.read_text())["results"]
+    if failure == "IndexError":
+        assert "IndexError: broken on purpose" in err
+        assert results and all(not r["ok"] for r in results)
+    else:
+        assert "AssertionError: no gradient for weight_hh_l0" in err
+        assert any(r["ok"] for r in results)  # the inference cases
+
+
+def test_json_is_strict_nan_and_infinities_are_null(tmp_path):
+    from fusedrnn import _cli
+
+    path = tmp_path / "x.json"
+    _cli.write_json(str(path), {"a": float("nan"), "b": [1.5, float("inf")], "c": "ok"})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [1.5, None], "c": "ok"}
 
 
 @pytest.mark.cuda

@@ -59,6 +59,8 @@ def test_check_rejects_what_it_cannot_check():
         check(torch.nn.GRU(2, 3))
     with pytest.raises(ValueError, match="unknown check 'vibes'"):
         check(Config(), checks=["vibes"])
+    with pytest.raises(ValueError, match="max_fd_elements must be at least 1, got 0"):
+        check(Config(), max_fd_elements=0)  # passed with nothing compared
 
 
 def test_reference_composition_matches_nn_rnn():

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 from collections.abc import Callable, Sequence
 
 __all__ = [
     "choice_list",
     "format_table",
     "markdown_table",
+    "output_file",
     "positive_float",
     "positive_int",
     "positive_int_list",
+    "seed",
+    "write_json",
 ]
 
 
@@ -60,6 +66,50 @@ def positive_float(text: str) -> float:
     if not (0.0 < value < float("inf")):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
+
+
+def seed(text: str) -> int:
+    """An argparse type for a seed: an integer in ``0..2**63 - 1``, the range that both
+    ``torch.manual_seed`` and ``numpy.random.default_rng`` take."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in 0..2**63-1, got {value}")
+    return value
+
+
+def output_file(text: str) -> str:
+    """An argparse type for a file to write at the end of a run: its directory must exist
+    and be writable now, so that a long run does not end in a traceback and lose its
+    results."""
+    directory = os.path.dirname(os.path.abspath(text))
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"no directory {directory!r} to write {text!r} in")
+    if not os.access(directory, os.W_OK) or (os.path.exists(text) and not os.access(text, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}")
+    return text
+
+
+def _finite_or_none(value):
+    """``value`` with every NaN or infinite float replaced by None (JSON null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def write_json(path: str, data, indent: int | None = 2) -> None:
+    """``data`` as strict JSON (NaN and infinities, which JSON has not, as null)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(_finite_or_none(data), f, indent=indent, allow_nan=False)
+        f.write("\n")
 
 
 def choice_list(choices: Sequence[str]) -> Callable[[str], list[str]]:

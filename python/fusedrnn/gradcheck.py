@@ -40,7 +40,6 @@ import argparse
 import copy
 import dataclasses
 import itertools
-import json
 import math
 import re
 import warnings
@@ -597,6 +596,8 @@ def check(
     for name in checks:
         if name not in CHECKS:
             raise ValueError(f"checks: unknown check {name!r}, expected some of {CHECKS}")
+    if max_fd_elements < 1:  # 0 would pass the finite differences with nothing compared
+        raise ValueError(f"max_fd_elements must be at least 1, got {max_fd_elements}")
     if isinstance(module_or_config, Config):
         config = module_or_config
         device = torch.device(device or "cpu")
@@ -808,9 +809,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="default: reference,finite-diff,autograd,forward-mode",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_cli.seed, default=0)
     parser.add_argument("--verbose", "-v", action="store_true", help="print every row")
-    parser.add_argument("--json", metavar="FILE", help="write the report (or flow norms) as JSON")
+    parser.add_argument(
+        "--json",
+        type=_cli.output_file,
+        metavar="FILE",
+        help="write the report (or flow norms) as JSON",
+    )
     flow = parser.add_argument_group("gradient flow")
     flow.add_argument(
         "--flow", action="store_true", help="measure ||dL/dh_t|| over a long sequence instead"
@@ -821,7 +827,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[0.8, 0.9, 1.0, 1.1, 1.2],
         help="spectral radii of W_hh (default 0.8,0.9,1.0,1.1,1.2)",
     )
-    flow.add_argument("--plot", metavar="FILE.png", help="plot the norms (needs matplotlib)")
+    flow.add_argument(
+        "--plot",
+        type=_cli.output_file,
+        metavar="FILE.png",
+        help="plot the norms (needs matplotlib)",
+    )
 
 
 def _radii(text: str) -> list[float]:
@@ -882,19 +893,19 @@ def _run_flow(args: argparse.Namespace, parser: argparse.ArgumentParser, device)
     print(f"||dL/dh_t|| with the loss on the last step t = T = {T}, H = {H}, fused BPTT kernel")
     print(_flow_table(flows, T))
     print("factor/step: (||dL/dh_0|| / ||dL/dh_T||)^(1/T), the mean shrink or growth per step")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "T": T,
-                    "H": H,
-                    "flows": [
-                        {"nonlinearity": nl, "radius": r, "norms": norms.tolist()}
-                        for (nl, r), norms in flows.items()
-                    ],
-                },
-                f,
-            )
+    if args.json:  # strict JSON: a norm that overflowed is null
+        _cli.write_json(
+            args.json,
+            {
+                "T": T,
+                "H": H,
+                "flows": [
+                    {"nonlinearity": nl, "radius": r, "norms": norms.tolist()}
+                    for (nl, r), norms in flows.items()
+                ],
+            },
+            indent=None,
+        )
     if args.plot:
         _flow_plot(args.plot, flows, T, H)
         print(f"plot written to {args.plot}")
@@ -928,7 +939,5 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
             print(f"  {config.label}: {'pass' if part.passed else 'FAIL'}", flush=True)
     print(report.format(verbose=args.verbose))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report.to_dict(), f, indent=2)
-            f.write("\n")
+        _cli.write_json(args.json, report.to_dict())
     return 0 if report.passed else 1

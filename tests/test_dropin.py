@@ -713,11 +713,16 @@ def test_fast_path_declines_what_it_does_not_serve(monkeypatch, change):
             torch.testing.assert_close(a, b, **TOL[f64])
 
 
-def test_cell_fast_path_leaves_zero_input_size_to_the_general_path():
-    """The general path's checks decide (here: refuse) what the lean path does not serve."""
-    cell = fusedrnn.RNNCell(0, 4)
-    with pytest.raises(ValueError, match="at least one feature column"):
-        cell(torch.randn(2, 0))
+@pytest.mark.parametrize("dtype", [f32, f64], ids=["f32", "f64"])
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+def test_cell_with_zero_input_size_matches_nn_rnncell(batched, dtype):
+    """nn.RNNCell(0, H) runs (h' = act(b_ih + h W_hh^T + b_hh)); nn.RNN refuses input_size
+    0 at construction, as fusedrnn.RNN does. The lean path leaves I = 0 to the general one,
+    whose projection is then the bias alone (it used to refuse the call)."""
+    ref, ours = _cell_pair(dtype, input_size=0, hidden_size=4)
+    x = torch.randn((3, 0) if batched else (0,), dtype=dtype, requires_grad=True)
+    hx = torch.randn((3, 4) if batched else (4,), dtype=dtype, requires_grad=True)
+    assert_same_results(ref, ours, lambda: (x, hx), [x, hx], TOL[dtype])
 
 
 class _Halve(nn.Module):

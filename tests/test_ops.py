@@ -211,7 +211,8 @@ x32, wih32, whh32, bih32, bhh32, h032, _ = _layer_inputs(dtype=torch.float32)
         (
             dict(w_ih=wih32.t()),
             ValueError,
-            r"w_ih must have shape \[H, I\] = \(3, 2\), got \(2, 3\)",
+            r"w_ih must have shape \[H, I\] = \(3, 2\) \(H from w_hh \(3, 3\), I from x\), "
+            r"got \(2, 3\)",
         ),
         (dict(w_hh=whh32[:2]), ValueError, r"w_hh must be a square 2-D tensor"),
         (dict(b_ih=bih32[:2]), ValueError, r"b_ih must have shape \[H\] = \(3,\), got \(2,\)"),

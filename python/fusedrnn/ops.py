@@ -159,13 +159,12 @@ def check_layer_args(
     if w_hh.dim() != 2 or w_hh.shape[0] != w_hh.shape[1]:
         _fail(ValueError, f"w_hh must be a square 2-D tensor [H, H], got shape {tuple(w_hh.shape)}")
     H = w_hh.shape[0]  # H = 0 is valid: torch.nn.RNNCell allows it; nothing to compute
-    if I == 0:
+    if w_ih.shape != (H, I):
         _fail(
             ValueError,
-            f"{n['x']} must have at least one feature column, got shape {tuple(x.shape)}",
+            f"{n['w_ih']} must have shape [H, I] = {(H, I)} (H from w_hh {tuple(w_hh.shape)}, "
+            f"I from {n['x']}), got {tuple(w_ih.shape)}: one of them is not this layer's size",
         )
-    if w_ih.shape != (H, I):
-        _fail(ValueError, f"{n['w_ih']} must have shape [H, I] = {(H, I)}, got {tuple(w_ih.shape)}")
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None and b.shape != (H,):
             _fail(ValueError, f"{name} must have shape [H] = {(H,)}, got {tuple(b.shape)}")

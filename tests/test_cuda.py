@@ -561,3 +561,22 @@ def test_packed_training_step_replays_in_a_cuda_graph():
         torch.cuda.synchronize()
         for got, expected in zip(grads, want, strict=True):
             assert rel_error(_np(got), _np(expected)) <= 1e-5
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_output_changed_in_place_on_cuda_matches_nn_rnn(bidirectional):
+    """The eager backward computes the states again on CUDA too when the caller changed the
+    output in place (ops._saved_or_recomputed): nn.RNN's gradients, in float64."""
+    torch.manual_seed(0)
+    ref = torch.nn.RNN(3, 5, 2, bidirectional=bidirectional, dtype=torch.float64).cuda()
+    ours = fusedrnn.RNN.from_torch(ref)
+    x = torch.randn(6, 4, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    grads = []
+    for m in (ref, ours):
+        x.grad = None
+        out, hn = m(x)
+        out.add_(out.detach() * 0.5)
+        (out.square().sum() + hn.sum()).backward()
+        grads.append([x.grad.clone(), *(p.grad.clone() for p in m.parameters())])
+    for g, w in zip(*reversed(grads), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)

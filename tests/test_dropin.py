@@ -8,12 +8,14 @@ respect to the input, hx and every parameter.
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import pickle
 import socket
 import subprocess
 import sys
 import time
+import weakref
 import zlib
 from contextlib import nullcontext
 from datetime import timedelta
@@ -987,6 +989,23 @@ def test_output_changed_in_place_keeps_autograds_other_errors():
     out.add_(1)
     with pytest.raises(RuntimeError, match=r"modified in place.*create_graph"):
         torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_backward_lets_go_of_the_layer_inputs(bidirectional):
+    """What the backward would need to compute the states again is let go once a backward
+    found its saved tensors intact: a caller holding the loss (so the graph) after the
+    backward must not keep each layer's input alive (autograd frees the saved tensors)."""
+    _, rnn = _rnn_pair(f32, input_size=3, hidden_size=4, num_layers=2, bidirectional=bidirectional)
+    x0 = torch.randn(5, 2, 3, requires_grad=True)
+    x = x0 * 2  # a non-leaf input, referenced by nothing of ours after the backward
+    alive = weakref.ref(x)
+    loss = rnn(x)[0].sum()
+    del x
+    loss.backward()
+    gc.collect()
+    assert alive() is None
+    assert loss.grad_fn is not None  # the graph itself is still held
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")

@@ -594,22 +594,35 @@ def _saved_or_recomputed(ctx, recompute):
     """``(ctx.saved_tensors, False)``, or where only the layer's output was changed in place
     since the forward (see :func:`_keep_for_recompute`), ``(recompute(ctx), True)``: the
     saved tuple with the output computed again from the inputs, the same bits (the kernels
-    are deterministic). Any other failure (an input changed in place, a graph already
-    freed) is autograd's own error."""
+    are deterministic), kept for the next backward of a retained graph. Any other failure
+    (an input changed in place, a graph already freed) is autograd's own error. A backward
+    that finds its saved tensors intact lets go of the inputs: the graph (held as long as
+    the caller holds the loss) would otherwise keep each layer's input alive after the
+    backward has freed its saved tensors."""
     try:
-        return ctx.saved_tensors, False
+        saved = ctx.saved_tensors
     except RuntimeError as e:
-        changed = getattr(ctx, "out_alias", None) is not None and (
-            ctx.out_alias._version != ctx.out_version
-        )
-        inputs_intact = changed and all(
+        if "inplace operation" not in str(e) or not _only_output_changed(ctx):
+            raise
+        if getattr(ctx, "recomputed", None) is None:
+            with torch.no_grad():
+                ctx.recomputed = recompute(ctx)
+        return ctx.recomputed, True
+    ctx.inputs = ctx.out_alias = None
+    return saved, False
+
+
+def _only_output_changed(ctx) -> bool:
+    """The layer's output changed in place since the forward, and none of its inputs did."""
+    alias = getattr(ctx, "out_alias", None)
+    return (
+        alias is not None
+        and alias._version != ctx.out_version
+        and all(
             v is None or t._version == v
             for t, v in zip(ctx.inputs, ctx.input_versions, strict=False)  # versions: a prefix
         )
-        if not inputs_intact or "inplace operation" not in str(e):
-            raise
-    with torch.no_grad():
-        return recompute(ctx), True
+    )
 
 
 def _refuse_recorded_recompute(recomputed: bool, transformed: bool) -> None:

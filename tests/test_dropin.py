@@ -1025,6 +1025,26 @@ def test_compiled_output_changed_in_place_before_backward(kwargs):
         torch.testing.assert_close(p.grad, w, **TOL[f32])
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+def test_compiled_cell_output_changed_in_place_before_backward(batched):
+    """The same for RNNCell (an unbatched compiled cell gave wrong gradients silently;
+    nn.RNNCell refuses the change, eager and compiled, fusedrnn's cell computes it)."""
+    torch._dynamo.reset()
+    _, cell = _cell_pair(f32, input_size=3, hidden_size=4)
+    x = torch.randn((2, 3) if batched else (3,), requires_grad=True)
+    grads = []
+    for f in (cell, torch.compile(cell, fullgraph=True)):
+        for p in (x, *cell.parameters()):
+            p.grad = None
+        h = f(x)
+        h.mul_(2)
+        h.square().sum().backward()
+        grads.append([x.grad, *(p.grad for p in cell.parameters())])
+    for g, w in zip(*grads, strict=True):
+        torch.testing.assert_close(g, w, **TOL[f32])
+
+
 # -- torch.compile and torch.export ---------------------------------------------------------
 
 

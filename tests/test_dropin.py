@@ -440,6 +440,10 @@ RNN_BAD_CALLS = {
         (torch.randn(5, 2, 3), torch.randn(4, 2, 4, device=_META)),
         "Input and hidden tensors are not at the same device",
     ),
+    "input_device": (  # the weights on the CPU: ValueError from the ops before session 10
+        (torch.randn(5, 2, 3, device=_META),),
+        "Input and parameter tensors are not at the same device, found input tensor at meta",
+    ),
     "empty_sequence": ((torch.randn(0, 2, 3),), "sequence length to be larger than 0"),
     "empty_sequence_unbatched": ((torch.randn(0, 3),), "sequence length to be larger than 0"),
     "empty_packed_sequence": (
@@ -522,6 +526,7 @@ CELL_BAD_CALLS = {
     "input_dtype": ((torch.randn(2, 3, dtype=f64),), "input dtype .* does not match weight"),
     "hx_dtype": ((torch.randn(2, 3), torch.randn(2, 4, dtype=f64)), "hx dtype"),
     "hx_device": ((torch.randn(2, 3), torch.randn(2, 4, device=_META)), "same device"),
+    "input_device": ((torch.randn(2, 3, device=_META),), "not at the same device"),
 }
 
 

@@ -106,6 +106,17 @@ def _refuse_script(module: nn.Module) -> None:
     )
 
 
+def _check_weight_devices(input: Tensor, *weights: Tensor | None) -> None:
+    """torch.nn.RNN's error (type and message) for weights on another device than the
+    input; the ops would name the tensor in a ValueError."""
+    for w in weights:
+        if w is not None and w.device != input.device:
+            raise RuntimeError(
+                "Input and parameter tensors are not at the same device, found input tensor "
+                f"at {input.device} and parameter tensor at {w.device}"
+            )
+
+
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
 
 
@@ -442,12 +453,14 @@ class RNN(nn.RNNBase):
         final_states = []
         layer_input = x
         for layer in range(self.num_layers):
+            weights = [self._layer_weights(layer, d) for d in range(num_directions)]
+            _check_weight_devices(input, *weights[0], *weights[-1])
             if num_directions == 2:
                 # Both directions at once: they write the two halves of one output.
                 layer_input, hn_fwd, hn_rev = ops.rnn_bidirectional_layer(
                     layer_input,
-                    self._layer_weights(layer, 0),
-                    self._layer_weights(layer, 1),
+                    weights[0],
+                    weights[1],
                     hx[2 * layer],
                     hx[2 * layer + 1],
                     steps,
@@ -457,7 +470,7 @@ class RNN(nn.RNNBase):
             else:
                 layer_input, hn = ops.rnn_layer(
                     layer_input,
-                    *self._layer_weights(layer, 0),
+                    *weights[0],
                     hx[layer],
                     steps,
                     False,
@@ -604,14 +617,13 @@ class RNNCell(nn.RNNCell):
         elif not is_batched:
             hx = hx.unsqueeze(0)
         self.check_forward_args(input, hx)
+        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        _check_weight_devices(input, *weights)
 
         # One step of the layer op: the padded layout with T = 1 is the [B, I] input itself.
         h, _ = ops.rnn_layer(
             input,
-            self.weight_ih,
-            self.weight_hh,
-            self.bias_ih,
-            self.bias_hh,
+            *weights,
             hx,
             _NO_BATCH_SIZES,
             False,

@@ -1031,6 +1031,52 @@ def test_compiled_output_changed_in_place_before_backward(kwargs):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(
+    "route", ["export", "compiled_export", "compiled_op", "hooks", "save_on_cpu"]
+)
+def test_output_changed_in_place_on_every_route(route):
+    """The other routes to the backward of a changed output, each once silently wrong: an
+    exported module compiled later (the export skipped the copy), the layer op compiled on
+    its own (the copy lived in the modules only), and saved_tensors_hooks in eager mode
+    (autograd checks no version under hooks, and the hooks handed the changed output back
+    as the saved states)."""
+    torch._dynamo.reset()
+    ref, ours = _rnn_pair(f64, input_size=4, hidden_size=6)
+    x = torch.randn(5, 3, 4, dtype=f64)
+    if route == "compiled_op":
+        steps = torch.empty(0, dtype=torch.int64)
+
+        def layer(x):
+            w = [ours.weight_ih_l0, ours.weight_hh_l0, ours.bias_ih_l0, ours.bias_hh_l0]
+            h0 = x.new_zeros(3, 6)
+            h, hn = fusedrnn.ops.rnn_layer(x.reshape(15, 4), *w, h0, steps)
+            return h.view(5, 3, 6), hn[None]
+
+        run = torch.compile(layer, fullgraph=True)
+    elif route in ("export", "compiled_export"):
+        run = torch.export.export(ours, (x,)).module()
+        run = torch.compile(run, fullgraph=True) if route == "compiled_export" else run
+    else:
+        run = ours
+    hooks = {
+        "hooks": lambda: torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t),
+        "save_on_cpu": torch.autograd.graph.save_on_cpu,
+    }.get(route, nullcontext)
+    grads = []
+    for m in (ref, run):
+        for p in (*ref.parameters(), *ours.parameters()):
+            p.grad = None
+        with hooks():
+            out, hn = m(x)
+        out.mul_(2)
+        (out.square().sum() + hn.sum()).backward()
+        grads.append([ref.weight_hh_l0.grad, ref.weight_ih_l0.grad] if m is ref else
+                     [ours.weight_hh_l0.grad, ours.weight_ih_l0.grad])  # fmt: skip
+    for g, w in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(g, w, **TOL[f64])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
 def test_compiled_cell_output_changed_in_place_before_backward(batched):
     """The same for RNNCell (an unbatched compiled cell gave wrong gradients silently;

@@ -117,27 +117,6 @@ def _check_weight_devices(input: Tensor, *weights: Tensor | None) -> None:
             )
 
 
-_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
-
-
-def _private_when_compiled(output: Tensor) -> Tensor:
-    """``output`` (a layer's, which that layer saved for its backward), or a copy of it in a
-    graph being compiled for training. Eager calls compute the states again if the caller
-    changed the output in place (a residual ``out += x``; ops._saved_or_recomputed), but a
-    compiled graph would hand the changed values to the backward silently: Inductor returns
-    the saved buffer itself (or a view of it), and autograd's in-place check does not follow
-    it there. A copy (one pass over the output) keeps the caller's output and the saved
-    states apart, as nn.RNN's are. (torch.export graphs run op by op, eagerly: no copy.)"""
-    if (
-        torch.compiler.is_compiling()
-        and output.requires_grad
-        and not _is_exporting()
-        and not torch._C._are_functorch_transforms_active()
-    ):
-        return ops.output_copy(output)
-    return output
-
-
 class RNN(nn.RNNBase):
     r"""Multi-layer Elman RNN with ``tanh`` or ``relu``, computed by fused kernels.
 
@@ -475,13 +454,14 @@ class RNN(nn.RNNBase):
                     steps,
                     False,
                     nonlinearity,
+                    # The last layer's output is the caller's (see ops.rnn_layer).
+                    private_output=layer == self.num_layers - 1,
                 )
                 final_states.append(hn)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         hidden = final_states[0][None] if len(final_states) == 1 else torch.stack(final_states)
         output = layer_input
-        output = _private_when_compiled(output)
         autocast_dtype = _autocast_dtype(input)
         if autocast_dtype is not None:
             output, hidden = output.to(autocast_dtype), hidden.to(autocast_dtype)
@@ -632,5 +612,4 @@ class RNNCell(nn.RNNCell):
         autocast_dtype = _autocast_dtype(input)
         if autocast_dtype is not None:
             h = h.to(autocast_dtype)
-        h = _private_when_compiled(h)
         return h if is_batched else h.squeeze(0)

@@ -604,6 +604,10 @@ def _saved_or_recomputed(ctx, recompute):
     except RuntimeError as e:
         if "inplace operation" not in str(e) or not _only_output_changed(ctx):
             raise
+        saved = None
+    # Under saved_tensors_hooks (save_on_cpu, checkpointing, offloading) autograd checks no
+    # version and the hooks may hand back the changed tensor itself: the alias tells.
+    if saved is None or _only_output_changed(ctx):
         if getattr(ctx, "recomputed", None) is None:
             with torch.no_grad():
                 ctx.recomputed = recompute(ctx)
@@ -930,6 +934,24 @@ def _(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
 
 
 rnn_layer_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def private_when_compiled(output: Tensor) -> Tensor:
+    """``output`` (a layer's, which that layer saved for its backward), or a copy of it in a
+    graph being compiled for training. Eager calls compute the states again if the caller
+    changed the output in place (a residual ``out += x``; _saved_or_recomputed), but a
+    compiled graph would hand the changed values to the backward silently: Inductor returns
+    the saved buffer itself (or a view of it), and autograd's in-place check does not
+    follow it there. A copy (one pass over the output) keeps the caller's output and the
+    saved states apart, as nn.RNN's are. Also while exporting: an exported graph may be
+    compiled later."""
+    if (
+        torch.compiler.is_compiling()
+        and output.requires_grad
+        and not torch._C._are_functorch_transforms_active()
+    ):
+        return output_copy(output)
+    return output
 
 
 @torch.library.custom_op("fusedrnn::output_copy", mutates_args=())
@@ -1496,11 +1518,30 @@ def records_graph(*tensors) -> bool:
     return torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors)
 
 
-def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonlinearity="tanh"):
+def rnn_layer(
+    x,
+    w_ih,
+    w_hh,
+    b_ih,
+    b_hh,
+    h0,
+    batch_sizes,
+    reverse=False,
+    nonlinearity="tanh",
+    *,
+    private_output=True,
+):
     """Differentiable one-layer, one-direction Elman RNN. See the module docstring.
 
     Plain eager calls run the shared implementation directly (no autograd node when no
     input requires grad); everything else goes through ``torch.ops.fusedrnn``.
+
+    The backward reads the returned output as the layer's states. If the caller changes it
+    in place before the backward (a residual ``h += x``), an eager backward computes them
+    again; a graph compiled for training (torch.compile, torch.export) returns a copy of
+    it instead (one pass over it), since there the change would reach the backward
+    silently. ``private_output=False`` skips that copy, for a caller that never hands the
+    output out (the modules' inner layers).
     """
     args = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
     if _func_or_forward_ad():
@@ -1509,7 +1550,8 @@ def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse=False, nonline
     if not _plain_eager(x, w_ih, w_hh, b_ih, b_hh, h0):
         # The dispatcher would reject a non-tensor before the checks could name it.
         _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
-        return rnn_layer_forward(*args)
+        h, hn = rnn_layer_forward(*args)
+        return (private_when_compiled(h) if private_output else h), hn
     if records_graph(x, w_ih, w_hh, b_ih, b_hh, h0):
         return _eager_layer_apply(*args, None)
     return _forward_impl(*args)

@@ -960,30 +960,39 @@ def test_output_changed_in_place_before_backward(dtype, kwargs, change):
 
 
 def test_output_changed_in_place_keeps_autograds_other_errors():
-    """Only the output is computed again: an input changed in place (with or without the
-    output), a backward through a freed graph and a recorded second-order backward over a
-    changed output still raise; retain_graph gives the same gradients twice."""
+    """Only the output is computed again: an input or weight changed in place too, or
+    replaced through .data (a segfault of the first recompute, which read the weights
+    unchecked), is refused by name; a freed graph and a recorded second-order backward over
+    a changed output still raise; a retained graph computes the same gradients again,
+    also when the output is changed between its two backwards."""
     _, rnn = _rnn_pair(f64, input_size=3, hidden_size=4)
     x = torch.randn(5, 2, 3, dtype=f64, requires_grad=True)
+    refused = "output was changed in place .* an input or weight was changed in place too"
+
+    for change in ("weight_hh", "bias_ih"):  # saved for the backward, and not
+        out, _ = rnn(x)
+        out.mul_(2)
+        with torch.no_grad():
+            getattr(rnn, f"{change}_l0").add_(1e-3)
+        with pytest.raises(RuntimeError, match=refused):
+            out.sum().backward()
 
     out, _ = rnn(x)
     out.mul_(2)
-    with torch.no_grad():
-        rnn.weight_hh_l0.add_(1e-3)  # saved for the backward: autograd refuses
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+    rnn.weight_hh_l0.data = torch.randn(1, 1, dtype=f64)  # no version bump
+    with pytest.raises((RuntimeError, ValueError), match=r"w_ih must have shape|changed its"):
         out.sum().backward()
 
-    out, _ = rnn(x)
-    out.mul_(2)
-    with torch.no_grad():
-        rnn.bias_ih_l0.add_(1e-3)  # not saved, but the recomputation would read it
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        out.sum().backward()
-
+    _, rnn = _rnn_pair(f64, input_size=3, hidden_size=4)
     out, _ = rnn(x)
     out.mul_(2)
     out.sum().backward(retain_graph=True)
     first = rnn.weight_hh_l0.grad.clone()
+    rnn.weight_hh_l0.grad = None
+    out.sum().backward(retain_graph=True)
+    torch.testing.assert_close(rnn.weight_hh_l0.grad, first, rtol=0, atol=0)
+    with torch.no_grad():
+        out.mul_(0.5)  # changed again between two backwards of the retained graph
     rnn.weight_hh_l0.grad = None
     out.sum().backward()
     torch.testing.assert_close(rnn.weight_hh_l0.grad, first, rtol=0, atol=0)
@@ -994,6 +1003,56 @@ def test_output_changed_in_place_keeps_autograds_other_errors():
     out.add_(1)
     with pytest.raises(RuntimeError, match=r"modified in place.*create_graph"):
         torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
+def test_output_changed_in_place_in_a_function_that_returns_the_loss():
+    """The caller's output gone before the backward (a local of a function returning the
+    loss; autograd frees the last reference on the way): the layer held it up to its
+    backward."""
+    ref, ours = _rnn_pair(f64, input_size=3, hidden_size=4, num_layers=2)
+    x = torch.randn(5, 2, 3, dtype=f64)
+
+    def loss_of(m):
+        out, _ = m(x)
+        out += 1.0
+        return out.square().sum()
+
+    grads = []
+    for m in (ref, ours):
+        loss_of(m).backward()
+        grads.append([p.grad for p in m.parameters()])
+    for g, w in zip(*reversed(grads), strict=True):
+        torch.testing.assert_close(g, w, **TOL[f64])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_checkpointed_layers_hold_no_activations(bidirectional):
+    """Under activation checkpointing the layers' inputs and outputs are autograd's to drop:
+    nothing the layers keep for a changed output holds them (a strong reference did)."""
+    from torch.utils.checkpoint import checkpoint
+
+    _, rnn = _rnn_pair(f32, input_size=8, hidden_size=16, num_layers=3, bidirectional=bidirectional)
+    x = torch.randn(20, 4, 8, requires_grad=True)
+    out = checkpoint(lambda x: rnn(x)[0], x, use_reentrant=False)
+    held = []
+    node, seen = out.grad_fn, set()
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for name in ("out_alias", "inputs"):
+            value = getattr(node, name, None)
+            values = value if isinstance(value, list) else [value]
+            held += [
+                v
+                for v in values
+                if isinstance(v, torch.Tensor) and not v.requires_grad and v.numel()
+            ]
+        stack += [f for f, _ in node.next_functions]
+    assert [tuple(t.shape) for t in held] in ([], [tuple(out.shape)])  # the caller's output
+    out.sum().backward()
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
@@ -1032,16 +1091,18 @@ def test_compiled_output_changed_in_place_before_backward(kwargs):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize(
-    "route", ["export", "compiled_export", "compiled_op", "hooks", "save_on_cpu"]
+    "route", ["export", "compiled_export", "compiled_op", "hooks", "clone_hooks", "save_on_cpu"]
 )
 def test_output_changed_in_place_on_every_route(route):
     """The other routes to the backward of a changed output, each once silently wrong: an
     exported module compiled later (the export skipped the copy), the layer op compiled on
     its own (the copy lived in the modules only), and saved_tensors_hooks in eager mode
     (autograd checks no version under hooks, and the hooks handed the changed output back
-    as the saved states)."""
+    as the saved states; hooks that copy drop a second layer's input, which the
+    recomputation then takes from the saved tensors)."""
     torch._dynamo.reset()
-    ref, ours = _rnn_pair(f64, input_size=4, hidden_size=6)
+    layers = 2 if route.endswith("hooks") else 1
+    ref, ours = _rnn_pair(f64, input_size=4, hidden_size=6, num_layers=layers)
     x = torch.randn(5, 3, 4, dtype=f64)
     if route == "compiled_op":
         steps = torch.empty(0, dtype=torch.int64)
@@ -1060,6 +1121,9 @@ def test_output_changed_in_place_on_every_route(route):
         run = ours
     hooks = {
         "hooks": lambda: torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t),
+        "clone_hooks": lambda: torch.autograd.graph.saved_tensors_hooks(
+            lambda t: t.clone(), lambda t: t
+        ),
         "save_on_cpu": torch.autograd.graph.save_on_cpu,
     }.get(route, nullcontext)
     grads = []

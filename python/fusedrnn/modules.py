@@ -326,19 +326,20 @@ class RNN(nn.RNNBase):
         layer_input = x
         states = []
         for layer in range(L):
-            dims = (T, B, H, last if layer == L - 1 else rows, hn_shape)
+            final = layer == L - 1  # its output is the caller's (see ops.rnn_layer)
+            dims = (T, B, H, last if final else rows, hn_shape)
             h0 = (None, None) if hx is None else (hx[layer * D], hx[layer * D + D - 1])
             if D == 2:
                 layer_input, hn_fwd, hn_rev = ops.rnn_bidirectional_layer_checked(
                     layer_input, weights[8 * layer : 8 * layer + 4],
                     weights[8 * layer + 4 : 8 * layer + 8], *h0,
-                    nonlinearity, dims,
+                    nonlinearity, dims, final,
                 )  # fmt: skip
                 states += (hn_fwd, hn_rev)
             else:
                 layer_input, hn = ops.rnn_layer_checked(
                     layer_input, *weights[4 * layer : 4 * layer + 4], h0[0], nonlinearity,
-                    dims,
+                    dims, final,
                 )  # fmt: skip
                 states.append(hn)
             if self.dropout > 0 and self.training and layer < L - 1:
@@ -444,6 +445,7 @@ class RNN(nn.RNNBase):
                     hx[2 * layer + 1],
                     steps,
                     nonlinearity,
+                    output_to_caller=layer == self.num_layers - 1,
                 )
                 final_states += (hn_fwd, hn_rev)
             else:
@@ -455,7 +457,7 @@ class RNN(nn.RNNBase):
                     False,
                     nonlinearity,
                     # The last layer's output is the caller's (see ops.rnn_layer).
-                    private_output=layer == self.num_layers - 1,
+                    output_to_caller=layer == self.num_layers - 1,
                 )
                 final_states.append(hn)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:

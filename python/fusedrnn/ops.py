@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
+import weakref
 
 import torch
 from torch import Tensor
@@ -534,10 +536,11 @@ def _add_to_last_rows(e: Tensor, g: Tensor, batch_sizes: Tensor, reverse: bool) 
     return e.index_add(0, _index_on(_packed_last_index(B, batch_sizes), e.device), g)
 
 
-def _setup_context(ctx, inputs, output, dims=None):
+def _setup_context(ctx, inputs, output):
     x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
     h, _ = output
-    _keep_for_recompute(ctx, h, inputs, dims, 6)  # x, w_ih, w_hh, b_ih, b_hh, h0
+    # The registered op's callers are unknown: nothing held (the eager layers hold more).
+    _keep_for_recompute(ctx, h, inputs, (0, 5), getattr(ctx, "hold_output", False))
     needs = ctx.needs_input_grad
     # The lean path's x (and its own h, hn) may come in other shapes than [N, I] (see
     # _forward_impl's dims): the backward reads them as rows and returns dx in x's shape.
@@ -569,64 +572,97 @@ def _check_saved(ctx, saved) -> None:
         )
 
 
-def _keep_for_recompute(ctx, out, inputs, dims, tensors) -> None:
-    """What an eager layer's backward needs when the caller changed its output ``out`` in
-    place between the forward and the backward (a residual ``out += x``, ``relu_(out)``):
+def _keep_for_recompute(ctx, out, inputs, activations, hold_output) -> None:
+    """What a layer's backward needs when the caller changed its output ``out`` in place
+    between the forward and the backward (a residual ``out += x``, ``relu_(out)``):
     torch.nn.RNN allows that, as its saved states are not the tensor it returns, but ours
-    are, and autograd refuses a saved tensor changed since. ``out``'s version (through a
-    detached alias: ``out`` itself on ctx would be a reference cycle through its grad_fn)
-    tells that case from the others; the inputs (and their versions, so that one changed
-    in place is still refused) let the backward compute the states again. Nothing is kept
-    while a graph is traced (``out`` is then not a plain tensor): a compiled module returns
-    a copy of its output instead (modules.RNN.forward)."""
+    are. ``out``'s version tells that case from the others; the inputs, and their
+    versions (one changed in place is refused), let the backward compute the states again.
+
+    The inputs at ``activations`` (x, h0) are held weakly (autograd's saved tensors keep
+    them alive up to this backward; a strong reference would keep them after it while the
+    caller holds the loss, and through activation checkpointing); the rest are weights.
+    The output is held through a detached alias up to the first backward where
+    ``hold_output`` (the caller may drop its last reference before the backward, and
+    autograd frees it on the way), and weakly after that or else. Nothing is kept while a
+    graph is traced (``out`` is then not a plain tensor): compiled training copies the
+    output instead (:func:`private_when_compiled`)."""
     if type(out) is not Tensor:
         return
-    ctx.out_alias = out.detach()
+    ctx.out_ref = weakref.ref(out)
+    ctx.out_alias = out.detach() if hold_output else None
     ctx.out_version = out._version
-    ctx.inputs = inputs
-    # The tensors lead the inputs; an absent one (None) and everything after them (flags,
-    # and batch_sizes, which nothing changes in place) get no version.
-    ctx.input_versions = [None if t is None else t._version for t in inputs[:tensors]]
-    ctx.dims = dims
+    kept = list(inputs)
+    for i in activations:
+        if kept[i] is not None:
+            kept[i] = weakref.ref(kept[i])
+    ctx.inputs = kept
+    # The tensors lead the inputs (up to the last activation); batch_sizes and the flags
+    # after them get no version (nothing changes batch_sizes in place).
+    ctx.input_versions = [None if t is None else t._version for t in inputs[: activations[-1] + 1]]
 
 
-def _saved_or_recomputed(ctx, recompute):
-    """``(ctx.saved_tensors, False)``, or where only the layer's output was changed in place
-    since the forward (see :func:`_keep_for_recompute`), ``(recompute(ctx), True)``: the
-    saved tuple with the output computed again from the inputs, the same bits (the kernels
-    are deterministic), kept for the next backward of a retained graph. Any other failure
-    (an input changed in place, a graph already freed) is autograd's own error. A backward
-    that finds its saved tensors intact lets go of the inputs: the graph (held as long as
-    the caller holds the loss) would otherwise keep each layer's input alive after the
-    backward has freed its saved tensors."""
+def _output_changed(ctx) -> bool:
+    """The layer's output, still reachable, has changed in place since the forward."""
+    out = getattr(ctx, "out_alias", None)
+    if out is None:
+        ref = getattr(ctx, "out_ref", None)
+        out = ref() if ref is not None else None
+    return out is not None and out._version != ctx.out_version
+
+
+def _intact_inputs(ctx, saved, from_saved):
+    """The forward's inputs (weak references resolved) if none has changed in place since
+    and none is gone, else None. Where ``saved`` (the unpacked saved tensors, under
+    saved_tensors_hooks) holds input ``i`` at ``from_saved[i]``, that one is taken: the
+    hooks may have dropped or copied the forward's own tensor."""
+    inputs = []
+    versions = ctx.input_versions
+    for i, t in enumerate(ctx.inputs):
+        v = versions[i] if i < len(versions) else None
+        kept = saved[from_saved[i]] if saved is not None and i in from_saved else None
+        if kept is not None:
+            inputs.append(kept)
+            continue
+        if isinstance(t, weakref.ref):
+            t = t()
+            if t is None:
+                return None
+        if v is not None and t._version != v:
+            return None
+        inputs.append(t)
+    return inputs
+
+
+def _saved_or_recomputed(ctx, recompute, from_saved):
+    """``(ctx.saved_tensors, False)``, or where the layer's output was changed in place
+    since the forward (see :func:`_keep_for_recompute`), ``(recompute(ctx, inputs), True)``:
+    the saved tuple with the output computed again from the unchanged inputs, the same bits
+    (the kernels are deterministic), through the checked path (a weight whose ``.data`` was
+    replaced is refused there). A graph already freed is autograd's error; an input changed
+    too, or gone, is refused by name."""
     try:
         saved = ctx.saved_tensors
     except RuntimeError as e:
-        if "inplace operation" not in str(e) or not _only_output_changed(ctx):
+        if "inplace operation" not in str(e) or not _output_changed(ctx):
             raise
         saved = None
     # Under saved_tensors_hooks (save_on_cpu, checkpointing, offloading) autograd checks no
-    # version and the hooks may hand back the changed tensor itself: the alias tells.
-    if saved is None or _only_output_changed(ctx):
-        if getattr(ctx, "recomputed", None) is None:
-            with torch.no_grad():
-                ctx.recomputed = recompute(ctx)
-        return ctx.recomputed, True
-    ctx.inputs = ctx.out_alias = None
-    return saved, False
-
-
-def _only_output_changed(ctx) -> bool:
-    """The layer's output changed in place since the forward, and none of its inputs did."""
-    alias = getattr(ctx, "out_alias", None)
-    return (
-        alias is not None
-        and alias._version != ctx.out_version
-        and all(
-            v is None or t._version == v
-            for t, v in zip(ctx.inputs, ctx.input_versions, strict=False)  # versions: a prefix
+    # version and the hooks may hand back the changed tensor itself: the version tells.
+    if saved is not None and not _output_changed(ctx):
+        ctx.out_alias = None  # the weak reference serves a retained graph's next backward
+        return saved, False
+    ctx.out_alias = None
+    inputs = _intact_inputs(ctx, saved, from_saved)
+    if inputs is None:
+        _fail(
+            RuntimeError,
+            "the RNN's output was changed in place after the forward pass, and its states "
+            "cannot be computed again for the backward: an input or weight was changed in "
+            "place too, or is gone; clone the output before changing it",
         )
-    )
+    with torch.no_grad():
+        return recompute(ctx, inputs), True
 
 
 def _refuse_recorded_recompute(recomputed: bool, transformed: bool) -> None:
@@ -640,18 +676,35 @@ def _refuse_recorded_recompute(recomputed: bool, transformed: bool) -> None:
         )
 
 
-def _recompute_layer(ctx):
+def _as_saved(ctx, index: int, h: Tensor) -> Tensor:
+    """A recomputed output ``h`` ([N, H] rows) in the shape the forward saved it in (the
+    lean path's [T, B, H]); refused like _check_saved where the sizes no longer match."""
+    shape = ctx.saved_meta[index][0]
+    if h.numel() != math.prod(shape):
+        _check_saved(ctx, [None] * len(ctx.saved_meta))  # raises: the sizes changed
+    return h.view(shape)
+
+
+# Where the saved tuples hold the inputs: input index -> saved index (x, w_ih, w_hh, h0; and
+# x, each direction's weights and states).
+_LAYER_SAVED_INPUTS = {0: 0, 1: 1, 2: 2, 5: 3}
+_BI_SAVED_INPUTS = {0: 0, 1: 1, 2: 2, 5: 3, 6: 4, 9: 5, 10: 6}
+
+
+def _recompute_layer(ctx, inputs):
     """_EagerLayer's saved tuple with the output ``h`` computed again (see
     :func:`_saved_or_recomputed`)."""
-    x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity = ctx.inputs
-    h, _ = _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity,
-                         ctx.dims)  # fmt: skip
+    x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
+    rows = x.reshape(-1, x.shape[-1])
+    start = h0 if h0 is not None else rows.new_zeros(ctx.B, w_hh.shape[0])
+    h, _ = _forward_impl(rows, w_ih, w_hh, b_ih, b_hh, start, batch_sizes, reverse, nonlinearity)
     needs = ctx.needs_input_grad
+    h = _as_saved(ctx, 4, h)
     return (x if needs[1] else None, w_ih if needs[0] else None, w_hh, h0, h, batch_sizes)
 
 
 def _backward(ctx, grad_h, grad_hn):
-    saved, recomputed = _saved_or_recomputed(ctx, _recompute_layer)
+    saved, recomputed = _saved_or_recomputed(ctx, _recompute_layer, _LAYER_SAVED_INPUTS)
     x, w_ih, w_hh, h0, h, batch_sizes = saved
     _check_saved(ctx, saved)
     needs = ctx.needs_input_grad
@@ -1151,16 +1204,21 @@ class _EagerLayer(torch.autograd.Function):
     # the arguments through inspect.signature on every call (~15 us).
     # dims: (T, B, H) of arguments the caller checked (fast_input_cpu), else None.
     @staticmethod
-    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity, dims):
+    # to_caller: the output goes to the caller (else to the next layer only): see
+    # _keep_for_recompute.
+    def forward(
+        ctx, x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity, dims, to_caller
+    ):
         inputs = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
         output = _forward_impl(*inputs, dims)
-        _setup_context(ctx, inputs, output, dims)
+        ctx.hold_output = to_caller
+        _setup_context(ctx, inputs, output)
         ctx.eager = True
         return output
 
     @staticmethod
     def backward(ctx, grad_h, grad_hn):
-        return (*_backward(ctx, grad_h, grad_hn), None)
+        return (*_backward(ctx, grad_h, grad_hn), None, None)
 
 
 # ---- derivatives under torch.func, forward mode and second order -------------------------
@@ -1529,7 +1587,7 @@ def rnn_layer(
     reverse=False,
     nonlinearity="tanh",
     *,
-    private_output=True,
+    output_to_caller=True,
 ):
     """Differentiable one-layer, one-direction Elman RNN. See the module docstring.
 
@@ -1540,8 +1598,8 @@ def rnn_layer(
     in place before the backward (a residual ``h += x``), an eager backward computes them
     again; a graph compiled for training (torch.compile, torch.export) returns a copy of
     it instead (one pass over it), since there the change would reach the backward
-    silently. ``private_output=False`` skips that copy, for a caller that never hands the
-    output out (the modules' inner layers).
+    silently. ``output_to_caller=False`` is for a caller that never hands the output out
+    (the modules' inner layers): no copy, and the eager backward keeps nothing for it.
     """
     args = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
     if _func_or_forward_ad():
@@ -1551,23 +1609,29 @@ def rnn_layer(
         # The dispatcher would reject a non-tensor before the checks could name it.
         _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
         h, hn = rnn_layer_forward(*args)
-        return (private_when_compiled(h) if private_output else h), hn
+        return (private_when_compiled(h) if output_to_caller else h), hn
     if records_graph(x, w_ih, w_hh, b_ih, b_hh, h0):
-        return _eager_layer_apply(*args, None)
+        return _eager_layer_apply(*args, None, output_to_caller)
     return _forward_impl(*args)
 
 
-def rnn_layer_checked(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity, dims):
+def rnn_layer_checked(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity, dims, output_to_caller=True):
     """:func:`rnn_layer` on padded arguments the caller checked (:func:`fast_input_cpu`,
     :func:`fast_addresses_cpu`, sizes ``dims``), recording the graph: the modules'
     fast path. ``h0`` may be None for a zero state."""
-    return _eager_layer_apply(x, w_ih, w_hh, b_ih, b_hh, h0, _NO_STEPS, False, nonlinearity, dims)
+    return _eager_layer_apply(
+        x, w_ih, w_hh, b_ih, b_hh, h0, _NO_STEPS, False, nonlinearity, dims, output_to_caller
+    )
 
 
-def rnn_bidirectional_layer_checked(x, w_fwd, w_rev, h0_fwd, h0_rev, nonlinearity, dims):
+def rnn_bidirectional_layer_checked(
+    x, w_fwd, w_rev, h0_fwd, h0_rev, nonlinearity, dims, output_to_caller=True
+):
     """:func:`rnn_bidirectional_layer` on checked padded arguments, recording the graph
     (see :func:`rnn_layer_checked`)."""
-    return _eager_bi_layer_apply(x, *w_fwd, *w_rev, h0_fwd, h0_rev, _NO_STEPS, nonlinearity, dims)
+    return _eager_bi_layer_apply(
+        x, *w_fwd, *w_rev, h0_fwd, h0_rev, _NO_STEPS, nonlinearity, dims, output_to_caller
+    )
 
 
 def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
@@ -1628,7 +1692,9 @@ class _EagerBiLayer(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl, dims):
+    def forward(
+        ctx, x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl, dims, to_caller
+    ):
         out, hnf, hnb = _bi_forward_impl(
             x, (wif, whf, bif, bhf), (wib, whb, bib, bhb), h0f, h0b, batch_sizes, nl, dims
         )
@@ -1636,12 +1702,12 @@ class _EagerBiLayer(torch.autograd.Function):
         ctx.nonlinearity = nl
         ctx.B = hnf.shape[-2]
         inputs = (x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl)
-        _keep_for_recompute(ctx, out, inputs, dims, 11)  # x, 4 weights each way, h0 each way
+        _keep_for_recompute(ctx, out, inputs, (0, 9, 10), to_caller)  # see _EagerLayer
         return out, hnf, hnb
 
     @staticmethod
     def backward(ctx, grad_out, grad_hnf, grad_hnb):
-        saved, recomputed = _saved_or_recomputed(ctx, _recompute_bi_layer)
+        saved, recomputed = _saved_or_recomputed(ctx, _recompute_bi_layer, _BI_SAVED_INPUTS)
         _check_saved(ctx, saved)
         x, *weights, out, batch_sizes = saved
         # The lean path's x and output may have other shapes than [N, I] and [N, 2H]
@@ -1661,12 +1727,16 @@ class _EagerBiLayer(torch.autograd.Function):
         return (grads[0].reshape(x_shape), *grads[1:])
 
 
-def _recompute_bi_layer(ctx):
+def _recompute_bi_layer(ctx, inputs):
     """_EagerBiLayer's saved tuple with the output computed again (see
     :func:`_saved_or_recomputed`)."""
-    x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl = ctx.inputs
-    out, _, _ = _bi_forward_impl(x, (wif, whf, bif, bhf), (wib, whb, bib, bhb), h0f, h0b,
-                                 batch_sizes, nl, ctx.dims)  # fmt: skip
+    x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl = inputs
+    rows = x.reshape(-1, x.shape[-1])
+    zeros = rows.new_zeros(ctx.B, whf.shape[0])
+    out, _, _ = _bi_forward_impl(rows, (wif, whf, bif, bhf), (wib, whb, bib, bhb),
+                                 zeros if h0f is None else h0f, zeros if h0b is None else h0b,
+                                 batch_sizes, nl)  # fmt: skip
+    out = _as_saved(ctx, 7, out)
     return (x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes)
 
 
@@ -1727,7 +1797,7 @@ def _direction_grads(needs, d, dw_ih, dw_hh, db, dh0):
 def _bi_grads(dx, grads):
     """_EagerBiLayer.backward's result from dx and both directions' _direction_grads."""
     (*wf, dh0f), (*wr, dh0b) = grads
-    return (dx, *wf, *wr, dh0f, dh0b, None, None, None)
+    return (dx, *wf, *wr, dh0f, dh0b, None, None, None, None)
 
 
 def _bi_backward_recorded(ctx, saved, grads):
@@ -1762,7 +1832,9 @@ def _bi_backward_recorded(ctx, saved, grads):
 _eager_bi_layer_apply = super(torch.autograd.Function, _EagerBiLayer).apply
 
 
-def rnn_bidirectional_layer(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity="tanh"):
+def rnn_bidirectional_layer(
+    x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity="tanh", *, output_to_caller=True
+):
     """Both directions of one bidirectional layer: ``(out [N, 2H], hn_fwd, hn_rev)``.
 
     ``w_fwd`` and ``w_rev`` are ``(w_ih, w_hh, b_ih, b_hh)`` (biases may be None). Plain
@@ -1782,8 +1854,9 @@ def rnn_bidirectional_layer(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlin
     ):
         args = (x, *w_fwd, *w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity)
         if records_graph(x, *w_fwd, *w_rev, h0_fwd, h0_rev):
-            return _eager_bi_layer_apply(*args, None)
+            return _eager_bi_layer_apply(*args, None, output_to_caller)
         return _bi_forward_impl(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity)
-    hf, hnf = rnn_layer(x, *w_fwd, h0_fwd, batch_sizes, False, nonlinearity)
-    hb, hnb = rnn_layer(x, *w_rev, h0_rev, batch_sizes, True, nonlinearity)
+    # The concatenation is a new tensor: neither direction's output reaches the caller.
+    hf, hnf = rnn_layer(x, *w_fwd, h0_fwd, batch_sizes, False, nonlinearity, output_to_caller=False)
+    hb, hnb = rnn_layer(x, *w_rev, h0_rev, batch_sizes, True, nonlinearity, output_to_caller=False)
     return torch.cat((hf, hb), 1), hnf, hnb

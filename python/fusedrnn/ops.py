@@ -247,7 +247,9 @@ def _dense(t: Tensor | None) -> Tensor | None:
     """``t`` as the kernels read it through its address: contiguous, with a negative bit
     resolved into the values (``z.conj().imag`` is a float view whose sign lives in a flag,
     not in memory). None stays None; a tensor that already is so comes back as itself."""
-    return None if t is None else t.resolve_neg().contiguous()
+    if t is None or (t.is_contiguous() and not t.is_neg()):  # checks: cheaper than the calls
+        return t
+    return t.resolve_neg().contiguous()
 
 
 def _no_zeros_flag(t: Tensor | None) -> Tensor | None:
@@ -1360,11 +1362,12 @@ def _recorded_or_transformed(*grads) -> bool:
     vmap (``autograd.grad(..., is_grads_batched=True)``, ``autograd.functional`` with
     ``vectorize=True``), which no torch.func interpreter announces: the kernels may not be
     called on raw pointers then."""
-    return (
-        torch.is_grad_enabled()
-        or _func_or_forward_ad()
-        or any(g is not None and _is_legacy_batched(g) for g in grads)
-    )
+    if torch.is_grad_enabled() or _func_or_forward_ad():
+        return True
+    for g in grads:
+        if g is not None and _is_legacy_batched(g):
+            return True
+    return False
 
 
 def _transforms() -> list:

@@ -1025,6 +1025,34 @@ def test_output_changed_in_place_in_a_function_that_returns_the_loss():
         torch.testing.assert_close(g, w, **TOL[f64])
 
 
+@pytest.mark.parametrize("batch_first", [False, True], ids=["TB", "BT"])
+def test_output_changed_in_place_with_a_frozen_input_weight(batch_first):
+    """With weight_ih frozen the layer does not save x; x (here the lean path's time-major
+    copy, or an embedding's output) is gone by the backward, and the recomputation needs
+    it: the layer holds it up to its first backward (it raised before)."""
+    ref, ours = _rnn_pair(f64, input_size=3, hidden_size=4, num_layers=2, batch_first=batch_first)
+    for m in (ref, ours):
+        m.weight_ih_l0.requires_grad_(False)
+        m.weight_ih_l1.requires_grad_(False)
+    emb = nn.Embedding(7, 3, dtype=f64)
+    tokens = torch.randint(0, 7, (5, 2))
+    grads = []
+    for m in (ref, ours):
+        emb.weight.grad = None
+
+        def loss_of(m=m):
+            out, _ = m(emb(tokens))
+            out.mul_(2)
+            return out.square().sum()
+
+        loss_of().backward()
+        grads.append(
+            [emb.weight.grad.clone(), *(p.grad for p in m.parameters() if p.requires_grad)]
+        )
+    for g, w in zip(*reversed(grads), strict=True):
+        torch.testing.assert_close(g, w, **TOL[f64])
+
+
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_checkpointed_layers_hold_no_activations(bidirectional):
     """Under activation checkpointing the layers' inputs and outputs are autograd's to drop:

@@ -541,8 +541,10 @@ def _add_to_last_rows(e: Tensor, g: Tensor, batch_sizes: Tensor, reverse: bool) 
 def _setup_context(ctx, inputs, output):
     x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
     h, _ = output
-    # The registered op's callers are unknown: nothing held (the eager layers hold more).
-    _keep_for_recompute(ctx, h, inputs, (0, 5), getattr(ctx, "hold_output", False))
+    # The registered op's callers are unknown: its output not held (the eager layers may).
+    _keep_for_recompute(
+        ctx, h, inputs, (0, 5), getattr(ctx, "hold_output", False), ctx.needs_input_grad[1]
+    )
     needs = ctx.needs_input_grad
     # The lean path's x (and its own h, hn) may come in other shapes than [N, I] (see
     # _forward_impl's dims): the backward reads them as rows and returns dx in x's shape.
@@ -574,34 +576,57 @@ def _check_saved(ctx, saved) -> None:
         )
 
 
-def _keep_for_recompute(ctx, out, inputs, activations, hold_output) -> None:
+def _keep_for_recompute(ctx, out, inputs, activations, hold_output, saved_x=True) -> None:
     """What a layer's backward needs when the caller changed its output ``out`` in place
     between the forward and the backward (a residual ``out += x``, ``relu_(out)``):
     torch.nn.RNN allows that, as its saved states are not the tensor it returns, but ours
     are. ``out``'s version tells that case from the others; the inputs, and their
     versions (one changed in place is refused), let the backward compute the states again.
 
-    The inputs at ``activations`` (x, h0) are held weakly (autograd's saved tensors keep
-    them alive up to this backward; a strong reference would keep them after it while the
-    caller holds the loss, and through activation checkpointing); the rest are weights.
-    The output is held through a detached alias up to the first backward where
-    ``hold_output`` (the caller may drop its last reference before the backward, and
-    autograd frees it on the way), and weakly after that or else. Nothing is kept while a
-    graph is traced (``out`` is then not a plain tensor): compiled training copies the
-    output instead (:func:`private_when_compiled`)."""
+    Held strongly up to the first backward only (:func:`_release_kept`), weakly after: the
+    output where ``hold_output`` (the caller may drop its last reference before the
+    backward, and autograd frees it on the way), ``x`` where the layer does not save it
+    (``saved_x`` false: a frozen ``w_ih``), and weights that are not parameters (autocast's
+    casts, functional_call's tensors). The states and a saved ``x`` (the ``activations``)
+    are held weakly from the start: autograd's saved tensors keep them alive up to the
+    backward, and a strong reference would keep them through activation checkpointing and
+    after the backward while the caller holds the loss. Nothing is kept while a graph is
+    traced (``out`` is then not a plain tensor): compiled training copies the output
+    instead (:func:`private_when_compiled`)."""
     if type(out) is not Tensor:
         return
     ctx.out_ref = weakref.ref(out)
     ctx.out_alias = out.detach() if hold_output else None
     ctx.out_version = out._version
     kept = list(inputs)
-    for i in activations:
-        if kept[i] is not None:
-            kept[i] = weakref.ref(kept[i])
-    ctx.inputs = kept
+    versions = []
+    strong = []
     # The tensors lead the inputs (up to the last activation); batch_sizes and the flags
     # after them get no version (nothing changes batch_sizes in place).
-    ctx.input_versions = [None if t is None else t._version for t in inputs[: activations[-1] + 1]]
+    for i in range(activations[-1] + 1):
+        t = kept[i]
+        if t is None:
+            versions.append(None)
+            continue
+        versions.append(t._version)
+        if i in activations and (i != 0 or saved_x):
+            kept[i] = weakref.ref(t)
+        elif i == 0 or type(t) is not torch.nn.Parameter:
+            strong.append(i)
+    ctx.inputs = kept
+    ctx.input_versions = versions
+    ctx.strong_inputs = strong
+
+
+def _release_kept(ctx) -> None:
+    """After a backward: what _keep_for_recompute held strongly, held weakly (a retained
+    graph's next backward still finds what the caller or autograd keeps alive)."""
+    ctx.out_alias = None
+    strong = getattr(ctx, "strong_inputs", None)
+    if strong:
+        for i in strong:
+            ctx.inputs[i] = weakref.ref(ctx.inputs[i])
+        ctx.strong_inputs = None
 
 
 def _output_changed(ctx) -> bool:
@@ -652,10 +677,10 @@ def _saved_or_recomputed(ctx, recompute, from_saved):
     # Under saved_tensors_hooks (save_on_cpu, checkpointing, offloading) autograd checks no
     # version and the hooks may hand back the changed tensor itself: the version tells.
     if saved is not None and not _output_changed(ctx):
-        ctx.out_alias = None  # the weak reference serves a retained graph's next backward
+        _release_kept(ctx)
         return saved, False
-    ctx.out_alias = None
     inputs = _intact_inputs(ctx, saved, from_saved)
+    _release_kept(ctx)
     if inputs is None:
         _fail(
             RuntimeError,

@@ -25,6 +25,11 @@ tangent ``u_t = phi'(h_t) (Q_t + u_prev W_hh^T)`` is that recurrence too
 mode and their compositions all run on the BPTT kernel and match torch.nn.RNN.
 
 :func:`check_layer_args` is the one place that validates tensors before they reach C++.
+
+The backward reads the layer's output as its saved states. A caller may change that output
+in place before the backward, as torch.nn.RNN allows: the eager backward then computes the
+states again (:func:`_keep_for_recompute`, :func:`_saved_or_recomputed`), and a graph
+compiled or exported for training returns a copy of it (:func:`private_when_compiled`).
 """
 
 from __future__ import annotations

@@ -375,6 +375,18 @@ def test_unknown_mode_raises_like_nn_rnn():
             m(x)
 
 
+def test_conversion_keeps_the_activation_the_source_runs():
+    """nn.RNN runs by mode: a converted module takes its activation from there, not from a
+    nonlinearity assigned after construction (which the source ignores)."""
+    ref = nn.RNN(3, 4)
+    ref.nonlinearity = "relu"  # ignored by nn.RNN
+    x = torch.randn(5, 2, 3)
+    ours = fusedrnn.RNN.from_torch(ref)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], **TOL[f32])
+    back = ours.to_torch()
+    torch.testing.assert_close(back(x)[0], ref(x)[0], **TOL[f32])
+
+
 def test_conversion_both_ways():
     ref = nn.RNN(3, 4, 2, nonlinearity="relu", batch_first=True).eval()
     ours = fusedrnn.RNN.from_torch(ref)
@@ -1051,6 +1063,39 @@ def test_output_changed_in_place_with_a_frozen_input_weight(batch_first):
         )
     for g, w in zip(*reversed(grads), strict=True):
         torch.testing.assert_close(g, w, **TOL[f64])
+
+
+@pytest.mark.skipif(
+    not fusedrnn._C.cpu_has_bf16(), reason="the bfloat16 kernels need a CPU with AVX512_BF16"
+)
+def test_output_changed_in_place_inside_a_model_under_autocast():
+    """Under CPU autocast the layers run the registered op, whose setup_context learns from
+    rnn_layer that the output goes to the caller: a model that changes it in place and
+    returns something else (the output gone before the backward) gets nn.RNN's gradients
+    (autograd's error before)."""
+
+    class Model(nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.rnn, self.fc = rnn, nn.Linear(4, 2)
+
+        def forward(self, x):
+            out, _ = self.rnn(x)
+            torch.relu_(out)
+            return self.fc(out)
+
+    ref, ours = _rnn_pair(f32, input_size=3, hidden_size=4, num_layers=2)
+    x = torch.randn(5, 2, 3)
+    grads = []
+    for rnn in (ref, ours):
+        torch.manual_seed(0)
+        model = Model(rnn)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().square().sum()
+        loss.backward()
+        grads.append([p.grad.float() for p in rnn.parameters()])
+    for g, w in zip(*reversed(grads), strict=True):
+        torch.testing.assert_close(g, w, rtol=0.05, atol=0.05)  # bfloat16 roundings
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])

@@ -69,8 +69,8 @@ def positive_float(text: str) -> float:
 
 
 def seed(text: str) -> int:
-    """An argparse type for a seed: an integer in ``0..2**63 - 1``, the range that both
-    ``torch.manual_seed`` and ``numpy.random.default_rng`` take."""
+    """An argparse type for a seed: an integer in ``0..2**63 - 1``, a range that both
+    ``torch.manual_seed`` and ``numpy.random.default_rng`` take (they take more)."""
     try:
         value = int(text)
     except ValueError:

@@ -80,11 +80,17 @@ _CELL_ARGS = ("input_size", "hidden_size", "bias", "nonlinearity")
 
 
 def _rebuild(cls: type[nn.Module], source: nn.Module, arg_names: tuple[str, ...]):
-    """A ``cls`` built with ``source``'s arguments, device and dtype, weights and mode."""
+    """A ``cls`` built with ``source``'s arguments, device and dtype, weights and training
+    flag. An RNN's activation is the one it runs by, its ``mode`` (nn.RNN ignores a
+    ``nonlinearity`` assigned after construction)."""
     weight = source.weight_hh if isinstance(source, nn.RNNCellBase) else source.weight_hh_l0
-    module = cls(
-        *(getattr(source, name) for name in arg_names), device=weight.device, dtype=weight.dtype
-    )
+
+    def arg(name):
+        if name == "nonlinearity" and isinstance(source, nn.RNNBase):
+            return _MODE_ACTIVATION.get(source.mode, source.nonlinearity)
+        return getattr(source, name)
+
+    module = cls(*(arg(name) for name in arg_names), device=weight.device, dtype=weight.dtype)
     module.load_state_dict(source.state_dict())
     return module.train(source.training)
 

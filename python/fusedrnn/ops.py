@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import threading
 import weakref
 
 import torch
@@ -546,10 +547,11 @@ def _add_to_last_rows(e: Tensor, g: Tensor, batch_sizes: Tensor, reverse: bool) 
 def _setup_context(ctx, inputs, output):
     x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
     h, _ = output
-    # The registered op's callers are unknown: its output not held (the eager layers may).
-    _keep_for_recompute(
-        ctx, h, inputs, (0, 5), getattr(ctx, "hold_output", False), ctx.needs_input_grad[1]
-    )
+    # The eager layers set hold_output; the registered op learns it from rnn_layer (its
+    # call under autocast, say), and holds nothing called otherwise.
+    hold = getattr(ctx, "hold_output", None)
+    hold = getattr(_CALL, "output_to_caller", False) if hold is None else hold
+    _keep_for_recompute(ctx, h, inputs, (0, 5), hold, ctx.needs_input_grad[1])
     needs = ctx.needs_input_grad
     # The lean path's x (and its own h, hn) may come in other shapes than [N, I] (see
     # _forward_impl's dims): the backward reads them as rows and returns dx in x's shape.
@@ -579,6 +581,10 @@ def _check_saved(ctx, saved) -> None:
             "a tensor saved for backward changed its shape, dtype or device after the forward "
             "pass (was a parameter's .data replaced?)",
         )
+
+
+# Per-thread flags of the call in progress (rnn_layer -> the registered op's setup_context).
+_CALL = threading.local()
 
 
 def _keep_for_recompute(ctx, out, inputs, activations, hold_output, saved_x=True) -> None:
@@ -1641,7 +1647,13 @@ def rnn_layer(
     if not _plain_eager(x, w_ih, w_hh, b_ih, b_hh, h0):
         # The dispatcher would reject a non-tensor before the checks could name it.
         _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
-        h, hn = rnn_layer_forward(*args)
+        # The registered op's setup_context cannot take the flag (it gets the op's
+        # arguments): it reads it here, in this thread, during the call.
+        _CALL.output_to_caller = output_to_caller
+        try:
+            h, hn = rnn_layer_forward(*args)
+        finally:
+            _CALL.output_to_caller = False
         return (private_when_compiled(h) if output_to_caller else h), hn
     if records_graph(x, w_ih, w_hh, b_ih, b_hh, h0):
         return _eager_layer_apply(*args, None, output_to_caller)

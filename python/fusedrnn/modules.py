@@ -440,7 +440,7 @@ class RNN(nn.RNNBase):
         layer_input = x
         for layer in range(self.num_layers):
             weights = [self._layer_weights(layer, d) for d in range(num_directions)]
-            _check_weight_devices(input, *weights[0], *weights[-1])
+            _check_weight_devices(input, *(w for direction in weights for w in direction))
             if num_directions == 2:
                 # Both directions at once: they write the two halves of one output.
                 layer_input, hn_fwd, hn_rev = ops.rnn_bidirectional_layer(

@@ -545,13 +545,15 @@ def _add_to_last_rows(e: Tensor, g: Tensor, batch_sizes: Tensor, reverse: bool) 
 
 
 def _setup_context(ctx, inputs, output):
+    """The registered op's setup_context: :func:`_setup_layer`, with the flag rnn_layer set
+    for the call (none when the op is called otherwise)."""
+    _setup_layer(ctx, inputs, output, getattr(_CALL, "output_to_caller", False))
+
+
+def _setup_layer(ctx, inputs, output, output_to_caller):
     x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
     h, _ = output
-    # The eager layers set hold_output; the registered op learns it from rnn_layer (its
-    # call under autocast, say), and holds nothing called otherwise.
-    hold = getattr(ctx, "hold_output", None)
-    hold = getattr(_CALL, "output_to_caller", False) if hold is None else hold
-    _keep_for_recompute(ctx, h, inputs, (0, 5), hold, ctx.needs_input_grad[1])
+    _keep_for_recompute(ctx, h, inputs, (0, 5), output_to_caller, ctx.needs_input_grad[1])
     needs = ctx.needs_input_grad
     # The lean path's x (and its own h, hn) may come in other shapes than [N, I] (see
     # _forward_impl's dims): the backward reads them as rows and returns dx in x's shape.
@@ -576,11 +578,15 @@ def _check_saved(ctx, saved) -> None:
     """The kernels trust the sizes the forward pass checked: refuse saved tensors changed
     since (a parameter's .data replaced between forward and backward)."""
     if _meta(saved) != ctx.saved_meta:
-        _fail(
-            RuntimeError,
-            "a tensor saved for backward changed its shape, dtype or device after the forward "
-            "pass (was a parameter's .data replaced?)",
-        )
+        _refuse_changed_saved()
+
+
+def _refuse_changed_saved() -> None:
+    _fail(
+        RuntimeError,
+        "a tensor saved for backward changed its shape, dtype or device after the forward "
+        "pass (was a parameter's .data replaced?)",
+    )
 
 
 # Per-thread flags of the call in progress (rnn_layer -> the registered op's setup_context).
@@ -716,10 +722,10 @@ def _refuse_recorded_recompute(recomputed: bool, transformed: bool) -> None:
 
 def _as_saved(ctx, index: int, h: Tensor) -> Tensor:
     """A recomputed output ``h`` ([N, H] rows) in the shape the forward saved it in (the
-    lean path's [T, B, H]); refused like _check_saved where the sizes no longer match."""
+    lean path's [T, B, H]); refused as in _check_saved where the sizes no longer match."""
     shape = ctx.saved_meta[index][0]
     if h.numel() != math.prod(shape):
-        _check_saved(ctx, [None] * len(ctx.saved_meta))  # raises: the sizes changed
+        _refuse_changed_saved()
     return h.view(shape)
 
 
@@ -1249,8 +1255,7 @@ class _EagerLayer(torch.autograd.Function):
     ):
         inputs = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
         output = _forward_impl(*inputs, dims)
-        ctx.hold_output = to_caller
-        _setup_context(ctx, inputs, output)
+        _setup_layer(ctx, inputs, output, to_caller)
         ctx.eager = True
         return output
 

@@ -47,8 +47,10 @@ struct TanhConst<double> {
                                          1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
 };
 
+// Always inlined: GCC 12 warns (-Wuninitialized, a false positive in its own AVX-512
+// headers' _mm512_undefined) when it keeps this body out of line.
 template <class V>
-inline typename V::reg vtanh(typename V::reg x) {
+__attribute__((always_inline)) inline typename V::reg vtanh(typename V::reg x) {
   using T = typename V::scalar_t;
   using R = typename V::reg;
   using C = TanhConst<T>;
@@ -57,9 +59,25 @@ inline typename V::reg vtanh(typename V::reg x) {
   const R n = V::round(V::mul(y, V::set1(C::log2e)));
   R r = V::fma(n, V::set1(-C::ln2_hi), y);
   r = V::fma(n, V::set1(-C::ln2_lo), r);
-  R p = V::set1(C::coef[C::ncoef - 1]);
-  for (int i = C::ncoef - 2; i >= 0; --i) p = V::fma(p, r, V::set1(C::coef[i]));
-  p = V::fma(V::mul(r, r), p, r);  // expm1(r)
+  // Estrin's scheme: c0 + c1 r, c2 + c3 r, ..., then those in pairs with r^2, then r^4, ...:
+  // about the operations of Horner's rule with a dependency chain of log2(ncoef) fmas
+  // instead of ncoef - 1 (tanh_array 0.241 -> 0.221 ns per float, 0.663 -> 0.593 per double,
+  // C++ harness; same maximum error, 3 ulp).
+  constexpr int NQ = (C::ncoef + 1) / 2;
+  R q[NQ];
+#pragma GCC unroll 8
+  for (int i = 0; i < NQ; ++i)
+    q[i] = 2 * i + 1 < C::ncoef ? V::fma(V::set1(C::coef[2 * i + 1]), r, V::set1(C::coef[2 * i]))
+                                : V::set1(C::coef[2 * i]);
+  R pw = V::mul(r, r);
+#pragma GCC unroll 4
+  for (int len = NQ; len > 1; len = (len + 1) / 2) {
+#pragma GCC unroll 8
+    for (int i = 0; i < len / 2; ++i) q[i] = V::fma(q[2 * i + 1], pw, q[2 * i]);
+    if (len % 2) q[len / 2] = q[len - 1];
+    pw = V::mul(pw, pw);
+  }
+  const R p = V::fma(V::mul(r, r), q[0], r);  // expm1(r)
   const R one = V::set1(T(1));
   const R two_n = V::scale2n(one, n);
   const R e = V::add(V::scale2n(p, n), V::sub(two_n, one));  // 2^n - 1 is exact
@@ -215,6 +233,22 @@ inline void micro_kernel(int64_t K, const typename V::scalar_t* a, int64_t lda,
     for (int v = 0; v < NV; ++v) V::store(out + r * NV * W + v * W, c[r][v]);
 }
 
+// Pulls rows [0, rows) x columns [j0, j0 + ncols) of p (rows ld apart) into L1: a tile's
+// epilogue operands, requested before its micro-kernel runs (K steps of fmas, far longer
+// than the loads take), so the epilogue finds them there. Without it the epilogue stalled
+// on them: BPTT's h and output gradient, ~half of the epilogue's samples in a float64
+// B64-H256 profile. A prefetch never faults, so the edge lines need no care.
+template <typename T>
+inline void prefetch_tile(const T* p, int64_t ld, int64_t rows, int64_t j0, int64_t ncols) {
+  if (!p) return;
+  if (ld == 0) rows = 1;  // one row for every row (a broadcast bias)
+  for (int64_t r = 0; r < rows; ++r) {
+    const char* b = reinterpret_cast<const char*>(p + r * ld + j0);
+    const char* e = reinterpret_cast<const char*>(p + r * ld + j0 + ncols);
+    for (; b < e; b += 64) __builtin_prefetch(b, 0, 3);
+  }
+}
+
 // One tile: rows [0, MR) of a, panels [p, p + NP), epilogue on the valid columns.
 template <class V, int MR, int NP, bool ATRANS>
 void tile(int64_t K, const typename V::scalar_t* a, int64_t lda, const typename V::scalar_t* bp,
@@ -239,9 +273,14 @@ void tile(int64_t K, const typename V::scalar_t* a, int64_t lda, const typename 
     ci = acc;
     ldci = NV * V::W;
   }
+  const cpu::Epilogue<T> e = ep_rows(ep, r0);
+  if constexpr (MR >= 4) {  // (a few rows' operands stay in cache, and their tiles are short)
+    prefetch_tile(e.x1, e.ld1, MR, j0, ncols);
+    if (e.kind == cpu::EpKind::kActGrad) prefetch_tile(e.x2, e.ld2, MR, j0, ncols);
+  }
   micro_kernel<V, MR, NP, ATRANS>(K, ATRANS ? a + r0 : a + r0 * lda, lda, bp + p * pstride, pstride,
                                   ci, ldci, acc);
-  apply_epilogue<V>(ep_rows(ep, r0), MR, j0, ncols, acc, NV * V::W, true);
+  apply_epilogue<V>(e, MR, j0, ncols, acc, NV * V::W, true);
 }
 
 template <class V, int MR, bool ATRANS>

@@ -237,15 +237,16 @@ inline void micro_kernel(int64_t K, const typename V::scalar_t* a, int64_t lda,
 // epilogue operands, requested before its micro-kernel runs (K steps of fmas, far longer
 // than the loads take), so the epilogue finds them there. Without it the epilogue stalled
 // on them: BPTT's h and output gradient, ~half of the epilogue's samples in a float64
-// B64-H256 profile. A prefetch never faults, so the edge lines need no care.
+// B64-H256 profile. (Every address requested lies in the row's columns; a line it starts
+// may reach past them, which a prefetch, never faulting, does not mind.)
 template <typename T>
 inline void prefetch_tile(const T* p, int64_t ld, int64_t rows, int64_t j0, int64_t ncols) {
   if (!p) return;
   if (ld == 0) rows = 1;  // one row for every row (a broadcast bias)
+  const int64_t bytes = ncols * int64_t(sizeof(T));
   for (int64_t r = 0; r < rows; ++r) {
-    const char* b = reinterpret_cast<const char*>(p + r * ld + j0);
-    const char* e = reinterpret_cast<const char*>(p + r * ld + j0 + ncols);
-    for (; b < e; b += 64) __builtin_prefetch(b, 0, 3);
+    const char* row = reinterpret_cast<const char*>(p + r * ld + j0);
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b, 0, 3);
   }
 }
 

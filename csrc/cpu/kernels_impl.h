@@ -47,6 +47,19 @@ struct TanhConst<double> {
                                          1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
 };
 
+// Estrin's scheme, one level: q[i] = q[2i] + q[2i+1] * pw for the LEN terms (the odd one
+// out carried up), then the next level with pw^2, down to q[0]. (A template per level,
+// so that every loop has a constant trip count.)
+template <class V, int LEN>
+__attribute__((always_inline)) inline void estrin_combine(typename V::reg* q, typename V::reg pw) {
+  if constexpr (LEN > 1) {
+#pragma GCC unroll 8
+    for (int i = 0; i < LEN / 2; ++i) q[i] = V::fma(q[2 * i + 1], pw, q[2 * i]);
+    if constexpr (LEN % 2 == 1) q[LEN / 2] = q[LEN - 1];
+    estrin_combine<V, (LEN + 1) / 2>(q, V::mul(pw, pw));
+  }
+}
+
 // Always inlined: GCC 12 warns (-Wuninitialized, a false positive in its own AVX-512
 // headers' _mm512_undefined) when it keeps this body out of line.
 template <class V>
@@ -69,14 +82,7 @@ __attribute__((always_inline)) inline typename V::reg vtanh(typename V::reg x) {
   for (int i = 0; i < NQ; ++i)
     q[i] = 2 * i + 1 < C::ncoef ? V::fma(V::set1(C::coef[2 * i + 1]), r, V::set1(C::coef[2 * i]))
                                 : V::set1(C::coef[2 * i]);
-  R pw = V::mul(r, r);
-#pragma GCC unroll 4
-  for (int len = NQ; len > 1; len = (len + 1) / 2) {
-#pragma GCC unroll 8
-    for (int i = 0; i < len / 2; ++i) q[i] = V::fma(q[2 * i + 1], pw, q[2 * i]);
-    if (len % 2) q[len / 2] = q[len - 1];
-    pw = V::mul(pw, pw);
-  }
+  estrin_combine<V, NQ>(q, V::mul(r, r));
   const R p = V::fma(V::mul(r, r), q[0], r);  // expm1(r)
   const R one = V::set1(T(1));
   const R two_n = V::scale2n(one, n);

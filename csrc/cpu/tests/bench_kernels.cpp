@@ -2,6 +2,8 @@
 // product (2*N*H*H flops per pass) at the sizes of issue 4, forward and BPTT, per team size.
 //   build/cpu-tests/bench_kernels [reps]      the table below
 //   build/cpu-tests/bench_kernels reps B H T [f64]      one shape
+//   build/cpu-tests/bench_kernels gemm                  the GEMMs of the large rows
+//   build/cpu-tests/bench_kernels gemm M N K at bt [f64]   one product (at, bt: 0 or 1)
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -82,16 +84,18 @@ static void bench_tanh() {
 }
 
 // C[M,N] = op(A) op(B): the input projection (x W_ih^T), dX (dP W_ih), dW (dP^T x).
-static void bench_gemm(int64_t M, int64_t N, int64_t K, bool at, bool bt, int nt) {
-  std::vector<float> A(M * K, 0.5f), B(K * N, 0.25f), C(M * N);
+template <typename T = float>
+static void bench_gemm(int64_t M, int64_t N, int64_t K, bool at, bool bt, int nt, int reps = 5) {
+  std::vector<T> A(M * K, T(0.5)), B(K * N, T(0.25)), C(M * N);
   const double t = min_seconds(
       [&] {
-        gemm_cpu<float>(M, N, K, A.data(), at ? M : K, at, B.data(), bt ? K : N, bt, C.data(), N,
-                        nullptr, false, nt);
+        gemm_cpu<T>(M, N, K, A.data(), at ? M : K, at, B.data(), bt ? K : N, bt, C.data(), N,
+                    nullptr, false, nt);
       },
-      5);
-  std::printf("gemm f32 M=%-6ld N=%-5ld K=%-6ld at=%d bt=%d threads=%d  %8.3f ms %7.1f GFLOP/s\n",
-              long(M), long(N), long(K), at, bt, nt, t * 1e3, 2.0 * M * N * K / t / 1e9);
+      reps);
+  std::printf("gemm %s M=%-6ld N=%-5ld K=%-6ld at=%d bt=%d threads=%d  %8.3f ms %7.1f GFLOP/s\n",
+              sizeof(T) == 4 ? "f32" : "f64", long(M), long(N), long(K), at, bt, nt, t * 1e3,
+              2.0 * M * N * K / t / 1e9);
 }
 
 int main(int argc, char** argv) {
@@ -99,6 +103,18 @@ int main(int argc, char** argv) {
   std::printf("isa: %s\n", cpu_isa());
   bench_tanh<float>();
   bench_tanh<double>();
+  if (argc > 6 && std::string(argv[1]) == "gemm") {  // gemm M N K at bt [f64]
+    const bool f64 = argc > 7 && std::string(argv[7]) == "f64";
+    const int64_t M = std::atoll(argv[2]), N = std::atoll(argv[3]), K = std::atoll(argv[4]);
+    const bool at = std::atoi(argv[5]) != 0, bt = std::atoi(argv[6]) != 0;
+    for (int nt : {1, 2}) {
+      if (f64)
+        bench_gemm<double>(M, N, K, at, bt, nt, 9);
+      else
+        bench_gemm<float>(M, N, K, at, bt, nt, 9);
+    }
+    return 0;
+  }
   if (argc > 1 && std::string(argv[1]) == "gemm") {
     for (int nt : {1, 2}) {
       bench_gemm(25600, 1024, 1024, false, true, nt);   // x W_ih^T

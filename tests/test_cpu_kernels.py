@@ -74,6 +74,35 @@ def test_bitwise_identical_for_1_and_2_threads(
         assert torch.equal(a, b), "results differ between 1 and 2 threads"
 
 
+# Input size = H and more than 1024 rows (T * B): the weight gradients run as one pair of
+# products that share the threads (gemm_cpu_pair), padded and packed (dW_hh by rows).
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_weight_gradient_pair_bitwise_for_1_and_2_threads_and_right(restore_threads, dtype, packed):
+    torch.manual_seed(0)
+    B, H, T = 40, 64, 48  # packed: ~1440 rows
+    module = fusedrnn.RNN(H, H, dtype=dtype)
+    ref = torch.nn.RNN(H, H, dtype=dtype)  # the same dtype: the same random output gradient
+    ref.load_state_dict(module.state_dict())
+    hx = torch.randn(1, B, H, dtype=dtype)
+    if packed:
+        lengths = sorted(torch.randint(T // 2, T + 1, (B,)).tolist(), reverse=True)
+        lengths[0] = T
+        seqs = [torch.randn(n, H, dtype=dtype) for n in lengths]
+        x = pack_sequence(seqs)
+        one, two = _run_module_packed(module, x, hx, 1), _run_module_packed(module, x, hx, 2)
+        want = _run_module_packed(ref, x, hx, 2)
+    else:
+        x = torch.randn(T, B, H, dtype=dtype)
+        one, two = _run_module(module, x, hx, 1), _run_module(module, x, hx, 2)
+        want = _run_module(ref, x, hx, 2)
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b), "results differ between 1 and 2 threads"
+    tol = {torch.float32: 1e-4, torch.float64: 1e-10}[dtype]
+    for got, exp in zip(one, want, strict=True):
+        assert torch.allclose(got, exp, rtol=tol, atol=tol), (got - exp).abs().max()
+
+
 def _run_module_packed(module, x, hx, threads):
     torch.set_num_threads(threads)
     module.zero_grad()

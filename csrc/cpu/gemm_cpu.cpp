@@ -200,9 +200,9 @@ int threads_for(int64_t M, int64_t N, int64_t K, int num_threads) {
   return std::max(nt, 1);
 }
 
-// The packed product of g (g.npanels set) on nt threads.
+// The K blocks and the split of g (g.npanels set) for a team of nt threads.
 template <typename T>
-void run_packed(GemmJob<T>& g, int nt) {
+void plan_packed(GemmJob<T>& g, int nt) {
   // One K block up to 1024 (a tile's panel slice then streams from L2, which the
   // micro-kernel sustains); beyond, equal blocks of at most 512 that continue from C
   // (a multiple of the table's kstep, so no k group straddles two blocks).
@@ -219,6 +219,13 @@ void run_packed(GemmJob<T>& g, int nt) {
   // columns).
   const bool copy_rows = g.k->gemm_acc && g.a_trans && g.M >= g.N;
   g.split_cols = (g.npanels >= 4 * nt || g.npanels >= g.M) && !copy_rows;
+}
+
+// The packed product of g (g.npanels set) on nt threads.
+template <typename T>
+void run_packed(GemmJob<T>& g, int nt) {
+  plan_packed(g, nt);
+  const int64_t K = g.K;
   // The float32 sums: up to 1 MB kept by the calling thread between calls, larger ones
   // (4 MB for a 1024 x 1024 weight gradient) freed after the call, not held.
   thread_local cpu::AlignedBuffer kept;
@@ -301,6 +308,111 @@ void gemm_cpu_rows(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t l
   run_packed(g, threads_for(M, N, K, num_threads));
 }
 
+template <typename scalar_t>
+void gemm_cpu(const GemmArgs<scalar_t>& a, int num_threads) {
+  if (a.b_rows)
+    gemm_cpu_rows<scalar_t>(a.M, a.N, a.K, a.A, a.lda, a.a_trans, a.b_rows, a.C, a.ldc,
+                            a.accumulate, num_threads);
+  else
+    gemm_cpu<scalar_t>(a.M, a.N, a.K, a.A, a.lda, a.a_trans, a.B, a.ldb, a.b_trans, a.C, a.ldc,
+                       nullptr, a.accumulate, num_threads);
+}
+
+namespace {
+
+// Whether gemm_cpu (gemm_cpu_rows when b_rows) runs a as a packed product (not its few-row,
+// few-k or empty paths), and not with float32 sums (the bfloat16 table's buffers).
+template <typename T>
+bool runs_packed(const cpu::KernelTable<T>& k, const GemmArgs<T>& a) {
+  if (a.M <= 0 || a.N <= 0 || a.K <= few_k(k) || k.gemm_acc) return false;
+  return a.b_rows || !(a.M <= 8 && !a.a_trans && (!a.b_trans || !a.accumulate));
+}
+
+template <typename T>
+GemmJob<T> packed_job(const cpu::KernelTable<T>& k, const GemmArgs<T>& a) {
+  return GemmJob<T>{&k,
+                    a.M,
+                    a.N,
+                    a.K,
+                    a.A,
+                    a.lda,
+                    a.a_trans,
+                    a.b_rows ? nullptr : a.B,
+                    a.ldb,
+                    a.b_rows ? false : a.b_trans,
+                    a.C,
+                    a.ldc,
+                    nullptr,
+                    a.accumulate,
+                    (a.N + k.nr - 1) / k.nr,
+                    0,
+                    true,
+                    a.b_rows};
+}
+
+// Threads [0, n0) run the first product, [n0, nt) the second (each gemm_thread with its
+// index and count within its share); a team of one runs both.
+inline int first_share(int nt, double f0, double f1) {
+  const int n0 = int(double(nt) * f0 / (f0 + f1) + 0.5);
+  return std::min(std::max(n0, 1), nt - 1);
+}
+
+template <typename T>
+struct PairJob {
+  GemmJob<T>* job[2];
+  double flops[2];
+};
+
+template <typename T>
+void pair_thread(void* vjob, int tid, int nt) {
+  const PairJob<T>& p = *static_cast<const PairJob<T>*>(vjob);
+  if (nt < 2) {
+    gemm_thread<T>(p.job[0], 0, 1);
+    gemm_thread<T>(p.job[1], 0, 1);
+    return;
+  }
+  const int n0 = first_share(nt, p.flops[0], p.flops[1]);
+  if (tid < n0)
+    gemm_thread<T>(p.job[0], tid, n0);
+  else
+    gemm_thread<T>(p.job[1], tid - n0, nt - n0);
+}
+
+}  // namespace
+
+template <typename scalar_t>
+void gemm_cpu_pair(const GemmArgs<scalar_t>& p, const GemmArgs<scalar_t>& q, int num_threads) {
+  const cpu::KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
+  const int nt =
+      std::min(threads_for(p.M, p.N, p.K, num_threads) + threads_for(q.M, q.N, q.K, num_threads),
+               std::min(num_threads, cpu::hardware_threads()));
+  // Only products of several K blocks (K > 1024, plan_packed): there each row block's
+  // first pass over A comes from memory, and that is what the pair shares (with one K
+  // block, B1-H1024-T100 trained 2% slower paired).
+  if (nt < 2 || !runs_packed(k, p) || !runs_packed(k, q) || p.K <= 1024 || q.K <= 1024) {
+    gemm_cpu(p, num_threads);
+    gemm_cpu(q, num_threads);
+    return;
+  }
+  GemmJob<scalar_t> jp = packed_job(k, p), jq = packed_job(k, q);
+  const double fp = double(p.M) * double(p.N) * double(p.K);
+  const double fq = double(q.M) * double(q.N) * double(q.K);
+  const int n0 = first_share(nt, fp, fq);
+  // Only where the shares fit the products: a thread of the smaller one waiting for the
+  // other costs more than the pair saves (with 2 threads, a bidirectional second layer's
+  // dW_ih [H, 2H] next to dW_hh [H, H]: B32-H256-T200-L2-bidir trained 1.048x slower).
+  const double slowest = std::max(fp / n0, fq / (nt - n0)) / ((fp + fq) / nt);
+  if (slowest > 1.05) {
+    gemm_cpu(p, num_threads);
+    gemm_cpu(q, num_threads);
+    return;
+  }
+  plan_packed(jp, n0);
+  plan_packed(jq, nt - n0);
+  PairJob<scalar_t> pair{{&jp, &jq}, {fp, fq}};
+  cpu::team_run(nt, &pair_thread<scalar_t>, &pair);
+}
+
 template void gemm_cpu<float>(int64_t, int64_t, int64_t, const float*, int64_t, bool, const float*,
                               int64_t, bool, float*, int64_t, const float*, bool, int);
 template void gemm_cpu<double>(int64_t, int64_t, int64_t, const double*, int64_t, bool,
@@ -310,6 +422,10 @@ template void gemm_cpu_rows<float>(int64_t, int64_t, int64_t, const float*, int6
                                    const float* const*, float*, int64_t, bool, int);
 template void gemm_cpu_rows<double>(int64_t, int64_t, int64_t, const double*, int64_t, bool,
                                     const double* const*, double*, int64_t, bool, int);
+template void gemm_cpu<float>(const GemmArgs<float>&, int);
+template void gemm_cpu<double>(const GemmArgs<double>&, int);
+template void gemm_cpu_pair<float>(const GemmArgs<float>&, const GemmArgs<float>&, int);
+template void gemm_cpu_pair<double>(const GemmArgs<double>&, const GemmArgs<double>&, int);
 
 }  // namespace fusedrnn
 
@@ -321,4 +437,7 @@ template void gemm_cpu<bfloat16_t>(int64_t, int64_t, int64_t, const bfloat16_t*,
                                    const bfloat16_t*, bool, int);
 template void gemm_cpu_rows<bfloat16_t>(int64_t, int64_t, int64_t, const bfloat16_t*, int64_t, bool,
                                         const bfloat16_t* const*, bfloat16_t*, int64_t, bool, int);
+template void gemm_cpu<bfloat16_t>(const GemmArgs<bfloat16_t>&, int);
+template void gemm_cpu_pair<bfloat16_t>(const GemmArgs<bfloat16_t>&, const GemmArgs<bfloat16_t>&,
+                                        int);
 }  // namespace fusedrnn

@@ -30,4 +30,37 @@ void gemm_cpu_rows(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t l
                    const scalar_t* const* b_rows, scalar_t* C, int64_t ldc, bool accumulate,
                    int num_threads);
 
+// One product for gemm_cpu_pair: gemm_cpu's arguments (no bias), or gemm_cpu_rows' when
+// b_rows is set (B, ldb and b_trans then unused).
+template <typename scalar_t>
+struct GemmArgs {
+  int64_t M, N, K;
+  const scalar_t* A;
+  int64_t lda;
+  bool a_trans;
+  const scalar_t* B;
+  int64_t ldb;
+  bool b_trans;
+  const scalar_t* const* b_rows;
+  scalar_t* C;
+  int64_t ldc;
+  bool accumulate;
+};
+
+// gemm_cpu, or gemm_cpu_rows when a.b_rows is set.
+template <typename scalar_t>
+void gemm_cpu(const GemmArgs<scalar_t>& a, int num_threads);
+
+// Two independent products (C of one overlapping nothing the other reads or writes) on one
+// team: the threads are shared out between them by their flops, and each product runs
+// on its share as gemm_cpu (gemm_cpu_rows) runs it, so the results are theirs, bit for
+// bit. Where two products read the same long A (dW_ih = dP^T x and dW_hh = dP^T h_prev),
+// each thread then streams A from memory once for twice the columns of B. Products that
+// gemm_cpu would not run on its packed tiles or in one K block (K <= 1024), one thread,
+// shares that would leave a thread
+// waiting (flops more than 5% off the threads' split), or the bfloat16 table (its float32
+// sums have their own buffers): one after the other.
+template <typename scalar_t>
+void gemm_cpu_pair(const GemmArgs<scalar_t>& p, const GemmArgs<scalar_t>& q, int num_threads);
+
 }  // namespace fusedrnn

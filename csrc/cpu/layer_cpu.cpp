@@ -103,8 +103,13 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
   if (dx)
     gemm_cpu<scalar_t>(N, I, H, dP, H, false, w_ih, I, false, dx, I, nullptr, dx_accumulate,
                        num_threads);
-  if (dw_ih)
-    gemm_cpu<scalar_t>(H, I, N, dP, H, true, x, I, false, dw_ih, I, nullptr, false, num_threads);
+  // dW_ih = dP^T x and dW_hh (below) read the same dP: as one pair of products
+  // (gemm_cpu_pair), each thread streams dP from memory once, for the whole of one of them,
+  // where both are long and of about the same size (input size = H).
+  GemmArgs<scalar_t> w_ih_grad{H, I, N, dP, H, true, x, I, false, nullptr, dw_ih, I, false};
+  GemmArgs<scalar_t> w_hh_grad{};
+  const scalar_t* d_first = nullptr;  // + d_first^T h0 after the pair (padded input)
+  std::vector<const scalar_t*> prev;
   if (dw_hh) {
     // dW_hh = sum over rows of d_row^T h_prev(row): h_prev is the same sequence's row at
     // the step walked before, or h0 (zeros when absent) where the sequence started.
@@ -117,27 +122,33 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
       const int64_t K = (T - 1) * B;
       const scalar_t* d_cont = s.reverse ? dP : dP + B * H;
       const scalar_t* h_prev = s.reverse ? h + B * ldh : h;
-      gemm_cpu<scalar_t>(H, H, K, d_cont, H, true, h_prev, ldh, false, dw_hh, H, nullptr, false,
-                         num_threads);
-      if (h0) {
-        const scalar_t* d_first = s.reverse ? dP + K * H : dP;
-        gemm_cpu<scalar_t>(H, H, B, d_first, H, true, h0, H, false, dw_hh, H, nullptr, true,
-                           num_threads);
-      }
+      w_hh_grad = GemmArgs<scalar_t>{H,   H,     K,       d_cont, H, true, h_prev,
+                                     ldh, false, nullptr, dw_hh,  H, false};
+      if (h0) d_first = s.reverse ? dP + K * H : dP;
     } else {
       // Packed (or one_sum): B's row r is h_prev of dP's row r, read where it lies. Step t's rows
       // b < bs[tp] continue from step tp's row b (in the forward direction all of them:
       // the batch sizes do not increase); the others start from h0 (zeros when absent).
-      std::vector<const scalar_t*> prev(static_cast<size_t>(N));
+      prev.resize(static_cast<size_t>(N));
       for (int64_t t = 0; t < T; ++t) {
         const int64_t tp = s.reverse ? t + 1 : t - 1;
         const int64_t cont = (tp >= 0 && tp < T) ? std::min(bs[t], bs[tp]) : 0;
         for (int64_t b = 0; b < bs[t]; ++b)
           prev[off[t] + b] = b < cont ? h + (off[tp] + b) * ldh : (h0 ? h0 + b * H : nullptr);
       }
-      gemm_cpu_rows<scalar_t>(H, H, N, dP, H, true, prev.data(), dw_hh, H, false, num_threads);
+      w_hh_grad =
+          GemmArgs<scalar_t>{H, H, N, dP, H, true, nullptr, 0, false, prev.data(), dw_hh, H, false};
     }
   }
+  if (dw_ih && dw_hh)
+    gemm_cpu_pair<scalar_t>(w_ih_grad, w_hh_grad, num_threads);
+  else if (dw_ih)
+    gemm_cpu<scalar_t>(w_ih_grad, num_threads);
+  else if (dw_hh)
+    gemm_cpu<scalar_t>(w_hh_grad, num_threads);
+  if (d_first)
+    gemm_cpu<scalar_t>(H, H, B, d_first, H, true, h0, H, false, dw_hh, H, nullptr, true,
+                       num_threads);
   if (db) {
     // Column sums in row order (fixed order, no threads needed: one pass over dP).
     std::vector<sum_t<scalar_t>> sums(size_t(H), sum_t<scalar_t>(0));

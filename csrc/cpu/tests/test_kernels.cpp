@@ -289,6 +289,56 @@ static void test_gemm_rows(std::mt19937& rng) {
               sizeof(T) == 4 ? "f32" : "f64", n, g_fail ? "FAILED" : "ok");
 }
 
+// gemm_cpu_pair must give each product's gemm_cpu (gemm_cpu_rows) bits, for any team: the
+// weight gradients' pair (a transposed A shared, one B by rows, several K blocks), unequal
+// shapes, a product too small for the packed tiles, and accumulation into C.
+template <typename T>
+static void test_gemm_pair(std::mt19937& rng) {
+  // {M, N, K} of each product, whether the second reads B by rows, accumulate
+  const int64_t cases[][8] = {
+      {64, 48, 1700, 64, 48, 1690, 1, 0},    {33, 17, 1040, 33, 17, 1039, 0, 1},
+      {40, 300, 1100, 9, 5, 2000, 1, 1},     {20, 20, 5, 20, 20, 500, 0, 0},
+      {3, 10, 1100, 70, 90, 1100, 1, 0},     {1, 1, 1, 1, 1, 1, 0, 0},
+      {64, 48, 1700, 64, 64, 1650, 0, 0},       // unequal: one after the other
+      {64, 64, 700, 64, 64, 690, 0, 0},         // one K block: the same
+      {200, 200, 1500, 200, 200, 1450, 1, 0}};  // a team for each
+  int n = 0;
+  for (auto& c : cases) {
+    std::normal_distribution<double> nd(0, 1);
+    const int64_t M0 = c[0], N0 = c[1], K0 = c[2], M1 = c[3], N1 = c[4], K1 = c[5];
+    const bool rows = c[6] != 0, acc = c[7] != 0;
+    std::vector<T> A0(K0 * M0), B0(K0 * N0), A1(K1 * M1), B1(K1 * N1), C0(M0 * N0), C1(M1 * N1);
+    for (auto* v : {&A0, &B0, &A1, &B1, &C0, &C1})
+      for (auto& e : *v) e = T(nd(rng));
+    std::vector<const T*> b_rows(K1);
+    for (int64_t k = 0; k < K1; ++k) b_rows[k] = k % 7 == 3 ? nullptr : B1.data() + k * N1;
+    for (int nt : {1, 2, 3, 4}) {
+      std::vector<T> w0 = C0, w1 = C1, g0 = C0, g1 = C1;
+      gemm_cpu<T>(M0, N0, K0, A0.data(), M0, true, B0.data(), N0, false, w0.data(), N0, nullptr,
+                  acc, nt);
+      if (rows)
+        gemm_cpu_rows<T>(M1, N1, K1, A1.data(), M1, true, b_rows.data(), w1.data(), N1, acc, nt);
+      else
+        gemm_cpu<T>(M1, N1, K1, A1.data(), M1, true, B1.data(), N1, false, w1.data(), N1, nullptr,
+                    acc, nt);
+      const GemmArgs<T> p{M0, N0,    K0,      A0.data(), M0, true, B0.data(),
+                          N0, false, nullptr, g0.data(), N0, acc};
+      const GemmArgs<T> q{M1,        N1,        K1, A1.data(), M1,
+                          true,      B1.data(), N1, false,     rows ? b_rows.data() : nullptr,
+                          g1.data(), N1,        acc};
+      gemm_cpu_pair<T>(p, q, nt);
+      CHECK(std::memcmp(w0.data(), g0.data(), w0.size() * sizeof(T)) == 0 &&
+                std::memcmp(w1.data(), g1.data(), w1.size() * sizeof(T)) == 0,
+            "gemm_cpu_pair %ldx%ldx%ld + %ldx%ldx%ld (rows %d, acc %d) with %d threads differs "
+            "from gemm_cpu",
+            long(M0), long(N0), long(K0), long(M1), long(N1), long(K1), int(rows), int(acc), nt);
+    }
+    ++n;
+  }
+  std::printf("gemm_cpu_pair %s: %d cases x {1-4 threads}: %s\n", sizeof(T) == 4 ? "f32" : "f64", n,
+              g_fail ? "FAILED" : "ok");
+}
+
 template <typename T>
 static void test_gemm(std::mt19937& rng, double tol) {
   const int64_t shapes[][3] = {{1, 1, 1},     {7, 5, 3},      {33, 65, 17},
@@ -775,6 +825,8 @@ int main(int argc, char** argv) {
   test_gemm<double>(rng, 1e-13);
   test_gemm_rows<float>(rng);
   test_gemm_rows<double>(rng);
+  test_gemm_pair<float>(rng);
+  test_gemm_pair<double>(rng);
   test_strides<float>(rng);
   test_strides<double>(rng);
   test_in_place_matches_packed<float>(rng);

@@ -55,11 +55,11 @@ void gemm_cpu(const GemmArgs<scalar_t>& a, int num_threads);
 // team: the threads are shared out between them by their flops, and each product runs
 // on its share as gemm_cpu (gemm_cpu_rows) runs it, so the results are theirs, bit for
 // bit. Where two products read the same long A (dW_ih = dP^T x and dW_hh = dP^T h_prev),
-// each thread then streams A from memory once for twice the columns of B. Products that
-// gemm_cpu would not run on its packed tiles or in one K block (K <= 1024), one thread,
-// shares that would leave a thread
-// waiting (flops more than 5% off the threads' split), or the bfloat16 table (its float32
-// sums have their own buffers): one after the other.
+// each thread then streams A from memory once for twice the columns of B. One after the
+// other instead: products that gemm_cpu would not run on its packed tiles or that fit one
+// K block (K <= 1024), a team of one, shares that would leave a thread waiting (flops more
+// than 5% off the threads' split), and the bfloat16 table (its float32 sums have their own
+// buffers).
 template <typename scalar_t>
 void gemm_cpu_pair(const GemmArgs<scalar_t>& p, const GemmArgs<scalar_t>& q, int num_threads);
 

@@ -20,24 +20,15 @@ namespace fusedrnn {
 
 namespace {
 
+// A packed product: its arguments (B row by row when b_rows is set: gemm_cpu_rows), the
+// bias, and the plan (plan_packed).
 template <typename T>
-struct GemmJob {
-  const cpu::KernelTable<T>* k;
-  int64_t M, N, K;
-  const T* A;
-  int64_t lda;
-  bool a_trans;
-  const T* B;
-  int64_t ldb;
-  bool b_trans;
-  T* C;
-  int64_t ldc;
-  const T* bias;
-  bool accumulate;
-  int64_t npanels;
-  int64_t kc;
-  bool split_cols;
-  const T* const* b_rows;  // B row by row instead of B (gemm_cpu_rows)
+struct GemmJob : GemmArgs<T> {
+  const cpu::KernelTable<T>* k = nullptr;
+  const T* bias = nullptr;
+  int64_t npanels = 0;
+  int64_t kc = 0;
+  bool split_cols = true;
   // A table with float32 sums (bfloat16, KernelTable::gemm_acc) and more than one K block:
   // the sums of every row, ldacc = npanels * nr apart; each thread its own rows and panels.
   float* acc = nullptr;
@@ -200,6 +191,20 @@ int threads_for(int64_t M, int64_t N, int64_t K, int num_threads) {
   return std::max(nt, 1);
 }
 
+// The packed job of a (no bias; B's transpose flag unused when a.b_rows is set).
+template <typename T>
+GemmJob<T> packed_job(const cpu::KernelTable<T>& k, const GemmArgs<T>& a) {
+  GemmJob<T> g;
+  static_cast<GemmArgs<T>&>(g) = a;
+  if (g.b_rows) {
+    g.B = nullptr;
+    g.b_trans = false;
+  }
+  g.k = &k;
+  g.npanels = (a.N + k.nr - 1) / k.nr;
+  return g;
+}
+
 // The K blocks and the split of g (g.npanels set) for a team of nt threads.
 template <typename T>
 void plan_packed(GemmJob<T>& g, int nt) {
@@ -278,10 +283,9 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
     cpu::team_run(nt, &few_rows_thread<scalar_t>, &f);
     return;
   }
-  GemmJob<scalar_t> g{&k,  M,       N,      K,          A,
-                      lda, a_trans, B,      ldb,        b_trans,
-                      C,   ldc,     bias,   accumulate, (N + k.nr - 1) / k.nr,
-                      0,   true,    nullptr};
+  GemmJob<scalar_t> g = packed_job(k, GemmArgs<scalar_t>{M, N, K, A, lda, a_trans, B, ldb, b_trans,
+                                                         nullptr, C, ldc, accumulate});
+  g.bias = bias;
   run_packed(g, nt);
 }
 
@@ -301,10 +305,8 @@ void gemm_cpu_rows(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t l
     return gemm_cpu<scalar_t>(M, N, K, A, lda, a_trans, gathered.data(), N, false, C, ldc, nullptr,
                               accumulate, num_threads);
   }
-  GemmJob<scalar_t> g{&k,  M,       N,       K,          A,
-                      lda, a_trans, nullptr, 0,          false,
-                      C,   ldc,     nullptr, accumulate, (N + k.nr - 1) / k.nr,
-                      0,   true,    b_rows};
+  GemmJob<scalar_t> g = packed_job(k, GemmArgs<scalar_t>{M, N, K, A, lda, a_trans, nullptr, 0,
+                                                         false, b_rows, C, ldc, accumulate});
   run_packed(g, threads_for(M, N, K, num_threads));
 }
 
@@ -326,28 +328,6 @@ template <typename T>
 bool runs_packed(const cpu::KernelTable<T>& k, const GemmArgs<T>& a) {
   if (a.M <= 0 || a.N <= 0 || a.K <= few_k(k) || k.gemm_acc) return false;
   return a.b_rows || !(a.M <= 8 && !a.a_trans && (!a.b_trans || !a.accumulate));
-}
-
-template <typename T>
-GemmJob<T> packed_job(const cpu::KernelTable<T>& k, const GemmArgs<T>& a) {
-  return GemmJob<T>{&k,
-                    a.M,
-                    a.N,
-                    a.K,
-                    a.A,
-                    a.lda,
-                    a.a_trans,
-                    a.b_rows ? nullptr : a.B,
-                    a.ldb,
-                    a.b_rows ? false : a.b_trans,
-                    a.C,
-                    a.ldc,
-                    nullptr,
-                    a.accumulate,
-                    (a.N + k.nr - 1) / k.nr,
-                    0,
-                    true,
-                    a.b_rows};
 }
 
 // Threads [0, n0) run the first product, [n0, nt) the second (each gemm_thread with its

@@ -169,6 +169,16 @@ inline int64_t few_k(const cpu::KernelTable<float>&) { return 12; }
 inline int64_t few_k(const cpu::KernelTable<double>&) { return 16; }
 inline int64_t few_k(const cpu::KernelTable<bfloat16_t>&) { return 4; }
 
+// gemm_cpu's two paths besides the packed tiles, chosen by shape alone (see there): few rows
+// times B or B^T read in place, and few k over all rows.
+inline bool few_rows_path(int64_t M, bool a_trans, bool b_trans, bool accumulate) {
+  return M <= 8 && !a_trans && (!b_trans || !accumulate);
+}
+template <typename T>
+bool few_k_path(const cpu::KernelTable<T>& k, int64_t K, bool b_trans) {
+  return K <= few_k(k) && !b_trans;
+}
+
 // A product over K = 0: C = (accumulate ? C : 0) + bias (bias may be nullptr).
 template <typename T>
 void empty_sum(int64_t M, int64_t N, T* C, int64_t ldc, const T* bias, bool accumulate) {
@@ -258,7 +268,7 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
   const int nt = threads_for(M, N, K, num_threads);
   // B transposed: lane-wise dot products (another summation order: chosen by shape
   // only). B as it is: the packed kernel's chains on B in place (bitwise the same).
-  if (M <= 8 && !a_trans && (!b_trans || !accumulate)) {
+  if (few_rows_path(M, a_trans, b_trans, accumulate)) {
     FewRowsJob<scalar_t> f{&k, M, N, K, A, lda, B, ldb, C, ldc, bias, b_trans, accumulate};
     cpu::team_run(nt, &few_rows_thread<scalar_t>, &f);
     return;
@@ -268,7 +278,7 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
   // registers (the packed tiles pass each sum through a buffer). B as it is, so the sums
   // are still the packed kernel's chains, bitwise; a transposed A (M x K elements) is
   // copied into rows first.
-  if (K <= few_k(k) && !b_trans) {
+  if (few_k_path(k, K, b_trans)) {
     thread_local std::vector<scalar_t> a_rows;
     const scalar_t* a = A;
     int64_t la = lda;
@@ -296,7 +306,9 @@ void gemm_cpu_rows(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t l
   if (M <= 0 || N <= 0) return;
   const cpu::KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
   if (K <= 0) return empty_sum(M, N, C, ldc, static_cast<const scalar_t*>(nullptr), accumulate);
-  if (K <= few_k(k)) {  // a few rows: gathered (K x N, at most 16 rows) for gemm_cpu's few-k path
+  if (few_k_path(
+          k, K,
+          false)) {  // a few rows: gathered (K x N, at most 16 rows) for gemm_cpu's few-k path
     thread_local std::vector<scalar_t> gathered;
     gathered.assign(size_t(K * N), scalar_t{});
     for (int64_t kk = 0; kk < K; ++kk)
@@ -326,8 +338,9 @@ namespace {
 // few-k or empty paths), and not with float32 sums (the bfloat16 table's buffers).
 template <typename T>
 bool runs_packed(const cpu::KernelTable<T>& k, const GemmArgs<T>& a) {
-  if (a.M <= 0 || a.N <= 0 || a.K <= few_k(k) || k.gemm_acc) return false;
-  return a.b_rows || !(a.M <= 8 && !a.a_trans && (!a.b_trans || !a.accumulate));
+  if (a.M <= 0 || a.N <= 0 || a.K <= 0 || k.gemm_acc) return false;
+  if (a.b_rows) return !few_k_path(k, a.K, false);
+  return !few_rows_path(a.M, a.a_trans, a.b_trans, a.accumulate) && !few_k_path(k, a.K, a.b_trans);
 }
 
 // Threads [0, n0) run the first product, [n0, nt) the second (each gemm_thread with its
@@ -369,24 +382,20 @@ void gemm_cpu_pair(const GemmArgs<scalar_t>& p, const GemmArgs<scalar_t>& q, int
   // Only products of several K blocks (K > 1024, plan_packed): there each row block's
   // first pass over A comes from memory, and that is what the pair shares (with one K
   // block, B1-H1024-T100 trained 2% slower paired).
-  if (nt < 2 || !runs_packed(k, p) || !runs_packed(k, q) || p.K <= 1024 || q.K <= 1024) {
+  bool paired = nt >= 2 && runs_packed(k, p) && runs_packed(k, q) && p.K > 1024 && q.K > 1024;
+  const double fp = double(p.M) * double(p.N) * double(p.K);
+  const double fq = double(q.M) * double(q.N) * double(q.K);
+  const int n0 = nt >= 2 ? first_share(nt, fp, fq) : 1;
+  // Only where the shares fit the products: a thread of the smaller one waiting for the
+  // other costs more than the pair saves (with 2 threads, a bidirectional second layer's
+  // dW_ih [H, 2H] next to dW_hh [H, H]: B32-H256-T200-L2-bidir trained 1.048x slower).
+  paired = paired && std::max(fp / n0, fq / (nt - n0)) / ((fp + fq) / nt) <= 1.05;
+  if (!paired) {
     gemm_cpu(p, num_threads);
     gemm_cpu(q, num_threads);
     return;
   }
   GemmJob<scalar_t> jp = packed_job(k, p), jq = packed_job(k, q);
-  const double fp = double(p.M) * double(p.N) * double(p.K);
-  const double fq = double(q.M) * double(q.N) * double(q.K);
-  const int n0 = first_share(nt, fp, fq);
-  // Only where the shares fit the products: a thread of the smaller one waiting for the
-  // other costs more than the pair saves (with 2 threads, a bidirectional second layer's
-  // dW_ih [H, 2H] next to dW_hh [H, H]: B32-H256-T200-L2-bidir trained 1.048x slower).
-  const double slowest = std::max(fp / n0, fq / (nt - n0)) / ((fp + fq) / nt);
-  if (slowest > 1.05) {
-    gemm_cpu(p, num_threads);
-    gemm_cpu(q, num_threads);
-    return;
-  }
   plan_packed(jp, n0);
   plan_packed(jq, nt - n0);
   PairJob<scalar_t> pair{{&jp, &jq}, {fp, fq}};

@@ -68,7 +68,16 @@ def _workspace(name, B, H, device):
 
 def _launch_args(x, bs, B):
     """The leading and trailing binding arguments for device tensor x [N,H]:
-    (dtype, T, B, H, batch_sizes, batch_sizes_dev) and (workspace, bytes, device, stream)."""
+    (dtype, T, B, H, batch_sizes, batch_sizes_dev) and (workspace, bytes, device, stream),
+    and the tensors behind those addresses (bs_host, bs_dev, ws).
+
+    The binding takes raw addresses, so the caller must hold the returned tensors until the
+    kernels are enqueued: a tensor freed before the call goes back to the caching
+    allocator, the next allocation (the poisoned outputs) reuses its memory, and the
+    kernel then writes its workspace over its own output and reads batch sizes from it
+    (seen on the first GPU run, 2026-11-26: wrong outputs at some shapes and illegal
+    addresses for packed input). Freed after the call they are safe: the allocator reuses
+    them only for work ordered after the kernels on this stream."""
     N, H = x.shape
     T = len(bs) if bs is not None else N // B
     name = _cuda.KERNEL_DTYPES[x.dtype]
@@ -76,31 +85,31 @@ def _launch_args(x, bs, B):
     bs_dev = None if bs is None else bs_host.to(x.device)
     ws = _workspace(name, B, H, x.device)
     stream = torch.cuda.current_stream(x.device).cuda_stream
-    # bs_dev and ws may be freed after the call: the caching allocator reuses them only
-    # for work ordered after the kernels on this stream.
     head = (name, T, B, H, _addr(bs_host), _addr(bs_dev))
-    return head, (_addr(ws), ws.numel(), x.device.index, stream)
+    return head, (_addr(ws), ws.numel(), x.device.index, stream), (bs_host, bs_dev, ws)
 
 
 def cuda_forward(P, W, h0, bs, B, reverse, nl, path, in_place=False):
     """Run _C_cuda.rnn_forward on device tensors; P [N,H]; bs a NumPy array or None."""
-    head, tail = _launch_args(P, bs, B)
+    head, tail, keep = _launch_args(P, bs, B)
     h = P.clone() if in_place else _poisoned(P.shape, P.dtype, P.device)
     hn = _poisoned((B, P.shape[1]), P.dtype, P.device)
     src = h if in_place else P
     ptrs = (_addr(src), _addr(W), _addr(h0), _addr(h), _addr(hn))
     _cuda._C_cuda.rnn_forward(*head, reverse, nl, *ptrs, *tail, path)
+    del keep  # enqueued: see _launch_args
     return h, hn
 
 
 def cuda_backward(W, h, G, dhn, bs, B, reverse, nl, path, in_place=False, want_dh0=True):
     """Run _C_cuda.rnn_backward; dP aliases G when in_place; dh0 is None unless wanted."""
-    head, tail = _launch_args(h, bs, B)
+    head, tail, keep = _launch_args(h, bs, B)
     dP = G.clone() if in_place else _poisoned(h.shape, h.dtype, h.device)
     dh0 = _poisoned((B, h.shape[1]), h.dtype, h.device) if want_dh0 else None
     src = dP if in_place else G
     ptrs = (_addr(W), _addr(h), _addr(src), _addr(dhn), _addr(dP), _addr(dh0))
     _cuda._C_cuda.rnn_backward(*head, reverse, nl, *ptrs, *tail, path)
+    del keep  # enqueued: see _launch_args
     return dP, dh0
 
 
@@ -227,8 +236,8 @@ def test_kernels_are_deterministic(path):
     assert all(torch.equal(runs[0], r) for r in runs[1:])
 
 
-def _plan(H, B=16, dtype="float32", backward=False):
-    return _cuda._C_cuda.plan(dtype, B, H, "tanh", backward, torch.cuda.current_device())
+def _plan(H, B=16, dtype="float32", backward=False, path="auto"):
+    return _cuda._C_cuda.plan(dtype, B, H, "tanh", backward, torch.cuda.current_device(), path)
 
 
 def test_boundary_between_persistent_and_stepwise():
@@ -258,13 +267,14 @@ def _multipass_batch(H, dtype, B):
     """B, or a larger batch where this GPU stages rows in several passes; None when the
     persistent kernel does not fit at this H on this GPU."""
     name = _cuda.KERNEL_DTYPES[dtype]
-    plans = [_plan(H, B=B, dtype=name, backward=bwd) for bwd in (False, True)]
+    plans = [_plan(H, B=B, dtype=name, backward=bwd, path="persistent") for bwd in (False, True)]
     if any(p["path"] != "persistent" for p in plans):
         return None
     if all(p["rows_per_pass"] < B for p in plans):
         return B
     cap = max(
-        _plan(H, B=1 << 14, dtype=name, backward=bwd)["rows_per_pass"] for bwd in (False, True)
+        _plan(H, B=1 << 14, dtype=name, backward=bwd, path="persistent")["rows_per_pass"]
+        for bwd in (False, True)
     )
     return cap + cap // 2 + 3  # several passes, the last one a partial row tile
 
@@ -279,7 +289,7 @@ def test_persistent_kernel_multipass(case, packed, reverse):
     if B is None:
         pytest.skip(f"the persistent kernel does not fit H={H} {dtype} on this GPU")
     for bwd in (False, True):
-        plan = _plan(H, B=B, dtype=_cuda.KERNEL_DTYPES[dtype], backward=bwd)
+        plan = _plan(H, B=B, dtype=_cuda.KERNEL_DTYPES[dtype], backward=bwd, path="persistent")
         assert plan["path"] == "persistent" and 0 < plan["rows_per_pass"] < B, plan
     T = 7
     # Packed: lengths 1..T, so the active rows shrink through and below one pass.
@@ -341,7 +351,7 @@ def test_threads_with_different_shared_memory_sizes():
     max-dynamic-shared-memory attribute is set once per device, not per call)."""
     problems = [_problem(20, B, 512, None, torch.float32, ("threads", B)) for B in (1, 64)]
     wants = [_reference(p, False, "tanh")[:2] for p in problems]
-    sizes = {_plan(512, B=p["B"])["smem_bytes"] for p in problems}
+    sizes = {_plan(512, B=p["B"], path="persistent")["smem_bytes"] for p in problems}
     assert len(sizes) == 2, sizes
     errors = []
     torch.cuda.synchronize()  # the inputs were made on the default stream
@@ -566,17 +576,19 @@ def test_packed_training_step_replays_in_a_cuda_graph():
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_output_changed_in_place_on_cuda_matches_nn_rnn(bidirectional):
     """The eager backward computes the states again on CUDA too when the caller changed the
-    output in place (ops._saved_or_recomputed): nn.RNN's gradients, in float64."""
+    output in place (ops._saved_or_recomputed): nn.RNN's gradients, in float64. The
+    reference runs on the CPU: cuDNN's nn.RNN saves its output for the backward and refuses
+    the change (seen on an H100, 2026-11-26), the CPU nn.RNN allows it."""
     torch.manual_seed(0)
-    ref = torch.nn.RNN(3, 5, 2, bidirectional=bidirectional, dtype=torch.float64).cuda()
-    ours = fusedrnn.RNN.from_torch(ref)
-    x = torch.randn(6, 4, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    ref = torch.nn.RNN(3, 5, 2, bidirectional=bidirectional, dtype=torch.float64)
+    ours = fusedrnn.RNN.from_torch(ref).cuda()
+    x_cpu = torch.randn(6, 4, 3, dtype=torch.float64)
     grads = []
-    for m in (ref, ours):
-        x.grad = None
+    for m, device in ((ref, "cpu"), (ours, "cuda")):
+        x = x_cpu.to(device, copy=True).requires_grad_()
         out, hn = m(x)
         out.add_(out.detach() * 0.5)
         (out.square().sum() + hn.sum()).backward()
-        grads.append([x.grad.clone(), *(p.grad.clone() for p in m.parameters())])
+        grads.append([x.grad.cpu(), *(p.grad.cpu() for p in m.parameters())])
     for g, w in zip(*reversed(grads), strict=True):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)

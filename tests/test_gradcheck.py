@@ -210,5 +210,8 @@ def test_check_on_cuda():
     config = Config(nonlinearity="relu", packed=True, layers=2, bidirectional=True)
     report = check(config, device="cuda")
     assert report.passed, report.format(verbose=True)
-    norms = gradient_flow("relu", 1.1, T=50, H=16, device="cuda")
-    assert norms[0] > norms[-1] * 1.1**25
+    # The flow through the CUDA BPTT is the CPU's, and grows as it does there (T = 100: the
+    # growth bound of test_flow_decays_below_and_grows_above_radius_one).
+    norms = gradient_flow("relu", 1.1, T=100, H=16, device="cuda")
+    np.testing.assert_allclose(norms, gradient_flow("relu", 1.1, T=100, H=16), rtol=1e-9)
+    assert norms[0] > norms[-1] * 1.1**50

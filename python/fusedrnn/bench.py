@@ -19,6 +19,7 @@ summed over layers and directions; GFLOP/s is that count over fusedrnn's median 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -342,8 +343,29 @@ def time_pair(
     return statistics.median(times_a), statistics.median(times_b), len(times_a)
 
 
+@contextlib.contextmanager
+def _no_tf32():
+    """float32 as float32 on CUDA while a case runs: cuDNN's RNN takes TF32 by default
+    (``torch.backends.cudnn.allow_tf32``), a 10-bit mantissa that puts nn.RNN ~1e-3 away
+    from float32 and would time it on a different, less exact function than fusedrnn's."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def run_case(case: Case, min_time: float, warmup: int = 1, seed: int = 0) -> Result:
-    """Check fusedrnn against nn.RNN on ``case``, then time both (only if they agree)."""
+    """Check fusedrnn against nn.RNN on ``case``, then time both (only if they agree).
+    On CUDA both run with TF32 off (``_no_tf32``)."""
+    if case.device.startswith("cuda"):
+        with _no_tf32():
+            return _run_case(case, min_time, warmup, seed)
+    return _run_case(case, min_time, warmup, seed)
+
+
+def _run_case(case: Case, min_time: float, warmup: int, seed: int) -> Result:
     try:
         work = _Workload(case, seed)
         want = work.results(work.reference)

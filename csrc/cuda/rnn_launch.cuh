@@ -48,6 +48,11 @@ int persistent_max_dynamic_smem(const DeviceInfo& dev) {
   return bytes;
 }
 
+// Largest batch for which auto takes the persistent kernel, forward and backward (the
+// persistent kernel also runs larger batches, in several passes per step, when requested).
+constexpr int64_t kAutoPersistentMaxRows = 32;
+constexpr int64_t kAutoPersistentMaxRowsBackward = 16;
+
 template <typename scalar_t, bool BWD, Activation ACT>
 CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath requested) {
   using acc_t = acc_type<scalar_t>;
@@ -62,6 +67,16 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
   }
   if (!dev.cooperative) {
     plan.reason = "the device cannot launch cooperative kernels";
+    return plan;
+  }
+  // The batch limit of auto (docs/cuda_kernels.md, "Boundary"): the persistent kernel's
+  // step time grows with every row (~1.5 us per row at H = 1024 float32 on an H100), the
+  // per-step kernel's hardly at all, and measured on an H100 (float32, T = 100, H = 256 to
+  // 2048) the per-step kernel was faster from B = 64 forward and B = 32 backward at every H.
+  const int64_t auto_max_rows = BWD ? kAutoPersistentMaxRowsBackward : kAutoPersistentMaxRows;
+  if (requested == CudaPath::kAuto && B > auto_max_rows) {
+    plan.reason = "B = " + std::to_string(B) + " is above " + std::to_string(auto_max_rows) +
+                  " rows, where the per-step kernel is faster";
     return plan;
   }
   // A query or opt-in the driver refuses leaves the per-step kernel, which needs neither:

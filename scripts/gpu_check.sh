@@ -2,19 +2,38 @@
 # One call on a lent GPU machine: build fusedrnn with its CUDA kernels, stress the persistent
 # kernel (scripts/cuda_stress.py), run the CUDA tests,
 # compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on a small case, and the GPU
-# benchmarks. Everything goes to $OUT (default ./out): gpu_check.log, pytest_cuda.xml,
-# sanitizer logs, bench_cuda.{json,md}, bench_paths.{json,md}. Pass --full for the issue's
+# benchmarks. Results: build.log, pytest_cuda.xml, sanitizer logs, bench_cuda.{json,md},
+# bench_paths.{json,md} (in $OUT/results.tgz, below). Pass --full for the issue's
 # full benchmark grid. It starts by printing the driver, nvcc and torch CUDA versions.
 #
-#   OUT=/some/dir scripts/gpu_check.sh [--full]
+#   OUT=/some/dir [BUDGET=seconds] [SANITIZER_TOOLS="memcheck ..."] [PATHS=0] \
+#     scripts/gpu_check.sh [--full]
+#
+# BUDGET (default 520) bounds the whole run: each step runs under `timeout` for the smaller of
+# its own cap and what is left, and a step with under 15 s left is skipped, so the script ends
+# inside a device call's limit with its results written. $OUT receives two files, since a
+# device call brings back at most 8: gpu_check.log (this output) and results.tgz (every other
+# file, rewritten after each step, so a run cut short still returns what it finished).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 PY=${PYTHON:-python3}
+RES=$(mktemp -d)
+DEADLINE=$((SECONDS + ${BUDGET:-520}))
 status=0
-step() { echo; echo "== $*"; }
+step() { echo; echo "== $* (t=${SECONDS}s)"; }
+save() { tar czf "$OUT/results.tgz" -C "$RES" . 2>/dev/null; }
+# bounded CAP CMD...: run CMD under timeout min(CAP, time left - 5); 124 when skipped.
+bounded() {
+  local cap=$1 left=$((DEADLINE - SECONDS - 5))
+  shift
+  ((left < cap)) && cap=$left
+  if ((cap < 15)); then echo "skipped (budget spent): $*"; return 124; fi
+  timeout --kill-after=5 "$cap" "$@"
+}
 
 step "CUDA versions: driver (nvidia-smi), toolkit (nvcc), torch"
 # _C_cuda links the CUDA runtime of the nvcc that builds it statically: the driver must
@@ -42,40 +61,51 @@ step "build (pip install --no-build-isolation -e .)"
 export FUSEDRNN_CUDA=ON FUSEDRNN_WERROR=ON
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
 start=$SECONDS
-if ! $PY -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
-  tail -50 "$OUT/build.log"
+if ! bounded 300 $PY -m pip install --no-build-isolation --no-deps -e . > "$RES/build.log" 2>&1; then
+  tail -50 "$RES/build.log"
+  save
   echo "BUILD FAILED"
   exit 1
 fi
 echo "built in $((SECONDS - start)) s"
+grep -iE "warning|spill|lmem|registers" "$RES/build.log" | head -20
+save
 $PY -c "import fusedrnn, json; print(json.dumps(fusedrnn.info(), indent=1))"
 
 step "persistent kernel stress (bounded: a barrier that never completes must not take the window)"
-timeout "${STRESS_TIMEOUT:-180}" $PY scripts/cuda_stress.py || { echo "cuda_stress: FAILED or timed out"; status=1; }
+bounded "${STRESS_TIMEOUT:-90}" $PY scripts/cuda_stress.py || { echo "cuda_stress: FAILED or timed out"; status=1; }
 
 step "pytest -m cuda"
 # Bounded: a kernel that never returns (a grid barrier whose CTAs are not all resident)
 # must not take the whole device window with it.
-timeout "${PYTEST_TIMEOUT:-300}" $PY -m pytest -m cuda -q -p no:cacheprovider \
-  --junitxml="$OUT/pytest_cuda.xml" || { echo "pytest -m cuda: FAILED or timed out"; status=1; }
+bounded "${PYTEST_TIMEOUT:-240}" $PY -m pytest -m cuda -q -p no:cacheprovider -rfE \
+  --junitxml="$RES/pytest_cuda.xml" || { echo "pytest -m cuda: FAILED or timed out"; status=1; }
+save
 
 step "compute-sanitizer"
-for tool in memcheck racecheck synccheck initcheck; do
-  if timeout "${SANITIZER_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
-      --log-file "$OUT/sanitizer_$tool.log" $PY scripts/cuda_smoke.py; then
+for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
+  if bounded "${SANITIZER_TIMEOUT:-75}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      --log-file "$RES/sanitizer_$tool.log" $PY scripts/cuda_smoke.py; then
     echo "$tool: clean"
   else
-    echo "$tool: FAILED (see $OUT/sanitizer_$tool.log)"; tail -30 "$OUT/sanitizer_$tool.log"; status=1
+    echo "$tool: FAILED or timed out"; tail -30 "$RES/sanitizer_$tool.log"; status=1
   fi
+  save
 done
 
 step "benchmarks"
-$PY scripts/bench_cuda.py --out "$OUT" "$@" || status=1
+bounded "${BENCH_TIMEOUT:-150}" $PY scripts/bench_cuda.py --out "$RES" "$@" || status=1
+save
 
 step "kernel paths: persistent vs per-step, both forced via FUSEDRNN_CUDA_PATH"
 # The data to set the persistent/per-step boundary in plan_for_kernel, which ignores B
 # (at large B the persistent kernel stages h_{t-1} in several passes per step).
-$PY scripts/bench_cuda.py --out "$OUT" --paths || status=1
+if [[ "${PATHS:-1}" == 1 ]]; then
+  bounded "${PATHS_TIMEOUT:-90}" $PY scripts/bench_cuda.py --out "$RES" --paths || status=1
+else
+  echo "skipped (PATHS=0)"
+fi
+save
 
 step "summary"
 grep -E "passed|failed|error" "$OUT/gpu_check.log" | tail -3

@@ -6,7 +6,7 @@
 # bench_paths.{json,md} (in $OUT/results.tgz, below). Pass --full for the issue's
 # full benchmark grid. It starts by printing the driver, nvcc and torch CUDA versions.
 #
-#   OUT=/some/dir [BUDGET=seconds] [SANITIZER_TOOLS="memcheck ..."] [PATHS=0] \
+#   OUT=/some/dir [BUDGET=seconds] [SANITIZER_TOOLS="memcheck ..."] [PATHS=0] [STAGING_AB=0] \
 #     scripts/gpu_check.sh [--full]
 #
 # BUDGET (default 520) bounds the whole run: each step runs under `timeout` for the smaller of
@@ -104,6 +104,21 @@ if [[ "${PATHS:-1}" == 1 ]]; then
   bounded "${PATHS_TIMEOUT:-90}" $PY scripts/bench_cuda.py --out "$RES" --paths || status=1
 else
   echo "skipped (PATHS=0)"
+fi
+save
+
+step "persistent kernel staging A/B: FUSEDRNN_CUDA_STAGING=batched (the runs above: simple)"
+# The same two tables with the batched copy of h_{t-1} into shared memory
+# (rnn_persistent.cuh), into $RES/staging_batched/, to compare with the simple copy's above.
+if [[ "${STAGING_AB:-1}" == 1 ]]; then
+  bounded "${STAGING_TIMEOUT:-120}" env FUSEDRNN_CUDA_STAGING=batched $PY scripts/bench_cuda.py \
+    --out "$RES/staging_batched" --precisions fp32 || status=1
+  if [[ "${PATHS:-1}" == 1 ]]; then
+    bounded "${PATHS_TIMEOUT:-90}" env FUSEDRNN_CUDA_STAGING=batched $PY scripts/bench_cuda.py \
+      --out "$RES/staging_batched" --paths || status=1
+  fi
+else
+  echo "skipped (STAGING_AB=0)"
 fi
 save
 

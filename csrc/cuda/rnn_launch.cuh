@@ -154,6 +154,7 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
   p.Y = static_cast<scalar_t*>(c.Y);
   p.Yfinal = static_cast<scalar_t*>(c.Yfinal);
   p.barrier = static_cast<unsigned long long*>(c.workspace);
+  p.stage_batched = c.staging == CudaStaging::kBatched;
   p.state = reinterpret_cast<acc_t*>(static_cast<unsigned char*>(c.workspace) + kBarrierBytes);
 
   // Only the persistent kernel reads batch_sizes on the device; the caller copies them only

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: build fusedrnn with its CUDA kernels, stress the persistent
-# kernel (scripts/cuda_stress.py), run the CUDA tests,
-# compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on a small case, and the GPU
-# benchmarks. Results: build.log, pytest_cuda.xml, sanitizer logs, bench_cuda.{json,md},
-# bench_paths.{json,md} (in $OUT/results.tgz, below). Pass --full for the issue's
-# full benchmark grid. It starts by printing the driver, nvcc and torch CUDA versions.
+# kernel (scripts/cuda_stress.py), run the CUDA tests, the GPU benchmarks (and again with the
+# batched staging copy), compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on a
+# small case, and the persistent vs per-step comparison. Results: build.log, pytest_cuda.xml,
+# sanitizer logs, bench_cuda.{json,md}, bench_paths.{json,md}, staging_batched/ (in
+# $OUT/results.tgz, below). Pass --full for the full benchmark grid. It starts by
+# printing the driver, nvcc and torch CUDA versions.
 #
 #   OUT=/some/dir [BUDGET=seconds] [SANITIZER_TOOLS="memcheck ..."] [PATHS=0] [STAGING_AB=0] \
 #     scripts/gpu_check.sh [--full]
@@ -82,9 +83,25 @@ bounded "${PYTEST_TIMEOUT:-240}" $PY -m pytest -m cuda -q -p no:cacheprovider -r
   --junitxml="$RES/pytest_cuda.xml" || { echo "pytest -m cuda: FAILED or timed out"; status=1; }
 save
 
+step "benchmarks"
+bounded "${BENCH_TIMEOUT:-150}" $PY scripts/bench_cuda.py --out "$RES" "$@" || status=1
+save
+
+# The persistent kernel's two copies of h_{t-1} into shared memory (rnn_persistent.cuh):
+# the runs above use the simple one (the default); these time the batched one right after,
+# into $RES/staging_batched/ (STAGING_AB=0 skips them).
+step "staging A/B: benchmarks again, float32, FUSEDRNN_CUDA_STAGING=batched"
+if [[ "${STAGING_AB:-1}" == 1 ]]; then
+  bounded "${STAGING_TIMEOUT:-60}" env FUSEDRNN_CUDA_STAGING=batched $PY scripts/bench_cuda.py \
+    --out "$RES/staging_batched" --precisions fp32 "$@" || status=1
+else
+  echo "skipped (STAGING_AB=0)"
+fi
+save
+
 step "compute-sanitizer"
 for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
-  if bounded "${SANITIZER_TIMEOUT:-75}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+  if bounded "${SANITIZER_TIMEOUT:-90}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
       --log-file "$RES/sanitizer_$tool.log" $PY scripts/cuda_smoke.py; then
     echo "$tool: clean"
   else
@@ -93,32 +110,18 @@ for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
   save
 done
 
-step "benchmarks"
-bounded "${BENCH_TIMEOUT:-150}" $PY scripts/bench_cuda.py --out "$RES" "$@" || status=1
-save
-
 step "kernel paths: persistent vs per-step, both forced via FUSEDRNN_CUDA_PATH"
-# The data to set the persistent/per-step boundary in plan_for_kernel, which ignores B
-# (at large B the persistent kernel stages h_{t-1} in several passes per step).
+# The data behind auto's batch limit in plan_for_kernel (docs/cuda_kernels.md, "Boundary"),
+# then the same grid with the batched staging copy (PATHS=0 skips both).
 if [[ "${PATHS:-1}" == 1 ]]; then
   bounded "${PATHS_TIMEOUT:-90}" $PY scripts/bench_cuda.py --out "$RES" --paths || status=1
-else
-  echo "skipped (PATHS=0)"
-fi
-save
-
-step "persistent kernel staging A/B: FUSEDRNN_CUDA_STAGING=batched (the runs above: simple)"
-# The same two tables with the batched copy of h_{t-1} into shared memory
-# (rnn_persistent.cuh), into $RES/staging_batched/, to compare with the simple copy's above.
-if [[ "${STAGING_AB:-1}" == 1 ]]; then
-  bounded "${STAGING_TIMEOUT:-120}" env FUSEDRNN_CUDA_STAGING=batched $PY scripts/bench_cuda.py \
-    --out "$RES/staging_batched" --precisions fp32 || status=1
-  if [[ "${PATHS:-1}" == 1 ]]; then
+  save
+  if [[ "${STAGING_AB:-1}" == 1 ]]; then
     bounded "${PATHS_TIMEOUT:-90}" env FUSEDRNN_CUDA_STAGING=batched $PY scripts/bench_cuda.py \
       --out "$RES/staging_batched" --paths || status=1
   fi
 else
-  echo "skipped (STAGING_AB=0)"
+  echo "skipped (PATHS=0)"
 fi
 save
 

@@ -306,9 +306,8 @@ void gemm_cpu_rows(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t l
   if (M <= 0 || N <= 0) return;
   const cpu::KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
   if (K <= 0) return empty_sum(M, N, C, ldc, static_cast<const scalar_t*>(nullptr), accumulate);
-  if (few_k_path(
-          k, K,
-          false)) {  // a few rows: gathered (K x N, at most 16 rows) for gemm_cpu's few-k path
+  // A few rows: gathered (K x N, at most 16 rows) for gemm_cpu's few-k path.
+  if (few_k_path(k, K, false)) {
     thread_local std::vector<scalar_t> gathered;
     gathered.assign(size_t(K * N), scalar_t{});
     for (int64_t kk = 0; kk < K; ++kk)

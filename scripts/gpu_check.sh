@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: build fusedrnn with its CUDA kernels, stress the persistent
-# kernel (scripts/cuda_stress.py), run the CUDA tests, the GPU benchmarks (and again with the
-# batched staging copy), compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on a
-# small case, and the persistent vs per-step comparison. Results: build.log, pytest_cuda.xml,
-# sanitizer logs, bench_cuda.{json,md}, bench_paths.{json,md}, staging_batched/ (in
+# kernel (scripts/cuda_stress.py), run the CUDA tests, the GPU benchmarks, compute-sanitizer
+# (memcheck, racecheck, synccheck, initcheck) on a small case, and the persistent vs per-step
+# comparison, and an Nsight Compute profile of one persistent launch. Results: build.log,
+# pytest_cuda.xml, sanitizer logs, bench_cuda.{json,md}, bench_paths.{json,md}, ncu_* (in
 # $OUT/results.tgz, below). Pass --full for the full benchmark grid. It starts by
 # printing the driver, nvcc and torch CUDA versions.
 #
-#   OUT=/some/dir [BUDGET=seconds] [SANITIZER_TOOLS="memcheck ..."] [PATHS=0] [STAGING_AB=0] \
-#     scripts/gpu_check.sh [--full]
+#   OUT=/some/dir [BUDGET=seconds] [SANITIZER_TOOLS="memcheck ..."] [PATHS=0] [PROFILE=0] \
+#     [PRECISIONS=fp32,bf16] scripts/gpu_check.sh [--full]
 #
 # BUDGET (default 520) bounds the whole run: each step runs under `timeout` for the smaller of
 # its own cap and what is left, and a step with under 15 s left is skipped, so the script ends
@@ -84,19 +84,9 @@ bounded "${PYTEST_TIMEOUT:-240}" $PY -m pytest -m cuda -q -p no:cacheprovider -r
 save
 
 step "benchmarks"
-bounded "${BENCH_TIMEOUT:-150}" $PY scripts/bench_cuda.py --out "$RES" "$@" || status=1
-save
-
-# The persistent kernel's two copies of h_{t-1} into shared memory (rnn_persistent.cuh):
-# the runs above use the simple one (the default); these time the batched one right after,
-# into $RES/staging_batched/ (STAGING_AB=0 skips them).
-step "staging A/B: benchmarks again, float32, FUSEDRNN_CUDA_STAGING=batched"
-if [[ "${STAGING_AB:-1}" == 1 ]]; then
-  bounded "${STAGING_TIMEOUT:-60}" env FUSEDRNN_CUDA_STAGING=batched $PY scripts/bench_cuda.py \
-    --out "$RES/staging_batched" --precisions fp32 "$@" || status=1
-else
-  echo "skipped (STAGING_AB=0)"
-fi
+# PRECISIONS (comma-separated, e.g. fp32) shortens the grid to those precisions.
+bounded "${BENCH_TIMEOUT:-150}" $PY scripts/bench_cuda.py --out "$RES" \
+  ${PRECISIONS:+--precisions $PRECISIONS} "$@" || status=1
 save
 
 step "compute-sanitizer"
@@ -111,17 +101,35 @@ for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
 done
 
 step "kernel paths: persistent vs per-step, both forced via FUSEDRNN_CUDA_PATH"
-# The data behind auto's batch limit in plan_for_kernel (docs/cuda_kernels.md, "Boundary"),
-# then the same grid with the batched staging copy (PATHS=0 skips both).
+# The data behind auto's batch limit in plan_for_kernel (docs/cuda_kernels.md, "Boundary")
+# (PATHS=0 skips it).
 if [[ "${PATHS:-1}" == 1 ]]; then
   bounded "${PATHS_TIMEOUT:-90}" $PY scripts/bench_cuda.py --out "$RES" --paths || status=1
-  save
-  if [[ "${STAGING_AB:-1}" == 1 ]]; then
-    bounded "${PATHS_TIMEOUT:-90}" env FUSEDRNN_CUDA_STAGING=batched $PY scripts/bench_cuda.py \
-      --out "$RES/staging_batched" --paths || status=1
-  fi
 else
   echo "skipped (PATHS=0)"
+fi
+save
+
+# Where the persistent step's time goes: Nsight Compute on one forward launch at B=1, H=1024
+# (warp stall reasons, and the source-level sampling by SASS line in ncu_source.csv).
+# PROFILE=0 skips it; a machine that refuses performance counters says so here.
+step "profile: ncu on the persistent kernel (B=1, H=1024, T=100)"
+if [[ "${PROFILE:-1}" == 1 ]] && command -v ncu > /dev/null; then
+  ncu_args=(--kernel-name regex:rnn_persistent --launch-skip 3 --launch-count 1
+    --section SpeedOfLight --section WarpStateStats --section SchedulerStats
+    --section SourceCounters --section LaunchStats --section Occupancy)
+  rep=$(mktemp -d)/ncu_persistent  # the report itself stays out of results.tgz (size)
+  bounded "${PROFILE_TIMEOUT:-60}" ncu "${ncu_args[@]}" -o "$rep" \
+    $PY scripts/cuda_profile.py > "$RES/ncu.log" 2>&1 || echo "ncu: FAILED or timed out (diagnostic only)"
+  tail -5 "$RES/ncu.log"
+  if [[ -f "$rep.ncu-rep" ]]; then
+    ncu --import "$rep.ncu-rep" --page details > "$RES/ncu_details.txt" 2>&1
+    ncu --import "$rep.ncu-rep" --page source --print-source sass --csv \
+      > "$RES/ncu_source.csv" 2>&1
+    grep -iE "duration|stall|warp cycles per|issued ipc|elapsed cycles" "$RES/ncu_details.txt" | head -25
+  fi
+else
+  echo "skipped (PROFILE=0 or no ncu)"
 fi
 save
 

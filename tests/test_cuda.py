@@ -89,28 +89,26 @@ def _launch_args(x, bs, B):
     return head, (_addr(ws), ws.numel(), x.device.index, stream), (bs_host, bs_dev, ws)
 
 
-def cuda_forward(P, W, h0, bs, B, reverse, nl, path, in_place=False, staging="simple"):
+def cuda_forward(P, W, h0, bs, B, reverse, nl, path, in_place=False):
     """Run _C_cuda.rnn_forward on device tensors; P [N,H]; bs a NumPy array or None."""
     head, tail, keep = _launch_args(P, bs, B)
     h = P.clone() if in_place else _poisoned(P.shape, P.dtype, P.device)
     hn = _poisoned((B, P.shape[1]), P.dtype, P.device)
     src = h if in_place else P
     ptrs = (_addr(src), _addr(W), _addr(h0), _addr(h), _addr(hn))
-    _cuda._C_cuda.rnn_forward(*head, reverse, nl, *ptrs, *tail, path, staging=staging)
+    _cuda._C_cuda.rnn_forward(*head, reverse, nl, *ptrs, *tail, path)
     del keep  # enqueued: see _launch_args
     return h, hn
 
 
-def cuda_backward(
-    W, h, G, dhn, bs, B, reverse, nl, path, in_place=False, want_dh0=True, staging="simple"
-):
+def cuda_backward(W, h, G, dhn, bs, B, reverse, nl, path, in_place=False, want_dh0=True):
     """Run _C_cuda.rnn_backward; dP aliases G when in_place; dh0 is None unless wanted."""
     head, tail, keep = _launch_args(h, bs, B)
     dP = G.clone() if in_place else _poisoned(h.shape, h.dtype, h.device)
     dh0 = _poisoned((B, h.shape[1]), h.dtype, h.device) if want_dh0 else None
     src = dP if in_place else G
     ptrs = (_addr(W), _addr(h), _addr(src), _addr(dhn), _addr(dP), _addr(dh0))
-    _cuda._C_cuda.rnn_backward(*head, reverse, nl, *ptrs, *tail, path, staging=staging)
+    _cuda._C_cuda.rnn_backward(*head, reverse, nl, *ptrs, *tail, path)
     del keep  # enqueued: see _launch_args
     return dP, dh0
 
@@ -255,6 +253,13 @@ def test_boundary_between_persistent_and_stepwise():
     for H in (last_fit, large_H):
         p = _problem(3, 4, H, None, torch.float32, ("boundary", H))
         _check(p, torch.float32, False, "tanh", "auto")
+    # The batch limit (kAutoPersistentMaxRows*, rnn_launch.cuh): persistent up to 64 rows,
+    # forward and BPTT; above it auto says why it took the per-step kernel.
+    for backward in (False, True):
+        assert _plan(256, B=64, backward=backward)["path"] == "persistent"
+        above = _plan(256, B=65, backward=backward)
+        assert above["path"] == "stepwise" and "above 64 rows" in above["reason"], above
+        assert _plan(256, B=65, backward=backward, path="persistent")["path"] == "persistent"
 
 
 # Shapes whose persistent plan stages the batch in several passes per step (rows_per_pass <
@@ -300,10 +305,11 @@ def test_persistent_kernel_multipass(case, packed, reverse):
     _check(p, dtype, reverse, "tanh", "persistent")
 
 
-# The batched staging of the persistent kernel (rnn_persistent.cuh) moves the same values
-# as the simple one: every output bitwise equal, on shapes that cover one and several row
-# tiles, a partial last tile, several passes per step, packed input (rows joining from h0
-# and leaving), reverse, BPTT with dh0, and each storage type.
+# The persistent kernel's staging copy of h_{t-1} (stage_rows in rnn_persistent.cuh) works in
+# batches of 8 loads per thread with 32-bit indices: shapes that cover one and several row
+# tiles, a partial last tile and a partial last batch, several passes per step, packed input
+# (rows joining from h0 and leaving), reverse, BPTT with dh0, and each storage type. Against
+# the reference, and bitwise equal from one run to the next.
 STAGING_CASES = [
     ((7, 1, 5, None), torch.float32, False),
     ((13, 9, 33, None), torch.float64, True),
@@ -315,38 +321,22 @@ STAGING_CASES = [
 
 
 @pytest.mark.parametrize("case", STAGING_CASES, ids=str)
-def test_persistent_staging_batched_is_bitwise_simple(case):
+def test_persistent_staging_edges(case):
     shape, dtype, reverse = case
     p = _problem(*shape, dtype, ("staging", shape, str(dtype), reverse))
+    _check(p, dtype, reverse, "tanh", "persistent")
     B = p["B"]
-    outs = {}
-    for staging in ("simple", "batched"):
-        h, hn = cuda_forward(
-            p["P"], p["W"], p["h0"], p["bs"], B, reverse, "tanh", "persistent", staging=staging
-        )
+    runs = []
+    for _ in range(2):
+        h, hn = cuda_forward(p["P"], p["W"], p["h0"], p["bs"], B, reverse, "tanh", "persistent")
         dP, dh0 = cuda_backward(
-            p["W"], h, p["G"], p["Gn"], p["bs"], B, reverse, "tanh", "persistent",
-            staging=staging,
-        )  # fmt: skip
-        outs[staging] = (h, hn, dP, dh0)
+            p["W"], h, p["G"], p["Gn"], p["bs"], B, reverse, "tanh", "persistent"
+        )
+        runs.append((h, hn, dP, dh0))
     torch.cuda.synchronize()
-    for a, b in zip(outs["simple"], outs["batched"], strict=True):
-        assert torch.isfinite(b).all()
+    for a, b in zip(*runs, strict=True):
+        assert torch.isfinite(a).all()
         assert torch.equal(a, b)
-    want_h, want_hn, want_dP, want_dh0 = _reference(
-        p, reverse, "tanh", h_stored=_np(outs["batched"][0])
-    )
-    h, hn, dP, dh0 = outs["batched"]
-    assert rel_error(_np(h), want_h) <= FORWARD_RTOL[dtype]
-    assert rel_error(_np(hn), want_hn) <= FORWARD_RTOL[dtype]
-    assert rel_error(_np(dP), want_dP) <= BACKWARD_RTOL[dtype]
-    assert rel_error(_np(dh0), want_dh0) <= BACKWARD_RTOL[dtype]
-
-
-def test_staging_is_checked():
-    p = _problem(2, 2, 8, None, torch.float32, "staging name")
-    with pytest.raises(ValueError, match="staging: expected 'simple' or 'batched', got 'fast'"):
-        cuda_forward(p["P"], p["W"], p["h0"], None, 2, False, "tanh", "auto", staging="fast")
 
 
 @pytest.mark.parametrize("path", ["auto", "persistent"])

@@ -50,8 +50,8 @@ int persistent_max_dynamic_smem(const DeviceInfo& dev) {
 
 // Largest batch for which auto takes the persistent kernel, forward and backward (the
 // persistent kernel also runs larger batches, in several passes per step, when requested).
-constexpr int64_t kAutoPersistentMaxRows = 32;
-constexpr int64_t kAutoPersistentMaxRowsBackward = 16;
+constexpr int64_t kAutoPersistentMaxRows = 64;
+constexpr int64_t kAutoPersistentMaxRowsBackward = 64;
 
 template <typename scalar_t, bool BWD, Activation ACT>
 CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath requested) {
@@ -70,9 +70,10 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
     return plan;
   }
   // The batch limit of auto (docs/cuda_kernels.md, "Boundary"): the persistent kernel's
-  // step time grows with every row (~1.5 us per row at H = 1024 float32 on an H100), the
-  // per-step kernel's hardly at all, and measured on an H100 (float32, T = 100, H = 256 to
-  // 2048) the per-step kernel was faster from B = 64 forward and B = 32 backward at every H.
+  // step time grows with every row (~0.7 us per row at H = 1024 float32 on an H100), the
+  // per-step kernel's slowly, and measured on an H100 (float32, T = 100, H = 256 to 2048,
+  // batched staging copy) the persistent kernel was faster up to B = 64 forward and
+  // backward at every H, the per-step kernel from B = 128 at every H.
   const int64_t auto_max_rows = BWD ? kAutoPersistentMaxRowsBackward : kAutoPersistentMaxRows;
   if (requested == CudaPath::kAuto && B > auto_max_rows) {
     plan.reason = "B = " + std::to_string(B) + " is above " + std::to_string(auto_max_rows) +
@@ -154,7 +155,6 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
   p.Y = static_cast<scalar_t*>(c.Y);
   p.Yfinal = static_cast<scalar_t*>(c.Yfinal);
   p.barrier = static_cast<unsigned long long*>(c.workspace);
-  p.stage_batched = c.staging == CudaStaging::kBatched;
   p.state = reinterpret_cast<acc_t*>(static_cast<unsigned char*>(c.workspace) + kBarrierBytes);
 
   // Only the persistent kernel reads batch_sizes on the device; the caller copies them only

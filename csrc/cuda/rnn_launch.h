@@ -44,7 +44,6 @@ struct RecurrenceCall {
   void* workspace = nullptr;
   cudaStream_t stream = nullptr;
   CudaPath path = CudaPath::kAuto;
-  CudaStaging staging = CudaStaging::kSimple;
 };
 
 template <typename scalar_t>

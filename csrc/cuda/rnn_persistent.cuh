@@ -72,34 +72,19 @@ __device__ __forceinline__ acc_t butterfly_reduce32(acc_t (&v)[32], int lane) {
 }
 
 // Stage rows [r0, r0 + nrows_pad) of the phase's recurrent input into Xs [nrows_pad][Hp]
-// (zero past nrows and past H). Two versions of the same copy, bitwise the same result:
-//   simple:  one element per iteration, int64 index arithmetic; each iteration's load must
-//            return before its store, so a thread has one load in flight at a time (the
-//            version validated on an H100, 2026-11-26).
-//   batched: kStageBatch loads issued before the first store, int32 index arithmetic
-//            (nrows_pad * Hp is at most the shared-memory tile, far below 2^31). Written
-//            after that run to cut the per-row staging latency it measured (docs/gpu.md);
-//            opt-in (FUSEDRNN_CUDA_STAGING=batched) until measured on a GPU.
+// (zero past nrows and past H). Each thread issues kStageBatch loads before its first store,
+// so eight L2 round trips are in flight per thread rather than one, and indexes in int32
+// (nrows_pad * Hp is at most the shared-memory tile, far below 2^31) rather than with a 64-bit
+// division per element. On an H100 this cut the persistent step from 8.9 to 7.1 us at B=1,
+// H=1024 and from 25.7 to 13.0 us at B=16 (docs/gpu.md, second run) against the one-load-
+// at-a-time copy it replaced, with bitwise the same results.
 constexpr int kStageBatch = 8;
 
 template <typename scalar_t>
-__device__ __forceinline__ void stage_rows_simple(const RecParams<scalar_t>& p, const Phase& ph,
-                                                  const acc_type<scalar_t>* state_in,
-                                                  acc_type<scalar_t>* Xs, int64_t r0, int nrows,
-                                                  int nrows_pad) {
-  using acc_t = acc_type<scalar_t>;
-  const int64_t H = p.H, Hp = p.Hp;
-  for (int64_t idx = threadIdx.x; idx < static_cast<int64_t>(nrows_pad) * Hp; idx += blockDim.x) {
-    const int64_t r = idx / Hp, kk = idx % Hp;
-    Xs[idx] = (r < nrows && kk < H) ? input_at(p, ph, state_in, r0 + r, kk) : acc_t(0);
-  }
-}
-
-template <typename scalar_t>
-__device__ __forceinline__ void stage_rows_batched(const RecParams<scalar_t>& p, const Phase& ph,
-                                                   const acc_type<scalar_t>* state_in,
-                                                   acc_type<scalar_t>* Xs, int64_t r0, int nrows,
-                                                   int nrows_pad) {
+__device__ __forceinline__ void stage_rows(const RecParams<scalar_t>& p, const Phase& ph,
+                                           const acc_type<scalar_t>* state_in,
+                                           acc_type<scalar_t>* Xs, int64_t r0, int nrows,
+                                           int nrows_pad) {
   using acc_t = acc_type<scalar_t>;
   const int H = static_cast<int>(p.H), Hp = static_cast<int>(p.Hp);
   const int total = nrows_pad * Hp;
@@ -172,11 +157,7 @@ __global__ void __launch_bounds__(Persistent::kThreads, 1)
       const int nrows_pad = (nrows + BT - 1) / BT * BT;
 
       // Stage the input rows (zero rows and columns past the end).
-      if (p.stage_batched) {
-        stage_rows_batched(p, ph, state_in, Xs, r0, nrows, nrows_pad);
-      } else {
-        stage_rows_simple(p, ph, state_in, Xs, r0, nrows, nrows_pad);
-      }
+      stage_rows(p, ph, state_in, Xs, r0, nrows, nrows_pad);
       __syncthreads();
 
       // Work items: (unit group g, row tile bt), each split over ks warps along H.

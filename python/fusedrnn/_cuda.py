@@ -16,9 +16,7 @@ driver too old for it would fail every call with ``cudaErrorInsufficientDriver``
 ``FUSEDRNN_CUDA_PATH`` (``auto`` | ``persistent`` | ``stepwise``) forces one recurrence
 kernel, for benchmarks and debugging; ``auto`` (the default) takes the persistent kernel
 when it fits on the chip and the batch is small enough for it to be the faster one
-(docs/cuda_kernels.md, "Boundary"). ``FUSEDRNN_CUDA_STAGING`` (``simple`` | ``batched``)
-picks how the persistent kernel copies the previous state into shared memory: the
-validated copy (default) or the batched one under measurement; the results are the same.
+(docs/cuda_kernels.md, "Boundary").
 """
 
 from __future__ import annotations
@@ -52,7 +50,6 @@ KERNEL_DTYPES = {
 }
 
 _PATHS = ("auto", "persistent", "stepwise")
-_STAGINGS = ("simple", "batched")
 
 # The oldest Linux driver branch that supports each CUDA major version.
 _MIN_DRIVER = {11: "R450", 12: "R525", 13: "R580"}
@@ -133,15 +130,6 @@ def kernel_path() -> str:
     if path not in _PATHS:
         raise ValueError(f"fusedrnn: FUSEDRNN_CUDA_PATH must be one of {_PATHS}, got {path!r}")
     return path
-
-
-def kernel_staging() -> str:
-    staging = os.environ.get("FUSEDRNN_CUDA_STAGING", "simple")
-    if staging not in _STAGINGS:
-        raise ValueError(
-            f"fusedrnn: FUSEDRNN_CUDA_STAGING must be one of {_STAGINGS}, got {staging!r}"
-        )
-    return staging
 
 
 def _addr(t: Tensor | None) -> int:
@@ -231,7 +219,6 @@ def rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, h, hn)
         index,
         stream,
         path,
-        kernel_staging(),
     )
 
 
@@ -261,5 +248,4 @@ def rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, w_hh, h, G, dhn, d
         index,
         stream,
         path,
-        kernel_staging(),
     )

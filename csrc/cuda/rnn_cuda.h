@@ -35,7 +35,7 @@ namespace fusedrnn {
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
 
 // Which recurrence kernel runs. kAuto takes the persistent kernel when the batch is within
-// its limit (32 rows forward, 16 backward: rnn_launch.cuh), it fits on the chip and the
+// its limit (64 rows forward and backward: rnn_launch.cuh), it fits on the chip and the
 // device can launch it cooperatively, else the per-step kernel.
 enum class CudaPath : int { kAuto = 0, kPersistent = 1, kStepwise = 2 };
 

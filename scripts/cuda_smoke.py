@@ -1,5 +1,6 @@
-"""A small CUDA workload for compute-sanitizer: both recurrence kernels, every dtype, packed
-and padded, forward and reverse, through the ops (forward + backward).
+"""A small CUDA workload for compute-sanitizer: both recurrence kernels (the persistent one
+with each staging copy), every dtype, packed and padded, forward and reverse, through the
+ops (forward + backward).
 
     compute-sanitizer --tool memcheck python3 scripts/cuda_smoke.py
 """
@@ -16,8 +17,13 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 def main() -> None:
     torch.manual_seed(0)
-    for path in ("persistent", "stepwise"):
+    for path, staging in (
+        ("persistent", "batched"),
+        ("persistent", "rows"),
+        ("stepwise", "batched"),
+    ):
         os.environ["FUSEDRNN_CUDA_PATH"] = path
+        os.environ["FUSEDRNN_CUDA_STAGING"] = staging
         for dtype in DTYPES:
             for bidirectional in (False, True):
                 rnn = fusedrnn.RNN(7, 37, num_layers=2, bidirectional=bidirectional)

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: build fusedrnn with its CUDA kernels, stress the persistent
-# kernel (scripts/cuda_stress.py), run the CUDA tests, the GPU benchmarks, compute-sanitizer
-# (memcheck, racecheck, synccheck, initcheck) on a small case, and the persistent vs per-step
-# comparison, and an Nsight Compute profile of one persistent launch. Results: build.log,
-# pytest_cuda.xml, sanitizer logs, bench_cuda.{json,md}, bench_paths.{json,md}, ncu_* (in
-# $OUT/results.tgz, below). Pass --full for the full benchmark grid. It starts by
+# kernel (scripts/cuda_stress.py), run the CUDA tests, the GPU benchmarks (and their float32
+# rows again with the row-wise staging copy), compute-sanitizer (memcheck, racecheck,
+# synccheck, initcheck) on a small case, the persistent vs per-step comparison (with each
+# staging copy), and an Nsight Compute profile of one persistent launch (each copy).
+# Results: build.log, pytest_cuda.xml, sanitizer logs, bench_cuda.{json,md},
+# bench_paths.{json,md}, ncu_*, staging_rows/ (in $OUT/results.tgz, below). Pass --full for the full benchmark grid. It starts by
 # printing the driver, nvcc and torch CUDA versions.
 #
 #   OUT=/some/dir [BUDGET=seconds] [SANITIZER_TOOLS="memcheck ..."] [PATHS=0] [PROFILE=0] \
-#     [PRECISIONS=fp32,bf16] scripts/gpu_check.sh [--full]
+#     [STAGING_AB=0] [PRECISIONS=fp32,bf16] scripts/gpu_check.sh [--full]
 #
 # BUDGET (default 520) bounds the whole run: each step runs under `timeout` for the smaller of
 # its own cap and what is left, and a step with under 15 s left is skipped, so the script ends
@@ -89,6 +90,18 @@ bounded "${BENCH_TIMEOUT:-150}" $PY scripts/bench_cuda.py --out "$RES" \
   ${PRECISIONS:+--precisions $PRECISIONS} "$@" || status=1
 save
 
+# The persistent kernel's two copies of h_{t-1} into shared memory (rnn_persistent.cuh):
+# the runs above use the default one; these time the row-wise one right after, into
+# $RES/staging_rows/ (STAGING_AB=0 skips them, here and in the steps below).
+step "staging A/B: benchmarks again, float32, FUSEDRNN_CUDA_STAGING=rows"
+if [[ "${STAGING_AB:-1}" == 1 ]]; then
+  bounded "${STAGING_TIMEOUT:-60}" env FUSEDRNN_CUDA_STAGING=rows $PY scripts/bench_cuda.py \
+    --out "$RES/staging_rows" --precisions fp32 "$@" || status=1
+else
+  echo "skipped (STAGING_AB=0)"
+fi
+save
+
 step "compute-sanitizer"
 for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
   if bounded "${SANITIZER_TIMEOUT:-90}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
@@ -101,33 +114,47 @@ for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
 done
 
 step "kernel paths: persistent vs per-step, both forced via FUSEDRNN_CUDA_PATH"
-# The data behind auto's batch limit in plan_for_kernel (docs/cuda_kernels.md, "Boundary")
-# (PATHS=0 skips it).
+# The data behind auto's batch limit in plan_for_kernel (docs/cuda_kernels.md, "Boundary"),
+# then the same grid with the row-wise staging copy (PATHS=0 skips both).
 if [[ "${PATHS:-1}" == 1 ]]; then
   bounded "${PATHS_TIMEOUT:-90}" $PY scripts/bench_cuda.py --out "$RES" --paths || status=1
+  save
+  if [[ "${STAGING_AB:-1}" == 1 ]]; then
+    bounded "${PATHS_TIMEOUT:-90}" env FUSEDRNN_CUDA_STAGING=rows $PY scripts/bench_cuda.py \
+      --out "$RES/staging_rows" --paths || status=1
+  fi
 else
   echo "skipped (PATHS=0)"
 fi
 save
 
 # Where the persistent step's time goes: Nsight Compute on one forward launch at B=1, H=1024
-# (warp stall reasons, and the source-level sampling by SASS line in ncu_source.csv).
+# with each staging copy (warp stall reasons in ncu_<copy>_details.txt, the sampling by SASS
+# line in ncu_<copy>_source.csv).
 # PROFILE=0 skips it; a machine that refuses performance counters says so here.
 step "profile: ncu on the persistent kernel (B=1, H=1024, T=100)"
 if [[ "${PROFILE:-1}" == 1 ]] && command -v ncu > /dev/null; then
   ncu_args=(--kernel-name regex:rnn_persistent --launch-skip 3 --launch-count 1
     --section SpeedOfLight --section WarpStateStats --section SchedulerStats
     --section SourceCounters --section LaunchStats --section Occupancy)
-  rep=$(mktemp -d)/ncu_persistent  # the report itself stays out of results.tgz (size)
-  bounded "${PROFILE_TIMEOUT:-60}" ncu "${ncu_args[@]}" -o "$rep" \
-    $PY scripts/cuda_profile.py > "$RES/ncu.log" 2>&1 || echo "ncu: FAILED or timed out (diagnostic only)"
-  tail -5 "$RES/ncu.log"
-  if [[ -f "$rep.ncu-rep" ]]; then
-    ncu --import "$rep.ncu-rep" --page details > "$RES/ncu_details.txt" 2>&1
-    ncu --import "$rep.ncu-rep" --page source --print-source sass --csv \
-      > "$RES/ncu_source.csv" 2>&1
-    grep -iE "duration|stall|warp cycles per|issued ipc|elapsed cycles" "$RES/ncu_details.txt" | head -25
-  fi
+  stagings=(batched)
+  [[ "${STAGING_AB:-1}" == 1 ]] && stagings+=(rows)
+  for staging in "${stagings[@]}"; do
+    rep=$(mktemp -d)/ncu  # the report itself stays out of results.tgz (size)
+    pre="$RES/ncu_$staging"
+    echo "-- staging copy: $staging"
+    bounded "${PROFILE_TIMEOUT:-60}" env FUSEDRNN_CUDA_STAGING="$staging" ncu "${ncu_args[@]}" \
+      -o "$rep" $PY scripts/cuda_profile.py > "$pre.log" 2>&1 \
+      || echo "ncu: FAILED or timed out (diagnostic only)"
+    tail -3 "$pre.log"
+    if [[ -f "$rep.ncu-rep" ]]; then
+      ncu --import "$rep.ncu-rep" --page details > "${pre}_details.txt" 2>&1
+      ncu --import "$rep.ncu-rep" --page source --print-source sass --csv \
+        > "${pre}_source.csv" 2>&1
+      grep -iE "duration|warp cycles per issued" "${pre}_details.txt" | head -4
+    fi
+    save
+  done
 else
   echo "skipped (PROFILE=0 or no ncu)"
 fi

@@ -89,26 +89,28 @@ def _launch_args(x, bs, B):
     return head, (_addr(ws), ws.numel(), x.device.index, stream), (bs_host, bs_dev, ws)
 
 
-def cuda_forward(P, W, h0, bs, B, reverse, nl, path, in_place=False):
+def cuda_forward(P, W, h0, bs, B, reverse, nl, path, in_place=False, staging="batched"):
     """Run _C_cuda.rnn_forward on device tensors; P [N,H]; bs a NumPy array or None."""
     head, tail, keep = _launch_args(P, bs, B)
     h = P.clone() if in_place else _poisoned(P.shape, P.dtype, P.device)
     hn = _poisoned((B, P.shape[1]), P.dtype, P.device)
     src = h if in_place else P
     ptrs = (_addr(src), _addr(W), _addr(h0), _addr(h), _addr(hn))
-    _cuda._C_cuda.rnn_forward(*head, reverse, nl, *ptrs, *tail, path)
+    _cuda._C_cuda.rnn_forward(*head, reverse, nl, *ptrs, *tail, path, staging=staging)
     del keep  # enqueued: see _launch_args
     return h, hn
 
 
-def cuda_backward(W, h, G, dhn, bs, B, reverse, nl, path, in_place=False, want_dh0=True):
+def cuda_backward(
+    W, h, G, dhn, bs, B, reverse, nl, path, in_place=False, want_dh0=True, staging="batched"
+):
     """Run _C_cuda.rnn_backward; dP aliases G when in_place; dh0 is None unless wanted."""
     head, tail, keep = _launch_args(h, bs, B)
     dP = G.clone() if in_place else _poisoned(h.shape, h.dtype, h.device)
     dh0 = _poisoned((B, h.shape[1]), h.dtype, h.device) if want_dh0 else None
     src = dP if in_place else G
     ptrs = (_addr(W), _addr(h), _addr(src), _addr(dhn), _addr(dP), _addr(dh0))
-    _cuda._C_cuda.rnn_backward(*head, reverse, nl, *ptrs, *tail, path)
+    _cuda._C_cuda.rnn_backward(*head, reverse, nl, *ptrs, *tail, path, staging=staging)
     del keep  # enqueued: see _launch_args
     return dP, dh0
 
@@ -305,11 +307,14 @@ def test_persistent_kernel_multipass(case, packed, reverse):
     _check(p, dtype, reverse, "tanh", "persistent")
 
 
-# The persistent kernel's staging copy of h_{t-1} (stage_rows in rnn_persistent.cuh) works in
-# batches of 8 loads per thread with 32-bit indices: shapes that cover one and several row
-# tiles, a partial last tile and a partial last batch, several passes per step, packed input
-# (rows joining from h0 and leaving), reverse, BPTT with dh0, and each storage type. Against
-# the reference, and bitwise equal from one run to the next.
+# The persistent kernel's two staging copies of h_{t-1} (rnn_persistent.cuh): stage_rows (8
+# elements in flight per thread, 32-bit indices) and stage_rows_by_row (quads of a row,
+# 16-byte loads, opt-in). Shapes that cover one and several row tiles, a partial last tile
+# and batch, several passes per step, packed input (rows joining from h0 and leaving),
+# reverse, BPTT with dh0, each storage type, and the row-wise layouts: many rows at once
+# (H = 5, 33), one row at a time with idle threads (H = 514 in float64, 1000), more quads
+# than threads (H = 1102), a part quad at the end (H = 5, 33, 151, 9, 19, 514, 1102). Each
+# copy against the reference, bitwise equal to each other and from one run to the next.
 STAGING_CASES = [
     ((7, 1, 5, None), torch.float32, False),
     ((13, 9, 33, None), torch.float64, True),
@@ -317,26 +322,39 @@ STAGING_CASES = [
     ((6, 5, 9, [2, 6, 1, 6, 3]), torch.float16, True),
     ((11, 12, 19, [3, 11, 7, 1, 11, 2, 9, 9, 4, 5, 6, 10]), torch.float32, False),
     ((5, 70, 1000, None), torch.float32, True),  # B = 70: several passes at H = 1000
+    ((4, 3, 1102, [4, 2, 3]), torch.float32, True),
+    ((3, 11, 1102, None), torch.float32, False),
+    ((5, 10, 514, None), torch.float64, False),
 ]
 
 
 @pytest.mark.parametrize("case", STAGING_CASES, ids=str)
-def test_persistent_staging_edges(case):
+def test_persistent_staging_copies(case):
     shape, dtype, reverse = case
     p = _problem(*shape, dtype, ("staging", shape, str(dtype), reverse))
     _check(p, dtype, reverse, "tanh", "persistent")
     B = p["B"]
     runs = []
-    for _ in range(2):
-        h, hn = cuda_forward(p["P"], p["W"], p["h0"], p["bs"], B, reverse, "tanh", "persistent")
-        dP, dh0 = cuda_backward(
-            p["W"], h, p["G"], p["Gn"], p["bs"], B, reverse, "tanh", "persistent"
+    for staging in ("batched", "batched", "rows"):
+        h, hn = cuda_forward(
+            p["P"], p["W"], p["h0"], p["bs"], B, reverse, "tanh", "persistent", staging=staging
         )
+        dP, dh0 = cuda_backward(
+            p["W"], h, p["G"], p["Gn"], p["bs"], B, reverse, "tanh", "persistent",
+            staging=staging,
+        )  # fmt: skip
         runs.append((h, hn, dP, dh0))
     torch.cuda.synchronize()
-    for a, b in zip(*runs, strict=True):
-        assert torch.isfinite(a).all()
-        assert torch.equal(a, b)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert torch.isfinite(b).all()
+            assert torch.equal(a, b)
+
+
+def test_staging_is_checked():
+    p = _problem(2, 2, 8, None, torch.float32, "staging name")
+    with pytest.raises(ValueError, match="staging: expected 'batched' or 'rows', got 'fast'"):
+        cuda_forward(p["P"], p["W"], p["h0"], None, 2, False, "tanh", "auto", staging="fast")
 
 
 @pytest.mark.parametrize("path", ["auto", "persistent"])

@@ -53,3 +53,15 @@ def test_check_driver_raises_and_caches_success(monkeypatch):
     _cuda.check_driver()
     _cuda.check_driver()
     assert fake.calls == 1  # checked once, then cached
+
+
+def test_staging_variable_is_read_and_checked(monkeypatch):
+    """FUSEDRNN_CUDA_STAGING picks the persistent kernel's staging copy; a bad value is
+    refused by name before any launch."""
+    monkeypatch.delenv("FUSEDRNN_CUDA_STAGING", raising=False)
+    assert _cuda.kernel_staging() == "batched"
+    monkeypatch.setenv("FUSEDRNN_CUDA_STAGING", "rows")
+    assert _cuda.kernel_staging() == "rows"
+    monkeypatch.setenv("FUSEDRNN_CUDA_STAGING", "fast")
+    with pytest.raises(ValueError, match=r"FUSEDRNN_CUDA_STAGING must be one of .*'fast'"):
+        _cuda.kernel_staging()

@@ -170,6 +170,7 @@ struct RecParams {
   scalar_t* Yfinal;             // [B,H] out: forward hn; BPTT dh0; nullptr = not wanted
   acc_t* state;                 // [2,B,Hp] ping-pong state in the accumulation type
   unsigned long long* barrier;  // grid barrier counter (persistent kernel), zeroed per call
+  bool stage_by_rows;           // persistent kernel: stage_rows_by_row (rnn_persistent.cuh)
 };
 
 // Rows a phase computes: the active rows, plus (BPTT) the rows that just left and want dh0.

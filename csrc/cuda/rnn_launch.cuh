@@ -155,6 +155,7 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
   p.Y = static_cast<scalar_t*>(c.Y);
   p.Yfinal = static_cast<scalar_t*>(c.Yfinal);
   p.barrier = static_cast<unsigned long long*>(c.workspace);
+  p.stage_by_rows = c.staging == CudaStaging::kRows;
   p.state = reinterpret_cast<acc_t*>(static_cast<unsigned char*>(c.workspace) + kBarrierBytes);
 
   // Only the persistent kernel reads batch_sizes on the device; the caller copies them only

@@ -44,6 +44,7 @@ struct RecurrenceCall {
   void* workspace = nullptr;
   cudaStream_t stream = nullptr;
   CudaPath path = CudaPath::kAuto;
+  CudaStaging staging = CudaStaging::kBatched;
 };
 
 template <typename scalar_t>

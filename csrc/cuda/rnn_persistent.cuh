@@ -106,6 +106,66 @@ __device__ __forceinline__ void stage_rows(const RecParams<scalar_t>& p, const P
   }
 }
 
+__device__ __forceinline__ void store4(float* p, const float (&v)[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void store4(double* p, const double (&v)[4]) {
+  reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]);
+  reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
+}
+
+// The same copy, row by row (opt-in: FUSEDRNN_CUDA_STAGING=rows; written after the H100
+// profile of session 14, which found stage_rows at half the step at B = 1 and its cost in
+// instructions: a division and a branch per element, the zero rows of the tile costing as
+// much as the real one). Threads work on quads (4 elements) of a row: `lanes` threads per
+// row, `row_groups` rows at a time, laid out once per call (one division per call, none per
+// element). A quad of a state row wholly inside H is one 16-byte load (state rows are
+// 16-byte aligned: the workspace is 256-byte aligned and Hp a multiple of 4); rows from h0,
+// the quad across H and the padding rows go element by element through input_at, as in
+// stage_rows, so the values are the same.
+template <typename scalar_t>
+__device__ __forceinline__ void stage_rows_by_row(const RecParams<scalar_t>& p, const Phase& ph,
+                                                  const acc_type<scalar_t>* state_in,
+                                                  acc_type<scalar_t>* Xs, int64_t r0, int nrows,
+                                                  int nrows_pad) {
+  using acc_t = acc_type<scalar_t>;
+  // Quads in flight per thread: 8 (128 bytes) in float; 4 in double, where 8 would spill.
+  constexpr int NB = sizeof(acc_t) == 8 ? kStageBatch / 2 : kStageBatch;
+  const int H = static_cast<int>(p.H), Hp = static_cast<int>(p.Hp);
+  const int Hq = Hp / 4;    // quads per row
+  const int Hfull = H / 4;  // quads wholly inside H
+  const int nthreads = static_cast<int>(blockDim.x);
+  const int lanes = nthreads < Hq ? nthreads : Hq;
+  const int row_groups = nthreads / lanes;
+  const int rg = static_cast<int>(threadIdx.x) / lanes;
+  const int q0 = static_cast<int>(threadIdx.x) - rg * lanes;
+  if (rg >= row_groups) return;  // the threads past the last whole row group (no barrier here)
+  for (int q = q0; q < Hq; q += lanes) {
+    const int k = 4 * q;
+    for (int rb = rg; rb < nrows_pad; rb += row_groups * NB) {
+      acc_t v[NB][4];
+#pragma unroll
+      for (int i = 0; i < NB; ++i) {
+        const int r = rb + i * row_groups;
+        const int64_t b = r0 + r;
+        if (r < nrows && b < ph.bprev && q < Hfull) {
+          load4(state_in + b * Hp + k, v[i]);
+        } else {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            v[i][e] = (r < nrows && k + e < H) ? input_at(p, ph, state_in, b, k + e) : acc_t(0);
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < NB; ++i) {
+        const int r = rb + i * row_groups;
+        if (r < nrows_pad) store4(Xs + r * Hp + k, v[i]);
+      }
+    }
+  }
+}
+
 template <typename scalar_t, bool BWD, Activation ACT>
 __global__ void __launch_bounds__(Persistent::kThreads, 1)
     rnn_persistent_kernel(RecParams<scalar_t> p, int Hc, int rows_cap) {
@@ -157,7 +217,11 @@ __global__ void __launch_bounds__(Persistent::kThreads, 1)
       const int nrows_pad = (nrows + BT - 1) / BT * BT;
 
       // Stage the input rows (zero rows and columns past the end).
-      stage_rows(p, ph, state_in, Xs, r0, nrows, nrows_pad);
+      if (p.stage_by_rows) {
+        stage_rows_by_row(p, ph, state_in, Xs, r0, nrows, nrows_pad);
+      } else {
+        stage_rows(p, ph, state_in, Xs, r0, nrows, nrows_pad);
+      }
       __syncthreads();
 
       // Work items: (unit group g, row tile bt), each split over ks warps along H.

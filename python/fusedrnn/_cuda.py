@@ -16,7 +16,10 @@ driver too old for it would fail every call with ``cudaErrorInsufficientDriver``
 ``FUSEDRNN_CUDA_PATH`` (``auto`` | ``persistent`` | ``stepwise``) forces one recurrence
 kernel, for benchmarks and debugging; ``auto`` (the default) takes the persistent kernel
 when it fits on the chip and the batch is small enough for it to be the faster one
-(docs/cuda_kernels.md, "Boundary").
+(docs/cuda_kernels.md, "Boundary"). ``FUSEDRNN_CUDA_STAGING`` (``batched`` | ``rows``)
+picks how the persistent kernel copies the previous state into shared memory: the
+element-wise copy validated on an H100 (default) or the row-wise one under measurement; the
+results are the same.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ KERNEL_DTYPES = {
 }
 
 _PATHS = ("auto", "persistent", "stepwise")
+_STAGINGS = ("batched", "rows")
 
 # The oldest Linux driver branch that supports each CUDA major version.
 _MIN_DRIVER = {11: "R450", 12: "R525", 13: "R580"}
@@ -130,6 +134,15 @@ def kernel_path() -> str:
     if path not in _PATHS:
         raise ValueError(f"fusedrnn: FUSEDRNN_CUDA_PATH must be one of {_PATHS}, got {path!r}")
     return path
+
+
+def kernel_staging() -> str:
+    staging = os.environ.get("FUSEDRNN_CUDA_STAGING", "batched")
+    if staging not in _STAGINGS:
+        raise ValueError(
+            f"fusedrnn: FUSEDRNN_CUDA_STAGING must be one of {_STAGINGS}, got {staging!r}"
+        )
+    return staging
 
 
 def _addr(t: Tensor | None) -> int:
@@ -219,6 +232,7 @@ def rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, h, hn)
         index,
         stream,
         path,
+        kernel_staging(),
     )
 
 
@@ -248,4 +262,5 @@ def rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, w_hh, h, G, dhn, d
         index,
         stream,
         path,
+        kernel_staging(),
     )

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: build fusedrnn with its CUDA kernels, stress the persistent
 # kernel (scripts/cuda_stress.py), run the CUDA tests, the GPU benchmarks (and their float32
-# rows again with the row-wise staging copy), compute-sanitizer (memcheck, racecheck,
-# synccheck, initcheck) on a small case, the persistent vs per-step comparison (with each
-# staging copy), and an Nsight Compute profile of one persistent launch (each copy).
-# Results: build.log, pytest_cuda.xml, sanitizer logs, bench_cuda.{json,md},
-# bench_paths.{json,md}, ncu_*, staging_rows/ (in $OUT/results.tgz, below). Pass --full for the full benchmark grid. It starts by
+# rows again with the opt-in kernel variants: FUSEDRNN_CUDA_STAGING=rows and
+# FUSEDRNN_CUDA_STEPWISE=tiled), compute-sanitizer (memcheck, racecheck, synccheck,
+# initcheck) on a small case, the persistent vs per-step comparison (default and variants),
+# and an Nsight Compute profile of one persistent launch (each staging copy). Results:
+# build.log, pytest_cuda.xml, sanitizer logs, bench_cuda.{json,md}, bench_paths.{json,md},
+# ncu_*, variants/ (in $OUT/results.tgz, below). Pass --full for the full benchmark grid. It starts by
 # printing the driver, nvcc and torch CUDA versions.
 #
 #   OUT=/some/dir [BUDGET=seconds] [SANITIZER_TOOLS="memcheck ..."] [PATHS=0] [PROFILE=0] \
@@ -90,13 +91,15 @@ bounded "${BENCH_TIMEOUT:-150}" $PY scripts/bench_cuda.py --out "$RES" \
   ${PRECISIONS:+--precisions $PRECISIONS} "$@" || status=1
 save
 
-# The persistent kernel's two copies of h_{t-1} into shared memory (rnn_persistent.cuh):
-# the runs above use the default one; these time the row-wise one right after, into
-# $RES/staging_rows/ (STAGING_AB=0 skips them, here and in the steps below).
-step "staging A/B: benchmarks again, float32, FUSEDRNN_CUDA_STAGING=rows"
+# The opt-in kernel variants under measurement: the persistent kernel's row-wise copy of
+# h_{t-1} (rnn_persistent.cuh) and the per-step kernel's register-blocked tile
+# (rnn_stepwise.cuh). The runs above use the validated defaults; these time the variants
+# right after, into $RES/variants/ (STAGING_AB=0 skips them, here and in the steps below).
+VARIANTS=(env FUSEDRNN_CUDA_STAGING=rows FUSEDRNN_CUDA_STEPWISE=tiled)
+step "variant A/B: benchmarks again, float32, ${VARIANTS[*]:1}"
 if [[ "${STAGING_AB:-1}" == 1 ]]; then
-  bounded "${STAGING_TIMEOUT:-60}" env FUSEDRNN_CUDA_STAGING=rows $PY scripts/bench_cuda.py \
-    --out "$RES/staging_rows" --precisions fp32 "$@" || status=1
+  bounded "${STAGING_TIMEOUT:-60}" "${VARIANTS[@]}" $PY scripts/bench_cuda.py \
+    --out "$RES/variants" --precisions fp32 "$@" || status=1
 else
   echo "skipped (STAGING_AB=0)"
 fi
@@ -115,13 +118,14 @@ done
 
 step "kernel paths: persistent vs per-step, both forced via FUSEDRNN_CUDA_PATH"
 # The data behind auto's batch limit in plan_for_kernel (docs/cuda_kernels.md, "Boundary"),
-# then the same grid with the row-wise staging copy (PATHS=0 skips both).
+# then the same grid with the variants (the persistent columns time the row-wise copy, the
+# per-step columns the tiled kernel; PATHS=0 skips both).
 if [[ "${PATHS:-1}" == 1 ]]; then
   bounded "${PATHS_TIMEOUT:-90}" $PY scripts/bench_cuda.py --out "$RES" --paths || status=1
   save
   if [[ "${STAGING_AB:-1}" == 1 ]]; then
-    bounded "${PATHS_TIMEOUT:-90}" env FUSEDRNN_CUDA_STAGING=rows $PY scripts/bench_cuda.py \
-      --out "$RES/staging_rows" --paths || status=1
+    bounded "${PATHS_TIMEOUT:-90}" "${VARIANTS[@]}" $PY scripts/bench_cuda.py \
+      --out "$RES/variants" --paths || status=1
   fi
 else
   echo "skipped (PATHS=0)"

@@ -89,28 +89,35 @@ def _launch_args(x, bs, B):
     return head, (_addr(ws), ws.numel(), x.device.index, stream), (bs_host, bs_dev, ws)
 
 
-def cuda_forward(P, W, h0, bs, B, reverse, nl, path, in_place=False, staging="batched"):
+def cuda_forward(
+    P, W, h0, bs, B, reverse, nl, path, in_place=False, staging="batched", stepwise="simple"
+):
     """Run _C_cuda.rnn_forward on device tensors; P [N,H]; bs a NumPy array or None."""
     head, tail, keep = _launch_args(P, bs, B)
     h = P.clone() if in_place else _poisoned(P.shape, P.dtype, P.device)
     hn = _poisoned((B, P.shape[1]), P.dtype, P.device)
     src = h if in_place else P
     ptrs = (_addr(src), _addr(W), _addr(h0), _addr(h), _addr(hn))
-    _cuda._C_cuda.rnn_forward(*head, reverse, nl, *ptrs, *tail, path, staging=staging)
+    _cuda._C_cuda.rnn_forward(
+        *head, reverse, nl, *ptrs, *tail, path, staging=staging, stepwise=stepwise
+    )
     del keep  # enqueued: see _launch_args
     return h, hn
 
 
 def cuda_backward(
-    W, h, G, dhn, bs, B, reverse, nl, path, in_place=False, want_dh0=True, staging="batched"
-):
+    W, h, G, dhn, bs, B, reverse, nl, path, in_place=False, want_dh0=True, staging="batched",
+    stepwise="simple",
+):  # fmt: skip
     """Run _C_cuda.rnn_backward; dP aliases G when in_place; dh0 is None unless wanted."""
     head, tail, keep = _launch_args(h, bs, B)
     dP = G.clone() if in_place else _poisoned(h.shape, h.dtype, h.device)
     dh0 = _poisoned((B, h.shape[1]), h.dtype, h.device) if want_dh0 else None
     src = dP if in_place else G
     ptrs = (_addr(W), _addr(h), _addr(src), _addr(dhn), _addr(dP), _addr(dh0))
-    _cuda._C_cuda.rnn_backward(*head, reverse, nl, *ptrs, *tail, path, staging=staging)
+    _cuda._C_cuda.rnn_backward(
+        *head, reverse, nl, *ptrs, *tail, path, staging=staging, stepwise=stepwise
+    )
     del keep  # enqueued: see _launch_args
     return dP, dh0
 
@@ -349,6 +356,56 @@ def test_persistent_staging_copies(case):
         for a, b in zip(runs[0], other, strict=True):
             assert torch.isfinite(b).all()
             assert torch.equal(a, b)
+
+
+# The per-step kernel's register-blocked tile (rnn_step_kernel_tiled, opt-in) accumulates
+# every output in the same order as rnn_step_kernel: bitwise the same results. Shapes with
+# several 64-row and 64-unit tiles and part tiles, H not a multiple of the 16-wide K tile,
+# packed input, reverse, relu, BPTT with and without dh0, each storage type.
+STEPWISE_CASES = [
+    ((5, 1, 7, None), torch.float32, False, "tanh"),
+    ((6, 70, 130, None), torch.float32, True, "tanh"),
+    ((4, 129, 65, None), torch.float64, False, "relu"),
+    ((7, 9, 200, [7, 3, 5, 1, 7, 2, 6, 4, 7]), torch.float32, True, "tanh"),
+    ((3, 66, 97, None), torch.bfloat16, False, "tanh"),
+    ((3, 40, 33, list(range(3, 0, -1)) * 13 + [3]), torch.float16, False, "relu"),
+]
+
+
+@pytest.mark.parametrize("case", STEPWISE_CASES, ids=str)
+def test_stepwise_tiled_is_bitwise_simple(case):
+    shape, dtype, reverse, nl = case
+    p = _problem(*shape, dtype, ("stepwise tiled", shape, str(dtype), reverse, nl))
+    B = p["B"]
+    runs = {}
+    for variant in ("simple", "tiled"):
+        h, hn = cuda_forward(
+            p["P"], p["W"], p["h0"], p["bs"], B, reverse, nl, "stepwise", stepwise=variant
+        )
+        dP, dh0 = cuda_backward(
+            p["W"], h, p["G"], p["Gn"], p["bs"], B, reverse, nl, "stepwise", stepwise=variant
+        )
+        dP2, _ = cuda_backward(
+            p["W"], h, p["G"], None, p["bs"], B, reverse, nl, "stepwise", want_dh0=False,
+            stepwise=variant,
+        )  # fmt: skip
+        runs[variant] = (h, hn, dP, dh0, dP2)
+    torch.cuda.synchronize()
+    for a, b in zip(runs["simple"], runs["tiled"], strict=True):
+        assert torch.isfinite(b).all()
+        assert torch.equal(a, b)
+    want_h, want_hn, want_dP, want_dh0 = _reference(p, reverse, nl, h_stored=_np(runs["tiled"][0]))
+    h, hn, dP, dh0, _ = runs["tiled"]
+    assert rel_error(_np(h), want_h) <= FORWARD_RTOL[dtype]
+    assert rel_error(_np(hn), want_hn) <= FORWARD_RTOL[dtype]
+    assert rel_error(_np(dP), want_dP) <= BACKWARD_RTOL[dtype]
+    assert rel_error(_np(dh0), want_dh0) <= BACKWARD_RTOL[dtype]
+
+
+def test_stepwise_variant_is_checked():
+    p = _problem(2, 2, 8, None, torch.float32, "stepwise name")
+    with pytest.raises(ValueError, match="stepwise: expected 'simple' or 'tiled', got 'wide'"):
+        cuda_forward(p["P"], p["W"], p["h0"], None, 2, False, "tanh", "auto", stepwise="wide")
 
 
 def test_staging_is_checked():

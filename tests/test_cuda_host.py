@@ -65,3 +65,13 @@ def test_staging_variable_is_read_and_checked(monkeypatch):
     monkeypatch.setenv("FUSEDRNN_CUDA_STAGING", "fast")
     with pytest.raises(ValueError, match=r"FUSEDRNN_CUDA_STAGING must be one of .*'fast'"):
         _cuda.kernel_staging()
+
+
+def test_stepwise_variable_is_read_and_checked(monkeypatch):
+    monkeypatch.delenv("FUSEDRNN_CUDA_STEPWISE", raising=False)
+    assert _cuda.kernel_stepwise() == "simple"
+    monkeypatch.setenv("FUSEDRNN_CUDA_STEPWISE", "tiled")
+    assert _cuda.kernel_stepwise() == "tiled"
+    monkeypatch.setenv("FUSEDRNN_CUDA_STEPWISE", "wide")
+    with pytest.raises(ValueError, match=r"FUSEDRNN_CUDA_STEPWISE must be one of .*'wide'"):
+        _cuda.kernel_stepwise()

@@ -44,6 +44,10 @@ enum class CudaPath : int { kAuto = 0, kPersistent = 1, kStepwise = 2 };
 // Same values, so bitwise the same results.
 enum class CudaStaging : int { kBatched = 0, kRows = 1 };
 
+// Which per-step kernel runs (rnn_stepwise.cuh): the 2 x 2-outputs-per-thread one validated
+// on an H100, or the register-blocked tile under measurement. Bitwise the same results.
+enum class CudaStepwise : int { kSimple = 0, kTiled = 1 };
+
 // How a call will run on a device, for tests, `fusedrnn info` and the docs.
 struct CudaPlan {
   CudaPath path = CudaPath::kStepwise;  // never kAuto
@@ -86,7 +90,8 @@ int rnn_cuda_driver_version();
 void rnn_forward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev, DType dtype,
                       const void* P, const void* W_hh, const void* h0, void* h, void* hn,
                       void* workspace, std::size_t workspace_bytes, int device, void* stream,
-                      CudaPath path, CudaStaging staging = CudaStaging::kBatched);
+                      CudaPath path, CudaStaging staging = CudaStaging::kBatched,
+                      CudaStepwise stepwise = CudaStepwise::kSimple);
 
 // BPTT recurrence d_t = (G_t + d_next W_hh) * phi'(h_t), as rnn_backward_cpu.
 //   W_hh [H,H]  h [N,H]  G [N,H] or nullptr  dhn [B,H] or nullptr
@@ -94,6 +99,7 @@ void rnn_forward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev, 
 void rnn_backward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev, DType dtype,
                        const void* W_hh, const void* h, const void* G, const void* dhn, void* dP,
                        void* dh0, void* workspace, std::size_t workspace_bytes, int device,
-                       void* stream, CudaPath path, CudaStaging staging = CudaStaging::kBatched);
+                       void* stream, CudaPath path, CudaStaging staging = CudaStaging::kBatched,
+                       CudaStepwise stepwise = CudaStepwise::kSimple);
 
 }  // namespace fusedrnn

@@ -212,13 +212,21 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
   p.batch_sizes = nullptr;  // unused by the per-step kernel: phases come from the host
   Walker walker(s.batch_sizes, s.B, s.T, c.N, p.walk_reverse);
   const bool want_final = c.Yfinal != nullptr;
-  const unsigned gx = static_cast<unsigned>(ceil_div(s.H, Stepwise::kTileUnits));
+  const bool tiled = c.stepwise == CudaStepwise::kTiled;
+  const int64_t tile_units = tiled ? StepwiseTiled::kTileUnits : Stepwise::kTileUnits;
+  const int64_t tile_rows = tiled ? StepwiseTiled::kTileRows : Stepwise::kTileRows;
+  const unsigned gx = static_cast<unsigned>(ceil_div(s.H, tile_units));
   for (int64_t k = 0; k < p.nphase; ++k) {
     const Phase ph = walker.next(k);
     const int64_t rows = phase_rows<BWD>(ph, want_final);
-    const int64_t gy = ceil_div(rows, Stepwise::kTileRows);
-    rnn_step_kernel<scalar_t, BWD, ACT>
-        <<<dim3(gx, static_cast<unsigned>(gy)), Stepwise::kThreads, 0, c.stream>>>(p, ph, k, rows);
+    const dim3 grid(gx, static_cast<unsigned>(ceil_div(rows, tile_rows)));
+    if (tiled) {
+      rnn_step_kernel_tiled<scalar_t, BWD, ACT>
+          <<<grid, StepwiseTiled::kThreads, 0, c.stream>>>(p, ph, k, rows);
+    } else {
+      rnn_step_kernel<scalar_t, BWD, ACT>
+          <<<grid, Stepwise::kThreads, 0, c.stream>>>(p, ph, k, rows);
+    }
     check_cuda(cudaGetLastError(), "per-step recurrence kernel launch");
   }
 }

@@ -45,6 +45,7 @@ struct RecurrenceCall {
   cudaStream_t stream = nullptr;
   CudaPath path = CudaPath::kAuto;
   CudaStaging staging = CudaStaging::kBatched;
+  CudaStepwise stepwise = CudaStepwise::kSimple;
 };
 
 template <typename scalar_t>

@@ -19,7 +19,9 @@ when it fits on the chip and the batch is small enough for it to be the faster o
 (docs/cuda_kernels.md, "Boundary"). ``FUSEDRNN_CUDA_STAGING`` (``batched`` | ``rows``)
 picks how the persistent kernel copies the previous state into shared memory: the
 element-wise copy validated on an H100 (default) or the row-wise one under measurement; the
-results are the same.
+results are the same. ``FUSEDRNN_CUDA_STEPWISE`` (``simple`` | ``tiled``) picks the per-step
+kernel in the same way: the validated one (default) or the register-blocked tile under
+measurement, with the same results.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ KERNEL_DTYPES = {
 
 _PATHS = ("auto", "persistent", "stepwise")
 _STAGINGS = ("batched", "rows")
+_STEPWISES = ("simple", "tiled")
 
 # The oldest Linux driver branch that supports each CUDA major version.
 _MIN_DRIVER = {11: "R450", 12: "R525", 13: "R580"}
@@ -129,20 +132,24 @@ def check_driver() -> None:
     _driver_ok = True
 
 
+def _env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """The value of environment variable `name`, one of `choices` (the first by default)."""
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise ValueError(f"fusedrnn: {name} must be one of {choices}, got {value!r}")
+    return value
+
+
 def kernel_path() -> str:
-    path = os.environ.get("FUSEDRNN_CUDA_PATH", "auto")
-    if path not in _PATHS:
-        raise ValueError(f"fusedrnn: FUSEDRNN_CUDA_PATH must be one of {_PATHS}, got {path!r}")
-    return path
+    return _env_choice("FUSEDRNN_CUDA_PATH", _PATHS)
 
 
 def kernel_staging() -> str:
-    staging = os.environ.get("FUSEDRNN_CUDA_STAGING", "batched")
-    if staging not in _STAGINGS:
-        raise ValueError(
-            f"fusedrnn: FUSEDRNN_CUDA_STAGING must be one of {_STAGINGS}, got {staging!r}"
-        )
-    return staging
+    return _env_choice("FUSEDRNN_CUDA_STAGING", _STAGINGS)
+
+
+def kernel_stepwise() -> str:
+    return _env_choice("FUSEDRNN_CUDA_STEPWISE", _STEPWISES)
 
 
 def _addr(t: Tensor | None) -> int:
@@ -233,6 +240,7 @@ def rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, h, hn)
         stream,
         path,
         kernel_staging(),
+        kernel_stepwise(),
     )
 
 
@@ -263,4 +271,5 @@ def rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, w_hh, h, G, dhn, d
         stream,
         path,
         kernel_staging(),
+        kernel_stepwise(),
     )

@@ -332,6 +332,11 @@ STAGING_CASES = [
     ((4, 3, 1102, [4, 2, 3]), torch.float32, True),
     ((3, 11, 1102, None), torch.float32, False),
     ((5, 10, 514, None), torch.float64, False),
+    ((6, 5, 9, [2, 6, 1, 6, 3]), torch.float64, True),
+    ((4, 3, 1102, [4, 2, 3]), torch.float64, True),
+    ((3, 260, 4, None), torch.float32, False),  # 256 row groups, more rows than groups
+    ((4, 40, 151, [4, 3, 2, 1] * 10), torch.float64, True),
+    ((5, 70, 1000, [5] + [1 + (3 * i) % 5 for i in range(1, 70)]), torch.float32, True),
 ]
 
 

@@ -122,7 +122,8 @@ __device__ __forceinline__ void store4(double* p, const double (&v)[4]) {
 // element). A quad of a state row wholly inside H is one 16-byte load (state rows are
 // 16-byte aligned: the workspace is 256-byte aligned and Hp a multiple of 4); rows from h0,
 // the quad across H and the padding rows go element by element through input_at, as in
-// stage_rows, so the values are the same.
+// stage_rows, so the values are the same. The store indexes Xs by quads (4 * (r * Hq + q),
+// the same address as r * Hp + k): so written, nvcc keeps every store 16 bytes wide.
 template <typename scalar_t>
 __device__ __forceinline__ void stage_rows_by_row(const RecParams<scalar_t>& p, const Phase& ph,
                                                   const acc_type<scalar_t>* state_in,
@@ -160,7 +161,7 @@ __device__ __forceinline__ void stage_rows_by_row(const RecParams<scalar_t>& p, 
 #pragma unroll
       for (int i = 0; i < NB; ++i) {
         const int r = rb + i * row_groups;
-        if (r < nrows_pad) store4(Xs + r * Hp + k, v[i]);
+        if (r < nrows_pad) store4(Xs + 4 * (r * Hq + q), v[i]);
       }
     }
   }

@@ -364,17 +364,29 @@ def test_persistent_staging_copies(case):
 
 
 # The per-step kernel's register-blocked tile (rnn_step_kernel_tiled, opt-in) accumulates
-# every output in the same order as rnn_step_kernel: bitwise the same results. Shapes with
-# several 64-row and 64-unit tiles and part tiles, H not a multiple of the 16-wide K tile,
-# packed input, reverse, relu, BPTT with and without dh0, each storage type.
+# every output in the same order, over the same zero padding, as rnn_step_kernel: the same
+# bits, the sign of zero included. Shapes with several 32-row and 32-unit tiles, full and
+# part tiles, H not a multiple of the 32-wide K tile (H = 48: 16 past a multiple), packed
+# input crossing a row tile between steps, reverse, relu, BPTT with and without dh0, no h0,
+# each storage type.
 STEPWISE_CASES = [
     ((5, 1, 7, None), torch.float32, False, "tanh"),
     ((6, 70, 130, None), torch.float32, True, "tanh"),
     ((4, 129, 65, None), torch.float64, False, "relu"),
+    ((3, 64, 64, None), torch.float64, True, "tanh"),
+    ((4, 40, 48, None), torch.float32, False, "relu"),
     ((7, 9, 200, [7, 3, 5, 1, 7, 2, 6, 4, 7]), torch.float32, True, "tanh"),
-    ((3, 66, 97, None), torch.bfloat16, False, "tanh"),
+    ((5, 80, 96, [5] * 20 + [4] * 20 + [3] * 20 + [2] * 19 + [1]), torch.float32, True, "tanh"),
+    ((3, 66, 97, None), torch.bfloat16, True, "tanh"),
     ((3, 40, 33, list(range(3, 0, -1)) * 13 + [3]), torch.float16, False, "relu"),
 ]
+
+_BITS = {
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+    torch.bfloat16: torch.int16,
+    torch.float16: torch.int16,
+}
 
 
 @pytest.mark.parametrize("case", STEPWISE_CASES, ids=str)
@@ -387,6 +399,9 @@ def test_stepwise_tiled_is_bitwise_simple(case):
         h, hn = cuda_forward(
             p["P"], p["W"], p["h0"], p["bs"], B, reverse, nl, "stepwise", stepwise=variant
         )
+        h_no_h0, _ = cuda_forward(
+            p["P"], p["W"], None, p["bs"], B, reverse, nl, "stepwise", stepwise=variant
+        )
         dP, dh0 = cuda_backward(
             p["W"], h, p["G"], p["Gn"], p["bs"], B, reverse, nl, "stepwise", stepwise=variant
         )
@@ -394,13 +409,13 @@ def test_stepwise_tiled_is_bitwise_simple(case):
             p["W"], h, p["G"], None, p["bs"], B, reverse, nl, "stepwise", want_dh0=False,
             stepwise=variant,
         )  # fmt: skip
-        runs[variant] = (h, hn, dP, dh0, dP2)
+        runs[variant] = (h, hn, dP, dh0, dP2, h_no_h0)
     torch.cuda.synchronize()
     for a, b in zip(runs["simple"], runs["tiled"], strict=True):
         assert torch.isfinite(b).all()
-        assert torch.equal(a, b)
+        assert torch.equal(a.view(_BITS[dtype]), b.view(_BITS[dtype]))
     want_h, want_hn, want_dP, want_dh0 = _reference(p, reverse, nl, h_stored=_np(runs["tiled"][0]))
-    h, hn, dP, dh0, _ = runs["tiled"]
+    h, hn, dP, dh0 = runs["tiled"][:4]
     assert rel_error(_np(h), want_h) <= FORWARD_RTOL[dtype]
     assert rel_error(_np(hn), want_hn) <= FORWARD_RTOL[dtype]
     assert rel_error(_np(dP), want_dP) <= BACKWARD_RTOL[dtype]

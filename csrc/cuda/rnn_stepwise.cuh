@@ -79,35 +79,37 @@ __global__ void __launch_bounds__(Stepwise::kThreads, 4)
 }
 
 // The same step with a register-blocked tile (opt-in: FUSEDRNN_CUDA_STEPWISE=tiled; written
-// after the H100 runs of session 14 showed the per-step kernel at 0.2-0.5x cuDNN at large
-// batches, not yet run on a GPU). rnn_step_kernel gives each thread 2 x 2 outputs, so every
-// FMA costs a shared-memory load; here a CTA of 256 threads computes a 64-row x 64-unit tile,
-// each thread 4 x 4 outputs (rows ty + 16 i, units tx + 16 c), 8 shared loads per 16 FMAs,
-// and the tiles are indexed with compile-time divisors. Each output still accumulates
-// acc = fma(x_k, w_k, acc) for k = 0, 1, ..., H - 1 in order (the zero padding past H adds
-// +0), so the results are those of rnn_step_kernel.
+// after the H100 runs of session 14 showed the per-step kernel at ~6 TFLOP/s, not yet run
+// on a GPU). rnn_step_kernel gives each thread 2 x 2 outputs from 4 scalar shared loads per
+// k; here each thread of a 64-thread CTA computes 4 x 4 outputs of a 32-row x 32-unit tile
+// (rows 4 ty + i, units 4 tx + c) from 2 16-byte shared loads per k, and the tiles are
+// indexed with compile-time divisors. The tile and the K step (32) are those of
+// rnn_step_kernel, so the grid is as wide (H / 32 x rows / 32 CTAs) and each output
+// accumulates acc = fma(x_k, w_k, acc) for k = 0, 1, ... in the same order over the same
+// zero padding past H: the results are bitwise those of rnn_step_kernel.
 struct StepwiseTiled {
-  static constexpr int kThreads = 256;
-  static constexpr int kTileRows = 64;
-  static constexpr int kTileUnits = 64;
-  static constexpr int kTileK = 16;
+  static constexpr int kThreads = 64;
+  static constexpr int kTileRows = 32;
+  static constexpr int kTileUnits = 32;
+  static constexpr int kTileK = Stepwise::kTileK;
 };
 
 template <typename scalar_t, bool BWD, Activation ACT>
-__global__ void __launch_bounds__(StepwiseTiled::kThreads, 2)
+__global__ void __launch_bounds__(StepwiseTiled::kThreads)
     rnn_step_kernel_tiled(RecParams<scalar_t> p, Phase ph, int64_t k_phase, int64_t rows) {
   using acc_t = acc_type<scalar_t>;
   constexpr int BM = StepwiseTiled::kTileRows, BN = StepwiseTiled::kTileUnits;
   constexpr int BK = StepwiseTiled::kTileK, NT = StepwiseTiled::kThreads;
   static_assert(BM * BK % NT == 0 && BN * BK % NT == 0, "whole loads per thread");
-  // k-major tiles; the +4 padding spreads the transposing stores over the banks.
-  __shared__ acc_t Xs[BK][BM + 4];
-  __shared__ acc_t Ws[BK][BN + 4];
+  static_assert(BM == 4 * (NT / (BN / 4)) && BN % 4 == 0, "4 x 4 outputs per thread");
+  // k-major tiles; rows of BM + 4 keep every 4-element group 16-byte aligned.
+  __shared__ __align__(16) acc_t Xs[BK][BM + 4];
+  __shared__ __align__(16) acc_t Ws[BK][BN + 4];
 
   const int64_t H = p.H;
   const int tid = threadIdx.x;
-  const int tx = tid % 16;  // units tx + 16 c
-  const int ty = tid / 16;  // rows ty + 16 i
+  const int tx = tid % (BN / 4);  // units 4 tx .. 4 tx + 3
+  const int ty = tid / (BN / 4);  // rows 4 ty .. 4 ty + 3
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * BN;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * BM;
   const acc_t* state_in = p.state + (k_phase & 1) * p.B * p.Hp;
@@ -120,7 +122,7 @@ __global__ void __launch_bounds__(StepwiseTiled::kThreads, 2)
     for (int c = 0; c < 4; ++c) acc[i][c] = acc_t(0);
   }
   for (int64_t k0 = 0; k0 < H; k0 += BK) {
-    // Input rows, read along k (coalesced): idx -> row idx / BK, column idx % BK.
+    // Input rows, read along k (a warp reads 32 consecutive k of one row).
 #pragma unroll
     for (int l = 0; l < BM * BK / NT; ++l) {
       const int idx = tid + l * NT;
@@ -144,13 +146,11 @@ __global__ void __launch_bounds__(StepwiseTiled::kThreads, 2)
       Ws[kk][u] = w;
     }
     __syncthreads();
-#pragma unroll
+#pragma unroll 8
     for (int kk = 0; kk < BK; ++kk) {
       acc_t x[4], w[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) x[i] = Xs[kk][ty + 16 * i];
-#pragma unroll
-      for (int c = 0; c < 4; ++c) w[c] = Ws[kk][tx + 16 * c];
+      load4(&Xs[kk][4 * ty], x);
+      load4(&Ws[kk][4 * tx], w);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
 #pragma unroll
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(StepwiseTiled::kThreads, 2)
   for (int i = 0; i < 4; ++i) {
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
-      const int64_t b = r0 + ty + 16 * i, j = j0 + tx + 16 * c;
+      const int64_t b = r0 + 4 * ty + i, j = j0 + 4 * tx + c;
       if (b < rows && j < H) epilogue<scalar_t, BWD, ACT>(p, ph, state_out, b, j, acc[i][c]);
     }
   }

@@ -55,23 +55,22 @@ def test_check_driver_raises_and_caches_success(monkeypatch):
     assert fake.calls == 1  # checked once, then cached
 
 
-def test_staging_variable_is_read_and_checked(monkeypatch):
-    """FUSEDRNN_CUDA_STAGING picks the persistent kernel's staging copy; a bad value is
-    refused by name before any launch."""
-    monkeypatch.delenv("FUSEDRNN_CUDA_STAGING", raising=False)
-    assert _cuda.kernel_staging() == "batched"
-    monkeypatch.setenv("FUSEDRNN_CUDA_STAGING", "rows")
-    assert _cuda.kernel_staging() == "rows"
-    monkeypatch.setenv("FUSEDRNN_CUDA_STAGING", "fast")
-    with pytest.raises(ValueError, match=r"FUSEDRNN_CUDA_STAGING must be one of .*'fast'"):
-        _cuda.kernel_staging()
-
-
-def test_stepwise_variable_is_read_and_checked(monkeypatch):
-    monkeypatch.delenv("FUSEDRNN_CUDA_STEPWISE", raising=False)
-    assert _cuda.kernel_stepwise() == "simple"
-    monkeypatch.setenv("FUSEDRNN_CUDA_STEPWISE", "tiled")
-    assert _cuda.kernel_stepwise() == "tiled"
-    monkeypatch.setenv("FUSEDRNN_CUDA_STEPWISE", "wide")
-    with pytest.raises(ValueError, match=r"FUSEDRNN_CUDA_STEPWISE must be one of .*'wide'"):
-        _cuda.kernel_stepwise()
+@pytest.mark.parametrize(
+    "name, read, default, other",
+    [
+        ("FUSEDRNN_CUDA_PATH", "kernel_path", "auto", "stepwise"),
+        ("FUSEDRNN_CUDA_STAGING", "kernel_staging", "batched", "rows"),
+        ("FUSEDRNN_CUDA_STEPWISE", "kernel_stepwise", "simple", "tiled"),
+    ],
+)
+def test_kernel_variables_are_read_and_checked(monkeypatch, name, read, default, other):
+    """The variables that pick a CUDA kernel (path, staging copy, per-step variant): the
+    default when unset, a valid value when set, a bad value refused by name before any
+    launch."""
+    monkeypatch.delenv(name, raising=False)
+    assert getattr(_cuda, read)() == default
+    monkeypatch.setenv(name, other)
+    assert getattr(_cuda, read)() == other
+    monkeypatch.setenv(name, "fast")
+    with pytest.raises(ValueError, match=rf"{name} must be one of .*'fast'"):
+        getattr(_cuda, read)()

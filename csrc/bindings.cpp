@@ -11,10 +11,12 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "cpu/gemm_cpu.h"
 #include "cpu/layer_cpu.h"
 #include "fusedrnn.h"
+#include "parse_choice.h"
 
 namespace py = pybind11;
 
@@ -31,14 +33,9 @@ RecurrenceShape make_shape(int64_t T, int64_t B, int64_t H, std::uintptr_t batch
   s.H = H;
   s.batch_sizes = reinterpret_cast<const int64_t*>(batch_sizes);
   s.reverse = reverse;
-  if (nonlinearity == "tanh") {
-    s.act = Activation::kTanh;
-  } else if (nonlinearity == "relu") {
-    s.act = Activation::kRelu;
-  } else {
-    throw std::invalid_argument("nonlinearity: expected 'tanh' or 'relu', got '" + nonlinearity +
-                                "'");
-  }
+  static constexpr std::pair<const char*, Activation> kActivations[] = {
+      {"tanh", Activation::kTanh}, {"relu", Activation::kRelu}};
+  s.act = fusedrnn::parse_choice("nonlinearity", nonlinearity, kActivations);
   return s;
 }
 

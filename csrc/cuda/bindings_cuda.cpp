@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "cuda/rnn_cuda.h"
+#include "parse_choice.h"
 
 #ifndef FUSEDRNN_CUDA_ARCHS
 #error "FUSEDRNN_CUDA_ARCHS must be defined by the build (csrc/cuda/cuda.cmake)"
@@ -55,25 +56,37 @@ using fusedrnn::DType;
 namespace {
 
 DType parse_dtype(const std::string& s) {
-  if (s == "float32") return DType::kFloat32;
-  if (s == "float64") return DType::kFloat64;
-  if (s == "bfloat16") return DType::kBFloat16;
-  if (s == "float16") return DType::kFloat16;
-  throw std::invalid_argument(
-      "dtype: expected 'float32', 'float64', 'bfloat16' or 'float16', got '" + s + "'");
+  static constexpr std::pair<const char*, DType> kChoices[] = {{"float32", DType::kFloat32},
+                                                               {"float64", DType::kFloat64},
+                                                               {"bfloat16", DType::kBFloat16},
+                                                               {"float16", DType::kFloat16}};
+  return fusedrnn::parse_choice("dtype", s, kChoices);
 }
 
 Activation parse_act(const std::string& s) {
-  if (s == "tanh") return Activation::kTanh;
-  if (s == "relu") return Activation::kRelu;
-  throw std::invalid_argument("nonlinearity: expected 'tanh' or 'relu', got '" + s + "'");
+  static constexpr std::pair<const char*, Activation> kChoices[] = {{"tanh", Activation::kTanh},
+                                                                    {"relu", Activation::kRelu}};
+  return fusedrnn::parse_choice("nonlinearity", s, kChoices);
 }
 
 CudaPath parse_path(const std::string& s) {
-  if (s == "auto") return CudaPath::kAuto;
-  if (s == "persistent") return CudaPath::kPersistent;
-  if (s == "stepwise") return CudaPath::kStepwise;
-  throw std::invalid_argument("path: expected 'auto', 'persistent' or 'stepwise', got '" + s + "'");
+  static constexpr std::pair<const char*, CudaPath> kChoices[] = {
+      {"auto", CudaPath::kAuto},
+      {"persistent", CudaPath::kPersistent},
+      {"stepwise", CudaPath::kStepwise}};
+  return fusedrnn::parse_choice("path", s, kChoices);
+}
+
+CudaStaging parse_staging(const std::string& s) {
+  static constexpr std::pair<const char*, CudaStaging> kChoices[] = {
+      {"batched", CudaStaging::kBatched}, {"rows", CudaStaging::kRows}};
+  return fusedrnn::parse_choice("staging", s, kChoices);
+}
+
+CudaStepwise parse_stepwise(const std::string& s) {
+  static constexpr std::pair<const char*, CudaStepwise> kChoices[] = {
+      {"simple", CudaStepwise::kSimple}, {"tiled", CudaStepwise::kTiled}};
+  return fusedrnn::parse_choice("stepwise", s, kChoices);
 }
 
 template <typename T>
@@ -99,18 +112,6 @@ std::vector<std::string> built_archs() {
     if (!item.empty()) out.push_back(item);
   }
   return out;
-}
-
-CudaStaging parse_staging(const std::string& s) {
-  if (s == "batched") return CudaStaging::kBatched;
-  if (s == "rows") return CudaStaging::kRows;
-  throw std::invalid_argument("staging: expected 'batched' or 'rows', got '" + s + "'");
-}
-
-CudaStepwise parse_stepwise(const std::string& s) {
-  if (s == "simple") return CudaStepwise::kSimple;
-  if (s == "tiled") return CudaStepwise::kTiled;
-  throw std::invalid_argument("stepwise: expected 'simple' or 'tiled', got '" + s + "'");
 }
 
 }  // namespace

@@ -6,11 +6,11 @@
 # initcheck) on a small case, the persistent vs per-step comparison (default and variants),
 # and an Nsight Compute profile of one persistent launch (each staging copy). Results:
 # build.log, pytest_cuda.xml, sanitizer logs, bench_cuda.{json,md}, bench_paths.{json,md},
-# ncu_*, variants/ (in $OUT/results.tgz, below). Pass --full for the full benchmark grid. It starts by
-# printing the driver, nvcc and torch CUDA versions.
+# ncu_*, variants/ (in $OUT/results.tgz, below). Pass --full for the full benchmark
+# grid. It starts by printing the driver, nvcc and torch CUDA versions.
 #
 #   OUT=/some/dir [BUDGET=seconds] [SANITIZER_TOOLS="memcheck ..."] [PATHS=0] [PROFILE=0] \
-#     [STAGING_AB=0] [PRECISIONS=fp32,bf16] scripts/gpu_check.sh [--full]
+#     [VARIANT_AB=0] [PRECISIONS=fp32,bf16] scripts/gpu_check.sh [--full]
 #
 # BUDGET (default 520) bounds the whole run: each step runs under `timeout` for the smaller of
 # its own cap and what is left, and a step with under 15 s left is skipped, so the script ends
@@ -94,14 +94,14 @@ save
 # The opt-in kernel variants under measurement: the persistent kernel's row-wise copy of
 # h_{t-1} (rnn_persistent.cuh) and the per-step kernel's register-blocked tile
 # (rnn_stepwise.cuh). The runs above use the validated defaults; these time the variants
-# right after, into $RES/variants/ (STAGING_AB=0 skips them, here and in the steps below).
+# right after, into $RES/variants/ (VARIANT_AB=0 skips them, here and in the steps below).
 VARIANTS=(env FUSEDRNN_CUDA_STAGING=rows FUSEDRNN_CUDA_STEPWISE=tiled)
 step "variant A/B: benchmarks again, float32, ${VARIANTS[*]:1}"
-if [[ "${STAGING_AB:-1}" == 1 ]]; then
-  bounded "${STAGING_TIMEOUT:-60}" "${VARIANTS[@]}" $PY scripts/bench_cuda.py \
+if [[ "${VARIANT_AB:-1}" == 1 ]]; then
+  bounded "${VARIANT_TIMEOUT:-60}" "${VARIANTS[@]}" $PY scripts/bench_cuda.py \
     --out "$RES/variants" --precisions fp32 "$@" || status=1
 else
-  echo "skipped (STAGING_AB=0)"
+  echo "skipped (VARIANT_AB=0)"
 fi
 save
 
@@ -123,7 +123,7 @@ step "kernel paths: persistent vs per-step, both forced via FUSEDRNN_CUDA_PATH"
 if [[ "${PATHS:-1}" == 1 ]]; then
   bounded "${PATHS_TIMEOUT:-90}" $PY scripts/bench_cuda.py --out "$RES" --paths || status=1
   save
-  if [[ "${STAGING_AB:-1}" == 1 ]]; then
+  if [[ "${VARIANT_AB:-1}" == 1 ]]; then
     bounded "${PATHS_TIMEOUT:-90}" "${VARIANTS[@]}" $PY scripts/bench_cuda.py \
       --out "$RES/variants" --paths || status=1
   fi
@@ -142,7 +142,7 @@ if [[ "${PROFILE:-1}" == 1 ]] && command -v ncu > /dev/null; then
     --section SpeedOfLight --section WarpStateStats --section SchedulerStats
     --section SourceCounters --section LaunchStats --section Occupancy)
   stagings=(batched)
-  [[ "${STAGING_AB:-1}" == 1 ]] && stagings+=(rows)
+  [[ "${VARIANT_AB:-1}" == 1 ]] && stagings+=(rows)
   for staging in "${stagings[@]}"; do
     rep=$(mktemp -d)/ncu  # the report itself stays out of results.tgz (size)
     pre="$RES/ncu_$staging"
@@ -162,7 +162,6 @@ if [[ "${PROFILE:-1}" == 1 ]] && command -v ncu > /dev/null; then
 else
   echo "skipped (PROFILE=0 or no ncu)"
 fi
-save
 
 step "summary"
 grep -E "passed|failed|error" "$OUT/gpu_check.log" | tail -3

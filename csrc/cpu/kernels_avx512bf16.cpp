@@ -77,7 +77,7 @@ inline void ep_store(const Ep& ep, int64_t r, int64_t j, __m512 acc, __mmask16 m
       break;
     case cpu::EpKind::kActGrad: {
       const __m512 g = ep.x1 ? _mm512_add_ps(acc, ld<FULL>(ep.x1 + r * ep.ld1 + j, m)) : acc;
-      v = _mm512_mul_ps(g, act_grad<V>(ep.act, ld<FULL>(ep.x2 + r * ep.ld2 + j, m)));
+      v = act_backward<V>(ep.act, g, ld<FULL>(ep.x2 + r * ep.ld2 + j, m));
       break;
     }
     case cpu::EpKind::kStore:

@@ -96,10 +96,13 @@ inline typename V::reg act_forward(int act, typename V::reg x) {
   return act == 0 ? vtanh<V>(x) : V::relu(x);
 }
 
-// phi'(h) from the activation's output: 1 - h^2 (tanh), [h > 0] (relu).
+// g phi'(pre) from the activation's output h, as torch's backward computes it: tanh
+// g (1 - h^2); relu 0 where h <= 0, else g (a select, not a product: a NaN state passes g
+// on, and a zero gradient stops an infinite or NaN g).
 template <class V>
-inline typename V::reg act_grad(int act, typename V::reg h) {
-  return act == 0 ? V::sub(V::set1(typename V::scalar_t(1)), V::mul(h, h)) : V::relu_grad(h);
+inline typename V::reg act_backward(int act, typename V::reg g, typename V::reg h) {
+  return act == 0 ? V::mul(g, V::sub(V::set1(typename V::scalar_t(1)), V::mul(h, h)))
+                  : V::relu_backward(g, h);
 }
 
 // Loads/stores of the epilogue operands: full vectors unmasked (a masked load cannot take
@@ -136,7 +139,7 @@ inline typename V::reg ep_value(const cpu::Epilogue<typename V::scalar_t>& ep, i
       return act_forward<V>(ep.act, V::add(acc, ld<V, FULL>(ep.x1 + r * ep.ld1 + j, m)));
     case cpu::EpKind::kActGrad: {
       R g = ep.x1 ? V::add(acc, ld<V, FULL>(ep.x1 + r * ep.ld1 + j, m)) : acc;
-      return V::mul(g, act_grad<V>(ep.act, ld<V, FULL>(ep.x2 + r * ep.ld2 + j, m)));
+      return act_backward<V>(ep.act, g, ld<V, FULL>(ep.x2 + r * ep.ld2 + j, m));
     }
     case cpu::EpKind::kStore:
     default:

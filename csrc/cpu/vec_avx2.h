@@ -39,8 +39,9 @@ struct VecAvx2<float> {
   static reg abs(reg a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
   static reg min(reg a, reg b) { return _mm256_min_ps(a, b); }
   static reg relu(reg a) { return _mm256_max_ps(_mm256_setzero_ps(), a); }  // NaN -> NaN
-  static reg relu_grad(reg h) {
-    return _mm256_and_ps(_mm256_cmp_ps(h, _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_set1_ps(1.0f));
+  // g where h <= 0 does not hold (NaN included), else 0: torch's relu backward.
+  static reg relu_backward(reg g, reg h) {
+    return _mm256_and_ps(_mm256_cmp_ps(h, _mm256_setzero_ps(), _CMP_NLE_UQ), g);
   }
   static reg round(reg a) {
     return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -86,8 +87,8 @@ struct VecAvx2<double> {
   static reg abs(reg a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
   static reg min(reg a, reg b) { return _mm256_min_pd(a, b); }
   static reg relu(reg a) { return _mm256_max_pd(_mm256_setzero_pd(), a); }
-  static reg relu_grad(reg h) {
-    return _mm256_and_pd(_mm256_cmp_pd(h, _mm256_setzero_pd(), _CMP_GT_OQ), _mm256_set1_pd(1.0));
+  static reg relu_backward(reg g, reg h) {
+    return _mm256_and_pd(_mm256_cmp_pd(h, _mm256_setzero_pd(), _CMP_NLE_UQ), g);
   }
   static reg round(reg a) {
     return _mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

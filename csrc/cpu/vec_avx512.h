@@ -38,9 +38,9 @@ struct VecAvx512<float> {
   static reg abs(reg a) { return _mm512_abs_ps(a); }
   static reg min(reg a, reg b) { return _mm512_min_ps(a, b); }
   static reg relu(reg a) { return _mm512_max_ps(_mm512_setzero_ps(), a); }  // NaN -> NaN
-  static reg relu_grad(reg h) {
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h, _mm512_setzero_ps(), _CMP_GT_OQ),
-                               _mm512_set1_ps(1.0f));
+  // g where h <= 0 does not hold (NaN included), else 0: torch's relu backward.
+  static reg relu_backward(reg g, reg h) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h, _mm512_setzero_ps(), _CMP_NLE_UQ), g);
   }
   static reg round(reg a) {
     return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -81,9 +81,8 @@ struct VecAvx512<double> {
   static reg abs(reg a) { return _mm512_abs_pd(a); }
   static reg min(reg a, reg b) { return _mm512_min_pd(a, b); }
   static reg relu(reg a) { return _mm512_max_pd(_mm512_setzero_pd(), a); }
-  static reg relu_grad(reg h) {
-    return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(h, _mm512_setzero_pd(), _CMP_GT_OQ),
-                               _mm512_set1_pd(1.0));
+  static reg relu_backward(reg g, reg h) {
+    return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(h, _mm512_setzero_pd(), _CMP_NLE_UQ), g);
   }
   static reg round(reg a) {
     return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

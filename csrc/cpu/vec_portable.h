@@ -105,7 +105,8 @@ struct VecPortable {
   static reg min(reg a, reg b) { return a < b ? a : b; }
   // relu that propagates NaN like torch.relu: max(0, NaN) = NaN.
   static reg relu(reg a) { return a > reg{} ? a : (a != a ? a : reg{}); }
-  static reg relu_grad(reg h) { return h > reg{} ? set1(T(1)) : reg{}; }
+  // g where h <= 0 does not hold (NaN included), else 0: torch's relu backward.
+  static reg relu_backward(reg g, reg h) { return h <= reg{} ? reg{} : g; }
   // Round to nearest even by adding and subtracting 1.5 * 2^mant_bits: exact for |a| below
   // 2^(mant_bits - 1) (vtanh rounds values of at most 58 in magnitude, 116 for double).
   static reg round(reg a) {

@@ -86,13 +86,15 @@ __device__ __forceinline__ acc_t act_forward(acc_t x) {
     return x < acc_t(0) ? acc_t(0) : x;
   }
 }
-// phi'(pre-activation) written in terms of the output h = phi(pre).
+// g phi'(pre-activation) from the output h = phi(pre), as torch's backward computes it:
+// tanh g (1 - h^2); relu 0 where h <= 0, else g (a select, not a product: a NaN state
+// passes g on, and a zero gradient stops an infinite or NaN g).
 template <Activation ACT, typename acc_t>
-__device__ __forceinline__ acc_t act_derivative(acc_t h) {
+__device__ __forceinline__ acc_t act_backward(acc_t g, acc_t h) {
   if constexpr (ACT == Activation::kTanh) {
-    return acc_t(1) - h * h;
+    return g * (acc_t(1) - h * h);
   } else {
-    return h > acc_t(0) ? acc_t(1) : acc_t(0);
+    return h <= acc_t(0) ? acc_t(0) : g;
   }
 }
 
@@ -152,7 +154,8 @@ struct Walker {
 //   out_t = epilogue(X_t, in_{t'} M)   with   in_{t'} = state of the previous phase,
 //                                              or `init` for rows that join
 // forward: M = W_hh^T, X = P,  init = h0,      epilogue h = phi(P + v)
-// BPTT:    M = W_hh,   X = G,  init = zeros,   epilogue d = (G [+ dhn] + v) * phi'(h)
+// BPTT:    M = W_hh,   X = G,  init = zeros,   epilogue d = act_backward(G [+ dhn] + v, h)
+// (no h0: init is zeros, and the product with them is computed, NaN of W_hh included)
 template <typename scalar_t>
 struct RecParams {
   using acc_t = acc_type<scalar_t>;
@@ -218,7 +221,7 @@ __device__ __forceinline__ void epilogue(const RecParams<scalar_t>& p, const Pha
     if (b < ph.bcur) {
       acc_t g = p.X ? to_acc(p.X[idx]) : acc_t(0);
       if (b >= ph.bprev && p.dhn) g += to_acc(p.dhn[b * p.H + j]);
-      const acc_t d = (g + v) * act_derivative<ACT>(to_acc(p.h[idx]));
+      const acc_t d = act_backward<ACT>(g + v, to_acc(p.h[idx]));
       p.Y[idx] = from_acc<scalar_t>(d);
       state_out[b * p.Hp + j] = d;
     } else {

@@ -22,10 +22,12 @@ __all__ = ["rnn_backward", "rnn_forward", "sequence_rows"]
 
 
 def _activation(nonlinearity: str):
+    # (phi, backward): backward(e, h) = e phi'(pre) from the output h, as torch computes it
+    # (relu selects: 0 where h <= 0, else e, so NaN states and infinite e behave as there).
     if nonlinearity == "tanh":
-        return np.tanh, lambda h: 1.0 - h * h
+        return np.tanh, lambda e, h: e * (1.0 - h * h)
     if nonlinearity == "relu":
-        return (lambda v: np.maximum(v, 0.0)), (lambda h: (h > 0.0).astype(np.float64))
+        return (lambda v: np.maximum(v, 0.0)), (lambda e, h: np.where(h <= 0.0, 0.0, e))
     raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
 
 
@@ -117,7 +119,7 @@ def rnn_backward(
     precision and runs BPTT on what it stored is compared with its own ``h`` here: near
     ``|h| = 1`` the derivative ``1 - h^2`` of tanh magnifies a rounding of ``h`` many times.
     """
-    _, dphi = _activation(nonlinearity)
+    _, backward = _activation(nonlinearity)
     w_ih, w_hh = np.asarray(w_ih, np.float64), np.asarray(w_hh, np.float64)
     H = w_hh.shape[0]
     if h is None:
@@ -141,7 +143,7 @@ def rnn_backward(
         for i in range(len(walked) - 1, -1, -1):
             r = walked[i]
             prev = hf[walked[i - 1]] if i > 0 else h0[b]
-            d = (gh[r] + carry) * dphi(hf[r])
+            d = backward(gh[r] + carry, hf[r])
             dpre[r] = d
             dx[r] = w_ih.T @ d
             dw_ih += np.outer(d, xf[r])

@@ -89,17 +89,48 @@ def test_resident_memory_stays_flat_over_many_calls():
     assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB"
 
 
+def _outputs_and_all_grads(module, x, hx=None):
+    x = x.detach().clone().requires_grad_(True)
+    module.zero_grad(set_to_none=True)
+    out = module(x, hx)
+    outs = out if isinstance(out, tuple) else (out,)
+    o = outs[0]
+    weights = torch.linspace(-1, 1, o.numel(), dtype=o.dtype, device=o.device).view_as(o)
+    (outs[0] * weights).sum().backward()
+    return [*outs, x.grad, *(p.grad for p in module.parameters())]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("poison", ["input", "w_hh", "w_hh-hx"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_nan_and_inf_propagate_like_nn_rnn(nonlinearity):
+@pytest.mark.parametrize("cell", [False, True], ids=["rnn", "cell"])
+def test_nan_and_inf_propagate_like_nn_rnn(nonlinearity, cell, poison, device):
+    """Outputs and every gradient have NaN and infinities where torch.nn's have them, with
+    them in the input or in W_hh (no state given, or zeros given). The cases that once
+    differed: torch multiplies its zero state by W_hh (a NaN there shows at the first
+    step), and its relu backward selects (0 where h <= 0, else the gradient: a NaN state
+    passes the gradient on, and a zero stops an infinite or NaN one) where a product would
+    not. float64, as cuDNN is compared with elsewhere (no TF32 there)."""
     torch.manual_seed(3)
-    ref = torch.nn.RNN(3, 4, nonlinearity=nonlinearity)
-    ours = fusedrnn.RNN.from_torch(ref)
-    x = torch.randn(6, 3, 3)
-    x[2, 0, 1] = float("nan")
-    x[4, 1, 0] = float("inf")
-    x[1, 2, 2] = -float("inf")
-    for a, b in zip(ours(x), ref(x), strict=True):
-        torch.testing.assert_close(a, b, equal_nan=True, rtol=1e-5, atol=1e-6)
+    f64 = dict(nonlinearity=nonlinearity, dtype=torch.float64)
+    if cell:
+        ref, w_hh = torch.nn.RNNCell(3, 4, **f64), "weight_hh"
+        ours_cls, x, state = fusedrnn.RNNCell, torch.randn(5, 3, dtype=torch.float64), (5, 4)
+    else:
+        ref, w_hh = torch.nn.RNN(3, 4, num_layers=2, bidirectional=True, **f64), "weight_hh_l0"
+        ours_cls, x, state = fusedrnn.RNN, torch.randn(4, 5, 3, dtype=torch.float64), (4, 5, 4)
+    if poison == "input":
+        x[..., 1, 0], x[..., 3, 2], x[..., 4, 1] = float("nan"), float("inf"), -float("inf")
+    else:
+        with torch.no_grad():
+            getattr(ref, w_hh)[1, 2] = float("nan")
+            getattr(ref, w_hh)[3, 0] = float("inf")
+    hx = torch.zeros(state, dtype=torch.float64, device=device) if poison == "w_hh-hx" else None
+    ours = ours_cls.from_torch(ref)
+    ref, ours, x = ref.to(device), ours.to(device), x.to(device)
+    got, want = _outputs_and_all_grads(ours, x, hx), _outputs_and_all_grads(ref, x, hx)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, equal_nan=True, rtol=1e-9, atol=1e-11)
 
 
 def test_ctrl_c_during_long_calls_leaves_process_usable():

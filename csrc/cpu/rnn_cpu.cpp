@@ -299,7 +299,27 @@ struct ForwardJob {
   T* hn;
   bool direct;  // forward_direct: W_hh read in place, not packed
   bool rows;    // split_rows
+  // Without h0: z = 0 W_hh^T (zeros, or NaN in the columns whose row of W_hh holds a NaN
+  // or an infinity), added at the first step as torch.nn.RNN's product with its zero state
+  // is: so a poisoned W_hh shows at the first step there too. zeros: a row of H zeros.
+  T* z = nullptr;
+  const T* zeros = nullptr;
 };
+
+// z's columns [c0, c1) (ForwardJob::z): the zero row times W_hh^T, W_hh read in place.
+template <typename T>
+void zero_state_product(const ForwardJob<T>& job, const Cols& q) {
+  const KernelTable<T>& k = *job.rec.k;
+  const int64_t H = job.rec.s->H;
+  if (k.gemv_nt) {
+    k.gemv_nt(1, H, job.zeros, H, job.W, H, q.c0, q.c1, job.z, H);
+  } else {  // (the bfloat16 table: the product with a plain store as its epilogue)
+    Epilogue<T> st;
+    st.kind = EpKind::kStore;
+    st.out = job.z;
+    k.gemv_nt_ep(1, H, job.zeros, H, job.W, H, q.c0, q.c1, st);
+  }
+}
 
 // rows x W_hh^T (a: rows lda apart) on the columns [c0, c1) of chunk panels [p0, p1), then
 // the epilogue ep: W_hh read in place (forward_direct) or from the packed panels.
@@ -353,7 +373,7 @@ void forward_rows(ForwardJob<T>& job, int64_t i, int64_t ra, int64_t rb, const C
     if (job.h0)
       forward_product(job, m - mc, job.h0 + mc * H, H, p0, p1, c0, c1, es);
     else
-      k.pointwise(m - mc, c0, c1, nullptr, 0, es);
+      k.pointwise(m - mc, c0, c1, job.z, 0, es);  // phi(P + 0 W_hh^T), z's one row for all
   }
   // Sequences whose last step this is: rows [bs[t+1], m) forward, all rows at t = 0 in
   // reverse.
@@ -375,9 +395,11 @@ void forward_thread(void* vctx, int tid, int nt) {
   auto& job = *static_cast<ForwardJob<T>*>(vctx);
   Recurrence<T>& rc = job.rec;
   const int64_t H = rc.s->H;
-  // B[k][j] = W_hh[j][k]: the forward step multiplies by W_hh^T.
+  // B[k][j] = W_hh[j][k]: the forward step multiplies by W_hh^T. With a chunk's columns
+  // packed (every thread's, before its first step) come their columns of z.
   auto pack = [&](int64_t c) {
     if (!job.direct) rc.pack_chunk(c, job.W, 1, H);
+    if (job.z) zero_state_product(job, rc.chunk_cols(c));
   };
   if (job.rows)
     run_rows(rc.chunks, *rc.s, tid, nt, rc.s->T, pack, [&](int64_t i, int64_t r0, int64_t r1) {
@@ -517,6 +539,12 @@ void rnn_forward_cpu(const RecurrenceShape& s, const scalar_t* P, const scalar_t
                            forward_direct(s, k),       false};
   const int nt = choose_threads(s.B, s.H, job.rec.chunks.count, num_threads);
   job.rows = split_rows(s, job.rec.packed_bytes(), job.direct, nt);
+  if (!h0) {
+    thread_local std::vector<scalar_t> zero_state;  // [zeros | z], kept: no allocation per call
+    zero_state.assign(2 * size_t(s.H), scalar_t{});
+    job.zeros = zero_state.data();
+    job.z = zero_state.data() + s.H;
+  }
   cpu::team_run(nt, &forward_thread<scalar_t>, &job);
 }
 

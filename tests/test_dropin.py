@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
 import fusedrnn
 
@@ -969,6 +969,74 @@ def test_output_changed_in_place_before_backward(dtype, kwargs, change):
     got = _in_place_grads(ours, x, _IN_PLACE[change], packed)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, **TOL[dtype])
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_a_wrong_weight_is_named_as_the_module_names_it(packed):
+    """A parameter replaced by one of the wrong shape or dtype: the error names it
+    (weight_hh_l1_reverse), not only its role in a layer (w_hh)."""
+    x = torch.randn(5, 2, 3)
+    if packed:
+        x = pack_sequence([torch.randn(3, 3), torch.randn(2, 3)])
+    for name, bad, error, match in (
+        ("weight_hh_l1_reverse", torch.randn(4, 5), ValueError, r"shape \(4, 4\), got \(4, 5\)"),
+        (
+            "bias_ih_l1",
+            torch.randn(4, dtype=f64),
+            TypeError,
+            "dtype .torch.float32., got torch.float64",
+        ),
+        ("weight_ih_l1", torch.randn(4, 4), ValueError, r"shape \(4, 8\), got \(4, 4\)"),
+    ):
+        module = fusedrnn.RNN(3, 4, num_layers=2, bidirectional=True)
+        setattr(module, name, torch.nn.Parameter(bad))
+        with pytest.raises(error, match=f"fusedrnn: {name} must have .*{match}"):
+            module(x)
+    cell = fusedrnn.RNNCell(3, 4)
+    cell.bias_hh = torch.nn.Parameter(torch.randn(4, dtype=f64))
+    with pytest.raises(TypeError, match=r"fusedrnn: bias_hh must have the input's dtype"):
+        cell(torch.randn(2, 3))
+
+
+def test_argument_forms_nn_rnn_takes_are_taken():
+    """Forms torch.nn accepts and fusedrnn once refused (found by a fuzz audit): a packed
+    input whose batch_sizes is a strided view, and a sparse state (RNN and RNNCell). A
+    batch_sizes of the wrong rank gets a message that says so."""
+    torch.manual_seed(0)
+    ref = torch.nn.RNN(3, 4, dtype=f64)
+    ours = fusedrnn.RNN.from_torch(ref)
+    packed = PackedSequence(torch.randn(7, 3, dtype=f64), torch.tensor([3, 2, 2, 2, 2])[::2])
+    for a, b in zip(ours(packed), ref(packed), strict=True):
+        torch.testing.assert_close(getattr(a, "data", a), getattr(b, "data", b))
+    x, h = torch.randn(5, 2, 3, dtype=f64), torch.randn(1, 2, 4, dtype=f64)
+    for a, b in zip(ours(x, h.to_sparse()), ref(x, h), strict=True):
+        torch.testing.assert_close(a, b)
+    cell = torch.nn.RNNCell(3, 4, dtype=f64)
+    torch.testing.assert_close(
+        fusedrnn.RNNCell.from_torch(cell)(x[0], h[0].to_sparse()), cell(x[0], h[0])
+    )
+    with pytest.raises(ValueError, match=r"batch_sizes must be a 1-D tensor, got shape \(1, 3\)"):
+        ours(PackedSequence(torch.randn(7, 3, dtype=f64), torch.tensor([[3, 2, 2]])))
+
+
+@pytest.mark.parametrize("kind", ["rnn", "bidirectional", "cell"])
+def test_inference_tensor_in_a_recorded_call_is_refused_by_name(kind):
+    """An input made under torch.inference_mode, used where a graph is recorded: refused
+    as nn.RNN refuses it, with a message that names it and says what to do (it was
+    autograd's "Inference tensors do not track version counter")."""
+    with torch.inference_mode():
+        x = torch.randn(5, 2, 3)
+    module = (
+        fusedrnn.RNNCell(3, 4)
+        if kind == "cell"
+        else fusedrnn.RNN(3, 4, bidirectional=kind == "bidirectional")
+    )
+    x = x[0] if kind == "cell" else x
+    with pytest.raises(RuntimeError, match=r"x is an inference tensor .* torch.no_grad"):
+        module(x)
+    with torch.inference_mode():
+        out = module(x)  # where it is meant to be used
+    assert out[0].is_inference() if kind != "cell" else out.is_inference()
 
 
 def test_output_changed_in_place_keeps_autograds_other_errors():

@@ -251,6 +251,20 @@ def test_bad_arguments_raise_named_errors(changes, exc, pattern):
         _call(**changes)
 
 
+def test_grads_op_with_an_empty_batch_returns_zero_gradients():
+    """B = 0 padded (T unknowable: no rows): zero weight gradients and empty dx and dh0,
+    as the backward op gives (it was a ZeroDivisionError, found by a fuzz audit)."""
+    empty = torch.empty(0, dtype=torch.int64)
+    x, w_ih, w_hh = torch.randn(0, 3), torch.randn(4, 3), torch.randn(4, 4)
+    zeros4 = torch.randn(0, 4)
+    dx, dw_ih, dw_hh, db, dh0 = ops.rnn_layer_grads(
+        x, w_ih, w_hh, zeros4, zeros4, zeros4, zeros4, empty, False, "tanh", True, True, True, True
+    )
+    assert dx.shape == (0, 3) and dh0.shape == (0, 4)
+    for g, w in ((dw_ih, w_ih), (dw_hh, w_hh), (db, w_hh[0])):
+        assert torch.equal(g, torch.zeros_like(w))
+
+
 def test_non_contiguous_inputs_are_accepted():
     x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs(dtype=f64)
     want = ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, bs)

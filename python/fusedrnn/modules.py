@@ -37,6 +37,7 @@ __all__ = ["RNN", "RNNCell"]
 _NO_BATCH_SIZES = torch.empty(0, dtype=torch.int64)
 # RNN's activation: nn.RNN runs by self.mode, set from the nonlinearity at construction.
 _MODE_ACTIVATION = {"RNN_TANH": "tanh", "RNN_RELU": "relu"}
+_LAYER_WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 _PLAN_TAG = object()  # marks RNN._make_fast_plan's plans made in this process
 
 
@@ -120,6 +121,27 @@ def _check_weight_devices(input: Tensor, *weights: Tensor | None) -> None:
             raise RuntimeError(
                 "Input and parameter tensors are not at the same device, found input tensor "
                 f"at {input.device} and parameter tensor at {w.device}"
+            )
+
+
+def _check_weights_by_name(input: Tensor, suffix: str, weights, hidden_size: int,
+                           input_size: int) -> None:  # fmt: skip
+    """Each parameter of a layer-direction (``weights``: w_ih, w_hh, b_ih, b_hh, None for an
+    absent bias) in its shape, and outside autocast in the input's dtype, or an error that
+    names it as the module does (``weight_hh`` + ``suffix``, e.g. ``weight_hh_l1``): the
+    ops would name only its role."""
+    H = hidden_size
+    shapes = ((H, input_size), (H, H), (H,), (H,))
+    autocast = _autocast_dtype(input) is not None
+    for kind, w, shape in zip(_LAYER_WEIGHT_KINDS, weights, shapes, strict=True):
+        if w is None:
+            continue
+        name = kind + suffix
+        if w.shape != shape:
+            raise ValueError(f"fusedrnn: {name} must have shape {shape}, got {tuple(w.shape)}")
+        if not autocast and w.dtype != input.dtype:
+            raise TypeError(
+                f"fusedrnn: {name} must have the input's dtype ({input.dtype}), got {w.dtype}"
             )
 
 
@@ -365,12 +387,20 @@ class RNN(nn.RNNBase):
             # exporters turn into ONNX RNN nodes (dynamic sequence length, as for nn.RNN).
             return nn.RNN.forward(self, input, hx)
         num_directions = 2 if self.bidirectional else 1
+        if isinstance(hx, Tensor) and hx.layout != torch.strided:
+            hx = hx.to_dense()  # a sparse state, which torch.nn.RNN takes too
         orig_input = input
         is_batched = True
         batch_dim = 0 if self.batch_first else 1
 
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
+            if not isinstance(batch_sizes, Tensor) or batch_sizes.dim() != 1:
+                raise ValueError(
+                    "RNN: a PackedSequence's batch_sizes must be a 1-D tensor, got "
+                    + (f"shape {tuple(batch_sizes.shape)}" if isinstance(batch_sizes, Tensor)
+                       else type(batch_sizes).__name__)
+                )  # fmt: skip
             max_batch_size = int(batch_sizes[0])
             # Under torch.compile max_batch_size is data-dependent: tie it to the shapes it
             # must equal before it meets them (eager mode reports a wrong hx just below).
@@ -429,7 +459,7 @@ class RNN(nn.RNNBase):
             steps = _NO_BATCH_SIZES
         else:
             x = input
-            steps = batch_sizes
+            steps = batch_sizes.contiguous()  # (the kernels read it by address; torch takes any)
 
         # The activation comes from self.mode, fixed at construction, as in nn.RNN (which
         # ignores a later assignment to self.nonlinearity).
@@ -441,6 +471,10 @@ class RNN(nn.RNNBase):
         for layer in range(self.num_layers):
             weights = [self._layer_weights(layer, d) for d in range(num_directions)]
             _check_weight_devices(input, *(w for direction in weights for w in direction))
+            width = self.input_size if layer == 0 else num_directions * self.hidden_size
+            for d, direction in enumerate(weights):
+                suffix = f"_l{layer}" + ("_reverse" if d else "")
+                _check_weights_by_name(input, suffix, direction, self.hidden_size, width)
             if num_directions == 2:
                 # Both directions at once: they write the two halves of one output.
                 layer_input, hn_fwd, hn_rev = ops.rnn_bidirectional_layer(
@@ -593,6 +627,8 @@ class RNNCell(nn.RNNCell):
             return super().forward(input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if isinstance(hx, Tensor) and hx.layout != torch.strided:
+            hx = hx.to_dense()  # a sparse state, which torch.nn.RNNCell takes too
         if hx is not None and hx.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
         is_batched = input.dim() == 2
@@ -607,6 +643,7 @@ class RNNCell(nn.RNNCell):
         self.check_forward_args(input, hx)
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         _check_weight_devices(input, *weights)
+        _check_weights_by_name(input, "", weights, self.hidden_size, self.input_size)
 
         # One step of the layer op: the padded layout with T = 1 is the [B, I] input itself.
         h, _ = ops.rnn_layer(

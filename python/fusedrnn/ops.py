@@ -625,7 +625,11 @@ def _keep_for_recompute(ctx, out, inputs, activations, hold_output, saved_x=True
         if t is None:
             versions.append(None)
             continue
-        versions.append(t._version)
+        try:
+            versions.append(t._version)
+        except RuntimeError:
+            _refuse_inference_tensor(t, i, len(inputs) > 11)
+            raise
         if i in activations and (i != 0 or saved_x):
             kept[i] = weakref.ref(t)
         elif i == 0 or type(t) is not torch.nn.Parameter:
@@ -633,6 +637,24 @@ def _keep_for_recompute(ctx, out, inputs, activations, hold_output, saved_x=True
     ctx.inputs = kept
     ctx.input_versions = versions
     ctx.strong_inputs = strong
+
+
+_LAYER_INPUT_NAMES = ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0")
+_BI_LAYER_INPUT_NAMES = ("x", "w_ih", "w_hh", "b_ih", "b_hh", "w_ih (reverse)", "w_hh (reverse)",
+                         "b_ih (reverse)", "b_hh (reverse)", "h0", "h0 (reverse)")  # fmt: skip
+
+
+def _refuse_inference_tensor(t, i, bidirectional) -> None:
+    """An input made under torch.inference_mode has no version counter, and autograd cannot
+    save it: say so, by name (torch.nn.RNN refuses it too)."""
+    if t.is_inference():
+        name = (_BI_LAYER_INPUT_NAMES if bidirectional else _LAYER_INPUT_NAMES)[i]
+        _fail(
+            RuntimeError,
+            f"{name} is an inference tensor (made under torch.inference_mode), which autograd "
+            "cannot save for backward: run the call under torch.inference_mode() or "
+            "torch.no_grad() too, or pass a clone made outside inference mode",
+        )
 
 
 def _release_kept(ctx) -> None:
@@ -939,7 +961,7 @@ def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, non
     N = h.numel() // H if H else h.shape[0]
     if B is None:
         B = h0.shape[0]
-    T = batch_sizes.shape[0] if batch_sizes.numel() else N // B
+    T = batch_sizes.shape[0] if batch_sizes.numel() else (N // B if B else 0)
     w_hh, h, h0 = _dense(w_hh), _dense(h), _dense(h0)
     grad_hn = _dense(_no_zeros_flag(grad_hn))
     grad_h = _no_zeros_flag(grad_h)
@@ -1273,7 +1295,8 @@ class _BPTT(torch.autograd.Function):
     so that second derivatives (double backward, hessian) come out as torch.nn.RNN's.
 
     With ``e_t = g_t + d_next W + [last] g_hn`` and ``d_t = e_t * s(h_t)``,
-    ``s = phi'`` (1 - h^2 or [h > 0]), and ``dh0 = d_first W``:
+    ``s = phi'`` (1 - h^2; relu: [not h <= 0], applied as a select, so that 0 * inf is 0),
+    and ``dh0 = d_first W``:
 
     - backward: ``e_bar_t = (c_t + e_bar_prev W^T) * s_t``, starting from ``c0 W^T``, is
       the same recurrence walked the other way (this op again, on W^T, direction flipped);
@@ -1811,7 +1834,7 @@ def _bi_backward_eager(ctx, saved, grads):
     need_dx = needs[0]
     dx = x.new_empty(x.shape) if need_dx else None
     B = ctx.B
-    T = batch_sizes.shape[0] if batch_sizes.numel() else N // B
+    T = batch_sizes.shape[0] if batch_sizes.numel() else (N // B if B else 0)
     x = _dense(x)
     grads = []
     # Absent states and state gradients are zeros: the kernel reads address 0 as such.

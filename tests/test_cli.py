@@ -63,6 +63,9 @@ def _error(argv, capsys) -> str:
         (["gradcheck", "--radii", "-1"], "argument --radii: expected a positive number, got -1"),
         (["gradcheck", "--radii", "50"], "argument --radii: spectral radius 50.0 is too large"),
         (["gradcheck", "--plot", "x.png"], "argument --plot: only with --flow"),
+        (["gradcheck", "--radii", "0.5"], "argument --radii: only with --flow"),
+        (["gradcheck", "--flow", "--layers", "2"], "argument --layers: not used with --flow"),
+        (["gradcheck", "--flow", "--checks", "reference"], "argument --checks: not used with"),
         (["gradcheck", "--batch", "1000"], "argument --batch: 1000 is too large (at most 64)"),
         (["bench", "--seed", "-1"], "argument --seed: expected an integer in 0..2**63-1"),
         (["gradcheck", "--seed", str(2**64)], "argument --seed: expected an integer in 0..2"),
@@ -71,6 +74,10 @@ def _error(argv, capsys) -> str:
         (["bench", "--markdown", "/no/such/dir/b.md"], "argument --markdown: no directory"),
         (["gradcheck", "--json", "/no/such/dir/g.json"], "argument --json: no directory"),
         (["gradcheck", "--json", "/"], "argument --json: '/' is a directory"),
+        (["bench", "--json", "newdir/"], "argument --json: 'newdir/' is a directory"),
+        (["bench", "--markdown", ""], "argument --markdown: expected a file name, got ''"),
+        (["bench", "--plot", "out.txt"], "argument --plot: expected a file name ending in one of"),
+        (["gradcheck", "--flow", "--plot", "flow"], "argument --plot: expected a file name ending"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         ([], "the following arguments are required: COMMAND"),
     ],
@@ -163,11 +170,16 @@ def test_bench_runs_bfloat16_models(tmp_path, capsys):
     in bfloat16 first."""
     path = tmp_path / "bench.json"
     argv = [*TINY_BENCH, "--dtype", "bfloat16", "--device", "cpu", "--json", str(path)]
-    assert main(argv) == 0
-    assert "cpu bf16 train" in capsys.readouterr().out
+    assert main([*argv, "--nonlinearity", "tanh,relu"]) == 0
+    out = capsys.readouterr().out
+    assert "cpu bf16 train tanh" in out and "ok (outputs)" in out
     results = json.loads(path.read_text())["results"]
     assert {r["dtype"] for r in results} == {"bfloat16"}
     assert all(r["ok"] and 0 < r["max_rel_error"] <= 5e-2 for r in results)
+    # relu training in bfloat16: outputs only (a state rounding across 0 flips a gradient)
+    checked = {(r["mode"], r["nonlinearity"]): r["checked"] for r in results}
+    assert checked[("training", "relu")] == "outputs"
+    assert checked[("training", "tanh")] == "outputs and gradients"
 
 
 def test_bench_flags_a_wrong_kernel_and_does_not_time_it(monkeypatch, capsys):

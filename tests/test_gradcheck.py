@@ -61,6 +61,41 @@ def test_check_rejects_what_it_cannot_check():
         check(Config(), checks=["vibes"])
     with pytest.raises(ValueError, match="max_fd_elements must be at least 1, got 0"):
         check(Config(), max_fd_elements=0)  # passed with nothing compared
+    with pytest.raises(ValueError, match="checks: expected at least one"):
+        check(Config(), checks=[])  # passed with nothing compared
+    with pytest.raises(ValueError, match="B must be a positive int, got 0"):
+        check(fusedrnn.RNN(2, 3), B=0)  # was a NumPy reshape error
+
+    class ShiftedRNN(torch.nn.RNN):  # its own forward: the conversion would drop it
+        def forward(self, x, hx=None):
+            out, hn = super().forward(x, hx)
+            return out + 1e-3, hn
+
+    with pytest.raises(TypeError, match=r"ShiftedRNN .* its own forward"):
+        check(ShiftedRNN(2, 3))
+
+
+def test_check_sees_frozen_weights_hooks_and_any_grad_mode():
+    """Found by an audit: a frozen parameter failed a correct module (its float64 copy had
+    no gradient to compare); a hook on a parameter that changes its gradient passed (deepcopy
+    drops tensor hooks); under no_grad the check raised. And a Config leaves the caller's
+    random state alone."""
+    frozen = fusedrnn.RNN(3, 4, num_layers=2)
+    frozen.weight_ih_l0.requires_grad_(False)
+    frozen.bias_hh_l1.requires_grad_(False)
+    assert check(frozen, checks="reference").passed  # one name for one check
+    hooked = fusedrnn.RNN(3, 4)
+    hooked.weight_hh_l0.register_hook(lambda g: g * 1.01)
+    report = check(hooked, checks=["reference"])
+    assert not report.passed
+    assert {r.gradient for r in report.rows if not r.passed} == {"weight_hh_l0"}
+    with torch.no_grad():
+        assert check(fusedrnn.RNN(3, 4), checks=["reference"]).passed
+    torch.manual_seed(5)
+    want = torch.rand(3)
+    torch.manual_seed(5)
+    check(Config(), checks=["reference"])
+    assert torch.equal(torch.rand(3), want)
 
 
 def test_reference_composition_matches_nn_rnn():

@@ -84,14 +84,32 @@ def output_file(text: str) -> str:
     """An argparse type for a file to write at the end of a run: its directory must exist
     and be writable now, so that a long run does not end in a traceback and lose its
     results."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a file name, got ''")
     directory = os.path.dirname(os.path.abspath(text))
-    if os.path.isdir(text):
+    if os.path.isdir(text) or text.endswith(("/", os.sep)):
         raise argparse.ArgumentTypeError(f"{text!r} is a directory")
     if not os.path.isdir(directory):
         raise argparse.ArgumentTypeError(f"no directory {directory!r} to write {text!r} in")
     if not os.access(directory, os.W_OK) or (os.path.exists(text) and not os.access(text, os.W_OK)):
         raise argparse.ArgumentTypeError(f"cannot write {text!r}")
     return text
+
+
+def check_plot_file(parser: argparse.ArgumentParser, path: str) -> None:
+    """--plot's file: matplotlib must be installed and know the format its extension names
+    (it would fail on ``.txt`` only after the run, and give a name without one ``.png``)."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        parser.error("argument --plot: needs matplotlib (pip install 'fusedrnn[plot]')")
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
+    if extension not in formats:
+        parser.error(
+            f"argument --plot: expected a file name ending in one of "
+            f"{', '.join('.' + f for f in formats)}, got {path!r}"
+        )
 
 
 def _finite_or_none(value):

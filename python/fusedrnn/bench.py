@@ -113,6 +113,18 @@ class Case:
     shape: Shape
 
     @property
+    def gradients_compared(self) -> bool:
+        """Whether the check compares gradients too. Not for relu training in bfloat16: a
+        state whose pre-activation lies within a rounding of 0 comes out 0 in one module and
+        positive in the other (each rounds in other places), and relu's backward then passes
+        that unit's gradient in one and stops it in the other; on the same bfloat16 inputs
+        nn.RNN and fusedrnn each differ from float64 by up to ~0.1-0.6 there. The kernels'
+        bfloat16 BPTT is checked against float64 at its own states in the tests."""
+        return self.mode == "training" and not (
+            self.dtype == "bfloat16" and self.nonlinearity == "relu"
+        )
+
+    @property
     def label(self) -> str:
         s = self.shape
         parts = [
@@ -181,6 +193,7 @@ class Result:
             "max_abs_error": self.max_abs_error,
             "max_rel_error": self.max_rel_error,
             "tolerance": TOLERANCE[self.case.dtype],
+            "checked": "outputs and gradients" if self.case.gradients_compared else "outputs",
             "torch_ms": self.torch_ms,
             "fusedrnn_ms": self.fused_ms,
             "speedup": self.speedup,
@@ -370,7 +383,8 @@ def _run_case(case: Case, min_time: float, warmup: int, seed: int) -> Result:
         work = _Workload(case, seed)
         want = work.results(work.reference)
         got = work.results(work.fused)
-        max_abs, max_rel = _compare(got, want)
+        compared = len(want) if case.gradients_compared or case.mode != "training" else 2
+        max_abs, max_rel = _compare(got[:compared], want[:compared])  # outputs first
     except Exception as exc:  # any failure of a module is that case's ERROR row
         return Result(case, ok=False, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
     ok = max_rel <= TOLERANCE[case.dtype]  # False for NaN too
@@ -430,6 +444,8 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
             check = "ERROR"
         else:
             check = "ok" if r.ok else "WRONG"
+            if r.case.mode == "training" and not r.case.gradients_compared:
+                check += " (outputs)"
         speedup = r.speedup
         rows.append(
             [
@@ -495,7 +511,8 @@ def write_markdown(path: str, meta: dict, results: Sequence[Result]) -> None:
         "- times: median ms per call, nn.RNN and fusedrnn alternating on identical inputs;"
         " training = forward + backward",
         f"- GFLOP/s: fusedrnn's; {meta['flops']}",
-        "- max error: largest |fusedrnn - nn.RNN| over outputs (and all gradients in training)",
+        "- max error: largest |fusedrnn - nn.RNN| over outputs (and all gradients in training;"
+        " `ok (outputs)`: relu training in bfloat16, outputs only, see docs/tools.md)",
         "",
         _cli.markdown_table(HEADERS, table_rows(results)),
         "",
@@ -679,10 +696,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
     """Run the benchmark for parsed ``args``; return the exit status."""
     devices = _devices(parser, args.device)
     if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            parser.error("argument --plot: needs matplotlib (pip install 'fusedrnn[plot]')")
+        _cli.check_plot_file(parser, args.plot)
     overrides = {
         "T": args.seq,
         "B": args.batch,
@@ -728,7 +742,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
     print(
         "ms: median per call (training = forward + backward); speed-up: nn.RNN ms / fusedrnn ms;"
         " GFLOP/s: fusedrnn's; max error: largest |fusedrnn - nn.RNN| over outputs"
-        " (and all gradients in training)"
+        " (and all gradients in training; 'ok (outputs)': relu training in bfloat16, outputs"
+        " only, see docs/tools.md)"
     )
     problems = _problems(results)
     for line in problems:

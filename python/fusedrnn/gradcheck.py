@@ -110,19 +110,22 @@ class Config:
         return " ".join(parts)
 
     def module(self, device: str | torch.device = "cpu", seed: int = 0) -> RNN:
-        torch.manual_seed(seed)
-        return RNN(
-            self.I,
-            self.H,
-            self.layers,
-            self.nonlinearity,
-            self.bias,
-            self.batch_first,
-            0.0,
-            self.bidirectional,
-            device=device,
-            dtype=torch.float64,
-        )
+        """A float64 fusedrnn.RNN of this configuration, its weights drawn from ``seed``
+        (the caller's global random state is left as it was)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return RNN(
+                self.I,
+                self.H,
+                self.layers,
+                self.nonlinearity,
+                self.bias,
+                self.batch_first,
+                0.0,
+                self.bidirectional,
+                device=device,
+                dtype=torch.float64,
+            )
 
 
 def default_grid(**sizes) -> list[Config]:
@@ -592,12 +595,32 @@ def check(
     ``seed``. ``checks`` picks from ``CHECKS``. Finite differences sample at most
     ``max_fd_elements`` per tensor; ``torch.autograd.gradcheck`` uses its fast mode above
     ``autograd_fast_above`` input elements. Returns a :class:`Report`; ``report.passed``.
+
+    The copy computes every gradient, also of parameters the module has frozen, and keeps
+    the hooks registered on its parameters (so a hook that changes a gradient fails the
+    check, as a module hook does). A torch.nn.RNN subclass with its own ``forward`` is
+    refused: the conversion would check fusedrnn's forward, not that one. Runs with
+    gradients on whatever mode the caller is in (``no_grad``, ``inference_mode``).
     """
+    if isinstance(checks, str):
+        checks = (checks,)
+    if not checks:  # a report with nothing compared would pass
+        raise ValueError(f"checks: expected at least one of {CHECKS}, got none")
     for name in checks:
         if name not in CHECKS:
             raise ValueError(f"checks: unknown check {name!r}, expected some of {CHECKS}")
     if max_fd_elements < 1:  # 0 would pass the finite differences with nothing compared
         raise ValueError(f"max_fd_elements must be at least 1, got {max_fd_elements}")
+    for name, value in (("T", T), ("B", B)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    with torch.inference_mode(False), torch.enable_grad():
+        return _check(module_or_config, checks, device, seed, T, B, packed, h0, max_fd_elements,
+                      autograd_fast_above)  # fmt: skip
+
+
+def _check(module_or_config, checks, device, seed, T, B, packed, h0, max_fd_elements,
+           autograd_fast_above) -> Report:  # fmt: skip
     if isinstance(module_or_config, Config):
         config = module_or_config
         device = torch.device(device or "cpu")
@@ -606,11 +629,21 @@ def check(
     elif isinstance(module_or_config, (RNN, nn.RNN)):
         source = module_or_config
         if isinstance(source, nn.RNN):
+            if type(source).forward is not nn.RNN.forward:
+                raise TypeError(
+                    f"module_or_config: a {type(source).__name__} (a torch.nn.RNN subclass with "
+                    "its own forward) would be checked as the fusedrnn.RNN it converts to, "
+                    "without that forward: pass a fusedrnn.RNN (or a subclass of it)"
+                )
             source = RNN.from_torch(source)
         weight = source.weight_ih_l0
         device = torch.device(device or weight.device)
         module = copy.deepcopy(source).to(device=device, dtype=torch.float64)
         module.dropout = 0.0
+        for original, copied in zip(source.parameters(), module.parameters(), strict=True):
+            copied.requires_grad_(True)  # frozen ones too: their gradients are checked
+            for hook in (original._backward_hooks or {}).values():
+                copied.register_hook(hook)  # (deepcopy leaves tensor hooks behind)
         config = _config_of(module, T, B, packed, h0)
         label = "module " + config.label
     else:
@@ -918,12 +951,26 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
     if args.plot:
         if not args.flow:
             parser.error("argument --plot: only with --flow")
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            parser.error("argument --plot: needs matplotlib (pip install 'fusedrnn[plot]')")
+        _cli.check_plot_file(parser, args.plot)
+    # An option the chosen mode does not use is an error, not silently ignored.
     if args.flow:
+        for option in (
+            "layout",
+            "h0",
+            "layers",
+            "directions",
+            "bias",
+            "batch",
+            "checks",
+            "verbose",
+        ):
+            if getattr(args, option) != parser.get_default(option):
+                parser.error(
+                    f"argument --{option}: not used with --flow (it sets the gradient checks)"
+                )
         return _run_flow(args, parser, device)
+    if args.radii != parser.get_default("radii"):
+        parser.error("argument --radii: only with --flow")
 
     configs = _grid(args)
     print(

@@ -1,6 +1,7 @@
 """CPU-kernel properties: bitwise identity across thread counts, the GEMM entry point,
 the whole-backward op, and the instruction-set fallbacks."""
 
+import itertools
 import os
 import subprocess
 import sys
@@ -223,6 +224,41 @@ for n in {threads}:
     digests.append(digest.hexdigest())
 print(" ".join(digests))
 """
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_absent_h0_is_bitwise_a_zero_h0_nan_of_w_hh_included(dtype, threads):
+    """Without h0 the first step adds 0 W_hh^T (NaN where a row of W_hh holds a NaN or an
+    infinity), as a zero h0 gives: the same bits and NaNs for padded and packed input,
+    both directions, the unpacked few-row path (H = 5, B = 1) and the packed panels."""
+    torch.manual_seed(0)
+    dt = getattr(torch, dtype)
+    for reverse, packed, H, B in itertools.product((False, True), (False, True), (5, 300), (1, 37)):
+        lengths = sorted(torch.randint(1, 7, (B,)).tolist(), reverse=True) if packed else [6] * B
+        T, N, I = max(lengths), sum(lengths), 4
+        bs = torch.tensor([sum(n > t for n in lengths) for t in range(T)], dtype=torch.int64)
+        x, w_ih, b = (
+            torch.randn(N, I, dtype=dt),
+            torch.randn(H, I, dtype=dt),
+            torch.randn(H, dtype=dt),
+        )
+        w_hh = torch.randn(H, H, dtype=dt) / H**0.5
+        w_hh[1, 2], w_hh[H - 1, 0] = float("nan"), float("inf")
+        zeros = torch.zeros(B, H, dtype=dt)
+        results = []
+        for h0 in (0, zeros.data_ptr()):
+            h, hn = torch.empty(N, H, dtype=dt), torch.empty(B, H, dtype=dt)
+            steps = bs.data_ptr() if packed else 0
+            weights = (w_ih.data_ptr(), b.data_ptr(), b.data_ptr(), w_hh.data_ptr())
+            _C.layer_forward(dtype, T, B, H, I, steps, reverse, "tanh", x.data_ptr(), *weights,
+                             h0, h.data_ptr(), H, hn.data_ptr(), threads)  # fmt: skip
+            results.append(torch.cat((h, hn)))
+        absent, zero = results
+        assert absent.isnan().any()
+        assert torch.equal(absent.isnan(), zero.isnan())
+        bits = torch.int32 if dt == torch.float32 else torch.int64  # the sign of zero too
+        assert torch.equal(absent.nan_to_num().view(bits), zero.nan_to_num().view(bits))
 
 
 def test_row_and_column_splits_give_the_same_bits():

@@ -9,16 +9,16 @@ from ``torch.nn.RNNCell`` itself (torch.compile traces cells) and replaces its f
 Both read their parameters by name at every call, so ``torch.func.functional_call``
 and parameter reassignment work; the only state is the parameters.
 
-Autocast: inside ``torch.autocast`` the recurrence, its state and the GEMMs around it run
-in float32 (the custom ops are registered as float32 ops, see ``fusedrnn.ops``), and the
-output and ``h_n`` are returned in the autocast dtype, as ``torch.nn.RNN`` returns them.
-``torch.nn.RNN`` computes every step in the low precision dtype instead, so the results
-agree within that dtype's tolerance and ours are the more accurate. float64 inputs are
-left in float64.
+Autocast (``docs/dropin.md``): CPU autocast to bfloat16 on a CPU with AVX512_BF16 runs the
+layers as a bfloat16 model's (below); everywhere else (CUDA, float16, a CPU without those
+instructions) the ops are float32 ops, so the recurrence, its state and the GEMMs around it
+run in float32 and the results are rounded once. Either way ``output`` and ``h_n`` come
+back in the autocast dtype, as ``torch.nn.RNN`` returns them; float64 inputs stay float64.
 
 Models in bfloat16 or float16 (``model.to(torch.bfloat16)``, no autocast) run as
-``torch.nn.RNN`` does in that dtype: inputs, outputs and gradients in it. The ops store
-each layer's results in that dtype but compute them in float32.
+``torch.nn.RNN`` does in that dtype: inputs, outputs and gradients in it. bfloat16 on a CPU
+with AVX512_BF16 runs fusedrnn's bfloat16 kernels (float32 sums, each stored value rounded
+once); elsewhere the ops compute each layer in float32 and store it in the model's dtype.
 """
 
 from __future__ import annotations
@@ -524,9 +524,10 @@ class RNN(nn.RNNBase):
 class RNNCell(nn.RNNCell):
     r"""An Elman RNN cell with ``tanh`` or ``relu``, computed by the fused kernels.
 
-    Same arguments, parameters, init, inputs, outputs and errors as
-    :class:`torch.nn.RNNCell`: ``RNNCell(input_size, hidden_size, bias=True,
-    nonlinearity='tanh', device=None, dtype=None)``; ``cell(input, hx=None)`` with input
+    Same arguments, parameters, init, inputs, outputs and error types as
+    :class:`torch.nn.RNNCell` (a few messages differ: ``docs/dropin.md``):
+    ``RNNCell(input_size, hidden_size, bias=True, nonlinearity='tanh', device=None,
+    dtype=None)``; ``cell(input, hx=None)`` with input
     ``[B, I]`` or unbatched ``[I]`` returns ``h'`` ``[B, H]`` (``[H]``). One step of the
     same custom op that :class:`RNN` runs (``T = 1``). Autocast as in :class:`RNN`.
     """

@@ -57,7 +57,8 @@ __all__ = [
 
 NONLINEARITIES = ("tanh", "relu")
 _NO_STEPS = torch.empty(0, dtype=torch.int64)  # batch_sizes of padded input
-# bfloat16 on a CPU with AVX512_BF16 (_C.cpu_has_bf16(): not capped by FUSEDRNN_CPU_ISA):
+# bfloat16 on a CPU with AVX512_BF16 (_C.cpu_has_bf16(); false under FUSEDRNN_CPU_ISA=avx2
+# or =generic, which cap it):
 # fusedrnn's bfloat16 kernels, the recurrences and every GEMM around them (bfloat16
 # operands and state, float32 sums, one rounding per stored value), through the same
 # one-call-per-pass layer entry points as float32 and float64. (Tests and benchmarks take
@@ -121,7 +122,8 @@ def check_layer_args(
 
     Raises ``TypeError`` for wrong types and dtypes and ``ValueError`` for wrong shapes,
     devices and ``batch_sizes`` values, each naming the argument, the expected and the
-    given value. ``check_values=False`` skips the checks that read ``batch_sizes`` data
+    given value (and ``RuntimeError`` for CUDA tensors where the CUDA kernels were not
+    built). ``check_values=False`` skips the checks that read ``batch_sizes`` data
     (fake tensors under ``torch.compile`` have none). Messages are only formatted on
     failure: this runs on every call. ``names`` renames arguments in messages for
     callers that pass other tensors in these places (the backward op).

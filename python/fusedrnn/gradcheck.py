@@ -111,8 +111,12 @@ class Config:
 
     def module(self, device: str | torch.device = "cpu", seed: int = 0) -> RNN:
         """A float64 fusedrnn.RNN of this configuration, its weights drawn from ``seed``
-        (the caller's global random state is left as it was)."""
-        with torch.random.fork_rng(devices=[]):
+        (the caller's global random state is left as it was, on the CPU and the device)."""
+        dev = torch.device(device)
+        forked = []  # the CUDA device whose generator RNN's init draws from, if any
+        if dev.type == "cuda":
+            forked = [dev.index if dev.index is not None else torch.cuda.current_device()]
+        with torch.random.fork_rng(devices=forked):
             torch.manual_seed(seed)
             return RNN(
                 self.I,

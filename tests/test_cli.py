@@ -78,6 +78,7 @@ def _error(argv, capsys) -> str:
         (["bench", "--markdown", ""], "argument --markdown: expected a file name, got ''"),
         (["bench", "--plot", "out.txt"], "argument --plot: expected a file name ending in one of"),
         (["gradcheck", "--flow", "--plot", "flow"], "argument --plot: expected a file name ending"),
+        (["bench", "--plot", "b.pgf"], "argument --plot: expected a file name ending"),  # LaTeX
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         ([], "the following arguments are required: COMMAND"),
     ],

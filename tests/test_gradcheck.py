@@ -84,11 +84,15 @@ def test_check_sees_frozen_weights_hooks_and_any_grad_mode():
     frozen.weight_ih_l0.requires_grad_(False)
     frozen.bias_hh_l1.requires_grad_(False)
     assert check(frozen, checks="reference").passed  # one name for one check
-    hooked = fusedrnn.RNN(3, 4)
-    hooked.weight_hh_l0.register_hook(lambda g: g * 1.01)
-    report = check(hooked, checks=["reference"])
-    assert not report.passed
-    assert {r.gradient for r in report.rows if not r.passed} == {"weight_hh_l0"}
+    for hooked in (fusedrnn.RNN(3, 4), torch.nn.RNN(3, 4)):  # (from_torch makes new ones)
+        hooked.weight_hh_l0.register_hook(lambda g: g * 1.01)
+        report = check(hooked, checks=["reference"], T=np.int64(3))  # NumPy sizes are taken
+        assert not report.passed
+        assert {r.gradient for r in report.rows if not r.passed} == {"weight_hh_l0"}
+    normed = fusedrnn.RNN(3, 4)
+    torch.nn.utils.parametrizations.weight_norm(normed, "weight_hh_l0")
+    with pytest.raises(TypeError, match=r"parametrized weights .* are not supported"):
+        check(normed)  # (was an IndexError from the reference)
     with torch.no_grad():
         assert check(fusedrnn.RNN(3, 4), checks=["reference"]).passed
     torch.manual_seed(5)

@@ -41,6 +41,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import operator
 import re
 import warnings
 from collections.abc import Sequence
@@ -602,7 +603,8 @@ def check(
 
     The copy computes every gradient, also of parameters the module has frozen, and keeps
     the hooks registered on its parameters (so a hook that changes a gradient fails the
-    check, as a module hook does). A torch.nn.RNN subclass with its own ``forward`` is
+    check, as a module hook does; the hooks run, on the copy's float64 gradients).
+    Parametrized weights are refused. A torch.nn.RNN subclass with its own ``forward`` is
     refused: the conversion would check fusedrnn's forward, not that one. Runs with
     gradients on whatever mode the caller is in (``no_grad``, ``inference_mode``).
     """
@@ -615,9 +617,16 @@ def check(
             raise ValueError(f"checks: unknown check {name!r}, expected some of {CHECKS}")
     if max_fd_elements < 1:  # 0 would pass the finite differences with nothing compared
         raise ValueError(f"max_fd_elements must be at least 1, got {max_fd_elements}")
+    sizes = []
     for name, value in (("T", T), ("B", B)):
-        if not isinstance(value, int) or value < 1:
+        try:
+            value = operator.index(value)  # an int, a NumPy integer...
+        except TypeError:
+            raise ValueError(f"{name} must be a positive int, got {value!r}") from None
+        if value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+        sizes.append(value)
+    T, B = sizes
     with torch.inference_mode(False), torch.enable_grad():
         return _check(module_or_config, checks, device, seed, T, B, packed, h0, max_fd_elements,
                       autograd_fast_above)  # fmt: skip
@@ -632,6 +641,12 @@ def _check(module_or_config, checks, device, seed, T, B, packed, h0, max_fd_elem
         label = config.label
     elif isinstance(module_or_config, (RNN, nn.RNN)):
         source = module_or_config
+        if torch.nn.utils.parametrize.is_parametrized(source):
+            raise TypeError(
+                "module_or_config: parametrized weights (torch.nn.utils.parametrize, e.g. "
+                "weight_norm) are not supported: the reference composes the layers from the "
+                "plain weight names; check the module without the parametrization"
+            )
         if isinstance(source, nn.RNN):
             if type(source).forward is not nn.RNN.forward:
                 raise TypeError(
@@ -644,10 +659,13 @@ def _check(module_or_config, checks, device, seed, T, B, packed, h0, max_fd_elem
         device = torch.device(device or weight.device)
         module = copy.deepcopy(source).to(device=device, dtype=torch.float64)
         module.dropout = 0.0
-        for original, copied in zip(source.parameters(), module.parameters(), strict=True):
+        # The caller's parameters (a torch.nn.RNN's too: from_torch made new ones), in the
+        # same order as the copy's.
+        originals = module_or_config.parameters()
+        for original, copied in zip(originals, module.parameters(), strict=True):
             copied.requires_grad_(True)  # frozen ones too: their gradients are checked
             for hook in (original._backward_hooks or {}).values():
-                copied.register_hook(hook)  # (deepcopy leaves tensor hooks behind)
+                copied.register_hook(hook)  # (deepcopy and from_torch leave tensor hooks behind)
         config = _config_of(module, T, B, packed, h0)
         label = "module " + config.label
     else:

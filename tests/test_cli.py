@@ -183,6 +183,25 @@ def test_bench_runs_bfloat16_models(tmp_path, capsys):
     assert checked[("training", "tanh")] == "outputs and gradients"
 
 
+def test_bench_flags_a_nan_gradient_it_does_not_compare(monkeypatch, capsys):
+    """relu training in bfloat16 compares outputs only, but a gradient that is NaN where
+    nn.RNN's is finite still makes the case WRONG."""
+    from fusedrnn import bench
+
+    results = bench._Workload.results
+
+    def nan_in_fused_gradient(self, module):
+        out = results(self, module)
+        if module is self.fused:
+            out[-1] = torch.full_like(out[-1], float("nan"))
+        return out
+
+    monkeypatch.setattr(bench._Workload, "results", nan_in_fused_gradient)
+    argv = [*TINY_BENCH, "--dtype", "bfloat16", "--nonlinearity", "relu", "--mode", "training"]
+    assert main([*argv, "--device", "cpu"]) == 1
+    assert "WRONG" in capsys.readouterr().out
+
+
 def test_bench_flags_a_wrong_kernel_and_does_not_time_it(monkeypatch, capsys):
     """A fast wrong answer never looks good: the case is marked WRONG and not timed."""
     forward = fusedrnn.ops.forward_into_cpu  # the CPU forward: projection + recurrence

@@ -118,8 +118,9 @@ class Case:
         state whose pre-activation lies within a rounding of 0 comes out 0 in one module and
         positive in the other (each rounds in other places), and relu's backward then passes
         that unit's gradient in one and stops it in the other; on the same bfloat16 inputs
-        nn.RNN and fusedrnn each differ from float64 by up to ~0.1-0.6 there. The kernels'
-        bfloat16 BPTT is checked against float64 at its own states in the tests."""
+        nn.RNN and fusedrnn each differ from float64 by up to ~0.1-0.6 there. Its gradients
+        must still be finite wherever nn.RNN's are. The kernels' bfloat16 BPTT is checked
+        against float64 at its own states in the tests."""
         return self.mode == "training" and not (
             self.dtype == "bfloat16" and self.nonlinearity == "relu"
         )
@@ -385,6 +386,10 @@ def _run_case(case: Case, min_time: float, warmup: int, seed: int) -> Result:
         got = work.results(work.fused)
         compared = len(want) if case.gradients_compared or case.mode != "training" else 2
         max_abs, max_rel = _compare(got[:compared], want[:compared])  # outputs first
+        # Gradients not compared still must be finite wherever nn.RNN's are.
+        for g, w in zip(got[compared:], want[compared:], strict=True):
+            if not bool((g.isfinite() | ~w.isfinite()).all()):
+                max_abs = max_rel = math.nan
     except Exception as exc:  # any failure of a module is that case's ERROR row
         return Result(case, ok=False, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
     ok = max_rel <= TOLERANCE[case.dtype]  # False for NaN too

@@ -555,7 +555,8 @@ def _setup_context(ctx, inputs, output):
 def _setup_layer(ctx, inputs, output, output_to_caller):
     x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
     h, _ = output
-    _keep_for_recompute(ctx, h, inputs, (0, 5), output_to_caller, ctx.needs_input_grad[1])
+    _keep_for_recompute(ctx, h, inputs, _LAYER_INPUT_NAMES, (0, 5), output_to_caller,
+                        ctx.needs_input_grad[1])  # fmt: skip
     needs = ctx.needs_input_grad
     # The lean path's x (and its own h, hn) may come in other shapes than [N, I] (see
     # _forward_impl's dims): the backward reads them as rows and returns dx in x's shape.
@@ -595,7 +596,7 @@ def _refuse_changed_saved() -> None:
 _CALL = threading.local()
 
 
-def _keep_for_recompute(ctx, out, inputs, activations, hold_output, saved_x=True) -> None:
+def _keep_for_recompute(ctx, out, inputs, names, activations, hold_output, saved_x=True) -> None:
     """What a layer's backward needs when the caller changed its output ``out`` in place
     between the forward and the backward (a residual ``out += x``, ``relu_(out)``):
     torch.nn.RNN allows that, as its saved states are not the tensor it returns, but ours
@@ -611,7 +612,8 @@ def _keep_for_recompute(ctx, out, inputs, activations, hold_output, saved_x=True
     backward, and a strong reference would keep them through activation checkpointing and
     after the backward while the caller holds the loss. Nothing is kept while a graph is
     traced (``out`` is then not a plain tensor): compiled training copies the output
-    instead (:func:`private_when_compiled`)."""
+    instead (:func:`private_when_compiled`). ``names``: the leading inputs' names, for
+    the message that refuses one made under inference mode."""
     if type(out) is not Tensor:
         return
     ctx.out_ref = weakref.ref(out)
@@ -630,7 +632,7 @@ def _keep_for_recompute(ctx, out, inputs, activations, hold_output, saved_x=True
         try:
             versions.append(t._version)
         except RuntimeError:
-            _refuse_inference_tensor(t, i, len(inputs) > 11)
+            _refuse_inference_tensor(t, names[i])
             raise
         if i in activations and (i != 0 or saved_x):
             kept[i] = weakref.ref(t)
@@ -646,11 +648,10 @@ _BI_LAYER_INPUT_NAMES = ("x", "w_ih", "w_hh", "b_ih", "b_hh", "w_ih (reverse)", 
                          "b_ih (reverse)", "b_hh (reverse)", "h0", "h0 (reverse)")  # fmt: skip
 
 
-def _refuse_inference_tensor(t, i, bidirectional) -> None:
+def _refuse_inference_tensor(t, name) -> None:
     """An input made under torch.inference_mode has no version counter, and autograd cannot
     save it: say so, by name (torch.nn.RNN refuses it too)."""
     if t.is_inference():
-        name = (_BI_LAYER_INPUT_NAMES if bidirectional else _LAYER_INPUT_NAMES)[i]
         _fail(
             RuntimeError,
             f"{name} is an inference tensor (made under torch.inference_mode), which autograd "
@@ -1777,7 +1778,8 @@ class _EagerBiLayer(torch.autograd.Function):
         ctx.nonlinearity = nl
         ctx.B = hnf.shape[-2]
         inputs = (x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl)
-        _keep_for_recompute(ctx, out, inputs, (0, 9, 10), to_caller)  # see _EagerLayer
+        names = _BI_LAYER_INPUT_NAMES
+        _keep_for_recompute(ctx, out, inputs, names, (0, 9, 10), to_caller)  # see _EagerLayer
         return out, hnf, hnb
 
     @staticmethod

@@ -262,7 +262,7 @@ def test_boundary_between_persistent_and_stepwise():
     for H in (last_fit, large_H):
         p = _problem(3, 4, H, None, torch.float32, ("boundary", H))
         _check(p, torch.float32, False, "tanh", "auto")
-    # The batch limit (kAutoPersistentMaxRows*, rnn_launch.cuh): persistent up to 64 rows,
+    # The batch limit (kAutoPersistentMaxRows, rnn_launch.cuh): persistent up to 64 rows,
     # forward and BPTT; above it auto says why it took the per-step kernel.
     for backward in (False, True):
         assert _plan(256, B=64, backward=backward)["path"] == "persistent"

@@ -48,10 +48,10 @@ int persistent_max_dynamic_smem(const DeviceInfo& dev) {
   return bytes;
 }
 
-// Largest batch for which auto takes the persistent kernel, forward and backward (the
-// persistent kernel also runs larger batches, in several passes per step, when requested).
+// Largest batch for which auto takes the persistent kernel, forward and backward alike (as
+// measured; the persistent kernel also runs larger batches, in several passes per step,
+// when requested).
 constexpr int64_t kAutoPersistentMaxRows = 64;
-constexpr int64_t kAutoPersistentMaxRowsBackward = 64;
 
 template <typename scalar_t, bool BWD, Activation ACT>
 CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath requested) {
@@ -74,9 +74,9 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
   // per-step kernel's slowly, and measured on an H100 (float32, T = 100, H = 256 to 2048,
   // batched staging copy) the persistent kernel was faster up to B = 64 forward and
   // backward at every H, the per-step kernel from B = 128 at every H.
-  const int64_t auto_max_rows = BWD ? kAutoPersistentMaxRowsBackward : kAutoPersistentMaxRows;
-  if (requested == CudaPath::kAuto && B > auto_max_rows) {
-    plan.reason = "B = " + std::to_string(B) + " is above " + std::to_string(auto_max_rows) +
+  if (requested == CudaPath::kAuto && B > kAutoPersistentMaxRows) {
+    plan.reason = "B = " + std::to_string(B) + " is above " +
+                  std::to_string(kAutoPersistentMaxRows) +
                   " rows, where the per-step kernel is faster";
     return plan;
   }

@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: build fusedrnn with its CUDA kernels, stress the persistent
-# kernel (scripts/cuda_stress.py), run the CUDA tests, the GPU benchmarks (and their float32
-# rows again with the opt-in kernel variants: FUSEDRNN_CUDA_STAGING=rows and
-# FUSEDRNN_CUDA_STEPWISE=tiled), compute-sanitizer (memcheck, racecheck, synccheck,
-# initcheck) on a small case, the persistent vs per-step comparison (default and variants),
-# and an Nsight Compute profile of one persistent launch (each staging copy). Results:
-# build.log, pytest_cuda.xml, sanitizer logs, bench_cuda.{json,md}, bench_paths.{json,md},
-# ncu_*, variants/ (in $OUT/results.tgz, below). Pass --full for the full benchmark
+# kernel (scripts/cuda_stress.py), run the CUDA tests, the GPU benchmarks, compute-sanitizer
+# (memcheck, racecheck, synccheck, initcheck) on a small case, the persistent vs per-step
+# comparison, and an Nsight Compute profile of one persistent launch. Results: build.log,
+# pytest_cuda.xml, sanitizer logs, bench_cuda.{json,md}, bench_paths.{json,md}, ncu*
+# (in $OUT/results.tgz, below). Pass --full for the full benchmark
 # grid. It starts by printing the driver, nvcc and torch CUDA versions.
 #
 #   OUT=/some/dir [BUDGET=seconds] [SANITIZER_TOOLS="memcheck ..."] [PATHS=0] [PROFILE=0] \
-#     [VARIANT_AB=0] [PRECISIONS=fp32,bf16] scripts/gpu_check.sh [--full]
+#     [PRECISIONS=fp32,bf16] scripts/gpu_check.sh [--full]
 #
 # BUDGET (default 520) bounds the whole run: each step runs under `timeout` for the smaller of
 # its own cap and what is left, and a step with under 15 s left is skipped, so the script ends
@@ -91,20 +89,6 @@ bounded "${BENCH_TIMEOUT:-150}" $PY scripts/bench_cuda.py --out "$RES" \
   ${PRECISIONS:+--precisions $PRECISIONS} "$@" || status=1
 save
 
-# The opt-in kernel variants under measurement: the persistent kernel's row-wise copy of
-# h_{t-1} (rnn_persistent.cuh) and the per-step kernel's register-blocked tile
-# (rnn_stepwise.cuh). The runs above use the validated defaults; these time the variants
-# right after, into $RES/variants/ (VARIANT_AB=0 skips them, here and in the steps below).
-VARIANTS=(env FUSEDRNN_CUDA_STAGING=rows FUSEDRNN_CUDA_STEPWISE=tiled)
-step "variant A/B: benchmarks again, float32, ${VARIANTS[*]:1}"
-if [[ "${VARIANT_AB:-1}" == 1 ]]; then
-  bounded "${VARIANT_TIMEOUT:-60}" "${VARIANTS[@]}" $PY scripts/bench_cuda.py \
-    --out "$RES/variants" --precisions fp32 "$@" || status=1
-else
-  echo "skipped (VARIANT_AB=0)"
-fi
-save
-
 step "compute-sanitizer"
 for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
   if bounded "${SANITIZER_TIMEOUT:-90}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
@@ -117,48 +101,34 @@ for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
 done
 
 step "kernel paths: persistent vs per-step, both forced via FUSEDRNN_CUDA_PATH"
-# The data behind auto's batch limit in plan_for_kernel (docs/cuda_kernels.md, "Boundary"),
-# then the same grid with the variants (the persistent columns time the row-wise copy, the
-# per-step columns the tiled kernel; PATHS=0 skips both).
+# The data behind auto's batch limit in plan_for_kernel (docs/cuda_kernels.md, "Boundary");
+# PATHS=0 skips it.
 if [[ "${PATHS:-1}" == 1 ]]; then
   bounded "${PATHS_TIMEOUT:-90}" $PY scripts/bench_cuda.py --out "$RES" --paths || status=1
-  save
-  if [[ "${VARIANT_AB:-1}" == 1 ]]; then
-    bounded "${PATHS_TIMEOUT:-90}" "${VARIANTS[@]}" $PY scripts/bench_cuda.py \
-      --out "$RES/variants" --paths || status=1
-  fi
 else
   echo "skipped (PATHS=0)"
 fi
 save
 
 # Where the persistent step's time goes: Nsight Compute on one forward launch at B=1, H=1024
-# with each staging copy (warp stall reasons in ncu_<copy>_details.txt, the sampling by SASS
-# line in ncu_<copy>_source.csv).
+# (warp stall reasons in ncu_details.txt, the sampling by SASS line in ncu_source.csv).
 # PROFILE=0 skips it; a machine that refuses performance counters says so here.
 step "profile: ncu on the persistent kernel (B=1, H=1024, T=100)"
 if [[ "${PROFILE:-1}" == 1 ]] && command -v ncu > /dev/null; then
   ncu_args=(--kernel-name regex:rnn_persistent --launch-skip 3 --launch-count 1
     --section SpeedOfLight --section WarpStateStats --section SchedulerStats
     --section SourceCounters --section LaunchStats --section Occupancy)
-  stagings=(batched)
-  [[ "${VARIANT_AB:-1}" == 1 ]] && stagings+=(rows)
-  for staging in "${stagings[@]}"; do
-    rep=$(mktemp -d)/ncu  # the report itself stays out of results.tgz (size)
-    pre="$RES/ncu_$staging"
-    echo "-- staging copy: $staging"
-    bounded "${PROFILE_TIMEOUT:-60}" env FUSEDRNN_CUDA_STAGING="$staging" ncu "${ncu_args[@]}" \
-      -o "$rep" $PY scripts/cuda_profile.py > "$pre.log" 2>&1 \
-      || echo "ncu: FAILED or timed out (diagnostic only)"
-    tail -3 "$pre.log"
-    if [[ -f "$rep.ncu-rep" ]]; then
-      ncu --import "$rep.ncu-rep" --page details > "${pre}_details.txt" 2>&1
-      ncu --import "$rep.ncu-rep" --page source --print-source sass --csv \
-        > "${pre}_source.csv" 2>&1
-      grep -iE "duration|warp cycles per issued" "${pre}_details.txt" | head -4
-    fi
-    save
-  done
+  rep=$(mktemp -d)/ncu  # the report itself stays out of results.tgz (size)
+  pre="$RES/ncu"
+  bounded "${PROFILE_TIMEOUT:-60}" ncu "${ncu_args[@]}" -o "$rep" $PY scripts/cuda_profile.py \
+    > "$pre.log" 2>&1 || echo "ncu: FAILED or timed out (diagnostic only)"
+  tail -3 "$pre.log"
+  if [[ -f "$rep.ncu-rep" ]]; then
+    ncu --import "$rep.ncu-rep" --page details > "${pre}_details.txt" 2>&1
+    ncu --import "$rep.ncu-rep" --page source --print-source sass --csv > "${pre}_source.csv" 2>&1
+    grep -iE "duration|warp cycles per issued" "${pre}_details.txt" | head -4
+  fi
+  save
 else
   echo "skipped (PROFILE=0 or no ncu)"
 fi

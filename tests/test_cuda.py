@@ -89,35 +89,26 @@ def _launch_args(x, bs, B):
     return head, (_addr(ws), ws.numel(), x.device.index, stream), (bs_host, bs_dev, ws)
 
 
-def cuda_forward(
-    P, W, h0, bs, B, reverse, nl, path, in_place=False, staging="batched", stepwise="simple"
-):
+def cuda_forward(P, W, h0, bs, B, reverse, nl, path, in_place=False):
     """Run _C_cuda.rnn_forward on device tensors; P [N,H]; bs a NumPy array or None."""
     head, tail, keep = _launch_args(P, bs, B)
     h = P.clone() if in_place else _poisoned(P.shape, P.dtype, P.device)
     hn = _poisoned((B, P.shape[1]), P.dtype, P.device)
     src = h if in_place else P
     ptrs = (_addr(src), _addr(W), _addr(h0), _addr(h), _addr(hn))
-    _cuda._C_cuda.rnn_forward(
-        *head, reverse, nl, *ptrs, *tail, path, staging=staging, stepwise=stepwise
-    )
+    _cuda._C_cuda.rnn_forward(*head, reverse, nl, *ptrs, *tail, path)
     del keep  # enqueued: see _launch_args
     return h, hn
 
 
-def cuda_backward(
-    W, h, G, dhn, bs, B, reverse, nl, path, in_place=False, want_dh0=True, staging="batched",
-    stepwise="simple",
-):  # fmt: skip
+def cuda_backward(W, h, G, dhn, bs, B, reverse, nl, path, in_place=False, want_dh0=True):
     """Run _C_cuda.rnn_backward; dP aliases G when in_place; dh0 is None unless wanted."""
     head, tail, keep = _launch_args(h, bs, B)
     dP = G.clone() if in_place else _poisoned(h.shape, h.dtype, h.device)
     dh0 = _poisoned((B, h.shape[1]), h.dtype, h.device) if want_dh0 else None
     src = dP if in_place else G
     ptrs = (_addr(W), _addr(h), _addr(src), _addr(dhn), _addr(dP), _addr(dh0))
-    _cuda._C_cuda.rnn_backward(
-        *head, reverse, nl, *ptrs, *tail, path, staging=staging, stepwise=stepwise
-    )
+    _cuda._C_cuda.rnn_backward(*head, reverse, nl, *ptrs, *tail, path)
     del keep  # enqueued: see _launch_args
     return dP, dh0
 
@@ -262,13 +253,17 @@ def test_boundary_between_persistent_and_stepwise():
     for H in (last_fit, large_H):
         p = _problem(3, 4, H, None, torch.float32, ("boundary", H))
         _check(p, torch.float32, False, "tanh", "auto")
-    # The batch limit (kAutoPersistentMaxRows, rnn_launch.cuh): persistent up to 64 rows,
-    # forward and BPTT; above it auto says why it took the per-step kernel.
+    # The batch limit (kAutoPersistentMaxRows and ...LargeH, rnn_launch.cuh): persistent up
+    # to 256 rows, and to 512 from H = 1024, forward and BPTT; above it auto says why it took
+    # the per-step kernel.
     for backward in (False, True):
-        assert _plan(256, B=64, backward=backward)["path"] == "persistent"
-        above = _plan(256, B=65, backward=backward)
-        assert above["path"] == "stepwise" and "above 64 rows" in above["reason"], above
-        assert _plan(256, B=65, backward=backward, path="persistent")["path"] == "persistent"
+        for H, limit in ((256, 256), (1023, 256), (1024, 512)):
+            assert _plan(H, B=limit, backward=backward)["path"] == "persistent"
+            above = _plan(H, B=limit + 1, backward=backward)
+            assert above["path"] == "stepwise", above
+            assert f"above {limit} rows at H = {H}" in above["reason"], above
+            forced = _plan(H, B=limit + 1, backward=backward, path="persistent")
+            assert forced["path"] == "persistent"
 
 
 # Shapes whose persistent plan stages the batch in several passes per step (rows_per_pass <
@@ -314,14 +309,13 @@ def test_persistent_kernel_multipass(case, packed, reverse):
     _check(p, dtype, reverse, "tanh", "persistent")
 
 
-# The persistent kernel's two staging copies of h_{t-1} (rnn_persistent.cuh): stage_rows (8
-# elements in flight per thread, 32-bit indices) and stage_rows_by_row (quads of a row,
-# 16-byte loads, opt-in). Shapes that cover one and several row tiles, a partial last tile
+# The persistent kernel's staging copy of h_{t-1} (stage_rows in rnn_persistent.cuh: quads
+# of a row, 16-byte loads). Shapes that cover one and several row tiles, a partial last tile
 # and batch, several passes per step, packed input (rows joining from h0 and leaving),
 # reverse, BPTT with dh0, each storage type, and the row-wise layouts: many rows at once
 # (H = 5, 33), one row at a time with idle threads (H = 514 in float64, 1000), more quads
-# than threads (H = 1102), a part quad at the end (H = 5, 33, 151, 9, 19, 514, 1102). Each
-# copy against the reference, bitwise equal to each other and from one run to the next.
+# than threads (H = 1102), a part quad at the end (H = 5, 33, 151, 9, 19, 514, 1102). Against
+# the reference, and bitwise equal from one run to the next.
 STAGING_CASES = [
     ((7, 1, 5, None), torch.float32, False),
     ((13, 9, 33, None), torch.float64, True),
@@ -341,97 +335,22 @@ STAGING_CASES = [
 
 
 @pytest.mark.parametrize("case", STAGING_CASES, ids=str)
-def test_persistent_staging_copies(case):
+def test_persistent_staging_copy(case):
     shape, dtype, reverse = case
     p = _problem(*shape, dtype, ("staging", shape, str(dtype), reverse))
     _check(p, dtype, reverse, "tanh", "persistent")
     B = p["B"]
     runs = []
-    for staging in ("batched", "batched", "rows"):
-        h, hn = cuda_forward(
-            p["P"], p["W"], p["h0"], p["bs"], B, reverse, "tanh", "persistent", staging=staging
-        )
+    for _ in range(2):
+        h, hn = cuda_forward(p["P"], p["W"], p["h0"], p["bs"], B, reverse, "tanh", "persistent")
         dP, dh0 = cuda_backward(
-            p["W"], h, p["G"], p["Gn"], p["bs"], B, reverse, "tanh", "persistent",
-            staging=staging,
-        )  # fmt: skip
+            p["W"], h, p["G"], p["Gn"], p["bs"], B, reverse, "tanh", "persistent"
+        )
         runs.append((h, hn, dP, dh0))
     torch.cuda.synchronize()
-    for other in runs[1:]:
-        for a, b in zip(runs[0], other, strict=True):
-            assert torch.isfinite(b).all()
-            assert torch.equal(a, b)
-
-
-# The per-step kernel's register-blocked tile (rnn_step_kernel_tiled, opt-in) accumulates
-# every output in the same order, over the same zero padding, as rnn_step_kernel: the same
-# bits, the sign of zero included. Shapes with several 32-row and 32-unit tiles, full and
-# part tiles, H not a multiple of the 32-wide K tile (H = 48: 16 past a multiple), packed
-# input crossing a row tile between steps, reverse, relu, BPTT with and without dh0, no h0,
-# each storage type.
-STEPWISE_CASES = [
-    ((5, 1, 7, None), torch.float32, False, "tanh"),
-    ((6, 70, 130, None), torch.float32, True, "tanh"),
-    ((4, 129, 65, None), torch.float64, False, "relu"),
-    ((3, 64, 64, None), torch.float64, True, "tanh"),
-    ((4, 40, 48, None), torch.float32, False, "relu"),
-    ((7, 9, 200, [7, 3, 5, 1, 7, 2, 6, 4, 7]), torch.float32, True, "tanh"),
-    ((5, 80, 96, [5] * 20 + [4] * 20 + [3] * 20 + [2] * 19 + [1]), torch.float32, True, "tanh"),
-    ((3, 66, 97, None), torch.bfloat16, True, "tanh"),
-    ((3, 40, 33, list(range(3, 0, -1)) * 13 + [3]), torch.float16, False, "relu"),
-]
-
-_BITS = {
-    torch.float32: torch.int32,
-    torch.float64: torch.int64,
-    torch.bfloat16: torch.int16,
-    torch.float16: torch.int16,
-}
-
-
-@pytest.mark.parametrize("case", STEPWISE_CASES, ids=str)
-def test_stepwise_tiled_is_bitwise_simple(case):
-    shape, dtype, reverse, nl = case
-    p = _problem(*shape, dtype, ("stepwise tiled", shape, str(dtype), reverse, nl))
-    B = p["B"]
-    runs = {}
-    for variant in ("simple", "tiled"):
-        h, hn = cuda_forward(
-            p["P"], p["W"], p["h0"], p["bs"], B, reverse, nl, "stepwise", stepwise=variant
-        )
-        h_no_h0, _ = cuda_forward(
-            p["P"], p["W"], None, p["bs"], B, reverse, nl, "stepwise", stepwise=variant
-        )
-        dP, dh0 = cuda_backward(
-            p["W"], h, p["G"], p["Gn"], p["bs"], B, reverse, nl, "stepwise", stepwise=variant
-        )
-        dP2, _ = cuda_backward(
-            p["W"], h, p["G"], None, p["bs"], B, reverse, nl, "stepwise", want_dh0=False,
-            stepwise=variant,
-        )  # fmt: skip
-        runs[variant] = (h, hn, dP, dh0, dP2, h_no_h0)
-    torch.cuda.synchronize()
-    for a, b in zip(runs["simple"], runs["tiled"], strict=True):
+    for a, b in zip(*runs, strict=True):
         assert torch.isfinite(b).all()
-        assert torch.equal(a.view(_BITS[dtype]), b.view(_BITS[dtype]))
-    want_h, want_hn, want_dP, want_dh0 = _reference(p, reverse, nl, h_stored=_np(runs["tiled"][0]))
-    h, hn, dP, dh0 = runs["tiled"][:4]
-    assert rel_error(_np(h), want_h) <= FORWARD_RTOL[dtype]
-    assert rel_error(_np(hn), want_hn) <= FORWARD_RTOL[dtype]
-    assert rel_error(_np(dP), want_dP) <= BACKWARD_RTOL[dtype]
-    assert rel_error(_np(dh0), want_dh0) <= BACKWARD_RTOL[dtype]
-
-
-def test_stepwise_variant_is_checked():
-    p = _problem(2, 2, 8, None, torch.float32, "stepwise name")
-    with pytest.raises(ValueError, match="stepwise: expected 'simple' or 'tiled', got 'wide'"):
-        cuda_forward(p["P"], p["W"], p["h0"], None, 2, False, "tanh", "auto", stepwise="wide")
-
-
-def test_staging_is_checked():
-    p = _problem(2, 2, 8, None, torch.float32, "staging name")
-    with pytest.raises(ValueError, match="staging: expected 'batched' or 'rows', got 'fast'"):
-        cuda_forward(p["P"], p["W"], p["h0"], None, 2, False, "tanh", "auto", staging="fast")
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("path", ["auto", "persistent"])

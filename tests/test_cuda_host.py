@@ -55,18 +55,10 @@ def test_check_driver_raises_and_caches_success(monkeypatch):
     assert fake.calls == 1  # checked once, then cached
 
 
-@pytest.mark.parametrize(
-    "name, read, default, other",
-    [
-        ("FUSEDRNN_CUDA_PATH", "kernel_path", "auto", "stepwise"),
-        ("FUSEDRNN_CUDA_STAGING", "kernel_staging", "batched", "rows"),
-        ("FUSEDRNN_CUDA_STEPWISE", "kernel_stepwise", "simple", "tiled"),
-    ],
-)
-def test_kernel_variables_are_read_and_checked(monkeypatch, name, read, default, other):
-    """The variables that pick a CUDA kernel (path, staging copy, per-step variant): the
-    default when unset, a valid value when set, a bad value refused by name before any
-    launch."""
+def test_kernel_path_variable_is_read_and_checked(monkeypatch):
+    """FUSEDRNN_CUDA_PATH, which forces a CUDA kernel: the default when unset, a valid value
+    when set, a bad value refused by name before any launch."""
+    name, read, default, other = "FUSEDRNN_CUDA_PATH", "kernel_path", "auto", "stepwise"
     monkeypatch.delenv(name, raising=False)
     assert getattr(_cuda, read)() == default
     monkeypatch.setenv(name, other)

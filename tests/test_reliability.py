@@ -89,11 +89,16 @@ def test_resident_memory_stays_flat_over_many_calls():
     assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB"
 
 
-def _outputs_and_all_grads(module, x, hx=None):
+def _outputs_and_all_grads(module, x, hx=None, lengths=None):
+    """The outputs of ``module`` on ``x`` (packed with ``lengths`` when given) and the
+    gradients of every input and parameter for a weighted sum of its first output."""
     x = x.detach().clone().requires_grad_(True)
     module.zero_grad(set_to_none=True)
-    out = module(x, hx)
+    inp = x if lengths is None else pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out = module(inp, hx)
     outs = out if isinstance(out, tuple) else (out,)
+    if lengths is not None:
+        outs = (outs[0].data, *outs[1:])
     o = outs[0]
     weights = torch.linspace(-1, 1, o.numel(), dtype=o.dtype, device=o.device).view_as(o)
     (outs[0] * weights).sum().backward()
@@ -101,16 +106,23 @@ def _outputs_and_all_grads(module, x, hx=None):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-@pytest.mark.parametrize("poison", ["input", "w_hh", "w_hh-hx"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-@pytest.mark.parametrize("cell", [False, True], ids=["rnn", "cell"])
+@pytest.mark.parametrize(
+    "cell, poison",
+    [(False, p) for p in ("input", "w_hh", "w_hh-hx", "w_hh-packed")]
+    + [(True, p) for p in ("input", "w_hh", "w_hh-hx")],
+    ids=lambda v: v if isinstance(v, str) else ("cell" if v else "rnn"),
+)
 def test_nan_and_inf_propagate_like_nn_rnn(nonlinearity, cell, poison, device):
     """Outputs and every gradient have NaN and infinities where torch.nn's have them, with
     them in the input or in W_hh (no state given, or zeros given). The cases that once
     differed: torch multiplies its zero state by W_hh (a NaN there shows at the first
     step), and its relu backward selects (0 where h <= 0, else the gradient: a NaN state
     passes the gradient on, and a zero stops an infinite or NaN one) where a product would
-    not. float64, as cuDNN is compared with elsewhere (no TF32 there)."""
+    not; and a sequence's gradient at its last step is the output's alone, with no product of
+    W_hh (packed: sequences end at different steps). On CUDA the reference is torch's own
+    implementation with cuDNN off, the one nn.RNNCell always runs and nn.RNN runs on the CPU,
+    so both devices are held to one rule. float64 (no TF32)."""
     torch.manual_seed(3)
     f64 = dict(nonlinearity=nonlinearity, dtype=torch.float64)
     if cell:
@@ -126,9 +138,12 @@ def test_nan_and_inf_propagate_like_nn_rnn(nonlinearity, cell, poison, device):
             getattr(ref, w_hh)[1, 2] = float("nan")
             getattr(ref, w_hh)[3, 0] = float("inf")
     hx = torch.zeros(state, dtype=torch.float64, device=device) if poison == "w_hh-hx" else None
+    lengths = torch.tensor([2, 4, 1, 3, 4]) if poison == "w_hh-packed" else None
     ours = ours_cls.from_torch(ref)
     ref, ours, x = ref.to(device), ours.to(device), x.to(device)
-    got, want = _outputs_and_all_grads(ours, x, hx), _outputs_and_all_grads(ref, x, hx)
+    got = _outputs_and_all_grads(ours, x, hx, lengths)
+    with torch.backends.cudnn.flags(enabled=False):
+        want = _outputs_and_all_grads(ref, x, hx, lengths)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, equal_nan=True, rtol=1e-9, atol=1e-11)
 

@@ -11,20 +11,16 @@
 // path) in place of num_threads.
 //
 // rnn_forward(dtype, T, B, H, batch_sizes, batch_sizes_dev, reverse, nonlinearity,
-//             P, W_hh, h0, h, hn, workspace, workspace_bytes, device, stream, path="auto",
-//             staging="batched", stepwise="simple")
+//             P, W_hh, h0, h, hn, workspace, workspace_bytes, device, stream, path="auto")
 //   P [N,H]  W_hh [H,H]  h0 [B,H] or 0  h [N,H] out (may equal P)  hn [B,H] out
 // rnn_backward(dtype, T, B, H, batch_sizes, batch_sizes_dev, reverse, nonlinearity,
-//              W_hh, h, G, dhn, dP, dh0, workspace, workspace_bytes, device, stream, path="auto",
-//              staging="batched", stepwise="simple")
+//              W_hh, h, G, dhn, dP, dh0, workspace, workspace_bytes, device, stream, path="auto")
 //   W_hh [H,H]  h [N,H]  G [N,H] or 0  dhn [B,H] or 0  dP [N,H] out (may equal G)
 //   dh0 [B,H] out or 0 (not wanted)
 //   batch_sizes: address of the CPU int64 [T] tensor, or 0 for padded input (N = T*B);
 //   batch_sizes_dev: the same values on the device (int64 [T]), 0 when batch_sizes is 0.
 //   dtype: "float32" | "float64" | "bfloat16" | "float16"; nonlinearity: "tanh" | "relu";
-//   path: "auto" | "persistent" | "stepwise" (tests force each kernel);
-//   staging: "batched" | "rows", how the persistent kernel stages h_{t-1} (rnn_cuda.h);
-//   stepwise: "simple" | "tiled", which per-step kernel runs (rnn_cuda.h).
+//   path: "auto" | "persistent" | "stepwise" (tests force each kernel).
 // workspace_bytes(dtype, B, H) -> int: size of the workspace argument (torch.empty, uint8).
 // plan(dtype, B, H, nonlinearity, backward, device, path="auto") -> dict: the kernel a
 //   call gets (path, grid, threads, units_per_cta, rows_per_pass, smem_bytes, reason).
@@ -49,8 +45,6 @@
 namespace py = pybind11;
 using fusedrnn::Activation;
 using fusedrnn::CudaPath;
-using fusedrnn::CudaStaging;
-using fusedrnn::CudaStepwise;
 using fusedrnn::DType;
 
 namespace {
@@ -75,18 +69,6 @@ CudaPath parse_path(const std::string& s) {
       {"persistent", CudaPath::kPersistent},
       {"stepwise", CudaPath::kStepwise}};
   return fusedrnn::parse_choice("path", s, kChoices);
-}
-
-CudaStaging parse_staging(const std::string& s) {
-  static constexpr std::pair<const char*, CudaStaging> kChoices[] = {
-      {"batched", CudaStaging::kBatched}, {"rows", CudaStaging::kRows}};
-  return fusedrnn::parse_choice("staging", s, kChoices);
-}
-
-CudaStepwise parse_stepwise(const std::string& s) {
-  static constexpr std::pair<const char*, CudaStepwise> kChoices[] = {
-      {"simple", CudaStepwise::kSimple}, {"tiled", CudaStepwise::kTiled}};
-  return fusedrnn::parse_choice("stepwise", s, kChoices);
 }
 
 template <typename T>
@@ -125,24 +107,20 @@ PYBIND11_MODULE(_C_cuda, m) {
          std::uintptr_t batch_sizes_dev, bool reverse, const std::string& nonlinearity,
          std::uintptr_t P, std::uintptr_t W_hh, std::uintptr_t h0, std::uintptr_t h,
          std::uintptr_t hn, std::uintptr_t workspace, std::size_t workspace_bytes, int device,
-         std::uintptr_t stream, const std::string& path, const std::string& staging,
-         const std::string& stepwise) {
+         std::uintptr_t stream, const std::string& path) {
         const auto shape = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         const DType dt = parse_dtype(dtype);
         const CudaPath cp = parse_path(path);
-        const CudaStaging cs = parse_staging(staging);
-        const CudaStepwise cw = parse_stepwise(stepwise);
         py::gil_scoped_release release;
         fusedrnn::rnn_forward_cuda(
             shape, as_ptr<const int64_t>(batch_sizes_dev), dt, as_ptr<const void>(P),
             as_ptr<const void>(W_hh), as_ptr<const void>(h0), as_ptr<void>(h), as_ptr<void>(hn),
-            as_ptr<void>(workspace), workspace_bytes, device, as_ptr<void>(stream), cp, cs, cw);
+            as_ptr<void>(workspace), workspace_bytes, device, as_ptr<void>(stream), cp);
       },
       py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("batch_sizes"),
       py::arg("batch_sizes_dev"), py::arg("reverse"), py::arg("nonlinearity"), py::arg("P"),
       py::arg("W_hh"), py::arg("h0"), py::arg("h"), py::arg("hn"), py::arg("workspace"),
-      py::arg("workspace_bytes"), py::arg("device"), py::arg("stream"), py::arg("path") = "auto",
-      py::arg("staging") = "batched", py::arg("stepwise") = "simple");
+      py::arg("workspace_bytes"), py::arg("device"), py::arg("stream"), py::arg("path") = "auto");
 
   m.def(
       "rnn_backward",
@@ -150,25 +128,22 @@ PYBIND11_MODULE(_C_cuda, m) {
          std::uintptr_t batch_sizes_dev, bool reverse, const std::string& nonlinearity,
          std::uintptr_t W_hh, std::uintptr_t h, std::uintptr_t G, std::uintptr_t dhn,
          std::uintptr_t dP, std::uintptr_t dh0, std::uintptr_t workspace,
-         std::size_t workspace_bytes, int device, std::uintptr_t stream, const std::string& path,
-         const std::string& staging, const std::string& stepwise) {
+         std::size_t workspace_bytes, int device, std::uintptr_t stream, const std::string& path) {
         const auto shape = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         const DType dt = parse_dtype(dtype);
         const CudaPath cp = parse_path(path);
-        const CudaStaging cs = parse_staging(staging);
-        const CudaStepwise cw = parse_stepwise(stepwise);
         py::gil_scoped_release release;
         fusedrnn::rnn_backward_cuda(shape, as_ptr<const int64_t>(batch_sizes_dev), dt,
                                     as_ptr<const void>(W_hh), as_ptr<const void>(h),
                                     as_ptr<const void>(G), as_ptr<const void>(dhn),
                                     as_ptr<void>(dP), as_ptr<void>(dh0), as_ptr<void>(workspace),
-                                    workspace_bytes, device, as_ptr<void>(stream), cp, cs, cw);
+                                    workspace_bytes, device, as_ptr<void>(stream), cp);
       },
       py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("batch_sizes"),
       py::arg("batch_sizes_dev"), py::arg("reverse"), py::arg("nonlinearity"), py::arg("W_hh"),
       py::arg("h"), py::arg("G"), py::arg("dhn"), py::arg("dP"), py::arg("dh0"),
       py::arg("workspace"), py::arg("workspace_bytes"), py::arg("device"), py::arg("stream"),
-      py::arg("path") = "auto", py::arg("staging") = "batched", py::arg("stepwise") = "simple");
+      py::arg("path") = "auto");
 
   m.def(
       "workspace_bytes",

@@ -222,7 +222,7 @@ int rnn_cuda_driver_version() {
 void rnn_forward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev, DType dtype,
                       const void* P, const void* W_hh, const void* h0, void* h, void* hn,
                       void* workspace, std::size_t workspace_bytes, int device, void* stream,
-                      CudaPath path, CudaStaging staging, CudaStepwise stepwise) {
+                      CudaPath path) {
   cuda_detail::RecurrenceCall call;
   call.backward = false;
   call.shape = s;
@@ -232,15 +232,13 @@ void rnn_forward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev, 
   call.workspace = workspace;
   call.stream = static_cast<cudaStream_t>(stream);
   call.path = path;
-  call.staging = staging;
-  call.stepwise = stepwise;
   cuda_detail::run(call, dtype, workspace_bytes, device);
 }
 
 void rnn_backward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev, DType dtype,
                        const void* W_hh, const void* h, const void* G, const void* dhn, void* dP,
                        void* dh0, void* workspace, std::size_t workspace_bytes, int device,
-                       void* stream, CudaPath path, CudaStaging staging, CudaStepwise stepwise) {
+                       void* stream, CudaPath path) {
   cuda_detail::RecurrenceCall call;
   call.backward = true;
   call.shape = s;
@@ -250,8 +248,6 @@ void rnn_backward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev,
   call.workspace = workspace;
   call.stream = static_cast<cudaStream_t>(stream);
   call.path = path;
-  call.staging = staging;
-  call.stepwise = stepwise;
   cuda_detail::run(call, dtype, workspace_bytes, device);
 }
 

@@ -35,18 +35,9 @@ namespace fusedrnn {
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
 
 // Which recurrence kernel runs. kAuto takes the persistent kernel when the batch is within
-// its limit (64 rows forward and backward: rnn_launch.cuh), it fits on the chip and the
-// device can launch it cooperatively, else the per-step kernel.
+// its limit (256 rows, 512 from H = 1024, forward and backward: rnn_launch.cuh), it fits on the
+// chip and the device can launch it cooperatively, else the per-step kernel.
 enum class CudaPath : int { kAuto = 0, kPersistent = 1, kStepwise = 2 };
-
-// How the persistent kernel stages h_{t-1} into shared memory (rnn_persistent.cuh): the
-// element-wise batched copy validated on an H100, or the row-wise copy under measurement.
-// Same values, so bitwise the same results.
-enum class CudaStaging : int { kBatched = 0, kRows = 1 };
-
-// Which per-step kernel runs (rnn_stepwise.cuh): the 2 x 2-outputs-per-thread one validated
-// on an H100, or the register-blocked tile under measurement. Bitwise the same results.
-enum class CudaStepwise : int { kSimple = 0, kTiled = 1 };
 
 // How a call will run on a device, for tests, `fusedrnn info` and the docs.
 struct CudaPlan {
@@ -90,8 +81,7 @@ int rnn_cuda_driver_version();
 void rnn_forward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev, DType dtype,
                       const void* P, const void* W_hh, const void* h0, void* h, void* hn,
                       void* workspace, std::size_t workspace_bytes, int device, void* stream,
-                      CudaPath path, CudaStaging staging = CudaStaging::kBatched,
-                      CudaStepwise stepwise = CudaStepwise::kSimple);
+                      CudaPath path);
 
 // BPTT recurrence d_t = (G_t + d_next W_hh) * phi'(h_t), as rnn_backward_cpu.
 //   W_hh [H,H]  h [N,H]  G [N,H] or nullptr  dhn [B,H] or nullptr
@@ -99,7 +89,6 @@ void rnn_forward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev, 
 void rnn_backward_cuda(const RecurrenceShape& s, const int64_t* batch_sizes_dev, DType dtype,
                        const void* W_hh, const void* h, const void* G, const void* dhn, void* dP,
                        void* dh0, void* workspace, std::size_t workspace_bytes, int device,
-                       void* stream, CudaPath path, CudaStaging staging = CudaStaging::kBatched,
-                       CudaStepwise stepwise = CudaStepwise::kSimple);
+                       void* stream, CudaPath path);
 
 }  // namespace fusedrnn

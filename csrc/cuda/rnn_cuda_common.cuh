@@ -154,8 +154,9 @@ struct Walker {
 //   out_t = epilogue(X_t, in_{t'} M)   with   in_{t'} = state of the previous phase,
 //                                              or `init` for rows that join
 // forward: M = W_hh^T, X = P,  init = h0,      epilogue h = phi(P + v)
-// BPTT:    M = W_hh,   X = G,  init = zeros,   epilogue d = act_backward(G [+ dhn] + v, h)
-// (no h0: init is zeros, and the product with them is computed, NaN of W_hh included)
+// BPTT:    M = W_hh,   X = G,  init = zeros,   epilogue d = act_backward(G + (v or dhn), h)
+// (forward without h0: init is zeros, and the product with them is computed, NaN of W_hh
+// included, as torch does; BPTT: a joining row's v is dropped, see epilogue)
 template <typename scalar_t>
 struct RecParams {
   using acc_t = acc_type<scalar_t>;
@@ -173,7 +174,6 @@ struct RecParams {
   scalar_t* Yfinal;             // [B,H] out: forward hn; BPTT dh0; nullptr = not wanted
   acc_t* state;                 // [2,B,Hp] ping-pong state in the accumulation type
   unsigned long long* barrier;  // grid barrier counter (persistent kernel), zeroed per call
-  bool stage_by_rows;           // persistent kernel: stage_rows_by_row (rnn_persistent.cuh)
 };
 
 // Rows a phase computes: the active rows, plus (BPTT) the rows that just left and want dh0.
@@ -219,9 +219,18 @@ __device__ __forceinline__ void epilogue(const RecParams<scalar_t>& p, const Pha
     if (b >= ph.bnext && p.Yfinal) p.Yfinal[b * p.H + j] = from_acc<scalar_t>(y);
   } else {
     if (b < ph.bcur) {
+      // Rows b < bprev carry d from the previous phase: v = d_prev W_hh. Rows that join here
+      // end their sequence at this step and take dhn instead, with no product: v (their
+      // zeros times W_hh) is dropped, not added, as torch's autograd and the CPU kernel
+      // never form it; so a NaN or an infinity of W_hh does not reach their gradient at
+      // the last step.
       acc_t g = p.X ? to_acc(p.X[idx]) : acc_t(0);
-      if (b >= ph.bprev && p.dhn) g += to_acc(p.dhn[b * p.H + j]);
-      const acc_t d = act_backward<ACT>(g + v, to_acc(p.h[idx]));
+      if (b >= ph.bprev) {
+        if (p.dhn) g += to_acc(p.dhn[b * p.H + j]);
+      } else {
+        g += v;
+      }
+      const acc_t d = act_backward<ACT>(g, to_acc(p.h[idx]));
       p.Y[idx] = from_acc<scalar_t>(d);
       state_out[b * p.Hp + j] = d;
     } else {

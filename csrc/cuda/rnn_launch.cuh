@@ -50,8 +50,10 @@ int persistent_max_dynamic_smem(const DeviceInfo& dev) {
 
 // Largest batch for which auto takes the persistent kernel, forward and backward alike (as
 // measured; the persistent kernel also runs larger batches, in several passes per step,
-// when requested).
-constexpr int64_t kAutoPersistentMaxRows = 64;
+// when requested), and the larger one from H = kAutoLargeHidden up.
+constexpr int64_t kAutoPersistentMaxRows = 256;
+constexpr int64_t kAutoPersistentMaxRowsLargeH = 512;
+constexpr int64_t kAutoLargeHidden = 1024;
 
 template <typename scalar_t, bool BWD, Activation ACT>
 CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath requested) {
@@ -70,14 +72,16 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
     return plan;
   }
   // The batch limit of auto (docs/cuda_kernels.md, "Boundary"): the persistent kernel's
-  // step time grows with every row (~0.7 us per row at H = 1024 float32 on an H100), the
-  // per-step kernel's slowly, and measured on an H100 (float32, T = 100, H = 256 to 2048,
-  // batched staging copy) the persistent kernel was faster up to B = 64 forward and
-  // backward at every H, the per-step kernel from B = 128 at every H.
-  if (requested == CudaPath::kAuto && B > kAutoPersistentMaxRows) {
-    plan.reason = "B = " + std::to_string(B) + " is above " +
-                  std::to_string(kAutoPersistentMaxRows) +
-                  " rows, where the per-step kernel is faster";
+  // step time grows with the rows staged, the per-step kernel's more slowly. Measured on an
+  // H100 (float32, T = 100, H = 256 to 2048, row-wise staging copy, session 16) the
+  // persistent kernel was faster at every H up to B = 256 (backward at B = 256, H = 256:
+  // 17.4 against 15.5 us/step, the one exception), and at B = 512 from H = 1024 (1.2-1.7x)
+  // but not below it (0.6-0.98x).
+  const int64_t max_rows =
+      H >= kAutoLargeHidden ? kAutoPersistentMaxRowsLargeH : kAutoPersistentMaxRows;
+  if (requested == CudaPath::kAuto && B > max_rows) {
+    plan.reason = "B = " + std::to_string(B) + " is above " + std::to_string(max_rows) +
+                  " rows at H = " + std::to_string(H) + ", where the per-step kernel is faster";
     return plan;
   }
   // A query or opt-in the driver refuses leaves the per-step kernel, which needs neither:
@@ -155,7 +159,6 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
   p.Y = static_cast<scalar_t*>(c.Y);
   p.Yfinal = static_cast<scalar_t*>(c.Yfinal);
   p.barrier = static_cast<unsigned long long*>(c.workspace);
-  p.stage_by_rows = c.staging == CudaStaging::kRows;
   p.state = reinterpret_cast<acc_t*>(static_cast<unsigned char*>(c.workspace) + kBarrierBytes);
 
   // Only the persistent kernel reads batch_sizes on the device; the caller copies them only
@@ -212,21 +215,12 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
   p.batch_sizes = nullptr;  // unused by the per-step kernel: phases come from the host
   Walker walker(s.batch_sizes, s.B, s.T, c.N, p.walk_reverse);
   const bool want_final = c.Yfinal != nullptr;
-  const bool tiled = c.stepwise == CudaStepwise::kTiled;
-  const int64_t tile_units = tiled ? StepwiseTiled::kTileUnits : Stepwise::kTileUnits;
-  const int64_t tile_rows = tiled ? StepwiseTiled::kTileRows : Stepwise::kTileRows;
-  const unsigned gx = static_cast<unsigned>(ceil_div(s.H, tile_units));
+  const unsigned gx = static_cast<unsigned>(ceil_div(s.H, Stepwise::kTileUnits));
   for (int64_t k = 0; k < p.nphase; ++k) {
     const Phase ph = walker.next(k);
     const int64_t rows = phase_rows<BWD>(ph, want_final);
-    const dim3 grid(gx, static_cast<unsigned>(ceil_div(rows, tile_rows)));
-    if (tiled) {
-      rnn_step_kernel_tiled<scalar_t, BWD, ACT>
-          <<<grid, StepwiseTiled::kThreads, 0, c.stream>>>(p, ph, k, rows);
-    } else {
-      rnn_step_kernel<scalar_t, BWD, ACT>
-          <<<grid, Stepwise::kThreads, 0, c.stream>>>(p, ph, k, rows);
-    }
+    const dim3 grid(gx, static_cast<unsigned>(ceil_div(rows, Stepwise::kTileRows)));
+    rnn_step_kernel<scalar_t, BWD, ACT><<<grid, Stepwise::kThreads, 0, c.stream>>>(p, ph, k, rows);
     check_cuda(cudaGetLastError(), "per-step recurrence kernel launch");
   }
 }

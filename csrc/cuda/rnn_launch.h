@@ -44,8 +44,6 @@ struct RecurrenceCall {
   void* workspace = nullptr;
   cudaStream_t stream = nullptr;
   CudaPath path = CudaPath::kAuto;
-  CudaStaging staging = CudaStaging::kBatched;
-  CudaStepwise stepwise = CudaStepwise::kSimple;
 };
 
 template <typename scalar_t>

@@ -71,41 +71,6 @@ __device__ __forceinline__ acc_t butterfly_reduce32(acc_t (&v)[32], int lane) {
   return v[0];
 }
 
-// Stage rows [r0, r0 + nrows_pad) of the phase's recurrent input into Xs [nrows_pad][Hp]
-// (zero past nrows and past H). Each thread issues kStageBatch loads before its first store,
-// so eight L2 round trips are in flight per thread rather than one, and indexes in int32
-// (nrows_pad * Hp is at most the shared-memory tile, far below 2^31) rather than with a 64-bit
-// division per element. On an H100 this cut the persistent step from 8.9 to 7.1 us at B=1,
-// H=1024 and from 25.7 to 13.0 us at B=16 (docs/gpu.md, second run) against the one-load-
-// at-a-time copy it replaced, with bitwise the same results.
-constexpr int kStageBatch = 8;
-
-template <typename scalar_t>
-__device__ __forceinline__ void stage_rows(const RecParams<scalar_t>& p, const Phase& ph,
-                                           const acc_type<scalar_t>* state_in,
-                                           acc_type<scalar_t>* Xs, int64_t r0, int nrows,
-                                           int nrows_pad) {
-  using acc_t = acc_type<scalar_t>;
-  const int H = static_cast<int>(p.H), Hp = static_cast<int>(p.Hp);
-  const int total = nrows_pad * Hp;
-  const int stride = static_cast<int>(blockDim.x);
-  for (int base = static_cast<int>(threadIdx.x); base < total; base += stride * kStageBatch) {
-    acc_t v[kStageBatch];
-#pragma unroll
-    for (int i = 0; i < kStageBatch; ++i) {
-      const int idx = base + i * stride;
-      const int r = idx / Hp, kk = idx - r * Hp;
-      v[i] =
-          (idx < total && r < nrows && kk < H) ? input_at(p, ph, state_in, r0 + r, kk) : acc_t(0);
-    }
-#pragma unroll
-    for (int i = 0; i < kStageBatch; ++i) {
-      const int idx = base + i * stride;
-      if (idx < total) Xs[idx] = v[i];
-    }
-  }
-}
-
 __device__ __forceinline__ void store4(float* p, const float (&v)[4]) {
   *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
 }
@@ -114,21 +79,27 @@ __device__ __forceinline__ void store4(double* p, const double (&v)[4]) {
   reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
 }
 
-// The same copy, row by row (opt-in: FUSEDRNN_CUDA_STAGING=rows; written after the H100
-// profile of session 14, which found stage_rows at half the step at B = 1 and its cost in
-// instructions: a division and a branch per element, the zero rows of the tile costing as
-// much as the real one). Threads work on quads (4 elements) of a row: `lanes` threads per
-// row, `row_groups` rows at a time, laid out once per call (one division per call, none per
-// element). A quad of a state row wholly inside H is one 16-byte load (state rows are
-// 16-byte aligned: the workspace is 256-byte aligned and Hp a multiple of 4); rows from h0,
-// the quad across H and the padding rows go element by element through input_at, as in
-// stage_rows, so the values are the same. The store indexes Xs by quads (4 * (r * Hq + q),
-// the same address as r * Hp + k): so written, nvcc keeps every store 16 bytes wide.
+// Stage rows [r0, r0 + nrows_pad) of the phase's recurrent input into Xs [nrows_pad][Hp]
+// (zero past nrows and past H), row by row. Threads work on quads (4 elements) of a row:
+// `lanes` threads per row, `row_groups` rows at a time, laid out once per call (one division
+// per call, none per element). A quad of a state row wholly inside H is one 16-byte load
+// (state rows are 16-byte aligned: the workspace is 256-byte aligned and Hp a multiple of
+// 4); rows from h0, the quad across H and the padding rows go element by element through
+// input_at. Each thread issues its loads (kStageBatch quads) before the first store, so
+// several L2 round trips are in flight per thread. The store indexes Xs by quads
+// (4 * (r * Hq + q), the same address as r * Hp + k): so written, nvcc keeps every store 16
+// bytes wide. It replaced an element-wise copy (8 loads in flight, an int32 division per
+// element) after an H100 A/B in session 16, bitwise the same results: float32, T = 100, the
+// persistent step went from 11.8 to 5.5 us at B = 64, H = 256, from 43.3 to 16.7 at B = 64,
+// H = 1024, from 6.5 to 5.2 at B = 1, H = 1024 (docs/gpu.md); only B <= 8 at H = 256 lost
+// (3.6 to 4.4 us).
+constexpr int kStageBatch = 8;
+
 template <typename scalar_t>
-__device__ __forceinline__ void stage_rows_by_row(const RecParams<scalar_t>& p, const Phase& ph,
-                                                  const acc_type<scalar_t>* state_in,
-                                                  acc_type<scalar_t>* Xs, int64_t r0, int nrows,
-                                                  int nrows_pad) {
+__device__ __forceinline__ void stage_rows(const RecParams<scalar_t>& p, const Phase& ph,
+                                           const acc_type<scalar_t>* state_in,
+                                           acc_type<scalar_t>* Xs, int64_t r0, int nrows,
+                                           int nrows_pad) {
   using acc_t = acc_type<scalar_t>;
   // Quads in flight per thread: 8 (128 bytes) in float; 4 in double, where 8 would spill.
   constexpr int NB = sizeof(acc_t) == 8 ? kStageBatch / 2 : kStageBatch;
@@ -218,11 +189,7 @@ __global__ void __launch_bounds__(Persistent::kThreads, 1)
       const int nrows_pad = (nrows + BT - 1) / BT * BT;
 
       // Stage the input rows (zero rows and columns past the end).
-      if (p.stage_by_rows) {
-        stage_rows_by_row(p, ph, state_in, Xs, r0, nrows, nrows_pad);
-      } else {
-        stage_rows(p, ph, state_in, Xs, r0, nrows, nrows_pad);
-      }
+      stage_rows(p, ph, state_in, Xs, r0, nrows, nrows_pad);
       __syncthreads();
 
       // Work items: (unit group g, row tile bt), each split over ks warps along H.

@@ -16,12 +16,7 @@ driver too old for it would fail every call with ``cudaErrorInsufficientDriver``
 ``FUSEDRNN_CUDA_PATH`` (``auto`` | ``persistent`` | ``stepwise``) forces one recurrence
 kernel, for benchmarks and debugging; ``auto`` (the default) takes the persistent kernel
 when it fits on the chip and the batch is small enough for it to be the faster one
-(docs/cuda_kernels.md, "Boundary"). ``FUSEDRNN_CUDA_STAGING`` (``batched`` | ``rows``)
-picks how the persistent kernel copies the previous state into shared memory: the
-element-wise copy validated on an H100 (default) or the row-wise one under measurement; the
-results are the same. ``FUSEDRNN_CUDA_STEPWISE`` (``simple`` | ``tiled``) picks the per-step
-kernel in the same way: the validated one (default) or the register-blocked tile under
-measurement, with the same results.
+(docs/cuda_kernels.md, "Boundary").
 """
 
 from __future__ import annotations
@@ -55,8 +50,6 @@ KERNEL_DTYPES = {
 }
 
 _PATHS = ("auto", "persistent", "stepwise")
-_STAGINGS = ("batched", "rows")
-_STEPWISES = ("simple", "tiled")
 
 # The oldest Linux driver branch that supports each CUDA major version.
 _MIN_DRIVER = {11: "R450", 12: "R525", 13: "R580"}
@@ -142,14 +135,6 @@ def _env_choice(name: str, choices: tuple[str, ...]) -> str:
 
 def kernel_path() -> str:
     return _env_choice("FUSEDRNN_CUDA_PATH", _PATHS)
-
-
-def kernel_staging() -> str:
-    return _env_choice("FUSEDRNN_CUDA_STAGING", _STAGINGS)
-
-
-def kernel_stepwise() -> str:
-    return _env_choice("FUSEDRNN_CUDA_STEPWISE", _STEPWISES)
 
 
 def _addr(t: Tensor | None) -> int:
@@ -239,8 +224,6 @@ def rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, h, hn)
         index,
         stream,
         path,
-        kernel_staging(),
-        kernel_stepwise(),
     )
 
 
@@ -270,6 +253,4 @@ def rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, w_hh, h, G, dhn, d
         index,
         stream,
         path,
-        kernel_staging(),
-        kernel_stepwise(),
     )

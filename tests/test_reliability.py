@@ -120,7 +120,9 @@ def test_nan_and_inf_propagate_like_nn_rnn(nonlinearity, cell, poison, device):
     step), and its relu backward selects (0 where h <= 0, else the gradient: a NaN state
     passes the gradient on, and a zero stops an infinite or NaN one) where a product would
     not; and a sequence's gradient at its last step is the output's alone, with no product of
-    W_hh (packed: sequences end at different steps). On CUDA the reference is torch's own
+    W_hh (packed: sequences end at different steps, and both directions' W_hh are poisoned so
+    the reverse one's last step is seen too; relu and the cell tell this rule apart, in a
+    tanh RNN the NaN reaches every gradient either way). On CUDA the reference is torch's own
     implementation with cuDNN off, the one nn.RNNCell always runs and nn.RNN runs on the CPU,
     so both devices are held to one rule. float64 (no TF32)."""
     torch.manual_seed(3)
@@ -135,8 +137,9 @@ def test_nan_and_inf_propagate_like_nn_rnn(nonlinearity, cell, poison, device):
         x[..., 1, 0], x[..., 3, 2], x[..., 4, 1] = float("nan"), float("inf"), -float("inf")
     else:
         with torch.no_grad():
-            getattr(ref, w_hh)[1, 2] = float("nan")
-            getattr(ref, w_hh)[3, 0] = float("inf")
+            for name in (w_hh, w_hh + "_reverse") if poison == "w_hh-packed" else (w_hh,):
+                getattr(ref, name)[1, 2] = float("nan")
+                getattr(ref, name)[3, 0] = float("inf")
     hx = torch.zeros(state, dtype=torch.float64, device=device) if poison == "w_hh-hx" else None
     lengths = torch.tensor([2, 4, 1, 3, 4]) if poison == "w_hh-packed" else None
     ours = ours_cls.from_torch(ref)

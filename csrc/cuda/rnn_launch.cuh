@@ -76,7 +76,8 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
   // H100 (float32, T = 100, H = 256 to 2048, row-wise staging copy, session 16) the
   // persistent kernel was faster at every H up to B = 256 (backward at B = 256, H = 256:
   // 17.4 against 15.5 us/step, the one exception), and at B = 512 from H = 1024 (1.2-1.7x)
-  // but not below it (0.6-0.98x).
+  // but not below it (0.6-0.86x backward; forward level at H = 512, 0.59x at H = 256). Other
+  // dtypes take the same limits, unmeasured.
   const int64_t max_rows =
       H >= kAutoLargeHidden ? kAutoPersistentMaxRowsLargeH : kAutoPersistentMaxRows;
   if (requested == CudaPath::kAuto && B > max_rows) {

@@ -91,8 +91,8 @@ __device__ __forceinline__ void store4(double* p, const double (&v)[4]) {
 // bytes wide. It replaced an element-wise copy (8 loads in flight, an int32 division per
 // element) after an H100 A/B in session 16, bitwise the same results: float32, T = 100, the
 // persistent step went from 11.8 to 5.5 us at B = 64, H = 256, from 43.3 to 16.7 at B = 64,
-// H = 1024, from 6.5 to 5.2 at B = 1, H = 1024 (docs/gpu.md); only B <= 8 at H = 256 lost
-// (3.6 to 4.4 us).
+// H = 1024, from 6.5 to 5.2 at B = 1, H = 1024; only B <= 8 at H = 256 lost (3.6 to 4.5 us
+// at B = 1; BENCHMARKS.md, "CUDA", session 16).
 constexpr int kStageBatch = 8;
 
 template <typename scalar_t>

@@ -2,13 +2,14 @@
 # One call on a lent GPU machine: build fusedrnn with its CUDA kernels, stress the persistent
 # kernel (scripts/cuda_stress.py), run the CUDA tests, the GPU benchmarks, compute-sanitizer
 # (memcheck, racecheck, synccheck, initcheck) on a small case, the persistent vs per-step
-# comparison, and an Nsight Compute profile of one persistent launch. Results: build.log,
-# pytest_cuda.xml, sanitizer logs, bench_cuda.{json,md}, bench_paths.{json,md}, ncu*
-# (in $OUT/results.tgz, below). Pass --full for the full benchmark
+# comparison, a breakdown of the training step (scripts/cuda_breakdown.py) and an Nsight
+# Compute profile of one persistent launch. Results: build.log, pytest_cuda.xml, sanitizer
+# logs, bench_cuda.{json,md}, cuda_breakdown.md, bench_paths.{json,md}, ncu* (in
+# $OUT/results.tgz, below). Pass --full for the full benchmark
 # grid. It starts by printing the driver, nvcc and torch CUDA versions.
 #
 #   OUT=/some/dir [BUDGET=seconds] [SANITIZER_TOOLS="memcheck ..."] [PATHS=0] [PROFILE=0] \
-#     [PRECISIONS=fp32,bf16] scripts/gpu_check.sh [--full]
+#     [BREAKDOWN=0] [PRECISIONS=fp32,bf16] scripts/gpu_check.sh [--full]
 #
 # BUDGET (default 520) bounds the whole run: each step runs under `timeout` for the smaller of
 # its own cap and what is left, and a step with under 15 s left is skipped, so the script ends
@@ -87,6 +88,16 @@ step "benchmarks"
 # PRECISIONS (comma-separated, e.g. fp32) shortens the grid to those precisions.
 bounded "${BENCH_TIMEOUT:-150}" $PY scripts/bench_cuda.py --out "$RES" \
   ${PRECISIONS:+--precisions $PRECISIONS} "$@" || status=1
+save
+
+step "training step breakdown: wall, host and kernel times, fusedrnn vs cuDNN"
+# scripts/cuda_breakdown.py: whether a training step is bound by the host or the device, and
+# which kernels take its time (BREAKDOWN=0 skips it).
+if [[ "${BREAKDOWN:-1}" == 1 ]]; then
+  bounded "${BREAKDOWN_TIMEOUT:-60}" $PY scripts/cuda_breakdown.py --out "$RES" || status=1
+else
+  echo "skipped (BREAKDOWN=0)"
+fi
 save
 
 step "compute-sanitizer"

@@ -38,6 +38,20 @@ bounded() {
   timeout --kill-after=5 "$cap" "$@"
 }
 
+# sanitize TOOL PREFIX [VAR=VALUE...]: compute-sanitizer TOOL on scripts/cuda_smoke.py with
+# those variables set; log in $RES/${PREFIX}sanitizer_TOOL.log, status 1 on a report.
+sanitize() {
+  local tool=$1 prefix=$2 log
+  shift 2
+  log="$RES/${prefix}sanitizer_$tool.log"
+  if bounded "${SANITIZER_TIMEOUT:-90}" env "$@" compute-sanitizer --tool "$tool" \
+      --error-exitcode 9 --log-file "$log" $PY scripts/cuda_smoke.py; then
+    echo "$prefix$tool: clean"
+  else
+    echo "$prefix$tool: FAILED or timed out"; tail -30 "$log"; status=1
+  fi
+}
+
 step "CUDA versions: driver (nvidia-smi), toolkit (nvcc), torch"
 # _C_cuda links the CUDA runtime of the nvcc that builds it statically: the driver must
 # support that CUDA major version, or every kernel call fails (cudaErrorInsufficientDriver).
@@ -102,14 +116,7 @@ if [[ "${AB:-1}" == 1 ]]; then
   bounded "${AB_BENCH_TIMEOUT:-60}" env FUSEDRNN_CUDA_FILL_WARPS=1 $PY scripts/bench_cuda.py \
     --out "$RES/fill_warps" --precisions fp32 "$@" || status=1
   for tool in memcheck racecheck; do  # the new CTA shapes under the sanitizers too
-    if bounded "${SANITIZER_TIMEOUT:-90}" env FUSEDRNN_CUDA_FILL_WARPS=1 compute-sanitizer \
-        --tool "$tool" --error-exitcode 9 --log-file "$RES/fill_warps_sanitizer_$tool.log" \
-        $PY scripts/cuda_smoke.py; then
-      echo "fill_warps $tool: clean"
-    else
-      echo "fill_warps $tool: FAILED or timed out"; tail -30 "$RES/fill_warps_sanitizer_$tool.log"
-      status=1
-    fi
+    sanitize "$tool" fill_warps_ FUSEDRNN_CUDA_FILL_WARPS=1
   done
 else
   echo "skipped (AB=0)"
@@ -128,12 +135,7 @@ save
 
 step "compute-sanitizer"
 for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
-  if bounded "${SANITIZER_TIMEOUT:-90}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
-      --log-file "$RES/sanitizer_$tool.log" $PY scripts/cuda_smoke.py; then
-    echo "$tool: clean"
-  else
-    echo "$tool: FAILED or timed out"; tail -30 "$RES/sanitizer_$tool.log"; status=1
-  fi
+  sanitize "$tool" ""
   save
 done
 

@@ -195,15 +195,6 @@ __device__ __forceinline__ acc_type<scalar_t> input_at(const RecParams<scalar_t>
   return p.init ? to_acc(p.init[b * p.H + k]) : acc_t(0);
 }
 
-// Element (k, j) of the step's matrix M in the accumulation type, zero past H: forward
-// M = W_hh^T (W[j][k]), BPTT M = W_hh (W[k][j]). The per-step kernels' tile loads.
-template <bool BWD, typename scalar_t>
-__device__ __forceinline__ acc_type<scalar_t> m_at(const RecParams<scalar_t>& p, int64_t k,
-                                                   int64_t j) {
-  if (j >= p.H || k >= p.H) return acc_type<scalar_t>(0);
-  return to_acc(BWD ? p.W[k * p.H + j] : p.W[j * p.H + k]);
-}
-
 // Fused epilogue for output (row b of this phase, unit j), v = (in M)[b, j].
 // Every element is read and written by one thread, so Y may alias X.
 template <typename scalar_t, bool BWD, Activation ACT>

@@ -84,7 +84,7 @@ inline int64_t persistent_units_per_cta(int64_t B, int64_t H, int sms, bool fill
   constexpr int64_t U = Persistent::kUnits, NW = Persistent::kWarps, BT = Persistent::kRows;
   const int64_t spread = ceil_div(ceil_div(H, sms), U) * U;
   if (!fill_warps) return spread;
-  const int64_t ks_max = std::min<int64_t>(NW, ceil_div(padded_hidden(H) / 4, 32));
+  const int64_t ks_max = std::min<int64_t>(NW, max_k_splits(padded_hidden(H) / 4));
   const int64_t row_tiles = ceil_div(std::max<int64_t>(B, 1), BT);
   const int64_t groups = ceil_div(NW, row_tiles * ks_max);
   return std::min(std::max(spread, groups * U), ceil_div(H, U) * U);

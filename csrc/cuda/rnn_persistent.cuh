@@ -29,6 +29,12 @@ struct Persistent {
   static_assert(kUnits * kRows == 32, "the butterfly reduction leaves one value per lane");
 };
 
+// The most warps one work item is split over along H (Hq quads per row): no fewer than one
+// quad per lane each. The kernel's split, and the plan's (persistent_units_per_cta).
+__host__ __device__ __forceinline__ int max_k_splits(int64_t Hq) {
+  return static_cast<int>((Hq + 31) / 32);
+}
+
 // Grid-wide barrier on a monotonic counter. Phase k's barrier waits for grid*(k+1)
 // arrivals, so the counter is never reset inside a launch.
 // Memory model: bar.sync orders every thread's global writes of this phase before
@@ -196,8 +202,7 @@ __global__ void __launch_bounds__(Persistent::kThreads, 1)
       const int n_bt = nrows_pad / BT;
       const int items = n_g * n_bt;
       int ks = items < NW ? NW / items : 1;
-      const int quads_per_lane_min = (Hq + 31) / 32;  // don't split below one quad per lane
-      if (ks > quads_per_lane_min) ks = quads_per_lane_min;
+      if (ks > max_k_splits(Hq)) ks = max_k_splits(Hq);
       for (int w = warp; w < items * ks; w += NW) {
         const int item = w / ks, s = w % ks;
         const int g = item % n_g, bt = item / n_g;

@@ -51,7 +51,10 @@ __global__ void __launch_bounds__(Stepwise::kThreads, 4)
       } else {
         kk = idx / BN, u = idx % BN;  // W[k][j]: contiguous in j
       }
-      Ws[u][kk] = m_at<BWD>(p, k0 + kk, j0 + u);
+      const int64_t j = j0 + u, k = k0 + kk;
+      acc_t w = acc_t(0);
+      if (j < H && k < H) w = to_acc(BWD ? p.W[k * H + j] : p.W[j * H + k]);
+      Ws[u][kk] = w;
     }
     __syncthreads();
 #pragma unroll 8

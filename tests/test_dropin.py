@@ -370,9 +370,10 @@ def test_unknown_mode_raises_like_nn_rnn():
     ours = fusedrnn.RNN.from_torch(ref)
     x = torch.randn(5, 2, 3)
     ref.mode = ours.mode = "LSTM"
-    for m in (ref, ours):
-        with pytest.raises(AssertionError, match="mode must be RNN_TANH or RNN_RELU, got LSTM"):
-            m(x)
+    with pytest.raises(AssertionError):  # torch 2.10's has no message
+        ref(x)
+    with pytest.raises(AssertionError, match="mode must be RNN_TANH or RNN_RELU, got LSTM"):
+        ours(x)
 
 
 def test_conversion_keeps_the_activation_the_source_runs():
@@ -418,11 +419,17 @@ def test_conversion_both_ways():
     ],
 )
 def test_constructor_errors_match_nn_rnn(args, kwargs):
-    with pytest.raises(Exception) as want:
-        nn.RNN(*args, **kwargs)
-    with pytest.raises(type(want.value)) as got:
-        fusedrnn.RNN(*args, **kwargs)
-    assert str(got.value) == str(want.value)
+    """The installed torch's nn.RNN decides: the same exception and message, or none (torch
+    2.10 accepts sizes of 0 and non-bool flags, which 2.11 refuses)."""
+
+    def outcome(cls):
+        try:
+            cls(*args, **kwargs)
+        except Exception as e:  # any: compared below
+            return type(e), str(e)
+        return None
+
+    assert outcome(fusedrnn.RNN) == outcome(nn.RNN)
 
 
 def test_dropout_warning_matches_nn_rnn():
@@ -442,8 +449,8 @@ RNN_BAD_CALLS = {
     "hx_3d_unbatched": ((torch.randn(5, 3), torch.randn(4, 1, 4)), "hx should also be 2-D"),
     "input_4d": ((torch.randn(5, 2, 3, 1),), "Expected input to be 2D or 3D, got 4D"),
     "input_1d": ((torch.randn(5),), "Expected input to be 2D or 3D, got 1D"),
-    "input_dtype": ((torch.randn(5, 2, 3, dtype=f64),), r"RNN input dtype \(torch.float64\)"),
-    "input_int": ((torch.ones(5, 2, 3, dtype=torch.int64),), "does not match weight dtype"),
+    "input_dtype": ((torch.randn(5, 2, 3, dtype=f64),), r"torch\.float64"),
+    "input_int": ((torch.ones(5, 2, 3, dtype=torch.int64),), r"torch\.int64"),
     "hx_dtype": (
         (torch.randn(5, 2, 3), torch.randn(4, 2, 4, dtype=f64)),
         r"hx dtype \(torch.float64\) does not match input dtype \(torch.float32\)",
@@ -474,6 +481,12 @@ def test_rnn_bad_input_raises_like_nn_rnn(case):
     with pytest.raises(type(want.value), match=pattern) as got:
         ours(*args)
     assert type(got.value) is type(want.value)
+    if case in TORCH_MESSAGES:
+        assert str(got.value) == str(want.value)
+
+
+# Checks left to nn.RNN's own check_input: its message, which torch 2.11 reworded.
+TORCH_MESSAGES = {"input_dtype", "input_int"}
 
 
 # -- RNNCell ---------------------------------------------------------------------------
@@ -826,7 +839,6 @@ def test_cpu_bf16_autocast_matches_nn_rnn_and_is_more_accurate():
     assert max(errors) <= 2e-2 and max(errors) < max(low_errors)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_backward_inside_cpu_autocast_computes_in_the_forward_dtypes():
     """A float32 forward whose backward runs inside CPU autocast (plain, create_graph,
     compiled): the backward ops take the saved float32 tensors as they are, so the
@@ -1213,7 +1225,6 @@ def test_backward_lets_go_of_the_layer_inputs(bidirectional):
     assert loss.grad_fn is not None  # the graph itself is still held
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("kwargs", [{}, {"batch_first": True}], ids=["TB", "BT"])
 def test_compiled_output_changed_in_place_before_backward(kwargs):
     """Compiled, the last layer's saved output was the buffer Inductor returned, and a change
@@ -1230,7 +1241,6 @@ def test_compiled_output_changed_in_place_before_backward(kwargs):
         torch.testing.assert_close(p.grad, w, **TOL[f32])
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize(
     "route", ["export", "compiled_export", "compiled_op", "hooks", "clone_hooks", "save_on_cpu"]
 )
@@ -1281,7 +1291,6 @@ def test_output_changed_in_place_on_every_route(route):
         torch.testing.assert_close(g, w, **TOL[f64])
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
 def test_compiled_cell_output_changed_in_place_before_backward(batched):
     """The same for RNNCell (an unbatched compiled cell gave wrong gradients silently;
@@ -1330,7 +1339,6 @@ def _compare_with_eager(fn, make_args, params, tol):
 
 # Two warnings torch 2.13 itself gives: inductor imports deprecated torch.jit code, and
 # dynamo reads .grad of any non-leaf input (here the packed data) while wrapping it.
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
 def test_compile_fullgraph_padded_and_packed():
     torch._dynamo.reset()
@@ -1358,7 +1366,6 @@ def test_compile_fullgraph_padded_and_packed():
 @pytest.mark.skipif(
     not fusedrnn._C.cpu_has_bf16(), reason="the bfloat16 kernels need a CPU with AVX512_BF16"
 )
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compile_fullgraph_bfloat16():
     """A bfloat16 model compiled: its layers run the registered ops on the bfloat16 kernels
     (before session 9 the compiled backward raised a TypeError from rnn_layer_grads). Equal
@@ -1381,7 +1388,6 @@ def test_compile_fullgraph_bfloat16():
         assert (got.float() - want.float()).abs().max() <= 2**-6 * scale
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_jit_script_is_refused_clearly():
     """TorchScript cannot compile the Python forward: a clear error that names the ways
     out (before, a "Lambda aren't supported" from deep inside the forward), and the model

@@ -23,12 +23,9 @@ import fusedrnn
 f64 = torch.float64
 TOL = dict(rtol=1e-11, atol=1e-12)
 
-# torch.func.jvp's first use scripts torch's own decompositions (a torch deprecation).
 # (torch's per-sample vmap fallback warns "There is a performance drop": the ops have vmap
-# rules, so that warning fails these tests.)
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
-)
+# rules, so that warning fails these tests. torch.func.jvp's first use scripts torch's own
+# decompositions, whose deprecation warning pyproject.toml's pytest settings ignore.)
 
 
 def _pair(seed=0, cell=False, **kwargs):
@@ -275,7 +272,6 @@ def test_zero_hidden_size_cell_under_every_transform():
     assert torch.equal(g, torch.zeros(2, 2, 3, dtype=f64))
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compiled_grad_of_a_model_runs_and_matches_eager():
     """torch.compile of torch.func.grad over the model: the layers run eagerly inside it (a
     graph break), with the eager results; torch.nn.RNN behaves the same way."""

@@ -279,7 +279,6 @@ def test_unbatched_hx_with_create_graph_gives_the_usual_gradients(bidirectional)
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace is deprecated
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 @pytest.mark.parametrize("cls", ["RNN", "RNNCell"])
@@ -377,3 +376,25 @@ def test_attributes_changed_after_construction_take_the_general_path(monkeypatch
     with pytest.raises(Exception) as general:
         rnn(x)
     assert type(fast.value) is type(general.value) and str(fast.value) == str(general.value)
+
+
+def test_an_older_torch_is_refused_at_import_by_name():
+    """``import fusedrnn`` under a torch below the floor: an ImportError naming both versions
+    (not an AttributeError from deep inside torch.library)."""
+    with pytest.raises(ImportError, match=r"needs torch >= 2\.10, found torch 2\.9\.1\+cu128"):
+        fusedrnn._check_torch("2.9.1+cu128")
+    with pytest.raises(ImportError, match=r"pip install 'torch>=2\.10,<3'"):
+        fusedrnn._check_torch("2.4.0")
+    for version in ("2.10.0", "2.10.0a0+git1234", "2.13.0+cpu", "2.15.0", "3.0.0"):
+        fusedrnn._check_torch(version)
+    fusedrnn._check_torch(torch.__version__)
+
+
+def test_the_torch_floor_is_one_number():
+    """The import check, pyproject.toml's requirement and the README state the same floor."""
+    root = os.path.join(os.path.dirname(__file__), os.pardir)
+    floor = ".".join(map(str, fusedrnn._MIN_TORCH))
+    with open(os.path.join(root, "pyproject.toml")) as f:
+        assert f'"torch>={floor},<3"' in f.read()
+    with open(os.path.join(root, "README.md")) as f:
+        assert f"`torch>={floor},<3`" in f.read()

@@ -472,6 +472,10 @@ RNN_BAD_CALLS = {
 }
 
 
+# Checks left to nn.RNN's own check_input: its message, which torch 2.11 reworded.
+TORCH_MESSAGES = {"input_dtype", "input_int"}
+
+
 @pytest.mark.parametrize("case", list(RNN_BAD_CALLS))
 def test_rnn_bad_input_raises_like_nn_rnn(case):
     args, pattern = RNN_BAD_CALLS[case]
@@ -483,10 +487,6 @@ def test_rnn_bad_input_raises_like_nn_rnn(case):
     assert type(got.value) is type(want.value)
     if case in TORCH_MESSAGES:
         assert str(got.value) == str(want.value)
-
-
-# Checks left to nn.RNN's own check_input: its message, which torch 2.11 reworded.
-TORCH_MESSAGES = {"input_dtype", "input_int"}
 
 
 # -- RNNCell ---------------------------------------------------------------------------
@@ -1337,8 +1337,8 @@ def _compare_with_eager(fn, make_args, params, tol):
         torch.testing.assert_close(g, w, **tol)
 
 
-# Two warnings torch 2.13 itself gives: inductor imports deprecated torch.jit code, and
-# dynamo reads .grad of any non-leaf input (here the packed data) while wrapping it.
+# A warning torch itself gives: dynamo reads .grad of any non-leaf input (here the packed
+# data) while wrapping it. (Inductor's use of deprecated torch.jit code: pyproject.toml.)
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
 def test_compile_fullgraph_padded_and_packed():
     torch._dynamo.reset()

@@ -23,9 +23,8 @@ import fusedrnn
 f64 = torch.float64
 TOL = dict(rtol=1e-11, atol=1e-12)
 
-# (torch's per-sample vmap fallback warns "There is a performance drop": the ops have vmap
-# rules, so that warning fails these tests. torch.func.jvp's first use scripts torch's own
-# decompositions, whose deprecation warning pyproject.toml's pytest settings ignore.)
+# torch's per-sample vmap fallback warns "There is a performance drop": the ops have vmap
+# rules, so that warning (an error under pyproject.toml's pytest settings) fails these tests.
 
 
 def _pair(seed=0, cell=False, **kwargs):

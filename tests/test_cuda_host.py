@@ -58,11 +58,10 @@ def test_check_driver_raises_and_caches_success(monkeypatch):
 def test_kernel_path_variable_is_read_and_checked(monkeypatch):
     """FUSEDRNN_CUDA_PATH, which forces a CUDA kernel: the default when unset, a valid value
     when set, a bad value refused by name before any launch."""
-    name, read, default, other = "FUSEDRNN_CUDA_PATH", "kernel_path", "auto", "stepwise"
-    monkeypatch.delenv(name, raising=False)
-    assert getattr(_cuda, read)() == default
-    monkeypatch.setenv(name, other)
-    assert getattr(_cuda, read)() == other
-    monkeypatch.setenv(name, "fast")
-    with pytest.raises(ValueError, match=rf"{name} must be one of .*'fast'"):
-        getattr(_cuda, read)()
+    monkeypatch.delenv("FUSEDRNN_CUDA_PATH", raising=False)
+    assert _cuda.kernel_path() == "auto"
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "stepwise")
+    assert _cuda.kernel_path() == "stepwise"
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "fast")
+    with pytest.raises(ValueError, match=r"FUSEDRNN_CUDA_PATH must be one of .*'fast'"):
+        _cuda.kernel_path()

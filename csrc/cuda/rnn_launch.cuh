@@ -9,11 +9,13 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/rnn_launch.h"
 #include "cuda/rnn_persistent.cuh"
 #include "cuda/rnn_stepwise.cuh"
+#include "parse_choice.h"
 
 namespace fusedrnn {
 namespace cuda_detail {
@@ -58,16 +60,13 @@ constexpr int64_t kAutoLargeHidden = 1024;
 
 // Whether FUSEDRNN_CUDA_FILL_WARPS=1 asks for at least as many units per CTA as fill its
 // warps (persistent_units_per_cta); read once per process. Opt-in until measured on a GPU
-// against the default in one call (scripts/gpu_check.sh). Any value but 0 or 1 is refused.
+// against the default in one call (scripts/gpu_check.sh). Any value but 0 or 1 is refused
+// (parse_choice's std::invalid_argument, a ValueError in Python).
 inline bool fill_warps_requested() {
   static const bool on = [] {
+    static constexpr std::pair<const char*, bool> kChoices[] = {{"0", false}, {"1", true}};
     const char* env = std::getenv("FUSEDRNN_CUDA_FILL_WARPS");
-    const std::string v = env ? env : "0";
-    if (v != "0" && v != "1") {
-      throw std::invalid_argument("fusedrnn CUDA: FUSEDRNN_CUDA_FILL_WARPS must be 0 or 1, got '" +
-                                  v + "'");
-    }
-    return v == "1";
+    return parse_choice("FUSEDRNN_CUDA_FILL_WARPS", env ? env : "0", kChoices);
   }();
   return on;
 }

@@ -249,34 +249,6 @@ void tile_dispatch(int mr, int np, int64_t K, const bf16* a, int64_t lda, const 
 #undef FUSEDRNN_BF16_TILE
 }
 
-// v[i] (16 32-bit words each) becomes column i of the 16 x 16 matrix whose rows they were.
-// (Always inlined: out of line, GCC 12 warns about the undefined pass-through operand of
-// _mm512_unpacklo_epi32's builtin, GCC bug 105593.)
-__attribute__((always_inline)) inline void transpose16(__m512i v[16]) {
-  __m512i t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  // u[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3.
-  for (int c = 0; c < 4; ++c) {
-    const __m512i s0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88);
-    const __m512i s1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xDD);
-    const __m512i s2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
-    const __m512i s3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xDD);
-    v[c] = _mm512_shuffle_i32x4(s0, s2, 0x88);
-    v[4 + c] = _mm512_shuffle_i32x4(s1, s3, 0x88);
-    v[8 + c] = _mm512_shuffle_i32x4(s0, s2, 0xDD);
-    v[12 + c] = _mm512_shuffle_i32x4(s1, s3, 0xDD);
-  }
-}
-
 // A^T (a[k*lda + r], k < K) for rows [0, m) as row-major pairs: dst[r*ldd + k], with a zero
 // at k = K when K is odd (the pair the micro-kernel reads whole). Blocks of 16 rows x 16
 // pairs: 16 vectors of (row r's pair q) words for 16 r, transposed in registers, so each

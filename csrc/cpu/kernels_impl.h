@@ -435,9 +435,40 @@ void pack(const typename V::scalar_t* src, int64_t rs, int64_t cs, int64_t K, in
     return;
   }
   // A transposed source (rs == 1: W_hh^T, W_ih^T): column jj of the panel is row j of W.
-  // In blocks of 64 k, so the 64 panel rows being written (8 KB of floats) stay in L1 while
-  // the NR source rows are read; writing each column down the whole K (a 128 KB panel at
-  // H = 1024) missed L1 on every store: ~1 ns per element, 0.5 ms for a 1024 x 1024 W.
+  // W x W blocks: W vector loads (W rows of W, W consecutive k each) transposed in
+  // registers into W vector stores (W panel rows, W columns each), so both sides move whole
+  // vectors. Element by element (blocks of 64 k, as below) a 1024 x 1024 W took 0.49 ms
+  // alone and ~1.3 ms inside a product on a Zen 4 (43% of x W_ih^T at T B = 100 on one
+  // thread); in blocks 0.30 ms (docs/cpu_kernels.md, session 18).
+  if (rs == 1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      T* d = dst + p * pstride;
+      const int64_t j0 = p * NR;
+      const int64_t nc = N - j0 < NR ? N - j0 : NR;
+      for (int c = 0; c < NR; c += W) {
+        const int64_t rows = nc - c < 0 ? 0 : (nc - c < W ? nc - c : W);
+        const T* s = src + (j0 + c) * cs;
+        for (int64_t k = 0; k < K; k += W) {
+          const int64_t kn = K - k < W ? K - k : W;
+          const typename V::mask m = V::tail_mask(int(kn));
+          typename V::reg v[W];
+          for (int i = 0; i < W; ++i) {
+            if (i >= rows)
+              v[i] = V::zero();
+            else if (kn == W)
+              v[i] = V::load(s + i * cs + k);
+            else
+              v[i] = V::load_masked(s + i * cs + k, m);
+          }
+          V::transpose(v);
+          for (int64_t i = 0; i < kn; ++i) V::store(d + (k + i) * NR + c, v[i]);
+        }
+      }
+    }
+    return;
+  }
+  // Any other strides (not used by the kernels): element by element, in blocks of 64 k so
+  // the panel rows being written stay in L1.
   constexpr int64_t KB = 64;
   for (int64_t p = p0; p < p1; ++p) {
     T* d = dst + p * pstride;

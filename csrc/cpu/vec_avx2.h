@@ -58,6 +58,27 @@ struct VecAvx2<float> {
   static reg select_nan(reg x, reg v) {
     return _mm256_blendv_ps(v, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
   }
+  // v[i], row i of a W x W block, becomes column i (pack's transposed sources). Per 128-bit
+  // half: unpack pairs rows, shuffle_ps gathers four rows of one column; permute2f128 joins
+  // the halves (rows 0-3 and 4-7).
+  static void transpose(reg v[W]) {
+    reg t[8], s[8];
+    for (int i = 0; i < 4; ++i) {
+      t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+      t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; ++h) {  // rows 4h..4h+3
+      const reg* q = t + 4 * h;
+      s[4 * h] = _mm256_shuffle_ps(q[0], q[2], 0x44);      // columns 0 | 4
+      s[4 * h + 1] = _mm256_shuffle_ps(q[0], q[2], 0xEE);  // 1 | 5
+      s[4 * h + 2] = _mm256_shuffle_ps(q[1], q[3], 0x44);  // 2 | 6
+      s[4 * h + 3] = _mm256_shuffle_ps(q[1], q[3], 0xEE);  // 3 | 7
+    }
+    for (int c = 0; c < 4; ++c) {
+      v[c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x20);
+      v[4 + c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x31);
+    }
+  }
 };
 
 template <>
@@ -104,6 +125,16 @@ struct VecAvx2<double> {
   }
   static reg select_nan(reg x, reg v) {
     return _mm256_blendv_pd(v, x, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
+  }
+  // v[i], row i of a W x W block, becomes column i: unpack pairs rows 0-1 and 2-3 per
+  // 128-bit half (columns 0 | 2, 1 | 3), permute2f128 joins the halves.
+  static void transpose(reg v[W]) {
+    const reg t0 = _mm256_unpacklo_pd(v[0], v[1]), t1 = _mm256_unpackhi_pd(v[0], v[1]);
+    const reg t2 = _mm256_unpacklo_pd(v[2], v[3]), t3 = _mm256_unpackhi_pd(v[2], v[3]);
+    v[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    v[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    v[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    v[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
   }
 };
 

@@ -13,6 +13,34 @@ namespace FUSEDRNN_ISA_NS {
 template <typename T>
 struct VecAvx512;
 
+// v[i] (16 32-bit words each) becomes column i of the 16 x 16 matrix whose rows they were.
+// (Always inlined: out of line, GCC 12 warns about the undefined pass-through operand of
+// _mm512_unpacklo_epi32's builtin, GCC bug 105593.)
+__attribute__((always_inline)) inline void transpose16(__m512i v[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  // u[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3.
+  for (int c = 0; c < 4; ++c) {
+    const __m512i s0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88);
+    const __m512i s1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xDD);
+    const __m512i s2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+    const __m512i s3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xDD);
+    v[c] = _mm512_shuffle_i32x4(s0, s2, 0x88);
+    v[4 + c] = _mm512_shuffle_i32x4(s1, s3, 0x88);
+    v[8 + c] = _mm512_shuffle_i32x4(s0, s2, 0xDD);
+    v[12 + c] = _mm512_shuffle_i32x4(s1, s3, 0xDD);
+  }
+}
+
 template <>
 struct VecAvx512<float> {
   using scalar_t = float;
@@ -53,6 +81,13 @@ struct VecAvx512<float> {
   }
   static reg select_nan(reg x, reg v) {
     return _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
+  }
+  // v[i], row i of a W x W block, becomes column i (pack's transposed sources).
+  __attribute__((always_inline)) static void transpose(reg v[W]) {
+    __m512i w[16];
+    for (int i = 0; i < 16; ++i) w[i] = _mm512_castps_si512(v[i]);
+    transpose16(w);
+    for (int i = 0; i < 16; ++i) v[i] = _mm512_castsi512_ps(w[i]);
   }
 };
 
@@ -95,6 +130,27 @@ struct VecAvx512<double> {
   }
   static reg select_nan(reg x, reg v) {
     return _mm512_mask_mov_pd(v, _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q), x);
+  }
+  // v[i], row i of a W x W block, becomes column i. unpack: t[2i] holds, in 128-bit lane L,
+  // column 2L of rows 2i and 2i + 1 (t[2i + 1]: column 2L + 1); two lane shuffles gather
+  // each column's four lanes.
+  static void transpose(reg v[W]) {
+    reg t[8];
+    for (int i = 0; i < 4; ++i) {
+      t[2 * i] = _mm512_unpacklo_pd(v[2 * i], v[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_pd(v[2 * i], v[2 * i + 1]);
+    }
+    // c = 0: the even columns, 1: the odd ones.
+    for (int c = 0; c < 2; ++c) {
+      const reg u0 = _mm512_shuffle_f64x2(t[c], t[2 + c], 0x88);      // lanes 0, 2: rows 0-3
+      const reg u1 = _mm512_shuffle_f64x2(t[c], t[2 + c], 0xDD);      // lanes 1, 3: rows 0-3
+      const reg u2 = _mm512_shuffle_f64x2(t[4 + c], t[6 + c], 0x88);  // lanes 0, 2: rows 4-7
+      const reg u3 = _mm512_shuffle_f64x2(t[4 + c], t[6 + c], 0xDD);  // lanes 1, 3: rows 4-7
+      v[c] = _mm512_shuffle_f64x2(u0, u2, 0x88);
+      v[4 + c] = _mm512_shuffle_f64x2(u0, u2, 0xDD);
+      v[2 + c] = _mm512_shuffle_f64x2(u1, u3, 0x88);
+      v[6 + c] = _mm512_shuffle_f64x2(u1, u3, 0xDD);
+    }
   }
 };
 

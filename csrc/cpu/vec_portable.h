@@ -123,6 +123,13 @@ struct VecPortable {
     return reg((ireg(mag) & ~s) | (ireg(sgn) & s));
   }
   static reg select_nan(reg x, reg v) { return x != x ? x : v; }
+  // v[i], row i of a W x W block, becomes column i (pack's transposed sources).
+  static void transpose(reg v[W]) {
+    T m[W][W];
+    for (int i = 0; i < W; ++i)
+      for (int j = 0; j < W; ++j) m[j][i] = v[i][j];
+    for (int i = 0; i < W; ++i) v[i] = load(m[i]);
+  }
 };
 
 }  // namespace FUSEDRNN_ISA_NS

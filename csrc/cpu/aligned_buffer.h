@@ -1,5 +1,14 @@
-// A grow-only, 4 KB-aligned scratch buffer, kept by a thread across calls: allocating
-// and first-touching megabytes per call would cost more than a short sequence's work.
+// A grow-only, aligned scratch buffer: 4 KB-aligned when kept by a thread across calls
+// (allocating and first-touching megabytes per call would cost more than a short
+// sequence's work); cache-line aligned for one that lives for one call (per_call()).
+//
+// Why the two: in a training step, glibc gave the backward's per-call dP workspace (6.5 MB
+// at B64-H256), asked for with 4 KB alignment, fresh pages on every call: ~1300 page
+// faults per call, each page zeroed by the kernel (perf stat, C++ driver). Asked for with
+// 64-byte alignment, as torch asks for its tensors, the freed block came back from the
+// heap: no faults after the first call. (A bare alloc/free loop reuses both; it is the heap
+// around the request in a real step, the alignment slack glibc splits off among it, that
+// differs. docs/cpu_kernels.md, session 18.)
 #pragma once
 
 #include <cstddef>
@@ -12,6 +21,8 @@ namespace cpu {
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
+  // A buffer for one call only: cache-line aligned (see above).
+  static AlignedBuffer per_call() { return AlignedBuffer(64); }
   AlignedBuffer(const AlignedBuffer&) = delete;
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
   ~AlignedBuffer() { std::free(ptr_); }
@@ -20,8 +31,8 @@ class AlignedBuffer {
   void* get(size_t n) {
     if (n > bytes_) {
       std::free(ptr_);
-      n = (n + 4095) / 4096 * 4096;
-      ptr_ = std::aligned_alloc(4096, n);
+      n = (n + align_ - 1) / align_ * align_;  // aligned_alloc wants a multiple
+      ptr_ = std::aligned_alloc(align_, n);
       if (!ptr_) throw std::bad_alloc();
       bytes_ = n;
     }
@@ -29,8 +40,10 @@ class AlignedBuffer {
   }
 
  private:
+  explicit AlignedBuffer(size_t align) : align_(align) {}
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+  size_t align_ = 4096;
 };
 
 }  // namespace cpu

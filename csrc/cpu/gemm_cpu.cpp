@@ -244,7 +244,7 @@ void run_packed(GemmJob<T>& g, int nt) {
   // The float32 sums: up to 1 MB kept by the calling thread between calls, larger ones
   // (4 MB for a 1024 x 1024 weight gradient) freed after the call, not held.
   thread_local cpu::AlignedBuffer kept;
-  cpu::AlignedBuffer own;
+  cpu::AlignedBuffer own = cpu::AlignedBuffer::per_call();
   if (g.k->gemm_acc && g.kc < K) {
     g.ldacc = g.npanels * g.k->nr;
     const size_t bytes = size_t(g.M * g.ldacc) * sizeof(float);

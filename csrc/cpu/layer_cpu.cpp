@@ -90,7 +90,7 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
     ldg = 0;
   }
   const size_t dp_bytes = sizeof(scalar_t) * size_t(N * H);
-  cpu::AlignedBuffer dp_own;
+  cpu::AlignedBuffer dp_own = cpu::AlignedBuffer::per_call();
   if (!dP) {
     thread_local cpu::AlignedBuffer dp_cache;
     dP = static_cast<scalar_t*>(dp_bytes <= kDPCacheBytes ? dp_cache.get(dp_bytes)

@@ -6,9 +6,9 @@
 // at B64-H256), asked for with 4 KB alignment, fresh pages on every call: ~1300 page
 // faults per call, each page zeroed by the kernel (perf stat, C++ driver). Asked for with
 // 64-byte alignment, as torch asks for its tensors, the freed block came back from the
-// heap: no faults after the first call. (A bare alloc/free loop reuses both; it is the heap
-// around the request in a real step, the alignment slack glibc splits off among it, that
-// differs. docs/cpu_kernels.md, session 18.)
+// heap: no faults after the first call. (A bare alloc/free loop reuses the block at either
+// alignment: what differs in the real step is the heap around the request, not analysed
+// further. docs/cpu_kernels.md, session 18.)
 #pragma once
 
 #include <cstddef>

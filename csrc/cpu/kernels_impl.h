@@ -447,7 +447,7 @@ void pack(const typename V::scalar_t* src, int64_t rs, int64_t cs, int64_t K, in
       const int64_t nc = N - j0 < NR ? N - j0 : NR;
       for (int c = 0; c < NR; c += W) {
         const int64_t rows = nc - c < 0 ? 0 : (nc - c < W ? nc - c : W);
-        const T* s = src + (j0 + c) * cs;
+        const T* s = rows > 0 ? src + (j0 + c) * cs : src;  // no pointer past the source
         for (int64_t k = 0; k < K; k += W) {
           const int64_t kn = K - k < W ? K - k : W;
           const typename V::mask m = V::tail_mask(int(kn));

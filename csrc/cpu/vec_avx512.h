@@ -1,6 +1,7 @@
-// AVX-512 vectors (16 floats / 8 doubles), masked tails. Only included by kernels_avx512.cpp,
-// compiled with -mavx512f -mavx512dq -mavx512vl -mavx512bw (csrc/cpu/simd.cmake) and called
-// only where the CPU has them.
+// AVX-512 vectors (16 floats / 8 doubles), masked tails, and the 16 x 16 word transpose.
+// Only included by kernels_avx512.cpp and kernels_avx512bf16.cpp, each compiled with the
+// AVX-512 flags of csrc/cpu/simd.cmake (and its own FUSEDRNN_ISA_NS) and called only where
+// the CPU has them.
 #pragma once
 
 #include <immintrin.h>

@@ -1,14 +1,16 @@
-// A grow-only, aligned scratch buffer: 4 KB-aligned when kept by a thread across calls
-// (allocating and first-touching megabytes per call would cost more than a short
-// sequence's work); cache-line aligned for one that lives for one call (per_call()).
+// Scratch memory of the kernels. AlignedBuffer: a grow-only, aligned buffer, 4 KB-aligned
+// when kept by a thread across calls (allocating and first-touching megabytes per call
+// would cost more than a short sequence's work). Workspace: one call's scratch, from a
+// thread's kept buffer up to kKeptBytes, beyond from a cache-line aligned buffer of its own,
+// freed with it (so a thread holds no more than kKeptBytes per kind between calls).
 //
-// Why the two: in a training step, glibc gave the backward's per-call dP workspace (6.5 MB
-// at B64-H256), asked for with 4 KB alignment, fresh pages on every call: ~1300 page
-// faults per call, each page zeroed by the kernel (perf stat, C++ driver). Asked for with
-// 64-byte alignment, as torch asks for its tensors, the freed block came back from the
-// heap: no faults after the first call. (A bare alloc/free loop reuses the block at either
-// alignment: what differs in the real step is the heap around the request, not analysed
-// further. docs/cpu_kernels.md, session 18.)
+// Why cache-line aligned for one call: in a training step, glibc gave the backward's
+// per-call dP workspace (6.5 MB at B64-H256), asked for with 4 KB alignment, fresh pages on
+// every call: ~1300 page faults per call, each page zeroed by the kernel (perf stat, C++
+// driver). Asked for with 64-byte alignment, as torch asks for its tensors, the freed block
+// came back from the heap: no faults after the first call. (A bare alloc/free loop reuses
+// the block at either alignment: what differs in the real step is the heap around the
+// request, not analysed further. docs/cpu_kernels.md, session 18.)
 #pragma once
 
 #include <cstddef>
@@ -21,8 +23,7 @@ namespace cpu {
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
-  // A buffer for one call only: cache-line aligned (see above).
-  static AlignedBuffer per_call() { return AlignedBuffer(64); }
+  explicit AlignedBuffer(size_t align) : align_(align) {}
   AlignedBuffer(const AlignedBuffer&) = delete;
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
   ~AlignedBuffer() { std::free(ptr_); }
@@ -40,10 +41,25 @@ class AlignedBuffer {
   }
 
  private:
-  explicit AlignedBuffer(size_t align) : align_(align) {}
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
   size_t align_ = 4096;
+};
+
+// Workspaces up to this size stay with the calling thread between calls (a small layer's
+// backward would otherwise spend as long allocating its dP as computing it).
+constexpr size_t kKeptBytes = size_t(1) << 20;
+
+// One call's scratch: `kept` (a thread_local of the caller's, one per kind of workspace)
+// up to kKeptBytes, else a buffer of this object's own.
+class Workspace {
+ public:
+  explicit Workspace(AlignedBuffer& kept) : kept_(kept) {}
+  void* get(size_t n) { return n <= kKeptBytes ? kept_.get(n) : own_.get(n); }
+
+ private:
+  AlignedBuffer& kept_;
+  AlignedBuffer own_{64};
 };
 
 }  // namespace cpu

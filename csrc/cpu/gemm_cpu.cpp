@@ -241,14 +241,13 @@ template <typename T>
 void run_packed(GemmJob<T>& g, int nt) {
   plan_packed(g, nt);
   const int64_t K = g.K;
-  // The float32 sums: up to 1 MB kept by the calling thread between calls, larger ones
-  // (4 MB for a 1024 x 1024 weight gradient) freed after the call, not held.
+  // The float32 sums: a Workspace (aligned_buffer.h), so those beyond 1 MB (4 MB for a
+  // 1024 x 1024 weight gradient) are freed after the call, not held.
   thread_local cpu::AlignedBuffer kept;
-  cpu::AlignedBuffer own = cpu::AlignedBuffer::per_call();
+  cpu::Workspace acc_space(kept);
   if (g.k->gemm_acc && g.kc < K) {
     g.ldacc = g.npanels * g.k->nr;
-    const size_t bytes = size_t(g.M * g.ldacc) * sizeof(float);
-    g.acc = static_cast<float*>(bytes <= (size_t(1) << 20) ? kept.get(bytes) : own.get(bytes));
+    g.acc = static_cast<float*>(acc_space.get(size_t(g.M * g.ldacc) * sizeof(float)));
   }
   cpu::team_run(nt, &gemm_thread<T>, &g);
 }

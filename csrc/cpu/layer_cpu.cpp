@@ -36,11 +36,6 @@ void prefer_huge_pages(void* p, size_t bytes) {
 #endif
 }
 
-// dP workspaces up to this size stay with the calling thread between calls (a small
-// layer's backward would otherwise spend as long allocating it as computing it); larger
-// ones are allocated per call and freed, not held.
-constexpr size_t kDPCacheBytes = size_t(1) << 20;
-
 using cpu::narrow;
 using cpu::sum_t;
 using cpu::widen;
@@ -90,12 +85,9 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
     ldg = 0;
   }
   const size_t dp_bytes = sizeof(scalar_t) * size_t(N * H);
-  cpu::AlignedBuffer dp_own = cpu::AlignedBuffer::per_call();
-  if (!dP) {
-    thread_local cpu::AlignedBuffer dp_cache;
-    dP = static_cast<scalar_t*>(dp_bytes <= kDPCacheBytes ? dp_cache.get(dp_bytes)
-                                                          : dp_own.get(dp_bytes));
-  }
+  thread_local cpu::AlignedBuffer dp_kept;
+  cpu::Workspace dp_space(dp_kept);
+  if (!dP) dP = static_cast<scalar_t*>(dp_space.get(dp_bytes));
   prefer_huge_pages(dP, dp_bytes);
   if (!dx_accumulate) prefer_huge_pages(dx, sizeof(scalar_t) * size_t(N * I));
   rnn_backward_cpu<scalar_t>(s, w_hh, h, ldh, G, ldg, dhn, dP, dh0, num_threads);

@@ -23,7 +23,7 @@ void layer_forward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x, c
 //   G [N,H] with row stride ldg (see rnn_backward_cpu: ldg = H, > H, or 0 for one row),
 //   or ldg = -1: one value *G for every element (the gradient of a sum, expanded)
 //   dP [N,H] out (workspace; may alias G when ldg = H; nullptr: an internal workspace,
-//   reused across calls up to kDPCacheBytes), dh0 [B,H], dx [N,I] (needs w_ih;
+//   reused across calls up to cpu::kKeptBytes), dh0 [B,H], dx [N,I] (needs w_ih;
 //   added to what dx holds when dx_accumulate: the second direction of a bidirectional
 //   layer adds its share of the input gradient),
 //   dw_ih [H,I] (needs x), dw_hh [H,H] (needs h0 or zero initial state: h0 == nullptr),

@@ -341,9 +341,10 @@ static void test_gemm_pair(std::mt19937& rng) {
 
 template <typename T>
 static void test_gemm(std::mt19937& rng, double tol) {
-  const int64_t shapes[][3] = {{1, 1, 1},     {7, 5, 3},      {33, 65, 17},
-                               {40, 70, 5},   {130, 47, 600}, {5, 300, 1000},
-                               {301, 2, 257}, {12, 33, 8},    {30, 40, 14}};
+  // {45, 70, 200}: 128 <= K < 512 with a row-major A, 6-row tiles over full and edge panels.
+  const int64_t shapes[][3] = {{1, 1, 1},      {7, 5, 3},      {33, 65, 17},  {40, 70, 5},
+                               {130, 47, 600}, {5, 300, 1000}, {301, 2, 257}, {12, 33, 8},
+                               {30, 40, 14},   {45, 70, 200}};
   int n = 0;
   for (auto& sh : shapes)
     for (int at = 0; at < 2; ++at)

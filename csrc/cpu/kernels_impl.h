@@ -246,8 +246,10 @@ inline void micro_kernel(int64_t K, const typename V::scalar_t* a, int64_t lda,
 // epilogue operands, requested before its micro-kernel runs (K steps of fmas, far longer
 // than the loads take), so the epilogue finds them there. Without it the epilogue stalled
 // on them: BPTT's h and output gradient, ~half of the epilogue's samples in a float64
-// B64-H256 profile. WRITE = 1: the rows the epilogue stores, requested for ownership
-// (prefetchw), so that its stores do not wait for the lines (see tile). (Every address
+// B64-H256 profile. WRITE = 1: the rows the epilogue stores (see tile), with the hint that
+// they will be written: `prfm pstl1keep` on aarch64; on x86 `prefetcht0`, the read prefetch,
+// since the ISA flags (simd.cmake) do not enable PRFCHW. A line no other core holds arrives
+// exclusive either way, and a store to it needs no further request. (Every address
 // requested lies in the row's columns; a line it starts may reach past them, which a
 // prefetch, never faulting, does not mind.)
 template <int WRITE = 0, typename T>
@@ -290,10 +292,10 @@ void tile(int64_t K, const typename V::scalar_t* a, int64_t lda, const typename 
     prefetch_tile(e.x1, e.ld1, MR, j0, ncols);
     if (e.kind == cpu::EpKind::kActGrad) prefetch_tile(e.x2, e.ld2, MR, j0, ncols);
     // The rows it stores, unless the tile reads them anyway (a seed from C, or the forward
-    // recurrence's P in place): a product's fresh output (x W^T, dP W_ih) or the BPTT's dP.
-    // Without this, the stores of a K = 256 product stalled for their lines: 78% of the
-    // epilogue's samples on the instruction after its store, the epilogue 10-11% of the
-    // product's samples (3.6% with it; Zen 4, perf, session 19).
+    // recurrence's P in place): a product's output (x W^T, dP W_ih, a first K block of dW,
+    // dh0) or the BPTT's dP. Without this, the stores of a K = 256 product stalled for their
+    // lines: 78% of the epilogue's samples on the instruction after its store, the epilogue
+    // 10-11% of the product's samples (3.6% with it; Zen 4, perf, session 19).
     if (!cinit && e.out != e.x1) prefetch_tile<1>(e.out, e.ldo, MR, j0, ncols);
   }
   micro_kernel<V, MR, NP, ATRANS>(K, ATRANS ? a + r0 : a + r0 * lda, lda, bp + p * pstride, pstride,
@@ -368,9 +370,10 @@ inline int64_t next_mr(int64_t left, int M = Tiling<V>::MR_MAX) {
 // The blocking of gemm, for every table (the bfloat16 one too): calls tile(mr, np, p, r) for
 // the tile of rows [r, r + mr) and panels [p, p + np), each once, in a fixed order.
 // elem_bytes: the size of an A element.
-// From which K the tiles are the long-K ones (see for_each_tile): for A read in place by
-// rows (the micro-kernel broadcasts from MR rows of A at once, each its own stream), and
-// for A^T and the bfloat16 table's copied rows.
+// From which K (of one K block) the tiles are the long-K ones (see for_each_tile):
+// kLongKRows for gemm<V> with A read in place by rows (the micro-kernel broadcasts from MR
+// rows of A at once, each its own stream); kLongK for A^T and for every product of the
+// bfloat16 table (its own call, the default; not measured with the lower threshold).
 constexpr int64_t kLongKRows = 128;
 constexpr int64_t kLongK = 512;
 
@@ -386,10 +389,10 @@ void for_each_tile(int64_t m, int64_t K, int64_t elem_bytes, int64_t p0, int64_t
   // tiles. Measured at H = 1024 (same-process A/B): x W^T 496 -> 508 GFLOP/s, BPTT up to
   // +3%, training B64-H1024 170.3 -> 168.1 ms; no change at K = 256 (Zen 5).
   // From K = 128 for a row-major A (session 19, Zen 4): a tile of 13-14 rows broadcasts
-  // from 13-14 rows of A at once, each a stream from L2 (A's row block does not stay in L1
-  // between panels), and Zen 4 ran such tiles at 67-86 GFLOP/s per core against 110-115
-  // for 6 x 2 panels or for the same 14 rows packed into one stream (a scratch kernel,
-  // K = 1024-4096). In the products of a B64-H256 step: x W^T 4.6-4.9 -> 4.4-4.5 ms.
+  // from 13-14 rows of A at once, each a stream from L2 when A's row block does not stay in
+  // L1 between panels, as in a product. A scratch kernel on Zen 4 ran such tiles at 67-86
+  // GFLOP/s per core with its rows in L2 (K = 1024-4096), against 108-115 for 6 x 2 panels
+  // or for the same 14 rows packed into one stream (docs/cpu_kernels.md, "Session 19").
   const int mr_max = K >= long_k ? Tiling<V>::MR_LONG_K : Tiling<V>::MR_MAX;
   // The last block takes a remainder of up to mc / 4 rows: a step of 64 rows at H = 1024
   // (mc = 63) was a 63-row block and a 1-row one, which streamed every panel again for one

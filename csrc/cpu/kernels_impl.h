@@ -367,9 +367,6 @@ inline int64_t next_mr(int64_t left, int M = Tiling<V>::MR_MAX) {
   return (left + tiles - 1) / tiles;
 }
 
-// The blocking of gemm, for every table (the bfloat16 one too): calls tile(mr, np, p, r) for
-// the tile of rows [r, r + mr) and panels [p, p + np), each once, in a fixed order.
-// elem_bytes: the size of an A element.
 // From which K (of one K block) the tiles are the long-K ones (see for_each_tile):
 // kLongKRows for gemm<V> with A read in place by rows (the micro-kernel broadcasts from MR
 // rows of A at once, each its own stream); kLongK for A^T and for every product of the
@@ -377,6 +374,9 @@ inline int64_t next_mr(int64_t left, int M = Tiling<V>::MR_MAX) {
 constexpr int64_t kLongKRows = 128;
 constexpr int64_t kLongK = 512;
 
+// The blocking of gemm, for every table (the bfloat16 one too): calls tile(mr, np, p, r) for
+// the tile of rows [r, r + mr) and panels [p, p + np), each once, in a fixed order.
+// elem_bytes: the size of an A element; long_k: see kLongK.
 template <class V, class TileFn>
 void for_each_tile(int64_t m, int64_t K, int64_t elem_bytes, int64_t p0, int64_t p1,
                    const TileFn& tile, int64_t long_k = kLongK) {

@@ -92,7 +92,21 @@ def _rebuild(cls: type[nn.Module], source: nn.Module, arg_names: tuple[str, ...]
         return getattr(source, name)
 
     module = cls(*(arg(name) for name in arg_names), device=weight.device, dtype=weight.dtype)
-    module.load_state_dict(source.state_dict())
+    state = source.state_dict()
+    keys = module.state_dict().keys()
+    if state.keys() != keys:
+        # A parametrization (weight_norm, spectral_norm, orthogonal) or pruning stores a
+        # weight under other names, and its recipe is a module or hook of the source's.
+        extra = ", ".join(sorted(state.keys() - keys)) or "none"
+        missing = ", ".join(sorted(keys - state.keys())) or "none"
+        raise ValueError(
+            f"cannot convert this {type(source).__name__}: its state dict's keys are not "
+            f"those of a plain {cls.__name__} (extra: {extra}; missing: {missing}), as with "
+            "a parametrization or pruning. Convert the module first and register the "
+            "parametrization or pruning on the converted one, or remove it first "
+            "(torch.nn.utils.parametrize.remove_parametrizations, torch.nn.utils.prune.remove)."
+        )
+    module.load_state_dict(state)
     return module.train(source.training)
 
 
@@ -124,12 +138,27 @@ def _check_weight_devices(input: Tensor, *weights: Tensor | None) -> None:
             )
 
 
+# The methods torch.nn.RNN.forward calls that a subclass may override: its checks, which
+# the general path then runs as nn.RNN.forward does (RNN._check_forward_args), and the state
+# permutation of packed input, which the general path always calls. Any of them keeps a
+# module off the lean path.
+_RNN_FORWARD_CHECKS = ("check_forward_args", "check_input", "get_expected_hidden_size",
+                       "check_hidden_size")  # fmt: skip
+_RNN_FORWARD_HOOKS = (*_RNN_FORWARD_CHECKS, "permute_hidden")
+
+
+def _overrides_checks(cls: type, names: tuple[str, ...]) -> bool:
+    """``cls`` defines its own version of one of ``names`` (nn.RNNBase's methods)."""
+    return any(getattr(cls, name) is not getattr(nn.RNNBase, name) for name in names)
+
+
 def _check_weights_by_name(input: Tensor, suffix: str, weights, hidden_size: int,
                            input_size: int) -> None:  # fmt: skip
     """Each parameter of a layer-direction (``weights``: w_ih, w_hh, b_ih, b_hh, None for an
     absent bias) in its shape, and outside autocast in the input's dtype, or an error that
     names it as the module does (``weight_hh`` + ``suffix``, e.g. ``weight_hh_l1``): the
-    ops would name only its role."""
+    ops would name only its role. A ``RuntimeError``, the type torch.nn.RNN's and
+    RNNCell's products raise for such a weight."""
     H = hidden_size
     shapes = ((H, input_size), (H, H), (H,), (H,))
     autocast = _autocast_dtype(input) is not None
@@ -138,9 +167,9 @@ def _check_weights_by_name(input: Tensor, suffix: str, weights, hidden_size: int
             continue
         name = kind + suffix
         if w.shape != shape:
-            raise ValueError(f"fusedrnn: {name} must have shape {shape}, got {tuple(w.shape)}")
+            raise RuntimeError(f"fusedrnn: {name} must have shape {shape}, got {tuple(w.shape)}")
         if not autocast and w.dtype != input.dtype:
-            raise TypeError(
+            raise RuntimeError(
                 f"fusedrnn: {name} must have the input's dtype ({input.dtype}), got {w.dtype}"
             )
 
@@ -203,22 +232,29 @@ class RNN(nn.RNNBase):
         return (*weights, None, None) if per == 2 else tuple(weights)
 
     def _check_forward_args(
-        self, input: Tensor, hx: Tensor | None, batch_sizes: Tensor | None, max_batch_size: int
-    ) -> None:
-        """``torch.nn.RNN``'s checks, with its messages and exception types (``hx`` None:
-        the input's only, for a state made here).
+        self, input: Tensor, hx: Tensor, given: bool, batch_sizes: Tensor | None,
+        max_batch_size: int,
+    ) -> None:  # fmt: skip
+        """``torch.nn.RNN``'s checks, with its messages and exception types (``given``
+        false: ``hx`` is a state made here, and only the input is checked).
 
         The base class's ``check_forward_args`` reads ``batch_sizes[0]`` again, which
-        torch.compile cannot relate to the ``max_batch_size`` read once in ``forward``.
+        torch.compile cannot relate to the ``max_batch_size`` read once in ``forward``: it
+        runs only where a subclass overrides one of the checks, which it then calls as
+        ``nn.RNN.forward`` does (a made state included). The checks the kernels rely on
+        come after.
         """
-        self.check_input(input, batch_sizes)
-        if hx is not None:
-            num_directions = 2 if self.bidirectional else 1
-            expected = (self.num_layers * num_directions, max_batch_size, self.hidden_size)
-            self.check_hidden_size(hx, expected)
+        if _overrides_checks(type(self), _RNN_FORWARD_CHECKS):
+            self.check_forward_args(input, hx, batch_sizes)
+        else:
+            self.check_input(input, batch_sizes)
+            if given:
+                num_directions = 2 if self.bidirectional else 1
+                expected = (self.num_layers * num_directions, max_batch_size, self.hidden_size)
+                self.check_hidden_size(hx, expected)
         if batch_sizes is None and input.size(1 if self.batch_first else 0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        if hx is not None:
+        if given:
             _check_hidden_matches(input, hx)
 
     def __setattr__(self, name, value):
@@ -234,7 +270,8 @@ class RNN(nn.RNNBase):
         in order (w_ih, w_hh, b_ih, b_hh of each layer-direction; no biases with
         ``bias=False``); ``get_weights`` is None when the lean path cannot serve this
         configuration (an unknown mode, names that do not match the sizes: the
-        general path reports them). The tag tells a plan made here from one brought by
+        general path reports them; a subclass's own checks, which the general path calls).
+        The tag tells a plan made here from one brought by
         ``copy`` or ``pickle``, which is made again."""
         H, L, I = self.hidden_size, self.num_layers, self.input_size
         D = 2 if self.bidirectional else 1
@@ -242,7 +279,10 @@ class RNN(nn.RNNBase):
         names = self._flat_weights_names
         get_weights, shapes = None, None
         nonlinearity = _MODE_ACTIVATION.get(self.mode)
-        if len(names) == L * D * per and nonlinearity is not None:
+        # A subclass's own checks (or state permutation) run on the general path, which
+        # calls them as nn.RNN.forward does; the lean path has none of them.
+        overridden = _overrides_checks(type(self), _RNN_FORWARD_HOOKS)
+        if len(names) == L * D * per and nonlinearity is not None and not overridden:
             shapes = []
             for k in range(L * D):
                 shapes += ((H, I if k < D else D * H), (H, H), (H,), (H,))[:per]
@@ -401,6 +441,12 @@ class RNN(nn.RNNBase):
                     + (f"shape {tuple(batch_sizes.shape)}" if isinstance(batch_sizes, Tensor)
                        else type(batch_sizes).__name__)
                 )  # fmt: skip
+            if batch_sizes.dtype != torch.int64:  # with torch.nn.RNN's exception types
+                floating = batch_sizes.is_floating_point() or batch_sizes.is_complex()
+                raise (TypeError if floating else RuntimeError)(
+                    "RNN: a PackedSequence's batch_sizes must have dtype torch.int64, got "
+                    f"{batch_sizes.dtype}"
+                )
             max_batch_size = int(batch_sizes[0])
             # Under torch.compile max_batch_size is data-dependent: tie it to the shapes it
             # must equal before it meets them (eager mode reports a wrong hx just below).
@@ -446,10 +492,10 @@ class RNN(nn.RNNBase):
                 device=input.device,
             )
             # hx is right by construction: the input's checks only.
-            self._check_forward_args(input, None, batch_sizes, max_batch_size)
+            self._check_forward_args(input, hx, False, batch_sizes, max_batch_size)
         else:
             hx = self.permute_hidden(hx, sorted_indices)
-            self._check_forward_args(input, hx, batch_sizes, max_batch_size)
+            self._check_forward_args(input, hx, True, batch_sizes, max_batch_size)
 
         if batch_sizes is None:
             if self.batch_first:
@@ -518,7 +564,8 @@ class RNN(nn.RNNBase):
         if not is_batched:
             output = output.squeeze(batch_dim)
             hidden = hidden.squeeze(1)
-        return output, hidden
+        # (No permutation; called as nn.RNN.forward calls it, for a subclass's override.)
+        return output, self.permute_hidden(hidden, unsorted_indices)
 
 
 class RNNCell(nn.RNNCell):
@@ -548,26 +595,28 @@ class RNNCell(nn.RNNCell):
 
     def check_forward_args(self, input: Tensor, hx: Tensor) -> None:
         """``torch.nn.RNNCell``'s checks on batched input, with its messages and types."""
+        self._check_forward_args(input, hx, self.weight_ih, self.weight_hh)
+
+    def _check_forward_args(self, input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor) -> None:
+        # The weights as forward read them: a parametrized weight is computed once per call,
+        # as torch.nn.RNNCell does (a random parametrization draws once).
         if self.nonlinearity not in ops.NONLINEARITIES:
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        if input.size(1) != self.weight_ih.size(1):
+        if input.size(1) != w_ih.size(1):
             raise RuntimeError(
-                f"input has inconsistent input_size: got {input.size(1)} "
-                f"expected {self.weight_ih.size(1)}"
+                f"input has inconsistent input_size: got {input.size(1)} expected {w_ih.size(1)}"
             )
         if input.size(0) != hx.size(0):
             raise RuntimeError(
                 f"Input batch size {input.size(0)} doesn't match hidden0 batch size {hx.size(0)}"
             )
-        if hx.size(1) != self.weight_hh.size(1):
+        if hx.size(1) != w_hh.size(1):
             raise RuntimeError(
-                f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, "
-                f"expected {self.weight_hh.size(1)}"
+                f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected {w_hh.size(1)}"
             )
-        if input.dtype != self.weight_ih.dtype and _autocast_dtype(input) is None:
+        if input.dtype != w_ih.dtype and _autocast_dtype(input) is None:
             raise RuntimeError(
-                f"RNNCell input dtype ({input.dtype}) does not match weight dtype "
-                f"({self.weight_ih.dtype})"
+                f"RNNCell input dtype ({input.dtype}) does not match weight dtype ({w_ih.dtype})"
             )
         _check_hidden_matches(input, hx)
 
@@ -641,8 +690,8 @@ class RNNCell(nn.RNNCell):
             )
         elif not is_batched:
             hx = hx.unsqueeze(0)
-        self.check_forward_args(input, hx)
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        self._check_forward_args(input, hx, weights[0], weights[1])
         _check_weight_devices(input, *weights)
         _check_weights_by_name(input, "", weights, self.hidden_size, self.input_size)
 

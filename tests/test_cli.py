@@ -51,6 +51,7 @@ def _error(argv, capsys) -> str:
         (["bench", "--min-time", "nan"], "argument --min-time: expected a positive number"),
         (["bench", "--device", "tpu"], "argument --device: invalid device 'tpu'"),
         (["bench", "--device", "meta"], "argument --device: 'meta' is not a CPU or CUDA device"),
+        (["bench", "--device", "cpu,cpu:1"], "argument --device: 'cpu:1': the CPU is one device"),
         (["bench", "--quick", "--full"], "argument --full: not allowed with argument --quick"),
         (
             ["bench", "--seq", "100000", "--batch", "100000", "--hidden", "4096"],
@@ -284,3 +285,40 @@ def test_bench_packed_case_is_checked_and_counts_only_real_steps(tmp_path):
     layer0 = 2 * steps * (3 * 5 + 5 * 5)
     layer1 = 2 * steps * (10 * 5 + 5 * 5)  # input of layer 1: both directions, D*H = 10
     assert result["flops"] == 3 * 2 * (layer0 + layer1)
+
+
+def test_a_file_that_cannot_be_written_at_the_end_is_one_line_not_a_traceback(tmp_path, capsys):
+    """Found by a review (session 20): /dev/full (a full disk) passes the up-front check,
+    and the write at the end raised an OSError traceback after the run. Now one line
+    naming the file, the table printed, the other files written, status 1; and the command
+    recorded in the Markdown is shell-quoted, so that it runs again as pasted."""
+    markdown = tmp_path / "my results.md"
+    argv = [*TINY_BENCH, "--mode", "inference", "--json", "/dev/full", "--markdown", str(markdown)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "fusedrnn bench: cannot write '/dev/full': No space left on device" in captured.err
+    assert "Traceback" not in captured.err and "fusedrnn ms" in captured.out
+    assert f"--markdown '{markdown}'`" in markdown.read_text()
+    assert main(["gradcheck", "--flow", "--seq", "5", "--json", "/dev/full"]) == 1
+    assert "fusedrnn gradcheck: cannot write '/dev/full'" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_and_ctrl_c_end_without_a_traceback():
+    """`fusedrnn bench | head -1` printed a BrokenPipeError traceback; Ctrl-C a
+    KeyboardInterrupt one (session 20's review)."""
+    command = [sys.executable, "-m", "fusedrnn", *TINY_BENCH, "--mode", "inference"]
+    piped = subprocess.run(
+        f"{subprocess.list2cmdline(command)} | head -c 1", shell=True, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert piped.stderr == "" or "Traceback" not in piped.stderr, piped.stderr
+    # SIGINT once the run has begun (its first line printed).
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fusedrnn", "bench", "--min-time", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    process.stdout.readline()
+    process.send_signal(2)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert err.strip().endswith("fusedrnn bench: interrupted") and "Traceback" not in err

@@ -73,6 +73,20 @@ def test_check_rejects_what_it_cannot_check():
 
     with pytest.raises(TypeError, match=r"ShiftedRNN .* its own forward"):
         check(ShiftedRNN(2, 3))
+    # Found by a review of the harness (session 20): each was ignored or failed unclearly.
+    with pytest.raises(ValueError, match=r"T, packed: a Config carries its own"):
+        check(Config(), T=9, packed=True)  # were silently ignored
+    with pytest.raises(ValueError, match="B must be a positive int, got 0"):
+        Config(B=0)  # was a NumPy reshape error in the reference
+    with pytest.raises(ValueError, match="T must be a positive int, got True"):
+        check(fusedrnn.RNN(2, 3), T=True)
+    with pytest.raises(ValueError, match=r"seed must be an int in 0\.\.2\*\*63-1, got -1"):
+        check(Config(), seed=-1)  # was NumPy's message, naming no argument
+    for meta in (fusedrnn.RNN(2, 3, device="meta"), torch.nn.RNN(2, 3, device="meta")):
+        with pytest.raises(ValueError, match="the meta device holds no values"):
+            check(meta)  # was "Cannot copy out of meta tensor" after the passes
+    with pytest.raises(ValueError, match="the meta device holds no values"):
+        check(fusedrnn.RNN(2, 3), device="meta")
 
 
 def test_check_sees_frozen_weights_hooks_and_any_grad_mode():
@@ -95,11 +109,35 @@ def test_check_sees_frozen_weights_hooks_and_any_grad_mode():
         check(normed)  # (was an IndexError from the reference)
     with torch.no_grad():
         assert check(fusedrnn.RNN(3, 4), checks=["reference"]).passed
-    torch.manual_seed(5)
-    want = torch.rand(3)
-    torch.manual_seed(5)
-    check(Config(), checks=["reference"])
-    assert torch.equal(torch.rand(3), want)
+    for checked in (Config(), torch.nn.RNN(3, 4)):  # (a torch.nn.RNN's conversion drew)
+        torch.manual_seed(5)
+        want = torch.rand(3)
+        torch.manual_seed(5)
+        check(checked, checks=["reference"])
+        assert torch.equal(torch.rand(3), want)
+
+
+def test_check_keeps_the_module_hooks_of_a_torch_rnn_too():
+    """A hook on the module that changes its output, input or gradients fails the check,
+    for a torch.nn.RNN as for a fusedrnn.RNN (its conversion dropped them up to session
+    19, so such a module passed)."""
+
+    def twice(x):
+        return None if x is None else 2 * x
+
+    hooks = {
+        "forward": lambda m: m.register_forward_hook(lambda mod, i, out: (twice(out[0]), out[1])),
+        "forward_pre": lambda m: m.register_forward_pre_hook(lambda mod, i: (twice(i[0]), *i[1:])),
+        "full_backward": lambda m: m.register_full_backward_hook(
+            lambda mod, grad_in, grad_out: tuple(twice(g) for g in grad_in)
+        ),
+    }
+    for kind, register in hooks.items():
+        for cls in (torch.nn.RNN, fusedrnn.RNN):
+            module = cls(3, 4)
+            register(module)
+            assert not check(module, checks=["reference"]).passed, (kind, cls)
+            assert check(cls(3, 4), checks=["reference"]).passed
 
 
 def test_reference_composition_matches_nn_rnn():

@@ -125,3 +125,18 @@ def test_reference_backward_at_given_states(layout):
                                p["batch_sizes"], h=rounded)["dpre"]  # fmt: skip
     np.testing.assert_allclose(d, G * (1 - rounded.astype(np.float64) ** 2), rtol=1e-15)
     assert not np.allclose(got["dpre"], want["dpre"], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(("T", "B", "I", "H"), [(5, 0, 3, 4), (5, 2, 3, 0), (5, 2, 0, 4)])
+def test_reference_takes_empty_sizes(T, B, I, H):
+    """An empty batch (or H = 0, I = 0: RNNCell takes both) gives empty or zero results in
+    both directions (rnn_backward raised a NumPy reshape error at B = 0 up to session 19)."""
+    rng = np.random.default_rng(0)
+    x, w_ih, w_hh = rng.standard_normal((T, B, I)), rng.standard_normal((H, I)), np.eye(H)
+    h, hn = reference.rnn_forward(x, w_ih, w_hh)
+    assert h.shape == (T, B, H) and hn.shape == (B, H)
+    grads = reference.rnn_backward(x, w_ih, w_hh, grad_h=np.ones_like(h), grad_hn=np.ones_like(hn))
+    assert grads["x"].shape == x.shape and grads["h0"].shape == (B, H)
+    assert grads["w_ih"].shape == (H, I) and grads["dpre"].shape == (T, B, H)
+    if B == 0 or H == 0:
+        assert not np.any(grads["w_ih"]) and not np.any(grads["b_ih"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +19,11 @@ def _run_info(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=No
     facts = collect()
     print(json.dumps(facts, indent=2) if args.json else format_info(facts))
     return 0
+
+
+def _plain(doc: str | None) -> str | None:
+    """A module docstring as a help text: reStructuredText's ``literal`` as `literal`."""
+    return doc and doc.replace("``", "`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser = commands.add_parser(
         "bench",
         help="time fusedrnn.RNN against torch.nn.RNN on identical inputs",
-        description=bench.__doc__,
+        description=_plain(bench.__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_arguments(bench_parser)
@@ -41,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     check_parser = commands.add_parser(
         "gradcheck",
         help="check every gradient three ways and forward mode; --flow: gradient norms over time",
-        description=gradcheck.__doc__,
+        description=_plain(gradcheck.__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     gradcheck.add_arguments(check_parser)
@@ -61,7 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The subcommand's own parser reports errors found after parsing (e.g. --device cuda
     # without a GPU), so the message names the subcommand and the option.
-    return args.handler(args, args.parser, argv[1:])
+    try:
+        status = args.handler(args, args.parser, argv[1:])
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return status
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT
+        print(f"\nfusedrnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (`fusedrnn bench | head -1`)
+        # Python flushes stdout again at exit: point it at /dev/null so that flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

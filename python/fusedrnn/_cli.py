@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "positive_int_list",
+    "save",
     "seed",
     "write_json",
 ]
@@ -122,6 +124,19 @@ def _finite_or_none(value):
     if isinstance(value, (list, tuple)):
         return [_finite_or_none(v) for v in value]
     return value
+
+
+def save(prog: str, path: str, write: Callable[..., None], *args, **kwargs) -> bool:
+    """``write(path, *args, **kwargs)`` at the end of a run; an ``OSError`` (a full disk, a
+    directory removed since the start) is reported in one line on stderr, naming the file,
+    instead of a traceback, so that the results printed and the other files written stand.
+    False when it failed (the command then exits with status 1)."""
+    try:
+        write(path, *args, **kwargs)
+    except OSError as e:
+        print(f"{prog}: cannot write {path!r}: {e.strerror or e}", file=sys.stderr)
+        return False
+    return True
 
 
 def write_json(path: str, data, indent: int | None = 2) -> None:

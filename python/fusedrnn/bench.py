@@ -24,6 +24,7 @@ import dataclasses
 import datetime
 import math
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -482,7 +483,7 @@ def _problems(results: Sequence[Result]) -> list[str]:
 def _meta(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
     from .sysinfo import collect
 
-    command = "fusedrnn bench" + ("" if not argv else " " + " ".join(argv))
+    command = shlex.join(["fusedrnn", "bench", *(argv or ())])  # runs again as pasted
     return {
         "command": command,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -678,6 +679,8 @@ def _devices(parser: argparse.ArgumentParser, spec: str) -> list[str]:
             parser.error(f"argument --device: invalid device {name!r} (use cpu, cuda, cuda:N, all)")
         if device.type not in ("cpu", "cuda"):
             parser.error(f"argument --device: {name!r} is not a CPU or CUDA device")
+        if device.type == "cpu" and device.index not in (None, 0):
+            parser.error(f"argument --device: {name!r}: the CPU is one device, 'cpu'")
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 parser.error(f"argument --device: {name!r} requested but CUDA is not available")
@@ -686,8 +689,8 @@ def _devices(parser: argparse.ArgumentParser, spec: str) -> list[str]:
                     f"argument --device: {name!r} does not exist "
                     f"({torch.cuda.device_count()} GPU(s) visible)"
                 )
-        devices.append(str(device))
-    return devices
+        devices.append("cpu" if device.type == "cpu" else str(device))
+    return list(dict.fromkeys(devices))  # cpu and cpu:0 are one device
 
 
 def _available_memory() -> int | None:
@@ -753,10 +756,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
     problems = _problems(results)
     for line in problems:
         print(f"fusedrnn bench: {line}", file=sys.stderr)
-    if args.json:
-        write_json(args.json, meta, results)
-    if args.markdown:
-        write_markdown(args.markdown, meta, results)
-    if args.plot:
-        write_plot(args.plot, meta, results)
-    return 1 if problems else 0
+    saved = True
+    for path, write in ((args.json, write_json), (args.markdown, write_markdown),
+                        (args.plot, write_plot)):  # fmt: skip
+        if path:
+            saved &= _cli.save("fusedrnn bench", path, write, meta, results)
+    return 1 if problems or not saved else 0

@@ -79,6 +79,24 @@ TOLERANCES = {
 FD_EPS = 1e-6
 
 
+def _int_or_none(value) -> int | None:
+    """``value`` as an int (a NumPy integer too), None for anything else (a bool too)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1, or a ValueError naming ``name``."""
+    number = _int_or_none(value)
+    if number is None or number < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return number
+
+
 @dataclass(frozen=True)
 class Config:
     """One RNN configuration and the sizes of its test problem."""
@@ -94,6 +112,13 @@ class Config:
     I: int = 3
     H: int = 4
     batch_first: bool = False
+
+    def __post_init__(self):
+        # Sizes of at least 1: an empty problem would compare nothing and pass.
+        for name in ("layers", "T", "B", "I", "H"):
+            _positive_int(name, getattr(self, name))
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {self.nonlinearity!r}")
 
     @property
     def label(self) -> str:
@@ -585,28 +610,34 @@ def check(
     checks: Sequence[str] = CHECKS,
     device: str | torch.device | None = None,
     seed: int = 0,
-    T: int = 5,
-    B: int = 3,
-    packed: bool = False,
-    h0: bool = True,
+    T: int | None = None,
+    B: int | None = None,
+    packed: bool | None = None,
+    h0: bool | None = None,
     max_fd_elements: int = 256,
     autograd_fast_above: int = 150,
 ) -> Report:
     """Check every gradient of a fusedrnn.RNN (or torch.nn.RNN, converted) or a Config.
 
     A module is copied in float64 (its weights kept, dropout off) and run on random inputs
-    of ``T`` steps and batch ``B`` (``packed``: random lengths, with ``h0``: a random
-    initial state). A :class:`Config` carries its own sizes and gets fresh weights from
-    ``seed``. ``checks`` picks from ``CHECKS``. Finite differences sample at most
-    ``max_fd_elements`` per tensor; ``torch.autograd.gradcheck`` uses its fast mode above
-    ``autograd_fast_above`` input elements. Returns a :class:`Report`; ``report.passed``.
+    of ``T`` steps (default 5) and batch ``B`` (default 3); ``packed`` (default False):
+    random lengths; ``h0`` (default True): a random initial state. A :class:`Config`
+    carries its own sizes and layout (passing ``T``, ``B``, ``packed`` or ``h0`` with one
+    is an error) and gets fresh weights from ``seed`` (an int >= 0). ``checks`` picks from
+    ``CHECKS``. Finite differences sample at most ``max_fd_elements`` per tensor;
+    ``torch.autograd.gradcheck`` uses its fast mode above ``autograd_fast_above`` input
+    elements. Returns a :class:`Report`; ``report.passed``. The caller's random state is
+    left as it was.
 
     The copy computes every gradient, also of parameters the module has frozen, and keeps
-    the hooks registered on its parameters (so a hook that changes a gradient fails the
-    check, as a module hook does; the hooks run, on the copy's float64 gradients).
-    Parametrized weights are refused. A torch.nn.RNN subclass with its own ``forward`` is
-    refused: the conversion would check fusedrnn's forward, not that one. Runs with
-    gradients on whatever mode the caller is in (``no_grad``, ``inference_mode``).
+    the hooks registered on its parameters and on the module (forward, forward pre- and
+    full backward hooks; so a hook that changes an output or a gradient fails the check;
+    the hooks run, on the copy's float64 tensors). Hooks that run after a gradient is
+    accumulated into ``.grad`` (``register_post_accumulate_grad_hook``) are not part of
+    the gradient autograd computes and are not checked. Parametrized weights are refused.
+    A torch.nn.RNN subclass with its own ``forward`` is refused: the conversion would check
+    fusedrnn's forward, not that one. Runs with gradients on whatever mode the caller is in
+    (``no_grad``, ``inference_mode``). The meta device has no values to check: refused.
     """
     if isinstance(checks, str):
         checks = (checks,)
@@ -617,26 +648,56 @@ def check(
             raise ValueError(f"checks: unknown check {name!r}, expected some of {CHECKS}")
     if max_fd_elements < 1:  # 0 would pass the finite differences with nothing compared
         raise ValueError(f"max_fd_elements must be at least 1, got {max_fd_elements}")
-    sizes = []
-    for name, value in (("T", T), ("B", B)):
-        try:
-            value = operator.index(value)  # an int, a NumPy integer...
-        except TypeError:
-            raise ValueError(f"{name} must be a positive int, got {value!r}") from None
-        if value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-        sizes.append(value)
-    T, B = sizes
+    layout = {"T": T, "B": B, "packed": packed, "h0": h0}
+    if isinstance(module_or_config, Config):
+        given = [name for name, value in layout.items() if value is not None]
+        if given:  # they would be ignored: the Config's own are checked
+            raise ValueError(
+                f"{', '.join(given)}: a Config carries its own; set them in it "
+                f"(dataclasses.replace(config, {given[0]}=...))"
+            )
+    else:
+        T = _positive_int("T", 5 if T is None else T)
+        B = _positive_int("B", 3 if B is None else B)
+        packed = False if packed is None else bool(packed)
+        h0 = True if h0 is None else bool(h0)
+    number = _int_or_none(seed)
+    if number is None or not 0 <= number < 2**63:  # what NumPy's and torch's seeds take
+        raise ValueError(f"seed must be an int in 0..2**63-1, got {seed!r}")
+    seed = number
     with torch.inference_mode(False), torch.enable_grad():
         return _check(module_or_config, checks, device, seed, T, B, packed, h0, max_fd_elements,
                       autograd_fast_above)  # fmt: skip
+
+
+# Where nn.Module keeps the hooks registered on a module (torch 2.10 and on).
+_MODULE_HOOK_ATTRIBUTES = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+    "_is_full_backward_hook",
+)
+
+
+def _checkable_device(device) -> torch.device:
+    """``device`` if values can be computed there, else a ValueError that says why."""
+    device = torch.device(device)
+    if device.type == "meta":
+        raise ValueError("device: the meta device holds no values to check; use cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {str(device)!r} requested but CUDA is not available")
+    return device
 
 
 def _check(module_or_config, checks, device, seed, T, B, packed, h0, max_fd_elements,
            autograd_fast_above) -> Report:  # fmt: skip
     if isinstance(module_or_config, Config):
         config = module_or_config
-        device = torch.device(device or "cpu")
+        device = _checkable_device(device or "cpu")
         module = config.module(device, seed)
         label = config.label
     elif isinstance(module_or_config, (RNN, nn.RNN)):
@@ -654,9 +715,14 @@ def _check(module_or_config, checks, device, seed, T, B, packed, h0, max_fd_elem
                     "its own forward) would be checked as the fusedrnn.RNN it converts to, "
                     "without that forward: pass a fusedrnn.RNN (or a subclass of it)"
                 )
-            source = RNN.from_torch(source)
+            converted = RNN.from_torch(source)
+            # deepcopy (below) keeps a module's own hooks; from_torch builds a new module.
+            for name in _MODULE_HOOK_ATTRIBUTES:
+                if hasattr(source, name):
+                    converted.__dict__[name] = copy.copy(getattr(source, name))
+            source = converted
         weight = source.weight_ih_l0
-        device = torch.device(device or weight.device)
+        device = _checkable_device(device or weight.device)
         module = copy.deepcopy(source).to(device=device, dtype=torch.float64)
         module.dropout = 0.0
         # The caller's parameters (a torch.nn.RNN's too: from_torch made new ones), in the
@@ -948,9 +1014,12 @@ def _run_flow(args: argparse.Namespace, parser: argparse.ArgumentParser, device)
     print(f"||dL/dh_t|| with the loss on the last step t = T = {T}, H = {H}, fused BPTT kernel")
     print(_flow_table(flows, T))
     print("factor/step: (||dL/dh_0|| / ||dL/dh_T||)^(1/T), the mean shrink or growth per step")
+    saved = True
     if args.json:  # strict JSON: a norm that overflowed is null
-        _cli.write_json(
+        saved = _cli.save(
+            "fusedrnn gradcheck",
             args.json,
+            _cli.write_json,
             {
                 "T": T,
                 "H": H,
@@ -962,9 +1031,11 @@ def _run_flow(args: argparse.Namespace, parser: argparse.ArgumentParser, device)
             indent=None,
         )
     if args.plot:
-        _flow_plot(args.plot, flows, T, H)
-        print(f"plot written to {args.plot}")
-    return 0
+        if _cli.save("fusedrnn gradcheck", args.plot, _flow_plot, flows, T, H):
+            print(f"plot written to {args.plot}")
+        else:
+            saved = False
+    return 0 if saved else 1
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) -> int:
@@ -1007,6 +1078,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
         if args.verbose:
             print(f"  {config.label}: {'pass' if part.passed else 'FAIL'}", flush=True)
     print(report.format(verbose=args.verbose))
-    if args.json:
-        _cli.write_json(args.json, report.to_dict())
-    return 0 if report.passed else 1
+    saved = not args.json or _cli.save("fusedrnn gradcheck", args.json, _cli.write_json,
+                                       report.to_dict())  # fmt: skip
+    return 0 if report.passed and saved else 1

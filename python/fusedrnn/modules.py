@@ -83,7 +83,9 @@ _CELL_ARGS = ("input_size", "hidden_size", "bias", "nonlinearity")
 def _rebuild(cls: type[nn.Module], source: nn.Module, arg_names: tuple[str, ...]):
     """A ``cls`` built with ``source``'s arguments, device and dtype, weights and training
     flag. An RNN's activation is the one it runs by, its ``mode`` (nn.RNN ignores a
-    ``nonlinearity`` assigned after construction)."""
+    ``nonlinearity`` assigned after construction). Built on the meta device and then
+    given memory, so that no random initialization runs: converting a model leaves the
+    caller's random number stream where it was (the same dropout masks afterwards)."""
     weight = source.weight_hh if isinstance(source, nn.RNNCellBase) else source.weight_hh_l0
 
     def arg(name):
@@ -91,7 +93,8 @@ def _rebuild(cls: type[nn.Module], source: nn.Module, arg_names: tuple[str, ...]
             return _MODE_ACTIVATION.get(source.mode, source.nonlinearity)
         return getattr(source, name)
 
-    module = cls(*(arg(name) for name in arg_names), device=weight.device, dtype=weight.dtype)
+    module = cls(*(arg(name) for name in arg_names), device="meta", dtype=weight.dtype)
+    module = module.to_empty(device=weight.device)
     state = source.state_dict()
     keys = module.state_dict().keys()
     if state.keys() != keys:

@@ -127,10 +127,11 @@ def rnn_backward(
     else:
         h = np.asarray(h, np.float64)
     xf, rows, padded_shape = _flatten(x, batch_sizes)
-    hf = h.reshape(-1, H)
+    N = xf.shape[0]  # (explicit sizes: -1 cannot be inferred for an empty batch)
+    hf = h.reshape(N, H)
     B = len(rows)
     h0 = np.zeros((B, H)) if h0 is None else np.asarray(h0, np.float64)
-    gh = np.zeros_like(hf) if grad_h is None else np.asarray(grad_h, np.float64).reshape(-1, H)
+    gh = np.zeros_like(hf) if grad_h is None else np.asarray(grad_h, np.float64).reshape(N, H)
     ghn = np.zeros((B, H)) if grad_hn is None else np.asarray(grad_hn, np.float64)
 
     dx = np.zeros_like(xf)
@@ -152,7 +153,7 @@ def rnn_backward(
             carry = w_hh.T @ d
         dh0[b] = carry
     if padded_shape is not None:
-        dx = dx.reshape(*padded_shape, -1)
+        dx = dx.reshape(*padded_shape, xf.shape[1])
         dpre = dpre.reshape(*padded_shape, H)
     return {
         "x": dx,

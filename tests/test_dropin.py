@@ -1648,3 +1648,24 @@ def test_float32_accuracy_is_that_of_nn_rnn():
                 for g, t in zip(grads(model, f32), truth, strict=True):
                     worst[name] = max(worst[name], float((g.double() - t).abs().max()))
         assert worst["fused"] <= 2 * worst["nn"] + 1e-7, (T, B, worst)
+
+
+def test_converting_leaves_the_random_stream_alone():
+    """from_torch / to_torch build the new module without a random initialization (its
+    weights are overwritten anyway): swapping a model's layer for fusedrnn's after seeding
+    leaves the draws that follow (dropout masks, data order) as they were. Up to session 19
+    each conversion drew a full initialization from the global generator."""
+    torch.manual_seed(3)
+    ref = nn.RNN(3, 4, num_layers=2, bidirectional=True)
+    cell = nn.RNNCell(3, 4, nonlinearity="relu", dtype=f64)
+    want = torch.rand(5)
+    torch.manual_seed(3)
+    ref = nn.RNN(3, 4, num_layers=2, bidirectional=True)
+    cell = nn.RNNCell(3, 4, nonlinearity="relu", dtype=f64)
+    ours, ours_cell = fusedrnn.RNN.from_torch(ref), fusedrnn.RNNCell.from_torch(cell)
+    back, back_cell = ours.to_torch(), ours_cell.to_torch()
+    assert torch.equal(torch.rand(5), want)
+    for a, b in ((ref, ours), (ours, back), (cell, ours_cell), (ours_cell, back_cell)):
+        for (name, p), (other, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+            assert name == other and torch.equal(p, q) and p.dtype == q.dtype
+    assert ours_cell.nonlinearity == "relu" and back_cell.weight_ih.dtype == f64

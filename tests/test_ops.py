@@ -76,6 +76,18 @@ def test_opcheck_backward():
     )
 
 
+def test_opcheck_output_copy():
+    """The fourth registered op: the copy of the output that compiled and exported training
+    graphs return (ops.private_when_compiled). A copy, not an alias, and its gradient is
+    the incoming one."""
+    x = torch.randn(5, 3, dtype=f64, requires_grad=True)
+    torch.library.opcheck(torch.ops.fusedrnn.output_copy.default, (x,))
+    y = torch.ops.fusedrnn.output_copy(x)
+    assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()
+    g = torch.randn_like(y)
+    assert torch.equal(torch.autograd.grad(y, x, g)[0], g)
+
+
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("lengths", [None, [4, 2, 1]], ids=["padded", "packed"])

@@ -175,10 +175,14 @@ def test_fallback_configurations_agree_with_nn_rnn(env):
     # Lower instruction sets (FUSEDRNN_CPU_ISA) and our own thread team instead of torch's
     # OpenMP workers (FUSEDRNN_CPU_THREADS=own), chosen at load time: a fresh process each.
     # Both dtypes: each table has its own vector code per dtype (the packs' register
-    # transposes among it); sizes that are no multiple of any vector width.
+    # transposes among it); sizes that are no multiple of any vector width. In float32 the
+    # absolute tolerance scales with each tensor's largest value: a weight gradient sums
+    # 54 rows of terms up to ~30, and an element that cancels to ~1e-2 differs by ~1.5e-5
+    # between two correct float32 orders (session 20: both within 2e-5 of the float64
+    # truth, where the gradient reaches ~90; a fixed atol of 1e-5 failed on one input).
     code = (
         "import torch, fusedrnn; from fusedrnn import _C\n"
-        "for dtype, tol in ((torch.float64, {}), (torch.float32, dict(rtol=1e-4, atol=1e-5))):\n"
+        "for dtype, scale in ((torch.float64, 0.0), (torch.float32, 1e-6)):\n"
         "    torch.manual_seed(0)\n"
         "    ref = torch.nn.RNN(20, 300, num_layers=2, bidirectional=True, dtype=dtype)\n"
         "    m = fusedrnn.RNN.from_torch(ref)\n"
@@ -189,6 +193,7 @@ def test_fallback_configurations_agree_with_nn_rnn(env):
         "        return [o, h] + [p.grad.clone() for p in mod.parameters()]\n"
         "    want = run(ref, 2); one = run(m, 1); two = run(m, 2)\n"
         "    for a, b, c in zip(want, one, two):\n"
+        "        tol = dict(rtol=1e-4, atol=scale * a.abs().max().item()) if scale else {}\n"
         "        torch.testing.assert_close(b, a, **tol); assert torch.equal(b, c)\n"
         "print(_C.cpu_isa())\n"
     )

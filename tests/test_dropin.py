@@ -14,6 +14,7 @@ import pickle
 import socket
 import subprocess
 import sys
+import threading
 import time
 import weakref
 import zlib
@@ -938,8 +939,17 @@ def test_low_precision_model_matches_nn_rnn_in_that_dtype(dtype):
     torch.testing.assert_close(got_hn.float(), want_hn.float(), rtol=2e-2, atol=2e-2)
     for g, w in zip(got_grads, want_grads, strict=True):
         assert _rel(g, w) < 5e-2
-    assert _rel(got, want32) < _rel(want, want32)
-    assert _rel(got_hn, want32_hn) < _rel(want_hn, want32_hn)
+
+    # Closer to the float32 result than nn.RNN in that dtype, by the norm of the error: the
+    # largest error (_rel) is one rounding of that dtype in both, so which one is larger
+    # depends on the input (seed 0's draw changed with session 20's from_torch, and h_n's
+    # largest errors were 0.00372 against nn.RNN's 0.00368 under torch 2.13). By the norm
+    # fusedrnn was closer for 20 seeds out of 20 in both dtypes (session 20).
+    def error(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    assert error(got, want32) < error(want, want32)
+    assert error(got_hn, want32_hn) < error(want_hn, want32_hn)
 
 
 # -- the output changed in place before the backward ----------------------------------------
@@ -1478,6 +1488,59 @@ def test_compile_fullgraph_padded_and_packed():
         [x, h0, *rnn.parameters()],
         TOL[f32],
     )
+
+
+def test_compile_with_a_transposed_state_and_under_checkpoint():
+    """Found by session 20's review of torch.compile. A state whose [B, H] slices are
+    transposed views (an h0 computed as (W z^T)^T): Inductor asserted on h_n's strides,
+    because the fake kernels gave h_n h0's strides where the kernels write it contiguous
+    (without Inductor's size asserts h_n came out wrong). A layer under
+    torch.utils.checkpoint in a fullgraph compile: Dynamo could not trace the thread-local
+    flag that ops.rnn_layer sets ('Observed exception'; without fullgraph the whole model
+    silently ran eagerly)."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    ref = nn.RNN(5, 6)
+    ours = fusedrnn.RNN.from_torch(ref)
+    x, hx = torch.randn(4, 3, 5), torch.randn(1, 6, 3).transpose(1, 2)
+
+    def step(module):
+        def run(x, hx):
+            out, hn = module(x, hx)
+            return out, hn * 2 + 1
+
+        return run
+
+    compiled = torch.compile(step(ours), fullgraph=True)
+    for got, want in zip(compiled(x, hx), step(ref)(x, hx), strict=True):
+        torch.testing.assert_close(got, want, **TOL[f32])
+
+    for layer, inp in ((ours, x), (fusedrnn.RNNCell(5, 6), x[0])):
+        torch._dynamo.reset()
+        inp = inp.clone().requires_grad_(True)  # a leaf (Dynamo warns on a view's .grad)
+
+        def checkpointed(inp, layer=layer):
+            out = checkpoint(layer, inp, use_reentrant=False)
+            return out[0] if isinstance(out, tuple) else out
+
+        params = [inp, *layer.parameters()]
+        results = []
+
+        def run(f, inp=inp, params=params, results=results):
+            out = f(inp)
+            results.append((out, *torch.autograd.grad(out.square().sum(), params)))
+
+        # Compiled first, in a thread of its own: the failure needed a thread whose
+        # thread-local flag no eager call had set yet (a user's first call).
+        thread = threading.Thread(target=run, args=(torch.compile(checkpointed, fullgraph=True),))
+        thread.start()
+        thread.join()
+        assert len(results) == 1, "the compiled call raised (see the thread's traceback)"
+        run(checkpointed)
+        for got, want in zip(results[0], results[1], strict=True):
+            torch.testing.assert_close(got, want, **TOL[f32])
 
 
 @pytest.mark.skipif(

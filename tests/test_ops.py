@@ -76,6 +76,34 @@ def test_opcheck_backward():
     )
 
 
+def test_fake_kernels_give_the_real_kernels_strides():
+    """The fakes (what torch.compile and export plan with) allocated outputs like a
+    transposed h0 / grad_hn / h, where the real ops write contiguous ones: Inductor then
+    asserted on h_n's strides, or without its size asserts read h_n wrongly (session 20's
+    review). opcheck's fake-tensor test compares strides, on each op with transposed
+    operands."""
+    x, w_ih, w_hh, b_ih, b_hh, h0, bs = _layer_inputs(T=3, B=2, I=2, H=4)
+    h0_t = h0.t().contiguous().t()  # [B, H] with strides (1, B)
+    torch.library.opcheck(
+        torch.ops.fusedrnn.rnn_layer_forward.default,
+        (x, w_ih, w_hh, b_ih, b_hh, h0_t, bs, False, "tanh"),
+        test_utils=("test_faketensor",),
+    )
+    h, _ = ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, bs, False, "tanh")
+    h_t, g_hn_t = h.t().contiguous().t(), torch.randn(4, 2, dtype=f64).t()
+    torch.library.opcheck(
+        torch.ops.fusedrnn.rnn_layer_backward.default,
+        (w_hh, h_t, torch.randn_like(h), g_hn_t, bs, False, "tanh"),
+        test_utils=("test_faketensor",),
+    )
+    torch.library.opcheck(
+        torch.ops.fusedrnn.rnn_layer_grads.default,
+        (x, w_ih, w_hh, h0, h, torch.randn_like(h), g_hn_t, bs, False, "tanh", True, True,
+         True, True),
+        test_utils=("test_faketensor",),
+    )  # fmt: skip
+
+
 def test_opcheck_output_copy():
     """The fourth registered op: the copy of the output that compiled and exported training
     graphs return (ops.private_when_compiled). A copy, not an alias, and its gradient is

@@ -368,7 +368,9 @@ def rnn_layer_forward(
 @rnn_layer_forward.register_fake
 def _(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
     check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity, check_values=False)
-    return x.new_empty((x.shape[0], w_hh.shape[0])), torch.empty_like(h0)
+    # Contiguous, as the kernels write them (empty_like would copy the strides of a
+    # transposed h0, and a compiled graph then reads hn with the wrong ones).
+    return x.new_empty((x.shape[0], w_hh.shape[0])), h0.new_empty(h0.shape)
 
 
 # The backward op reuses the forward checks: h in the place of x, grad_hn in that of h0.
@@ -464,7 +466,7 @@ def _(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
         check_values=False,
         names=_BACKWARD_NAMES,
     )
-    return torch.empty_like(h), torch.empty_like(grad_hn)
+    return h.new_empty(h.shape), grad_hn.new_empty(grad_hn.shape)  # contiguous (see above)
 
 
 def _prev_state_grad(dP: Tensor, h: Tensor, h0: Tensor, batch_sizes: Tensor, reverse: bool):
@@ -1051,7 +1053,7 @@ def _(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
         h.new_empty((H, x.shape[1])) if need_dw_ih else h.new_empty(0),
         h.new_empty((H, H)) if need_dw_hh else h.new_empty(0),
         h.new_empty((H,)) if need_db else h.new_empty(0),
-        torch.empty_like(grad_hn),
+        h.new_empty(grad_hn.shape),  # contiguous, as _grads_impl's
     )
 
 
@@ -1678,13 +1680,19 @@ def rnn_layer(
     if not _plain_eager(x, w_ih, w_hh, b_ih, b_hh, h0):
         # The dispatcher would reject a non-tensor before the checks could name it.
         _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
-        # The registered op's setup_context cannot take the flag (it gets the op's
-        # arguments): it reads it here, in this thread, during the call.
-        _CALL.output_to_caller = output_to_caller
-        try:
+        if torch.compiler.is_compiling():
+            # Traced, the output is no plain tensor and setup_context keeps nothing for it
+            # (_keep_for_recompute): no flag to pass, and Dynamo cannot trace the
+            # thread-local below inside some regions (torch.utils.checkpoint's).
             h, hn = rnn_layer_forward(*args)
-        finally:
-            _CALL.output_to_caller = False
+        else:
+            # The registered op's setup_context cannot take the flag (it gets the op's
+            # arguments): it reads it here, in this thread, during the call.
+            _CALL.output_to_caller = output_to_caller
+            try:
+                h, hn = rnn_layer_forward(*args)
+            finally:
+                _CALL.output_to_caller = False
         return (private_when_compiled(h) if output_to_caller else h), hn
     if records_graph(x, w_ih, w_hh, b_ih, b_hh, h0):
         return _eager_layer_apply(*args, None, output_to_caller)

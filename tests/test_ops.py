@@ -104,7 +104,8 @@ def test_fake_kernels_give_the_real_kernels_strides():
     )  # fmt: skip
 
 
-def test_opcheck_output_copy():
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+def test_opcheck_output_copy():  # (the filter: torch 2.15's opcheck, as test_opcheck_forward)
     """The fourth registered op: the copy of the output that compiled and exported training
     graphs return (ops.private_when_compiled). A copy, not an alias, and its gradient is
     the incoming one."""

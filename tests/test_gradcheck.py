@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -87,6 +88,8 @@ def test_check_rejects_what_it_cannot_check():
             check(meta)  # was "Cannot copy out of meta tensor" after the passes
     with pytest.raises(ValueError, match="the meta device holds no values"):
         check(fusedrnn.RNN(2, 3), device="meta")
+    with pytest.raises(ValueError, match="the meta device holds no values"):
+        check(fusedrnn.RNN(2, 3, device="meta"), device="cpu")
 
 
 def test_check_sees_frozen_weights_hooks_and_any_grad_mode():
@@ -138,6 +141,20 @@ def test_check_keeps_the_module_hooks_of_a_torch_rnn_too():
             register(module)
             assert not check(module, checks=["reference"]).passed, (kind, cls)
             assert check(cls(3, 4), checks=["reference"]).passed
+
+    class Counter:  # a hook that deepcopy cannot copy: it is kept as it is, and runs
+        def __init__(self):
+            self.lock, self.calls = threading.Lock(), 0
+
+        def hook(self, module, inputs, output):
+            with self.lock:
+                self.calls += 1
+
+    for cls in (torch.nn.RNN, fusedrnn.RNN):
+        counter = Counter()
+        module = cls(3, 4)
+        module.register_forward_hook(counter.hook)
+        assert check(module, checks=["reference"]).passed and counter.calls > 0
 
 
 def test_reference_composition_matches_nn_rnn():

@@ -7,8 +7,10 @@ provides ``add_arguments(parser)`` and ``run(args, parser, argv) -> exit status`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -71,9 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = args.handler(args, args.parser, argv[1:])
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return status
-    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT
+    except KeyboardInterrupt:  # Ctrl-C: one line instead of a traceback, then
         print(f"\nfusedrnn {args.command}: interrupted", file=sys.stderr)
-        return 130
+        # ... end by SIGINT itself, as an uncaught KeyboardInterrupt does: a shell stops a
+        # script only when its child died of the signal (a plain exit 130 lets it go on).
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        return 130  # (not reached where the signal ends the process)
     except BrokenPipeError:  # the reader went away (`fusedrnn bench | head -1`)
         # Python flushes stdout again at exit: point it at /dev/null so that flush is quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

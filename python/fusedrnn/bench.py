@@ -746,6 +746,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
             results.append(run_case(case, min_time, args.warmup, args.seed))
             bar.update()
 
+    # The files first: a reader that has gone (`| head -1`) ends the run at the next print.
+    saved = True
+    for path, write in ((args.json, write_json), (args.markdown, write_markdown),
+                        (args.plot, write_plot)):  # fmt: skip
+        if path:
+            saved &= _cli.save("fusedrnn bench", path, write, meta, results)
     print(_cli.format_table(HEADERS, table_rows(results)))
     print(
         "ms: median per call (training = forward + backward); speed-up: nn.RNN ms / fusedrnn ms;"
@@ -756,9 +762,4 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
     problems = _problems(results)
     for line in problems:
         print(f"fusedrnn bench: {line}", file=sys.stderr)
-    saved = True
-    for path, write in ((args.json, write_json), (args.markdown, write_markdown),
-                        (args.plot, write_plot)):  # fmt: skip
-        if path:
-            saved &= _cli.save("fusedrnn bench", path, write, meta, results)
     return 1 if problems or not saved else 0

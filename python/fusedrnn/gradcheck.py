@@ -683,6 +683,22 @@ _MODULE_HOOK_ATTRIBUTES = (
 )
 
 
+def _copy_with_hooks(module: nn.Module, hooks_of: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` that holds the hooks registered on ``hooks_of`` (the
+    caller's module: ``module`` itself, or the torch.nn.RNN it was converted from) as they
+    are, not copies of them: a hook may hold what deepcopy cannot copy (a lock), and
+    should run as registered."""
+    memo = {}
+    for name in _MODULE_HOOK_ATTRIBUTES:
+        own, theirs = getattr(module, name, None), getattr(hooks_of, name, None)
+        if isinstance(own, dict) and isinstance(theirs, dict):
+            memo[id(own)] = copy.copy(theirs)  # deepcopy takes it as the copy of `own`
+    copied = copy.deepcopy(module, memo)
+    if hasattr(hooks_of, "_is_full_backward_hook"):
+        copied._is_full_backward_hook = hooks_of._is_full_backward_hook
+    return copied
+
+
 def _checkable_device(device) -> torch.device:
     """``device`` if values can be computed there, else a ValueError that says why."""
     device = torch.device(device)
@@ -715,15 +731,11 @@ def _check(module_or_config, checks, device, seed, T, B, packed, h0, max_fd_elem
                     "its own forward) would be checked as the fusedrnn.RNN it converts to, "
                     "without that forward: pass a fusedrnn.RNN (or a subclass of it)"
                 )
-            converted = RNN.from_torch(source)
-            # deepcopy (below) keeps a module's own hooks; from_torch builds a new module.
-            for name in _MODULE_HOOK_ATTRIBUTES:
-                if hasattr(source, name):
-                    converted.__dict__[name] = copy.copy(getattr(source, name))
-            source = converted
+            source = RNN.from_torch(source)  # (a new module: no hooks)
         weight = source.weight_ih_l0
+        _checkable_device(weight.device)  # (a meta module has no values to copy either)
         device = _checkable_device(device or weight.device)
-        module = copy.deepcopy(source).to(device=device, dtype=torch.float64)
+        module = _copy_with_hooks(source, module_or_config).to(device=device, dtype=torch.float64)
         module.dropout = 0.0
         # The caller's parameters (a torch.nn.RNN's too: from_torch made new ones), in the
         # same order as the copy's.
@@ -1011,10 +1023,7 @@ def _run_flow(args: argparse.Namespace, parser: argparse.ArgumentParser, device)
         for nl in args.nonlinearity
         for radius in args.radii
     }
-    print(f"||dL/dh_t|| with the loss on the last step t = T = {T}, H = {H}, fused BPTT kernel")
-    print(_flow_table(flows, T))
-    print("factor/step: (||dL/dh_0|| / ||dL/dh_T||)^(1/T), the mean shrink or growth per step")
-    saved = True
+    saved = True  # the files first (see bench.run)
     if args.json:  # strict JSON: a norm that overflowed is null
         saved = _cli.save(
             "fusedrnn gradcheck",
@@ -1030,11 +1039,14 @@ def _run_flow(args: argparse.Namespace, parser: argparse.ArgumentParser, device)
             },
             indent=None,
         )
-    if args.plot:
-        if _cli.save("fusedrnn gradcheck", args.plot, _flow_plot, flows, T, H):
-            print(f"plot written to {args.plot}")
-        else:
-            saved = False
+    plotted = bool(args.plot) and _cli.save("fusedrnn gradcheck", args.plot, _flow_plot, flows,
+                                             T, H)  # fmt: skip
+    saved = saved and (plotted or not args.plot)
+    print(f"||dL/dh_t|| with the loss on the last step t = T = {T}, H = {H}, fused BPTT kernel")
+    print(_flow_table(flows, T))
+    print("factor/step: (||dL/dh_0|| / ||dL/dh_T||)^(1/T), the mean shrink or growth per step")
+    if plotted:
+        print(f"plot written to {args.plot}")
     return 0 if saved else 1
 
 
@@ -1077,7 +1089,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
         report.extend(part)
         if args.verbose:
             print(f"  {config.label}: {'pass' if part.passed else 'FAIL'}", flush=True)
+    # The file first (see bench.run).
+    saved = not args.json or _cli.save(
+        "fusedrnn gradcheck", args.json, _cli.write_json, report.to_dict()
+    )
     print(report.format(verbose=args.verbose))
-    saved = not args.json or _cli.save("fusedrnn gradcheck", args.json, _cli.write_json,
-                                       report.to_dict())  # fmt: skip
     return 0 if report.passed and saved else 1

@@ -83,9 +83,10 @@ _CELL_ARGS = ("input_size", "hidden_size", "bias", "nonlinearity")
 def _rebuild(cls: type[nn.Module], source: nn.Module, arg_names: tuple[str, ...]):
     """A ``cls`` built with ``source``'s arguments, device and dtype, weights and training
     flag. An RNN's activation is the one it runs by, its ``mode`` (nn.RNN ignores a
-    ``nonlinearity`` assigned after construction). Built on the meta device and then
-    given memory, so that no random initialization runs: converting a model leaves the
-    caller's random number stream where it was (the same dropout masks afterwards)."""
+    ``nonlinearity`` assigned after construction). Built as usual (a subclass's own
+    ``__init__`` and buffers included), with the random initialization it overwrites drawn
+    from a forked generator: converting a model leaves the caller's random number stream
+    where it was (the same dropout masks afterwards)."""
     weight = source.weight_hh if isinstance(source, nn.RNNCellBase) else source.weight_hh_l0
 
     def arg(name):
@@ -93,8 +94,12 @@ def _rebuild(cls: type[nn.Module], source: nn.Module, arg_names: tuple[str, ...]
             return _MODE_ACTIVATION.get(source.mode, source.nonlinearity)
         return getattr(source, name)
 
-    module = cls(*(arg(name) for name in arg_names), device="meta", dtype=weight.dtype)
-    module = module.to_empty(device=weight.device)
+    device = weight.device
+    forked = []  # the CUDA device whose generator the initialization draws from, if any
+    if device.type == "cuda":
+        forked = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=forked):
+        module = cls(*(arg(name) for name in arg_names), device=device, dtype=weight.dtype)
     state = source.state_dict()
     keys = module.state_dict().keys()
     if state.keys() != keys:
@@ -445,8 +450,9 @@ class RNN(nn.RNNBase):
                        else type(batch_sizes).__name__)
                 )  # fmt: skip
             if batch_sizes.dtype != torch.int64:  # with torch.nn.RNN's exception types
+                # (a TypeError from its zeros() for a made state, else its kernel's error)
                 floating = batch_sizes.is_floating_point() or batch_sizes.is_complex()
-                raise (TypeError if floating else RuntimeError)(
+                raise (TypeError if floating and hx is None else RuntimeError)(
                     "RNN: a PackedSequence's batch_sizes must have dtype torch.int64, got "
                     f"{batch_sizes.dtype}"
                 )
@@ -628,6 +634,8 @@ class RNNCell(nn.RNNCell):
         else, which ``forward``'s general path serves or reports."""
         if not ops.fast_input_cpu(input) or self.nonlinearity not in ops.NONLINEARITIES:
             return None
+        if type(self).check_forward_args is not RNNCell.check_forward_args:
+            return None  # a subclass's own checks: the general path calls them
         dtype = input.dtype
         dim = input.dim()
         if dim == 2:
@@ -694,7 +702,10 @@ class RNNCell(nn.RNNCell):
         elif not is_batched:
             hx = hx.unsqueeze(0)
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        self._check_forward_args(input, hx, weights[0], weights[1])
+        if type(self).check_forward_args is not RNNCell.check_forward_args:
+            self.check_forward_args(input, hx)  # a subclass's own (off the lean path too)
+        else:
+            self._check_forward_args(input, hx, weights[0], weights[1])
         _check_weight_devices(input, *weights)
         _check_weights_by_name(input, "", weights, self.hidden_size, self.input_size)
 

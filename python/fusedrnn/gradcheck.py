@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from . import _cli, ops, reference
-from .modules import RNN
+from .modules import RNN, _forked_rng
 
 __all__ = [
     "CHECKS",
@@ -138,11 +138,7 @@ class Config:
     def module(self, device: str | torch.device = "cpu", seed: int = 0) -> RNN:
         """A float64 fusedrnn.RNN of this configuration, its weights drawn from ``seed``
         (the caller's global random state is left as it was, on the CPU and the device)."""
-        dev = torch.device(device)
-        forked = []  # the CUDA device whose generator RNN's init draws from, if any
-        if dev.type == "cuda":
-            forked = [dev.index if dev.index is not None else torch.cuda.current_device()]
-        with torch.random.fork_rng(devices=forked):
+        with _forked_rng(device):
             torch.manual_seed(seed)
             return RNN(
                 self.I,
@@ -1039,9 +1035,10 @@ def _run_flow(args: argparse.Namespace, parser: argparse.ArgumentParser, device)
             },
             indent=None,
         )
-    plotted = bool(args.plot) and _cli.save("fusedrnn gradcheck", args.plot, _flow_plot, flows,
-                                             T, H)  # fmt: skip
-    saved = saved and (plotted or not args.plot)
+    plotted = False
+    if args.plot:
+        plotted = _cli.save("fusedrnn gradcheck", args.plot, _flow_plot, flows, T, H)
+        saved = saved and plotted
     print(f"||dL/dh_t|| with the loss on the last step t = T = {T}, H = {H}, fused BPTT kernel")
     print(_flow_table(flows, T))
     print("factor/step: (||dL/dh_0|| / ||dL/dh_T||)^(1/T), the mean shrink or growth per step")

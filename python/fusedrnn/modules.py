@@ -80,6 +80,17 @@ _RNN_ARGS = (
 _CELL_ARGS = ("input_size", "hidden_size", "bias", "nonlinearity")
 
 
+def _forked_rng(device: str | torch.device):
+    """``torch.random.fork_rng`` of the generators that initializing a module on ``device``
+    draws from: the CPU's, and for a CUDA device that device's. The caller's random state
+    is as it was afterwards."""
+    device = torch.device(device)
+    forked = []
+    if device.type == "cuda":
+        forked = [device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.random.fork_rng(devices=forked)
+
+
 def _rebuild(cls: type[nn.Module], source: nn.Module, arg_names: tuple[str, ...]):
     """A ``cls`` built with ``source``'s arguments, device and dtype, weights and training
     flag. An RNN's activation is the one it runs by, its ``mode`` (nn.RNN ignores a
@@ -94,12 +105,8 @@ def _rebuild(cls: type[nn.Module], source: nn.Module, arg_names: tuple[str, ...]
             return _MODE_ACTIVATION.get(source.mode, source.nonlinearity)
         return getattr(source, name)
 
-    device = weight.device
-    forked = []  # the CUDA device whose generator the initialization draws from, if any
-    if device.type == "cuda":
-        forked = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=forked):
-        module = cls(*(arg(name) for name in arg_names), device=device, dtype=weight.dtype)
+    with _forked_rng(weight.device):
+        module = cls(*(arg(name) for name in arg_names), device=weight.device, dtype=weight.dtype)
     state = source.state_dict()
     keys = module.state_dict().keys()
     if state.keys() != keys:
@@ -155,9 +162,9 @@ _RNN_FORWARD_CHECKS = ("check_forward_args", "check_input", "get_expected_hidden
 _RNN_FORWARD_HOOKS = (*_RNN_FORWARD_CHECKS, "permute_hidden")
 
 
-def _overrides_checks(cls: type, names: tuple[str, ...]) -> bool:
-    """``cls`` defines its own version of one of ``names`` (nn.RNNBase's methods)."""
-    return any(getattr(cls, name) is not getattr(nn.RNNBase, name) for name in names)
+def _overrides_checks(cls: type, names: tuple[str, ...], base: type = nn.RNNBase) -> bool:
+    """``cls`` defines its own version of one of ``names`` (``base``'s methods)."""
+    return any(getattr(cls, name) is not getattr(base, name) for name in names)
 
 
 def _check_weights_by_name(input: Tensor, suffix: str, weights, hidden_size: int,
@@ -602,6 +609,14 @@ class RNNCell(nn.RNNCell):
     def __prepare_scriptable__(self):
         _refuse_script(self)
 
+    # A subclass overrides check_forward_args: forward calls it (once per class, here,
+    # instead of on every call of the lean path).
+    _own_checks = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._own_checks = _overrides_checks(cls, ("check_forward_args",), RNNCell)
+
     def check_forward_args(self, input: Tensor, hx: Tensor) -> None:
         """``torch.nn.RNNCell``'s checks on batched input, with its messages and types."""
         self._check_forward_args(input, hx, self.weight_ih, self.weight_hh)
@@ -634,7 +649,7 @@ class RNNCell(nn.RNNCell):
         else, which ``forward``'s general path serves or reports."""
         if not ops.fast_input_cpu(input) or self.nonlinearity not in ops.NONLINEARITIES:
             return None
-        if type(self).check_forward_args is not RNNCell.check_forward_args:
+        if self._own_checks:
             return None  # a subclass's own checks: the general path calls them
         dtype = input.dtype
         dim = input.dim()
@@ -702,7 +717,7 @@ class RNNCell(nn.RNNCell):
         elif not is_batched:
             hx = hx.unsqueeze(0)
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        if type(self).check_forward_args is not RNNCell.check_forward_args:
+        if self._own_checks:
             self.check_forward_args(input, hx)  # a subclass's own (off the lean path too)
         else:
             self._check_forward_args(input, hx, weights[0], weights[1])

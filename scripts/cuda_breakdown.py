@@ -8,9 +8,12 @@ For each case (float32, TF32 off, one layer, input size = H; the training step o
   near or above the wall time, the step is bound by the host (Python, autograd, launches);
 - busy: the sum of the step's GPU kernel and copy times under ``torch.profiler``, and the
   gap (wall - busy), the device's idle time between them;
-- the kernels by total time per step, the longest first.
+- the kernels by total time per step, the longest first;
+- with ``--host-ops N``: the N operators and CUDA runtime calls with the most host time of
+  their own (self CPU time under ``torch.profiler``) per step, to see what a host-bound step
+  spends it on.
 
-    python3 scripts/cuda_breakdown.py --out OUT_DIR [--cases 1x256x100,16x1024x100]
+    python3 scripts/cuda_breakdown.py --out OUT_DIR [--cases 1x256x100,16x1024x100] [--host-ops 15]
 
 Writes OUT_DIR/cuda_breakdown.md and prints it. ``--device cpu`` runs the same on the CPU
 (no busy column), to try the script without a GPU.
@@ -72,20 +75,30 @@ def wall_and_host_us(step, device: torch.device, repeats: int) -> tuple[float, f
     return statistics.median(walls), statistics.median(hosts)
 
 
-def device_kernels_us(step, device: torch.device, steps: int) -> dict[str, float]:
-    """Per-step microseconds of each GPU kernel or copy, by name, under torch.profiler."""
-    if device.type != "cuda":
-        return {}
+def profile_us(
+    step, device: torch.device, steps: int
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """Under torch.profiler, per step: microseconds of each GPU kernel or copy by name (empty
+    on the CPU), and of host time of its own (self CPU time) and calls of each host event
+    (operators and CUDA runtime calls) by name."""
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
     _sync(device)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=activities) as prof:
         for _ in range(steps):
             step()
         _sync(device)
-    per_name: dict[str, float] = defaultdict(float)
+    kernels: dict[str, float] = defaultdict(float)
     for event in prof.events():
         if event.device_type == DeviceType.CUDA:
-            per_name[event.name] += event.time_range.elapsed_us() / steps
-    return dict(per_name)
+            kernels[event.name] += event.time_range.elapsed_us() / steps
+    host = {
+        avg.key: (avg.self_cpu_time_total / steps, avg.count / steps)
+        for avg in prof.key_averages()
+        if avg.device_type == DeviceType.CPU and avg.self_cpu_time_total > 0
+    }
+    return dict(kernels), host
 
 
 def short(name: str, width: int = 70) -> str:
@@ -100,6 +113,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--top", type=int, default=8, help="kernels listed per module")
+    parser.add_argument(
+        "--host-ops", type=int, default=0, help="host events listed per module (0: none)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -129,16 +145,28 @@ def main() -> None:
                 m.zero_grad(set_to_none=True)
 
             wall, host = wall_and_host_us(step, device, args.repeats)
-            kernels = device_kernels_us(step, device, steps=5)
+            kernels, host_ops = (
+                profile_us(step, device, steps=5)
+                if device.type == "cuda" or args.host_ops > 0
+                else ({}, {})
+            )
             busy = sum(kernels.values())
             busy_text, gap_text = (f"{busy:.1f}", f"{wall - busy:.1f}") if kernels else ("-", "-")
             lines.append(
                 f"| {B} | {H} | {T} | {name} | {wall:.1f} | {host:.1f} | {busy_text} | {gap_text} |"
             )
             if kernels:
-                details.append(f"B={B} H={H} T={T} {name}: kernels, us per step")
+                details.append(f"B={B} H={H} T={T} {name}: kernels, us per call")
                 for kname, us in sorted(kernels.items(), key=lambda kv: -kv[1])[: args.top]:
                     details.append(f"  {us:10.1f}  {short(kname)}")
+            if args.host_ops > 0:
+                details.append(
+                    f"B={B} H={H} T={T} {name}: host, self CPU us and count per call "
+                    f"(total {sum(us for us, _ in host_ops.values()):.1f} us under the profiler)"
+                )
+                top = sorted(host_ops.items(), key=lambda kv: -kv[1][0])[: args.host_ops]
+                for hname, (us, calls) in top:
+                    details.append(f"  {us:10.1f} {calls:6.1f}x  {short(hname)}")
     if details:
         details = ["", "```", *details, "```"]
     text = "\n".join(lines + details) + "\n"

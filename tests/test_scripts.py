@@ -31,6 +31,20 @@ def test_cuda_breakdown_runs_on_the_cpu(tmp_path):
     assert text in proc.stdout
 
 
+def test_cuda_breakdown_lists_host_events(tmp_path):
+    """--host-ops N: per module, the N host events with the most self time, our autograd
+    Function's among fusedrnn's, torch's own among nn.RNN's."""
+    proc = _run("scripts/cuda_breakdown.py", "--out", str(tmp_path), "--device", "cpu",
+                "--cases", "1x8x3", "--repeats", "2", "--host-ops", "40")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "cuda_breakdown.md").read_text()
+    sections = text.split("B=1 H=8 T=3 ")[1:]
+    assert [s.split(":")[0] for s in sections] == ["nn.RNN", "fusedrnn"]
+    ours = [line.split("x  ", 1)[1] for line in sections[1].splitlines()[1:] if "x  " in line]
+    assert 0 < len(ours) <= 40
+    assert "_EagerLayer" in ours and "_EagerLayer" not in sections[0]
+
+
 def test_cuda_breakdown_names_a_bad_case(tmp_path):
     proc = _run("scripts/cuda_breakdown.py", "--out", str(tmp_path), "--device", "cpu",
                 "--cases", "1x8")  # fmt: skip

@@ -2,15 +2,14 @@
 # One call on a lent GPU machine: build fusedrnn with its CUDA kernels, stress the persistent
 # kernel (scripts/cuda_stress.py), run the CUDA tests, the GPU benchmarks, compute-sanitizer
 # (memcheck, racecheck, synccheck, initcheck) on a small case, the persistent vs per-step
-# comparison, an A/B of the opt-in plan variant FUSEDRNN_CUDA_FILL_WARPS=1 (tests and float32
-# benchmarks), a breakdown of the training step (scripts/cuda_breakdown.py) and an Nsight
+# comparison, a breakdown of the training step (scripts/cuda_breakdown.py) and an Nsight
 # Compute profile of one persistent launch. Results: build.log, pytest_cuda.xml, sanitizer
 # logs, bench_cuda.{json,md}, cuda_breakdown.md, bench_paths.{json,md}, ncu* (in
 # $OUT/results.tgz, below). Pass --full for the full benchmark
 # grid. It starts by printing the driver, nvcc and torch CUDA versions.
 #
 #   OUT=/some/dir [BUDGET=seconds] [SANITIZER_TOOLS="memcheck ..."] [PATHS=0] [PROFILE=0] \
-#     [BREAKDOWN=0] [AB=0] [PRECISIONS=fp32,bf16] scripts/gpu_check.sh [--full]
+#     [BREAKDOWN=0] [PRECISIONS=fp32,bf16] scripts/gpu_check.sh [--full]
 #
 # BUDGET (default 520) bounds the whole run: each step runs under `timeout` for the smaller of
 # its own cap and what is left, and a step with under 15 s left is skipped, so the script ends
@@ -105,29 +104,11 @@ bounded "${BENCH_TIMEOUT:-150}" $PY scripts/bench_cuda.py --out "$RES" \
   ${PRECISIONS:+--precisions $PRECISIONS} "$@" || status=1
 save
 
-# Opt-in plan variants under measurement, run right after the defaults on the same machine:
-# FUSEDRNN_CUDA_FILL_WARPS=1, fewer and fuller persistent CTAs at small H
-# (persistent_units_per_cta in rnn_launch.cuh). The CUDA kernel tests with it, the float32
-# benchmarks into $RES/fill_warps/, memcheck and racecheck on the smoke run (AB=0 skips all).
-step "A/B: FUSEDRNN_CUDA_FILL_WARPS=1: kernel tests, float32 benchmarks, sanitizers"
-if [[ "${AB:-1}" == 1 ]]; then
-  bounded "${AB_TEST_TIMEOUT:-120}" env FUSEDRNN_CUDA_FILL_WARPS=1 $PY -m pytest -m cuda -q \
-    -p no:cacheprovider tests/test_cuda.py || { echo "A/B tests: FAILED or timed out"; status=1; }
-  bounded "${AB_BENCH_TIMEOUT:-60}" env FUSEDRNN_CUDA_FILL_WARPS=1 $PY scripts/bench_cuda.py \
-    --out "$RES/fill_warps" --precisions fp32 "$@" || status=1
-  for tool in memcheck racecheck; do  # the new CTA shapes under the sanitizers too
-    sanitize "$tool" fill_warps_ FUSEDRNN_CUDA_FILL_WARPS=1
-  done
-else
-  echo "skipped (AB=0)"
-fi
-save
-
 step "training step breakdown: wall, host and kernel times, fusedrnn vs cuDNN"
 # scripts/cuda_breakdown.py: whether a training step is bound by the host or the device, and
 # which kernels take its time (BREAKDOWN=0 skips it).
 if [[ "${BREAKDOWN:-1}" == 1 ]]; then
-  bounded "${BREAKDOWN_TIMEOUT:-60}" $PY scripts/cuda_breakdown.py --out "$RES" || status=1
+  bounded "${BREAKDOWN_TIMEOUT:-60}" $PY scripts/cuda_breakdown.py --out "$RES" --host-ops 15 || status=1
 else
   echo "skipped (BREAKDOWN=0)"
 fi

@@ -5,17 +5,14 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "cuda/rnn_launch.h"
 #include "cuda/rnn_persistent.cuh"
 #include "cuda/rnn_stepwise.cuh"
-#include "parse_choice.h"
 
 namespace fusedrnn {
 namespace cuda_detail {
@@ -58,35 +55,13 @@ constexpr int64_t kAutoPersistentMaxRows = 256;
 constexpr int64_t kAutoPersistentMaxRowsLargeH = 512;
 constexpr int64_t kAutoLargeHidden = 1024;
 
-// Whether FUSEDRNN_CUDA_FILL_WARPS=1 asks for at least as many units per CTA as fill its
-// warps (persistent_units_per_cta); read once per process. Opt-in until measured on a GPU
-// against the default in one call (scripts/gpu_check.sh). Any value but 0 or 1 is refused
-// (parse_choice's std::invalid_argument, a ValueError in Python).
-inline bool fill_warps_requested() {
-  static const bool on = [] {
-    static constexpr std::pair<const char*, bool> kChoices[] = {{"0", false}, {"1", true}};
-    const char* env = std::getenv("FUSEDRNN_CUDA_FILL_WARPS");
-    return parse_choice("FUSEDRNN_CUDA_FILL_WARPS", env ? env : "0", kChoices);
-  }();
-  return on;
-}
-
-// Hidden units per CTA of the persistent kernel (a multiple of U). Default: H spread over
-// every SM. With fill_warps: at least enough unit groups that every one of the NW warps has
-// a work item at this batch (items = groups x row tiles, each split along H over at most
-// min(NW, quads per lane) warps, as the kernel does). At H = 256 on an H100 the default
-// gives 64 CTAs of one group, in each of which 2 of the 8 warps work, and all 64 meet at
-// every step's grid barrier; filled, 16 CTAs of 4 groups with every warp busy: the same
-// arithmetic per warp, a quarter of the CTAs at the barrier and of the copies of h_{t-1}.
-// No change where the batch or H already fills the warps (B > 8 at H = 256, H >= 1024).
-inline int64_t persistent_units_per_cta(int64_t B, int64_t H, int sms, bool fill_warps) {
-  constexpr int64_t U = Persistent::kUnits, NW = Persistent::kWarps, BT = Persistent::kRows;
-  const int64_t spread = ceil_div(ceil_div(H, sms), U) * U;
-  if (!fill_warps) return spread;
-  const int64_t ks_max = std::min<int64_t>(NW, max_k_splits(padded_hidden(H) / 4));
-  const int64_t row_tiles = ceil_div(std::max<int64_t>(B, 1), BT);
-  const int64_t groups = ceil_div(NW, row_tiles * ks_max);
-  return std::min(std::max(spread, groups * U), ceil_div(H, U) * U);
+// Hidden units per CTA of the persistent kernel (a multiple of U): H spread over every SM.
+// (Fewer, fuller CTAs at small H, every warp given a work item, were tried and measured in
+// session 21 on an H200: B = 1, H = 256 4.20 -> 4.46 us per step, no better anywhere else;
+// docs/cuda_kernels.md, "Fuller CTAs at small H".)
+inline int64_t persistent_units_per_cta(int64_t H, int sms) {
+  constexpr int64_t U = Persistent::kUnits;
+  return ceil_div(ceil_div(H, sms), U) * U;
 }
 
 template <typename scalar_t, bool BWD, Activation ACT>
@@ -130,7 +105,7 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
   }
   // At most one CTA per SM, each owning Hc units (a multiple of the warp item width U).
   const int64_t Hp = padded_hidden(H);
-  const int64_t Hc = persistent_units_per_cta(B, H, dev.sms, fill_warps_requested());
+  const int64_t Hc = persistent_units_per_cta(H, dev.sms);
   const int64_t grid = ceil_div(H, Hc);
   const int64_t n_g = Hc / U;
   const int64_t w_bytes = Hc * Hp * static_cast<int64_t>(sizeof(scalar_t));

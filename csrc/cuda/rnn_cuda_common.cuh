@@ -195,33 +195,58 @@ __device__ __forceinline__ acc_type<scalar_t> input_at(const RecParams<scalar_t>
   return p.init ? to_acc(p.init[b * p.H + k]) : acc_t(0);
 }
 
-// Fused epilogue for output (row b of this phase, unit j), v = (in M)[b, j].
-// Every element is read and written by one thread, so Y may alias X.
+// The epilogue's operands from global memory for output (row b of this phase, unit j): what
+// it adds to v and, in BPTT, the saved state. They do not depend on the recurrence, so the
+// persistent kernel loads them before the phase's product (off its critical path).
+//   forward: x = P[b, j]
+//   BPTT:    x = G[b, j] (0 without G), + dhn[b, j] for a row that joins here, h = h[b, j]
+//            (rows b in [bcur, bprev), which only produce dh0, read nothing)
+template <typename scalar_t>
+struct EpilogueOperands {
+  acc_type<scalar_t> x;
+  acc_type<scalar_t> h;
+};
+
+template <typename scalar_t, bool BWD>
+__device__ __forceinline__ EpilogueOperands<scalar_t> epilogue_operands(
+    const RecParams<scalar_t>& p, const Phase& ph, int64_t b, int64_t j) {
+  using acc_t = acc_type<scalar_t>;
+  EpilogueOperands<scalar_t> o{acc_t(0), acc_t(0)};
+  const int64_t idx = (ph.off + b) * p.H + j;
+  if constexpr (!BWD) {
+    o.x = to_acc(p.X[idx]);
+  } else if (b < ph.bcur) {
+    if (p.X) o.x = to_acc(p.X[idx]);
+    if (b >= ph.bprev && p.dhn) o.x += to_acc(p.dhn[b * p.H + j]);
+    o.h = to_acc(p.h[idx]);
+  }
+  return o;
+}
+
+// Fused epilogue for output (row b of this phase, unit j), v = (in M)[b, j], with its
+// operands o (epilogue_operands of the same b, j). Every element is read and written by one
+// thread, so Y may alias X.
 template <typename scalar_t, bool BWD, Activation ACT>
-__device__ __forceinline__ void epilogue(const RecParams<scalar_t>& p, const Phase& ph,
-                                         acc_type<scalar_t>* state_out, int64_t b, int64_t j,
-                                         acc_type<scalar_t> v) {
+__device__ __forceinline__ void epilogue_apply(const RecParams<scalar_t>& p, const Phase& ph,
+                                               acc_type<scalar_t>* state_out, int64_t b, int64_t j,
+                                               acc_type<scalar_t> v,
+                                               const EpilogueOperands<scalar_t>& o) {
   using acc_t = acc_type<scalar_t>;
   const int64_t idx = (ph.off + b) * p.H + j;
   if constexpr (!BWD) {
-    const acc_t y = act_forward<ACT>(to_acc(p.X[idx]) + v);
+    const acc_t y = act_forward<ACT>(o.x + v);
     p.Y[idx] = from_acc<scalar_t>(y);
     state_out[b * p.Hp + j] = y;
     if (b >= ph.bnext && p.Yfinal) p.Yfinal[b * p.H + j] = from_acc<scalar_t>(y);
   } else {
     if (b < ph.bcur) {
       // Rows b < bprev carry d from the previous phase: v = d_prev W_hh. Rows that join here
-      // end their sequence at this step and take dhn instead, with no product: v (their
-      // zeros times W_hh) is dropped, not added, as torch's autograd and the CPU kernel
-      // never form it; so a NaN or an infinity of W_hh does not reach their gradient at
-      // the last step.
-      acc_t g = p.X ? to_acc(p.X[idx]) : acc_t(0);
-      if (b >= ph.bprev) {
-        if (p.dhn) g += to_acc(p.dhn[b * p.H + j]);
-      } else {
-        g += v;
-      }
-      const acc_t d = act_backward<ACT>(g, to_acc(p.h[idx]));
+      // end their sequence at this step and take dhn instead (in o.x), with no product: v
+      // (their zeros times W_hh) is dropped, not added, as torch's autograd and the CPU
+      // kernel never form it; so a NaN or an infinity of W_hh does not reach their gradient
+      // at the last step.
+      const acc_t g = b < ph.bprev ? o.x + v : o.x;
+      const acc_t d = act_backward<ACT>(g, o.h);
       p.Y[idx] = from_acc<scalar_t>(d);
       state_out[b * p.Hp + j] = d;
     } else {
@@ -229,6 +254,15 @@ __device__ __forceinline__ void epilogue(const RecParams<scalar_t>& p, const Pha
       p.Yfinal[b * p.H + j] = from_acc<scalar_t>(v);
     }
   }
+}
+
+// The epilogue with its operands loaded in place (the per-step kernel).
+template <typename scalar_t, bool BWD, Activation ACT>
+__device__ __forceinline__ void epilogue(const RecParams<scalar_t>& p, const Phase& ph,
+                                         acc_type<scalar_t>* state_out, int64_t b, int64_t j,
+                                         acc_type<scalar_t> v) {
+  epilogue_apply<scalar_t, BWD, ACT>(p, ph, state_out, b, j, v,
+                                     epilogue_operands<scalar_t, BWD>(p, ph, b, j));
 }
 
 }  // namespace cuda_detail

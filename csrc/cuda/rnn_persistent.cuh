@@ -151,6 +151,10 @@ __global__ void __launch_bounds__(Persistent::kThreads, 1)
   constexpr int U = Persistent::kUnits;
   constexpr int BT = Persistent::kRows;
   constexpr int NW = Persistent::kWarps;
+  constexpr int kThreads = Persistent::kThreads;  // blockDim.x (the launcher's plan.threads)
+  // Outputs per thread whose epilogue operands are loaded ahead: 2 covers every pass of
+  // up to 512 outputs per CTA (e.g. 64 rows x 8 units), the rest load in place.
+  constexpr int kPrefetch = 2;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t H = p.H;
@@ -193,6 +197,19 @@ __global__ void __launch_bounds__(Persistent::kThreads, 1)
     for (int64_t r0 = 0; r0 < rows; r0 += rows_cap) {
       const int nrows = static_cast<int>(rows - r0 < rows_cap ? rows - r0 : rows_cap);
       const int nrows_pad = (nrows + BT - 1) / BT * BT;
+      const int n_out = nrows * nj;
+
+      // The epilogue operands of this thread's first kPrefetch outputs of the pass, loaded
+      // now so that their global-memory latency overlaps the staging and the product
+      // instead of following the reduction.
+      EpilogueOperands<scalar_t> pre[kPrefetch] = {};
+#pragma unroll
+      for (int i = 0; i < kPrefetch; ++i) {
+        const int idx = tid + i * kThreads;
+        if (idx < n_out) {
+          pre[i] = epilogue_operands<scalar_t, BWD>(p, ph, r0 + idx / nj, j0 + idx % nj);
+        }
+      }
 
       // Stage the input rows (zero rows and columns past the end).
       stage_rows(p, ph, state_in, Xs, r0, nrows, nrows_pad);
@@ -230,14 +247,27 @@ __global__ void __launch_bounds__(Persistent::kThreads, 1)
       }
       __syncthreads();
 
-      // Epilogue: consecutive threads take consecutive units of one row (coalesced).
-      for (int idx = tid; idx < nrows * nj; idx += blockDim.x) {
-        const int r = idx / nj, u = idx % nj;
+      // Epilogue: consecutive threads take consecutive units of one row (coalesced); the
+      // first kPrefetch outputs of each thread with the operands loaded above.
+      auto sum_of = [&](int r, int u) {
         const int item = (r / BT) * n_g + u / U;
         const int l = (u % U) * BT + r % BT;
         acc_t v = acc_t(0);
         for (int s = 0; s < ks; ++s) v += red[(item * ks + s) * 32 + l];
-        epilogue<scalar_t, BWD, ACT>(p, ph, state_out, r0 + r, j0 + u, v);
+        return v;
+      };
+#pragma unroll
+      for (int i = 0; i < kPrefetch; ++i) {
+        const int idx = tid + i * kThreads;
+        if (idx < n_out) {
+          const int r = idx / nj, u = idx % nj;
+          epilogue_apply<scalar_t, BWD, ACT>(p, ph, state_out, r0 + r, j0 + u, sum_of(r, u),
+                                             pre[i]);
+        }
+      }
+      for (int idx = tid + kPrefetch * kThreads; idx < n_out; idx += kThreads) {
+        const int r = idx / nj, u = idx % nj;
+        epilogue<scalar_t, BWD, ACT>(p, ph, state_out, r0 + r, j0 + u, sum_of(r, u));
       }
       __syncthreads();  // Xs and red are rewritten by the next pass
     }

@@ -50,3 +50,65 @@ def test_cuda_breakdown_names_a_bad_case(tmp_path):
                 "--cases", "1x8")  # fmt: skip
     assert proc.returncode != 0
     assert "--cases: expected BxHxT items such as 16x1024x100, got '1x8'" in proc.stderr
+
+
+_FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for python3 in scripts/gpu_ab.sh: pip succeeds, the module path is this file,
+# and the benchmark writes down the kernel file it would have been built from.
+case "$1" in
+  -m) exit 0 ;;
+  -c) echo "$0" ;;
+  scripts/bench_cuda.py) mkdir -p "$3" && cp csrc/kernel.cuh "$3/bench_cuda.md" ;;
+  *) exit 3 ;;
+esac
+"""
+
+
+def _ab_tree(tmp_path):
+    """A copy of scripts/gpu_ab.sh in a tree of its own, with one kernel file, a baseline
+    of it and a fake python."""
+    tree = tmp_path / "tree"
+    (tree / "scripts").mkdir(parents=True)
+    (tree / "csrc").mkdir()
+    (tree / "scripts" / "gpu_ab.sh").write_text((ROOT / "scripts" / "gpu_ab.sh").read_text())
+    (tree / "csrc" / "kernel.cuh").write_text("new\n")
+    (tree / "base" / "csrc").mkdir(parents=True)
+    (tree / "base" / "csrc" / "kernel.cuh").write_text("old\n")
+    fake = tmp_path / "python"
+    fake.write_text(_FAKE_PYTHON)
+    fake.chmod(0o755)
+    return tree, fake
+
+
+def _run_ab(tree, fake, out, base="base"):
+    env = {"PATH": "/usr/bin:/bin", "AB_BASE": base, "OUT": str(out), "PYTHON": str(fake)}
+    return subprocess.run(["bash", "scripts/gpu_ab.sh"], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_gpu_ab_times_the_baseline_then_the_tree_and_restores_it(tmp_path):
+    """scripts/gpu_ab.sh: the baseline leg runs on the overlaid file, the second on the
+    tree's own, and the tree is as it was afterwards."""
+    import tarfile
+
+    tree, fake = _ab_tree(tmp_path)
+    out = tmp_path / "out"
+    proc = _run_ab(tree, fake, out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tree / "csrc" / "kernel.cuh").read_text() == "new\n"
+    with tarfile.open(out / "ab_results.tgz") as tar:
+        legs = {
+            name: tar.extractfile(f"./{name}/bench_cuda.md").read().decode()
+            for name in ("ab_base", "ab_new")
+        }
+    assert legs == {"ab_base": "old\n", "ab_new": "new\n"}
+    assert "gpu_ab status: 0" in (out / "gpu_ab.log").read_text()
+
+
+def test_gpu_ab_refuses_a_baseline_file_not_in_the_tree(tmp_path):
+    tree, fake = _ab_tree(tmp_path)
+    (tree / "base" / "csrc" / "other.cuh").write_text("x\n")
+    proc = _run_ab(tree, fake, tmp_path / "out")
+    assert proc.returncode == 2
+    assert "AB_BASE: csrc/other.cuh is not a file of the tree" in proc.stdout
+    assert (tree / "csrc" / "kernel.cuh").read_text() == "new\n"

@@ -75,12 +75,18 @@ def wall_and_host_us(step, device: torch.device, repeats: int) -> tuple[float, f
     return statistics.median(walls), statistics.median(hosts)
 
 
+# Host events of the measurement, not of the step: the profiler's own buffer requests and the
+# synchronize that closes the profiled steps.
+_NOT_THE_STEP = {"Activity Buffer Request", "cudaDeviceSynchronize"}
+
+
 def profile_us(
     step, device: torch.device, steps: int
 ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """Under torch.profiler, per step: microseconds of each GPU kernel or copy by name (empty
     on the CPU), and of host time of its own (self CPU time) and calls of each host event
-    (operators and CUDA runtime calls) by name."""
+    (operators and CUDA runtime calls) by name, the measurement's own (_NOT_THE_STEP) left
+    out."""
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
@@ -96,7 +102,9 @@ def profile_us(
     host = {
         avg.key: (avg.self_cpu_time_total / steps, avg.count / steps)
         for avg in prof.key_averages()
-        if avg.device_type == DeviceType.CPU and avg.self_cpu_time_total > 0
+        if avg.device_type == DeviceType.CPU
+        and avg.self_cpu_time_total > 0
+        and avg.key not in _NOT_THE_STEP
     }
     return dict(kernels), host
 

@@ -33,36 +33,56 @@ for f in "${files[@]}"; do mkdir -p "$SAVE/$(dirname "$f")" && cp "$f" "$SAVE/$f
 # Plain cp (no -p) both ways: each swapped file is newer than the last build's outputs, so
 # the incremental rebuild recompiles what includes it.
 restore() { for f in "${files[@]}"; do cp "$SAVE/$f" "$f"; done; }
-trap restore EXIT
+installed=tree  # what the installed _C_cuda was built from: tree, baseline or unknown
+finish() {
+  restore
+  save
+  if [[ $installed != tree ]]; then
+    echo "WARNING: the installed _C_cuda is not the tree's build ($installed); rebuild with"
+    echo "  $PY -m pip install --no-build-isolation --no-deps -e ."
+  fi
+}
+trap finish EXIT
+# checksum: the first 12 hex digits of the installed _C_cuda's md5 ("?" when it does not import)
+checksum() {
+  local sum
+  sum=$($PY -c 'import fusedrnn._C_cuda as m; print(m.__file__)' 2>/dev/null | xargs -r md5sum |
+    cut -c1-12)
+  echo "${sum:-?}"
+}
 
 export FUSEDRNN_CUDA=ON FUSEDRNN_WERROR=ON
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
 status=0
 
-# build_and_bench NAME: install the tree as it is now and run the benchmarks into $RES/NAME.
+# build_and_bench NAME WHAT: install the tree as it is now (WHAT: baseline or tree) and run the
+# benchmarks into $RES/NAME.
 build_and_bench() {
-  local name=$1 left start=$SECONDS
-  shift
+  local name=$1 what=$2 left start=$SECONDS
+  shift 2
   left=$((DEADLINE - SECONDS - 5))
   if ((left < 30)); then echo "skipped (budget spent): $name"; status=1; return; fi
   echo; echo "== $name: build (t=${SECONDS}s)"
-  if ! timeout "$left" $PY -m pip install --no-build-isolation --no-deps -e . > "$RES/build_$name.log" 2>&1; then
+  installed=unknown  # until the build succeeds: a failed one may have replaced it or not
+  if ! timeout --kill-after=5 "$left" $PY -m pip install --no-build-isolation --no-deps -e . \
+      > "$RES/build_$name.log" 2>&1; then
     tail -30 "$RES/build_$name.log"; echo "BUILD FAILED: $name"; status=1; return
   fi
-  echo "built in $((SECONDS - start)) s; _C_cuda $($PY -c \
-    'import fusedrnn._C_cuda as m; print(m.__file__)' | xargs md5sum | cut -c1-12)"
+  installed=$what
+  echo "built in $((SECONDS - start)) s; _C_cuda $(checksum)"
   left=$((DEADLINE - SECONDS - 5))
   if ((left < 15)); then echo "skipped (budget spent): bench $name"; status=1; return; fi
-  timeout "$left" $PY scripts/bench_cuda.py --out "$RES/$name" \
+  timeout --kill-after=5 "$left" $PY scripts/bench_cuda.py --out "$RES/$name" \
     ${PRECISIONS:+--precisions $PRECISIONS} "$@" || status=1
   save
 }
 
 echo "baseline files: ${files[*]}"
+echo "installed before: _C_cuda $(checksum)"
 for f in "${files[@]}"; do cp "$AB_BASE/$f" "$f"; done
-build_and_bench ab_base "$@"
+build_and_bench ab_base baseline "$@"
 restore
-build_and_bench ab_new "$@"
-echo "(the two _C_cuda checksums above must differ, or the baseline was not rebuilt)"
+build_and_bench ab_new tree "$@"
+echo "(the baseline's _C_cuda checksum must differ from the other two, or it was not rebuilt)"
 echo; echo "gpu_ab status: $status (t=${SECONDS}s)"
 exit $status

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,10 +55,11 @@ def test_cuda_breakdown_names_a_bad_case(tmp_path):
 
 
 _FAKE_PYTHON = """#!/usr/bin/env bash
-# Stands in for python3 in scripts/gpu_ab.sh: pip succeeds, the module path is this file,
-# and the benchmark writes down the kernel file it would have been built from.
+# Stands in for python3 in scripts/gpu_ab.sh: pip succeeds (unless the kernel file reads
+# $FAIL_BUILD), the module path is this file, and the benchmark writes down the kernel file
+# it would have been built from.
 case "$1" in
-  -m) exit 0 ;;
+  -m) [[ -n "${FAIL_BUILD:-}" ]] && grep -qx "$FAIL_BUILD" csrc/kernel.cuh && exit 1; exit 0 ;;
   -c) echo "$0" ;;
   scripts/bench_cuda.py) mkdir -p "$3" && cp csrc/kernel.cuh "$3/bench_cuda.md" ;;
   *) exit 3 ;;
@@ -80,8 +83,9 @@ def _ab_tree(tmp_path):
     return tree, fake
 
 
-def _run_ab(tree, fake, out, base="base"):
-    env = {"PATH": "/usr/bin:/bin", "AB_BASE": base, "OUT": str(out), "PYTHON": str(fake)}
+def _run_ab(tree, fake, out, base="base", fail_build=""):
+    env = {"PATH": "/usr/bin:/bin", "AB_BASE": base, "OUT": str(out), "PYTHON": str(fake),
+           "FAIL_BUILD": fail_build}  # fmt: skip
     return subprocess.run(["bash", "scripts/gpu_ab.sh"], cwd=tree, env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
 
@@ -112,3 +116,22 @@ def test_gpu_ab_refuses_a_baseline_file_not_in_the_tree(tmp_path):
     assert proc.returncode == 2
     assert "AB_BASE: csrc/other.cuh is not a file of the tree" in proc.stdout
     assert (tree / "csrc" / "kernel.cuh").read_text() == "new\n"
+
+
+@pytest.mark.parametrize("failing", ["old", "new"])
+def test_gpu_ab_restores_the_tree_when_a_build_fails(tmp_path, failing):
+    """A failed build of either leg: status 1, the tree restored, the logs saved, and a
+    warning when the installed build may not be the tree's (the last build failed)."""
+    import tarfile
+
+    tree, fake = _ab_tree(tmp_path)
+    out = tmp_path / "out"
+    proc = _run_ab(tree, fake, out, fail_build=failing)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert (tree / "csrc" / "kernel.cuh").read_text() == "new\n"
+    log = (out / "gpu_ab.log").read_text()
+    leg = "ab_base" if failing == "old" else "ab_new"
+    assert f"BUILD FAILED: {leg}" in log
+    with tarfile.open(out / "ab_results.tgz") as tar:
+        assert f"./build_{leg}.log" in tar.getnames()
+    assert ("installed _C_cuda is not the tree's build (unknown)" in log) == (failing == "new")

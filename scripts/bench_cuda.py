@@ -12,9 +12,10 @@ Writes OUT_DIR/bench_cuda.json and OUT_DIR/bench_cuda.md; prints the table.
     python3 scripts/bench_cuda.py --out OUT_DIR --paths
 
 times the forward and backward recurrences alone with each kernel forced through
-FUSEDRNN_CUDA_PATH (persistent, stepwise) over a B x H grid, next to the kernel `auto`
-picks and the passes per step the persistent kernel needs at that B: the data to set the
-boundary in plan_for_kernel (docs/cuda_kernels.md). Writes OUT_DIR/bench_paths.{json,md}.
+FUSEDRNN_CUDA_PATH (persistent, stepwise; cluster on Hopper) over a B x H grid, next to
+the kernel `auto` picks and the passes per step the persistent kernel needs at that B: the
+data to set the boundary in plan_for_kernel (docs/cuda_kernels.md). Writes
+OUT_DIR/bench_paths.{json,md}.
 """
 
 from __future__ import annotations
@@ -128,18 +129,23 @@ def recurrence_ms(path, dtype, B, H, T, backward) -> float | None:
     try:
         return time_ms(fn)
     except RuntimeError as e:
-        if "persistent kernel was requested but cannot run" in str(e):
+        if "kernel was requested but cannot run" in str(e):
             return None
         raise
 
 
 def bench_paths(args) -> None:
-    """Persistent vs per-step recurrence kernels, both forced, per (B, H)."""
+    """The recurrence kernels, each forced, per (B, H): persistent, per-step, and on a GPU
+    with thread-block clusters (compute capability 9.0) the cluster kernel."""
     saved = os.environ.get("FUSEDRNN_CUDA_PATH")
     rows = []
+    kernels = ["persistent", "stepwise"]
+    if torch.cuda.get_device_capability()[0] >= 9:  # thread-block clusters
+        kernels.append("cluster")
+    names = "/".join(k[:4] for k in kernels)
     print(
         f"{'prec':6} {'B':>4} {'H':>5} {'auto':>10} {'rows/pass':>9} {'passes':>6} "
-        f"{'fwd pers/step us/step':>22} {'bwd pers/step us/step':>22}"
+        f"fwd {names} us/step   bwd {names} us/step"
     )
     try:
         for precision in args.precisions.split(","):
@@ -151,7 +157,7 @@ def bench_paths(args) -> None:
                 rpp = plan["rows_per_pass"]
                 row = dict(precision=precision, B=B, H=H, T=T, auto=plan["path"])
                 row.update(rows_per_pass=rpp, passes=math.ceil(B / rpp) if rpp else None)
-                for path in ("persistent", "stepwise"):
+                for path in kernels:
                     for mode, bwd in (("fwd", False), ("bwd", True)):
                         ms = recurrence_ms(path, dtype, B, H, T, bwd)
                         row[f"{path}_{mode}_us_per_step"] = None if ms is None else 1e3 * ms / T
@@ -160,13 +166,13 @@ def bench_paths(args) -> None:
                 def us(v):
                     return f"{v:9.2f}" if v is not None else f"{'-':>9}"
 
+                times = " ".join(
+                    " / ".join(us(row[f"{p}_{mode}_us_per_step"]) for p in kernels)
+                    for mode in ("fwd", "bwd")
+                )
                 print(
                     f"{precision:6} {B:>4} {H:>5} {row['auto']:>10} {rpp:>9} "
-                    f"{row['passes'] or '-':>6} "
-                    f"{us(row['persistent_fwd_us_per_step'])} / "
-                    f"{us(row['stepwise_fwd_us_per_step'])} "
-                    f"{us(row['persistent_bwd_us_per_step'])} / "
-                    f"{us(row['stepwise_bwd_us_per_step'])}",
+                    f"{row['passes'] or '-':>6} {times}",
                     flush=True,
                 )
     finally:
@@ -177,14 +183,14 @@ def bench_paths(args) -> None:
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, grid=PATHS_GRID)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_paths.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    cols = [f"{p}_{m}_us_per_step" for m in ("fwd", "bwd") for p in ("persistent", "stepwise")]
+    cols = [f"{p}_{m}_us_per_step" for m in ("fwd", "bwd") for p in kernels]
+    heads = [f"{m} {p}" for m in ("fwd", "bwd") for p in kernels]
     lines = [
         f"Device: {meta['device']}, torch {meta['torch']}; recurrence only, tanh, T = "
         f"{PATHS_GRID['T'][0]}, microseconds per step (- : does not fit)",
         "",
-        "| precision | B | H | auto | rows/pass | passes | fwd persistent | fwd stepwise "
-        "| bwd persistent | bwd stepwise |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| precision | B | H | auto | rows/pass | passes | " + " | ".join(heads) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(heads),
     ]
     for r in rows:
         cells = " | ".join("-" if r[c] is None else f"{r[c]:.2f}" for c in cols)

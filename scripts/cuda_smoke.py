@@ -1,5 +1,6 @@
-"""A small CUDA workload for compute-sanitizer: both recurrence kernels, every dtype, packed
-and padded, forward and reverse, through the ops (forward + backward).
+"""A small CUDA workload for compute-sanitizer: every recurrence kernel the GPU can run (the
+persistent and per-step kernels; on Hopper the cluster kernel too), every dtype, packed and
+padded, forward and reverse, through the ops (forward + backward).
 
     compute-sanitizer --tool memcheck python3 scripts/cuda_smoke.py
 """
@@ -16,7 +17,10 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 def main() -> None:
     torch.manual_seed(0)
-    for path in ("persistent", "stepwise"):
+    paths = ["persistent", "stepwise"]
+    if torch.cuda.get_device_capability()[0] >= 9:  # thread-block clusters
+        paths.append("cluster")
+    for path in paths:
         os.environ["FUSEDRNN_CUDA_PATH"] = path
         for dtype in DTYPES:
             for bidirectional in (False, True):

@@ -1,13 +1,15 @@
-"""Stress the persistent CUDA kernel's grid barrier on long sequences: one short script to
-run first on a lent GPU, under ``timeout`` (``scripts/gpu_check.sh`` does), so that a
-barrier that never completes costs seconds, not the device window.
+"""Stress the CUDA kernels that run a whole sequence in one launch (the persistent kernel's
+grid barrier; on Hopper also the cluster kernel's cluster barrier and shared-memory exchange)
+on long sequences: one short script to run first on a lent GPU, under ``timeout``
+(``scripts/gpu_check.sh`` does), so that a barrier that never completes costs seconds, not
+the device window.
 
-For each case the same model and input run forward and backward three times: twice on the
-persistent kernel and once on the per-step kernel (``FUSEDRNN_CUDA_PATH``, read at every
-call). The two persistent runs must agree bitwise (the kernels are deterministic; a state
-read stale from L1 across the barrier would show up here first), and persistent and per-step
-must agree to float32 rounding. A case
-the persistent kernel cannot take (too large for the chip) is reported and skipped.
+For each case the same model and input run forward and backward once on the per-step kernel
+and twice on each one-launch kernel (``FUSEDRNN_CUDA_PATH``, read at every call). The two
+runs must agree bitwise (the kernels are deterministic; a state read stale across a barrier
+would show up here first), and each must agree with the per-step kernel to float32
+rounding. A case a kernel cannot take (too large for the chip or the cluster) is reported
+and skipped.
 
     python scripts/cuda_stress.py     # exit status 1 on any mismatch
 """
@@ -26,8 +28,9 @@ CASES = [  # (B, H, T): long sequences, a multi-pass step (B above one pass), a 
     (256, 2048, 100),
     (1, 64, 1024),
     (16, 512, 1024),
+    (64, 256, 2000),
 ]
-TOL = 1e-3  # persistent vs per-step: float32, differently ordered sums over up to 2048 terms
+TOL = 1e-3  # one-launch vs per-step: float32, differently ordered sums over up to 2048 terms
 
 
 def _run(path: str, model, x):
@@ -44,30 +47,34 @@ def main() -> int:
         print("cuda_stress: needs a CUDA GPU and fusedrnn built with its CUDA kernels")
         return 1
     torch.backends.cuda.matmul.allow_tf32 = False
+    kernels = ["persistent"]
+    if torch.cuda.get_device_capability()[0] >= 9:  # thread-block clusters
+        kernels.append("cluster")
     failed = False
     for B, H, T in CASES:
         torch.manual_seed(0)
         model = fusedrnn.RNN(H, H, device="cuda")
         x = torch.randn(T, B, H, device="cuda") * 0.5
-        label = f"B={B} H={H} T={T}"
-        try:
-            first = _run("persistent", model, x)
-        except RuntimeError as e:
-            print(f"{label}: persistent kernel not taken ({e}); skipped")
-            continue
-        second = _run("persistent", model, x)
         stepwise = _run("stepwise", model, x)
-        same = all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
-        err = max((a - b).abs().max().item() for a, b in zip(first, stepwise, strict=True))
-        finite = all(torch.isfinite(a).all().item() for a in first)
-        ok = same and finite and err <= TOL
-        failed |= not ok
-        print(
-            f"{label}: persistent twice bitwise {'equal' if same else 'DIFFERENT'}, "
-            f"max |persistent - per-step| {err:.2e} (<= {TOL:g}), "
-            f"{'finite' if finite else 'NON-FINITE'}: {'ok' if ok else 'FAILED'}",
-            flush=True,
-        )
+        for kernel in kernels:
+            label = f"B={B} H={H} T={T} {kernel}"
+            try:
+                first = _run(kernel, model, x)
+            except RuntimeError as e:
+                print(f"{label}: kernel not taken ({e}); skipped")
+                continue
+            second = _run(kernel, model, x)
+            same = all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+            err = max((a - b).abs().max().item() for a, b in zip(first, stepwise, strict=True))
+            finite = all(torch.isfinite(a).all().item() for a in first)
+            ok = same and finite and err <= TOL
+            failed |= not ok
+            print(
+                f"{label}: twice bitwise {'equal' if same else 'DIFFERENT'}, "
+                f"max |{kernel} - per-step| {err:.2e} (<= {TOL:g}), "
+                f"{'finite' if finite else 'NON-FINITE'}: {'ok' if ok else 'FAILED'}",
+                flush=True,
+            )
     os.environ.pop("FUSEDRNN_CUDA_PATH", None)
     return 1 if failed else 0
 

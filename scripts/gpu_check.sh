@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: build fusedrnn with its CUDA kernels, stress the persistent
-# kernel (scripts/cuda_stress.py), run the CUDA tests, the GPU benchmarks, compute-sanitizer
+# kernel and, on Hopper, the opt-in cluster kernel (scripts/cuda_stress.py), run the CUDA tests
+# (the cluster kernel as a third path on Hopper), the GPU benchmarks, compute-sanitizer
 # (memcheck, racecheck, synccheck, initcheck) on a small case, the persistent vs per-step
 # comparison, a breakdown of the training step (scripts/cuda_breakdown.py) and an Nsight
 # Compute profile of one persistent launch. Results: build.log, pytest_cuda.xml, sanitizer

@@ -21,7 +21,13 @@ from helpers import lengths_to_batch_sizes, rel_error, rng_for
 
 pytestmark = pytest.mark.cuda
 
-PATHS = ["persistent", "stepwise"]
+# The cluster kernel needs thread-block clusters (compute capability 9.0).
+_CLUSTERS = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+_NEEDS_CLUSTERS = pytest.mark.skipif(
+    torch.cuda.is_available() and not _CLUSTERS,
+    reason="the cluster kernel needs compute capability 9.0 (thread-block clusters)",
+)
+PATHS = ["persistent", "stepwise", pytest.param("cluster", marks=_NEEDS_CLUSTERS)]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 # max |got - want| / max |want| against float64 on the same rounded inputs. Half types
 # round every stored output (h, dP) and BPTT reads the rounded h.
@@ -353,10 +359,12 @@ def test_persistent_staging_copy(case):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("path", ["auto", "persistent"])
+@pytest.mark.parametrize(
+    "path", ["auto", "persistent", pytest.param("cluster", marks=_NEEDS_CLUSTERS)]
+)
 def test_packed_without_device_batch_sizes(path):
     """Packed input with no device copy of batch_sizes: auto runs the per-step kernel (which
-    does not need it), a forced persistent kernel is refused."""
+    does not need it), a forced persistent or cluster kernel is refused."""
     T, B, H, lengths = SHAPES[7]
     p = _problem(T, B, H, lengths, torch.float32, "no device batch sizes")
     assert _plan(H, B=B)["path"] == "persistent"
@@ -368,7 +376,7 @@ def test_packed_without_device_batch_sizes(path):
     head = ("float32", T, B, H, bs_host.data_ptr(), 0, False, "tanh")
     ptrs = (p["P"].data_ptr(), p["W"].data_ptr(), p["h0"].data_ptr(), h.data_ptr(), hn.data_ptr())
     tail = (ws.data_ptr(), ws.numel(), p["P"].device.index, stream, path)
-    if path == "persistent":
+    if path != "auto":
         with pytest.raises(ValueError, match="needs packed batch_sizes in device memory"):
             _cuda._C_cuda.rnn_forward(*head, *ptrs, *tail)
         return
@@ -376,6 +384,71 @@ def test_packed_without_device_batch_sizes(path):
     want_h, want_hn, _, _ = _reference(p, False, "tanh")
     torch.cuda.synchronize()
     assert rel_error(_np(h), want_h) <= 1e-5 and rel_error(_np(hn), want_hn) <= 1e-5
+
+
+# (T, B, H, lengths): the cluster kernel's sizes, from one CTA of 4 units to a cluster of 15
+# CTAs each with 32 of H = 480 units, 32 rows (4 row tiles) in every CTA, and packed rows
+# leaving at every step (all of these fit float64 too).
+CLUSTER_SHAPES = [
+    (5, 2, 3, None),
+    (9, 3, 64, None),
+    (20, 32, 256, None),
+    (6, 3, 480, None),
+    (8, 40, 128, list(range(8, 0, -1)) * 5),
+]
+
+
+@_NEEDS_CLUSTERS
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("shape", CLUSTER_SHAPES, ids=str)
+def test_cluster_kernel_sizes(shape, reverse, dtype):
+    _, B, H, _ = shape
+    plans = [_plan(H, B=B, dtype=_cuda.KERNEL_DTYPES[dtype], backward=bwd, path="cluster")
+             for bwd in (False, True)]  # fmt: skip
+    for plan in plans:
+        assert plan["path"] == "cluster", plan
+        assert 1 <= plan["grid"] <= 16 and plan["grid"] * plan["units_per_cta"] >= H, plan
+        assert plan["rows_per_pass"] >= B, plan
+    p = _problem(*shape, dtype, (shape, "cluster", reverse, str(dtype)))
+    _check(p, dtype, reverse, "tanh", "cluster")
+
+
+@_NEEDS_CLUSTERS
+def test_cluster_kernel_matches_persistent_kernel_closely():
+    """The same sums in the same order per output as the persistent kernel (its split of
+    each work item along H is the same at the same units per CTA), so the two agree to the
+    last bits or close to them; both against the per-step kernel within float32 rounding."""
+    p = _problem(30, 16, 256, None, torch.float32, "cluster vs persistent")
+    runs = {}
+    for path in ("cluster", "persistent", "stepwise"):
+        h, hn = cuda_forward(p["P"], p["W"], p["h0"], None, 16, False, "tanh", path)
+        dP, dh0 = cuda_backward(p["W"], h, p["G"], p["Gn"], None, 16, False, "tanh", path)
+        runs[path] = torch.cat([h, hn, dP, dh0])
+    torch.cuda.synchronize()
+    assert torch.isfinite(runs["cluster"]).all()
+    for other in ("persistent", "stepwise"):
+        assert (runs["cluster"] - runs[other]).abs().max().item() <= 1e-4
+
+
+@_NEEDS_CLUSTERS
+def test_cluster_kernel_refuses_what_does_not_fit():
+    """W_hh's slices must fit the shared memory of 16 CTAs: float32 H = 4096 does not, and
+    a forced cluster kernel says so; auto never picks it."""
+    assert _plan(256, B=1)["path"] == "persistent"
+    plan = _plan(4096, B=2, path="cluster")
+    assert plan["path"] == "stepwise" and "cluster of 16 CTAs needs" in plan["reason"], plan
+    p = _problem(2, 2, 4096, None, torch.float32, "cluster too big")
+    with pytest.raises(RuntimeError, match="cluster kernel was requested but cannot run"):
+        cuda_forward(p["P"], p["W"], p["h0"], None, 2, False, "tanh", "cluster")
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or _CLUSTERS, reason="needs a GPU without clusters"
+)
+def test_cluster_kernel_refused_below_compute_capability_9():
+    plan = _plan(256, B=1, path="cluster")
+    assert plan["path"] == "stepwise" and "compute capability" in plan["reason"], plan
 
 
 def test_persistent_kernel_refuses_when_it_cannot_fit():
@@ -506,14 +579,16 @@ def test_gradcheck_float64(lengths, reverse, nl, path, monkeypatch):
     assert torch.autograd.gradcheck(fn, tuple(tensors))
 
 
-@pytest.mark.parametrize("path", ["auto", "stepwise"])
+@pytest.mark.parametrize(
+    "path", ["auto", "stepwise", pytest.param("cluster", marks=_NEEDS_CLUSTERS)]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize(
     "lengths", [None, [5, 3, 1], [5, 5, 5]], ids=["padded", "packed", "packed-equal"]
 )
 def test_cuda_matches_cpu(lengths, dtype, path, monkeypatch):
-    """Through the ops: batch_sizes copied to the device only for the persistent kernel, and
-    packed input whose batch never shrinks passed as padded."""
+    """Through the ops: batch_sizes copied to the device only for the persistent and cluster
+    kernels, and packed input whose batch never shrinks passed as padded."""
     monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
     cpu = _layer_inputs("cpu", dtype, lengths)
     gpu = _layer_inputs("cuda", dtype, lengths)
@@ -537,10 +612,12 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.parametrize("path", ["auto", pytest.param("cluster", marks=_NEEDS_CLUSTERS)])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("options", OPTIONS, ids=str)
-def test_module_matches_cudnn(options, packed):
+def test_module_matches_cudnn(options, packed, path, monkeypatch):
     """fusedrnn.RNN on CUDA against torch.nn.RNN (cuDNN) in float64, outputs and gradients."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
     torch.manual_seed(0)
     ref = torch.nn.RNN(5, 24, **options).to("cuda", torch.float64)
     ours = fusedrnn.RNN.from_torch(ref)

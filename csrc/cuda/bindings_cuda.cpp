@@ -67,7 +67,8 @@ CudaPath parse_path(const std::string& s) {
   static constexpr std::pair<const char*, CudaPath> kChoices[] = {
       {"auto", CudaPath::kAuto},
       {"persistent", CudaPath::kPersistent},
-      {"stepwise", CudaPath::kStepwise}};
+      {"stepwise", CudaPath::kStepwise},
+      {"cluster", CudaPath::kCluster}};
   return fusedrnn::parse_choice("path", s, kChoices);
 }
 
@@ -166,7 +167,9 @@ PYBIND11_MODULE(_C_cuda, m) {
           plan = fusedrnn::rnn_cuda_plan(B, H, dt, a, backward, device, cp);
         }
         py::dict d;
-        d["path"] = plan.path == CudaPath::kPersistent ? "persistent" : "stepwise";
+        d["path"] = plan.path == CudaPath::kPersistent ? "persistent"
+                    : plan.path == CudaPath::kCluster  ? "cluster"
+                                                       : "stepwise";
         d["grid"] = plan.grid;
         d["threads"] = plan.threads;
         d["units_per_cta"] = plan.units_per_cta;

@@ -33,6 +33,12 @@ DeviceInfo device_info(int device) {
   check_cuda(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device),
              "cudaDeviceGetAttribute(cooperative launch)");
   d.cooperative = coop != 0;
+  int cluster = 0;
+  check_cuda(cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, device),
+             "cudaDeviceGetAttribute(compute capability major)");
+  check_cuda(cudaDeviceGetAttribute(&cluster, cudaDevAttrClusterLaunch, device),
+             "cudaDeviceGetAttribute(cluster launch)");
+  d.cluster_launch = cluster != 0;
   return d;
 }
 

@@ -36,13 +36,15 @@ enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3
 
 // Which recurrence kernel runs. kAuto takes the persistent kernel when the batch is within
 // its limit (256 rows, 512 from H = 1024, forward and backward: rnn_launch.cuh), it fits on the
-// chip and the device can launch it cooperatively, else the per-step kernel.
-enum class CudaPath : int { kAuto = 0, kPersistent = 1, kStepwise = 2 };
+// chip and the device can launch it cooperatively, else the per-step kernel. kCluster (one
+// thread-block cluster, compute capability 9.0, rnn_cluster.cuh) runs only when requested:
+// it has not yet run on a GPU.
+enum class CudaPath : int { kAuto = 0, kPersistent = 1, kStepwise = 2, kCluster = 3 };
 
 // How a call will run on a device, for tests, `fusedrnn info` and the docs.
 struct CudaPlan {
   CudaPath path = CudaPath::kStepwise;  // never kAuto
-  int grid = 0;                         // CTAs (persistent: co-resident, one barrier per step)
+  int grid = 0;                         // CTAs (persistent: co-resident; cluster: its size)
   int threads = 0;                      // threads per CTA
   int units_per_cta = 0;                // persistent: hidden units (W_hh slice) each CTA owns
   int rows_per_pass = 0;                // persistent: batch rows staged in shared memory at once

@@ -225,18 +225,19 @@ __device__ __forceinline__ EpilogueOperands<scalar_t> epilogue_operands(
 
 // Fused epilogue for output (row b of this phase, unit j), v = (in M)[b, j], with its
 // operands o (epilogue_operands of the same b, j). Every element is read and written by one
-// thread, so Y may alias X.
-template <typename scalar_t, bool BWD, Activation ACT>
+// thread, so Y may alias X. The state the next phase reads (rows b < bcur) goes to
+// store_state(b, j, value): the global ping-pong buffer, or the cluster's shared memory.
+template <typename scalar_t, bool BWD, Activation ACT, typename StoreState>
 __device__ __forceinline__ void epilogue_apply(const RecParams<scalar_t>& p, const Phase& ph,
-                                               acc_type<scalar_t>* state_out, int64_t b, int64_t j,
-                                               acc_type<scalar_t> v,
-                                               const EpilogueOperands<scalar_t>& o) {
+                                               int64_t b, int64_t j, acc_type<scalar_t> v,
+                                               const EpilogueOperands<scalar_t>& o,
+                                               StoreState&& store_state) {
   using acc_t = acc_type<scalar_t>;
   const int64_t idx = (ph.off + b) * p.H + j;
   if constexpr (!BWD) {
     const acc_t y = act_forward<ACT>(o.x + v);
     p.Y[idx] = from_acc<scalar_t>(y);
-    state_out[b * p.Hp + j] = y;
+    store_state(b, j, y);
     if (b >= ph.bnext && p.Yfinal) p.Yfinal[b * p.H + j] = from_acc<scalar_t>(y);
   } else {
     if (b < ph.bcur) {
@@ -248,7 +249,7 @@ __device__ __forceinline__ void epilogue_apply(const RecParams<scalar_t>& p, con
       const acc_t g = b < ph.bprev ? o.x + v : o.x;
       const acc_t d = act_backward<ACT>(g, o.h);
       p.Y[idx] = from_acc<scalar_t>(d);
-      state_out[b * p.Hp + j] = d;
+      store_state(b, j, d);
     } else {
       // b in [bcur, bprev): the sequence's first forward step was the previous phase.
       p.Yfinal[b * p.H + j] = from_acc<scalar_t>(v);
@@ -256,13 +257,26 @@ __device__ __forceinline__ void epilogue_apply(const RecParams<scalar_t>& p, con
   }
 }
 
-// The epilogue with its operands loaded in place (the per-step kernel).
+// The epilogue with the state stored to the global ping-pong buffer state_out [B][Hp] (the
+// per-step and persistent kernels), with operands o or loaded in place.
+template <typename scalar_t, bool BWD, Activation ACT>
+__device__ __forceinline__ void epilogue(const RecParams<scalar_t>& p, const Phase& ph,
+                                         acc_type<scalar_t>* state_out, int64_t b, int64_t j,
+                                         acc_type<scalar_t> v,
+                                         const EpilogueOperands<scalar_t>& o) {
+  const int64_t Hp = p.Hp;
+  epilogue_apply<scalar_t, BWD, ACT>(
+      p, ph, b, j, v, o, [state_out, Hp](int64_t bb, int64_t jj, acc_type<scalar_t> value) {
+        state_out[bb * Hp + jj] = value;
+      });
+}
+
 template <typename scalar_t, bool BWD, Activation ACT>
 __device__ __forceinline__ void epilogue(const RecParams<scalar_t>& p, const Phase& ph,
                                          acc_type<scalar_t>* state_out, int64_t b, int64_t j,
                                          acc_type<scalar_t> v) {
-  epilogue_apply<scalar_t, BWD, ACT>(p, ph, state_out, b, j, v,
-                                     epilogue_operands<scalar_t, BWD>(p, ph, b, j));
+  epilogue<scalar_t, BWD, ACT>(p, ph, state_out, b, j, v,
+                               epilogue_operands<scalar_t, BWD>(p, ph, b, j));
 }
 
 }  // namespace cuda_detail

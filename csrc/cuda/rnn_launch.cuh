@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/rnn_cluster.cuh"
 #include "cuda/rnn_launch.h"
 #include "cuda/rnn_persistent.cuh"
 #include "cuda/rnn_stepwise.cuh"
@@ -64,10 +65,123 @@ inline int64_t persistent_units_per_cta(int64_t H, int sms) {
   return ceil_div(ceil_div(H, sms), U) * U;
 }
 
+// The cluster kernel's attributes, set once per (device, kernel) as the persistent kernel's
+// (see persistent_max_dynamic_smem): all the dynamic shared memory the device allows, and
+// clusters of up to 16 CTAs (non-portable; 8 is the portable limit). Returns the maximum
+// dynamic shared memory in bytes.
+template <typename scalar_t, bool BWD, Activation ACT>
+int cluster_max_dynamic_smem(const DeviceInfo& dev) {
+  static std::mutex mu;
+  static std::vector<int> max_dynamic;  // by device index; 0 = not set yet
+  const std::lock_guard<std::mutex> lock(mu);
+  const std::size_t d = static_cast<std::size_t>(dev.device);
+  if (d < max_dynamic.size() && max_dynamic[d] > 0) return max_dynamic[d];
+  auto kernel = rnn_cluster_kernel<scalar_t, BWD, ACT>;
+  cudaFuncAttributes attr = {};
+  check_cuda(cudaFuncGetAttributes(&attr, kernel), "cudaFuncGetAttributes(cluster kernel)");
+  if (attr.ptxVersion < 90) {  // its body was compiled out: it would only trap
+    throw std::runtime_error(
+        "the cluster kernel in this build was compiled for compute capability " +
+        std::to_string(attr.ptxVersion / 10) + "." + std::to_string(attr.ptxVersion % 10) +
+        " (PTX JIT); build fusedrnn with CUDA architecture 90 to run it");
+  }
+  const int bytes = dev.smem_optin - static_cast<int>(attr.sharedSizeBytes);
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+             "cudaFuncSetAttribute(cluster kernel, max dynamic shared memory)");
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
+             "cudaFuncSetAttribute(cluster kernel, non-portable cluster size)");
+  if (max_dynamic.size() <= d) max_dynamic.resize(d + 1, 0);
+  max_dynamic[d] = bytes;
+  return bytes;
+}
+
+// Launch configuration of the cluster kernel: one cluster of C CTAs, no other attribute.
+inline cudaLaunchConfig_t cluster_config(const CudaPlan& plan, cudaStream_t stream,
+                                         cudaLaunchAttribute* attr) {
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(plan.grid);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(plan.grid));
+  cfg.blockDim = dim3(static_cast<unsigned>(plan.threads));
+  cfg.dynamicSmemBytes = plan.smem_bytes;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
+// The cluster kernel's plan (requested only; rnn_cluster.cuh): the largest cluster of at most
+// 16 CTAs (16 is beyond the portable 8: tried first, then 8, 4, 2, 1) that the device can
+// schedule, each CTA owning Hc units (a multiple of U) and holding in shared memory its slice
+// of M, both state buffers of all B rows (padded to the row tile), its new state values and
+// the sums. A smaller cluster gives each CTA more units, so when the largest does not fit in
+// shared memory none does.
+template <typename scalar_t, bool BWD, Activation ACT>
+CudaPlan plan_cluster(int64_t B, int64_t H, const DeviceInfo& dev) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr int64_t U = Persistent::kUnits, BT = Persistent::kRows, NW = Persistent::kWarps;
+  CudaPlan plan;
+  plan.path = CudaPath::kStepwise;
+  if (dev.cc_major < 9 || !dev.cluster_launch) {
+    plan.reason = "the device cannot launch thread-block clusters (compute capability " +
+                  std::to_string(dev.cc_major) + ".x; the cluster kernel needs 9.0)";
+    return plan;
+  }
+  int64_t smem_max = 0;
+  try {
+    smem_max = cluster_max_dynamic_smem<scalar_t, BWD, ACT>(dev);
+  } catch (const std::runtime_error& e) {
+    plan.reason = e.what();
+    return plan;
+  }
+  const int64_t Hp = padded_hidden(H);
+  const int64_t rows_pad = ceil_div(std::max<int64_t>(B, 1), BT) * BT;
+  for (int64_t c_max = 16; c_max >= 1; c_max /= 2) {
+    const int64_t Hc = ceil_div(ceil_div(H, std::min(c_max, ceil_div(H, U))), U) * U;
+    const int64_t C = ceil_div(H, Hc);
+    const int64_t red_slots = std::max<int64_t>(NW, Hc / U * (rows_pad / BT));
+    const int64_t smem =
+        Hc * Hp * static_cast<int64_t>(sizeof(scalar_t)) +
+        (2 * rows_pad * Hp + rows_pad * Hc + red_slots * 32) * static_cast<int64_t>(sizeof(acc_t));
+    if (smem > smem_max) {
+      if (plan.reason.empty()) {
+        plan.reason = "a cluster of " + std::to_string(C) + " CTAs needs " + std::to_string(smem) +
+                      " bytes of shared memory per CTA for H = " + std::to_string(H) +
+                      " and B = " + std::to_string(B) + "; the device allows " +
+                      std::to_string(smem_max);
+      }
+      return plan;
+    }
+    CudaPlan trial;
+    trial.path = CudaPath::kCluster;
+    trial.grid = static_cast<int>(C);
+    trial.threads = Persistent::kThreads;
+    trial.units_per_cta = static_cast<int>(Hc);
+    trial.rows_per_pass = static_cast<int>(rows_pad);
+    trial.smem_bytes = static_cast<std::size_t>(smem);
+    cudaLaunchAttribute attr[1];
+    const cudaLaunchConfig_t cfg = cluster_config(trial, nullptr, attr);
+    int clusters = 0;
+    const cudaError_t err =
+        cudaOccupancyMaxActiveClusters(&clusters, rnn_cluster_kernel<scalar_t, BWD, ACT>, &cfg);
+    if (err == cudaSuccess && clusters >= 1) return trial;
+    (void)cudaGetLastError();  // a refused size is not an error of the next call
+    if (plan.reason.empty()) {
+      plan.reason = "a cluster of " + std::to_string(C) + " CTAs with " + std::to_string(smem) +
+                    " bytes of shared memory each cannot be scheduled on this device" +
+                    (err != cudaSuccess ? std::string(" (") + cudaGetErrorString(err) + ")" : "");
+    }
+  }
+  return plan;
+}
+
 template <typename scalar_t, bool BWD, Activation ACT>
 CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath requested) {
   using acc_t = acc_type<scalar_t>;
   constexpr int U = Persistent::kUnits, BT = Persistent::kRows, NW = Persistent::kWarps;
+  if (requested == CudaPath::kCluster) return plan_cluster<scalar_t, BWD, ACT>(B, H, dev);
   CudaPlan plan;
   plan.path = CudaPath::kStepwise;
   plan.threads = Stepwise::kThreads;
@@ -171,12 +285,31 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
   p.barrier = static_cast<unsigned long long*>(c.workspace);
   p.state = reinterpret_cast<acc_t*>(static_cast<unsigned char*>(c.workspace) + kBarrierBytes);
 
-  // Only the persistent kernel reads batch_sizes on the device; the caller copies them only
-  // when this plan picks it, and packed input without the device copy runs per step.
+  // Only the persistent and cluster kernels read batch_sizes on the device; the caller copies
+  // them only when this plan picks one, and packed input without the device copy runs per step.
   const bool no_device_sizes = s.batch_sizes && !c.batch_sizes_dev;
   if (no_device_sizes && c.path == CudaPath::kPersistent) {
     throw std::invalid_argument(
         "fusedrnn CUDA: the persistent kernel needs packed batch_sizes in device memory too");
+  }
+  if (c.path == CudaPath::kCluster) {
+    if (no_device_sizes) {
+      throw std::invalid_argument(
+          "fusedrnn CUDA: the cluster kernel needs packed batch_sizes in device memory too");
+    }
+    const CudaPlan plan = plan_cluster<scalar_t, BWD, ACT>(s.B, s.H, dev);
+    if (plan.path != CudaPath::kCluster) {
+      throw std::runtime_error("fusedrnn CUDA: the cluster kernel was requested but cannot run: " +
+                               plan.reason);
+    }
+    p.batch_sizes = s.batch_sizes ? c.batch_sizes_dev : nullptr;
+    cudaLaunchAttribute attr[1];
+    const cudaLaunchConfig_t cfg = cluster_config(plan, c.stream, attr);
+    check_cuda(cudaLaunchKernelEx(&cfg, rnn_cluster_kernel<scalar_t, BWD, ACT>, p,
+                                  plan.units_per_cta, plan.rows_per_pass),
+               "cluster launch of the cluster recurrence kernel");
+    check_cuda(cudaGetLastError(), "cluster recurrence kernel launch");
+    return;
   }
   const CudaPath requested = no_device_sizes ? CudaPath::kStepwise : c.path;
   const CudaPlan plan = plan_for_kernel<scalar_t, BWD, ACT>(s.B, s.H, dev, requested);

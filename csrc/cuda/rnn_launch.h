@@ -21,6 +21,8 @@ struct DeviceInfo {
   int sms = 0;
   int smem_optin = 0;  // max dynamic shared memory per block after opting in
   bool cooperative = false;
+  int cc_major = 0;             // compute capability, major
+  bool cluster_launch = false;  // thread-block clusters (compute capability 9.0 and up)
 };
 DeviceInfo device_info(int device);
 

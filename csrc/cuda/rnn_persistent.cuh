@@ -30,10 +30,8 @@ struct Persistent {
 };
 
 // The most warps one work item is split over along H (Hq quads per row): no fewer than one
-// quad per lane each. The kernel's split, and the plan's (persistent_units_per_cta).
-__host__ __device__ __forceinline__ int max_k_splits(int64_t Hq) {
-  return static_cast<int>((Hq + 31) / 32);
-}
+// quad per lane each (the persistent and the cluster kernels split alike).
+__device__ __forceinline__ int max_k_splits(int64_t Hq) { return static_cast<int>((Hq + 31) / 32); }
 
 // Grid-wide barrier on a monotonic counter. Phase k's barrier waits for grid*(k+1)
 // arrivals, so the counter is never reset inside a launch.
@@ -261,8 +259,7 @@ __global__ void __launch_bounds__(Persistent::kThreads, 1)
         const int idx = tid + i * kThreads;
         if (idx < n_out) {
           const int r = idx / nj, u = idx % nj;
-          epilogue_apply<scalar_t, BWD, ACT>(p, ph, state_out, r0 + r, j0 + u, sum_of(r, u),
-                                             pre[i]);
+          epilogue<scalar_t, BWD, ACT>(p, ph, state_out, r0 + r, j0 + u, sum_of(r, u), pre[i]);
         }
       }
       for (int idx = tid + kPrefetch * kThreads; idx < n_out; idx += kThreads) {

@@ -13,10 +13,11 @@ Before the first launch the CUDA runtime the module was built with is checked ag
 installed driver (:func:`check_driver`): ``_C_cuda`` links the runtime statically, so a
 driver too old for it would fail every call with ``cudaErrorInsufficientDriver``.
 
-``FUSEDRNN_CUDA_PATH`` (``auto`` | ``persistent`` | ``stepwise``) forces one recurrence
-kernel, for benchmarks and debugging; ``auto`` (the default) takes the persistent kernel
-when it fits on the chip and the batch is small enough for it to be the faster one
-(docs/cuda_kernels.md, "Boundary").
+``FUSEDRNN_CUDA_PATH`` (``auto`` | ``persistent`` | ``stepwise`` | ``cluster``) forces one
+recurrence kernel, for benchmarks and debugging; ``auto`` (the default) takes the
+persistent kernel when it fits on the chip and the batch is small enough for it to be the
+faster one (docs/cuda_kernels.md, "Boundary"). ``cluster`` (one thread-block cluster,
+compute capability 9.0) runs only when asked for: it has not yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ KERNEL_DTYPES = {
     torch.float16: "float16",
 }
 
-_PATHS = ("auto", "persistent", "stepwise")
+_PATHS = ("auto", "persistent", "stepwise", "cluster")
 
 # The oldest Linux driver branch that supports each CUDA major version.
 _MIN_DRIVER = {11: "R450", 12: "R525", 13: "R580"}
@@ -160,9 +161,10 @@ def stream_capturing(device: torch.device) -> bool:
 def _launch_context(dtype, B, H, batch_sizes, nonlinearity, backward, device, path):
     """(batch_sizes host, device copy, workspace, device index, stream handle, path).
 
-    The device copy of ``batch_sizes`` is made only for packed input that the persistent
-    kernel will run (the per-step kernel takes its phases from the host copy), and packed
-    input whose batch never shrinks is passed as padded (same layout, nothing to copy).
+    The device copy of ``batch_sizes`` is made only for packed input that the persistent or
+    the cluster kernel will run (the per-step kernel takes its phases from the host copy),
+    and packed input whose batch never shrinks is passed as padded (same layout, nothing to
+    copy).
     The copy goes from pinned memory with ``non_blocking=True`` on the current stream, the
     stream the kernel runs on, so it is ordered before the kernel without a host sync;
     torch's pinned-memory allocator keeps the host buffer until the copy is done.
@@ -180,14 +182,14 @@ def _launch_context(dtype, B, H, batch_sizes, nonlinearity, backward, device, pa
     bs_host = batch_sizes.contiguous() if packed else None
     bs_dev = None
     if packed and stream_capturing(device):
-        if path == "persistent":
+        if path in ("persistent", "cluster"):
             raise RuntimeError(
-                "fusedrnn: FUSEDRNN_CUDA_PATH=persistent cannot run packed input inside CUDA "
+                f"fusedrnn: FUSEDRNN_CUDA_PATH={path} cannot run packed input inside CUDA "
                 "graph capture (use auto or stepwise)"
             )
         path = "stepwise"
     if packed and (
-        path == "persistent"
+        path in ("persistent", "cluster")
         or (path == "auto" and _takes_persistent(name, B, H, nonlinearity, backward, index, path))
     ):
         # A fresh buffer from torch's pinned allocator (never the caller's tensor, which

@@ -135,3 +135,19 @@ def test_gpu_ab_restores_the_tree_when_a_build_fails(tmp_path, failing):
     with tarfile.open(out / "ab_results.tgz") as tar:
         assert f"./build_{leg}.log" in tar.getnames()
     assert ("installed _C_cuda is not the tree's build (unknown)" in log) == (failing == "new")
+
+
+def test_cluster_kernel_emulation_matches_the_reference():
+    """scripts/emulate_cluster.py: the cluster kernel (rnn_cluster.cuh), emulated CTA by CTA
+    in NumPy, against the float64 reference on a packed case, with its hazard checks."""
+    proc = _run("scripts/emulate_cluster.py", "--quick", "--only", "(6, 5, 9")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no discrepancy, hazard or tainted read found" in proc.stdout
+
+
+@pytest.mark.slow
+def test_cluster_kernel_emulation_catches_planted_bugs():
+    """The emulation's checks can fail: each bug planted in the emulated kernel is reported."""
+    proc = _run("scripts/emulate_cluster.py", "--self-test")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "MISSED" not in proc.stdout and proc.stdout.count("caught") >= 5

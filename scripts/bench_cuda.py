@@ -134,18 +134,48 @@ def recurrence_ms(path, dtype, B, H, T, backward) -> float | None:
         raise
 
 
+def _write_paths(args, rows, kernels, note="") -> None:
+    """bench_paths.{json,md} from the rows so far (rewritten after each pass)."""
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, grid=PATHS_GRID)
+    if note:
+        meta["note"] = note
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_paths.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    cols = [f"{p}_{m}_us_per_step" for m in ("fwd", "bwd") for p in kernels]
+    heads = [f"{m} {p}" for m in ("fwd", "bwd") for p in kernels]
+    lines = [
+        f"Device: {meta['device']}, torch {meta['torch']}; recurrence only, tanh, T = "
+        f"{PATHS_GRID['T'][0]}, microseconds per step (- : does not fit or not run)",
+        *([f"Note: {note}"] if note else []),
+        "",
+        "| precision | B | H | auto | rows/pass | passes | " + " | ".join(heads) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(heads),
+    ]
+    for r in rows:
+        cells = " | ".join("-" if r.get(c) is None else f"{r[c]:.2f}" for c in cols)
+        lines.append(
+            f"| {r['precision']} | {r['B']} | {r['H']} | {r['auto']} | {r['rows_per_pass']} "
+            f"| {r['passes'] or '-'} | {cells} |"
+        )
+    (args.out / "bench_paths.md").write_text("\n".join(lines) + "\n")
+
+
+def _us(v) -> str:
+    return f"{v:9.2f}" if v is not None else f"{'-':>9}"
+
+
 def bench_paths(args) -> None:
-    """The recurrence kernels, each forced, per (B, H): persistent, per-step, and on a GPU
-    with thread-block clusters (compute capability 9.0) the cluster kernel."""
+    """The recurrence kernels, each forced, per (B, H): the persistent and per-step kernels
+    over the grid, written out; then, on a GPU with thread-block clusters (compute
+    capability 9.0), the opt-in cluster kernel as a second pass, so that a fault of that
+    kernel, not yet validated, cannot cost the first pass (an error there ends the pass and
+    is noted in the files)."""
     saved = os.environ.get("FUSEDRNN_CUDA_PATH")
     rows = []
     kernels = ["persistent", "stepwise"]
-    if torch.cuda.get_device_capability()[0] >= 9:  # thread-block clusters
-        kernels.append("cluster")
-    names = "/".join(k[:4] for k in kernels)
     print(
         f"{'prec':6} {'B':>4} {'H':>5} {'auto':>10} {'rows/pass':>9} {'passes':>6} "
-        f"fwd {names} us/step   bwd {names} us/step"
+        f"{'fwd pers / step us/step':>21} {'bwd pers / step us/step':>21}"
     )
     try:
         for precision in args.precisions.split(","):
@@ -155,19 +185,15 @@ def bench_paths(args) -> None:
             for B, H, T in itertools.product(PATHS_GRID["B"], PATHS_GRID["H"], PATHS_GRID["T"]):
                 plan = _cuda._C_cuda.plan(name, B, H, "tanh", False, torch.cuda.current_device())
                 rpp = plan["rows_per_pass"]
-                row = dict(precision=precision, B=B, H=H, T=T, auto=plan["path"])
+                row = dict(precision=precision, B=B, H=H, T=T, auto=plan["path"], dtype=dtype)
                 row.update(rows_per_pass=rpp, passes=math.ceil(B / rpp) if rpp else None)
                 for path in kernels:
                     for mode, bwd in (("fwd", False), ("bwd", True)):
                         ms = recurrence_ms(path, dtype, B, H, T, bwd)
                         row[f"{path}_{mode}_us_per_step"] = None if ms is None else 1e3 * ms / T
                 rows.append(row)
-
-                def us(v):
-                    return f"{v:9.2f}" if v is not None else f"{'-':>9}"
-
                 times = " ".join(
-                    " / ".join(us(row[f"{p}_{mode}_us_per_step"]) for p in kernels)
+                    " / ".join(_us(row[f"{p}_{mode}_us_per_step"]) for p in kernels)
                     for mode in ("fwd", "bwd")
                 )
                 print(
@@ -175,30 +201,36 @@ def bench_paths(args) -> None:
                     f"{row['passes'] or '-':>6} {times}",
                     flush=True,
                 )
+        out_rows = [{k: v for k, v in r.items() if k != "dtype"} for r in rows]
+        _write_paths(args, out_rows, kernels)
+        if torch.cuda.get_device_capability()[0] < 9:
+            return
+        kernels.append("cluster")
+        note = ""
+        print("cluster kernel (opt-in, first runs), us/step fwd / bwd:")
+        for row in rows:
+            for mode, bwd in (("fwd", False), ("bwd", True)):
+                try:
+                    ms = recurrence_ms("cluster", row["dtype"], row["B"], row["H"], row["T"], bwd)
+                except Exception as e:  # recorded in the files; the pass ends
+                    note = f"the cluster pass stopped at B={row['B']} H={row['H']} {mode}: {e}"
+                    break
+                row[f"cluster_{mode}_us_per_step"] = None if ms is None else 1e3 * ms / row["T"]
+            if note:
+                print(note, flush=True)
+                break
+            print(
+                f"{row['precision']:6} {row['B']:>4} {row['H']:>5} "
+                f"{_us(row['cluster_fwd_us_per_step'])} / {_us(row['cluster_bwd_us_per_step'])}",
+                flush=True,
+            )
+        out_rows = [{k: v for k, v in r.items() if k != "dtype"} for r in rows]
+        _write_paths(args, out_rows, kernels, note)
     finally:
         if saved is None:
             os.environ.pop("FUSEDRNN_CUDA_PATH", None)
         else:
             os.environ["FUSEDRNN_CUDA_PATH"] = saved
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, grid=PATHS_GRID)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_paths.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    cols = [f"{p}_{m}_us_per_step" for m in ("fwd", "bwd") for p in kernels]
-    heads = [f"{m} {p}" for m in ("fwd", "bwd") for p in kernels]
-    lines = [
-        f"Device: {meta['device']}, torch {meta['torch']}; recurrence only, tanh, T = "
-        f"{PATHS_GRID['T'][0]}, microseconds per step (- : does not fit)",
-        "",
-        "| precision | B | H | auto | rows/pass | passes | " + " | ".join(heads) + " |",
-        "|---|---|---|---|---|---|" + "---|" * len(heads),
-    ]
-    for r in rows:
-        cells = " | ".join("-" if r[c] is None else f"{r[c]:.2f}" for c in cols)
-        lines.append(
-            f"| {r['precision']} | {r['B']} | {r['H']} | {r['auto']} | {r['rows_per_pass']} "
-            f"| {r['passes'] or '-'} | {cells} |"
-        )
-    (args.out / "bench_paths.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -209,7 +241,7 @@ def main() -> None:
     parser.add_argument(
         "--paths",
         action="store_true",
-        help="persistent vs per-step recurrence kernels over a B x H grid (bench_paths.*)",
+        help="the recurrence kernels, each forced, over a B x H grid (bench_paths.*)",
     )
     args = parser.parse_args()
     if args.precisions is None:

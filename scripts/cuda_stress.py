@@ -11,7 +11,11 @@ would show up here first), and each must agree with the per-step kernel to float
 rounding. A case a kernel cannot take (too large for the chip or the cluster) is reported
 and skipped.
 
-    python scripts/cuda_stress.py     # exit status 1 on any mismatch
+    python scripts/cuda_stress.py [persistent] [cluster]   # exit status 1 on any mismatch
+
+The kernels to stress are named on the command line (default: persistent); `cluster` (the
+opt-in Hopper kernel) is best run in a process of its own, as `scripts/gpu_check.sh` does, so
+that a fault of it cannot break the CUDA context the other kernel's cases run in.
 """
 
 from __future__ import annotations
@@ -47,9 +51,7 @@ def main() -> int:
         print("cuda_stress: needs a CUDA GPU and fusedrnn built with its CUDA kernels")
         return 1
     torch.backends.cuda.matmul.allow_tf32 = False
-    kernels = ["persistent"]
-    if torch.cuda.get_device_capability()[0] >= 9:  # thread-block clusters
-        kernels.append("cluster")
+    kernels = sys.argv[1:] or ["persistent"]
     failed = False
     for B, H, T in CASES:
         torch.manual_seed(0)
@@ -61,8 +63,13 @@ def main() -> int:
             try:
                 first = _run(kernel, model, x)
             except RuntimeError as e:
-                print(f"{label}: kernel not taken ({e}); skipped")
-                continue
+                if "kernel was requested but cannot run" in str(e):
+                    print(f"{label}: kernel not taken ({e}); skipped")
+                    continue
+                # Anything else (a refused launch, a fault at the synchronize) is a failure,
+                # and may have broken the CUDA context for every later case: stop here.
+                print(f"{label}: FAILED: {type(e).__name__}: {e}", flush=True)
+                return 1
             second = _run(kernel, model, x)
             same = all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
             err = max((a - b).abs().max().item() for a, b in zip(first, stepwise, strict=True))

@@ -2,8 +2,8 @@
 # One call on a lent GPU machine: build fusedrnn with its CUDA kernels, stress the persistent
 # kernel and, on Hopper, the opt-in cluster kernel (scripts/cuda_stress.py), run the CUDA tests
 # (the cluster kernel as a third path on Hopper), the GPU benchmarks, compute-sanitizer
-# (memcheck, racecheck, synccheck, initcheck) on a small case, the persistent vs per-step
-# comparison, a breakdown of the training step (scripts/cuda_breakdown.py) and an Nsight
+# (memcheck, racecheck, synccheck, initcheck) on a small case, the kernel comparison (persistent,
+# per-step and on Hopper the cluster kernel, each forced), a breakdown of the training step (scripts/cuda_breakdown.py) and an Nsight
 # Compute profile of one persistent launch. Results: build.log, pytest_cuda.xml, sanitizer
 # logs, bench_cuda.{json,md}, cuda_breakdown.md, bench_paths.{json,md}, ncu* (in
 # $OUT/results.tgz, below). Pass --full for the issue's full benchmark
@@ -38,14 +38,15 @@ bounded() {
   timeout --kill-after=5 "$cap" "$@"
 }
 
-# sanitize TOOL PREFIX [VAR=VALUE...]: compute-sanitizer TOOL on scripts/cuda_smoke.py with
-# those variables set; log in $RES/${PREFIX}sanitizer_TOOL.log, status 1 on a report.
+# sanitize TOOL PREFIX [KERNEL...]: compute-sanitizer TOOL on scripts/cuda_smoke.py with those
+# kernels (default: persistent and per-step); log in $RES/${PREFIX}sanitizer_TOOL.log, status
+# 1 on a report.
 sanitize() {
   local tool=$1 prefix=$2 log
   shift 2
   log="$RES/${prefix}sanitizer_$tool.log"
-  if bounded "${SANITIZER_TIMEOUT:-90}" env "$@" compute-sanitizer --tool "$tool" \
-      --error-exitcode 9 --log-file "$log" $PY scripts/cuda_smoke.py; then
+  if bounded "${SANITIZER_TIMEOUT:-90}" compute-sanitizer --tool "$tool" \
+      --error-exitcode 9 --log-file "$log" $PY scripts/cuda_smoke.py "$@"; then
     echo "$prefix$tool: clean"
   else
     echo "$prefix$tool: FAILED or timed out"; tail -30 "$log"; status=1
@@ -89,15 +90,33 @@ grep -iE "warning|spill|lmem|registers" "$RES/build.log" | head -20
 save
 $PY -c "import fusedrnn, json; print(json.dumps(fusedrnn.info(), indent=1))"
 
+# Whether the GPU has thread-block clusters (compute capability 9.0): the opt-in cluster kernel,
+# never run before session 21's code reaches a Hopper GPU, is then checked in steps of its own
+# (separate processes, so that a fault of it cannot cost the other kernels' results).
+CLUSTER=$($PY -c "import torch; print(int(torch.cuda.get_device_capability()[0] >= 9))" 2>/dev/null)
+echo "thread-block clusters: ${CLUSTER:-?}"
+
 step "persistent kernel stress (bounded: a barrier that never completes must not take the window)"
 bounded "${STRESS_TIMEOUT:-90}" $PY scripts/cuda_stress.py || { echo "cuda_stress: FAILED or timed out"; status=1; }
+if [[ "$CLUSTER" == 1 ]]; then
+  step "cluster kernel stress"
+  bounded "${STRESS_TIMEOUT:-90}" $PY scripts/cuda_stress.py cluster ||
+    { echo "cuda_stress cluster: FAILED or timed out"; status=1; }
+fi
 
 step "pytest -m cuda"
 # Bounded: a kernel that never returns (a grid barrier whose CTAs are not all resident)
 # must not take the whole device window with it.
-bounded "${PYTEST_TIMEOUT:-240}" $PY -m pytest -m cuda -q -p no:cacheprovider -rfE \
-  --junitxml="$RES/pytest_cuda.xml" || { echo "pytest -m cuda: FAILED or timed out"; status=1; }
+bounded "${PYTEST_TIMEOUT:-240}" $PY -m pytest -m cuda -k "not cluster" -q -p no:cacheprovider \
+  -rfE --junitxml="$RES/pytest_cuda.xml" || { echo "pytest -m cuda: FAILED or timed out"; status=1; }
 save
+if [[ "$CLUSTER" == 1 ]]; then
+  step "pytest -m cuda -k cluster (the opt-in cluster kernel)"
+  bounded "${PYTEST_TIMEOUT:-240}" $PY -m pytest -m cuda -k cluster -q -p no:cacheprovider -rfE \
+    --junitxml="$RES/pytest_cuda_cluster.xml" ||
+    { echo "pytest -m cuda -k cluster: FAILED or timed out"; status=1; }
+  save
+fi
 
 step "benchmarks"
 # PRECISIONS (comma-separated, e.g. fp32) shortens the grid to those precisions.
@@ -120,8 +139,17 @@ for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
   sanitize "$tool" ""
   save
 done
+if [[ "$CLUSTER" == 1 ]]; then
+  # (whether racecheck follows st.shared::cluster and barrier.cluster is not established: a
+  # clean report is no proof that the exchange between CTAs is race-free)
+  compute-sanitizer --version 2>/dev/null | tail -1
+  for tool in memcheck racecheck; do
+    sanitize "$tool" cluster_ cluster
+    save
+  done
+fi
 
-step "kernel paths: persistent vs per-step, both forced via FUSEDRNN_CUDA_PATH"
+step "kernel paths: each kernel forced via FUSEDRNN_CUDA_PATH (the cluster kernel last)"
 # The data behind auto's batch limit in plan_for_kernel (docs/cuda_kernels.md, "Boundary");
 # PATHS=0 skips it.
 if [[ "${PATHS:-1}" == 1 ]]; then

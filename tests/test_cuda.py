@@ -407,6 +407,8 @@ def test_cluster_kernel_sizes(shape, reverse, dtype):
     plans = [_plan(H, B=B, dtype=_cuda.KERNEL_DTYPES[dtype], backward=bwd, path="cluster")
              for bwd in (False, True)]  # fmt: skip
     for plan in plans:
+        if "cannot be scheduled" in plan["reason"]:  # e.g. 15 free SMs in one GPC: the device's
+            pytest.skip(f"cluster not schedulable here: {plan['reason']}")
         assert plan["path"] == "cluster", plan
         assert 1 <= plan["grid"] <= 16 and plan["grid"] * plan["units_per_cta"] >= H, plan
         assert plan["rows_per_pass"] >= B, plan
@@ -416,9 +418,9 @@ def test_cluster_kernel_sizes(shape, reverse, dtype):
 
 @_NEEDS_CLUSTERS
 def test_cluster_kernel_matches_persistent_kernel_closely():
-    """The same sums in the same order per output as the persistent kernel (its split of
-    each work item along H is the same at the same units per CTA), so the two agree to the
-    last bits or close to them; both against the per-step kernel within float32 rounding."""
+    """The cluster kernel against the persistent and per-step kernels in float32: the same
+    product and epilogue code, but other units per CTA and so another split of the sums along
+    H (here 16 units and no split, against 4 units split over 2 warps): equal to rounding."""
     p = _problem(30, 16, 256, None, torch.float32, "cluster vs persistent")
     runs = {}
     for path in ("cluster", "persistent", "stepwise"):

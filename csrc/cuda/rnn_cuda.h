@@ -46,8 +46,9 @@ struct CudaPlan {
   CudaPath path = CudaPath::kStepwise;  // never kAuto
   int grid = 0;                         // CTAs (persistent: co-resident; cluster: its size)
   int threads = 0;                      // threads per CTA
-  int units_per_cta = 0;                // persistent: hidden units (W_hh slice) each CTA owns
-  int rows_per_pass = 0;                // persistent: batch rows staged in shared memory at once
+  int units_per_cta = 0;                // persistent, cluster: hidden units (W_hh slice) per CTA
+  int rows_per_pass = 0;                // persistent: batch rows staged in shared memory at once;
+                                        // cluster: all B rows, padded to the row tile
   std::size_t smem_bytes = 0;           // dynamic shared memory per CTA
   std::string reason;                   // why the persistent kernel was not taken (empty if it was)
 };

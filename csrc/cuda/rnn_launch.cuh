@@ -5,9 +5,11 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cuda/rnn_cluster.cuh"
@@ -119,7 +121,7 @@ inline cudaLaunchConfig_t cluster_config(const CudaPlan& plan, cudaStream_t stre
 // the sums. A smaller cluster gives each CTA more units, so when the largest does not fit in
 // shared memory none does.
 template <typename scalar_t, bool BWD, Activation ACT>
-CudaPlan plan_cluster(int64_t B, int64_t H, const DeviceInfo& dev) {
+CudaPlan plan_cluster_uncached(int64_t B, int64_t H, const DeviceInfo& dev) {
   using acc_t = acc_type<scalar_t>;
   constexpr int64_t U = Persistent::kUnits, BT = Persistent::kRows, NW = Persistent::kWarps;
   CudaPlan plan;
@@ -174,6 +176,25 @@ CudaPlan plan_cluster(int64_t B, int64_t H, const DeviceInfo& dev) {
                     (err != cudaSuccess ? std::string(" (") + cudaGetErrorString(err) + ")" : "");
     }
   }
+  return plan;
+}
+
+// plan_cluster_uncached, cached per (device, B, H): its occupancy queries (up to five) would
+// otherwise run on every call, host time that the benchmarks' per-step figures include.
+template <typename scalar_t, bool BWD, Activation ACT>
+CudaPlan plan_cluster(int64_t B, int64_t H, const DeviceInfo& dev) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, int64_t, int64_t>, CudaPlan> plans;
+  const auto key = std::make_tuple(dev.device, B, H);
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    const auto it = plans.find(key);
+    if (it != plans.end()) return it->second;
+  }
+  CudaPlan plan = plan_cluster_uncached<scalar_t, BWD, ACT>(B, H, dev);
+  const std::lock_guard<std::mutex> lock(mu);
+  if (plans.size() >= 4096) plans.clear();  // bounded: many distinct shapes start afresh
+  plans.emplace(key, plan);
   return plan;
 }
 

@@ -63,23 +63,19 @@ __device__ __forceinline__ void cluster_sync() {
 #endif
 }
 
-// Store v at the address of `local` (this CTA's shared memory) in CTA `rank` of the cluster.
-__device__ __forceinline__ void store_in_cta(float* local, unsigned rank, float v) {
+// Store v at the address of `local` (this CTA's shared memory) in CTA `rank` of the cluster
+// (acc_t: float or double).
+template <typename acc_t>
+__device__ __forceinline__ void store_in_cta(acc_t* local, unsigned rank, acc_t v) {
 #ifdef FUSEDRNN_CLUSTER_PTX
   const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(local));
   unsigned remote;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
-  asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(v) : "memory");
-#else
-  (void)local, (void)rank, (void)v;
-#endif
-}
-__device__ __forceinline__ void store_in_cta(double* local, unsigned rank, double v) {
-#ifdef FUSEDRNN_CLUSTER_PTX
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(local));
-  unsigned remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
-  asm volatile("st.shared::cluster.f64 [%0], %1;" ::"r"(remote), "d"(v) : "memory");
+  if constexpr (sizeof(acc_t) == 4) {
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(v) : "memory");
+  } else {
+    asm volatile("st.shared::cluster.f64 [%0], %1;" ::"r"(remote), "d"(v) : "memory");
+  }
 #else
   (void)local, (void)rank, (void)v;
 #endif
@@ -163,8 +159,10 @@ __global__ void __launch_bounds__(Persistent::kThreads, 1)
     }
     __syncthreads();
 
-    // Work items: (unit group g, row tile bt), each split over ks warps along H, exactly as
-    // in the persistent kernel (the same sums in the same order).
+    // Work items: (unit group g, row tile bt), each split over ks warps along H, as in the
+    // persistent kernel. (The loop is that kernel's, written again rather than shared: moved
+    // into a function it changed the persistent kernel's PTX, which ran and was timed as it
+    // is; to share once a GPU A/B shows no cost.)
     const int n_bt = nrows_pad / BT;
     const int items = n_g * n_bt;
     int ks = items < NW ? NW / items : 1;

@@ -151,3 +151,71 @@ def test_cluster_kernel_emulation_catches_planted_bugs():
     proc = _run("scripts/emulate_cluster.py", "--self-test")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "MISSED" not in proc.stdout and proc.stdout.count("caught") >= 5
+
+
+_FAKE_GPU_PYTHON = """#!/usr/bin/env bash
+# Stands in for python3 (and compute-sanitizer, nvidia-smi) in scripts/gpu_check.sh: records
+# each call in $CALLS and answers the one-line queries as a Hopper machine would.
+echo "$(basename "$0") $*" >> "$CALLS"
+case "$(basename "$0")" in
+  nvidia-smi) echo "NVIDIA H200, 580.00, 143771 MiB"; exit 0 ;;
+  compute-sanitizer) exit 0 ;;
+esac
+case "$1" in
+  -c) case "$2" in
+        *get_device_capability*) echo 1 ;;
+        *torch.version.cuda*) echo 13.0 ;;
+        *) echo "{}" ;;
+      esac ;;
+  -m) [[ "$2" == pytest ]] && echo "1 passed" ; exit 0 ;;
+  *) exit 0 ;;
+esac
+"""
+
+
+def test_gpu_check_runs_every_step_and_the_cluster_kernel_apart(tmp_path):
+    """scripts/gpu_check.sh end to end with fake tools (no GPU): every step runs, and on a
+    Hopper GPU the cluster kernel's checks run in processes of their own, after and apart
+    from the other kernels'."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"
+    fake.write_text(_FAKE_GPU_PYTHON)
+    fake.chmod(0o755)
+    for tool in ("compute-sanitizer", "nvidia-smi"):
+        (bin_dir / tool).symlink_to(fake)
+    calls = tmp_path / "calls.txt"
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "CALLS": str(calls),
+        "OUT": str(tmp_path / "out"),
+        "BUDGET": "200",
+        "PYTHON": str(fake),
+    }
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = (tmp_path / "out" / "gpu_check.log").read_text()
+    assert "gpu_check status: 0" in log and "thread-block clusters: 1" in log
+    ran = calls.read_text().splitlines()
+    expected = [
+        "python3 -m pip install --no-build-isolation --no-deps -e .",
+        "python3 scripts/cuda_stress.py",
+        "python3 scripts/cuda_stress.py cluster",
+        "python3 -m pytest -m cuda -k not cluster",
+        "python3 -m pytest -m cuda -k cluster",
+        "python3 scripts/bench_cuda.py --out",
+        "python3 scripts/cuda_breakdown.py --out",
+        "compute-sanitizer --tool memcheck",
+        "compute-sanitizer --tool initcheck",
+        "compute-sanitizer --tool racecheck --error-exitcode 9",
+        "python3 scripts/bench_cuda.py --out",
+    ]
+    position = 0
+    for want in expected:  # in this order, each after the one before
+        hits = [i for i, line in enumerate(ran) if i >= position and line.startswith(want)]
+        assert hits, (want, ran)
+        position = hits[0] + 1
+    smoke = [line for line in ran if line.startswith("compute-sanitizer --tool")]
+    assert sum(line.endswith("cuda_smoke.py") for line in smoke) == 4  # the validated kernels
+    assert sum(line.endswith("cuda_smoke.py cluster") for line in smoke) == 2  # on its own

@@ -60,9 +60,9 @@ struct CudaPlan {
 // One workspace per launch in flight: a workspace must not be used by two calls whose work
 // can overlap on the device (two streams, or two host threads, without an event between
 // them). The launcher zeroes the grid-barrier counter on the stream and the persistent
-// kernel counts arrivals on it, and both kernels keep the recurrent state of the running
-// step in the two state buffers, so a second call would reset the other's barrier (a hang
-// or a torn step) and overwrite its state (wrong results, no error). Calls ordered on one
+// kernel counts arrivals on it, and the persistent and per-step kernels keep the recurrent state of
+// the running step in the two state buffers, so a second call would reset the other's barrier (a
+// hang or a torn step) and overwrite its state (wrong results, no error). Calls ordered on one
 // stream may reuse a workspace. python/fusedrnn/_cuda.py allocates a fresh workspace for
 // every call from torch's caching allocator, which hands the memory out again only to work
 // ordered after the call on the same stream.

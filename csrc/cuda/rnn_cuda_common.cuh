@@ -1,7 +1,8 @@
-// Pieces shared by the persistent and the per-step recurrence kernels: number types,
-// the walk over (packed) time steps, where a step's recurrent input row comes from, and
-// the fused epilogue. Both kernels compute exactly the same function with the same
-// per-step arithmetic, so which one runs never changes the math, only the schedule.
+// Pieces shared by the recurrence kernels (persistent, per-step, and the opt-in cluster
+// kernel): number types, the walk over (packed) time steps, where a step's recurrent input
+// row comes from, and the fused epilogue. They compute exactly the same function with the
+// same per-step arithmetic, so which one runs never changes the math, only the schedule
+// (and the order of each product's partial sums).
 #pragma once
 
 #include <cuda_bf16.h>

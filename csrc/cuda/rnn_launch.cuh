@@ -22,8 +22,11 @@ namespace cuda_detail {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Opts the persistent kernel <scalar_t, BWD, ACT> in to all the dynamic shared memory the
-// current device allows, once per (device, kernel), and returns that maximum (bytes).
+// Opts the one-launch kernel <scalar_t, BWD, ACT> (persistent, or CLUSTER: the cluster
+// kernel) in to all the dynamic shared memory the current device allows, once per (device,
+// kernel), and returns that maximum (bytes). The cluster kernel is also allowed clusters of
+// up to 16 CTAs (non-portable; 8 is the portable limit), and refused where its image was
+// compiled for an architecture below 9.0 (its body compiled out: it would only trap).
 //
 // cudaFuncAttributeMaxDynamicSharedMemorySize belongs to the kernel in the device's context,
 // shared by every thread, and the kernel calls run with the GIL released. Setting it per
@@ -32,20 +35,32 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // attribute never shrinks and every launch fits under it; the occupancy query and the
 // launch itself still use the size the call needs. The mutex makes a concurrent first call
 // wait until the attribute is set.
-template <typename scalar_t, bool BWD, Activation ACT>
-int persistent_max_dynamic_smem(const DeviceInfo& dev) {
+template <typename scalar_t, bool BWD, Activation ACT, bool CLUSTER>
+int max_dynamic_smem(const DeviceInfo& dev) {
   static std::mutex mu;
   static std::vector<int> max_dynamic;  // by device index; 0 = not set yet
   const std::lock_guard<std::mutex> lock(mu);
   const std::size_t d = static_cast<std::size_t>(dev.device);
   if (d < max_dynamic.size() && max_dynamic[d] > 0) return max_dynamic[d];
-  auto kernel = rnn_persistent_kernel<scalar_t, BWD, ACT>;
+  auto kernel =
+      CLUSTER ? rnn_cluster_kernel<scalar_t, BWD, ACT> : rnn_persistent_kernel<scalar_t, BWD, ACT>;
+  const std::string name = CLUSTER ? "cluster kernel" : "persistent kernel";
   cudaFuncAttributes attr = {};
-  check_cuda(cudaFuncGetAttributes(&attr, kernel), "cudaFuncGetAttributes(persistent kernel)");
-  // The opt-in limit covers static and dynamic shared memory (the kernel has no static).
+  check_cuda(cudaFuncGetAttributes(&attr, kernel), ("cudaFuncGetAttributes(" + name + ")").c_str());
+  if (CLUSTER && attr.ptxVersion < 90) {
+    throw std::runtime_error(
+        "the cluster kernel in this build was compiled for compute capability " +
+        std::to_string(attr.ptxVersion / 10) + "." + std::to_string(attr.ptxVersion % 10) +
+        " (PTX JIT); build fusedrnn with CUDA architecture 90 to run it");
+  }
+  // The opt-in limit covers static and dynamic shared memory (the kernels have no static).
   const int bytes = dev.smem_optin - static_cast<int>(attr.sharedSizeBytes);
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-             "cudaFuncSetAttribute(persistent kernel, max dynamic shared memory)");
+             ("cudaFuncSetAttribute(" + name + ", max dynamic shared memory)").c_str());
+  if (CLUSTER) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
+               "cudaFuncSetAttribute(cluster kernel, non-portable cluster size)");
+  }
   if (max_dynamic.size() <= d) max_dynamic.resize(d + 1, 0);
   max_dynamic[d] = bytes;
   return bytes;
@@ -65,36 +80,6 @@ constexpr int64_t kAutoLargeHidden = 1024;
 inline int64_t persistent_units_per_cta(int64_t H, int sms) {
   constexpr int64_t U = Persistent::kUnits;
   return ceil_div(ceil_div(H, sms), U) * U;
-}
-
-// The cluster kernel's attributes, set once per (device, kernel) as the persistent kernel's
-// (see persistent_max_dynamic_smem): all the dynamic shared memory the device allows, and
-// clusters of up to 16 CTAs (non-portable; 8 is the portable limit). Returns the maximum
-// dynamic shared memory in bytes.
-template <typename scalar_t, bool BWD, Activation ACT>
-int cluster_max_dynamic_smem(const DeviceInfo& dev) {
-  static std::mutex mu;
-  static std::vector<int> max_dynamic;  // by device index; 0 = not set yet
-  const std::lock_guard<std::mutex> lock(mu);
-  const std::size_t d = static_cast<std::size_t>(dev.device);
-  if (d < max_dynamic.size() && max_dynamic[d] > 0) return max_dynamic[d];
-  auto kernel = rnn_cluster_kernel<scalar_t, BWD, ACT>;
-  cudaFuncAttributes attr = {};
-  check_cuda(cudaFuncGetAttributes(&attr, kernel), "cudaFuncGetAttributes(cluster kernel)");
-  if (attr.ptxVersion < 90) {  // its body was compiled out: it would only trap
-    throw std::runtime_error(
-        "the cluster kernel in this build was compiled for compute capability " +
-        std::to_string(attr.ptxVersion / 10) + "." + std::to_string(attr.ptxVersion % 10) +
-        " (PTX JIT); build fusedrnn with CUDA architecture 90 to run it");
-  }
-  const int bytes = dev.smem_optin - static_cast<int>(attr.sharedSizeBytes);
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-             "cudaFuncSetAttribute(cluster kernel, max dynamic shared memory)");
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
-             "cudaFuncSetAttribute(cluster kernel, non-portable cluster size)");
-  if (max_dynamic.size() <= d) max_dynamic.resize(d + 1, 0);
-  max_dynamic[d] = bytes;
-  return bytes;
 }
 
 // Launch configuration of the cluster kernel: one cluster of C CTAs, no other attribute.
@@ -133,7 +118,7 @@ CudaPlan plan_cluster_uncached(int64_t B, int64_t H, const DeviceInfo& dev) {
   }
   int64_t smem_max = 0;
   try {
-    smem_max = cluster_max_dynamic_smem<scalar_t, BWD, ACT>(dev);
+    smem_max = max_dynamic_smem<scalar_t, BWD, ACT, true>(dev);
   } catch (const std::runtime_error& e) {
     plan.reason = e.what();
     return plan;
@@ -233,7 +218,7 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
   // auto falls back to it, a requested persistent kernel reports the reason (run_for_kernel).
   int64_t smem_max = 0;
   try {
-    smem_max = persistent_max_dynamic_smem<scalar_t, BWD, ACT>(dev);
+    smem_max = max_dynamic_smem<scalar_t, BWD, ACT, false>(dev);
   } catch (const std::runtime_error& e) {
     plan.reason = e.what();
     return plan;

@@ -135,12 +135,14 @@ def recurrence_ms(path, dtype, B, H, T, backward) -> float | None:
 
 
 def _write_paths(args, rows, kernels, note="") -> None:
-    """bench_paths.{json,md} from the rows so far (rewritten after each pass)."""
+    """bench_paths.{json,md} from the rows so far (rewritten after each pass; a row's torch
+    dtype, kept for the second pass, is not written)."""
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, grid=PATHS_GRID)
     if note:
         meta["note"] = note
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_paths.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    written = [{k: v for k, v in r.items() if k != "dtype"} for r in rows]
+    (args.out / "bench_paths.json").write_text(json.dumps(dict(meta=meta, rows=written), indent=1))
     cols = [f"{p}_{m}_us_per_step" for m in ("fwd", "bwd") for p in kernels]
     heads = [f"{m} {p}" for m in ("fwd", "bwd") for p in kernels]
     lines = [
@@ -201,8 +203,7 @@ def bench_paths(args) -> None:
                     f"{row['passes'] or '-':>6} {times}",
                     flush=True,
                 )
-        out_rows = [{k: v for k, v in r.items() if k != "dtype"} for r in rows]
-        _write_paths(args, out_rows, kernels)
+        _write_paths(args, rows, kernels)
         if torch.cuda.get_device_capability()[0] < 9:
             return
         kernels.append("cluster")
@@ -224,8 +225,7 @@ def bench_paths(args) -> None:
                 f"{_us(row['cluster_fwd_us_per_step'])} / {_us(row['cluster_bwd_us_per_step'])}",
                 flush=True,
             )
-        out_rows = [{k: v for k, v in r.items() if k != "dtype"} for r in rows]
-        _write_paths(args, out_rows, kernels, note)
+        _write_paths(args, rows, kernels, note)
     finally:
         if saved is None:
             os.environ.pop("FUSEDRNN_CUDA_PATH", None)

@@ -51,6 +51,9 @@ KERNEL_DTYPES = {
 }
 
 _PATHS = ("auto", "persistent", "stepwise", "cluster")
+# The kernels that read packed batch_sizes from device memory (the per-step kernel takes its
+# phases from the host copy).
+_DEVICE_SIZES_PATHS = ("persistent", "cluster")
 
 # The oldest Linux driver branch that supports each CUDA major version.
 _MIN_DRIVER = {11: "R450", 12: "R525", 13: "R580"}
@@ -182,14 +185,14 @@ def _launch_context(dtype, B, H, batch_sizes, nonlinearity, backward, device, pa
     bs_host = batch_sizes.contiguous() if packed else None
     bs_dev = None
     if packed and stream_capturing(device):
-        if path in ("persistent", "cluster"):
+        if path in _DEVICE_SIZES_PATHS:
             raise RuntimeError(
                 f"fusedrnn: FUSEDRNN_CUDA_PATH={path} cannot run packed input inside CUDA "
                 "graph capture (use auto or stepwise)"
             )
         path = "stepwise"
     if packed and (
-        path in ("persistent", "cluster")
+        path in _DEVICE_SIZES_PATHS
         or (path == "auto" and _takes_persistent(name, B, H, nonlinearity, backward, index, path))
     ):
         # A fresh buffer from torch's pinned allocator (never the caller's tensor, which

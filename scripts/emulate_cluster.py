@@ -46,11 +46,15 @@ import itertools
 import os
 import sys
 import time
-import zlib
+from pathlib import Path
 
 import numpy as np
 
 from fusedrnn import reference
+
+# The tests' own problem helpers (the emulator is run by them, from the repository).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import lengths_to_batch_sizes, rng_for
 
 # Persistent constants (rnn_persistent.cuh)
 U, BT, NW, NTHREADS = 4, 8, 8, 256
@@ -536,15 +540,6 @@ def run_cluster_kernel(p, BWD, act, plan, errors, cta_order="forward"):
 
 
 # ---- problem set-up and comparison ---------------------------------------------------------
-def lengths_to_batch_sizes(lengths):
-    lengths = sorted((int(v) for v in lengths), reverse=True)
-    return np.array([sum(v > t for v in lengths) for t in range(lengths[0])], dtype=np.int64)
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
 def make_problem(T, B, H, lengths, key):
     rng = rng_for(key)
     bs = None if lengths is None else lengths_to_batch_sizes(lengths)
@@ -566,7 +561,9 @@ def make_problem(T, B, H, lengths, key):
     )
 
 
-def rel_error(got, want):
+def rel_error_or_inf(got, want):
+    """helpers.rel_error, but a NaN in other places than the reference's is an infinite
+    error rather than an assertion: the emulation reports it as a problem."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     if np.isnan(got).any() != np.isnan(want).any() or (np.isnan(got) != np.isnan(want)).any():
         return float("inf")
@@ -776,7 +773,12 @@ def long_case():
     wh, whn, wdP, wdh0 = reference_results(
         prob, "tanh", False, prob["h0"], prob["G"], prob["Gn"], h
     )
-    errs = [rel_error(h, wh), rel_error(hn, whn), rel_error(dP, wdP), rel_error(dh0, wdh0)]
+    errs = [
+        rel_error_or_inf(h, wh),
+        rel_error_or_inf(hn, whn),
+        rel_error_or_inf(dP, wdP),
+        rel_error_or_inf(dh0, wdh0),
+    ]
     print(
         f"T=2000 B=3 H=16 C={plan['C']}: h {errs[0]:.2e} hn {errs[1]:.2e} dP {errs[2]:.2e} "
         f"dh0 {errs[3]:.2e}; {len(e1) + len(e2)} problems; {time.time() - t0:.0f} s"
@@ -846,7 +848,7 @@ def main():
             ):
                 all_errors.append(f"{shape} fwd: CTA order changes the result")
             want_h, want_hn, _, _ = reference_results(prob, nl, reverse, h0, None, None, None)
-            eh, ehn = rel_error(h, want_h), rel_error(hn, want_hn)
+            eh, ehn = rel_error_or_inf(h, want_h), rel_error_or_inf(hn, want_hn)
             if args.v:
                 print(
                     f"  {shape} fwd {nl} rev={reverse} h0={with_h0} ip={in_place}: "
@@ -890,8 +892,8 @@ def main():
                 all_errors += [f"{tag}: {e}" for e in errs]
                 Gref = G if G is not None else (np.zeros_like(prob["P"]) if ip else None)
                 _, _, ref_dP, ref_dh0 = reference_results(prob, nl, reverse, h0, Gref, Gn, h)
-                e1 = rel_error(dP, ref_dP)
-                e2 = rel_error(dh0, ref_dh0) if want_dh0 else 0.0
+                e1 = rel_error_or_inf(dP, ref_dP)
+                e2 = rel_error_or_inf(dh0, ref_dh0) if want_dh0 else 0.0
                 if dh0 is not None and not want_dh0:
                     all_errors.append(f"{tag}: dh0 produced though not wanted")
                 shape_worst = max(shape_worst, e1, e2)

@@ -204,7 +204,7 @@ def bench_paths(args) -> None:
                     flush=True,
                 )
         _write_paths(args, rows, kernels)
-        if torch.cuda.get_device_capability()[0] < 9:
+        if args.no_cluster or torch.cuda.get_device_capability()[0] < 9:
             return
         kernels.append("cluster")
         note = ""
@@ -242,6 +242,11 @@ def main() -> None:
         "--paths",
         action="store_true",
         help="the recurrence kernels, each forced, over a B x H grid (bench_paths.*)",
+    )
+    parser.add_argument(
+        "--no-cluster",
+        action="store_true",
+        help="--paths without the cluster kernel's pass (gpu_check.sh: after it hung)",
     )
     args = parser.parse_args()
     if args.precisions is None:

@@ -161,6 +161,7 @@ case "$(basename "$0")" in
   nvidia-smi) echo "NVIDIA H200, 580.00, 143771 MiB"; exit 0 ;;
   compute-sanitizer) exit 0 ;;
 esac
+[[ -n "${HANG:-}" && "$*" == "$HANG" ]] && exit 124  # as `timeout` ends a hung call
 case "$1" in
   -c) case "$2" in
         *get_device_capability*) echo 1 ;;
@@ -173,10 +174,9 @@ esac
 """
 
 
-def test_gpu_check_runs_every_step_and_the_cluster_kernel_apart(tmp_path):
-    """scripts/gpu_check.sh end to end with fake tools (no GPU): every step runs, and on a
-    Hopper GPU the cluster kernel's checks run in processes of their own, after and apart
-    from the other kernels'."""
+def _fake_gpu_check(tmp_path, status=0, **env_extra) -> tuple[str, list[str]]:
+    """scripts/gpu_check.sh run with fake tools (a Hopper machine), which must exit with
+    ``status``: its log and the calls it made, in order."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "python3"
@@ -191,13 +191,22 @@ def test_gpu_check_runs_every_step_and_the_cluster_kernel_apart(tmp_path):
         "OUT": str(tmp_path / "out"),
         "BUDGET": "200",
         "PYTHON": str(fake),
+        **env_extra,
     }
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == status, proc.stdout + proc.stderr
     log = (tmp_path / "out" / "gpu_check.log").read_text()
-    assert "gpu_check status: 0" in log and "thread-block clusters: 1" in log
-    ran = calls.read_text().splitlines()
+    assert f"gpu_check status: {status}" in log
+    return log, calls.read_text().splitlines()
+
+
+def test_gpu_check_runs_every_step_and_the_cluster_kernel_apart(tmp_path):
+    """scripts/gpu_check.sh end to end with fake tools (no GPU): every step runs, and on a
+    Hopper GPU the cluster kernel's checks run in processes of their own, after and apart
+    from the other kernels'."""
+    log, ran = _fake_gpu_check(tmp_path)
+    assert "thread-block clusters: 1" in log
     expected = [
         "python3 -m pip install --no-build-isolation --no-deps -e .",
         "python3 scripts/cuda_stress.py",
@@ -219,3 +228,18 @@ def test_gpu_check_runs_every_step_and_the_cluster_kernel_apart(tmp_path):
     smoke = [line for line in ran if line.startswith("compute-sanitizer --tool")]
     assert sum(line.endswith("cuda_smoke.py") for line in smoke) == 4  # the validated kernels
     assert sum(line.endswith("cuda_smoke.py cluster") for line in smoke) == 2  # on its own
+
+
+def test_gpu_check_skips_the_cluster_steps_after_the_cluster_kernel_hung(tmp_path):
+    """A cluster kernel that never returns (its stress run ends by `timeout`) costs one
+    step's limit, not every cluster step's: its tests, sanitizer runs and benchmark pass
+    are skipped, the other kernels' steps all run, and the status says it failed."""
+    log, ran = _fake_gpu_check(tmp_path, 1, HANG="scripts/cuda_stress.py cluster")
+    assert "cuda_stress cluster: timed out" in log
+    cluster = [line for line in ran if " -k cluster " in line or line.endswith(" cluster")]
+    assert cluster == ["python3 scripts/cuda_stress.py cluster"], cluster
+    paths = [line for line in ran if line.endswith("--paths") or "--paths " in line]
+    assert len(paths) == 1 and paths[0].endswith("--paths --no-cluster"), paths
+    assert "python3 -m pytest -m cuda -k not cluster" in "\n".join(ran)
+    smoke = [line for line in ran if line.startswith("compute-sanitizer --tool")]
+    assert len(smoke) == 4 and not any(line.endswith("cluster") for line in smoke)

@@ -388,13 +388,17 @@ def test_packed_without_device_batch_sizes(path):
 
 # (T, B, H, lengths): the cluster kernel's sizes, from one CTA of 4 units to a cluster of 15
 # CTAs each with 32 of H = 480 units, 32 rows (4 row tiles) in every CTA, and packed rows
-# leaving at every step (all of these fit float64 too).
+# leaving at every step; at H = 200 a CTA has fewer work items than warps, so each item's sum
+# along H is split between 2 warps (ks = 2 in rnn_cluster.cuh, as scripts/emulate_cluster.py
+# reports: 13 CTAs of 16 units), padded and packed (all of these fit float64 too).
 CLUSTER_SHAPES = [
     (5, 2, 3, None),
     (9, 3, 64, None),
     (20, 32, 256, None),
     (6, 3, 480, None),
     (8, 40, 128, list(range(8, 0, -1)) * 5),
+    (5, 1, 200, None),
+    (8, 10, 200, [8, 8, 7, 5, 3, 3, 2, 1, 1, 1]),
 ]
 
 
@@ -431,6 +435,22 @@ def test_cluster_kernel_matches_persistent_kernel_closely():
     assert torch.isfinite(runs["cluster"]).all()
     for other in ("persistent", "stepwise"):
         assert (runs["cluster"] - runs[other]).abs().max().item() <= 1e-4
+
+
+@_NEEDS_CLUSTERS
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_cluster_kernel_at_its_largest_slice(reverse):
+    """float32 H = 832, B = 1: 16 CTAs of 52 units, each with about 225 KiB of shared memory,
+    just under the 227 KiB a Hopper CTA may have (H = 848 needs more): the largest shared
+    memory opt-in the plan accepts."""
+    for bwd in (False, True):
+        plan = _plan(832, B=1, backward=bwd, path="cluster")
+        if "cannot be scheduled" in plan["reason"]:
+            pytest.skip(f"cluster not schedulable here: {plan['reason']}")
+        assert plan["path"] == "cluster" and plan["grid"] == 16, plan
+        assert plan["smem_bytes"] > 220 * 1024, plan
+    p = _problem(5, 1, 832, None, torch.float32, ("largest slice", reverse))
+    _check(p, torch.float32, reverse, "tanh", "cluster")
 
 
 @_NEEDS_CLUSTERS

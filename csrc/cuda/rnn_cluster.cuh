@@ -157,6 +157,10 @@ __global__ void __launch_bounds__(Persistent::kThreads, 1)
       const int64_t b = idx / H, kk = idx % H;
       cur[b * Hp + kk] = p.init ? to_acc(p.init[b * H + kk]) : acc_t(0);
     }
+    // Rows [nrows, nrows_pad) of the last row tile are not zeroed (the persistent kernel
+    // zeroes them): they may hold an earlier phase's values, even NaN, whose products the
+    // tile computes and no output reads, since every sum below is of one row's products
+    // only. A reduction that mixed rows would have to zero them first.
     __syncthreads();
 
     // Work items: (unit group g, row tile bt), each split over ks warps along H, as in the

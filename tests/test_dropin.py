@@ -1297,6 +1297,79 @@ def test_output_changed_in_place_with_a_frozen_input_weight(batch_first):
         torch.testing.assert_close(g, w, **TOL[f64])
 
 
+@pytest.mark.parametrize("case", ["batch_first", "transposed_x", "inner_layer", "bidirectional"])
+def test_output_changed_in_place_then_two_backwards_of_a_retained_graph(case):
+    """The output changed in place, then two backwards of a retained graph, with weight_ih
+    frozen: the layer saved no x and computes its states again from an x the caller does
+    not hold (the lean path's time-major copy, an inner layer's input). The second backward
+    needs it too (it raised: the first had let it go); both give nn.RNN's gradients."""
+    kwargs = {"input_size": 3, "hidden_size": 4}
+    x = torch.randn(5, 2, 3, dtype=f64)
+    frozen = ["weight_ih_l0"]
+    if case == "batch_first":
+        kwargs["batch_first"] = True
+        x = x.transpose(0, 1).contiguous()
+    elif case == "transposed_x":
+        x = x.transpose(0, 1).contiguous().transpose(0, 1)
+    elif case == "inner_layer":
+        kwargs["num_layers"], frozen = 2, ["weight_ih_l1"]
+    else:
+        kwargs["bidirectional"], kwargs["batch_first"] = True, True
+        x = x.transpose(0, 1).contiguous()
+        frozen = ["weight_ih_l0", "weight_ih_l0_reverse"]
+    grads = []
+    for m in _rnn_pair(f64, **kwargs):
+        for name in frozen:
+            getattr(m, name).requires_grad_(False)
+        out, _ = m(x)
+        out.mul_(2.0)
+        loss = out.square().sum()
+        params = [p for p in m.parameters() if p.requires_grad]
+        first = torch.autograd.grad(loss, params, retain_graph=True)
+        second = torch.autograd.grad(loss, params)
+        grads.append((first, second))
+    (want1, want2), (got1, got2) = grads
+    for g, w in zip((*got1, *got2), (*want1, *want2), strict=True):
+        torch.testing.assert_close(g, w, **TOL[f64])
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["w_ih_bidirectional", "x_bidirectional", "hx_frozen_w_hh", "hx_frozen_w_hh_bidirectional"],
+)
+def test_a_tensor_no_requested_gradient_reads_may_change_before_backward(change):
+    """nn.RNN's graph saves x only for dW_ih, W_ih only for dx and h0 only for dW_hh (the
+    first step's previous state): changing one of them in place between the forward and a
+    backward that asks for none of those gradients is allowed. The layers save as much and
+    no more (the bidirectional layer saved all three, the others h0 always: autograd's
+    "modified by an inplace operation" error), and give nn.RNN's gradients."""
+    bidirectional = change.endswith("bidirectional")
+    results = []
+    for m in _rnn_pair(f64, input_size=3, hidden_size=4, bidirectional=bidirectional):
+        torch.manual_seed(1)
+        x = torch.randn(5, 2, 3, dtype=f64)
+        hx = torch.randn(2 if bidirectional else 1, 2, 4, dtype=f64)
+        if change == "x_bidirectional":
+            m.weight_ih_l0.requires_grad_(False)
+            m.weight_ih_l0_reverse.requires_grad_(False)
+        if change.startswith("hx"):
+            for name in ("weight_hh_l0", "weight_hh_l0_reverse")[: 1 + bidirectional]:
+                getattr(m, name).requires_grad_(False)
+        out, hn = m(x, hx)
+        loss = out.square().sum() + hn.sum()
+        with torch.no_grad():
+            if change == "w_ih_bidirectional":
+                m.weight_ih_l0.mul_(0.9)  # say, a weight clamp before the backward
+            elif change == "x_bidirectional":
+                x.zero_()  # say, a reused input buffer
+            else:
+                hx.zero_()  # say, a reused state buffer
+        params = [p for p in m.parameters() if p.requires_grad]
+        results.append(torch.autograd.grad(loss, params))
+    for g, w in zip(*reversed(results), strict=True):
+        torch.testing.assert_close(g, w, **TOL[f64])
+
+
 @pytest.mark.skipif(
     not fusedrnn._C.cpu_has_bf16(), reason="the bfloat16 kernels need a CPU with AVX512_BF16"
 )
@@ -1375,6 +1448,29 @@ def test_backward_lets_go_of_the_layer_inputs(bidirectional):
     gc.collect()
     assert alive() is None
     assert loss.grad_fn is not None  # the graph itself is still held
+
+
+def test_what_a_recomputing_backward_holds_goes_with_the_graph():
+    """A backward that computed the states again (the output changed in place) keeps what it
+    read them from for the retained graph's next backward: a layer input the layer did not
+    save (weight_ih frozen) lives while the caller holds the output and the loss, and no
+    longer."""
+    _, rnn = _rnn_pair(f32, input_size=3, hidden_size=4)
+    rnn.weight_ih_l0.requires_grad_(False)
+    x0 = torch.randn(5, 2, 3, requires_grad=True)
+    x = x0 * 2  # referenced by nothing of the caller's after this
+    alive = weakref.ref(x)
+    out = rnn(x)[0]  # (h_n, held, would hold the graph)
+    del x
+    out.mul_(2)
+    loss = out.sum()
+    loss.backward(retain_graph=True)
+    gc.collect()
+    assert alive() is not None  # the next backward reads it
+    loss.backward()
+    del out, loss
+    gc.collect()
+    assert alive() is None
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"batch_first": True}], ids=["TB", "BT"])

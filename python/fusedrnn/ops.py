@@ -557,16 +557,29 @@ def _setup_context(ctx, inputs, output):
 def _setup_layer(ctx, inputs, output, output_to_caller):
     x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
     h, _ = output
-    _keep_for_recompute(ctx, h, inputs, _LAYER_INPUT_NAMES, (0, 5), output_to_caller,
-                        ctx.needs_input_grad[1])  # fmt: skip
     needs = ctx.needs_input_grad
+    # x (input 0) is saved for dW_ih (needs[1]), h0 (input 5) for dW_hh (needs[2]).
+    kept = _SAVED_ACTIVATIONS[needs[1], needs[2]]
+    _keep_for_recompute(ctx, h, inputs, _LAYER_INPUT_NAMES, (0, 5), output_to_caller, kept)
     # The lean path's x (and its own h, hn) may come in other shapes than [N, I] (see
     # _forward_impl's dims): the backward reads them as rows and returns dx in x's shape.
     ctx.x_shape = x.shape if x.dim() != 2 else None
-    _save(ctx, (x if needs[1] else None, w_ih if needs[0] else None, w_hh, h0, h, batch_sizes))
+    _save(ctx, _layer_saved(needs, x, w_ih, w_hh, h0, h, batch_sizes))
     ctx.reverse = reverse
     ctx.nonlinearity = nonlinearity
     ctx.B = output[1].shape[-2]  # h0 may be None (a zero state) on the fast path
+
+
+_SAVED_ACTIVATIONS = {(a, b): frozenset((0,) * a + (5,) * b) for a in (0, 1) for b in (0, 1)}
+
+
+def _layer_saved(needs, x, w_ih, w_hh, h0, h, batch_sizes) -> tuple:
+    """What a layer saves for its backward (``needs``: its needs_input_grad), as
+    torch.nn.RNN's graph does: x for dW_ih only, w_ih for dx only, h0 for dW_hh only (the
+    first step's previous state), None otherwise; so changing an input in place between the
+    forward and the backward raises only where a gradient asked for reads it."""
+    return (x if needs[1] else None, w_ih if needs[0] else None, w_hh,
+            h0 if needs[2] else None, h, batch_sizes)  # fmt: skip
 
 
 def _meta(tensors) -> list:
@@ -598,21 +611,23 @@ def _refuse_changed_saved() -> None:
 _CALL = threading.local()
 
 
-def _keep_for_recompute(ctx, out, inputs, names, activations, hold_output, saved_x=True) -> None:
+def _keep_for_recompute(ctx, out, inputs, names, activations, hold_output, saved) -> None:
     """What a layer's backward needs when the caller changed its output ``out`` in place
     between the forward and the backward (a residual ``out += x``, ``relu_(out)``):
     torch.nn.RNN allows that, as its saved states are not the tensor it returns, but ours
     are. ``out``'s version tells that case from the others; the inputs, and their
     versions (one changed in place is refused), let the backward compute the states again.
 
-    Held strongly up to the first backward only (:func:`_release_kept`), weakly after: the
+    Held strongly up to the first backward only (:func:`_release_kept`; up to the node's end
+    once a backward had to compute the states again), weakly after: the
     output where ``hold_output`` (the caller may drop its last reference before the
-    backward, and autograd frees it on the way), ``x`` where the layer does not save it
-    (``saved_x`` false: a frozen ``w_ih``), and weights that are not parameters (autocast's
-    casts, functional_call's tensors). The states and a saved ``x`` (the ``activations``)
-    are held weakly from the start: autograd's saved tensors keep them alive up to the
-    backward, and a strong reference would keep them through activation checkpointing and
-    after the backward while the caller holds the loss. Nothing is kept while a graph is
+    backward, and autograd frees it on the way), the ``activations`` (x and the initial
+    states) the layer does not save (not in ``saved``: x with a frozen ``w_ih``, h0 with a
+    frozen ``w_hh``), and weights that are not parameters (autocast's casts,
+    functional_call's tensors). The saved activations are held weakly from the start:
+    autograd's saved tensors keep them alive up to the backward, and a strong reference
+    would keep them through activation checkpointing and after the backward while the
+    caller holds the loss. Nothing is kept while a graph is
     traced (``out`` is then not a plain tensor): compiled training copies the output
     instead (:func:`private_when_compiled`). ``names``: the leading inputs' names, for
     the message that refuses one made under inference mode."""
@@ -636,9 +651,9 @@ def _keep_for_recompute(ctx, out, inputs, names, activations, hold_output, saved
         except RuntimeError:
             _refuse_inference_tensor(t, names[i])
             raise
-        if i in activations and (i != 0 or saved_x):
+        if i in saved:
             kept[i] = weakref.ref(t)
-        elif i == 0 or type(t) is not torch.nn.Parameter:
+        elif i in activations or type(t) is not torch.nn.Parameter:
             strong.append(i)
     ctx.inputs = kept
     ctx.input_versions = versions
@@ -723,9 +738,13 @@ def _saved_or_recomputed(ctx, recompute, from_saved):
     if saved is not None and not _output_changed(ctx):
         _release_kept(ctx)
         return saved, False
+    # What _keep_for_recompute holds stays held (not released): a retained graph's next
+    # backward computes the states again too, from inputs the caller may not hold (the lean
+    # path's time-major copy of x, an inner layer's input). They go with the layer's node,
+    # when the caller lets go of the output and the loss.
     inputs = _intact_inputs(ctx, saved, from_saved)
-    _release_kept(ctx)
     if inputs is None:
+        _release_kept(ctx)
         _fail(
             RuntimeError,
             "the RNN's output was changed in place after the forward pass, and its states "
@@ -771,7 +790,7 @@ def _recompute_layer(ctx, inputs):
     h, _ = _forward_impl(rows, w_ih, w_hh, b_ih, b_hh, start, batch_sizes, reverse, nonlinearity)
     needs = ctx.needs_input_grad
     h = _as_saved(ctx, 4, h)
-    return (x if needs[1] else None, w_ih if needs[0] else None, w_hh, h0, h, batch_sizes)
+    return _layer_saved(needs, x, w_ih, w_hh, h0, h, batch_sizes)
 
 
 def _backward(ctx, grad_h, grad_hn):
@@ -1782,12 +1801,16 @@ class _EagerBiLayer(torch.autograd.Function):
         out, hnf, hnb = _bi_forward_impl(
             x, (wif, whf, bif, bhf), (wib, whb, bib, bhb), h0f, h0b, batch_sizes, nl, dims
         )
-        _save(ctx, (x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes))
+        needs = ctx.needs_input_grad
+        saved = _bi_layer_saved(needs, x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes)
+        _save(ctx, saved)
         ctx.nonlinearity = nl
         ctx.B = hnf.shape[-2]
+        ctx.x_shape = x.shape
         inputs = (x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl)
         names = _BI_LAYER_INPUT_NAMES
-        _keep_for_recompute(ctx, out, inputs, names, (0, 9, 10), to_caller)  # see _EagerLayer
+        kept = {i for i in (0, 9, 10) if saved[_BI_SAVED_INPUTS[i]] is not None}
+        _keep_for_recompute(ctx, out, inputs, names, (0, 9, 10), to_caller, kept)  # as _EagerLayer
         return out, hnf, hnb
 
     @staticmethod
@@ -1797,7 +1820,7 @@ class _EagerBiLayer(torch.autograd.Function):
         x, *weights, out, batch_sizes = saved
         # The lean path's x and output may have other shapes than [N, I] and [N, 2H]
         # (_bi_forward_impl's dims): read them as rows, return dx in x's shape.
-        x_shape = x.shape
+        x_shape = ctx.x_shape
         x, out, grad_out = _as_rows(x), _as_rows(out), _as_rows(grad_out)
         saved = (x, *weights, out, batch_sizes)
         grads = (grad_out, grad_hnf, grad_hnb)
@@ -1822,7 +1845,15 @@ def _recompute_bi_layer(ctx, inputs):
                                  zeros if h0f is None else h0f, zeros if h0b is None else h0b,
                                  batch_sizes, nl)  # fmt: skip
     out = _as_saved(ctx, 7, out)
-    return (x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes)
+    return _bi_layer_saved(ctx.needs_input_grad, x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes)
+
+
+def _bi_layer_saved(needs, x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes) -> tuple:
+    """What a bidirectional layer saves for its backward, as :func:`_layer_saved` (its
+    inputs: x, then w_ih, w_hh, b_ih, b_hh of each direction, then both h0)."""
+    return (x if needs[1] or needs[5] else None, wif if needs[0] else None, whf,
+            wib if needs[0] else None, whb, h0f if needs[2] else None,
+            h0b if needs[6] else None, out, batch_sizes)  # fmt: skip
 
 
 def _bi_backward_eager(ctx, saved, grads):
@@ -1844,7 +1875,8 @@ def _bi_backward_eager(ctx, saved, grads):
         # (unless it is one value for all, ldg = -1).
         g_addr = (g.data_ptr(), g.data_ptr() + (ldg != -1) * H * g.element_size())
     need_dx = needs[0]
-    dx = x.new_empty(x.shape) if need_dx else None
+    In = ctx.x_shape[-1]
+    dx = out.new_empty(N, In) if need_dx else None
     B = ctx.B
     T = batch_sizes.shape[0] if batch_sizes.numel() else (N // B if B else 0)
     x = _dense(x)
@@ -1856,13 +1888,13 @@ def _bi_backward_eager(ctx, saved, grads):
         w_ih, w_hh, h0, ghn = _dense(w_ih), _dense(w_hh), _dense(h0), _dense(ghn)
         need_w_ih, need_w_hh = needs[first], needs[first + 1]
         need_db = needs[first + 2] or needs[first + 3]
-        dh0 = x.new_empty(B, H) if needs[9 + d] else None
-        dw_ih = x.new_empty(w_ih.shape) if need_w_ih else None
-        dw_hh = x.new_empty(w_hh.shape) if need_w_hh else None
-        db = x.new_empty(H) if need_db else None
+        dh0 = out.new_empty(B, H) if needs[9 + d] else None
+        dw_ih = out.new_empty(H, In) if need_w_ih else None
+        dw_hh = out.new_empty(w_hh.shape) if need_w_hh else None
+        db = out.new_empty(H) if need_db else None
         # The reverse direction (d == 1) adds its share to dx.
         _layer_backward_cpu(
-            T, B, H, x.shape[-1], batch_sizes, d == 1, ctx.nonlinearity,
+            T, B, H, In, batch_sizes, d == 1, ctx.nonlinearity,
             x if need_w_ih else None, w_ih if need_dx else None, w_hh, h0,
             out.data_ptr() + d * H * out.element_size(), H2, g_addr[d], ldg, ghn, dh0, dx,
             d == 1, dw_ih, dw_hh, db,

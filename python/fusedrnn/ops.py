@@ -29,7 +29,7 @@ mode and their compositions all run on the BPTT kernel and match torch.nn.RNN.
 The backward reads the layer's output as its saved states. A caller may change that output
 in place before the backward, as torch.nn.RNN allows: the eager backward then computes the
 states again (:func:`_keep_for_recompute`, :func:`_saved_or_recomputed`), and a graph
-compiled or exported for training returns a copy of it (:func:`private_when_compiled`).
+compiled for training, or exported, returns a copy of it (:func:`private_when_compiled`).
 """
 
 from __future__ import annotations
@@ -1086,11 +1086,13 @@ def private_when_compiled(output: Tensor) -> Tensor:
     compiled graph would hand the changed values to the backward silently: Inductor returns
     the saved buffer itself (or a view of it), and autograd's in-place check does not
     follow it there. A copy (one pass over the output) keeps the caller's output and the
-    saved states apart, as nn.RNN's are. Also while exporting: an exported graph may be
-    compiled later."""
+    saved states apart, as nn.RNN's are. Also while exporting, and there whether or not a
+    gradient is recorded: an exported graph may be compiled later and trained, and one
+    exported with nothing requiring grad (frozen weights, or under torch.no_grad) then had
+    no copy, and gave wrong gradients silently (session 22)."""
     if (
         torch.compiler.is_compiling()
-        and output.requires_grad
+        and (output.requires_grad or torch.compiler.is_exporting())
         and not torch._C._are_functorch_transforms_active()
     ):
         return output_copy(output)

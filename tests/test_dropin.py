@@ -768,20 +768,52 @@ class _PlainSubclass(torch.Tensor):
     pass
 
 
+_HOOKS = {
+    "none": nullcontext,
+    "save_on_cpu": torch.autograd.graph.save_on_cpu,
+    "identity_hooks": lambda: torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t),
+}
+
+
+@pytest.mark.parametrize("hooks", list(_HOOKS))
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_double_backward_matches_nn_rnn(packed):
-    """Gradients of gradients (create_graph=True), as torch.nn.RNN on the CPU gives them."""
+def test_double_backward_matches_nn_rnn(packed, hooks):
+    """Gradients of gradients (create_graph=True), as torch.nn.RNN on the CPU gives them,
+    also with saved_tensors_hooks active throughout (save_on_cpu): the derivative of the
+    fused gradients went through torch.func.vjp, which refuses such hooks (it raised until
+    session 22)."""
     ref, ours = _rnn_pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
     x = torch.randn(5, 3, 3, dtype=f64, requires_grad=True)
     lengths = torch.tensor([5, 2, 4])
     results = []
     for module in (ref, ours):
-        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
-        out, hn = module(inp)
-        wrt = [x, *module.parameters()]
-        grads = torch.autograd.grad(_loss((out, hn)), wrt, create_graph=True)
-        second = torch.autograd.grad(sum(g.square().sum() for g in grads), wrt)
+        with _HOOKS[hooks]():
+            inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+            out, hn = module(inp)
+            wrt = [x, *module.parameters()]
+            grads = torch.autograd.grad(_loss((out, hn)), wrt, create_graph=True)
+            second = torch.autograd.grad(sum(g.square().sum() for g in grads), wrt)
         results.append((*grads, *second))
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, **TOL[f64])
+
+
+@pytest.mark.parametrize("hooks", ["none", "save_on_cpu"])
+def test_third_derivatives_match_nn_rnn(hooks):
+    """Third order (a graph of the second backward recorded too), with and without
+    saved_tensors_hooks, for the module and the cell."""
+    ref, ours = _rnn_pair(input_size=2, hidden_size=3)
+    ref_cell, cell = _cell_pair(input_size=2, hidden_size=3)
+    x = torch.randn(4, 2, 2, dtype=f64, requires_grad=True)
+    results = []
+    for module, c in ((ref, ref_cell), (ours, cell)):
+        with _HOOKS[hooks]():
+            out, _ = module(x)
+            y = out.square().sum() + c(x[0]).square().sum()
+            (g1,) = torch.autograd.grad(y, x, create_graph=True)
+            (g2,) = torch.autograd.grad(g1.square().sum(), x, create_graph=True)
+            (g3,) = torch.autograd.grad(g2.square().sum(), x)
+        results.append((g1, g2, g3))
     for got, want in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(got, want, **TOL[f64])
 

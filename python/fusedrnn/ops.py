@@ -1434,11 +1434,30 @@ class _FusedGrads(torch.autograd.Function):
             outputs = _recorded_grads(*full, batch_sizes, *flags)
             return tuple(o for o in outputs if o is not None)
 
-        _, pullback = torch.func.vjp(grads_of, *(tensors[i] for i in wanted))
+        primals = tuple(tensors[i] for i in wanted)
         # (Autograd materializes the cotangents of unused outputs as zeros.)
         cots = tuple(c for c, p in zip(cotangents, present, strict=True) if p)
+        if torch._C._autograd._top_saved_tensors_default_hooks(False) is None:
+            _, pullback = torch.func.vjp(grads_of, *primals)
+            pulled = pullback(cots)
+        else:
+            # Under saved_tensors_hooks (save_on_cpu, checkpointing), which torch.func
+            # refuses (it raised, where nn.RNN's double backward works): the same product
+            # through autograd, recorded where this backward is (create_graph=True).
+            # Each primal its own tensor: the same one may come twice (a cell's output is
+            # its h_n, so the two gradients may be one tensor), and autograd would give
+            # each the whole sum where vjp gives each its part.
+            record = torch.is_grad_enabled()
+            if record:
+                primals = tuple(t.view_as(t) for t in primals)
+            else:
+                primals = tuple(t.detach().requires_grad_() for t in primals)
+            with torch.enable_grad():
+                outputs = grads_of(*primals)
+            pulled = torch.autograd.grad(outputs, primals, cots, create_graph=record,
+                                         allow_unused=True, materialize_grads=True)  # fmt: skip
         result = [None] * (8 + len(flags))
-        for i, g in zip(wanted, pullback(cots), strict=True):
+        for i, g in zip(wanted, pulled, strict=True):
             result[i] = g
         return tuple(result)
 

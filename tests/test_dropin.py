@@ -1329,12 +1329,14 @@ def test_output_changed_in_place_with_a_frozen_input_weight(batch_first):
         torch.testing.assert_close(g, w, **TOL[f64])
 
 
+@pytest.mark.parametrize("when", ["before", "between"])
 @pytest.mark.parametrize("case", ["batch_first", "transposed_x", "inner_layer", "bidirectional"])
-def test_output_changed_in_place_then_two_backwards_of_a_retained_graph(case):
-    """The output changed in place, then two backwards of a retained graph, with weight_ih
-    frozen: the layer saved no x and computes its states again from an x the caller does
-    not hold (the lean path's time-major copy, an inner layer's input). The second backward
-    needs it too (it raised: the first had let it go); both give nn.RNN's gradients."""
+def test_output_changed_in_place_then_two_backwards_of_a_retained_graph(case, when):
+    """The output changed in place before the first or between two backwards of a retained
+    graph, with weight_ih frozen: the layer saved no x and computes its states again from
+    an x the caller does not hold (the lean path's time-major copy, an inner layer's
+    input), and here from an output the caller no longer holds. The second backward needs
+    them (it raised: the first had let them go); both give nn.RNN's gradients."""
     kwargs = {"input_size": 3, "hidden_size": 4}
     x = torch.randn(5, 2, 3, dtype=f64)
     frozen = ["weight_ih_l0"]
@@ -1354,10 +1356,17 @@ def test_output_changed_in_place_then_two_backwards_of_a_retained_graph(case):
         for name in frozen:
             getattr(m, name).requires_grad_(False)
         out, _ = m(x)
-        out.mul_(2.0)
-        loss = out.square().sum()
+        if when == "before":
+            out.mul_(2.0)
+        # A weighted sum: its backward does not read out (a square's would, and refuse out
+        # changed between the backwards, in nn.RNN's graph too).
+        loss = (out * torch.linspace(-1.0, 2.0, out.numel(), dtype=f64).view_as(out)).sum()
         params = [p for p in m.parameters() if p.requires_grad]
         first = torch.autograd.grad(loss, params, retain_graph=True)
+        if when == "between":
+            with torch.no_grad():
+                out.mul_(2.0)
+        del out  # the caller's reference gone: the layer holds it for the retained graph
         second = torch.autograd.grad(loss, params)
         grads.append((first, second))
     (want1, want2), (got1, got2) = grads
@@ -1482,11 +1491,12 @@ def test_backward_lets_go_of_the_layer_inputs(bidirectional):
     assert loss.grad_fn is not None  # the graph itself is still held
 
 
-def test_what_a_recomputing_backward_holds_goes_with_the_graph():
-    """A backward that computed the states again (the output changed in place) keeps what it
-    read them from for the retained graph's next backward: a layer input the layer did not
-    save (weight_ih frozen) lives while the caller holds the output and the loss, and no
-    longer."""
+def test_what_a_retained_graph_holds_goes_with_its_last_backward():
+    """A backward that retains the graph keeps what the layer holds for the next one, which
+    may have to compute the states again (the output changed in place): a layer input the
+    layer did not save (weight_ih frozen). The backward that frees the graph lets go of it,
+    though the caller still holds the output and the loss (a first fix of session 22 kept
+    it, and the whole output, until the caller dropped them)."""
     _, rnn = _rnn_pair(f32, input_size=3, hidden_size=4)
     rnn.weight_ih_l0.requires_grad_(False)
     x0 = torch.randn(5, 2, 3, requires_grad=True)
@@ -1500,9 +1510,8 @@ def test_what_a_recomputing_backward_holds_goes_with_the_graph():
     gc.collect()
     assert alive() is not None  # the next backward reads it
     loss.backward()
-    del out, loss
     gc.collect()
-    assert alive() is None
+    assert alive() is None and out.grad_fn is not None
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"batch_first": True}], ids=["TB", "BT"])

@@ -618,8 +618,8 @@ def _keep_for_recompute(ctx, out, inputs, names, activations, hold_output, saved
     are. ``out``'s version tells that case from the others; the inputs, and their
     versions (one changed in place is refused), let the backward compute the states again.
 
-    Held strongly up to the first backward only (:func:`_release_kept`; up to the node's end
-    once a backward had to compute the states again), weakly after: the
+    Held strongly up to the first backward that frees the graph
+    (:func:`_release_unless_retained`), weakly after: the
     output where ``hold_output`` (the caller may drop its last reference before the
     backward, and autograd frees it on the way), the ``activations`` (x and the initial
     states) the layer does not save (not in ``saved``: x with a frozen ``w_ih``, h0 with a
@@ -736,15 +736,11 @@ def _saved_or_recomputed(ctx, recompute, from_saved):
     # Under saved_tensors_hooks (save_on_cpu, checkpointing, offloading) autograd checks no
     # version and the hooks may hand back the changed tensor itself: the version tells.
     if saved is not None and not _output_changed(ctx):
-        _release_kept(ctx)
+        _release_unless_retained(ctx)
         return saved, False
-    # What _keep_for_recompute holds stays held (not released): a retained graph's next
-    # backward computes the states again too, from inputs the caller may not hold (the lean
-    # path's time-major copy of x, an inner layer's input). They go with the layer's node,
-    # when the caller lets go of the output and the loss.
     inputs = _intact_inputs(ctx, saved, from_saved)
+    _release_unless_retained(ctx)
     if inputs is None:
-        _release_kept(ctx)
         _fail(
             RuntimeError,
             "the RNN's output was changed in place after the forward pass, and its states "
@@ -753,6 +749,20 @@ def _saved_or_recomputed(ctx, recompute, from_saved):
         )
     with torch.no_grad():
         return recompute(ctx, inputs), True
+
+
+# Whether the backward in progress keeps its graph (retain_graph, create_graph). Private to
+# torch (AOTAutograd asks it too); where it is missing, every backward counts as the last.
+_keeps_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", lambda: False)
+
+
+def _release_unless_retained(ctx) -> None:
+    """:func:`_release_kept` after a backward that frees the graph. One that retains it
+    keeps what the layer holds for the next backward of that graph, which may have to
+    compute the states again from inputs the caller does not hold (the lean path's
+    time-major copy of x, an inner layer's input: it raised before session 22)."""
+    if not _keeps_graph():
+        _release_kept(ctx)
 
 
 def _refuse_recorded_recompute(recomputed: bool, transformed: bool) -> None:

@@ -557,20 +557,16 @@ def _setup_context(ctx, inputs, output):
 def _setup_layer(ctx, inputs, output, output_to_caller):
     x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
     h, _ = output
-    needs = ctx.needs_input_grad
-    # x (input 0) is saved for dW_ih (needs[1]), h0 (input 5) for dW_hh (needs[2]).
-    kept = _SAVED_ACTIVATIONS[needs[1], needs[2]]
+    saved = _layer_saved(ctx.needs_input_grad, x, w_ih, w_hh, h0, h, batch_sizes)
+    kept = _saved_activations(saved, (0, 5), _LAYER_SAVED_INPUTS)
     _keep_for_recompute(ctx, h, inputs, _LAYER_INPUT_NAMES, (0, 5), output_to_caller, kept)
     # The lean path's x (and its own h, hn) may come in other shapes than [N, I] (see
     # _forward_impl's dims): the backward reads them as rows and returns dx in x's shape.
     ctx.x_shape = x.shape if x.dim() != 2 else None
-    _save(ctx, _layer_saved(needs, x, w_ih, w_hh, h0, h, batch_sizes))
+    _save(ctx, saved)
     ctx.reverse = reverse
     ctx.nonlinearity = nonlinearity
     ctx.B = output[1].shape[-2]  # h0 may be None (a zero state) on the fast path
-
-
-_SAVED_ACTIVATIONS = {(a, b): frozenset((0,) * a + (5,) * b) for a in (0, 1) for b in (0, 1)}
 
 
 def _layer_saved(needs, x, w_ih, w_hh, h0, h, batch_sizes) -> tuple:
@@ -580,6 +576,12 @@ def _layer_saved(needs, x, w_ih, w_hh, h0, h, batch_sizes) -> tuple:
     forward and the backward raises only where a gradient asked for reads it."""
     return (x if needs[1] else None, w_ih if needs[0] else None, w_hh,
             h0 if needs[2] else None, h, batch_sizes)  # fmt: skip
+
+
+def _saved_activations(saved, activations, from_saved) -> set:
+    """The ``activations`` (input indices) that the saved tuple ``saved`` holds, at
+    ``from_saved[i]``: the ones _keep_for_recompute may hold weakly."""
+    return {i for i in activations if saved[from_saved[i]] is not None}
 
 
 def _meta(tensors) -> list:
@@ -1840,7 +1842,7 @@ class _EagerBiLayer(torch.autograd.Function):
         ctx.x_shape = x.shape
         inputs = (x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl)
         names = _BI_LAYER_INPUT_NAMES
-        kept = {i for i in (0, 9, 10) if saved[_BI_SAVED_INPUTS[i]] is not None}
+        kept = _saved_activations(saved, (0, 9, 10), _BI_SAVED_INPUTS)
         _keep_for_recompute(ctx, out, inputs, names, (0, 9, 10), to_caller, kept)  # as _EagerLayer
         return out, hnf, hnb
 

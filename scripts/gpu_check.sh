@@ -2,7 +2,8 @@
 # One call on a lent GPU machine: build fusedrnn with its CUDA kernels, stress the persistent
 # kernel and, on Hopper, the opt-in cluster kernel (scripts/cuda_stress.py), run the CUDA tests
 # (the cluster kernel as a third path on Hopper), the GPU benchmarks, compute-sanitizer
-# (memcheck, racecheck, synccheck, initcheck) on a small case, the kernel comparison (persistent,
+# (memcheck, racecheck, synccheck, initcheck) on a small case, the tests on tensors past 2^31
+# elements (tests/test_large.py), the kernel comparison (persistent,
 # per-step and on Hopper the cluster kernel, each forced), a breakdown of the training step (scripts/cuda_breakdown.py) and an Nsight
 # Compute profile of one persistent launch. Results: build.log, pytest_cuda.xml, sanitizer
 # logs, bench_cuda.{json,md}, cuda_breakdown.md, bench_paths.{json,md}, ncu* (in
@@ -10,7 +11,7 @@
 # grid. It starts by printing the driver, nvcc and torch CUDA versions.
 #
 #   OUT=/some/dir [BUDGET=seconds] [SANITIZER_TOOLS="memcheck ..."] [PATHS=0] [PROFILE=0] \
-#     [BREAKDOWN=0] [PRECISIONS=fp32,bf16] scripts/gpu_check.sh [--full]
+#     [BREAKDOWN=0] [LARGE=0] [PRECISIONS=fp32,bf16] scripts/gpu_check.sh [--full]
 #
 # BUDGET (default 520) bounds the whole run: each step runs under `timeout` for the smaller of
 # its own cap and what is left, and a step with under 15 s left is skipped, so the script ends
@@ -162,6 +163,20 @@ if [[ "$CLUSTER" == 1 ]]; then
     save
   done
 fi
+
+step "tensors past 2^31 elements (tests/test_large.py, FUSEDRNN_LARGE_TESTS=1)"
+# Each kernel on outputs of more than 2^31 elements (~48 GiB of GPU memory; each case skips
+# itself on a GPU with less). LARGE=0 skips it; the cluster kernel only while it has not hung.
+if [[ "${LARGE:-1}" == 1 ]]; then
+  large_k="not cluster"
+  [[ "$CLUSTER" == 1 ]] && large_k=""
+  FUSEDRNN_LARGE_TESTS=1 bounded "${LARGE_TIMEOUT:-120}" $PY -m pytest tests/test_large.py \
+    -m cuda -k "$large_k" -q -p no:cacheprovider -rfEs --junitxml="$RES/pytest_large.xml" \
+    || { echo "large tensors: FAILED or timed out"; status=1; }
+else
+  echo "skipped (LARGE=0)"
+fi
+save
 
 step "kernel paths: each kernel forced via FUSEDRNN_CUDA_PATH (the cluster kernel last)"
 # The data behind auto's batch limit in plan_for_kernel (docs/cuda_kernels.md, "Boundary");

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence
 
 import fusedrnn
 from fusedrnn import _cuda, ops, reference
@@ -624,6 +624,45 @@ def test_cuda_matches_cpu(lengths, dtype, path, monkeypatch):
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
     for a, b in zip(*outs, strict=True):
         torch.testing.assert_close(b.cpu(), a, **tol)
+
+
+# More sequences than the per-step kernel's grid has row tiles (gridDim.y <= 65535 tiles of
+# 16 rows): its CTAs stride over the tiles. Before session 23 such a batch raised.
+BEYOND_GRID_Y = 65535 * 16 + 37
+
+
+def _beyond_grid_run(device, packed):
+    """fusedrnn.RNN (2 layers, bidirectional, float64) forward and backward on
+    BEYOND_GRID_Y sequences of lengths 1 to 3: [output data, h_n, dx, parameter grads]."""
+    torch.manual_seed(0)
+    T, B, I, H = 3, BEYOND_GRID_Y, 2, 3
+    module = fusedrnn.RNN(I, H, num_layers=2, bidirectional=True, dtype=torch.float64)
+    module.to(device)
+    x = torch.randn(T, B, I, dtype=torch.float64).to(device).requires_grad_()
+    lengths = torch.arange(B) % T + 1  # every length, so the packed phases shrink
+    out, hn = module(pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x)
+    data = out.data if packed else out
+    (data.square().sum() + hn.sum()).backward()
+    return [t.detach().cpu() for t in [data, hn, x.grad, *(p.grad for p in module.parameters())]]
+
+
+_BEYOND_GRID_CPU = {}  # packed -> the CPU results (computed once: ~3 s each)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["auto", "stepwise", "persistent", pytest.param("cluster", marks=_NEEDS_CLUSTERS)],
+)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_batch_beyond_the_per_step_grid_matches_cpu(packed, path, monkeypatch):
+    """B = 1,048,597 sequences on CUDA against the CPU kernels in float64: outputs, h_n and
+    every gradient. auto takes the per-step kernel at this B."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
+    if packed not in _BEYOND_GRID_CPU:
+        _BEYOND_GRID_CPU[packed] = _beyond_grid_run("cpu", packed)
+    got = _beyond_grid_run("cuda", packed)
+    for a, b in zip(_BEYOND_GRID_CPU[packed], got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
 
 
 OPTIONS = [

@@ -357,10 +357,9 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
     (void)cudaGetLastError();  // clear the non-sticky launch error
   }
 
-  // Per-step kernel: the host walks the phases with the host batch_sizes. No phase has
-  // more than B rows: refuse a batch too large for the grid before launching anything.
-  if (ceil_div(s.B, Stepwise::kTileRows) > 65535)
-    throw std::invalid_argument("fusedrnn CUDA: batch too large for the per-step kernel");
+  // Per-step kernel: the host walks the phases with the host batch_sizes. A phase of more
+  // rows than gridDim.y's limit of row tiles has its CTAs stride over the tiles (before
+  // session 23 such a batch, B > 1,048,560, was refused).
   p.batch_sizes = nullptr;  // unused by the per-step kernel: phases come from the host
   Walker walker(s.batch_sizes, s.B, s.T, c.N, p.walk_reverse);
   const bool want_final = c.Yfinal != nullptr;
@@ -368,7 +367,8 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
   for (int64_t k = 0; k < p.nphase; ++k) {
     const Phase ph = walker.next(k);
     const int64_t rows = phase_rows<BWD>(ph, want_final);
-    const dim3 grid(gx, static_cast<unsigned>(ceil_div(rows, Stepwise::kTileRows)));
+    const int64_t tiles = std::min(ceil_div(rows, Stepwise::kTileRows), Stepwise::kMaxGridY);
+    const dim3 grid(gx, static_cast<unsigned>(tiles));
     rnn_step_kernel<scalar_t, BWD, ACT><<<grid, Stepwise::kThreads, 0, c.stream>>>(p, ph, k, rows);
     check_cuda(cudaGetLastError(), "per-step recurrence kernel launch");
   }

@@ -86,6 +86,34 @@ def test_jvp_in_every_input_and_parameter_matches_nn_rnn(config, with_hx):
     _assert_close(got_t, want_t)
 
 
+def test_jvp_on_packed_input_of_many_sequences_and_steps():
+    """Memory linear in the packed rows, not in sequences x steps: one sequence of 200,000
+    steps packed with 199,999 of one step (400,000 rows). Each sequence's last row was found
+    by a [B, T] comparison until session 23 (here a 40 GB allocation, which raised); the
+    tangents are those of the long sequence and the short ones run alone."""
+    torch.manual_seed(0)
+    n = 200_000
+    m = fusedrnn.RNN(1, 2, dtype=f64)
+    long, short = torch.randn(n, 1, dtype=f64), torch.randn(n - 1, 1, dtype=f64)
+    data = torch.cat([long[:1], short, long[1:]])  # step 0: every sequence; then the long one
+    batch_sizes = torch.ones(n, dtype=torch.int64)
+    batch_sizes[0] = n
+    t = torch.randn_like(data)
+
+    def f(d):
+        out, hn = m(PackedSequence(d, batch_sizes))
+        return out.data, hn
+
+    (_, hn), (t_out, t_hn) = jvp(f, (data,), (t,))
+    (_, want_l), (want_t_out, want_t_l) = jvp(
+        lambda d: m(d[:, None]), (long,), (torch.cat([t[:1], t[n:]]),)
+    )
+    (_, want_s), (_, want_t_s) = jvp(lambda d: m(d[None]), (short,), (t[1:n],))
+    _assert_close((hn[:, :1], hn[:, 1:]), (want_l, want_s))
+    _assert_close((t_hn[:, :1], t_hn[:, 1:]), (want_t_l, want_t_s))
+    _assert_close(torch.cat([t_out[:1], t_out[n:]]), want_t_out[:, 0])
+
+
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
 def test_jvp_on_packed_input_matches_each_sequence_alone(bidirectional, enforce_sorted):

@@ -167,7 +167,9 @@ CUDA_CASES = {
     "wide": (2, 2**27 + 2 * R, False, 64),
     "tall": (64, 2**21 + 2 * R, True, 48),
 }
-PATHS = ["auto", "persistent", "stepwise", "cluster"]
+# Not the cluster kernel: it holds every row of a step in shared memory (~1,600 rows at
+# H = 16) and refuses these batches by name (tests/test_cuda.py checks the refusal).
+PATHS = ["auto", "persistent", "stepwise"]
 
 
 @pytest.mark.cuda
@@ -175,9 +177,6 @@ PATHS = ["auto", "persistent", "stepwise", "cluster"]
 @pytest.mark.parametrize("case", list(CUDA_CASES))
 def test_many_sequences_past_2_31_elements_cuda(case, path, monkeypatch):
     T, B, bidirectional, need = CUDA_CASES[case]
-    if path == "cluster" and torch.cuda.is_available():
-        if torch.cuda.get_device_capability()[0] < 9:
-            pytest.skip("the cluster kernel needs compute capability 9.0")
     _need_memory("cuda", need * GiB)
     monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
     m, ref = _model(bidirectional, "cuda")

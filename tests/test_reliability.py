@@ -181,6 +181,52 @@ def test_ctrl_c_during_long_calls_leaves_process_usable():
     assert "interrupted" in proc.stdout and "recovered" in proc.stdout
 
 
+def test_model_runs_in_forked_dataloader_workers():
+    """A model used (forward and backward, on two threads) in the parent runs in DataLoader
+    workers forked after it, with the parent's results bit for bit (any thread count gives
+    the same bits). The workers run on one thread, as torch's DataLoader sets them: after a
+    fork, the OpenMP pool torch and fusedrnn share cannot run a parallel region (torch's own
+    matrix products hang there too, and so does nn.RNN)."""
+    script = textwrap.dedent(
+        """
+        import faulthandler, torch, fusedrnn
+        from torch.utils.data import DataLoader, Dataset
+        torch.manual_seed(0)
+        rnn = fusedrnn.RNN(64, 256, num_layers=2, bidirectional=True)
+        xs = torch.randn(4, 30, 64, 64)
+        out, hn = rnn(xs[0])
+        out.sum().backward()  # the thread team (OpenMP) has run in the parent
+        assert torch.get_num_threads() > 1
+        with torch.no_grad():
+            want = [rnn(x)[1] for x in xs]
+
+        class Encoded(Dataset):
+            def __len__(self):
+                return len(xs)
+
+            def __getitem__(self, i):
+                faulthandler.dump_traceback_later(60, exit=True)  # a hang fails, with a trace
+                x = xs[i].clone().requires_grad_()
+                out, hn = rnn(x)
+                out.sum().backward()
+                with torch.no_grad():
+                    return rnn(xs[i])[1], torch.get_num_threads()
+
+        loader = DataLoader(Encoded(), batch_size=None, num_workers=2,
+                            multiprocessing_context="fork")
+        for i, (hn, threads) in enumerate(loader):
+            assert threads == 1, threads
+            assert torch.equal(hn, want[i]), i
+        print("workers ok", flush=True)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "workers ok" in proc.stdout
+
+
 # -- regressions found in review: each reached the kernels with memory they must not read --
 
 

@@ -165,8 +165,9 @@ if [[ "$CLUSTER" == 1 ]]; then
 fi
 
 step "tensors past 2^31 elements (tests/test_large.py, FUSEDRNN_LARGE_TESTS=1)"
-# The persistent and per-step kernels on outputs of more than 2^31 elements (48-64 GiB of GPU
-# memory; each case skips itself on a GPU with less). LARGE=0 skips it.
+# The persistent and per-step kernels on outputs of more than 2^31 elements (56 GiB of GPU
+# memory, 100 for the "wide" cases: each case skips itself, with the reason in the log, on a
+# GPU with less). LARGE=0 skips it.
 if [[ "${LARGE:-1}" == 1 ]]; then
   FUSEDRNN_LARGE_TESTS=1 bounded "${LARGE_TIMEOUT:-120}" $PY -m pytest tests/test_large.py \
     -m cuda -q -p no:cacheprovider -rfEs --junitxml="$RES/pytest_large.xml" \

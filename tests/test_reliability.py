@@ -192,6 +192,7 @@ def test_model_runs_in_forked_dataloader_workers():
         import faulthandler, torch, fusedrnn
         from torch.utils.data import DataLoader, Dataset
         torch.manual_seed(0)
+        torch.set_num_threads(2)  # also on a one-core machine
         rnn = fusedrnn.RNN(64, 256, num_layers=2, bidirectional=True)
         xs = torch.randn(4, 30, 64, 64)
         out, hn = rnn(xs[0])

@@ -1285,6 +1285,61 @@ def test_output_changed_in_place_keeps_autograds_other_errors():
         torch.autograd.grad(out.sum(), x, create_graph=True)
 
 
+ALLOW_MUTATION_CASES = [
+    dict(num_layers=2),
+    dict(num_layers=2, bidirectional=True),
+    dict(num_layers=2, bidirectional=True, batch_first=True),
+    dict(num_layers=1, packed=True),
+    dict(num_layers=1, bidirectional=True, packed=True),
+    dict(cell=True),
+]
+
+
+@pytest.mark.parametrize("T", [1, 4])
+@pytest.mark.parametrize("case", ALLOW_MUTATION_CASES, ids=str)
+def test_everything_changed_in_place_under_allow_mutation_on_saved_tensors(case, T):
+    """Under torch.autograd.graph.allow_mutation_on_saved_tensors, saved tensors changed in
+    place are cloned first and the backward gets the forward's values: the output, h_n, x
+    and every weight of the last layer changed before the backward give nn.RNN's (and
+    nn.RNNCell's) gradients. fusedrnn refused it where its states would have been computed
+    again from the changed weights (until session 23): it now takes the clone."""
+    case = dict(case)
+    cell, packed = case.pop("cell", False), case.pop("packed", False)
+    if cell:
+        ref, ours = _cell_pair(input_size=3, hidden_size=4)
+    else:
+        ref, ours = _rnn_pair(input_size=3, hidden_size=4, **case)
+    results = []
+    for m in (ref, ours):
+        torch.manual_seed(1)
+        x = torch.randn(T, 2, 3, dtype=f64, requires_grad=True)
+        with torch.autograd.graph.allow_mutation_on_saved_tensors():
+            if cell:
+                h = None
+                for t in range(T):
+                    h = m(x[t], h)
+                out, hn = h, h  # the cell's output: its saved state
+            else:
+                xi = x.transpose(0, 1) if case.get("batch_first") else x
+                if packed:
+                    xi = pack_padded_sequence(xi, torch.tensor([T, max(1, T - 2)]))
+                out, hn = m(xi)
+                out = out.data if packed else out
+            loss = out.square().sum() + hn.sum()
+            last = "" if cell else f"_l{m.num_layers - 1}"
+            with torch.no_grad():
+                out.mul_(2)
+                hn.add_(1)
+                x.mul_(3)
+                for name, p in m.named_parameters():
+                    if name.endswith(last):
+                        p.mul_(1.5)
+            loss.backward()
+        results.append([x.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
 def test_output_changed_in_place_in_a_function_that_returns_the_loss():
     """The caller's output gone before the backward (a local of a function returning the
     loss; autograd frees the last reference on the way): the layer held it up to its

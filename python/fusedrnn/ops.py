@@ -693,12 +693,18 @@ def _release_kept(ctx) -> None:
         ctx.strong_inputs = None
 
 
-def _output_changed(ctx) -> bool:
-    """The layer's output, still reachable, has changed in place since the forward."""
+def _caller_output(ctx) -> Tensor | None:
+    """The layer's output as the forward returned it, if still reachable."""
     out = getattr(ctx, "out_alias", None)
     if out is None:
         ref = getattr(ctx, "out_ref", None)
         out = ref() if ref is not None else None
+    return out
+
+
+def _output_changed(ctx) -> bool:
+    """The layer's output, still reachable, has changed in place since the forward."""
+    out = _caller_output(ctx)
     return out is not None and out._version != ctx.out_version
 
 
@@ -725,13 +731,13 @@ def _intact_inputs(ctx, saved, from_saved):
     return inputs
 
 
-def _saved_or_recomputed(ctx, recompute, from_saved):
+def _saved_or_recomputed(ctx, recompute, from_saved, out_index):
     """``(ctx.saved_tensors, False)``, or where the layer's output was changed in place
     since the forward (see :func:`_keep_for_recompute`), ``(recompute(ctx, inputs), True)``:
     the saved tuple with the output computed again from the unchanged inputs, the same bits
     (the kernels are deterministic), through the checked path (a weight whose ``.data`` was
     replaced is refused there). A graph already freed is autograd's error; an input changed
-    too, or gone, is refused by name."""
+    too, or gone, is refused by name. ``out_index``: the output's place in the saved tuple."""
     try:
         saved = ctx.saved_tensors
     except RuntimeError as e:
@@ -740,7 +746,9 @@ def _saved_or_recomputed(ctx, recompute, from_saved):
         saved = None
     # Under saved_tensors_hooks (save_on_cpu, checkpointing, offloading) autograd checks no
     # version and the hooks may hand back the changed tensor itself: the version tells.
-    if saved is not None and not _output_changed(ctx):
+    if saved is not None and (
+        not _output_changed(ctx) or _cloned_before_change(ctx, saved[out_index])
+    ):
         _release_unless_retained(ctx)
         return saved, False
     inputs = _intact_inputs(ctx, saved, from_saved)
@@ -754,6 +762,22 @@ def _saved_or_recomputed(ctx, recompute, from_saved):
         )
     with torch.no_grad():
         return recompute(ctx, inputs), True
+
+
+def _cloned_before_change(ctx, saved_out) -> bool:
+    """Under ``torch.autograd.graph.allow_mutation_on_saved_tensors`` (its unpack hook runs
+    only inside it), a saved tensor changed in place through a tensor of its address is
+    cloned before the change, and the clone is what the backward unpacks: the forward's
+    values, which nn.RNN then uses too. So a saved output that is not the caller's storage is
+    that clone. (The same storage is the changed tensor itself: changed through a view at
+    another offset, which the context does not clone; computed again as elsewhere.)"""
+    if not getattr(torch.autograd.graph, "_allow_mutation_on_saved_tensors_enabled", False):
+        return False
+    out = _caller_output(ctx)
+    return (
+        out is not None
+        and saved_out.untyped_storage().data_ptr() != out.untyped_storage().data_ptr()
+    )
 
 
 # Whether the backward in progress keeps its graph (retain_graph, create_graph). Private to
@@ -809,7 +833,7 @@ def _recompute_layer(ctx, inputs):
 
 
 def _backward(ctx, grad_h, grad_hn):
-    saved, recomputed = _saved_or_recomputed(ctx, _recompute_layer, _LAYER_SAVED_INPUTS)
+    saved, recomputed = _saved_or_recomputed(ctx, _recompute_layer, _LAYER_SAVED_INPUTS, 4)
     x, w_ih, w_hh, h0, h, batch_sizes = saved
     _check_saved(ctx, saved)
     needs = ctx.needs_input_grad
@@ -1851,7 +1875,7 @@ class _EagerBiLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_hnf, grad_hnb):
-        saved, recomputed = _saved_or_recomputed(ctx, _recompute_bi_layer, _BI_SAVED_INPUTS)
+        saved, recomputed = _saved_or_recomputed(ctx, _recompute_bi_layer, _BI_SAVED_INPUTS, -2)
         _check_saved(ctx, saved)
         x, *weights, out, batch_sizes = saved
         # The lean path's x and output may have other shapes than [N, I] and [N, 2H]

@@ -7,6 +7,9 @@ benchmarks/onednn/, one case per run), and every figure is the minimum over the 
 
     g++ -O2 -std=c++17 benchmarks/onednn/rnn_onednn.cpp -ldnnl -o build/rnn_onednn
     python benchmarks/vs_onednn.py [--repeats 5] [--rounds 20] [--cases B1-H64-T100,...]
+
+``--cases`` picks issue 4's rows by name, or names other sizes (``B1-H16-T10000``: one
+layer, input size = H, float32).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 from pathlib import Path
 
 import torch
-from cpu_cases import MAIN, infer_fn, make_pair, min_time, train_fn
+from cpu_cases import MAIN, Case, infer_fn, make_pair, min_time, train_fn
 
 
 def _onednn(binary: str, case: str, rounds: int) -> tuple[float, float]:
@@ -31,6 +34,20 @@ def _onednn(binary: str, case: str, rounds: int) -> tuple[float, float]:
     return float(m.group(1)) / 1e3, float(m.group(2)) / 1e3
 
 
+def _cases(names: str) -> list[Case]:
+    """Issue 4's rows, or those named: a row's name, or any B<b>-H<h>-T<t>."""
+    if not names:
+        return MAIN
+    rows = {case.name: case for case in MAIN}
+    cases = []
+    for name in names.split(","):
+        m = re.fullmatch(r"B(\d+)-H(\d+)-T(\d+)", name)
+        if name not in rows and m is None:
+            raise SystemExit(f"--cases: {name!r} is neither a row of issue 4 nor B<b>-H<h>-T<t>")
+        cases.append(rows.get(name) or Case(*(int(v) for v in m.groups())))
+    return cases
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--binary", default=str(Path("build") / "rnn_onednn"))
@@ -38,14 +55,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20, help="timed calls per round")
     ap.add_argument("--cases", default="")
     args = ap.parse_args()
-    wanted = set(filter(None, args.cases.split(",")))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; min over "
           f"{args.repeats} interleaved rounds of {args.rounds} calls")  # fmt: skip
     print("| case | mode | oneDNN ms | fusedrnn ms | fusedrnn vs oneDNN | fusedrnn GFLOP/s |")
     print("|---|---|---|---|---|---|")
-    for case in MAIN:
-        if wanted and case.name not in wanted:
-            continue
+    for case in _cases(args.cases):
         _, fused, x = make_pair(case)
         rounds = case.rounds(args.rounds)
         fns = {"infer": infer_fn(fused, x), "train": train_fn(fused, x)}

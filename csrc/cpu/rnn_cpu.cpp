@@ -74,8 +74,8 @@ int64_t min_work_per_thread() {
   return v;
 }
 
-int choose_threads(int64_t B, int64_t H, int64_t nchunks, int num_threads) {
-  int64_t n = std::min<int64_t>({num_threads, cpu::hardware_threads(), nchunks});
+int choose_threads(int64_t B, int64_t H, int num_threads) {
+  int64_t n = std::min<int64_t>(num_threads, cpu::hardware_threads());
   const int64_t work = B * H * H;
   n = std::min<int64_t>(n, std::max<int64_t>(1, work / min_work_per_thread()));
   return int(std::max<int64_t>(n, 1));
@@ -108,6 +108,23 @@ bool split_rows(const RecurrenceShape& s, int64_t packed_bytes, bool direct, int
   if (forced != Split::kAuto) return forced == Split::kRows;
   const int64_t rows = s.B / nt;
   return rows >= 32 || (rows >= 4 && packed_bytes <= (int64_t(512) << 10));
+}
+
+// The team of a call: its threads (choose_threads) and whether they split the rows. The
+// columns give each thread chunks of panels, so no more threads than chunks; the rows give
+// each thread all columns of its own rows, so the chunks do not limit them (until session
+// 23 they did: at H <= 64, one chunk, a batch of any size ran on one thread).
+struct TeamPlan {
+  int threads;
+  bool rows;
+};
+
+TeamPlan plan_team(const RecurrenceShape& s, int64_t nchunks, int64_t packed_bytes, bool direct,
+                   int num_threads) {
+  const int n = choose_threads(s.B, s.H, num_threads);
+  if (split_rows(s, packed_bytes, direct, n)) return TeamPlan{n, true};
+  const int cols = int(std::max<int64_t>(1, std::min<int64_t>(n, nchunks)));
+  return TeamPlan{cols, split_rows(s, packed_bytes, direct, cols)};
 }
 
 // Pulls the epilogue operands of the next step (rows x [c0, c1)) toward L2 while this
@@ -537,15 +554,16 @@ void rnn_forward_cpu(const RecurrenceShape& s, const scalar_t* P, const scalar_t
   const KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
   ForwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), P,    W_hh, h0, h, ldh, hn,
                            forward_direct(s, k),       false};
-  const int nt = choose_threads(s.B, s.H, job.rec.chunks.count, num_threads);
-  job.rows = split_rows(s, job.rec.packed_bytes(), job.direct, nt);
+  const TeamPlan team =
+      plan_team(s, job.rec.chunks.count, job.rec.packed_bytes(), job.direct, num_threads);
+  job.rows = team.rows;
   if (!h0) {
     thread_local std::vector<scalar_t> zero_state;  // [zeros | z], kept: no allocation per call
     zero_state.assign(2 * size_t(s.H), scalar_t{});
     job.zeros = zero_state.data();
     job.z = zero_state.data() + s.H;
   }
-  cpu::team_run(nt, &forward_thread<scalar_t>, &job);
+  cpu::team_run(team.threads, &forward_thread<scalar_t>, &job);
 }
 
 template <typename scalar_t>
@@ -556,9 +574,10 @@ void rnn_backward_cpu(const RecurrenceShape& s, const scalar_t* W_hh, const scal
   const KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
   BackwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), W_hh, h, ldh, G, ldg, dhn, dP, dh0,
                             forward_direct(s, k),       false};
-  const int nt = choose_threads(s.B, s.H, job.rec.chunks.count, num_threads);
-  job.rows = split_rows(s, job.rec.packed_bytes(), job.direct, nt);
-  cpu::team_run(nt, &backward_thread<scalar_t>, &job);
+  const TeamPlan team =
+      plan_team(s, job.rec.chunks.count, job.rec.packed_bytes(), job.direct, num_threads);
+  job.rows = team.rows;
+  cpu::team_run(team.threads, &backward_thread<scalar_t>, &job);
 }
 
 template void rnn_forward_cpu<float>(const RecurrenceShape&, const float*, const float*,

@@ -152,23 +152,20 @@ int main(int argc, char** argv) {
       "| case | infer ms | train ms | infer GFLOP/s | train GFLOP/s |\n|---|---|---|---|---|\n");
   const int64_t rows[][3] = {{1, 64, 100},   {1, 256, 100},   {8, 256, 100},    {64, 256, 100},
                              {1, 1024, 100}, {64, 1024, 100}, {256, 1024, 100}, {16, 128, 1000}};
-  bool ran = false;
-  for (auto& r : rows) {
-    char name[64];
-    std::snprintf(name, sizeof(name), "B%ld-H%ld-T%ld", long(r[0]), long(r[1]), long(r[2]));
-    if (only && std::strcmp(only, name) != 0) continue;
-    const bool big = r[0] * r[1] * r[1] * r[2] >= 64LL * 1024 * 1024 * 100;
-    run(r[0], r[1], r[2], big ? std::max(3, rounds / 4) : rounds);
-    ran = true;
-  }
-  if (only && !ran) {  // a case of one's own, e.g. B1-H16-T10000
+  auto run_case = [&](int64_t B, int64_t H, int64_t T) {
+    const bool big = B * H * H * T >= 64LL * 1024 * 1024 * 100;
+    run(B, H, T, big ? std::max(3, rounds / 4) : rounds);
+  };
+  if (only) {  // one of the rows above or any other size, e.g. B1-H16-T10000
     long B = 0, H = 0, T = 0;
     char rest = 0;
     if (std::sscanf(only, "B%ld-H%ld-T%ld%c", &B, &H, &T, &rest) != 3 || B < 1 || H < 1 || T < 1) {
       std::fprintf(stderr, "case must read B<batch>-H<hidden>-T<steps>, got %s\n", only);
       return 2;
     }
-    run(B, H, T, rounds);
+    run_case(B, H, T);
+    return 0;
   }
+  for (auto& r : rows) run_case(r[0], r[1], r[2]);
   return 0;
 }

@@ -89,9 +89,11 @@ def test_resident_memory_stays_flat_over_many_calls():
     assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB"
 
 
-def _outputs_and_all_grads(module, x, hx=None, lengths=None):
+def _outputs_and_all_grads(module, x, hx=None, lengths=None, poison_grad=False):
     """The outputs of ``module`` on ``x`` (packed with ``lengths`` when given) and the
-    gradients of every input and parameter for a weighted sum of its first output."""
+    gradients of every input and parameter for a weighted sum of its first output (with
+    ``poison_grad``, weights with an infinity and a NaN at the first and the last step: the
+    steps where each direction starts from its initial state)."""
     x = x.detach().clone().requires_grad_(True)
     module.zero_grad(set_to_none=True)
     inp = x if lengths is None else pack_padded_sequence(x, lengths, enforce_sorted=False)
@@ -101,6 +103,9 @@ def _outputs_and_all_grads(module, x, hx=None, lengths=None):
         outs = (outs[0].data, *outs[1:])
     o = outs[0]
     weights = torch.linspace(-1, 1, o.numel(), dtype=o.dtype, device=o.device).view_as(o)
+    if poison_grad:  # the cell's output is one step
+        first, last = (weights[0], weights[-1]) if o.dim() == 3 else (weights, weights)
+        first[1, 2], last[3, -1] = float("inf"), float("nan")
     (outs[0] * weights).sum().backward()
     return [*outs, x.grad, *(p.grad for p in module.parameters())]
 
@@ -109,8 +114,8 @@ def _outputs_and_all_grads(module, x, hx=None, lengths=None):
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize(
     "cell, poison",
-    [(False, p) for p in ("input", "w_hh", "w_hh-hx", "w_hh-packed")]
-    + [(True, p) for p in ("input", "w_hh", "w_hh-hx")],
+    [(False, p) for p in ("input", "w_hh", "w_hh-hx", "w_hh-packed", "grad")]
+    + [(True, p) for p in ("input", "w_hh", "w_hh-hx", "grad")],
     ids=lambda v: v if isinstance(v, str) else ("cell" if v else "rnn"),
 )
 def test_nan_and_inf_propagate_like_nn_rnn(nonlinearity, cell, poison, device):
@@ -122,7 +127,11 @@ def test_nan_and_inf_propagate_like_nn_rnn(nonlinearity, cell, poison, device):
     not; and a sequence's gradient at its last step is the output's alone, with no product of
     W_hh (packed: sequences end at different steps, and both directions' W_hh are poisoned so
     the reverse one's last step is seen too; relu and the cell tell this rule apart, in a
-    tanh RNN the NaN reaches every gradient either way). On CUDA the reference is torch's own
+    tanh RNN the NaN reaches every gradient either way); and, without a state given, a
+    pre-activation gradient that is not finite at the step that starts from the zero state
+    (t = 0 forward, t = T - 1 reverse: the last the BPTT walks) times torch's zero state
+    makes a NaN row of dW_hh (the padded fused backward skipped that product, session 24).
+    On CUDA the reference is torch's own
     implementation with cuDNN off, the one nn.RNNCell always runs and nn.RNN runs on the CPU,
     so both devices are held to one rule. float64 (no TF32)."""
     torch.manual_seed(3)
@@ -135,7 +144,7 @@ def test_nan_and_inf_propagate_like_nn_rnn(nonlinearity, cell, poison, device):
         ours_cls, x, state = fusedrnn.RNN, torch.randn(4, 5, 3, dtype=torch.float64), (4, 5, 4)
     if poison == "input":
         x[..., 1, 0], x[..., 3, 2], x[..., 4, 1] = float("nan"), float("inf"), -float("inf")
-    else:
+    elif poison != "grad":
         with torch.no_grad():
             for name in (w_hh, w_hh + "_reverse") if poison == "w_hh-packed" else (w_hh,):
                 getattr(ref, name)[1, 2] = float("nan")
@@ -144,9 +153,10 @@ def test_nan_and_inf_propagate_like_nn_rnn(nonlinearity, cell, poison, device):
     lengths = torch.tensor([2, 4, 1, 3, 4]) if poison == "w_hh-packed" else None
     ours = ours_cls.from_torch(ref)
     ref, ours, x = ref.to(device), ours.to(device), x.to(device)
-    got = _outputs_and_all_grads(ours, x, hx, lengths)
+    poison_grad = poison == "grad"
+    got = _outputs_and_all_grads(ours, x, hx, lengths, poison_grad)
     with torch.backends.cudnn.flags(enabled=False):
-        want = _outputs_and_all_grads(ref, x, hx, lengths)
+        want = _outputs_and_all_grads(ref, x, hx, lengths, poison_grad)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, equal_nan=True, rtol=1e-9, atol=1e-11)
 

@@ -2,8 +2,10 @@
 #include "layer_cpu.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -100,7 +102,8 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
   // where both are long and of about the same size (input size = H).
   GemmArgs<scalar_t> w_ih_grad{H, I, N, dP, H, true, x, I, false, nullptr, dw_ih, I, false};
   GemmArgs<scalar_t> w_hh_grad{};
-  const scalar_t* d_first = nullptr;  // + d_first^T h0 after the pair (padded input)
+  const scalar_t* d_first = nullptr;       // + d_first^T h0 after the pair (padded input)
+  const scalar_t* d_first_zero = nullptr;  // the same rows where h0 is absent (zeros)
   std::vector<const scalar_t*> prev;
   if (dw_hh) {
     // dW_hh = sum over rows of d_row^T h_prev(row): h_prev is the same sequence's row at
@@ -116,7 +119,7 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
       const scalar_t* h_prev = s.reverse ? h + B * ldh : h;
       w_hh_grad = GemmArgs<scalar_t>{H,   H,     K,       d_cont, H, true, h_prev,
                                      ldh, false, nullptr, dw_hh,  H, false};
-      if (h0) d_first = s.reverse ? dP + K * H : dP;
+      (h0 ? d_first : d_first_zero) = s.reverse ? dP + K * H : dP;
     } else {
       // Packed (or one_sum): B's row r is h_prev of dP's row r, read where it lies. Step t's rows
       // b < bs[tp] continue from step tp's row b (in the forward direction all of them:
@@ -141,6 +144,19 @@ void layer_backward_cpu(const RecurrenceShape& s, int64_t I, const scalar_t* x,
   if (d_first)
     gemm_cpu<scalar_t>(H, H, B, d_first, H, true, h0, H, false, dw_hh, H, nullptr, true,
                        num_threads);
+  if (d_first_zero) {
+    // d_first^T 0 adds nothing but a NaN to row j of dW_hh where d_first's column j is
+    // not finite (inf * 0), as nn.RNN's product with its zero state and the rows way
+    // above give it; one pass over B x H values instead of that product.
+    std::vector<char> poisoned(size_t(H), 0);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < H; ++j)
+        if (!std::isfinite(widen(d_first_zero[b * H + j]))) poisoned[size_t(j)] = 1;
+    for (int64_t j = 0; j < H; ++j)
+      if (poisoned[size_t(j)])
+        std::fill_n(dw_hh + j * H, H,
+                    narrow<scalar_t>(std::numeric_limits<sum_t<scalar_t>>::quiet_NaN()));
+  }
   if (db) {
     // Column sums in row order (fixed order, no threads needed: one pass over dP).
     std::vector<sum_t<scalar_t>> sums(size_t(H), sum_t<scalar_t>(0));

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import io
 import itertools
 import os
 import pickle
@@ -234,6 +235,30 @@ def test_meta_device_gives_nn_rnn_shapes():
     assert fusedrnn.RNNCell(3, 4, device=_META)(cell_x).shape == (2, 4)
 
 
+@pytest.mark.parametrize("kind", ["rnn", "cell"])
+def test_fake_tensor_mode_gives_nn_rnn_shapes(kind):
+    """Under a (strict) FakeTensorMode, as shape propagation and memory estimators run a
+    model, forward and backward give nn.RNN's shapes; the padded input's empty batch_sizes,
+    a real tensor made at import, was refused beside the fake ones."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    results = []
+    with FakeTensorMode():
+        for module_type in (nn, fusedrnn):
+            if kind == "cell":
+                module, shape = module_type.RNNCell(3, 4), (2, 3)
+            else:
+                module, shape = module_type.RNN(3, 4, 2, bidirectional=True), (5, 2, 3)
+            x = torch.randn(*shape, requires_grad=True)
+            out = module(x)
+            out = out if kind == "cell" else out[0]
+            out.sum().backward()
+            assert type(out) is FakeTensor and type(x.grad) is FakeTensor
+            w_hh = module.weight_hh if kind == "cell" else module.weight_hh_l0
+            results.append((out.shape, x.grad.shape, w_hh.grad.shape))
+    assert results[0] == results[1]
+
+
 # -- constructor, parameters, state and conversions -------------------------------------
 
 
@@ -319,6 +344,22 @@ def test_deepcopy_and_pickle_are_independent_and_equal():
         assert not torch.equal(clone(x)[0], ours(x)[0])
 
 
+def test_whole_module_saved_after_a_call_loads_with_weights_only():
+    """torch.save of a whole model after a forward, loaded with torch.load's default
+    weights_only=True and only the module class allowed, as for nn.RNN: the lean path's
+    plan (an itemgetter and a tag object, which the unpickler refuses) was pickled too."""
+    for module in (nn.RNN(3, 4, 2), fusedrnn.RNN(3, 4, 2)):
+        x = torch.randn(5, 2, 3)
+        expected = module(x)[0]
+        buffer = io.BytesIO()
+        torch.save(module, buffer)
+        buffer.seek(0)
+        with torch.serialization.safe_globals([type(module)]):
+            loaded = torch.load(buffer)
+        assert type(loaded) is type(module)
+        torch.testing.assert_close(loaded(x)[0], expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -402,6 +443,25 @@ def test_conversion_both_ways():
     torch.testing.assert_close(back(x)[0], ref(x)[0], rtol=0, atol=0)
     with pytest.raises(TypeError, match=r"module must be a torch\.nn\.RNN, got LSTM"):
         fusedrnn.RNN.from_torch(nn.LSTM(3, 4))
+
+
+def test_conversion_keeps_frozen_weights_frozen():
+    """A partly frozen model (fine-tuning some layers) converted either way stays partly
+    frozen: the weights went through the state dict, which drops requires_grad, so every
+    converted weight required grad."""
+    ref = nn.RNN(3, 4, 2, bidirectional=True)
+    frozen = {"weight_ih_l0", "bias_hh_l0_reverse", "weight_hh_l1"}
+    for name in frozen:
+        ref.get_parameter(name).requires_grad_(False)
+    ref.weight_hh_l1_reverse = ref.weight_hh_l1  # tied: frozen under both names
+    frozen.add("weight_hh_l1_reverse")
+    ours = fusedrnn.RNN.from_torch(ref)
+    for module in (ours, ours.to_torch()):
+        assert {n for n, p in module.named_parameters() if not p.requires_grad} == frozen
+    cell = nn.RNNCell(3, 4)
+    cell.bias_ih.requires_grad_(False)
+    for module in (fusedrnn.RNNCell.from_torch(cell), fusedrnn.RNNCell.from_torch(cell).to_torch()):
+        assert [n for n, p in module.named_parameters() if not p.requires_grad] == ["bias_ih"]
 
 
 @pytest.mark.parametrize(
@@ -1239,6 +1299,61 @@ def test_inference_tensor_in_a_recorded_call_is_refused_by_name(kind):
     assert out[0].is_inference() if kind != "cell" else out.is_inference()
 
 
+@pytest.mark.parametrize("kind", ["rnn", "bidirectional", "cell"])
+@pytest.mark.parametrize(
+    ("frozen", "from_inference", "refused"),
+    [
+        (("weight_ih",), ("x",), None),  # x unsaved: trains
+        (("weight_hh",), ("h",), None),  # h0 unsaved: trains
+        (("weight_ih", "weight_hh"), ("x", "h"), None),
+        (("weight_ih",), ("x", "h"), "h0"),  # h0 saved for dW_hh: refused by name
+        (("weight_hh",), ("x",), "x"),  # x saved for dW_ih
+    ],
+)
+def test_inference_tensor_that_no_gradient_reads_trains_as_in_nn_rnn(
+    kind, frozen, from_inference, refused
+):
+    """An input made under torch.inference_mode that the backward does not read (x with a
+    frozen weight_ih, the state with a frozen weight_hh): nn.RNN saves nothing of it and
+    trains; so does fusedrnn (it refused every such input by name). One the backward reads
+    is refused by name, as autograd refuses it in nn.RNN. Computing the states again after
+    the output changed in place is refused: nothing can tell whether such an input changed."""
+    f64 = torch.float64
+    directions = 2 if kind == "bidirectional" else 1
+    made = {"x": torch.randn(5, 2, 3, dtype=f64), "h": torch.randn(directions, 2, 4, dtype=f64)}
+    with torch.inference_mode():
+        for name in from_inference:
+            made[name] = made[name].clone()
+    x, h = made["x"], made["h"]
+    if kind == "cell":
+        ref, ours_type, x, h = torch.nn.RNNCell(3, 4, dtype=f64), fusedrnn.RNNCell, x[0], h[0]
+    else:
+        ref = torch.nn.RNN(3, 4, bidirectional=kind == "bidirectional", dtype=f64)
+        ours_type = fusedrnn.RNN
+    ours = ours_type.from_torch(ref)
+    for m in (ref, ours):
+        for name, p in m.named_parameters():
+            p.requires_grad_(not name.startswith(frozen))
+    if refused is not None:
+        with pytest.raises(RuntimeError, match=r"[Ii]nference tensors? cannot be saved"):
+            ref(x, h)
+        with pytest.raises(RuntimeError, match=rf"{refused} is an inference tensor"):
+            ours(x, h)
+        return
+    grads = []
+    for m in (ref, ours):
+        out = m(x, h)
+        loss = out.sum() if kind == "cell" else out[0].sum() + out[1].sum()
+        grads.append(torch.autograd.grad(loss, [p for p in m.parameters() if p.requires_grad]))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a)
+    out = ours(x, h)
+    out = out if kind == "cell" else out[0]
+    out.mul_(2)  # the states must be computed again, from inputs nothing can check
+    with pytest.raises(RuntimeError, match="made under inference mode"):
+        out.sum().backward()
+
+
 def test_output_changed_in_place_keeps_autograds_other_errors():
     """Only the output is computed again: an input or weight changed in place too, or
     replaced through .data (a segfault of the first recompute, which read the weights
@@ -1811,6 +1926,89 @@ def test_compile_fullgraph_bfloat16():
         assert (got.float() - want.float()).abs().max() <= 2**-6 * scale
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_flop_counter_counts_what_nn_rnn_counts(packed):
+    """torch.utils.flop_counter.FlopCounterMode (MFU estimates) counted 0 for fusedrnn: the
+    ops' GEMMs run inside them. Each op now has a formula, and the totals are nn.RNN's
+    wherever both compute the same products (inference; training with h0 requiring grad:
+    the BPTT always carries the gradient into h0, which nn.RNN skips otherwise)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(module, x, h, train):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            lengths = torch.tensor([6, 4, 3])
+            inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+            out, h_n = module(inp, h)
+            if train:
+                (getattr(out, "data", out).sum() + h_n.sum()).backward()
+        return counter.get_total_flops()
+
+    for layers, bidirectional in ((1, False), (2, True)):
+        ref = nn.RNN(5, 7, layers, bidirectional=bidirectional)
+        ours = fusedrnn.RNN.from_torch(ref)
+        h = torch.randn(layers * (1 + bidirectional), 3, 7, requires_grad=True)
+        for x_grad in (False, True):
+            x = torch.randn(6, 3, 5, requires_grad=x_grad)
+            for train in (False, True):
+                expected = count(ref, x, h, train)
+                assert expected > 0 and count(ours, x, h, train) == expected
+            if not packed:  # h0 needs no gradient: 2 B H^2 more a layer-direction here
+                extra = 2 * 3 * 7 * 7 * layers * (1 + bidirectional)
+                frozen = h.detach()
+                assert count(ours, x, frozen, True) == count(ref, x, frozen, True) + extra
+    cell = nn.RNNCell(5, 7)
+    x, h = torch.randn(3, 5, requires_grad=True), torch.randn(3, 7, requires_grad=True)
+    counts = []
+    for module in (cell, fusedrnn.RNNCell.from_torch(cell)):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            module(x, h).sum().backward()
+        counts.append(counter.get_total_flops())
+    assert counts[0] > 0 and counts[0] == counts[1]
+
+
+def test_fx_symbolic_trace_keeps_the_modules_whole_as_for_nn_rnn():
+    """torch.fx.symbolic_trace of a model holding the modules: each is one call_module
+    node, as FX's default tracer keeps torch.nn.RNN and RNNCell (it traced into fusedrnn's
+    forward and stopped at its shape checks, so FX-based tools failed on such a model);
+    the traced model runs them, bit for bit. The module traced as the root fails as
+    nn.RNN does."""
+
+    class Net(nn.Module):
+        def __init__(self, rnn, cell):
+            super().__init__()
+            self.rnn, self.cell = rnn, cell
+
+        def forward(self, x, h):
+            out, h_n = self.rnn(x, h)
+            return self.cell(out[:, -1]).sum(-1) + h_n.sum()
+
+    for kind in (nn, fusedrnn):
+        net = Net(kind.RNN(3, 4, 2, batch_first=True, bidirectional=True), kind.RNNCell(8, 5))
+        traced = torch.fx.symbolic_trace(net)
+        modules = [n.target for n in traced.graph.nodes if n.op == "call_module"]
+        assert modules == ["rnn", "cell"]
+        x, h = torch.randn(2, 6, 3, requires_grad=True), torch.randn(4, 2, 4)
+        torch.testing.assert_close(traced(x, h), net(x, h), rtol=0, atol=0)
+        traced(x, h).sum().backward()
+        assert x.grad is not None and net.rnn.weight_hh_l1.grad is not None
+        with pytest.raises(torch.fx.proxy.TraceError, match="control flow"):
+            torch.fx.symbolic_trace(net.rnn)
+
+    class StateOnly(nn.Module):  # a concrete input, a traced state
+        def __init__(self, rnn):
+            super().__init__()
+            self.rnn = rnn
+
+        def forward(self, h):
+            return self.rnn(torch.ones(5, 2, 3), h)[0]
+
+    for kind in (nn, fusedrnn):
+        traced = torch.fx.symbolic_trace(StateOnly(kind.RNN(3, 4)))
+        assert [n.target for n in traced.graph.nodes if n.op == "call_module"] == ["rnn"]
+
+
 def test_jit_script_is_refused_clearly():
     """TorchScript cannot compile the Python forward: a clear error that names the ways
     out (before, a "Lambda aren't supported" from deep inside the forward), and the model
@@ -1934,6 +2132,38 @@ def test_ddp_gloo_two_processes_matches_full_batch_training(tmp_path):
                 torch.testing.assert_close(
                     g, w, **TOL[f32], msg=lambda m, s=step, n=name: f"step {s} {n}: {m}"
                 )
+
+
+_DTENSOR_SCRIPT = """
+import os, tempfile, torch, torch.distributed as dist, fusedrnn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Replicate, distribute_module, distribute_tensor
+dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+mesh = init_device_mesh("cpu", (1,))
+x, h = torch.randn(5, 2, 3), torch.randn(1, 2, 4)
+dx, dh = (distribute_tensor(t, mesh, [Replicate()]) for t in (x, h))
+for model in (fusedrnn.RNN(3, 4), fusedrnn.RNNCell(3, 4)):
+    try:
+        distribute_module(model, mesh)(dx if type(model).__name__ == "RNN" else dx[0],
+                                       dh if type(model).__name__ == "RNN" else dh[0])
+    except NotImplementedError as e:
+        print("refused:", e, flush=True)
+os._exit(0)  # as the DDP workers: torch's gloo teardown aborts now and then
+"""
+
+
+def test_dtensor_input_is_refused_naming_the_op():
+    """DTensor arguments reach the registered op (never raw pointers), which has no sharding
+    rule: DTensor's own error names it, for both modules. (The padded input's batch_sizes
+    was a plain tensor made at import, and DTensor's complaint was about mixing plain
+    tensors with DTensors.) One process, gloo, in a subprocess of its own."""
+    if not dist.is_available():
+        pytest.skip("torch without torch.distributed")
+    run = subprocess.run(
+        [sys.executable, "-c", _DTENSOR_SCRIPT], capture_output=True, text=True, timeout=240
+    )
+    refusal = "refused: Operator fusedrnn.rnn_layer_forward.default does not have a sharding"
+    assert run.returncode == 0 and run.stdout.count(refusal) == 2, run.stdout + run.stderr
 
 
 def test_float32_accuracy_is_that_of_nn_rnn():

@@ -35,6 +35,15 @@ from . import ops
 __all__ = ["RNN", "RNNCell"]
 
 _NO_BATCH_SIZES = torch.empty(0, dtype=torch.int64)
+
+
+def _no_batch_sizes(input: Tensor) -> Tensor:
+    """The layer op's ``batch_sizes`` for padded input: an empty tensor, made once, except
+    for an input of a tensor subclass, which gets one of its own kind (a FakeTensor under
+    ``FakeTensorMode`` and a DTensor refuse a plain tensor beside theirs)."""
+    return _NO_BATCH_SIZES if type(input) is Tensor else input.new_empty(0, dtype=torch.int64)
+
+
 # RNN's activation: nn.RNN runs by self.mode, set from the nonlinearity at construction.
 _MODE_ACTIVATION = {"RNN_TANH": "tanh", "RNN_RELU": "relu"}
 _LAYER_WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -80,6 +89,28 @@ _RNN_ARGS = (
 _CELL_ARGS = ("input_size", "hidden_size", "bias", "nonlinearity")
 
 
+def _fx_leaf(module: nn.Module, input, hx):
+    """Under ``torch.fx.symbolic_trace`` of a model that holds ``module``: the module as one
+    ``call_module`` node, as FX's default tracer keeps ``torch.nn.RNN`` (every ``torch.nn``
+    module is a leaf to it); a forward that checks shapes cannot be traced through, and
+    FX-based tools (``prepare_fx``, feature extractors) then failed on any model with a
+    fusedrnn layer. None where neither argument is an FX proxy, where the proxy is not a
+    tracer's (a bare graph's), or where the module is the traced root (which ``nn.RNN``
+    cannot be either)."""
+    proxy = input if isinstance(input, torch.fx.Proxy) else hx
+    if not isinstance(proxy, torch.fx.Proxy) or not isinstance(proxy.tracer, torch.fx.Tracer):
+        return None
+    tracer = proxy.tracer
+    try:
+        path = tracer.path_of_module(module)
+    except NameError:  # not a submodule of the traced root
+        return None
+    if not path:
+        return None
+    args = (input,) if hx is None else (input, hx)
+    return tracer.create_proxy("call_module", path, args, {})
+
+
 def _forked_rng(device: str | torch.device):
     """``torch.random.fork_rng`` of the generators that initializing a module on ``device``
     draws from: the CPU's, and for a CUDA device that device's. The caller's random state
@@ -92,12 +123,12 @@ def _forked_rng(device: str | torch.device):
 
 
 def _rebuild(cls: type[nn.Module], source: nn.Module, arg_names: tuple[str, ...]):
-    """A ``cls`` built with ``source``'s arguments, device and dtype, weights and training
-    flag. An RNN's activation is the one it runs by, its ``mode`` (nn.RNN ignores a
-    ``nonlinearity`` assigned after construction). Built as usual (a subclass's own
-    ``__init__`` and buffers included), with the random initialization it overwrites drawn
-    from a forked generator: converting a model leaves the caller's random number stream
-    where it was (the same dropout masks afterwards)."""
+    """A ``cls`` built with ``source``'s arguments, device and dtype, weights (frozen ones
+    frozen) and training flag. An RNN's activation is the one it runs by, its ``mode``
+    (nn.RNN ignores a ``nonlinearity`` assigned after construction). Built as usual (a
+    subclass's own ``__init__`` and buffers included), with the random initialization it
+    overwrites drawn from a forked generator: converting a model leaves the caller's random
+    number stream where it was (the same dropout masks afterwards)."""
     weight = source.weight_hh if isinstance(source, nn.RNNCellBase) else source.weight_hh_l0
 
     def arg(name):
@@ -122,6 +153,10 @@ def _rebuild(cls: type[nn.Module], source: nn.Module, arg_names: tuple[str, ...]
             "(torch.nn.utils.parametrize.remove_parametrizations, torch.nn.utils.prune.remove)."
         )
     module.load_state_dict(state)
+    frozen = {n for n, p in source.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if name in frozen:
+            p.requires_grad_(False)  # a frozen weight stays frozen (the state dict drops it)
     return module.train(source.training)
 
 
@@ -277,6 +312,13 @@ class RNN(nn.RNNBase):
         self.__dict__.pop("_fusedrnn_plan", None)
         super().__setattr__(name, value)
 
+    def __getstate__(self):
+        # The plan is not state: a pickled module (torch.save of a whole model) holds what
+        # nn.RNN's does, and torch.load(weights_only=True) needs only this class allowed.
+        state = super().__getstate__()
+        state.pop("_fusedrnn_plan", None)
+        return state
+
     def _make_fast_plan(self) -> tuple:
         """What the lean path needs of the configuration, made when ``_forward_fast``
         finds none and kept until an attribute is assigned (``__setattr__``): ``(tag,
@@ -286,8 +328,8 @@ class RNN(nn.RNNBase):
         ``bias=False``); ``get_weights`` is None when the lean path cannot serve this
         configuration (an unknown mode, names that do not match the sizes: the
         general path reports them; a subclass's own checks, which the general path calls).
-        The tag tells a plan made here from one brought by
-        ``copy`` or ``pickle``, which is made again."""
+        ``copy`` and ``pickle`` leave it out (``__getstate__``); the tag still tells a plan
+        made here from one brought by a ``__dict__`` copied by hand, which is made again."""
         H, L, I = self.hidden_size, self.num_layers, self.input_size
         D = 2 if self.bidirectional else 1
         per = 4 if self.bias else 2
@@ -437,6 +479,8 @@ class RNN(nn.RNNBase):
             fast = self._forward_fast(input, hx)
             if fast is not None:
                 return fast
+        if (traced := _fx_leaf(self, input, hx)) is not None:
+            return traced
         if torch.onnx.is_in_onnx_export():
             # ONNX has no fusedrnn op: export torch.nn.RNN's own forward, whose graph the
             # exporters turn into ONNX RNN nodes (dynamic sequence length, as for nn.RNN).
@@ -518,7 +562,7 @@ class RNN(nn.RNNBase):
                 input = input.transpose(0, 1)
             T, B = input.shape[0], input.shape[1]
             x = input.reshape(T * B, input.shape[2])
-            steps = _NO_BATCH_SIZES
+            steps = _no_batch_sizes(input)
         else:
             x = input
             steps = batch_sizes.contiguous()  # (the kernels read it by address; torch takes any)
@@ -699,6 +743,8 @@ class RNNCell(nn.RNNCell):
             fast = self._forward_fast(input, hx)
             if fast is not None:
                 return fast
+        if (traced := _fx_leaf(self, input, hx)) is not None:
+            return traced
         if torch.onnx.is_in_onnx_export():  # torch.nn.RNNCell's graph (see RNN.forward)
             return super().forward(input, hx)
         if input.dim() not in (1, 2):
@@ -729,7 +775,7 @@ class RNNCell(nn.RNNCell):
             input,
             *weights,
             hx,
-            _NO_BATCH_SIZES,
+            _no_batch_sizes(input),
             False,
             self.nonlinearity,
         )

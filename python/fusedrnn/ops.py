@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad as _forward_ad
 from torch.utils import _python_dispatch
+from torch.utils.flop_counter import register_flop_formula
 
 from . import _C, _cuda
 
@@ -561,8 +562,9 @@ def _setup_layer(ctx, inputs, output, output_to_caller):
     x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
     h, _ = output
     saved = _layer_saved(ctx.needs_input_grad, x, w_ih, w_hh, h0, h, batch_sizes)
-    kept = _saved_activations(saved, (0, 5), _LAYER_SAVED_INPUTS)
-    _keep_for_recompute(ctx, h, inputs, _LAYER_INPUT_NAMES, (0, 5), output_to_caller, kept)
+    _keep_for_recompute(
+        ctx, h, inputs, _LAYER_INPUT_NAMES, (0, 5), output_to_caller, saved, _LAYER_SAVED_INPUTS
+    )
     # The lean path's x (and its own h, hn) may come in other shapes than [N, I] (see
     # _forward_impl's dims): the backward reads them as rows and returns dx in x's shape.
     ctx.x_shape = x.shape if x.dim() != 2 else None
@@ -579,12 +581,6 @@ def _layer_saved(needs, x, w_ih, w_hh, h0, h, batch_sizes) -> tuple:
     forward and the backward raises only where a gradient asked for reads it."""
     return (x if needs[1] else None, w_ih if needs[0] else None, w_hh,
             h0 if needs[2] else None, h, batch_sizes)  # fmt: skip
-
-
-def _saved_activations(saved, activations, from_saved) -> set:
-    """The ``activations`` (input indices) that the saved tuple ``saved`` holds, at
-    ``from_saved[i]``: the ones _keep_for_recompute may hold weakly."""
-    return {i for i in activations if saved[from_saved[i]] is not None}
 
 
 def _meta(tensors) -> list:
@@ -616,7 +612,9 @@ def _refuse_changed_saved() -> None:
 _CALL = threading.local()
 
 
-def _keep_for_recompute(ctx, out, inputs, names, activations, hold_output, saved) -> None:
+def _keep_for_recompute(
+    ctx, out, inputs, names, activations, hold_output, saved, from_saved
+) -> None:
     """What a layer's backward needs when the caller changed its output ``out`` in place
     between the forward and the backward (a residual ``out += x``, ``relu_(out)``):
     torch.nn.RNN allows that, as its saved states are not the tensor it returns, but ours
@@ -627,15 +625,19 @@ def _keep_for_recompute(ctx, out, inputs, names, activations, hold_output, saved
     (:func:`_release_unless_retained`), weakly after: the
     output where ``hold_output`` (the caller may drop its last reference before the
     backward, and autograd frees it on the way), the ``activations`` (x and the initial
-    states) the layer does not save (not in ``saved``: x with a frozen ``w_ih``, h0 with a
-    frozen ``w_hh``), and weights that are not parameters (autocast's casts,
+    states) the layer does not save (not in the saved tuple ``saved``, which holds input
+    ``i`` at ``from_saved[i]``: x with a frozen ``w_ih``, h0 with a frozen ``w_hh``), and
+    weights that are not parameters (autocast's casts,
     functional_call's tensors). The saved activations are held weakly from the start:
     autograd's saved tensors keep them alive up to the backward, and a strong reference
     would keep them through activation checkpointing and after the backward while the
     caller holds the loss. Nothing is kept while a graph is
     traced (``out`` is then not a plain tensor): compiled training copies the output
-    instead (:func:`private_when_compiled`). ``names``: the leading inputs' names, for
-    the message that refuses one made under inference mode."""
+    instead (:func:`private_when_compiled`). An input made under inference mode has no
+    version: saved, autograd cannot take it, and it is refused by its name in ``names``
+    (the leading inputs'); unsaved, the layer runs as ``nn.RNN``'s does, the input is held
+    marked ``_UNTRACKED``, and only computing the states again from it is refused (nothing
+    can tell whether it changed)."""
     if type(out) is not Tensor:
         return
     ctx.out_ref = weakref.ref(out)
@@ -651,12 +653,16 @@ def _keep_for_recompute(ctx, out, inputs, names, activations, hold_output, saved
         if t is None:
             versions.append(None)
             continue
+        j = from_saved.get(i)
+        is_saved = j is not None and saved[j] is not None
         try:
             versions.append(t._version)
         except RuntimeError:
-            _refuse_inference_tensor(t, names[i])
-            raise
-        if i in saved:
+            if is_saved or not t.is_inference():
+                _refuse_inference_tensor(t, names[i])
+                raise
+            versions.append(_UNTRACKED)
+        if is_saved and i in activations:
             kept[i] = weakref.ref(t)
         elif i in activations or type(t) is not torch.nn.Parameter:
             strong.append(i)
@@ -668,6 +674,10 @@ def _keep_for_recompute(ctx, out, inputs, names, activations, hold_output, saved
 _LAYER_INPUT_NAMES = ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0")
 _BI_LAYER_INPUT_NAMES = ("x", "w_ih", "w_hh", "b_ih", "b_hh", "w_ih (reverse)", "w_hh (reverse)",
                          "b_ih (reverse)", "b_hh (reverse)", "h0", "h0 (reverse)")  # fmt: skip
+
+
+# input_versions' mark for an input without a version (an unsaved inference tensor).
+_UNTRACKED = -1
 
 
 def _refuse_inference_tensor(t, name) -> None:
@@ -725,7 +735,7 @@ def _intact_inputs(ctx, saved, from_saved):
             t = t()
             if t is None:
                 return None
-        if v is not None and t._version != v:
+        if v is not None and (v == _UNTRACKED or t._version != v):
             return None
         inputs.append(t)
     return inputs
@@ -758,7 +768,8 @@ def _saved_or_recomputed(ctx, recompute, from_saved, out_index):
             RuntimeError,
             "the RNN's output was changed in place after the forward pass, and its states "
             "cannot be computed again for the backward: an input or weight was changed in "
-            "place too, or is gone; clone the output before changing it",
+            "place too, or is gone, or was made under inference mode (nothing can tell "
+            "whether it changed); clone the output before changing it",
         )
     with torch.no_grad():
         return recompute(ctx, inputs), True
@@ -1116,6 +1127,36 @@ def _(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
 
 
 rnn_layer_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+# torch.utils.flop_counter.FlopCounterMode counts torch.nn.RNN from the GEMMs of its steps;
+# the ops run theirs inside, so each op says what its GEMMs compute: 2 flops a multiply-add,
+# as torch counts mm, the pointwise work (activation, biases) left out, as there. Under a
+# dispatch mode the modules call these ops (see _plain_mode). The BPTT also carries the
+# gradient into h0, which nn.RNN skips where h0 needs none (up to 2 B H^2 a layer-direction
+# more here then).
+@register_flop_formula(torch.ops.fusedrnn.rnn_layer_forward)
+def _forward_flops(x, w_ih, w_hh, *args, out_shape=None) -> int:
+    """Input projection ``x W_ih^T`` and recurrence ``h_{t-1} W_hh^T`` over all N rows."""
+    (N, I), H = x, w_hh[0]
+    return 2 * N * H * (I + H)
+
+
+@register_flop_formula(torch.ops.fusedrnn.rnn_layer_backward)
+def _backward_flops(w_hh, h, *args, out_shape=None) -> int:
+    """BPTT: ``dP_t W_hh`` for each of the N rows."""
+    N, H = h
+    return 2 * N * H * H
+
+
+@register_flop_formula(torch.ops.fusedrnn.rnn_layer_grads)
+def _grads_flops(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
+                 need_dx, need_dw_ih, need_dw_hh, need_db, out_shape=None) -> int:  # fmt: skip
+    """BPTT, then ``dx = dP W_ih``, ``dW_ih = dP^T x``, ``dW_hh = dP^T h_prev``: those asked
+    for (``x`` is given for dW_ih, ``w_ih`` for dx)."""
+    N, H = h
+    I = (w_ih if w_ih is not None else x)[1] if need_dx or need_dw_ih else 0
+    return 2 * N * H * (H + I * (need_dx + need_dw_ih) + H * need_dw_hh)
 
 
 def private_when_compiled(output: Tensor) -> Tensor:
@@ -1869,8 +1910,9 @@ class _EagerBiLayer(torch.autograd.Function):
         ctx.x_shape = x.shape
         inputs = (x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl)
         names = _BI_LAYER_INPUT_NAMES
-        kept = _saved_activations(saved, (0, 9, 10), _BI_SAVED_INPUTS)
-        _keep_for_recompute(ctx, out, inputs, names, (0, 9, 10), to_caller, kept)  # as _EagerLayer
+        _keep_for_recompute(  # as _EagerLayer
+            ctx, out, inputs, names, (0, 9, 10), to_caller, saved, _BI_SAVED_INPUTS
+        )
         return out, hnf, hnb
 
     @staticmethod

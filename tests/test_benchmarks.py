@@ -5,16 +5,19 @@ here (timings live in BENCHMARKS.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import fusedrnn
 from helpers import rel_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from cpu_cases import CASES, Case, PackedInput, infer_fn, make_pair, train_fn
+from survey import CONFIGS, steps
 
 TINY = [
     Case(3, 8, 5),
@@ -60,3 +63,23 @@ def test_packed_lengths_vary_and_flops_count_only_real_steps():
 def test_case_names_are_unique():
     names = [c.name for c in CASES]
     assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name)
+def test_survey_runs_the_same_problem_on_both(config):
+    """benchmarks/survey.py times both modules on one problem (shrunk here): the same
+    parameter and input gradients (dropout masks drawn under one seed, as nn.RNN's)."""
+    small = dataclasses.replace(
+        config, I=min(config.I, 6), H=min(config.H, 5), B=min(config.B, 3), T=min(config.T, 4),
+        dtype=torch.float64,
+    )  # fmt: skip
+    pair = steps(small, train=True)
+    assert [type(module) for module, _, _ in pair] == [torch.nn.RNN, fusedrnn.RNN]
+    grads = []
+    for module, x, run in pair:  # each call must fill its own module's gradients
+        torch.manual_seed(1)
+        run()
+        grads.append([x.grad, *(p.grad for p in module.parameters())])
+        assert all(g is not None for g in grads[-1])
+    for got, want in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, want)

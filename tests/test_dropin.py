@@ -1585,6 +1585,30 @@ def test_a_tensor_no_requested_gradient_reads_may_change_before_backward(change)
         torch.testing.assert_close(g, w, **TOL[f64])
 
 
+def test_compile_packed_with_state_under_checkpoint_logs_no_pickle_failure(caplog):
+    """Packed input with a state, under checkpoint, in a fullgraph compile: the same values
+    as eager, and no "Failed to pickle cache key" warning (with its traceback) from
+    Inductor, whose cache key held the message lambda of a torch._check (session 24, found
+    by a compile audit)."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch._dynamo.reset()
+    rnn = fusedrnn.RNN(3, 4)
+
+    def f(packed, h):
+        out, h_n = checkpoint(rnn, packed, h, use_reentrant=False)
+        return out.data, h_n
+
+    x = torch.randn(6, 3, 3)
+    h = torch.randn(1, 3, 4)
+    packed = pack_padded_sequence(x, torch.tensor([2, 6, 4]), enforce_sorted=False)
+    with torch._inductor.config.patch(fx_graph_cache=True), caplog.at_level("WARNING"):
+        got = torch.compile(f, fullgraph=True)(packed, h)
+    for a, b in zip(got, f(packed, h), strict=True):
+        torch.testing.assert_close(a, b, **TOL[f32])
+    assert not [r for r in caplog.records if "Failed to pickle" in r.getMessage()]
+
+
 @pytest.mark.skipif(
     not fusedrnn._C.cpu_has_bf16(), reason="the bfloat16 kernels need a CPU with AVX512_BF16"
 )

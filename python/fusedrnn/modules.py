@@ -93,10 +93,9 @@ def _fx_leaf(module: nn.Module, input, hx):
     """Under ``torch.fx.symbolic_trace`` of a model that holds ``module``: the module as one
     ``call_module`` node, as FX's default tracer keeps ``torch.nn.RNN`` (every ``torch.nn``
     module is a leaf to it); a forward that checks shapes cannot be traced through, and
-    FX-based tools (``prepare_fx``, feature extractors) then failed on any model with a
-    fusedrnn layer. None where neither argument is an FX proxy, where the proxy is not a
-    tracer's (a bare graph's), or where the module is the traced root (which ``nn.RNN``
-    cannot be either)."""
+    FX-based tools (``prepare_fx``) then failed on any model with a fusedrnn layer. None
+    where neither argument is an FX proxy, where the proxy is not a tracer's (a bare
+    graph's), or where the module is the traced root (which ``nn.RNN`` cannot be either)."""
     proxy = input if isinstance(input, torch.fx.Proxy) else hx
     if not isinstance(proxy, torch.fx.Proxy) or not isinstance(proxy.tracer, torch.fx.Tracer):
         return None

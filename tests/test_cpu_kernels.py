@@ -77,26 +77,31 @@ def test_bitwise_identical_for_1_and_2_threads(
         assert torch.equal(a, b), "results differ between 1 and 2 threads"
 
 
-# Input size = H and more than 1024 rows (T * B): the weight gradients run as one pair of
-# products that share the threads (gemm_cpu_pair), padded and packed (dW_hh by rows).
+# Input size about H and more than 1024 rows (T * B): the weight gradients run as one pair of
+# products that share the threads (gemm_cpu_pair), padded and packed (dW_hh by rows). At
+# I = 6, H = 8 every product of the layer is narrow (B one vector wide or less on every
+# instruction set: KernelTable::gemm_narrow), the weight gradients a pair of them.
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_weight_gradient_pair_bitwise_for_1_and_2_threads_and_right(restore_threads, dtype, packed):
+@pytest.mark.parametrize("I,H", [(64, 64), (6, 8)], ids=["I64-H64", "narrow-I6-H8"])
+def test_weight_gradient_pair_bitwise_for_1_and_2_threads_and_right(
+    restore_threads, dtype, packed, I, H
+):
     torch.manual_seed(0)
-    B, H, T = 40, 64, 48  # packed: ~1440 rows
-    module = fusedrnn.RNN(H, H, dtype=dtype)
-    ref = torch.nn.RNN(H, H, dtype=dtype)  # the same dtype: the same random output gradient
+    B, T = 40, 48  # packed: ~1440 rows
+    module = fusedrnn.RNN(I, H, dtype=dtype)
+    ref = torch.nn.RNN(I, H, dtype=dtype)  # the same dtype: the same random output gradient
     ref.load_state_dict(module.state_dict())
     hx = torch.randn(1, B, H, dtype=dtype)
     if packed:
         lengths = sorted(torch.randint(T // 2, T + 1, (B,)).tolist(), reverse=True)
         lengths[0] = T
-        seqs = [torch.randn(n, H, dtype=dtype) for n in lengths]
+        seqs = [torch.randn(n, I, dtype=dtype) for n in lengths]
         x = pack_sequence(seqs)
         one, two = _run_module_packed(module, x, hx, 1), _run_module_packed(module, x, hx, 2)
         want = _run_module_packed(ref, x, hx, 2)
     else:
-        x = torch.randn(T, B, H, dtype=dtype)
+        x = torch.randn(T, B, I, dtype=dtype)
         one, two = _run_module(module, x, hx, 1), _run_module(module, x, hx, 2)
         want = _run_module(ref, x, hx, 2)
     for a, b in zip(one, two, strict=True):

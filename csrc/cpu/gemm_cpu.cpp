@@ -4,6 +4,8 @@
 // Each thread packs the panels it uses for one K block into its own buffer (so they sit
 // in its L2), then runs the micro-kernel over its rows; the next K block continues the
 // same accumulators from C. No thread reads what another writes, so there is no barrier.
+// A B at most one vector wide skips the panels (they would be half zeros): each thread
+// runs KernelTable::gemm_narrow on its rows, B read where it lies.
 #include "gemm_cpu.h"
 
 #include <algorithm>
@@ -29,6 +31,10 @@ struct GemmJob : GemmArgs<T> {
   int64_t npanels = 0;
   int64_t kc = 0;
   bool split_cols = true;
+  // B at most one vector wide (narrow_path): KernelTable::gemm_narrow on each thread's rows,
+  // B read in place (B as it is or by rows: gemm_cpu copies a transposed B first); no panels,
+  // no K blocks here.
+  bool narrow = false;
   // A table with float32 sums (bfloat16, KernelTable::gemm_acc) and more than one K block:
   // the sums of every row, ldacc = npanels * nr apart; each thread its own rows and panels.
   float* acc = nullptr;
@@ -57,6 +63,13 @@ template <typename T>
 void gemm_thread(void* vjob, int tid, int nt) {
   const GemmJob<T>& g = *static_cast<const GemmJob<T>*>(vjob);
   const cpu::KernelTable<T>& k = *g.k;
+  if (g.narrow) {
+    const int64_t r0 = g.M * tid / nt, r1 = g.M * (tid + 1) / nt;
+    if (r1 > r0)
+      k.gemm_narrow(r1 - r0, g.K, g.a_trans ? g.A + r0 : g.A + r0 * g.lda, g.lda, g.a_trans, g.B,
+                    g.ldb, g.b_rows, g.N, g.C + r0 * g.ldc, g.ldc, g.accumulate, g.bias);
+    return;
+  }
   int64_t p0 = 0, p1 = g.npanels, r0 = 0, r1 = g.M;
   if (g.split_cols) {
     p0 = g.npanels * tid / nt;
@@ -178,6 +191,12 @@ template <typename T>
 bool few_k_path(const cpu::KernelTable<T>& k, int64_t K, bool b_trans) {
   return K <= few_k(k) && !b_trans;
 }
+// After those two: B at most one vector wide, where a panel of the packed tiles would be
+// half zeros (KernelTable::gemm_narrow; a transposed B is copied into rows first).
+template <typename T>
+bool narrow_path(const cpu::KernelTable<T>& k, int64_t N) {
+  return k.gemm_narrow && N <= k.narrow_n;
+}
 
 // A product over K = 0: C = (accumulate ? C : 0) + bias (bias may be nullptr).
 template <typename T>
@@ -212,12 +231,14 @@ GemmJob<T> packed_job(const cpu::KernelTable<T>& k, const GemmArgs<T>& a) {
   }
   g.k = &k;
   g.npanels = (a.N + k.nr - 1) / k.nr;
+  g.narrow = narrow_path(k, a.N) && !g.b_trans;
   return g;
 }
 
 // The K blocks and the split of g (g.npanels set) for a team of nt threads.
 template <typename T>
 void plan_packed(GemmJob<T>& g, int nt) {
+  if (g.narrow) return;
   // One K block up to 1024 (a tile's panel slice then streams from L2, which the
   // micro-kernel sustains); beyond, equal blocks of at most 512 that continue from C
   // (a multiple of the table's kstep, so no k group straddles two blocks).
@@ -245,7 +266,7 @@ void run_packed(GemmJob<T>& g, int nt) {
   // 1024 x 1024 weight gradient) are freed after the call, not held.
   thread_local cpu::AlignedBuffer kept;
   cpu::Workspace acc_space(kept);
-  if (g.k->gemm_acc && g.kc < K) {
+  if (g.k->gemm_acc && !g.narrow && g.kc < K) {
     g.ldacc = g.npanels * g.k->nr;
     g.acc = static_cast<float*>(acc_space.get(size_t(g.M * g.ldacc) * sizeof(float)));
   }
@@ -292,6 +313,19 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
     cpu::team_run(nt, &few_rows_thread<scalar_t>, &f);
     return;
   }
+  // A B too narrow for a panel: B's rows read in place by the narrow tiles; a transposed B
+  // (N <= one vector of rows, as x W^T at a small H) copied into K rows first.
+  // (A Workspace: a long K's copy freed after the call, not held.)
+  thread_local cpu::AlignedBuffer bt_kept;
+  cpu::Workspace bt_space(bt_kept);
+  if (narrow_path(k, N) && b_trans) {
+    scalar_t* rows = static_cast<scalar_t*>(bt_space.get(size_t(K * N) * sizeof(scalar_t)));
+    for (int64_t kk = 0; kk < K; ++kk)
+      for (int64_t j = 0; j < N; ++j) rows[kk * N + j] = B[j * ldb + kk];
+    B = rows;
+    ldb = N;
+    b_trans = false;
+  }
   GemmJob<scalar_t> g = packed_job(k, GemmArgs<scalar_t>{M, N, K, A, lda, a_trans, B, ldb, b_trans,
                                                          nullptr, C, ldc, accumulate});
   g.bias = bias;
@@ -332,8 +366,8 @@ void gemm_cpu(const GemmArgs<scalar_t>& a, int num_threads) {
 
 namespace {
 
-// Whether gemm_cpu (gemm_cpu_rows when b_rows) runs a as a packed product (not its few-row,
-// few-k or empty paths), and not with float32 sums (the bfloat16 table's buffers).
+// Whether gemm_cpu (gemm_cpu_rows when b_rows) runs a as a packed or narrow product (not its
+// few-row, few-k or empty paths), and not with float32 sums (the bfloat16 table's buffers).
 template <typename T>
 bool runs_packed(const cpu::KernelTable<T>& k, const GemmArgs<T>& a) {
   if (a.M <= 0 || a.N <= 0 || a.K <= 0 || k.gemm_acc) return false;

@@ -693,6 +693,174 @@ void gemv_nn(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda,
   });
 }
 
+// KernelTable::gemm_narrow: C = A B with B at most one vector wide: a weight gradient over a
+// small input or hidden size (dP^T x with I <= W), dX = dP W_ih with I <= W, the input
+// projection with H <= W. The packed tiles would pad such a B to a panel of two vectors and
+// spend half their fmas on zeros; here a tile of MR rows of C is MR accumulators of one
+// vector, and B's rows are read where they lie (no packing), one vector per k. Each element
+// is still one fma chain over k in order, seeded from C, the bias added after: the packed
+// kernel's bits.
+template <class V>
+struct Narrow {
+  // Accumulators plus one B row and one broadcast (plus the row registers of NEON).
+  static constexpr int MR_FIT = (V::nregs - 2) / (1 + V::row_regs);
+  static constexpr int MR = MR_FIT < 16 ? MR_FIT : 16;
+};
+
+// Lines for a tile to request while it computes: rows [0, rows) of row_bytes each, ld bytes
+// apart from base, one line per k step (and none once they are all requested).
+struct LineStream {
+  const char* base = nullptr;
+  int64_t ld = 0, rows = 0, row_bytes = 0;
+  int64_t row = 0, off = 0;
+  inline void next() {
+    if (row >= rows) return;
+    __builtin_prefetch(base + row * ld + off, 0, 2);
+    off += 64;
+    if (off >= row_bytes) {
+      off = 0;
+      ++row;
+    }
+  }
+};
+
+// The operands of one narrow tile: A[r, k] = a[r*ar + k*ak]; B's row k at b + k*ldb, or
+// b_rows[k] (a row of zeros where it is nullptr) when b_rows is set; C rows ldc apart.
+template <class V>
+struct NarrowArgs {
+  using T = typename V::scalar_t;
+  const T* a;
+  int64_t ar, ak;
+  const T* b;
+  int64_t ldb;
+  const T* const* b_rows;
+  typename V::mask mask;
+  T* c;
+  int64_t ldc;
+  bool seed;
+  const T* bias;  // added after the sum (nullable)
+};
+
+template <class V, int MR>
+void narrow_tile(int64_t K, const NarrowArgs<V>& g, LineStream pf) {
+  using R = typename V::reg;
+  const auto* a = g.a;
+  R acc[MR];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+    acc[r] = g.seed ? V::load_masked(g.c + r * g.ldc, g.mask) : V::zero();
+  if (g.b_rows) {
+    for (int64_t k = 0; k < K; ++k) {
+      pf.next();
+      // A missing row is zeros, multiplied all the same (an infinite A element gives NaN,
+      // as the packed kernel's zero rows do).
+      const R bv = g.b_rows[k] ? V::load_masked(g.b_rows[k], g.mask) : V::zero();
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) acc[r] = V::fma(V::set1(a[r * g.ar + k * g.ak]), bv, acc[r]);
+    }
+  } else {
+    for (int64_t k = 0; k < K; ++k) {
+      pf.next();
+      const R bv = V::load_masked(g.b + k * g.ldb, g.mask);
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) acc[r] = V::fma(V::set1(a[r * g.ar + k * g.ak]), bv, acc[r]);
+    }
+  }
+  if (g.bias) {
+    const R bv = V::load_masked(g.bias, g.mask);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) acc[r] = V::add(acc[r], bv);
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) V::store_masked(g.c + r * g.ldc, g.mask, acc[r]);
+}
+
+template <class V, int MR>
+inline void narrow_rows(int mr, int64_t K, const NarrowArgs<V>& g, const LineStream& pf) {
+  if constexpr (MR > 1) {
+    if (mr < MR) return narrow_rows<V, MR - 1>(mr, K, g, pf);
+  }
+  narrow_tile<V, MR>(K, g, pf);
+}
+
+// C[r, j] = (seed ? C[r, j] : 0) + sum_k A[r, k] B[k, j] (+ bias[j]) for r < m, j < n
+// (n <= V::W); A[r, k] = a[k*lda + r] when a_trans, else a[r*lda + k]; B[k, j] =
+// b[k*ldb + j], or b_rows[k][j] when b_rows is set (zeros where it is nullptr).
+template <class V>
+void gemm_narrow(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda, bool a_trans,
+                 const typename V::scalar_t* b, int64_t ldb,
+                 const typename V::scalar_t* const* b_rows, int64_t n, typename V::scalar_t* c,
+                 int64_t ldc, bool seed, const typename V::scalar_t* bias) {
+  using T = typename V::scalar_t;
+  if (m <= 0 || n <= 0) return;
+  constexpr int MR = Narrow<V>::MR;
+  NarrowArgs<V> g{a,
+                  a_trans ? 1 : lda,
+                  a_trans ? lda : 1,
+                  b,
+                  ldb,
+                  b_rows,
+                  V::tail_mask(int(n)),
+                  c,
+                  ldc,
+                  seed,
+                  nullptr};
+  auto at = [&](int64_t r, int64_t k) {  // g moved to row r, k
+    NarrowArgs<V> t = g;
+    t.a = a + r * g.ar + k * g.ak;
+    if (b_rows)
+      t.b_rows = b_rows + k;
+    else
+      t.b = b + k * ldb;
+    t.c = c + r * ldc;
+    return t;
+  };
+  // One tile, or A as it is (rows of A read in order, each its own stream, as C's rows):
+  // the whole K per tile, B (one vector per k) from L1 or L2 for the next tile. (Up to
+  // K = 2048, a B of 128 KB of float32 with AVX-512; past it, K in blocks of 1024 as below.)
+  if (m <= MR || (!a_trans && K <= 2048)) {
+    g.bias = bias;
+    for (int64_t r = 0; r < m;) {
+      const int mr = int(next_mr<V>(m - r, MR));
+      narrow_rows<V, MR>(mr, K, at(r, 0), LineStream());
+      r += mr;
+    }
+    return;
+  }
+  // Several tiles: K in blocks, so that a block of B is read from memory once and from L1 or
+  // L2 by the other tiles. A^T: blocks whose rows of A (m elements each) fit in L2.
+  // There each tile reads its own columns of A's rows, lda apart: a stride that the hardware
+  // prefetchers do not follow (4 KB per k at m = 1024). So each tile requests its share of the next
+  // block's rows of A, in address order, a line per k step as it computes (all at once, they filled
+  // the miss buffers and stalled the tile). C carries each chain from block to block
+  // (exactly: a store and a load); the bias joins after the last.
+  int64_t kc = (256 * 1024) / (m * int64_t(sizeof(T)));
+  kc = !a_trans ? 1024 : (kc < 16 ? 16 : (kc > 512 ? 512 : kc));
+  int64_t ntiles = 0;
+  for (int64_t r = 0; r < m; r += next_mr<V>(m - r, MR)) ++ntiles;
+  for (int64_t kb = 0; kb < K; kb += kc) {
+    const int64_t kcur = K - kb < kc ? K - kb : kc;
+    const int64_t kn = kb + kcur, kn_rows = K - kn < kc ? K - kn : kc;  // the next block
+    int64_t ti = 0;
+    for (int64_t r = 0; r < m; ++ti) {
+      LineStream pf;
+      if (a_trans) {
+        const int64_t k0 = kn + kn_rows * ti / ntiles, k1 = kn + kn_rows * (ti + 1) / ntiles;
+        pf.base = reinterpret_cast<const char*>(a + k0 * lda);
+        pf.ld = lda * int64_t(sizeof(T));
+        pf.rows = k1 - k0;
+        pf.row_bytes = m * int64_t(sizeof(T));
+      }
+      const int mr = int(next_mr<V>(m - r, MR));
+      NarrowArgs<V> t = at(r, kb);
+      t.seed = seed || kb > 0;
+      t.bias = kn == K ? bias : nullptr;
+      narrow_rows<V, MR>(mr, kcur, t, pf);
+      r += mr;
+    }
+  }
+}
+
 template <class V>
 void pointwise(int64_t m, int64_t c0, int64_t c1, const typename V::scalar_t* acc, int64_t ldacc,
                const cpu::Epilogue<typename V::scalar_t>& ep) {
@@ -720,6 +888,8 @@ cpu::KernelTable<typename V::scalar_t> make_table() {
   t.pointwise = &pointwise<V>;
   t.gemv_nt = &gemv_nt<V>;
   t.gemv_nn = &gemv_nn<V>;
+  t.gemm_narrow = &gemm_narrow<V>;
+  t.narrow_n = V::W;
   t.tanh = &tanh_array<V>;
   return t;
 }

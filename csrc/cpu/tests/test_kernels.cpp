@@ -291,17 +291,20 @@ static void test_gemm_rows(std::mt19937& rng) {
 
 // gemm_cpu_pair must give each product's gemm_cpu (gemm_cpu_rows) bits, for any team: the
 // weight gradients' pair (a transposed A shared, one B by rows, several K blocks), unequal
-// shapes, a product too small for the packed tiles, and accumulation into C.
+// shapes, a product too small for the packed tiles, narrow ones (N = 2: narrow on every
+// table), and accumulation into C.
 template <typename T>
 static void test_gemm_pair(std::mt19937& rng) {
   // {M, N, K} of each product, whether the second reads B by rows, accumulate
   const int64_t cases[][8] = {
-      {64, 48, 1700, 64, 48, 1690, 1, 0},    {33, 17, 1040, 33, 17, 1039, 0, 1},
-      {40, 300, 1100, 9, 5, 2000, 1, 1},     {20, 20, 5, 20, 20, 500, 0, 0},
-      {3, 10, 1100, 70, 90, 1100, 1, 0},     {1, 1, 1, 1, 1, 1, 0, 0},
-      {64, 48, 1700, 64, 64, 1650, 0, 0},       // unequal: one after the other
-      {64, 64, 700, 64, 64, 690, 0, 0},         // one K block: the same
-      {200, 200, 1500, 200, 200, 1450, 1, 0}};  // a team for each
+      {64, 48, 1700, 64, 48, 1690, 1, 0},     {33, 17, 1040, 33, 17, 1039, 0, 1},
+      {40, 300, 1100, 9, 5, 2000, 1, 1},      {20, 20, 5, 20, 20, 500, 0, 0},
+      {3, 10, 1100, 70, 90, 1100, 1, 0},      {1, 1, 1, 1, 1, 1, 0, 0},
+      {64, 48, 1700, 64, 64, 1650, 0, 0},      // unequal: one after the other
+      {64, 64, 700, 64, 64, 690, 0, 0},        // one K block: the same
+      {200, 200, 1500, 200, 200, 1450, 1, 0},  // a team for each
+      {16, 2, 1700, 16, 2, 1690, 1, 0},        // both narrow (gemm_tn_narrow), a thread each
+      {40, 2, 2100, 40, 2, 2000, 0, 1}};       // both narrow, several tiles and K blocks
   int n = 0;
   for (auto& c : cases) {
     std::normal_distribution<double> nd(0, 1);
@@ -519,6 +522,63 @@ static void test_in_place_matches_packed(std::mt19937& rng) {
   }
   std::printf("in place vs packed (%s): %d cases: %s\n", sizeof(T) == 4 ? "f32" : "f64", checked,
               g_fail ? "FAILED" : "ok");
+}
+
+// A B with B at most one vector wide runs on gemm_narrow (B read in place, no panels): its
+// columns must be bitwise those of the packed tiles, which a B one column wider than the
+// table's narrow_n takes. Columns are independent, so the wider product's first columns are
+// the reference: A as it is and transposed; B as it is, transposed and by rows (zero rows
+// included); accumulating or not, with a bias or not; one tile and several (M past the
+// tile height), K in one block and in several (past 512 for A^T, 2048 for A); 1-3 threads.
+template <typename T>
+static void test_narrow_matches_packed(std::mt19937& rng) {
+  const cpu::KernelTable<T>& k = cpu::select_kernels<T>();
+  const int64_t wide = k.narrow_n + 1;
+  std::normal_distribution<double> nd(0, 1);
+  int checked = 0;
+  for (int64_t M : {int64_t(3), int64_t(9), int64_t(16), int64_t(40)})
+    for (int64_t K : {int64_t(13), int64_t(600), int64_t(1300), int64_t(2500)})
+      for (int64_t N : {int64_t(1), std::max<int64_t>(1, k.narrow_n - 3), int64_t(k.narrow_n)})
+        for (int at = 0; at < 2; ++at)
+          for (int bform = 0; bform < 3; ++bform)  // B as it is, transposed, by rows
+            for (int acc = 0; acc < 2; ++acc) {
+              const bool bt = bform == 1, by_rows = bform == 2, with_bias = !by_rows && acc == at;
+              std::vector<T> A(K * M), B(K * wide), C0(M * wide), bias(wide);
+              for (auto* v : {&A, &B, &C0, &bias})
+                for (auto& e : *v) e = T(nd(rng));
+              const int64_t lda = at ? M : K, ldb = bt ? K : wide;
+              std::vector<const T*> rows(K);
+              for (int64_t kk = 0; kk < K; ++kk) {
+                rows[kk] = kk % 5 == 2 ? nullptr : B.data() + kk * wide;
+                if (by_rows && !rows[kk])  // the reference: zeros where a row is missing
+                  std::fill(B.begin() + kk * wide, B.begin() + (kk + 1) * wide, T(0));
+              }
+              const T* b = with_bias ? bias.data() : nullptr;
+              for (int nt : {1, 2, 3}) {
+                std::vector<T> want = C0, got = C0;
+                gemm_cpu<T>(M, wide, K, A.data(), lda, at, B.data(), ldb, bt, want.data(), wide, b,
+                            acc, nt);
+                if (by_rows)
+                  gemm_cpu_rows<T>(M, N, K, A.data(), lda, at, rows.data(), got.data(), wide, acc,
+                                   nt);
+                else
+                  gemm_cpu<T>(M, N, K, A.data(), lda, at, B.data(), ldb, bt, got.data(), wide, b,
+                              acc, nt);
+                bool same = true;
+                for (int64_t i = 0; i < M; ++i)
+                  for (int64_t j = 0; j < wide; ++j)  // the columns past N untouched
+                    same = same && std::memcmp(&got[i * wide + j],
+                                               j < N ? &want[i * wide + j] : &C0[i * wide + j],
+                                               sizeof(T)) == 0;
+                CHECK(same,
+                      "narrow A B M=%ld N=%ld K=%ld at=%d B form %d acc=%d bias=%d nt=%d differs "
+                      "from the packed tiles",
+                      long(M), long(N), long(K), at, bform, acc, int(with_bias), nt);
+                ++checked;
+              }
+            }
+  std::printf("narrow vs packed (%s, narrow_n %d): %d cases: %s\n", sizeof(T) == 4 ? "f32" : "f64",
+              k.narrow_n, checked, g_fail ? "FAILED" : "ok");
 }
 
 // layer_backward_cpu's shortcuts for the eager path: ldg = -1 (one value for every element
@@ -832,6 +892,8 @@ int main(int argc, char** argv) {
   test_strides<double>(rng);
   test_in_place_matches_packed<float>(rng);
   test_in_place_matches_packed<double>(rng);
+  test_narrow_matches_packed<float>(rng);
+  test_narrow_matches_packed<double>(rng);
   test_layer_backward_shortcuts<float>(rng);
   test_layer_backward_shortcuts<double>(rng);
   test_bf16_pack(rng);

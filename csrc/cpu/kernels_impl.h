@@ -828,12 +828,12 @@ void gemm_narrow(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t ld
     return;
   }
   // Several tiles: K in blocks, so that a block of B is read from memory once and from L1 or
-  // L2 by the other tiles. A^T: blocks whose rows of A (m elements each) fit in L2.
-  // There each tile reads its own columns of A's rows, lda apart: a stride that the hardware
-  // prefetchers do not follow (4 KB per k at m = 1024). So each tile requests its share of the next
-  // block's rows of A, in address order, a line per k step as it computes (all at once, they filled
-  // the miss buffers and stalled the tile). C carries each chain from block to block
-  // (exactly: a store and a load); the bias joins after the last.
+  // L2 by the other tiles. A^T: blocks whose rows of A (m elements each) fit in L2. There
+  // each tile reads its own columns of A's rows, lda apart: a stride that the hardware
+  // prefetchers do not follow (4 KB per k at m = 1024). So each tile requests its share of
+  // the next block's rows of A, in address order, a line per k step as it computes (all at
+  // once, they filled the miss buffers and stalled the tile). C carries each chain from
+  // block to block (exactly: a store and a load); the bias joins after the last.
   int64_t kc = (256 * 1024) / (m * int64_t(sizeof(T)));
   kc = !a_trans ? 1024 : (kc < 16 ? 16 : (kc > 512 ? 512 : kc));
   int64_t ntiles = 0;

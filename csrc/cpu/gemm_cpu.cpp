@@ -67,7 +67,8 @@ void gemm_thread(void* vjob, int tid, int nt) {
     const int64_t r0 = g.M * tid / nt, r1 = g.M * (tid + 1) / nt;
     if (r1 > r0)
       k.gemm_narrow(r1 - r0, g.K, g.a_trans ? g.A + r0 : g.A + r0 * g.lda, g.lda, g.a_trans, g.B,
-                    g.ldb, g.b_rows, g.N, g.C + r0 * g.ldc, g.ldc, g.accumulate, g.bias);
+                    g.ldb, g.b_rows, g.N, g.accumulate ? g.C + r0 * g.ldc : nullptr, g.ldc,
+                    store_c(g.C + r0 * g.ldc, g.ldc, g.bias, false));
     return;
   }
   int64_t p0 = 0, p1 = g.npanels, r0 = 0, r1 = g.M;

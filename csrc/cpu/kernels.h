@@ -110,16 +110,18 @@ struct KernelTable {
   void (*pointwise_acc)(int64_t m, int64_t c0, int64_t c1, const float* acc, int64_t ldacc,
                         const Epilogue<T>& ep) = nullptr;
 
-  // C[r*ldc + j] = (seed ? C[r*ldc + j] : 0) + sum_k A[r, k] B[k, j] (+ bias[j]) for rows
-  // r < m and columns j < n, n <= narrow_n (one vector): A[r, k] = a[k*lda + r] when a_trans,
-  // else a[r*lda + k]; B[k, j] = b[k*ldb + j], or b_rows[k][j] when b_rows is set (a row of
-  // zeros where b_rows[k] is nullptr); bias nullable. A B too narrow for a panel (a weight
-  // gradient, dX or an input projection at a small input or hidden size), read in place.
-  // Each element is the packed gemm's chain (one fma per k in order, seeded from C, the bias
-  // added after), so results are bitwise the packed kernel's. nullptr in the bfloat16 table.
+  // Rows r < m, columns j < n (n <= narrow_n: one vector) of ep get epilogue((cinit ?
+  // cinit[r*ldc + j] : 0) + sum_k A[r, k] B[k, j]), as gemm's tiles give them: A[r, k] =
+  // a[k*lda + r] when a_trans, else a[r*lda + k]; B[k, j] = b[k*ldb + j], or b_rows[k][j]
+  // when b_rows is set (a row of zeros where b_rows[k] is nullptr). A B too narrow for a
+  // panel (a weight gradient, dX, an input projection or a recurrence step at a small input
+  // or hidden size), read where it lies. Each element is the packed gemm's chain (one fma
+  // per k in order) and epilogue, so results are bitwise the packed kernel's. A product cut
+  // into K blocks (a_trans with m past one tile, or K > 2048) keeps its sums in ep.out between
+  // blocks: only with a kStore epilogue. nullptr in the bfloat16 table.
   void (*gemm_narrow)(int64_t m, int64_t K, const T* a, int64_t lda, bool a_trans, const T* b,
-                      int64_t ldb, const T* const* b_rows, int64_t n, T* c, int64_t ldc, bool seed,
-                      const T* bias) = nullptr;
+                      int64_t ldb, const T* const* b_rows, int64_t n, const T* cinit, int64_t ldc,
+                      const Epilogue<T>& ep) = nullptr;
   int narrow_n = 0;
 
   // y[i] = tanh(x[i]) for i < n (the kernels' tanh, exposed for tests).

@@ -693,13 +693,13 @@ void gemv_nn(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda,
   });
 }
 
-// KernelTable::gemm_narrow: C = A B with B at most one vector wide: a weight gradient over a
+// KernelTable::gemm_narrow: A B with B at most one vector wide: a weight gradient over a
 // small input or hidden size (dP^T x with I <= W), dX = dP W_ih with I <= W, the input
-// projection with H <= W. The packed tiles would pad such a B to a panel of two vectors and
-// spend half their fmas on zeros; here a tile of MR rows of C is MR accumulators of one
-// vector, and B's rows are read where they lie (no packing), one vector per k. Each element
-// is still one fma chain over k in order, seeded from C, the bias added after: the packed
-// kernel's bits.
+// projection and the recurrence's steps with H <= W. The packed tiles would pad such a B to
+// a panel of two vectors and spend half their fmas on zeros; here a tile of MR rows is MR
+// accumulators of one vector, and B's rows are read where they lie, one vector per k. Each
+// element is still one fma chain over k in order (from zero or cinit), then the same
+// epilogue: the packed kernel's bits.
 template <class V>
 struct Narrow {
   // Accumulators plus one B row and one broadcast (plus the row registers of NEON).
@@ -725,7 +725,8 @@ struct LineStream {
 };
 
 // The operands of one narrow tile: A[r, k] = a[r*ar + k*ak]; B's row k at b + k*ldb, or
-// b_rows[k] (a row of zeros where it is nullptr) when b_rows is set; C rows ldc apart.
+// b_rows[k] (a row of zeros where it is nullptr) when b_rows is set; the seeds at cinit
+// (nullable; rows ldc apart); the epilogue's rows from the tile's first.
 template <class V>
 struct NarrowArgs {
   using T = typename V::scalar_t;
@@ -735,10 +736,9 @@ struct NarrowArgs {
   int64_t ldb;
   const T* const* b_rows;
   typename V::mask mask;
-  T* c;
+  const T* cinit;
   int64_t ldc;
-  bool seed;
-  const T* bias;  // added after the sum (nullable)
+  cpu::Epilogue<T> ep;
 };
 
 template <class V, int MR>
@@ -748,7 +748,7 @@ void narrow_tile(int64_t K, const NarrowArgs<V>& g, LineStream pf) {
   R acc[MR];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
-    acc[r] = g.seed ? V::load_masked(g.c + r * g.ldc, g.mask) : V::zero();
+    acc[r] = g.cinit ? V::load_masked(g.cinit + r * g.ldc, g.mask) : V::zero();
   if (g.b_rows) {
     for (int64_t k = 0; k < K; ++k) {
       pf.next();
@@ -766,13 +766,10 @@ void narrow_tile(int64_t K, const NarrowArgs<V>& g, LineStream pf) {
       for (int r = 0; r < MR; ++r) acc[r] = V::fma(V::set1(a[r * g.ar + k * g.ak]), bv, acc[r]);
     }
   }
-  if (g.bias) {
-    const R bv = V::load_masked(g.bias, g.mask);
 #pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) acc[r] = V::add(acc[r], bv);
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) V::store_masked(g.c + r * g.ldc, g.mask, acc[r]);
+  for (int r = 0; r < MR; ++r)
+    V::store_masked(g.ep.out + r * g.ep.ldo, g.mask,
+                    ep_value<V, false>(g.ep, r, 0, acc[r], g.mask));
 }
 
 template <class V, int MR>
@@ -783,28 +780,23 @@ inline void narrow_rows(int mr, int64_t K, const NarrowArgs<V>& g, const LineStr
   narrow_tile<V, MR>(K, g, pf);
 }
 
-// C[r, j] = (seed ? C[r, j] : 0) + sum_k A[r, k] B[k, j] (+ bias[j]) for r < m, j < n
-// (n <= V::W); A[r, k] = a[k*lda + r] when a_trans, else a[r*lda + k]; B[k, j] =
-// b[k*ldb + j], or b_rows[k][j] when b_rows is set (zeros where it is nullptr).
+// Rows r < m, columns j < n (n <= V::W) of ep get epilogue((cinit ? cinit[r*ldc + j] : 0) +
+// sum_k A[r, k] B[k, j]); A[r, k] = a[k*lda + r] when a_trans, else a[r*lda + k]; B[k, j] =
+// b[k*ldb + j], or b_rows[k][j] when b_rows is set (zeros where it is nullptr). A product cut
+// into K blocks (A^T in several tiles, or K > 2048) stores each block's sums to ep.out and
+// continues from there: only with a kStore epilogue.
 template <class V>
 void gemm_narrow(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda, bool a_trans,
                  const typename V::scalar_t* b, int64_t ldb,
-                 const typename V::scalar_t* const* b_rows, int64_t n, typename V::scalar_t* c,
-                 int64_t ldc, bool seed, const typename V::scalar_t* bias) {
+                 const typename V::scalar_t* const* b_rows, int64_t n,
+                 const typename V::scalar_t* cinit, int64_t ldc,
+                 const cpu::Epilogue<typename V::scalar_t>& ep) {
   using T = typename V::scalar_t;
   if (m <= 0 || n <= 0) return;
   constexpr int MR = Narrow<V>::MR;
-  NarrowArgs<V> g{a,
-                  a_trans ? 1 : lda,
-                  a_trans ? lda : 1,
-                  b,
-                  ldb,
-                  b_rows,
-                  V::tail_mask(int(n)),
-                  c,
-                  ldc,
-                  seed,
-                  nullptr};
+  const NarrowArgs<V> g{
+      a, a_trans ? 1 : lda, a_trans ? lda : 1, b, ldb, b_rows, V::tail_mask(int(n)), cinit, ldc,
+      ep};
   auto at = [&](int64_t r, int64_t k) {  // g moved to row r, k
     NarrowArgs<V> t = g;
     t.a = a + r * g.ar + k * g.ak;
@@ -812,14 +804,14 @@ void gemm_narrow(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t ld
       t.b_rows = b_rows + k;
     else
       t.b = b + k * ldb;
-    t.c = c + r * ldc;
+    if (cinit) t.cinit = cinit + r * ldc;
+    t.ep = ep_rows(ep, r);
     return t;
   };
   // One tile, or A as it is (rows of A read in order, each its own stream, as C's rows):
   // the whole K per tile, B (one vector per k) from L1 or L2 for the next tile. (Up to
   // K = 2048, a B of 128 KB of float32 with AVX-512; past it, K in blocks of 1024 as below.)
   if (m <= MR || (!a_trans && K <= 2048)) {
-    g.bias = bias;
     for (int64_t r = 0; r < m;) {
       const int mr = int(next_mr<V>(m - r, MR));
       narrow_rows<V, MR>(mr, K, at(r, 0), LineStream());
@@ -832,8 +824,9 @@ void gemm_narrow(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t ld
   // each tile reads its own columns of A's rows, lda apart: a stride that the hardware
   // prefetchers do not follow (4 KB per k at m = 1024). So each tile requests its share of
   // the next block's rows of A, in address order, a line per k step as it computes (all at
-  // once, they filled the miss buffers and stalled the tile). C carries each chain from
-  // block to block (exactly: a store and a load); the bias joins after the last.
+  // once, they filled the miss buffers and stalled the tile). Each block's sums go to
+  // ep.out (exactly: a store and a load) and the next continues from there; the epilogue
+  // (its bias) joins after the last.
   int64_t kc = (256 * 1024) / (m * int64_t(sizeof(T)));
   kc = !a_trans ? 1024 : (kc < 16 ? 16 : (kc > 512 ? 512 : kc));
   int64_t ntiles = 0;
@@ -853,8 +846,14 @@ void gemm_narrow(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t ld
       }
       const int mr = int(next_mr<V>(m - r, MR));
       NarrowArgs<V> t = at(r, kb);
-      t.seed = seed || kb > 0;
-      t.bias = kn == K ? bias : nullptr;
+      if (kb > 0) {  // continue from the previous block's sums
+        t.cinit = t.ep.out;
+        t.ldc = t.ep.ldo;
+      }
+      if (kn < K) {  // not the last block: the plain sums
+        t.ep.kind = cpu::EpKind::kStore;
+        t.ep.x1 = nullptr;
+      }
       narrow_rows<V, MR>(mr, kcur, t, pf);
       r += mr;
     }

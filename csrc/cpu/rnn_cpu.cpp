@@ -270,6 +270,10 @@ struct Recurrence {
   int64_t pstride = 0;
   T* panels = nullptr;
   Chunks chunks;
+  // H at most one vector (KernelTable::gemm_narrow): the steps read the one panel's rows (nr
+  // apart) with the narrow tiles, which do not spend half their fmas on its zero padding.
+  // The same chains and epilogues as the packed tiles: the same bits.
+  bool narrow = false;
 
   Recurrence(const RecurrenceShape& shape, const KernelTable<T>& kt) : s(&shape), k(&kt) {
     const int64_t Tn = shape.T;
@@ -287,6 +291,7 @@ struct Recurrence {
     pstride = (shape.H + kt.kstep - 1) / kt.kstep * kt.kstep * kt.nr;
     panels = panel_buffer<T>(size_t(npanels * pstride));
     chunks.init(npanels, shape.B);
+    narrow = kt.gemm_narrow && shape.H <= kt.narrow_n && kt.kstep == 1;
   }
 
   // Packs the panels of chunk c from B[k][j] = W[k*rs + j*cs].
@@ -351,6 +356,8 @@ void forward_product(const ForwardJob<T>& job, int64_t rows, const T* a, int64_t
     T* acc = row_buffer<T>(size_t(rows * H));
     rc.k->gemv_nt(rows, H, a, lda, job.W, H, c0, c1, acc, H);
     rc.k->pointwise(rows, c0, c1, acc, H, ep);
+  } else if (rc.narrow) {  // (one panel: p0 = 0, all H columns)
+    rc.k->gemm_narrow(rows, H, a, lda, false, rc.panels, rc.k->nr, nullptr, H, nullptr, 0, ep);
   } else {
     rc.k->gemm(rows, H, a, lda, false, rc.panels, rc.pstride, p0, p1, H, nullptr, 0, ep);
   }
@@ -454,6 +461,8 @@ void backward_product(const BackwardJob<T>& job, int64_t rows, const T* a, int64
     T* acc = row_buffer<T>(size_t(rows * H));
     rc.k->gemv_nn(rows, H, a, H, job.W, H, c0, c1, nullptr, 0, acc, H);
     rc.k->pointwise(rows, c0, c1, acc, H, ep);
+  } else if (rc.narrow) {  // (one panel: p0 = 0, all H columns)
+    rc.k->gemm_narrow(rows, H, a, H, false, rc.panels, rc.k->nr, nullptr, H, nullptr, 0, ep);
   } else {
     rc.k->gemm(rows, H, a, H, false, rc.panels, rc.pstride, p0, p1, H, nullptr, 0, ep);
   }

@@ -581,6 +581,70 @@ static void test_narrow_matches_packed(std::mt19937& rng) {
               k.narrow_n, checked, g_fail ? "FAILED" : "ok");
 }
 
+// The forward recurrence at H <= narrow_n runs its steps on the narrow tiles. Each h_t[b, j]
+// must be the packed kernel's value: phi(P_t[b, j] + (one fma chain over k in order of
+// h_{t-1}[b, k] W_hh[j, k])), phi the table's own tanh (or relu). Emulated here with std::fma,
+// so only where the table's fma is one (AVX2, AVX-512; the generic table on x86 multiplies
+// and adds); padded and packed, both directions, 1-3 threads.
+template <typename T>
+static void test_narrow_recurrence_chain(std::mt19937& rng) {
+  const cpu::KernelTable<T>& k = cpu::select_kernels<T>();
+  if (std::strcmp(k.isa, "generic") == 0) {
+    std::printf("narrow recurrence chain (%s): skipped (generic table)\n",
+                sizeof(T) == 4 ? "f32" : "f64");
+    return;
+  }
+  std::normal_distribution<double> nd(0, 1);
+  int checked = 0;
+  const int64_t Tn = 5, B = 37;
+  const int64_t bsz[Tn] = {37, 30, 30, 12, 1};
+  for (int64_t H : {int64_t(3), int64_t(k.narrow_n)})
+    for (int act = 0; act < 2; ++act)
+      for (int rev = 0; rev < 2; ++rev)
+        for (int packed = 0; packed < 2; ++packed) {
+          RecurrenceShape s{Tn, B, H, packed ? bsz : nullptr, bool(rev)};
+          s.act = Activation(act);
+          int64_t off[Tn + 1] = {0};
+          for (int64_t t = 0; t < Tn; ++t) off[t + 1] = off[t] + (packed ? bsz[t] : B);
+          const int64_t N = off[Tn];
+          std::vector<T> P(N * H), W(H * H), h0(B * H);
+          for (auto& v : P) v = T(nd(rng));
+          for (auto& v : W) v = T(nd(rng) / std::sqrt(double(H)));
+          for (auto& v : h0) v = T(nd(rng));
+          // The emulation, step by step in the walking order.
+          std::vector<T> want(N * H), pre(size_t(B * H));
+          for (int64_t i = 0; i < Tn; ++i) {
+            const int64_t t = rev ? Tn - 1 - i : i, tp = rev ? t + 1 : t - 1;
+            const int64_t m = packed ? bsz[t] : B;
+            for (int64_t b = 0; b < m; ++b) {
+              const bool cont = i > 0 && b < (packed ? bsz[tp] : B);
+              const T* hp = cont ? &want[(off[tp] + b) * H] : &h0[b * H];
+              for (int64_t j = 0; j < H; ++j) {
+                T acc = T(0);
+                for (int64_t kk = 0; kk < H; ++kk) acc = std::fma(hp[kk], W[j * H + kk], acc);
+                pre[b * H + j] = acc + P[(off[t] + b) * H + j];
+              }
+            }
+            T* out = &want[off[t] * H];
+            if (act == 0)
+              k.tanh(pre.data(), out, m * H);
+            else
+              for (int64_t e = 0; e < m * H; ++e) out[e] = pre[e] > T(0) ? pre[e] : T(0);
+          }
+          for (int nt : {1, 2, 3}) {
+            std::vector<T> h(N * H), hn(B * H);
+            rnn_forward_cpu<T>(s, P.data(), W.data(), h0.data(), h.data(), H, hn.data(), nt);
+            CHECK(std::memcmp(h.data(), want.data(), h.size() * sizeof(T)) == 0,
+                  "narrow forward recurrence H=%ld act=%d rev=%d packed=%d nt=%d is not the "
+                  "packed kernel's chain",
+                  long(H), act, rev, packed, nt);
+            ++checked;
+          }
+        }
+  std::printf("narrow recurrence chain (%s): %d cases: %s\n", sizeof(T) == 4 ? "f32" : "f64",
+              checked, g_fail ? "FAILED" : "ok");
+}
+
 // layer_backward_cpu's shortcuts for the eager path: ldg = -1 (one value for every element
 // of G, the gradient of a sum) and dP = nullptr (its own workspace, cached when small)
 // must give the results of a full G and a caller's dP bitwise.
@@ -894,6 +958,8 @@ int main(int argc, char** argv) {
   test_in_place_matches_packed<double>(rng);
   test_narrow_matches_packed<float>(rng);
   test_narrow_matches_packed<double>(rng);
+  test_narrow_recurrence_chain<float>(rng);
+  test_narrow_recurrence_chain<double>(rng);
   test_layer_backward_shortcuts<float>(rng);
   test_layer_backward_shortcuts<double>(rng);
   test_bf16_pack(rng);

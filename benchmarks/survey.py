@@ -60,6 +60,7 @@ CONFIGS = [
     Config("3 layers B8-H128-T100", 128, 128, 8, 100, layers=3),
     Config("3 layers dropout 0.3 B8-H128-T100", 128, 128, 8, 100, layers=3, dropout=0.3),
     Config("I16 B8-H256-T100", 16, 256, 8, 100),
+    Config("few features I4 B64-H128-T100", 4, 128, 64, 100),
     Config("I1024 B8-H64-T100", 1024, 64, 8, 100),
     Config("float64 B8-H128-T100", 128, 128, 8, 100, dtype=torch.float64),
     Config("unbatched H128-T100", 128, 128, 1, 100, unbatched=True),

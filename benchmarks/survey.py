@@ -4,13 +4,17 @@ unbatched input, single steps, very small and very large H, many sequences, a st
 requires grad. A survey for cliffs (a configuration where fusedrnn is slow, or slower than
 nn.RNN), not a table of targets.
 
-    python benchmarks/survey.py [--rounds 5] [--only relu,packed]
+    python benchmarks/survey.py [--rounds 5] [--only relu,packed] [--cpu-time]
 
 Each configuration: the same weights (``from_torch``) and inputs for both modules; the
 two timed in turn three times, each time the fastest of ``--rounds`` repeats of a batch of
 calls (~0.15 s), and the fastest of the three kept (preemption on a shared machine only
 ever adds time). "train" is forward + backward of ``out.sum() + h_n.sum()`` with the input
 requiring grad and the gradients reset with ``set_to_none``, as in ``cpu_cases.train_fn``.
+
+``--cpu-time``: one thread, timed by the process's CPU clock instead of the wall clock, so
+that the time the process was not running (a shared host's preemption) is left out; for
+comparing two builds of fusedrnn on a noisy machine, not for the speed-up table.
 """
 
 from __future__ import annotations
@@ -77,18 +81,21 @@ CONFIGS = [
 ]
 
 
+_CLOCK = time.perf_counter  # time.process_time under --cpu-time
+
+
 def _best_of(fn, rounds: int, budget: float = 0.15) -> float:
     """Seconds per call: the fastest of ``rounds`` batches of calls, each ~``budget`` s."""
     fn()
-    t0 = time.perf_counter()
+    t0 = _CLOCK()
     fn()
-    calls = max(1, int(budget / max(time.perf_counter() - t0, 1e-6)))
+    calls = max(1, int(budget / max(_CLOCK() - t0, 1e-6)))
     best = float("inf")
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0 = _CLOCK()
         for _ in range(calls):
             fn()
-        best = min(best, (time.perf_counter() - t0) / calls)
+        best = min(best, (_CLOCK() - t0) / calls)
     return best
 
 
@@ -166,10 +173,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--only", default="", help="comma-separated parts of configuration names")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="one thread, the process CPU clock (see the docstring)")  # fmt: skip
     args = ap.parse_args()
+    if args.cpu_time:
+        global _CLOCK
+        _CLOCK = time.process_time
+        torch.set_num_threads(1)
     wanted = [s for s in args.only.split(",") if s]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"fusedrnn ISA {fusedrnn.info()['cpu_isa']}")  # fmt: skip
+          f"fusedrnn ISA {fusedrnn.info()['cpu_isa']}, "
+          f"clock {'process CPU' if args.cpu_time else 'wall'}")  # fmt: skip
     print("| configuration | nn.RNN infer ms | fusedrnn infer ms | speed-up | nn.RNN train ms "
           "| fusedrnn train ms | speed-up |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

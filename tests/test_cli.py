@@ -81,6 +81,44 @@ def _error(argv, capsys) -> str:
         (["bench", "--plot", "out.txt"], "argument --plot: expected a file name ending in one of"),
         (["gradcheck", "--flow", "--plot", "flow"], "argument --plot: expected a file name ending"),
         (["bench", "--plot", "b.pgf"], "argument --plot: expected a file name ending"),  # LaTeX
+        # The gradient checks and flows refuse what would take hours or most of the memory
+        # (they ran it before, into a NumPy MemoryError or a silent hour).
+        (
+            [
+                "gradcheck",
+                "--seq",
+                "2000",
+                "--batch",
+                "64",
+                "--hidden",
+                "256",
+                "--layers",
+                "1",
+                "--directions",
+                "1",
+                "--nonlinearity",
+                "tanh",
+            ],
+            "configuration tanh padded h0 L1 uni (T = 2000, B = 64, I = 3, H = 256) needs about",
+        ),
+        (
+            [
+                "gradcheck",
+                "--seq",
+                "100000",
+                "--batch",
+                "64",
+                "--hidden",
+                "512",
+                "--checks",
+                "reference",
+            ],
+            "needs about",
+        ),
+        (
+            ["gradcheck", "--flow", "--seq", "100000", "--hidden", "1024"],
+            "--flow (10 flows of T = 100000, H = 1024) needs about",
+        ),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         ([], "the following arguments are required: COMMAND"),
     ],

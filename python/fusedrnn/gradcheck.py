@@ -1012,8 +1012,64 @@ def _grid(args: argparse.Namespace) -> list[Config]:
     ]
 
 
+# What the command line may ask of one run: about this many float64 flops (at the kernels'
+# float64 rates, 10-200 GFLOP/s here, a few seconds to a quarter of an hour; a flow is one
+# sequence, matrix-vector steps that stream W_hh from L3 once past L2, ~1-10 GFLOP/s, so
+# it gets a tenth), and at most half of the machine's memory (as ``fusedrnn bench``).
+_MAX_FLOPS = 1e13
+_MAX_FLOW_FLOPS = 1e12
+
+
+def _forward_flops(config: Config) -> float:
+    """Multiply-adds x 2 of one forward pass of ``config``'s module (every layer-direction)."""
+    D = 2 if config.bidirectional else 1
+    total = 0.0
+    for layer in range(config.layers):
+        I = config.I if layer == 0 else D * config.H
+        total += D * 2.0 * config.T * config.B * (I * config.H + config.H * config.H)
+    return total
+
+
+def _check_cost(config: Config, checks: Sequence[str]) -> tuple[float, float]:
+    """``(flops, bytes)``, generous estimates of ``check(config, checks=...)``: the finite
+    differences take 2 forward passes per sampled element (256 per tensor: the input, h0
+    and each weight and bias), the other checks a few dozen passes between them; NumPy and
+    torch each hold the input, the outputs, the states and their gradients a few times."""
+    D = 2 if config.bidirectional else 1
+    tensors = 2 + config.layers * D * (4 if config.bias else 2)
+    passes = 40.0 + (2.0 * 256 * tensors if "finite-diff" in checks else 0.0)
+    elements = config.T * config.B * (config.I + 2 * D * config.H * config.layers)
+    elements += config.layers * D * config.H * (config.I + D * config.H + config.H + 2)
+    return passes * _forward_flops(config), 8.0 * 8 * elements
+
+
+def _refuse_costly(
+    parser: argparse.ArgumentParser, what: str, flops: float, nbytes: float, lower: str,
+    max_flops: float = _MAX_FLOPS,
+) -> None:  # fmt: skip
+    """A parser error where ``what`` would take more than half the memory or max_flops."""
+    from .bench import _available_memory
+
+    memory = _available_memory()
+    if memory is not None and nbytes > memory // 2:
+        parser.error(
+            f"{what} needs about {nbytes / 2**30:.1f} GiB, more than half of this machine's "
+            f"{memory / 2**30:.1f} GiB: lower {lower}"
+        )
+    if flops > max_flops:
+        parser.error(
+            f"{what} needs about {flops / 1e12:.1f} TFLOP in float64, more than this command "
+            f"runs ({max_flops / 1e12:.0f}): lower {lower}"
+        )
+
+
 def _run_flow(args: argparse.Namespace, parser: argparse.ArgumentParser, device) -> int:
     T, H = args.seq or 200, args.hidden or 64
+    # Each flow: one sequence forward and back through the kernels, then dh = dP W_hh.
+    nflows = len(args.nonlinearity) * len(args.radii)
+    flops = nflows * 3 * 2.0 * T * (args.input * H + H * H)
+    what = f"--flow ({nflows} flows of T = {T}, H = {H})"
+    _refuse_costly(parser, what, flops, 8.0 * 8 * T * H, "--seq or --hidden", _MAX_FLOW_FLOPS)
     flows = {
         (nl, radius): gradient_flow(nl, radius, T, H, args.input, device=device, seed=args.seed)
         for nl in args.nonlinearity
@@ -1075,6 +1131,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
         parser.error("argument --radii: only with --flow")
 
     configs = _grid(args)
+    for config in configs:
+        sizes = f"T = {config.T}, B = {config.B}, I = {config.I}, H = {config.H}"
+        _refuse_costly(
+            parser, f"configuration {config.label} ({sizes})", *_check_cost(config, args.checks),
+            "--seq, --batch or --hidden (or leave finite-diff out of --checks)",
+        )  # fmt: skip
     print(
         f"fusedrnn gradcheck: {len(configs)} configurations on {device}, float64, "
         f"checks {', '.join(args.checks)}",

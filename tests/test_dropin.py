@@ -419,6 +419,30 @@ def test_unknown_mode_raises_like_nn_rnn():
         ours(x)
 
 
+@pytest.mark.parametrize(
+    "kwargs,attr,value",
+    [({"num_layers": 2}, "num_layers", 1), ({"num_layers": 2}, "num_layers", 3),
+     ({"num_layers": 2, "bidirectional": True}, "bidirectional", False),
+     ({}, "bidirectional", True), ({}, "bias", False), ({"bias": False}, "bias", True)],
+)  # fmt: skip
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_configuration_changed_after_construction_raises_like_nn_rnn(kwargs, attr, value, packed):
+    """The weights are named at construction: nn.RNN refuses a num_layers, bidirectional or
+    bias assigned afterwards (its weight count no longer matches); fusedrnn ran with some
+    weights ignored (an input audit found it) and now refuses by name."""
+    x = torch.randn(5, 3, 4)
+    if packed:
+        x = pack_sequence([torch.randn(5, 4), torch.randn(3, 4)])
+    ref = nn.RNN(4, 8, **kwargs)
+    ours = fusedrnn.RNN.from_torch(ref)
+    setattr(ref, attr, value)
+    setattr(ours, attr, value)
+    with pytest.raises(RuntimeError):
+        ref(x)
+    with pytest.raises(RuntimeError, match=rf"{attr}={value}.* was changed after construction"):
+        ours(x)
+
+
 def test_conversion_keeps_the_activation_the_source_runs():
     """nn.RNN runs by mode: a converted module takes its activation from there, not from a
     nonlinearity assigned after construction (which the source ignores)."""

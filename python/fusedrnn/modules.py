@@ -293,6 +293,16 @@ class RNN(nn.RNNBase):
         ``nn.RNN.forward`` does (a made state included). The checks the kernels rely on
         come after.
         """
+        # The weights are named at construction; a size or flag assigned later would index
+        # them wrongly (torch.nn.RNN refuses it too: "Expected more weights in stacked_rnn").
+        D, per = 2 if self.bidirectional else 1, 4 if self.bias else 2
+        if len(self._flat_weights_names) != self.num_layers * D * per:
+            raise RuntimeError(
+                f"fusedrnn.RNN: the module has {len(self._flat_weights_names)} weights, but "
+                f"num_layers={self.num_layers}, bidirectional={self.bidirectional} and "
+                f"bias={self.bias} take {self.num_layers * D * per}: one of them was changed "
+                "after construction; build a new module with that configuration instead"
+            )
         if _overrides_checks(type(self), _RNN_FORWARD_CHECKS):
             self.check_forward_args(input, hx, batch_sizes)
         else:

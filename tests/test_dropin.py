@@ -443,6 +443,24 @@ def test_configuration_changed_after_construction_raises_like_nn_rnn(kwargs, att
         ours(x)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"num_layers": 2, "bidirectional": True}])
+def test_sparse_output_gradients_give_the_dense_ones_gradients(kwargs):
+    """A sparse gradient of the output (or h_n) is read as its dense values (nn.RNN's
+    backward has no sparse kernel; ours raised 'Cannot access data pointer')."""
+    torch.manual_seed(0)
+    ours = fusedrnn.RNN(4, 8, **kwargs)
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    out, h_n = ours(x)
+    g, g_n = torch.randn_like(out), torch.randn_like(h_n)
+
+    def grads(*cotangents):
+        out, h_n = ours(x)
+        return torch.autograd.grad((out, h_n), [x, *ours.parameters()], cotangents)
+
+    for a, b in zip(grads(g.to_sparse(), g_n.to_sparse()), grads(g, g_n), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_conversion_keeps_the_activation_the_source_runs():
     """nn.RNN runs by mode: a converted module takes its activation from there, not from a
     nonlinearity assigned after construction (which the source ignores)."""

@@ -288,6 +288,30 @@ def test_bad_arguments_raise_named_errors(changes, exc, pattern):
         _call(**changes)
 
 
+def test_backward_ops_name_a_sparse_grad_h_and_a_narrow_h():
+    """The backward ops check grad_h's layout (a sparse one raised a raw 'Cannot access data
+    pointer' before) and h's width against w_hh (the shared checks named w_ih's shape [H, I]
+    for w_hh); an input audit found both."""
+    T, B, H, I = 3, 2, 5, 4
+    x, w_ih, w_hh, h0 = (
+        torch.randn(T * B, I),
+        torch.randn(H, I),
+        torch.randn(H, H),
+        torch.randn(B, H),
+    )
+    none = torch.empty(0, dtype=torch.int64)
+    h, _ = ops.rnn_layer_forward(x, w_ih, w_hh, None, None, h0, none, False, "tanh")
+    g, g_n = torch.randn_like(h), torch.randn(B, H)
+    dense = r"grad_h must be a dense \(strided\) tensor, got layout torch.sparse_coo"
+    with pytest.raises(TypeError, match=dense):
+        ops.rnn_layer_backward(w_hh, h, g.to_sparse(), g_n, none, False, "tanh")
+    with pytest.raises(TypeError, match=dense):
+        ops.rnn_layer_grads(x, w_ih, w_hh, h0, h, g.to_sparse(), g_n, none, False, "tanh",
+                            True, True, True, True)  # fmt: skip
+    with pytest.raises(ValueError, match=r"h must have shape \[N, H\] with H = 4 \(w_hh is"):
+        ops.rnn_layer_backward(w_hh[:4, :4], h, g, g_n, none, False, "tanh")
+
+
 def test_grads_op_with_an_empty_batch_returns_zero_gradients():
     """B = 0 padded (T unknowable: no rows): zero weight gradients and empty dx and dh0,
     as the backward op gives (it was a ZeroDivisionError, found by a fuzz audit)."""

@@ -261,6 +261,14 @@ def _dense(t: Tensor | None) -> Tensor | None:
     return t.resolve_neg().contiguous()
 
 
+def _strided_grads(*grads: Tensor | None) -> tuple:
+    """Output gradients as the backward reads them: a sparse (or other non-strided) one made
+    dense (torch.nn.RNN's backward fails on those; the kernels read strides)."""
+    return tuple(
+        g.to_dense() if isinstance(g, Tensor) and g.layout != torch.strided else g for g in grads
+    )
+
+
 def _no_zeros_flag(t: Tensor | None) -> Tensor | None:
     """A gradient autograd passes as a ZeroTensor (no memory, address 0) is absent: None."""
     return None if t is None or t._is_zerotensor() else t
@@ -380,12 +388,25 @@ _BACKWARD_NAMES = {"x": "h", "w_ih": "w_hh", "h0": "grad_hn"}
 
 def _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity, values=True):
     """The checks of the backward ops; returns ``(T, B, H)``."""
+    # h's width against w_hh first: the shared checks below take w_hh for both weights and
+    # would name w_ih's expected shape [H, I] for it.
+    if (
+        isinstance(w_hh, Tensor) and isinstance(h, Tensor) and w_hh.dim() == 2
+        and w_hh.shape[0] == w_hh.shape[1] and h.dim() == 2 and h.shape[1] != w_hh.shape[0]
+    ):  # fmt: skip
+        _fail(
+            ValueError,
+            f"h must have shape [N, H] with H = {w_hh.shape[0]} (w_hh is {tuple(w_hh.shape)}), "
+            f"got {tuple(h.shape)}",
+        )
     T, B, H = check_layer_args(
         h, w_hh, w_hh, None, None, grad_hn, batch_sizes, nonlinearity,
         check_values=values, names=_BACKWARD_NAMES,
     )  # fmt: skip
     if not isinstance(grad_h, Tensor):
         _fail(TypeError, f"grad_h must be a torch.Tensor, got {type(grad_h).__name__}")
+    if grad_h.layout != torch.strided:  # (sparse and mkldnn tensors have no strides to read)
+        _fail(TypeError, f"grad_h must be a dense (strided) tensor, got layout {grad_h.layout}")
     if grad_h.shape != h.shape:
         _fail(
             ValueError,
@@ -844,6 +865,7 @@ def _recompute_layer(ctx, inputs):
 
 
 def _backward(ctx, grad_h, grad_hn):
+    grad_h, grad_hn = _strided_grads(grad_h, grad_hn)
     saved, recomputed = _saved_or_recomputed(ctx, _recompute_layer, _LAYER_SAVED_INPUTS, 4)
     x, w_ih, w_hh, h0, h, batch_sizes = saved
     _check_saved(ctx, saved)
@@ -1917,6 +1939,7 @@ class _EagerBiLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_hnf, grad_hnb):
+        grad_out, grad_hnf, grad_hnb = _strided_grads(grad_out, grad_hnf, grad_hnb)
         saved, recomputed = _saved_or_recomputed(ctx, _recompute_bi_layer, _BI_SAVED_INPUTS, -2)
         _check_saved(ctx, saved)
         x, *weights, out, batch_sizes = saved

@@ -90,6 +90,12 @@ def test_check_rejects_what_it_cannot_check():
         check(fusedrnn.RNN(2, 3), device="meta")
     with pytest.raises(ValueError, match="the meta device holds no values"):
         check(fusedrnn.RNN(2, 3, device="meta"), device="cpu")
+    for complex_module in (
+        fusedrnn.RNN(2, 3, dtype=torch.complex64),
+        torch.nn.RNN(2, 3, dtype=torch.complex128),
+    ):  # a pass, on a float64 copy without the imaginary parts, before session 25
+        with pytest.raises(TypeError, match=r"a module of dtype torch.complex.*real dtypes only"):
+            check(complex_module)
 
 
 def test_check_sees_frozen_weights_hooks_and_any_grad_mode():

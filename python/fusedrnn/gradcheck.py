@@ -730,6 +730,11 @@ def _check(module_or_config, checks, device, seed, T, B, packed, h0, max_fd_elem
             source = RNN.from_torch(source)  # (a new module: no hooks)
         weight = source.weight_ih_l0
         _checkable_device(weight.device)  # (a meta module has no values to copy either)
+        if weight.is_complex():  # (its float64 copy would drop the imaginary parts)
+            raise TypeError(
+                f"module_or_config: a module of dtype {weight.dtype}: fusedrnn.RNN runs real "
+                "dtypes only (float32, float64, bfloat16, float16), so there is nothing to check"
+            )
         device = _checkable_device(device or weight.device)
         module = _copy_with_hooks(source, module_or_config).to(device=device, dtype=torch.float64)
         module.dropout = 0.0

@@ -116,8 +116,10 @@ struct KernelTable {
   // when b_rows is set (a row of zeros where b_rows[k] is nullptr). A B too narrow for a
   // panel (a weight gradient, dX, an input projection or a recurrence step at a small input
   // or hidden size), read where it lies. Each element is the packed gemm's chain (one fma
-  // per k in order) and epilogue, so results are bitwise the packed kernel's. A product cut
-  // into K blocks (a_trans with m past one tile, or K > 2048) keeps its sums in ep.out between
+  // per k in order) and epilogue, so results are bitwise the packed kernel's (a NaN's sign
+  // aside: where both factors of the backward epilogue's product are NaN, x86 returns the
+  // first operand's, and the compiler may order the two copies' operands differently). A product
+  // cut into K blocks (a_trans with m past one tile, or K > 2048) keeps its sums in ep.out between
   // blocks: only with a kStore epilogue. nullptr in the bfloat16 table.
   void (*gemm_narrow)(int64_t m, int64_t K, const T* a, int64_t lda, bool a_trans, const T* b,
                       int64_t ldb, const T* const* b_rows, int64_t n, const T* cinit, int64_t ldc,

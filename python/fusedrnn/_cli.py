@@ -104,7 +104,7 @@ def check_plot_file(parser: argparse.ArgumentParser, path: str) -> None:
     try:
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
-        parser.error("argument --plot: needs matplotlib (pip install 'fusedrnn[plot]')")
+        parser.error("argument --plot: needs matplotlib (pip install matplotlib)")
     # (pgf needs a LaTeX installation at save time, so it too would fail after the run)
     formats = sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"})
     extension = os.path.splitext(path)[1].lstrip(".").lower()

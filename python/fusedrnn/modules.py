@@ -7,7 +7,8 @@ and error messages, and replaces only the forward pass. ``fusedrnn.RNNCell`` der
 from ``torch.nn.RNNCell`` itself (torch.compile traces cells) and replaces its forward.
 
 Both read their parameters by name at every call, so ``torch.func.functional_call``
-and parameter reassignment work; the only state is the parameters.
+and parameter reassignment work; the only state is the parameters (and the lean path's
+plan of the configuration, made again after any attribute assignment and never pickled).
 
 Autocast (``docs/dropin.md``): CPU autocast to bfloat16 on a CPU with AVX512_BF16 runs the
 layers as a bfloat16 model's (below); everywhere else (CUDA, float16, a CPU without those

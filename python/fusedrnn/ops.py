@@ -2,10 +2,11 @@
 
 The two sequential recurrences run in the fused kernels of ``fusedrnn._C`` (CPU) or
 ``fusedrnn._C_cuda`` (CUDA, through ``fusedrnn._cuda``); everything
-else is a single large GEMM or reduction per call. On the CPU (float32, float64) each
-pass is one call into ``_C`` (``layer_forward``; ``layer_backward`` behind
-``rnn_layer_grads``) whose GEMMs run on the recurrence's AVX-512 micro-kernel: MKL picks
-AVX2 kernels on AMD CPUs, and its sums may change with the thread count, ours do not.
+else is a single large GEMM or reduction per call. On the CPU (float32, float64, and
+bfloat16 where the CPU has AVX512_BF16) each pass is one call into ``_C``
+(``layer_forward``; ``layer_backward`` behind ``rnn_layer_grads``) whose GEMMs run on the
+recurrence's micro-kernel (AVX-512, AVX2 or portable, chosen at run time): MKL picks AVX2
+kernels on AMD CPUs, and its sums may change with the thread count, ours do not.
 On CUDA the GEMMs are torch's:
 
     P     = x W_ih^T + b_ih + b_hh                      (one GEMM for all steps)
@@ -24,7 +25,9 @@ tangent ``u_t = phi'(h_t) (Q_t + u_prev W_hh^T)`` is that recurrence too
 (:class:`_FuncLayer`). So a recorded backward (``create_graph=True``, torch.func), forward
 mode and their compositions all run on the BPTT kernel and match torch.nn.RNN.
 
-:func:`check_layer_args` is the one place that validates tensors before they reach C++.
+:func:`check_layer_args` validates tensors before they reach C++, except on the modules'
+lean eager path, which checks the same properties itself (:func:`fast_input_cpu`) and sends
+whatever it does not fully accept to the general path.
 
 The backward reads the layer's output as its saved states. A caller may change that output
 in place before the backward, as torch.nn.RNN allows: the eager backward then computes the

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 __all__ = [
+    "check_memory",
     "choice_list",
     "format_table",
     "markdown_table",
@@ -112,6 +113,24 @@ def check_plot_file(parser: argparse.ArgumentParser, path: str) -> None:
         parser.error(
             f"argument --plot: expected a file name ending in one of "
             f"{', '.join('.' + f for f in formats)}, got {path!r}"
+        )
+
+
+def _available_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(parser: argparse.ArgumentParser, what: str, nbytes: float, lower: str) -> None:
+    """An argument error where ``what`` needs more than half of this machine's memory
+    (unknown memory: no check); ``lower`` names the options that shrink it."""
+    memory = _available_memory()
+    if memory is not None and nbytes > memory // 2:
+        parser.error(
+            f"{what} needs about {nbytes / 2**30:.1f} GiB, more than half of this machine's "
+            f"{memory / 2**30:.1f} GiB: lower {lower}"
         )
 
 

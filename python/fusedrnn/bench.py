@@ -693,13 +693,6 @@ def _devices(parser: argparse.ArgumentParser, spec: str) -> list[str]:
     return list(dict.fromkeys(devices))  # cpu and cpu:0 are one device
 
 
-def _available_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) -> int:
     """Run the benchmark for parsed ``args``; return the exit status."""
     devices = _devices(parser, args.device)
@@ -715,13 +708,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
         "packed": [True] if args.packed else None,
     }
     cases = build_cases(args.preset, devices, args.dtype, args.mode, args.nonlinearity, overrides)
-    memory = _available_memory()
     for case in cases:
-        if memory is not None and case.memory_bytes() > memory // 2:
-            parser.error(
-                f"case {case.label} needs about {case.memory_bytes() / 2**30:.1f} GiB, more than "
-                f"half of this machine's {memory / 2**30:.1f} GiB: lower --seq, --batch or --hidden"
-            )
+        _cli.check_memory(
+            parser, f"case {case.label}", case.memory_bytes(), "--seq, --batch or --hidden"
+        )
     if args.threads is not None:
         if args.threads > (os.cpu_count() or 1):
             print(

@@ -1053,14 +1053,7 @@ def _refuse_costly(
     max_flops: float = _MAX_FLOPS,
 ) -> None:  # fmt: skip
     """A parser error where ``what`` would take more than half the memory or max_flops."""
-    from .bench import _available_memory
-
-    memory = _available_memory()
-    if memory is not None and nbytes > memory // 2:
-        parser.error(
-            f"{what} needs about {nbytes / 2**30:.1f} GiB, more than half of this machine's "
-            f"{memory / 2**30:.1f} GiB: lower {lower}"
-        )
+    _cli.check_memory(parser, what, nbytes, lower)
     if flops > max_flops:
         parser.error(
             f"{what} needs about {flops / 1e12:.1f} TFLOP in float64, more than this command "

@@ -199,6 +199,14 @@ bool narrow_path(const cpu::KernelTable<T>& k, int64_t N) {
   return k.gemm_narrow && N <= k.narrow_n;
 }
 
+// dst[r*cols + c] = src[c*ld + r] for r < rows, c < cols: a transposed operand (read
+// column by column) copied into rows.
+template <typename T>
+void copy_transposed(const T* src, int64_t ld, int64_t rows, int64_t cols, T* dst) {
+  for (int64_t c = 0; c < cols; ++c)
+    for (int64_t r = 0; r < rows; ++r) dst[r * cols + c] = src[c * ld + r];
+}
+
 // A product over K = 0: C = (accumulate ? C : 0) + bias (bias may be nullptr).
 template <typename T>
 void empty_sum(int64_t M, int64_t N, T* C, int64_t ldc, const T* bias, bool accumulate) {
@@ -305,8 +313,7 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
     int64_t la = lda;
     if (a_trans) {
       a_rows.resize(size_t(M * K));
-      for (int64_t kk = 0; kk < K; ++kk)
-        for (int64_t i = 0; i < M; ++i) a_rows[size_t(i * K + kk)] = A[kk * lda + i];
+      copy_transposed(A, lda, M, K, a_rows.data());
       a = a_rows.data();
       la = K;
     }
@@ -321,8 +328,7 @@ void gemm_cpu(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, b
   cpu::Workspace bt_space(bt_kept);
   if (narrow_path(k, N) && b_trans) {
     scalar_t* rows = static_cast<scalar_t*>(bt_space.get(size_t(K * N) * sizeof(scalar_t)));
-    for (int64_t kk = 0; kk < K; ++kk)
-      for (int64_t j = 0; j < N; ++j) rows[kk * N + j] = B[j * ldb + kk];
+    copy_transposed(B, ldb, K, N, rows);
     B = rows;
     ldb = N;
     b_trans = false;

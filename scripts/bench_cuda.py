@@ -3,7 +3,7 @@
 Times with CUDA events after warm-up, median of repeats; reports microseconds per time
 step and achieved FLOP/s, for inference (no_grad forward) and training (forward +
 backward), and the recurrence kernel alone (fusedrnn's forward recurrence on a
-precomputed P: the per-step latency of the persistent kernel).
+precomputed P: the per-step latency of the kernel `auto` takes, named in the table).
 
     python3 scripts/bench_cuda.py --out OUT_DIR [--full]
 
@@ -13,9 +13,11 @@ Writes OUT_DIR/bench_cuda.json and OUT_DIR/bench_cuda.md; prints the table.
 
 times the forward and backward recurrences alone with each kernel forced through
 FUSEDRNN_CUDA_PATH (persistent, stepwise; cluster on Hopper) over a B x H grid, next to
-the kernel `auto` picks and the passes per step the persistent kernel needs at that B: the
-data to set the boundary in plan_for_kernel (docs/cuda_kernels.md). Writes
-OUT_DIR/bench_paths.{json,md}.
+the kernel `auto` picks and the passes per step the persistent kernel would need at that B
+(whichever kernel auto takes): the data to set the boundaries in plan_for_kernel
+(docs/cuda_kernels.md). Writes
+OUT_DIR/bench_paths.{json,md}. With --small the grid is B <= 32, H <= 832, where the
+cluster kernel fits and auto chooses between it and the persistent kernel.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ PRECISIONS = {  # name: (dtype, allow_tf32)
     "fp32-tf32": (torch.float32, True),
     "bf16": (torch.bfloat16, False),
     "fp16": (torch.float16, False),
+    "fp64": (torch.float64, False),
 }
 
 
@@ -101,6 +104,8 @@ def bench_row(precision, B, H, T):
 
 
 PATHS_GRID = dict(B=[1, 8, 16, 32, 64, 128, 256, 512], H=[256, 512, 1024, 1536, 2048], T=[100])
+# --small: where the cluster kernel fits and auto chooses between it and the persistent one.
+SMALL_PATHS_GRID = dict(B=[1, 2, 4, 8, 16, 32], H=[64, 128, 256, 384, 512, 640, 768, 832], T=[100])
 
 
 def recurrence_ms(path, dtype, B, H, T, backward) -> float | None:
@@ -169,9 +174,8 @@ def _us(v) -> str:
 def bench_paths(args) -> None:
     """The recurrence kernels, each forced, per (B, H): the persistent and per-step kernels
     over the grid, written out; then, on a GPU with thread-block clusters (compute
-    capability 9.0), the opt-in cluster kernel as a second pass, so that a fault of that
-    kernel, not yet validated, cannot cost the first pass (an error there ends the pass and
-    is noted in the files)."""
+    capability 9.0), the cluster kernel as a second pass, so that a fault of that kernel
+    cannot cost the first pass (an error there ends the pass and is noted in the files)."""
     saved = os.environ.get("FUSEDRNN_CUDA_PATH")
     rows = []
     kernels = ["persistent", "stepwise"]
@@ -185,8 +189,11 @@ def bench_paths(args) -> None:
             torch.backends.cuda.matmul.allow_tf32 = tf32
             name = _cuda.KERNEL_DTYPES[dtype]
             for B, H, T in itertools.product(PATHS_GRID["B"], PATHS_GRID["H"], PATHS_GRID["T"]):
-                plan = _cuda._C_cuda.plan(name, B, H, "tanh", False, torch.cuda.current_device())
-                rpp = plan["rows_per_pass"]
+                device = torch.cuda.current_device()
+                plan = _cuda._C_cuda.plan(name, B, H, "tanh", False, device)
+                # rows per pass and passes: the persistent kernel's, whichever auto takes
+                pers = _cuda._C_cuda.plan(name, B, H, "tanh", False, device, "persistent")
+                rpp = pers["rows_per_pass"] if pers["path"] == "persistent" else 0
                 row = dict(precision=precision, B=B, H=H, T=T, auto=plan["path"], dtype=dtype)
                 row.update(rows_per_pass=rpp, passes=math.ceil(B / rpp) if rpp else None)
                 for path in kernels:
@@ -208,7 +215,7 @@ def bench_paths(args) -> None:
             return
         kernels.append("cluster")
         note = ""
-        print("cluster kernel (opt-in, first runs), us/step fwd / bwd:")
+        print("cluster kernel, us/step fwd / bwd:")
         for row in rows:
             for mode, bwd in (("fwd", False), ("bwd", True)):
                 try:
@@ -244,6 +251,11 @@ def main() -> None:
         help="the recurrence kernels, each forced, over a B x H grid (bench_paths.*)",
     )
     parser.add_argument(
+        "--small",
+        action="store_true",
+        help="--paths over small sizes (B <= 32, H <= 832), where the cluster kernel fits",
+    )
+    parser.add_argument(
         "--no-cluster",
         action="store_true",
         help="--paths without the cluster kernel's pass (gpu_check.sh: after it hung)",
@@ -252,6 +264,8 @@ def main() -> None:
     if args.precisions is None:
         args.precisions = "fp32" if args.paths else "fp32,fp32-tf32,bf16,fp16"
     if args.paths:
+        if args.small:
+            PATHS_GRID.update(SMALL_PATHS_GRID)
         bench_paths(args)
         return
     grid = FULL if args.full else QUICK

@@ -1,9 +1,10 @@
 """A small CUDA workload for compute-sanitizer: the recurrence kernels named (default: the
-persistent and per-step kernels; `cluster`, Hopper only, is run on its own so that a fault of
-the unvalidated kernel cannot hide the others' results), every dtype, packed and padded,
-forward and reverse, through the ops (forward + backward).
+persistent and per-step kernels; `cluster`, Hopper only, is run on its own so that a fault
+of that kernel cannot hide the others' results; `auto` runs what auto picks), every dtype,
+packed and padded, forward and reverse, through the ops (forward + backward).
 
     compute-sanitizer --tool memcheck python3 scripts/cuda_smoke.py [persistent stepwise cluster]
+    (or: ... scripts/cuda_smoke.py auto)
 """
 
 import os

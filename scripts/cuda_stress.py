@@ -14,7 +14,7 @@ and skipped.
     python scripts/cuda_stress.py [persistent] [cluster]   # exit status 1 on any mismatch
 
 The kernels to stress are named on the command line (default: persistent); `cluster` (the
-opt-in Hopper kernel) is best run in a process of its own, as `scripts/gpu_check.sh` does, so
+Hopper kernel) is best run in a process of its own, as `scripts/gpu_check.sh` does, so
 that a fault of it cannot break the CUDA context the other kernel's cases run in.
 """
 

@@ -367,7 +367,7 @@ def test_packed_without_device_batch_sizes(path):
     does not need it), a forced persistent or cluster kernel is refused."""
     T, B, H, lengths = SHAPES[7]
     p = _problem(T, B, H, lengths, torch.float32, "no device batch sizes")
-    assert _plan(H, B=B)["path"] == "persistent"
+    assert _plan(H, B=B)["path"] in ("persistent", "cluster")  # cluster: on Hopper
     bs_host = torch.as_tensor(p["bs"])
     ws = _workspace("float32", B, H, p["P"].device)
     stream = torch.cuda.current_stream().cuda_stream
@@ -456,13 +456,46 @@ def test_cluster_kernel_at_its_largest_slice(reverse):
 @_NEEDS_CLUSTERS
 def test_cluster_kernel_refuses_what_does_not_fit():
     """W_hh's slices must fit the shared memory of 16 CTAs: float32 H = 4096 does not, and
-    a forced cluster kernel says so; auto never picks it."""
-    assert _plan(256, B=1)["path"] == "persistent"
+    a forced cluster kernel says so."""
     plan = _plan(4096, B=2, path="cluster")
     assert plan["path"] == "stepwise" and "cluster of 16 CTAs needs" in plan["reason"], plan
     p = _problem(2, 2, 4096, None, torch.float32, "cluster too big")
     with pytest.raises(RuntimeError, match="cluster kernel was requested but cannot run"):
         cuda_forward(p["P"], p["W"], p["h0"], None, 2, False, "tanh", "cluster")
+
+
+@_NEEDS_CLUSTERS
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_auto_takes_cluster_kernel_at_small_sizes(dtype):
+    """On Hopper auto takes the cluster kernel where B <= 32, B * H <= 2048 and H <= 512, the
+    last two halved for float64 (kAutoCluster*, rnn_launch.cuh: where it measured faster
+    than the persistent kernel), the persistent kernel above; and what auto runs there is
+    the cluster kernel's result, bit for bit."""
+    name = _cuda.KERNEL_DTYPES[dtype]
+    if dtype == torch.float64:
+        cluster = ((1, 256), (4, 256), (8, 128), (16, 64), (4, 3))
+        persistent = ((8, 256), (1, 257), (5, 205), (32, 64), (1, 512), (33, 8))
+    else:
+        cluster = ((1, 256), (1, 512), (8, 256), (4, 512), (4, 3))
+        persistent = ((8, 512), (16, 256), (5, 410), (1, 513), (1, 1024), (33, 8))
+    for bwd in (False, True):
+        for B, H in cluster:
+            plan = _plan(H, B=B, dtype=name, backward=bwd)
+            forced = _plan(H, B=B, dtype=name, backward=bwd, path="cluster")
+            if "cannot be scheduled" in forced["reason"]:  # e.g. few free SMs in one GPC
+                pytest.skip(f"cluster not schedulable here: {forced['reason']}")
+            assert plan["path"] == "cluster", (B, H, bwd, plan)
+        for B, H in persistent:
+            assert _plan(H, B=B, dtype=name, backward=bwd)["path"] == "persistent", (B, H, bwd)
+    p = _problem(12, 8, 128, [12, 12, 10, 9, 7, 4, 2, 1], dtype, ("auto cluster", name))
+    runs = {}
+    for path in ("auto", "cluster"):
+        h, hn = cuda_forward(p["P"], p["W"], p["h0"], p["bs"], 8, False, "tanh", path)
+        dP, dh0 = cuda_backward(p["W"], h, p["G"], p["Gn"], p["bs"], 8, False, "tanh", path)
+        runs[path] = torch.cat([h, hn, dP, dh0])
+    torch.cuda.synchronize()
+    assert torch.equal(runs["auto"], runs["cluster"])
+    _check(p, dtype, False, "tanh", "auto")
 
 
 @pytest.mark.skipif(
@@ -471,6 +504,7 @@ def test_cluster_kernel_refuses_what_does_not_fit():
 def test_cluster_kernel_refused_below_compute_capability_9():
     plan = _plan(256, B=1, path="cluster")
     assert plan["path"] == "stepwise" and "compute capability" in plan["reason"], plan
+    assert _plan(256, B=1)["path"] == "persistent"  # auto
 
 
 def test_persistent_kernel_refuses_when_it_cannot_fit():

@@ -3,9 +3,10 @@
 // shared memory and a hardware cluster barrier per step instead of the persistent kernel's
 // global state buffer and grid barrier through L2.
 //
-// Opt-in (FUSEDRNN_CUDA_PATH=cluster) until measured on a GPU: written in session 21 after
-// the device time was spent, compiled for sm_80 and sm_90 with no warnings, never run.
-// docs/cuda_kernels.md, "Cluster kernel".
+// Written in session 21, first run on an H200 in session 26 (all CUDA tests, stress and
+// compute-sanitizer passed); since then auto takes it at small B * H, where it measured
+// faster than the persistent kernel (rnn_launch.cuh, kAutoCluster*). docs/cuda_kernels.md,
+// "Cluster kernel".
 //
 // Contract: launched with gridDim.x == the cluster size C (one cluster, <= 16 CTAs) of
 // Persistent::kThreads threads; CTA c (its rank in the cluster) owns hidden units

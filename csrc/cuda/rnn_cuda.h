@@ -34,11 +34,12 @@ namespace fusedrnn {
 
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
 
-// Which recurrence kernel runs. kAuto takes the persistent kernel when the batch is within
-// its limit (256 rows, 512 from H = 1024, forward and backward: rnn_launch.cuh), it fits on the
-// chip and the device can launch it cooperatively, else the per-step kernel. kCluster (one
-// thread-block cluster, compute capability 9.0, rnn_cluster.cuh) runs only when requested:
-// it has not yet run on a GPU.
+// Which recurrence kernel runs. kAuto takes the cluster kernel (one thread-block cluster,
+// rnn_cluster.cuh) on compute capability 9.x at B <= 32, B * H <= 2048, H <= 512 (the
+// last two halved for float64) where it fits; else the persistent kernel when the batch is
+// within its limit (256 rows, 512 from H = 1024, forward and backward: rnn_launch.cuh), it
+// fits on the chip and the device can launch it cooperatively; else the per-step kernel.
+// The others force one kernel.
 enum class CudaPath : int { kAuto = 0, kPersistent = 1, kStepwise = 2, kCluster = 3 };
 
 // How a call will run on a device, for tests, `fusedrnn info` and the docs.
@@ -50,7 +51,7 @@ struct CudaPlan {
   int rows_per_pass = 0;                // persistent: batch rows staged in shared memory at once;
                                         // cluster: all B rows, padded to the row tile
   std::size_t smem_bytes = 0;           // dynamic shared memory per CTA
-  std::string reason;                   // why the persistent kernel was not taken (empty if it was)
+  std::string reason;                   // why no one-launch kernel was taken (empty if one was)
 };
 
 // Bytes of device workspace a call with batch size B and hidden size H needs: a

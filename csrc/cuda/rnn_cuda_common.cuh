@@ -1,4 +1,4 @@
-// Pieces shared by the recurrence kernels (persistent, per-step, and the opt-in cluster
+// Pieces shared by the recurrence kernels (persistent, per-step, and the Hopper cluster
 // kernel): number types, the walk over (packed) time steps, where a step's recurrent input
 // row comes from, and the fused epilogue. They compute exactly the same function with the
 // same per-step arithmetic, so which one runs never changes the math, only the schedule

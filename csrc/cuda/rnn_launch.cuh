@@ -1,5 +1,5 @@
-// Host launch logic for one storage type: choose the persistent or the per-step kernel,
-// size the grid and shared memory, and enqueue on the caller's stream. Included only by
+// Host launch logic for one storage type: choose the cluster, the persistent or the per-step
+// kernel, size the grid and shared memory, and enqueue on the caller's stream. Included only by
 // the per-dtype translation units.
 #pragma once
 
@@ -73,6 +73,27 @@ constexpr int64_t kAutoPersistentMaxRows = 256;
 constexpr int64_t kAutoPersistentMaxRowsLargeH = 512;
 constexpr int64_t kAutoLargeHidden = 1024;
 
+// Where auto takes the cluster kernel (on a Hopper GPU, compute capability 9.x, where it
+// was measured; when it fits in one cluster): B up to kAutoClusterMaxRows, B * H up to
+// kAutoClusterMaxWork and H up to kAutoClusterMaxHidden, the last two halved for float64.
+// Its step time grows with B * H (every CTA of the one cluster holds all rows and reads its
+// W_hh slice from shared memory), the persistent kernel's hardly at all below a few dozen
+// rows. Measured on an H200 (T = 100, session 26, `bench_cuda.py --paths --small`,
+// docs/cuda_kernels.md "Cluster kernel"), persistent over cluster time per step, forward:
+// float32 1.76x at B = 1, H = 64, 1.58x at H = 256, 1.15x at H = 512, 0.89x at H = 640; at
+// B * H = 2048 1.21x (B = 8, H = 256) to 0.98x (B = 4, H = 512); at B * H = 4096
+// 0.78-0.94x. bfloat16 within 0.12 of float32 everywhere; float64 level at B * H = 1024 or
+// H = 256 (0.99-1.12x) and 0.59-1.00x above. float16 takes the 16-bit limits, unmeasured.
+// The grid covered B <= 32 and H >= 64: larger batches at smaller H (one CTA holding
+// hundreds of rows) are left to the persistent kernel, unmeasured.
+constexpr int64_t kAutoClusterMaxRows = 32;
+constexpr int64_t kAutoClusterMaxWork = 2048;
+constexpr int64_t kAutoClusterMaxHidden = 512;
+template <typename scalar_t>
+constexpr int64_t auto_cluster_scale() {
+  return sizeof(scalar_t) > 4 ? 2 : 1;
+}
+
 // Hidden units per CTA of the persistent kernel (a multiple of U): H spread over every SM.
 // (Fewer, fuller CTAs at small H, every warp given a work item, were tried and measured in
 // session 21 on an H200: B = 1, H = 256 4.20 -> 4.46 us per step, no better anywhere else;
@@ -99,7 +120,8 @@ inline cudaLaunchConfig_t cluster_config(const CudaPlan& plan, cudaStream_t stre
   return cfg;
 }
 
-// The cluster kernel's plan (requested only; rnn_cluster.cuh): the largest cluster of at most
+// The cluster kernel's plan (forced, or considered by auto at small sizes; rnn_cluster.cuh):
+// the largest cluster of at most
 // 16 CTAs (16 is beyond the portable 8: tried first, then 8, 4, 2, 1) that the device can
 // schedule, each CTA owning Hc units (a multiple of U) and holding in shared memory its slice
 // of M, both state buffers of all B rows (padded to the row tile), its new state values and
@@ -183,11 +205,21 @@ CudaPlan plan_cluster(int64_t B, int64_t H, const DeviceInfo& dev) {
   return plan;
 }
 
+// The plan of a call. auto takes, in order: the cluster kernel where it is the faster one
+// and fits (unless `allow_cluster` is false: the fallback when the driver refused its
+// launch), the persistent kernel within its batch limit, else the per-step kernel.
 template <typename scalar_t, bool BWD, Activation ACT>
-CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath requested) {
+CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath requested,
+                         bool allow_cluster = true) {
   using acc_t = acc_type<scalar_t>;
   constexpr int U = Persistent::kUnits, BT = Persistent::kRows, NW = Persistent::kWarps;
   if (requested == CudaPath::kCluster) return plan_cluster<scalar_t, BWD, ACT>(B, H, dev);
+  if (requested == CudaPath::kAuto && allow_cluster && dev.cluster_launch && dev.cc_major == 9 &&
+      B <= kAutoClusterMaxRows && H <= kAutoClusterMaxHidden / auto_cluster_scale<scalar_t>() &&
+      std::max<int64_t>(B, 1) * H <= kAutoClusterMaxWork / auto_cluster_scale<scalar_t>()) {
+    const CudaPlan cluster = plan_cluster<scalar_t, BWD, ACT>(B, H, dev);
+    if (cluster.path == CudaPath::kCluster) return cluster;
+  }
   CudaPlan plan;
   plan.path = CudaPath::kStepwise;
   plan.threads = Stepwise::kThreads;
@@ -303,22 +335,38 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
       throw std::invalid_argument(
           "fusedrnn CUDA: the cluster kernel needs packed batch_sizes in device memory too");
     }
-    const CudaPlan plan = plan_cluster<scalar_t, BWD, ACT>(s.B, s.H, dev);
-    if (plan.path != CudaPath::kCluster) {
-      throw std::runtime_error("fusedrnn CUDA: the cluster kernel was requested but cannot run: " +
-                               plan.reason);
-    }
+  }
+  // Any refusal of a launch configuration that an occupancy query accepted (a shared device:
+  // MPS, green contexts, a context whose shared-memory opt-in was lost).
+  const auto config_refused = [](cudaError_t err) {
+    return err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorInvalidConfiguration ||
+           err == cudaErrorInvalidValue || err == cudaErrorNotSupported ||
+           err == cudaErrorLaunchOutOfResources || err == cudaErrorInvalidClusterSize;
+  };
+  const CudaPath requested = no_device_sizes ? CudaPath::kStepwise : c.path;
+  CudaPlan plan = plan_for_kernel<scalar_t, BWD, ACT>(s.B, s.H, dev, requested);
+  if (c.path == CudaPath::kCluster && plan.path != CudaPath::kCluster) {
+    throw std::runtime_error("fusedrnn CUDA: the cluster kernel was requested but cannot run: " +
+                             plan.reason);
+  }
+  if (plan.path == CudaPath::kCluster) {
     p.batch_sizes = s.batch_sizes ? c.batch_sizes_dev : nullptr;
     cudaLaunchAttribute attr[1];
     const cudaLaunchConfig_t cfg = cluster_config(plan, c.stream, attr);
-    check_cuda(cudaLaunchKernelEx(&cfg, rnn_cluster_kernel<scalar_t, BWD, ACT>, p,
-                                  plan.units_per_cta, plan.rows_per_pass),
-               "cluster launch of the cluster recurrence kernel");
-    check_cuda(cudaGetLastError(), "cluster recurrence kernel launch");
-    return;
+    const cudaError_t err = cudaLaunchKernelEx(&cfg, rnn_cluster_kernel<scalar_t, BWD, ACT>, p,
+                                               plan.units_per_cta, plan.rows_per_pass);
+    if (err == cudaSuccess) {
+      check_cuda(cudaGetLastError(), "cluster recurrence kernel launch");
+      return;
+    }
+    // auto falls back to the plan without the cluster kernel (the persistent kernel, which
+    // reads the same device batch_sizes, or the per-step one); a requested one reports it.
+    if (!(config_refused(err) && c.path == CudaPath::kAuto)) {
+      check_cuda(err, "cluster launch of the cluster recurrence kernel");
+    }
+    (void)cudaGetLastError();  // clear the non-sticky launch error
+    plan = plan_for_kernel<scalar_t, BWD, ACT>(s.B, s.H, dev, requested, false);
   }
-  const CudaPath requested = no_device_sizes ? CudaPath::kStepwise : c.path;
-  const CudaPlan plan = plan_for_kernel<scalar_t, BWD, ACT>(s.B, s.H, dev, requested);
   if (c.path == CudaPath::kPersistent && plan.path != CudaPath::kPersistent) {
     throw std::runtime_error("fusedrnn CUDA: the persistent kernel was requested but cannot run: " +
                              plan.reason);
@@ -344,14 +392,9 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
       check_cuda(cudaGetLastError(), "persistent recurrence kernel launch");
       return;
     }
-    // The occupancy query said it fits, but the device is shared (MPS, green contexts, a
-    // context whose opt-in shared memory setting was lost): in auto mode any refusal of the
-    // launch configuration falls through to the per-step kernel, which always runs.
-    const bool config_refused = err == cudaErrorCooperativeLaunchTooLarge ||
-                                err == cudaErrorInvalidConfiguration ||
-                                err == cudaErrorInvalidValue || err == cudaErrorNotSupported ||
-                                err == cudaErrorLaunchOutOfResources;
-    if (!(config_refused && c.path == CudaPath::kAuto)) {
+    // The occupancy query said it fits, but the device is shared: in auto mode any refusal
+    // of the launch configuration falls through to the per-step kernel, which always runs.
+    if (!(config_refused(err) && c.path == CudaPath::kAuto)) {
       check_cuda(err, "cooperative launch of the persistent recurrence kernel");
     }
     (void)cudaGetLastError();  // clear the non-sticky launch error

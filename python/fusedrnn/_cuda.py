@@ -14,10 +14,12 @@ installed driver (:func:`check_driver`): ``_C_cuda`` links the runtime staticall
 driver too old for it would fail every call with ``cudaErrorInsufficientDriver``.
 
 ``FUSEDRNN_CUDA_PATH`` (``auto`` | ``persistent`` | ``stepwise`` | ``cluster``) forces one
-recurrence kernel, for benchmarks and debugging; ``auto`` (the default) takes the
+recurrence kernel, for benchmarks and debugging. ``auto`` (the default) takes, on a Hopper
+GPU (compute capability 9.x), the cluster kernel at small sizes (B <= 32, B * H <= 2048,
+H <= 512; the last two halved for float64) where it fits in one cluster; else the
 persistent kernel when it fits on the chip and the batch is small enough for it to be the
-faster one (docs/cuda_kernels.md, "Boundary"). ``cluster`` (one thread-block cluster,
-compute capability 9.0) runs only when asked for: it has not yet run on a GPU.
+faster one; else the per-step kernel (docs/cuda_kernels.md, "Boundary" and "Cluster
+kernel").
 """
 
 from __future__ import annotations
@@ -146,11 +148,12 @@ def _addr(t: Tensor | None) -> int:
 
 
 @functools.lru_cache(maxsize=1024)
-def _takes_persistent(name, B, H, nonlinearity, backward, index, path) -> bool:
-    """Whether the launcher will pick the persistent kernel (the same plan it computes; a
-    pure function of these arguments on one device, so cached)."""
+def _reads_device_sizes(name, B, H, nonlinearity, backward, index, path) -> bool:
+    """Whether the launcher will pick a kernel that reads ``batch_sizes`` on the device, the
+    persistent or the cluster kernel (the same plan it computes; a pure function of these
+    arguments on one device, so cached)."""
     plan = _C_cuda.plan(name, B, H, nonlinearity, backward, index, path)
-    return plan["path"] == "persistent"
+    return plan["path"] in _DEVICE_SIZES_PATHS
 
 
 def stream_capturing(device: torch.device) -> bool:
@@ -193,7 +196,7 @@ def _launch_context(dtype, B, H, batch_sizes, nonlinearity, backward, device, pa
         path = "stepwise"
     if packed and (
         path in _DEVICE_SIZES_PATHS
-        or (path == "auto" and _takes_persistent(name, B, H, nonlinearity, backward, index, path))
+        or (path == "auto" and _reads_device_sizes(name, B, H, nonlinearity, backward, index, path))
     ):
         # A fresh buffer from torch's pinned allocator (never the caller's tensor, which
         # could be pinned already and changed after this call returns).

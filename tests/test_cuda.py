@@ -762,21 +762,26 @@ def test_cuda_argument_errors_name_the_argument():
         ops.rnn_layer(*(t.int() for t in (x, w_ih, w_hh, b_ih, b_hh, h0)), bs)
 
 
-def test_packed_training_step_replays_in_a_cuda_graph():
-    """A packed training step captured in a CUDA graph (torch's whole-network recipe)
-    replays to the eager gradients, also after torch's pinned allocator has handed its
-    buffers out again: the backward copies row indices from pinned memory, which under
-    capture is kept for the process (ops._index_on), and packed input takes the per-step
-    kernel (no copy of batch_sizes)."""
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+def test_training_step_replays_in_a_cuda_graph(packed):
+    """A training step captured in a CUDA graph (torch's whole-network recipe) replays to the
+    eager gradients, also after torch's pinned allocator has handed its buffers out again.
+    Packed: the backward copies row indices from pinned memory, which under capture is kept
+    for the process (ops._index_on), and packed input takes the per-step kernel (no copy of
+    batch_sizes). Padded: `auto` takes at this size the kernel it takes eagerly, on Hopper
+    the cluster kernel (B = 3, H = 16), elsewhere the persistent one."""
     torch.manual_seed(0)
     model = fusedrnn.RNN(8, 16, num_layers=2).cuda()
     seqs = [torch.randn(n, 8, device="cuda") for n in (5, 3, 2)]
-    packed = pack_sequence(seqs)
-    static_x = packed.data.clone().requires_grad_()
+    if packed:
+        data = pack_sequence(seqs)
+        static_x = data.data.clone().requires_grad_()
+    else:
+        static_x = torch.nn.utils.rnn.pad_sequence(seqs).requires_grad_()
 
     def step():
-        out, hn = model(packed._replace(data=static_x))
-        (out.data.square().sum() + hn.square().sum()).backward()
+        out, hn = model(data._replace(data=static_x) if packed else static_x)
+        (out[0] if packed else out).square().sum().add(hn.square().sum()).backward()
 
     model.zero_grad(set_to_none=True)
     step()

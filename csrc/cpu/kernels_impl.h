@@ -7,6 +7,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+#include <new>
 
 #include "kernels.h"
 
@@ -413,12 +415,91 @@ void for_each_tile(int64_t m, int64_t K, int64_t elem_bytes, int64_t p0, int64_t
   }
 }
 
+// A thread's scratch for gemm_copied_a (no standard library template here: see the top).
+struct ScratchA {
+  void* p = nullptr;
+  int64_t bytes = 0;
+  ScratchA() = default;
+  ScratchA(const ScratchA&) = delete;
+  ScratchA& operator=(const ScratchA&) = delete;
+  ~ScratchA() { ::operator delete(p); }
+  void* get(int64_t n) {
+    if (n > bytes) {
+      ::operator delete(p);
+      p = nullptr;
+      bytes = 0;
+      p = ::operator new(size_t(n));
+      bytes = n;
+    }
+    return p;
+  }
+};
+inline thread_local ScratchA scratch_a;
+
+// Whether gemm copies a transposed A (below): V::copy_a_trans where the traits say so.
+template <class V>
+constexpr auto copies_a_trans(int) -> decltype(V::copy_a_trans) {
+  return V::copy_a_trans;
+}
+template <class V>
+constexpr bool copies_a_trans(long) {
+  return false;
+}
+
+// From which lda (elements) gemm copies A^T: one page per k in float32. At lda = 512 the
+// measurements (session 26) were level within the host's noise, so it reads in place there.
+constexpr int64_t kCopyATransMinLd = 1024;
+
+// gemm with A^T read from a copy: rows [rb, re) of A^T, all K, copied per row block into a
+// compact buffer (K rows of the block's width, 64 bytes rounded), then the same tiles on it.
+// In place, A^T's rows k lie lda elements apart (4 KB at lda = 1024), so a tile's K steps
+// each touch another page (one L1 DTLB miss per k: 512 pages per K block) and the hardware
+// prefetchers, which stay within a page, do not follow; in the copy, 8 rows k share a page.
+// The same fma chains on the same values: the results are the in-place path's, bit for bit.
+// Measured on an AVX2 host (Zen 3, 2 cores, session 26), dW = dP^T x at 1024 x 1024 x 25600:
+// see docs/cpu_kernels.md, "Session 26".
+template <class V>
+bool gemm_copied_a(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda,
+                   const typename V::scalar_t* bp, int64_t pstride, int64_t p0, int64_t p1,
+                   int64_t N, const typename V::scalar_t* cinit, int64_t ldc,
+                   const cpu::Epilogue<typename V::scalar_t>& ep) {
+  using T = typename V::scalar_t;
+  // The row blocks of for_each_tile: a slice that stays in L2 while all panels pass over it.
+  int64_t mc = (256 * 1024) / (K * int64_t(sizeof(T)) + 1);
+  if (mc < 16) mc = 16;
+  const int64_t max_rows = m <= mc + mc / 4 ? m : mc + mc / 4;
+  const int64_t max_ld = (max_rows * int64_t(sizeof(T)) + 63) / 64 * 64 / int64_t(sizeof(T));
+  if (K * max_ld * int64_t(sizeof(T)) > (int64_t(2) << 20)) return false;  // (K beyond a block)
+  T* buf = static_cast<T*>(scratch_a.get(K * max_ld * int64_t(sizeof(T))));
+  for (int64_t rb = 0, re = 0; rb < m; rb = re) {
+    re = m - rb <= mc + mc / 4 ? m : rb + mc;
+    const int64_t rows = re - rb;
+    const int64_t ld = (rows * int64_t(sizeof(T)) + 63) / 64 * 64 / int64_t(sizeof(T));
+    for (int64_t k = 0; k < K; ++k)
+      std::memcpy(buf + k * ld, a + k * lda + rb, size_t(rows) * sizeof(T));
+    const T* ci = cinit ? cinit + rb * ldc : nullptr;
+    const cpu::Epilogue<T> e = ep_rows(ep, rb);
+    for_each_tile<V>(
+        rows, K, int64_t(sizeof(T)), p0, p1,
+        [&](int mr, int np, int64_t p, int64_t r) {
+          tile_dispatch<V, true>(mr, np, K, buf, ld, bp, pstride, p, N, ci, ldc, e, r);
+        },
+        kLongK);
+  }
+  return true;
+}
+
 template <class V>
 void gemm(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda, bool a_trans,
           const typename V::scalar_t* bp, int64_t pstride, int64_t p0, int64_t p1, int64_t N,
           const typename V::scalar_t* cinit, int64_t ldc,
           const cpu::Epilogue<typename V::scalar_t>& ep) {
   using T = typename V::scalar_t;
+  if constexpr (copies_a_trans<V>(0)) {
+    if (a_trans && lda >= kCopyATransMinLd && m > Tiling<V>::MR_MAX &&
+        gemm_copied_a<V>(m, K, a, lda, bp, pstride, p0, p1, N, cinit, ldc, ep))
+      return;
+  }
   for_each_tile<V>(
       m, K, int64_t(sizeof(T)), p0, p1,
       [&](int mr, int np, int64_t p, int64_t r) {

@@ -393,6 +393,50 @@ static void test_gemm(std::mt19937& rng, double tol) {
               g_fail ? "FAILED" : "ok");
 }
 
+// A^T with long rows (lda >= 1024), which a table may read from a copy (kernels_impl.h,
+// gemm_copied_a: the AVX2 float32 table): the same A at lda = M < 1024 (read in place) and
+// in a buffer with lda = 1040 must give the same bits, with a bias or accumulating, over one
+// and several K blocks, on 1 and 2 threads.
+template <typename T>
+static void test_copied_a_trans(std::mt19937& rng) {
+  std::normal_distribution<double> nd(0, 1);
+  const int64_t shapes[][3] = {{1000, 40, 300}, {700, 17, 1500}, {13, 70, 64}};
+  int n = 0;
+  for (auto& sh : shapes)
+    for (int acc = 0; acc < 2; ++acc)
+      for (int nt : {1, 2}) {
+        const int64_t M = sh[0], N = sh[1], K = sh[2], wide = 1040;
+        std::vector<T> A(K * M), Aw(K * wide, T(-7)), B(K * N), C0(M * N), bias(N);
+        for (auto& v : A) v = T(nd(rng));
+        for (auto& v : B) v = T(nd(rng));
+        for (auto& v : C0) v = T(nd(rng));
+        for (auto& v : bias) v = T(nd(rng));
+        for (int64_t k = 0; k < K; ++k)
+          std::memcpy(Aw.data() + k * wide, A.data() + k * M, size_t(M) * sizeof(T));
+        std::vector<T> C1 = C0, C2 = C0;
+        gemm_cpu<T>(M, N, K, A.data(), M, true, B.data(), N, false, C1.data(), N,
+                    acc ? nullptr : bias.data(), acc, nt);
+        gemm_cpu<T>(M, N, K, Aw.data(), wide, true, B.data(), N, false, C2.data(), N,
+                    acc ? nullptr : bias.data(), acc, nt);
+        CHECK(std::memcmp(C1.data(), C2.data(), C1.size() * sizeof(T)) == 0,
+              "gemm A^T M=%ld N=%ld K=%ld acc=%d nt=%d: lda %ld and %ld differ", long(M), long(N),
+              long(K), acc, nt, long(M), long(wide));
+        double e = 0;
+        for (int64_t i = 0; i < M; i += 97)
+          for (int64_t j = 0; j < N; ++j) {
+            double want = acc ? double(C0[i * N + j]) : double(bias[j]);
+            for (int64_t k = 0; k < K; ++k) want += double(A[k * M + i]) * double(B[k * N + j]);
+            e = std::max(e, std::fabs(double(C2[i * N + j]) - want) /
+                                (std::sqrt(double(K)) + std::fabs(want)));
+          }
+        CHECK(e < (sizeof(T) == 4 ? 1e-5 : 1e-13), "gemm A^T M=%ld K=%ld: err %.3g", long(M),
+              long(K), e);
+        ++n;
+      }
+  std::printf("gemm A^T in place vs lda %d %s: %d cases: %s\n", 1040,
+              sizeof(T) == 4 ? "f32" : "f64", n, g_fail ? "FAILED" : "ok");
+}
+
 // Row strides: h (and P) in a wider buffer (ldh > H), G in a wider buffer (ldg > H) or one
 // row for all rows (ldg = 0). Results must equal the contiguous ones bitwise.
 template <typename T>
@@ -950,6 +994,8 @@ int main(int argc, char** argv) {
   test_gemm<double>(rng, 1e-13);
   test_gemm_rows<float>(rng);
   test_gemm_rows<double>(rng);
+  test_copied_a_trans<float>(rng);
+  test_copied_a_trans<double>(rng);
   test_gemm_pair<float>(rng);
   test_gemm_pair<double>(rng);
   test_strides<float>(rng);

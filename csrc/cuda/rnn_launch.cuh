@@ -343,6 +343,18 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
            err == cudaErrorInvalidValue || err == cudaErrorNotSupported ||
            err == cudaErrorLaunchOutOfResources || err == cudaErrorInvalidClusterSize;
   };
+  // Whether a one-launch kernel is enqueued (err: its launch's status). Under auto a refused
+  // configuration is cleared (a non-sticky error) and false lets the caller fall back; any
+  // other error, or a refusal of a forced kernel, throws naming `what`.
+  const auto launched = [&](cudaError_t err, const char* what) {
+    if (err == cudaSuccess) {
+      check_cuda(cudaGetLastError(), what);
+      return true;
+    }
+    if (!(config_refused(err) && c.path == CudaPath::kAuto)) check_cuda(err, what);
+    (void)cudaGetLastError();
+    return false;
+  };
   const CudaPath requested = no_device_sizes ? CudaPath::kStepwise : c.path;
   CudaPlan plan = plan_for_kernel<scalar_t, BWD, ACT>(s.B, s.H, dev, requested);
   if (c.path == CudaPath::kCluster && plan.path != CudaPath::kCluster) {
@@ -353,18 +365,13 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
     p.batch_sizes = s.batch_sizes ? c.batch_sizes_dev : nullptr;
     cudaLaunchAttribute attr[1];
     const cudaLaunchConfig_t cfg = cluster_config(plan, c.stream, attr);
-    const cudaError_t err = cudaLaunchKernelEx(&cfg, rnn_cluster_kernel<scalar_t, BWD, ACT>, p,
-                                               plan.units_per_cta, plan.rows_per_pass);
-    if (err == cudaSuccess) {
-      check_cuda(cudaGetLastError(), "cluster recurrence kernel launch");
+    if (launched(cudaLaunchKernelEx(&cfg, rnn_cluster_kernel<scalar_t, BWD, ACT>, p,
+                                    plan.units_per_cta, plan.rows_per_pass),
+                 "cluster launch of the cluster recurrence kernel")) {
       return;
     }
     // auto falls back to the plan without the cluster kernel (the persistent kernel, which
-    // reads the same device batch_sizes, or the per-step one); a requested one reports it.
-    if (!(config_refused(err) && c.path == CudaPath::kAuto)) {
-      check_cuda(err, "cluster launch of the cluster recurrence kernel");
-    }
-    (void)cudaGetLastError();  // clear the non-sticky launch error
+    // reads the same device batch_sizes, or the per-step one).
     plan = plan_for_kernel<scalar_t, BWD, ACT>(s.B, s.H, dev, requested, false);
   }
   if (c.path == CudaPath::kPersistent && plan.path != CudaPath::kPersistent) {
@@ -386,18 +393,13 @@ void run_for_kernel(const RecurrenceCall& c, const DeviceInfo& dev) {
     cfg.attrs = attr;
     cfg.numAttrs = 1;
     const int Hc = plan.units_per_cta, rows_cap = plan.rows_per_pass;
-    const cudaError_t err =
-        cudaLaunchKernelEx(&cfg, rnn_persistent_kernel<scalar_t, BWD, ACT>, p, Hc, rows_cap);
-    if (err == cudaSuccess) {
-      check_cuda(cudaGetLastError(), "persistent recurrence kernel launch");
+    if (launched(
+            cudaLaunchKernelEx(&cfg, rnn_persistent_kernel<scalar_t, BWD, ACT>, p, Hc, rows_cap),
+            "cooperative launch of the persistent recurrence kernel")) {
       return;
     }
-    // The occupancy query said it fits, but the device is shared: in auto mode any refusal
-    // of the launch configuration falls through to the per-step kernel, which always runs.
-    if (!(config_refused(err) && c.path == CudaPath::kAuto)) {
-      check_cuda(err, "cooperative launch of the persistent recurrence kernel");
-    }
-    (void)cudaGetLastError();  // clear the non-sticky launch error
+    // The occupancy query said it fits, but the device is shared: auto falls through to the
+    // per-step kernel, which always runs.
   }
 
   // Per-step kernel: the host walks the phases with the host batch_sizes. A phase of more

@@ -15,9 +15,9 @@ times the forward and backward recurrences alone with each kernel forced through
 FUSEDRNN_CUDA_PATH (persistent, stepwise; cluster on Hopper) over a B x H grid, next to
 the kernel `auto` picks and the passes per step the persistent kernel would need at that B
 (whichever kernel auto takes): the data to set the boundaries in plan_for_kernel
-(docs/cuda_kernels.md). Writes
-OUT_DIR/bench_paths.{json,md}. With --small the grid is B <= 32, H <= 832, where the
-cluster kernel fits and auto chooses between it and the persistent kernel.
+(docs/cuda_kernels.md). Writes OUT_DIR/bench_paths.{json,md}. With --small the grid is
+B <= 32, H <= 832, where the cluster kernel fits and auto chooses between it and the
+persistent kernel.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def recurrence_ms(path, dtype, B, H, T, backward) -> float | None:
 def _write_paths(args, rows, kernels, note="") -> None:
     """bench_paths.{json,md} from the rows so far (rewritten after each pass; a row's torch
     dtype, kept for the second pass, is not written)."""
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, grid=PATHS_GRID)
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, grid=args.grid)
     if note:
         meta["note"] = note
     args.out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ def _write_paths(args, rows, kernels, note="") -> None:
     heads = [f"{m} {p}" for m in ("fwd", "bwd") for p in kernels]
     lines = [
         f"Device: {meta['device']}, torch {meta['torch']}; recurrence only, tanh, T = "
-        f"{PATHS_GRID['T'][0]}, microseconds per step (- : does not fit or not run)",
+        f"{args.grid['T'][0]}, microseconds per step (- : does not fit or not run)",
         *([f"Note: {note}"] if note else []),
         "",
         "| precision | B | H | auto | rows/pass | passes | " + " | ".join(heads) + " |",
@@ -183,13 +183,13 @@ def bench_paths(args) -> None:
         f"{'prec':6} {'B':>4} {'H':>5} {'auto':>10} {'rows/pass':>9} {'passes':>6} "
         f"{'fwd pers / step us/step':>21} {'bwd pers / step us/step':>21}"
     )
+    device = torch.cuda.current_device()
     try:
         for precision in args.precisions.split(","):
             dtype, tf32 = PRECISIONS[precision]
             torch.backends.cuda.matmul.allow_tf32 = tf32
             name = _cuda.KERNEL_DTYPES[dtype]
-            for B, H, T in itertools.product(PATHS_GRID["B"], PATHS_GRID["H"], PATHS_GRID["T"]):
-                device = torch.cuda.current_device()
+            for B, H, T in itertools.product(args.grid["B"], args.grid["H"], args.grid["T"]):
                 plan = _cuda._C_cuda.plan(name, B, H, "tanh", False, device)
                 # rows per pass and passes: the persistent kernel's, whichever auto takes
                 pers = _cuda._C_cuda.plan(name, B, H, "tanh", False, device, "persistent")
@@ -264,8 +264,7 @@ def main() -> None:
     if args.precisions is None:
         args.precisions = "fp32" if args.paths else "fp32,fp32-tf32,bf16,fp16"
     if args.paths:
-        if args.small:
-            PATHS_GRID.update(SMALL_PATHS_GRID)
+        args.grid = SMALL_PATHS_GRID if args.small else PATHS_GRID
         bench_paths(args)
         return
     grid = FULL if args.full else QUICK

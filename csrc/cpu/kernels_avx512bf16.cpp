@@ -300,11 +300,10 @@ void products(int64_t m, int64_t K, const bf16* a, int64_t lda, bool a_trans, co
   };
   if (!a_trans) return run(m, a, lda, ep, s);
   const int64_t ldd = (K + 1) / 2 * 2;
-  int64_t mc = (256 * 1024) / (K * int64_t(sizeof(bf16)) + 1);  // for_each_tile's row blocks
-  if (mc < 16) mc = 16;
+  const int64_t mc = row_block_rows(K, int64_t(sizeof(bf16)));  // for_each_tile's row blocks
   thread_local cpu::AlignedBuffer buf;
   for (int64_t rb = 0, re = 0; rb < m; rb = re) {
-    re = m - rb <= mc + mc / 4 ? m : rb + mc;
+    re = row_block_end(m, rb, mc);
     bf16* t = static_cast<bf16*>(buf.get(size_t((re - rb) * ldd) * sizeof(bf16)));
     transpose_pairs(a + rb, lda, re - rb, K, t, ldd);
     Sums sr = s;

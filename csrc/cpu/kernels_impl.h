@@ -8,8 +8,8 @@
 
 #include <cstdint>
 #include <cstring>
-#include <new>
 
+#include "aligned_buffer.h"
 #include "kernels.h"
 
 #ifndef FUSEDRNN_ISA_NS
@@ -376,6 +376,19 @@ inline int64_t next_mr(int64_t left, int M = Tiling<V>::MR_MAX) {
 constexpr int64_t kLongKRows = 128;
 constexpr int64_t kLongK = 512;
 
+// The row blocks of for_each_tile: mc rows (row_block_rows), a slice of A that stays in L2
+// while all panels pass over it; the block from rb ends at row_block_end. The last block
+// takes a remainder of up to mc / 4 rows: a step of 64 rows at H = 1024 (mc = 63) was a
+// 63-row block and a 1-row one, which streamed every panel again for one row with a
+// quarter-efficient tile (the recurrence at B64-H1024: 2% of its time).
+inline int64_t row_block_rows(int64_t K, int64_t elem_bytes) {
+  const int64_t mc = (256 * 1024) / (K * elem_bytes + 1);
+  return mc < 16 ? 16 : mc;
+}
+inline int64_t row_block_end(int64_t m, int64_t rb, int64_t mc) {
+  return m - rb <= mc + mc / 4 ? m : rb + mc;
+}
+
 // The blocking of gemm, for every table (the bfloat16 one too): calls tile(mr, np, p, r) for
 // the tile of rows [r, r + mr) and panels [p, p + np), each once, in a fixed order.
 // elem_bytes: the size of an A element; long_k: see kLongK.
@@ -383,9 +396,7 @@ template <class V, class TileFn>
 void for_each_tile(int64_t m, int64_t K, int64_t elem_bytes, int64_t p0, int64_t p1,
                    const TileFn& tile, int64_t long_k = kLongK) {
   if (m <= 0 || p1 <= p0) return;
-  // Rows in blocks whose A slice stays in L2 while all panels pass over it.
-  int64_t mc = (256 * 1024) / (K * elem_bytes + 1);
-  if (mc < 16) mc = 16;
+  const int64_t mc = row_block_rows(K, elem_bytes);
   // Long K: tiles of at most 6 rows, so a tile spans two panels (6 x 2 panels against 13 x 1
   // with AVX-512): half the broadcasts per fma and each panel streamed for half as many
   // tiles. Measured at H = 1024 (same-process A/B): x W^T 496 -> 508 GFLOP/s, BPTT up to
@@ -396,11 +407,8 @@ void for_each_tile(int64_t m, int64_t K, int64_t elem_bytes, int64_t p0, int64_t
   // GFLOP/s per core with its rows in L2 (K = 1024-4096), against 108-115 for 6 x 2 panels
   // or for the same 14 rows packed into one stream (docs/cpu_kernels.md, "Session 19").
   const int mr_max = K >= long_k ? Tiling<V>::MR_LONG_K : Tiling<V>::MR_MAX;
-  // The last block takes a remainder of up to mc / 4 rows: a step of 64 rows at H = 1024
-  // (mc = 63) was a 63-row block and a 1-row one, which streamed every panel again for one
-  // row with a quarter-efficient tile (the recurrence at B64-H1024: 2% of its time).
   for (int64_t rb = 0, re = 0; rb < m; rb = re) {
-    re = m - rb <= mc + mc / 4 ? m : rb + mc;
+    re = row_block_end(m, rb, mc);
     // Every tile of this row block spans the same panels: the widest the largest tile allows.
     const int npb = Tiling<V>::np_max(int(next_mr<V>(re - rb, mr_max)));
     for (int64_t p = p0; p < p1;) {
@@ -414,27 +422,6 @@ void for_each_tile(int64_t m, int64_t K, int64_t elem_bytes, int64_t p0, int64_t
     }
   }
 }
-
-// A thread's scratch for gemm_copied_a (no standard library template here: see the top).
-struct ScratchA {
-  void* p = nullptr;
-  int64_t bytes = 0;
-  ScratchA() = default;
-  ScratchA(const ScratchA&) = delete;
-  ScratchA& operator=(const ScratchA&) = delete;
-  ~ScratchA() { ::operator delete(p); }
-  void* get(int64_t n) {
-    if (n > bytes) {
-      ::operator delete(p);
-      p = nullptr;
-      bytes = 0;
-      p = ::operator new(size_t(n));
-      bytes = n;
-    }
-    return p;
-  }
-};
-inline thread_local ScratchA scratch_a;
 
 // Whether gemm copies a transposed A (below): V::copy_a_trans where the traits say so.
 template <class V>
@@ -459,22 +446,18 @@ constexpr int64_t kCopyATransMinLd = 1024;
 // Measured on an AVX2 host (Zen 3, 2 cores, session 26), dW = dP^T x at 1024 x 1024 x 25600:
 // see docs/cpu_kernels.md, "Session 26".
 template <class V>
-bool gemm_copied_a(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda,
+void gemm_copied_a(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda,
                    const typename V::scalar_t* bp, int64_t pstride, int64_t p0, int64_t p1,
                    int64_t N, const typename V::scalar_t* cinit, int64_t ldc,
                    const cpu::Epilogue<typename V::scalar_t>& ep) {
   using T = typename V::scalar_t;
-  // The row blocks of for_each_tile: a slice that stays in L2 while all panels pass over it.
-  int64_t mc = (256 * 1024) / (K * int64_t(sizeof(T)) + 1);
-  if (mc < 16) mc = 16;
-  const int64_t max_rows = m <= mc + mc / 4 ? m : mc + mc / 4;
-  const int64_t max_ld = (max_rows * int64_t(sizeof(T)) + 63) / 64 * 64 / int64_t(sizeof(T));
-  if (K * max_ld * int64_t(sizeof(T)) > (int64_t(2) << 20)) return false;  // (K beyond a block)
-  T* buf = static_cast<T*>(scratch_a.get(K * max_ld * int64_t(sizeof(T))));
+  constexpr int64_t line = 64 / int64_t(sizeof(T));          // elements per 64 bytes
+  const int64_t mc = row_block_rows(K, int64_t(sizeof(T)));  // for_each_tile's row blocks
+  thread_local cpu::AlignedBuffer scratch;
   for (int64_t rb = 0, re = 0; rb < m; rb = re) {
-    re = m - rb <= mc + mc / 4 ? m : rb + mc;
-    const int64_t rows = re - rb;
-    const int64_t ld = (rows * int64_t(sizeof(T)) + 63) / 64 * 64 / int64_t(sizeof(T));
+    re = row_block_end(m, rb, mc);
+    const int64_t rows = re - rb, ld = (rows + line - 1) / line * line;
+    T* buf = static_cast<T*>(scratch.get(size_t(K * ld) * sizeof(T)));
     for (int64_t k = 0; k < K; ++k)
       std::memcpy(buf + k * ld, a + k * lda + rb, size_t(rows) * sizeof(T));
     const T* ci = cinit ? cinit + rb * ldc : nullptr;
@@ -486,7 +469,6 @@ bool gemm_copied_a(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t 
         },
         kLongK);
   }
-  return true;
 }
 
 template <class V>
@@ -496,9 +478,8 @@ void gemm(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda, bool
           const cpu::Epilogue<typename V::scalar_t>& ep) {
   using T = typename V::scalar_t;
   if constexpr (copies_a_trans<V>(0)) {
-    if (a_trans && lda >= kCopyATransMinLd && m > Tiling<V>::MR_MAX &&
-        gemm_copied_a<V>(m, K, a, lda, bp, pstride, p0, p1, N, cinit, ldc, ep))
-      return;
+    if (a_trans && lda >= kCopyATransMinLd && m > Tiling<V>::MR_MAX)
+      return gemm_copied_a<V>(m, K, a, lda, bp, pstride, p0, p1, N, cinit, ldc, ep);
   }
   for_each_tile<V>(
       m, K, int64_t(sizeof(T)), p0, p1,

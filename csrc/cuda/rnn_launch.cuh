@@ -1,6 +1,6 @@
 // Host launch logic for one storage type: choose the cluster, the persistent or the per-step
-// kernel, size the grid and shared memory, and enqueue on the caller's stream. Included only by
-// the per-dtype translation units.
+// kernel, size the grid and shared memory, and enqueue on the caller's stream. Included only
+// by the per-dtype translation units.
 #pragma once
 
 #include <algorithm>
@@ -121,12 +121,11 @@ inline cudaLaunchConfig_t cluster_config(const CudaPlan& plan, cudaStream_t stre
 }
 
 // The cluster kernel's plan (forced, or considered by auto at small sizes; rnn_cluster.cuh):
-// the largest cluster of at most
-// 16 CTAs (16 is beyond the portable 8: tried first, then 8, 4, 2, 1) that the device can
-// schedule, each CTA owning Hc units (a multiple of U) and holding in shared memory its slice
-// of M, both state buffers of all B rows (padded to the row tile), its new state values and
-// the sums. A smaller cluster gives each CTA more units, so when the largest does not fit in
-// shared memory none does.
+// the largest cluster of at most 16 CTAs (16 is beyond the portable 8: tried first, then 8,
+// 4, 2, 1) that the device can schedule, each CTA owning Hc units (a multiple of U) and
+// holding in shared memory its slice of M, both state buffers of all B rows (padded to the
+// row tile), its new state values and the sums. A smaller cluster gives each CTA more units,
+// so when the largest does not fit in shared memory none does.
 template <typename scalar_t, bool BWD, Activation ACT>
 CudaPlan plan_cluster_uncached(int64_t B, int64_t H, const DeviceInfo& dev) {
   using acc_t = acc_type<scalar_t>;

@@ -182,8 +182,13 @@ struct Tiling {
   // Accumulators MR*NP*PV plus NP*PV panel vectors plus one broadcast, plus V::row_regs
   // per row (NEON multiplies by a lane of a register that holds that row's A element),
   // must fit the file: no accumulator spilled in the k loop.
+  // One row without row registers (x86): each panel vector feeds a single fma, as its memory
+  // operand, so only the accumulators and the broadcast need registers. (AVX2's 16 registers
+  // otherwise gave a one-row step 3 panels, and H = 64, 4 panels, two tiles in a row, each a
+  // chain of K dependent fmas: session 27.)
   static constexpr int np_max(int mr) {
-    const int n = (NREG - 2 - V::row_regs * mr) / (PV * mr + PV);
+    const int n = (mr == 1 && V::row_regs == 0) ? (NREG - 2) / PV
+                                                : (NREG - 2 - V::row_regs * mr) / (PV * mr + PV);
     return n > 4 ? 4 : (n < 1 ? 1 : n);
   }
   static constexpr int MR_MAX = (NREG - 2 - PV) / (PV + V::row_regs);  // with NP = 1
@@ -688,19 +693,18 @@ void gemv_nt(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda,
 // (cinit ? cinit[r*ldc + j] : 0) + sum_k a[r*lda + k] * w[k*ldw + j], r < m, j in [j0, j1).
 // Each element is the packed micro-kernel's chain (one fma per k, in order, from zero or
 // cinit), so the result is bitwise the packed kernel's: only the memory access differs.
-template <class V, int M>
-void gemv_nn_rows(int64_t K, const typename V::scalar_t* a, int64_t lda,
-                  const typename V::scalar_t* w, int64_t ldw, int64_t j0, int64_t j1,
-                  const typename V::scalar_t* cinit, int64_t ldc, typename V::scalar_t* acc,
-                  int64_t ldacc) {
+// Columns in strips of JB vectors, each strip down all rows k of W.
+template <class V, int M, int JB>
+void gemv_nn_strips(int64_t K, const typename V::scalar_t* a, int64_t lda,
+                    const typename V::scalar_t* w, int64_t ldw, int64_t j0, int64_t j1,
+                    const typename V::scalar_t* cinit, int64_t ldc, typename V::scalar_t* acc,
+                    int64_t ldacc) {
   using R = typename V::reg;
   constexpr int W = V::W;
-  constexpr int JBR = (Tiling<V>::NREG - 2) / (M + 1);
-  constexpr int JB = JBR > 4 ? 4 : (JBR < 1 ? 1 : JBR);
   for (int64_t j = j0; j < j1; j += JB * W) {
     const int64_t ncols = j1 - j < JB * W ? j1 - j : JB * W;
     typename V::mask mk[JB];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int q = 0; q < JB; ++q) {
       const int64_t left = ncols - q * W;
       mk[q] = V::tail_mask(left >= W ? W : (left > 0 ? int(left) : 0));
@@ -708,39 +712,64 @@ void gemv_nn_rows(int64_t K, const typename V::scalar_t* a, int64_t lda,
     R c[M][JB];
 #pragma GCC unroll 8
     for (int r = 0; r < M; ++r)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int q = 0; q < JB; ++q)
         c[r][q] = cinit ? V::load_masked(cinit + r * ldc + j + q * W, mk[q]) : V::zero();
     if (ncols == JB * W) {
       for (int64_t k = 0; k < K; ++k) {
         R wv[JB];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int q = 0; q < JB; ++q) wv[q] = V::load(w + k * ldw + j + q * W);
 #pragma GCC unroll 8
         for (int r = 0; r < M; ++r) {
           const R av = V::set1(a[r * lda + k]);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
           for (int q = 0; q < JB; ++q) c[r][q] = V::fma(av, wv[q], c[r][q]);
         }
       }
     } else {
       for (int64_t k = 0; k < K; ++k) {
         R wv[JB];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int q = 0; q < JB; ++q) wv[q] = V::load_masked(w + k * ldw + j + q * W, mk[q]);
 #pragma GCC unroll 8
         for (int r = 0; r < M; ++r) {
           const R av = V::set1(a[r * lda + k]);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
           for (int q = 0; q < JB; ++q) c[r][q] = V::fma(av, wv[q], c[r][q]);
         }
       }
     }
 #pragma GCC unroll 8
     for (int r = 0; r < M; ++r)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int q = 0; q < JB; ++q) V::store_masked(acc + r * ldacc + j + q * W, mk[q], c[r][q]);
   }
+}
+
+template <class V, int M>
+void gemv_nn_rows(int64_t K, const typename V::scalar_t* a, int64_t lda,
+                  const typename V::scalar_t* w, int64_t ldw, int64_t j0, int64_t j1,
+                  const typename V::scalar_t* cinit, int64_t ldc, typename V::scalar_t* acc,
+                  int64_t ldacc) {
+  constexpr int W = V::W;
+  constexpr int JBR = (Tiling<V>::NREG - 2) / (M + 1);
+  constexpr int JB = JBR > 4 ? 4 : (JBR < 1 ? 1 : JBR);
+  // One row with AVX2 (16 registers, no row registers): each W vector feeds a single fma,
+  // as its memory operand, so only the accumulators and the broadcast take registers:
+  // strips of 8 vectors, the chains both fma pipes need, where the columns fill them (the
+  // rest in strips of JB, whose masked tail keeps its masks in registers). With strips of
+  // 4 (32 float32 columns), BPTT of one sequence at H = 1024 ran at a quarter of the
+  // forward's speed: each strip walks W down its rows, ldw elements apart, and twice the
+  // strips fetched W from L3 twice as often (session 27; requesting the rows ahead by
+  // software made it slower). AVX-512's strips of 4 vectors are already as wide in bytes
+  // (not measured wider).
+  if constexpr (M == 1 && V::row_regs == 0 && Tiling<V>::NREG <= 16) {
+    const int64_t jw = j0 + (j1 - j0) / (8 * W) * (8 * W);
+    gemv_nn_strips<V, M, 8>(K, a, lda, w, ldw, j0, jw, cinit, ldc, acc, ldacc);
+    j0 = jw;
+  }
+  gemv_nn_strips<V, M, JB>(K, a, lda, w, ldw, j0, j1, cinit, ldc, acc, ldacc);
 }
 
 template <class V>

@@ -516,18 +516,20 @@ static void test_in_place_matches_packed(std::mt19937& rng) {
       std::vector<T> A(9 * K), B(K * N), C0(9 * N), bias(N);
       for (auto* v : {&A, &B, &C0, &bias})
         for (auto& e : *v) e = T(nd(rng));
-      for (int nt : {1, 2}) {
-        std::vector<T> Cp = C0, Cd = C0;
-        gemm_cpu<T>(9, N, K, A.data(), K, false, B.data(), N, false, Cp.data(), N,
-                    acc ? nullptr : bias.data(), acc, nt);
-        gemm_cpu<T>(8, N, K, A.data(), K, false, B.data(), N, false, Cd.data(), N,
-                    acc ? nullptr : bias.data(), acc, nt);
-        CHECK(std::equal(Cd.begin(), Cd.begin() + 8 * N, Cp.begin()),
-              "gemm with 8 rows (B read in place) differs from the packed 9-row gemm (K=%ld "
-              "accumulate=%d nt=%d)",
-              long(K), acc, nt);
-        ++checked;
-      }
+      // 8 rows: two groups of 4; 1 and 5: a group of one row (its own strips on AVX2).
+      for (int64_t m : {int64_t(8), int64_t(1), int64_t(5)})
+        for (int nt : {1, 2}) {
+          std::vector<T> Cp = C0, Cd = C0;
+          gemm_cpu<T>(9, N, K, A.data(), K, false, B.data(), N, false, Cp.data(), N,
+                      acc ? nullptr : bias.data(), acc, nt);
+          gemm_cpu<T>(m, N, K, A.data(), K, false, B.data(), N, false, Cd.data(), N,
+                      acc ? nullptr : bias.data(), acc, nt);
+          CHECK(std::equal(Cd.begin(), Cd.begin() + m * N, Cp.begin()),
+                "gemm with %ld rows (B read in place) differs from the packed 9-row gemm (K=%ld "
+                "accumulate=%d nt=%d)",
+                long(m), long(K), acc, nt);
+          ++checked;
+        }
     }
   }
   for (int64_t H : {int64_t(5), int64_t(64), int64_t(300)}) {
@@ -538,29 +540,33 @@ static void test_in_place_matches_packed(std::mt19937& rng) {
       for (auto& v : h) v = T(std::tanh(nd(rng)));
       for (auto& v : G) v = T(nd(rng));
       for (auto& v : dhn) v = T(nd(rng));
-      // The same 8 sequences with and without a ninth: step t's rows are t*B .. t*B+B-1.
-      std::vector<T> h8(Tn * 8 * H), G8(Tn * 8 * H);
-      for (int64_t t = 0; t < Tn; ++t)
-        for (int64_t j = 0; j < 8 * H; ++j) {
-          h8[t * 8 * H + j] = h[t * 9 * H + j];
-          G8[t * 8 * H + j] = G[t * 9 * H + j];
-        }
-      const RecurrenceShape s9{Tn, 9, H, nullptr, bool(rev)}, s8{Tn, 8, H, nullptr, bool(rev)};
-      for (int nt : {1, 2}) {
-        std::vector<T> dP9(Tn * 9 * H), dh09(9 * H), dP8(Tn * 8 * H), dh08(8 * H);
-        rnn_backward_cpu<T>(s9, W.data(), h.data(), H, G.data(), H, dhn.data(), dP9.data(),
-                            dh09.data(), nt);
-        rnn_backward_cpu<T>(s8, W.data(), h8.data(), H, G8.data(), H, dhn.data(), dP8.data(),
-                            dh08.data(), nt);
-        bool same = std::equal(dh08.begin(), dh08.end(), dh09.begin());
+      const RecurrenceShape s9{Tn, 9, H, nullptr, bool(rev)};
+      // The first Bd of the same 9 sequences: step t's rows are t*B .. t*B+B-1. Bd = 8 is
+      // two groups of 4 rows; 1 and 5 have a group of one row (its own strips on AVX2).
+      for (int64_t Bd : {int64_t(8), int64_t(1), int64_t(5)}) {
+        std::vector<T> hd(Tn * Bd * H), Gd(Tn * Bd * H);
         for (int64_t t = 0; t < Tn; ++t)
-          same = same && std::equal(dP8.begin() + t * 8 * H, dP8.begin() + (t + 1) * 8 * H,
-                                    dP9.begin() + t * 9 * H);
-        CHECK(same,
-              "BPTT with B = 8 (W_hh read in place) differs from B = 9 (packed) (H=%ld "
-              "rev=%d nt=%d)",
-              long(H), rev, nt);
-        ++checked;
+          for (int64_t j = 0; j < Bd * H; ++j) {
+            hd[t * Bd * H + j] = h[t * 9 * H + j];
+            Gd[t * Bd * H + j] = G[t * 9 * H + j];
+          }
+        const RecurrenceShape sd{Tn, Bd, H, nullptr, bool(rev)};
+        for (int nt : {1, 2}) {
+          std::vector<T> dP9(Tn * 9 * H), dh09(9 * H), dPd(Tn * Bd * H), dh0d(Bd * H);
+          rnn_backward_cpu<T>(s9, W.data(), h.data(), H, G.data(), H, dhn.data(), dP9.data(),
+                              dh09.data(), nt);
+          rnn_backward_cpu<T>(sd, W.data(), hd.data(), H, Gd.data(), H, dhn.data(), dPd.data(),
+                              dh0d.data(), nt);
+          bool same = std::equal(dh0d.begin(), dh0d.end(), dh09.begin());
+          for (int64_t t = 0; t < Tn; ++t)
+            same = same && std::equal(dPd.begin() + t * Bd * H, dPd.begin() + (t + 1) * Bd * H,
+                                      dP9.begin() + t * 9 * H);
+          CHECK(same,
+                "BPTT with B = %ld (W_hh read in place) differs from B = 9 (packed) (H=%ld "
+                "rev=%d nt=%d)",
+                long(Bd), long(H), rev, nt);
+          ++checked;
+        }
       }
     }
   }

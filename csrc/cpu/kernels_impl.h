@@ -438,9 +438,16 @@ constexpr bool copies_a_trans(long) {
   return false;
 }
 
-// From which lda (elements) gemm copies A^T: one page per k in float32. At lda = 512 the
-// measurements (session 26) were level within the host's noise, so it reads in place there.
-constexpr int64_t kCopyATransMinLd = 1024;
+// From which row length of A^T (lda in bytes) gemm copies it: from 1 KB, four rows k per
+// page. Session 26 copied from 4 KB (float32 lda = 1024; at 2 KB its figures were level
+// within the host's noise); session 27 measured the float64 table too and shorter rows,
+// `bench_kernels gemm M N K 1 0 [f64]`, one thread, ms, the same Zen 3 host, in place
+// against copied, alternated three times: float64 512 x 512 x 6400 (4 KB) 174-189 against
+// 99-136, float64 1024 x 1024 x 6400 627-657 against 478-586, float64 256 x 256 x 6400
+// (2 KB) 36-43 against 27-35, float32 512 x 512 x 6400 (2 KB) 67-80 against 49-64, float64
+// 128 x 128 x 6400 (1 KB) 10.0-12.1 against 8.6-10.2, float32 256 x 256 x 6400 (1 KB)
+// 17.0 against 15.5-19.1 (two threads 9.8-10.6 against 9.0-9.6).
+constexpr int64_t kCopyATransMinLdBytes = 1024;
 
 // gemm with A^T read from a copy: rows [rb, re) of A^T, all K, copied per row block into a
 // compact buffer (K rows of the block's width, 64 bytes rounded), then the same tiles on it.
@@ -483,7 +490,7 @@ void gemm(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda, bool
           const cpu::Epilogue<typename V::scalar_t>& ep) {
   using T = typename V::scalar_t;
   if constexpr (copies_a_trans<V>(0)) {
-    if (a_trans && lda >= kCopyATransMinLd && m > Tiling<V>::MR_MAX)
+    if (a_trans && lda * int64_t(sizeof(T)) >= kCopyATransMinLdBytes && m > Tiling<V>::MR_MAX)
       return gemm_copied_a<V>(m, K, a, lda, bp, pstride, p0, p1, N, cinit, ldc, ep);
   }
   for_each_tile<V>(

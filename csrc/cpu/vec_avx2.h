@@ -22,7 +22,7 @@ struct VecAvx2<float> {
   static constexpr int nregs = 16;
   static constexpr int row_regs = 0;  // A broadcast from memory into one register
   // gemm copies a transposed A with long rows (kernels_impl.h, gemm_copied_a): measured
-  // faster on an AVX2 host; float64 and the other tables read it in place (not measured).
+  // faster on an AVX2 host (float64 too); the other tables read it in place (not measured).
   static constexpr bool copy_a_trans = true;
 
   static reg zero() { return _mm256_setzero_ps(); }
@@ -93,6 +93,7 @@ struct VecAvx2<double> {
   static constexpr const char* isa = "avx2";
   static constexpr int nregs = 16;
   static constexpr int row_regs = 0;  // A broadcast from memory into one register
+  static constexpr bool copy_a_trans = true;  // as float32's
 
   static reg zero() { return _mm256_setzero_pd(); }
   static reg set1(double x) { return _mm256_set1_pd(x); }

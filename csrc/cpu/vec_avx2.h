@@ -92,7 +92,7 @@ struct VecAvx2<double> {
   static constexpr int W = 4;
   static constexpr const char* isa = "avx2";
   static constexpr int nregs = 16;
-  static constexpr int row_regs = 0;  // A broadcast from memory into one register
+  static constexpr int row_regs = 0;          // A broadcast from memory into one register
   static constexpr bool copy_a_trans = true;  // as float32's
 
   static reg zero() { return _mm256_setzero_pd(); }

@@ -61,6 +61,26 @@ bool forward_direct(const RecurrenceShape& s, const KernelTable<T>& k) {
   return unpacked && s.B <= 8 && s.B * s.T <= 32;
 }
 
+// BPTT's own choice between W_hh in place and packed. There the two are the same chains
+// (gemv_nn is bitwise the packed kernel), so the choice is speed alone: in place where
+// forward_direct reads in place, unless W_hh is past L2 (over 512 KB) and the call has 8
+// rows or more over its steps. There each strip of columns of gemv_nn walks W_hh down its
+// rows from L3, while the packed tiles reuse each panel line for all their rows, and
+// packing (about three one-row steps' time at H = 1024) pays for itself. Measured with
+// `bench_kernels 20 B H T`, one thread, BPTT us, in place against packed (Zen 3, AVX2,
+// session 27): float32 B4-H1024-T8 2550 against 1101, B8-H1024-T4 2545 / 1880, B2-H1024-T4
+// 880 / 627, B1-H1024-T16 2135 / 1496, B2-H512-T8 354 / 234, B1-H1024-T8 958 / 901;
+// float64 B4-H512-T8 1167 / 754, B1-H1024-T16 8118 / 4184; but B1-H1024-T4 453 / 696,
+// B1-H1024-T1 110 / 390, B4-H256-T8 97 / 108 (W_hh 256 KB, in L2). The bfloat16 table keeps
+// forward_direct's choice (not measured).
+template <typename T>
+bool backward_direct(const RecurrenceShape& s, const KernelTable<T>& k) {
+  if (!forward_direct(s, k)) return false;
+  if (!k.gemv_nn) return true;
+  const int64_t w_bytes = s.H * s.H * int64_t(sizeof(T));
+  return w_bytes <= (int64_t(512) << 10) || s.B * s.T < 8;
+}
+
 // Threads for a step of B rows: below ~32k multiply-adds per thread and step, waking and
 // synchronizing a second thread costs more than it saves (measured end to end with
 // benchmarks/cpu_table.py, the team on torch's OpenMP workers).
@@ -445,7 +465,7 @@ struct BackwardJob {
   const T* dhn;
   T* dP;
   T* dh0;
-  bool direct;  // forward_direct's shapes: W_hh read in place (same results as packed)
+  bool direct;  // backward_direct: W_hh read in place (same results as packed)
   bool rows;    // split_rows
 };
 
@@ -582,7 +602,7 @@ void rnn_backward_cpu(const RecurrenceShape& s, const scalar_t* W_hh, const scal
   if (s.T <= 0 || s.B <= 0 || s.H <= 0) return;
   const KernelTable<scalar_t>& k = cpu::select_kernels<scalar_t>();
   BackwardJob<scalar_t> job{Recurrence<scalar_t>(s, k), W_hh, h, ldh, G, ldg, dhn, dP, dh0,
-                            forward_direct(s, k),       false};
+                            backward_direct(s, k),      false};
   const TeamPlan team =
       plan_team(s, job.rec.chunks.count, job.rec.packed_bytes(), job.direct, num_threads);
   job.rows = team.rows;

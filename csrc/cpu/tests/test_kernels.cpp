@@ -505,8 +505,9 @@ static void test_strides(std::mt19937& rng) {
 }
 
 // The few-row paths that read W in place must give the packed kernels' results bitwise
-// where they claim to: gemm with B as it is (M <= 8) and BPTT (B <= 8, B * T <= 32). Rows
-// are independent in both, so the first rows of a larger, packed call are the reference.
+// where they claim to: gemm with B as it is (M <= 8) and BPTT (B <= 8, B * T <= 32, W_hh in
+// L2 or under 8 rows: backward_direct). Rows are independent in both, so the first rows of
+// a larger, packed call are the reference.
 template <typename T>
 static void test_in_place_matches_packed(std::mt19937& rng) {
   std::normal_distribution<double> nd(0, 1);
@@ -533,7 +534,9 @@ static void test_in_place_matches_packed(std::mt19937& rng) {
         }
     }
   }
-  for (int64_t H : {int64_t(5), int64_t(64), int64_t(300)}) {
+  // H = 520: W_hh past 512 KB in float32, where BPTT packs it from 8 rows over the steps
+  // (backward_direct): Bd = 8 and 5 packed, Bd = 1 in place.
+  for (int64_t H : {int64_t(5), int64_t(64), int64_t(300), int64_t(520)}) {
     for (int rev = 0; rev < 2; ++rev) {
       const int64_t Tn = 4;
       std::vector<T> W(H * H), h(Tn * 9 * H), G(Tn * 9 * H), dhn(9 * H);

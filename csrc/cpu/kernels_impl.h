@@ -182,8 +182,9 @@ struct Tiling {
   // Accumulators MR*NP*PV plus NP*PV panel vectors plus one broadcast, plus V::row_regs
   // per row (NEON multiplies by a lane of a register that holds that row's A element),
   // must fit the file: no accumulator spilled in the k loop.
-  // One row without row registers (x86): each panel vector feeds a single fma, as its memory
-  // operand, so only the accumulators and the broadcast need registers. (AVX2's 16 registers
+  // One row without row registers (x86; the portable table too, one register per load):
+  // each panel vector feeds a single fma, as its memory operand, so only the accumulators
+  // and the broadcast need registers. (AVX2's 16 registers
   // otherwise gave a one-row step 3 panels, and H = 64, 4 panels, two tiles in a row, each a
   // chain of K dependent fmas: session 27.)
   static constexpr int np_max(int mr) {
@@ -453,7 +454,9 @@ constexpr int64_t kCopyATransMinLdBytes = 1024;
 // compact buffer (K rows of the block's width, 64 bytes rounded), then the same tiles on it.
 // In place, A^T's rows k lie lda elements apart (4 KB at lda = 1024), so a tile's K steps
 // each touch another page (one L1 DTLB miss per k: 512 pages per K block) and the hardware
-// prefetchers, which stay within a page, do not follow; in the copy, 8 rows k share a page.
+// prefetchers, which stay within a page, do not follow; in the copy, 8 rows k share a page
+// (with rows of 1-2 KB, 2-4 rows k per page in place: still several pages per tile's K
+// steps, and the copy measured faster there too, see kCopyATransMinLdBytes).
 // The same fma chains on the same values: the results are the in-place path's, bit for bit.
 // Measured on an AVX2 host (Zen 3, 2 cores, session 26), dW = dP^T x at 1024 x 1024 x 25600:
 // see docs/cpu_kernels.md, "Session 26".
@@ -700,8 +703,9 @@ void gemv_nt(int64_t m, int64_t K, const typename V::scalar_t* a, int64_t lda,
 // (cinit ? cinit[r*ldc + j] : 0) + sum_k a[r*lda + k] * w[k*ldw + j], r < m, j in [j0, j1).
 // Each element is the packed micro-kernel's chain (one fma per k, in order, from zero or
 // cinit), so the result is bitwise the packed kernel's: only the memory access differs.
-// Columns in strips of JB vectors, each strip down all rows k of W.
-template <class V, int M, int JB>
+// Columns in strips of JB vectors, each strip down all rows k of W; TAIL false: [j0, j1) is
+// whole strips (no masked code compiled).
+template <class V, int M, int JB, bool TAIL = true>
 void gemv_nn_strips(int64_t K, const typename V::scalar_t* a, int64_t lda,
                     const typename V::scalar_t* w, int64_t ldw, int64_t j0, int64_t j1,
                     const typename V::scalar_t* cinit, int64_t ldc, typename V::scalar_t* acc,
@@ -722,7 +726,7 @@ void gemv_nn_strips(int64_t K, const typename V::scalar_t* a, int64_t lda,
 #pragma GCC unroll 8
       for (int q = 0; q < JB; ++q)
         c[r][q] = cinit ? V::load_masked(cinit + r * ldc + j + q * W, mk[q]) : V::zero();
-    if (ncols == JB * W) {
+    if (!TAIL || ncols == JB * W) {
       for (int64_t k = 0; k < K; ++k) {
         R wv[JB];
 #pragma GCC unroll 8
@@ -734,7 +738,7 @@ void gemv_nn_strips(int64_t K, const typename V::scalar_t* a, int64_t lda,
           for (int q = 0; q < JB; ++q) c[r][q] = V::fma(av, wv[q], c[r][q]);
         }
       }
-    } else {
+    } else if constexpr (TAIL) {
       for (int64_t k = 0; k < K; ++k) {
         R wv[JB];
 #pragma GCC unroll 8
@@ -762,7 +766,8 @@ void gemv_nn_rows(int64_t K, const typename V::scalar_t* a, int64_t lda,
   constexpr int W = V::W;
   constexpr int JBR = (Tiling<V>::NREG - 2) / (M + 1);
   constexpr int JB = JBR > 4 ? 4 : (JBR < 1 ? 1 : JBR);
-  // One row with AVX2 (16 registers, no row registers): each W vector feeds a single fma,
+  // One row with AVX2 (16 registers, no row registers; so too the portable table where it
+  // has 16, whose loads then take a register each: still 10): each W vector feeds a single fma,
   // as its memory operand, so only the accumulators and the broadcast take registers:
   // strips of 8 vectors, the chains both fma pipes need, where the columns fill them (the
   // rest in strips of JB, whose masked tail keeps its masks in registers). With strips of
@@ -773,7 +778,7 @@ void gemv_nn_rows(int64_t K, const typename V::scalar_t* a, int64_t lda,
   // (not measured wider).
   if constexpr (M == 1 && V::row_regs == 0 && Tiling<V>::NREG <= 16) {
     const int64_t jw = j0 + (j1 - j0) / (8 * W) * (8 * W);
-    gemv_nn_strips<V, M, 8>(K, a, lda, w, ldw, j0, jw, cinit, ldc, acc, ldacc);
+    gemv_nn_strips<V, M, 8, false>(K, a, lda, w, ldw, j0, jw, cinit, ldc, acc, ldacc);
     j0 = jw;
   }
   gemv_nn_strips<V, M, JB>(K, a, lda, w, ldw, j0, j1, cinit, ldc, acc, ldacc);

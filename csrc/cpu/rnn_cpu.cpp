@@ -43,7 +43,8 @@ T* panel_buffer(size_t elems) {
   return static_cast<T*>(buf.get(elems * sizeof(T)));
 }
 
-// Accumulators of the unpacked path (few rows: see forward_direct), one buffer per thread.
+// Accumulators of the unpacked path (few rows: see forward_direct, backward_direct), one
+// buffer per thread.
 template <typename T>
 T* row_buffer(size_t elems) {
   thread_local cpu::AlignedBuffer buf;
@@ -71,7 +72,9 @@ bool forward_direct(const RecurrenceShape& s, const KernelTable<T>& k) {
 // session 27): float32 B4-H1024-T8 2550 against 1101, B8-H1024-T4 2545 / 1880, B2-H1024-T4
 // 880 / 627, B1-H1024-T16 2135 / 1496, B2-H512-T8 354 / 234, B1-H1024-T8 958 / 901;
 // float64 B4-H512-T8 1167 / 754, B1-H1024-T16 8118 / 4184; but B1-H1024-T4 453 / 696,
-// B1-H1024-T1 110 / 390, B4-H256-T8 97 / 108 (W_hh 256 KB, in L2). The bfloat16 table keeps
+// B1-H1024-T1 110 / 390, B4-H256-T8 97 / 108 (W_hh 256 KB, in L2). The bound is that
+// host's L2 (512 KB); on hosts with 1 MB (Zen 4, Zen 5) and for the AVX-512, NEON and
+// portable tables, which take the same rule, not measured. The bfloat16 table keeps
 // forward_direct's choice (not measured).
 template <typename T>
 bool backward_direct(const RecurrenceShape& s, const KernelTable<T>& k) {

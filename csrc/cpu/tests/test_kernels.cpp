@@ -546,7 +546,8 @@ static void test_in_place_matches_packed(std::mt19937& rng) {
       for (auto& v : dhn) v = T(nd(rng));
       const RecurrenceShape s9{Tn, 9, H, nullptr, bool(rev)};
       // The first Bd of the same 9 sequences: step t's rows are t*B .. t*B+B-1. Bd = 8 is
-      // two groups of 4 rows; 1 and 5 have a group of one row (its own strips on AVX2).
+      // two groups of 4 rows; 1 and 5 have a group of one row: at Bd = 1 over chunks of 4
+      // panels (the 8-vector strips on AVX2 from H = 64), at Bd = 5 over chunks of 2.
       for (int64_t Bd : {int64_t(8), int64_t(1), int64_t(5)}) {
         std::vector<T> hd(Tn * Bd * H), Gd(Tn * Bd * H);
         for (int64_t t = 0; t < Tn; ++t)
@@ -572,6 +573,43 @@ static void test_in_place_matches_packed(std::mt19937& rng) {
           ++checked;
         }
       }
+    }
+  }
+  // One-row packed tiles (1 x 4 panels on every table since session 27) against two-row
+  // ones: a single sequence (B = 1, T = 40: packed, not in place) must give the first of
+  // two sequences' bits, forward and BPTT, both directions.
+  for (int64_t H : {int64_t(64), int64_t(100), int64_t(300)}) {
+    for (int rev = 0; rev < 2; ++rev) {
+      const int64_t Tn = 40;
+      std::vector<T> W(H * H), P(Tn * 2 * H), G(Tn * 2 * H), dhn(2 * H);
+      for (auto& v : W) v = T(nd(rng) / std::sqrt(double(H)));
+      for (auto& v : P) v = T(nd(rng));
+      for (auto& v : G) v = T(nd(rng));
+      for (auto& v : dhn) v = T(nd(rng));
+      std::vector<T> P1(Tn * H), G1(Tn * H);
+      for (int64_t t = 0; t < Tn; ++t)
+        for (int64_t j = 0; j < H; ++j) {
+          P1[t * H + j] = P[t * 2 * H + j];
+          G1[t * H + j] = G[t * 2 * H + j];
+        }
+      const RecurrenceShape s2{Tn, 2, H, nullptr, bool(rev)}, s1{Tn, 1, H, nullptr, bool(rev)};
+      std::vector<T> h2(Tn * 2 * H), hn2(2 * H), h1(Tn * H), hn1(H);
+      rnn_forward_cpu<T>(s2, P.data(), W.data(), nullptr, h2.data(), H, hn2.data(), 1);
+      rnn_forward_cpu<T>(s1, P1.data(), W.data(), nullptr, h1.data(), H, hn1.data(), 1);
+      std::vector<T> dP2(Tn * 2 * H), dh02(2 * H), dP1(Tn * H), dh01(H);
+      rnn_backward_cpu<T>(s2, W.data(), h2.data(), H, G.data(), H, dhn.data(), dP2.data(),
+                          dh02.data(), 1);
+      rnn_backward_cpu<T>(s1, W.data(), h1.data(), H, G1.data(), H, dhn.data(), dP1.data(),
+                          dh01.data(), 1);
+      bool same = std::equal(hn1.begin(), hn1.end(), hn2.begin()) &&
+                  std::equal(dh01.begin(), dh01.end(), dh02.begin());
+      for (int64_t t = 0; t < Tn; ++t)
+        same = same &&
+               std::equal(h1.begin() + t * H, h1.begin() + (t + 1) * H, h2.begin() + t * 2 * H) &&
+               std::equal(dP1.begin() + t * H, dP1.begin() + (t + 1) * H, dP2.begin() + t * 2 * H);
+      CHECK(same, "one sequence differs from the first of two (packed tiles, H=%ld rev=%d)",
+            long(H), rev);
+      ++checked;
     }
   }
   std::printf("in place vs packed (%s): %d cases: %s\n", sizeof(T) == 4 ? "f32" : "f64", checked,

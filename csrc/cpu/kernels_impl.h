@@ -182,11 +182,11 @@ struct Tiling {
   // Accumulators MR*NP*PV plus NP*PV panel vectors plus one broadcast, plus V::row_regs
   // per row (NEON multiplies by a lane of a register that holds that row's A element),
   // must fit the file: no accumulator spilled in the k loop.
-  // One row without row registers (x86; the portable table too, one register per load):
-  // each panel vector feeds a single fma, as its memory operand, so only the accumulators
-  // and the broadcast need registers. (AVX2's 16 registers
-  // otherwise gave a one-row step 3 panels, and H = 64, 4 panels, two tiles in a row, each a
-  // chain of K dependent fmas: session 27.)
+  // One row without row registers: each panel vector feeds a single fma, as its memory
+  // operand on x86 (the portable table loads it into one temporary register), so only the
+  // accumulators and the broadcast need registers. (Counted as above, AVX2's 16 registers
+  // gave a one-row step 3 panels: at H = 64, 4 panels, a step ran two tiles one after the
+  // other, each a chain of K dependent fmas. Session 27.)
   static constexpr int np_max(int mr) {
     const int n = (mr == 1 && V::row_regs == 0) ? (NREG - 2) / PV
                                                 : (NREG - 2 - V::row_regs * mr) / (PV * mr + PV);
@@ -766,13 +766,13 @@ void gemv_nn_rows(int64_t K, const typename V::scalar_t* a, int64_t lda,
   constexpr int W = V::W;
   constexpr int JBR = (Tiling<V>::NREG - 2) / (M + 1);
   constexpr int JB = JBR > 4 ? 4 : (JBR < 1 ? 1 : JBR);
-  // One row with AVX2 (16 registers, no row registers; so too the portable table where it
-  // has 16, whose loads then take a register each: still 10): each W vector feeds a single fma,
-  // as its memory operand, so only the accumulators and the broadcast take registers:
-  // strips of 8 vectors, the chains both fma pipes need, where the columns fill them (the
-  // rest in strips of JB, whose masked tail keeps its masks in registers). With strips of
-  // 4 (32 float32 columns), BPTT of one sequence at H = 1024 ran at a quarter of the
-  // forward's speed: each strip walks W down its rows, ldw elements apart, and twice the
+  // One row on a 16-register table without row registers (AVX2; the portable one too):
+  // each W vector feeds a single fma, as its memory operand on x86 (the portable table loads
+  // it into one temporary register), so only the accumulators and the broadcast take
+  // registers: strips of 8 vectors, the chains both fma pipes need, where the columns fill
+  // them (the rest in strips of JB, whose masked tail keeps its masks in registers). With
+  // strips of 4 (32 float32 columns), BPTT of one sequence at H = 1024 ran at a quarter of
+  // the forward's speed: each strip walks W down its rows, ldw elements apart, and twice the
   // strips fetched W from L3 twice as often (session 27; requesting the rows ahead by
   // software made it slower). AVX-512's strips of 4 vectors are already as wide in bytes
   // (not measured wider).

@@ -504,6 +504,16 @@ static void test_strides(std::mt19937& rng) {
               g_fail ? "FAILED" : "ok");
 }
 
+// The first b of B sequences of a padded [Tn, B, H] buffer, as [Tn, b, H].
+template <typename T>
+static std::vector<T> first_sequences(const std::vector<T>& v, int64_t Tn, int64_t B, int64_t b,
+                                      int64_t H) {
+  std::vector<T> out(size_t(Tn * b * H));
+  for (int64_t t = 0; t < Tn; ++t)
+    std::copy_n(v.begin() + t * B * H, b * H, out.begin() + t * b * H);
+  return out;
+}
+
 // The few-row paths that read W in place must give the packed kernels' results bitwise
 // where they claim to: gemm with B as it is (M <= 8) and BPTT (B <= 8, B * T <= 32, W_hh in
 // L2 or under 8 rows: backward_direct). Rows are independent in both, so the first rows of
@@ -549,12 +559,8 @@ static void test_in_place_matches_packed(std::mt19937& rng) {
       // two groups of 4 rows; 1 and 5 have a group of one row: at Bd = 1 over chunks of 4
       // panels (the 8-vector strips on AVX2 from H = 64), at Bd = 5 over chunks of 2.
       for (int64_t Bd : {int64_t(8), int64_t(1), int64_t(5)}) {
-        std::vector<T> hd(Tn * Bd * H), Gd(Tn * Bd * H);
-        for (int64_t t = 0; t < Tn; ++t)
-          for (int64_t j = 0; j < Bd * H; ++j) {
-            hd[t * Bd * H + j] = h[t * 9 * H + j];
-            Gd[t * Bd * H + j] = G[t * 9 * H + j];
-          }
+        const std::vector<T> hd = first_sequences(h, Tn, 9, Bd, H);
+        const std::vector<T> Gd = first_sequences(G, Tn, 9, Bd, H);
         const RecurrenceShape sd{Tn, Bd, H, nullptr, bool(rev)};
         for (int nt : {1, 2}) {
           std::vector<T> dP9(Tn * 9 * H), dh09(9 * H), dPd(Tn * Bd * H), dh0d(Bd * H);
@@ -562,10 +568,8 @@ static void test_in_place_matches_packed(std::mt19937& rng) {
                               dh09.data(), nt);
           rnn_backward_cpu<T>(sd, W.data(), hd.data(), H, Gd.data(), H, dhn.data(), dPd.data(),
                               dh0d.data(), nt);
-          bool same = std::equal(dh0d.begin(), dh0d.end(), dh09.begin());
-          for (int64_t t = 0; t < Tn; ++t)
-            same = same && std::equal(dPd.begin() + t * Bd * H, dPd.begin() + (t + 1) * Bd * H,
-                                      dP9.begin() + t * 9 * H);
+          const bool same = std::equal(dh0d.begin(), dh0d.end(), dh09.begin()) &&
+                            dPd == first_sequences(dP9, Tn, 9, Bd, H);
           CHECK(same,
                 "BPTT with B = %ld (W_hh read in place) differs from B = 9 (packed) (H=%ld "
                 "rev=%d nt=%d)",
@@ -586,12 +590,8 @@ static void test_in_place_matches_packed(std::mt19937& rng) {
       for (auto& v : P) v = T(nd(rng));
       for (auto& v : G) v = T(nd(rng));
       for (auto& v : dhn) v = T(nd(rng));
-      std::vector<T> P1(Tn * H), G1(Tn * H);
-      for (int64_t t = 0; t < Tn; ++t)
-        for (int64_t j = 0; j < H; ++j) {
-          P1[t * H + j] = P[t * 2 * H + j];
-          G1[t * H + j] = G[t * 2 * H + j];
-        }
+      const std::vector<T> P1 = first_sequences(P, Tn, 2, 1, H),
+                           G1 = first_sequences(G, Tn, 2, 1, H);
       const RecurrenceShape s2{Tn, 2, H, nullptr, bool(rev)}, s1{Tn, 1, H, nullptr, bool(rev)};
       std::vector<T> h2(Tn * 2 * H), hn2(2 * H), h1(Tn * H), hn1(H);
       rnn_forward_cpu<T>(s2, P.data(), W.data(), nullptr, h2.data(), H, hn2.data(), 1);
@@ -601,12 +601,10 @@ static void test_in_place_matches_packed(std::mt19937& rng) {
                           dh02.data(), 1);
       rnn_backward_cpu<T>(s1, W.data(), h1.data(), H, G1.data(), H, dhn.data(), dP1.data(),
                           dh01.data(), 1);
-      bool same = std::equal(hn1.begin(), hn1.end(), hn2.begin()) &&
-                  std::equal(dh01.begin(), dh01.end(), dh02.begin());
-      for (int64_t t = 0; t < Tn; ++t)
-        same = same &&
-               std::equal(h1.begin() + t * H, h1.begin() + (t + 1) * H, h2.begin() + t * 2 * H) &&
-               std::equal(dP1.begin() + t * H, dP1.begin() + (t + 1) * H, dP2.begin() + t * 2 * H);
+      const bool same = std::equal(hn1.begin(), hn1.end(), hn2.begin()) &&
+                        std::equal(dh01.begin(), dh01.end(), dh02.begin()) &&
+                        h1 == first_sequences(h2, Tn, 2, 1, H) &&
+                        dP1 == first_sequences(dP2, Tn, 2, 1, H);
       CHECK(same, "one sequence differs from the first of two (packed tiles, H=%ld rev=%d)",
             long(H), rev);
       ++checked;

@@ -461,6 +461,39 @@ def test_sparse_output_gradients_give_the_dense_ones_gradients(kwargs):
         assert torch.equal(a, b)
 
 
+def _expanded_hx(B, H):
+    return torch.zeros(1, 1, H, dtype=f64).expand(1, B, H)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m(pack_sequence([torch.randn(5, 3, dtype=f64), torch.randn(2, 3, dtype=f64)])),
+        lambda m: m(torch.randn(5, 2, 3, dtype=f64), _expanded_hx(2, 4)),
+        lambda m: m(torch.randn(5, 2, 3, dtype=f64)),
+        lambda m: m(torch.randn(2, 5, 3, dtype=f64).transpose(0, 1)),
+    ],
+    ids=["packed", "expanded_hx", "padded", "strided_input"],
+)
+def test_h_n_takes_in_place_changes_like_nn_rnn(call):
+    """h_n of one layer is a tensor of its own, as nn.RNN's (it was a view of the layer's
+    [B, H] on the general path: h_n.detach_() raised, and so did an in-place change of a
+    no_grad h_n by a tensor that requires grad)."""
+    ref, ours = _rnn_pair(input_size=3, hidden_size=4)
+    w = torch.ones(4, dtype=f64, requires_grad=True)
+    for m in (ref, ours):
+        torch.manual_seed(1)
+        _, h_n = call(m)
+        assert not h_n._is_view()
+        h_n.detach_()  # truncated BPTT, in place
+        assert not h_n.requires_grad
+        with torch.no_grad():
+            torch.manual_seed(1)
+            _, h_n = call(m)
+        h_n.mul_(w)
+        assert h_n.requires_grad
+
+
 def test_conversion_keeps_the_activation_the_source_runs():
     """nn.RNN runs by mode: a converted module takes its activation from there, not from a
     nonlinearity assigned after construction (which the source ignores)."""
@@ -1060,6 +1093,25 @@ def test_cpu_bf16_autocast_cell_and_float64_untouched():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, hn = rnn64(torch.randn(5, 2, 3, dtype=f64))
     assert out.dtype == hn.dtype == f64
+
+
+@pytest.mark.parametrize("hx_dtype", [f64, torch.int64, torch.float16], ids=str)
+@pytest.mark.parametrize("cell", [False, True], ids=["rnn", "cell"])
+def test_cpu_autocast_hx_dtype_like_nn_rnn(cell, hx_dtype):
+    """Under CPU autocast a float32 input with a float64 (or integer) hx raises nn.RNN's
+    RuntimeError (autocast casts neither; the op's own TypeError came through before); a
+    float16 hx is cast with the input and runs, as in nn.RNN."""
+    ref, ours = (_cell_pair if cell else _rnn_pair)(f32, input_size=3, hidden_size=4)
+    x = torch.randn(2, 3) if cell else torch.randn(5, 2, 3)
+    hx = torch.zeros((2, 4) if cell else (1, 2, 4), dtype=hx_dtype)
+    for m in (ref, ours):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if hx_dtype == torch.float16:
+                out = m(x, hx)
+                assert (out if cell else out[0]).dtype == torch.bfloat16
+            else:
+                with pytest.raises(RuntimeError):
+                    m(x, hx)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)

@@ -72,7 +72,10 @@ def _check_hidden_matches(input: Tensor, hx: Tensor) -> None:
             "Input and hidden tensors are not at the same device, found input tensor at "
             f"{input.device} and hidden tensor at {hx.device}"
         )
-    if hx.dtype != input.dtype and _autocast_dtype(input) is None:
+    # Under autocast a floating hx is cast with the input, except a float64 one (autocast
+    # leaves float64 alone): nn.RNN's GEMMs then refuse it with a RuntimeError, so must we.
+    castable = hx.is_floating_point() and hx.dtype != torch.float64
+    if hx.dtype != input.dtype and (_autocast_dtype(input) is None or not castable):
         raise RuntimeError(f"hx dtype ({hx.dtype}) does not match input dtype ({input.dtype})")
 
 
@@ -617,7 +620,10 @@ class RNN(nn.RNNBase):
                 final_states.append(hn)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        hidden = final_states[0][None] if len(final_states) == 1 else torch.stack(final_states)
+        # A stack of one too: h_n is a tensor of its own, as nn.RNN's, not a view of the
+        # layer's [B, H] (a view refuses h_n.detach_(), and an in-place change by a tensor
+        # that requires grad when computed under no_grad).
+        hidden = torch.stack(final_states)
         output = layer_input
         autocast_dtype = _autocast_dtype(input)
         if autocast_dtype is not None:

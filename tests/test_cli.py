@@ -242,6 +242,37 @@ def test_bench_flags_a_nan_gradient_it_does_not_compare(monkeypatch, capsys):
     assert "WRONG" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("off", ["nn.RNN", "fusedrnn"])
+def test_bench_asks_float64_which_module_is_off(monkeypatch, capsys, off):
+    """Where the two modules disagree, nn.RNN in float64 on the same values decides: a case
+    where nn.RNN's float32 gradient is off (as relu's gate flips made it at T=200, B=64,
+    H=256) passes as `ok (float64)`, timed; one where fusedrnn's is off stays WRONG."""
+    from fusedrnn import bench
+
+    results = bench._Workload.results
+
+    def one_off(self, module):
+        out = results(self, module)
+        float32 = next(module.parameters()).dtype == torch.float32
+        if float32 and (module is self.reference) == (off == "nn.RNN"):
+            out[-1] = out[-1] + 1e-2 * out[-1].abs().max()  # a gradient, off by 1e-2
+        return out
+
+    monkeypatch.setattr(bench._Workload, "results", one_off)
+    argv = [*TINY_BENCH, "--mode", "training", "--device", "cpu"]
+    assert main(argv) == (0 if off == "nn.RNN" else 1)
+    captured = capsys.readouterr()
+    rows = [line for line in captured.out.splitlines() if line.startswith("cpu f32 train")]
+    assert rows
+    for row in rows:
+        if off == "nn.RNN":
+            assert row.endswith("ok (float64)") and "x " in row  # timed: a speed-up
+        else:
+            assert row.endswith("WRONG (float64)")
+    if off == "fusedrnn":
+        assert "and from float64 by 1.0" in captured.err
+
+
 def test_bench_flags_a_wrong_kernel_and_does_not_time_it(monkeypatch, capsys):
     """A fast wrong answer never looks good: the case is marked WRONG and not timed."""
     forward = fusedrnn.ops.forward_into_cpu  # the CPU forward: projection + recurrence
@@ -258,9 +289,9 @@ def test_bench_flags_a_wrong_kernel_and_does_not_time_it(monkeypatch, capsys):
     assert main([*TINY_BENCH, "--mode", "inference", "--device", "cpu"]) == 1
     captured = capsys.readouterr()
     row = next(line for line in captured.out.splitlines() if line.startswith("cpu f32 infer"))
-    assert row.split()[-1] == "WRONG"
+    assert row.endswith("WRONG (float64)")  # float64 too finds fusedrnn off by 1e-3
     assert "1.0e-03" in row and "   -   " in row
-    assert "fusedrnn differs from nn.RNN" in captured.err
+    assert "fusedrnn differs from nn.RNN, and from float64 by" in captured.err
 
 
 @pytest.mark.parametrize("failure", ["IndexError", "no_gradient"])

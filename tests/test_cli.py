@@ -53,6 +53,9 @@ def _error(argv, capsys) -> str:
         (["bench", "--device", "tpu"], "argument --device: invalid device 'tpu'"),
         (["bench", "--device", "meta"], "argument --device: 'meta' is not a CPU or CUDA device"),
         (["bench", "--device", "cpu,cpu:1"], "argument --device: 'cpu:1': the CPU is one device"),
+        # gradcheck's --device has bench's checks (it took cpu:1 before session 28)
+        (["gradcheck", "--device", "cpu:1"], "argument --device: 'cpu:1': the CPU is one device"),
+        (["gradcheck", "--device", "meta"], "argument --device: 'meta' is not a CPU or CUDA"),
         (["bench", "--quick", "--full"], "argument --full: not allowed with argument --quick"),
         (
             ["bench", "--seq", "100000", "--batch", "100000", "--hidden", "4096"],
@@ -118,6 +121,12 @@ def _error(argv, capsys) -> str:
         (
             ["gradcheck", "--flow", "--seq", "100000", "--hidden", "1024"],
             "--flow (10 flows of T = 100000, H = 1024) needs about",
+        ),
+        # Few flops, hours of steps (the NumPy reference steps each sequence in Python):
+        # accepted before session 28, about 6-7 h measured.
+        (
+            ["gradcheck", "--seq", "100000", "--batch", "64", "--hidden", "1", "--input", "1"],
+            "the 16 configurations would step for about",
         ),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         ([], "the following arguments are required: COMMAND"),

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 __all__ = [
     "check_memory",
     "choice_list",
+    "device",
     "format_table",
     "markdown_table",
     "output_file",
@@ -178,6 +179,30 @@ def choice_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
         return list(dict.fromkeys(values))
 
     return parse
+
+
+def device(parser: argparse.ArgumentParser, name: str, forms: str = "cpu, cuda or cuda:N"):
+    """``--device name`` as a ``torch.device`` that exists here, else the parser's error
+    naming it (``forms``: the spellings the option takes, for the message)."""
+    import torch  # (the CLI's parser is built before torch is needed)
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        parser.error(f"argument --device: invalid device {name!r} (use {forms})")
+    if dev.type not in ("cpu", "cuda"):
+        parser.error(f"argument --device: {name!r} is not a CPU or CUDA device")
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        parser.error(f"argument --device: {name!r}: the CPU is one device, 'cpu'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(f"argument --device: {name!r} requested but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            parser.error(
+                f"argument --device: {name!r} does not exist "
+                f"({torch.cuda.device_count()} GPU(s) visible)"
+            )
+    return dev
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -715,22 +715,7 @@ def _devices(parser: argparse.ArgumentParser, spec: str) -> list[str]:
         return ["cpu", "cuda"]
     devices = []
     for name in dict.fromkeys(part.strip() for part in spec.split(",")):
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            parser.error(f"argument --device: invalid device {name!r} (use cpu, cuda, cuda:N, all)")
-        if device.type not in ("cpu", "cuda"):
-            parser.error(f"argument --device: {name!r} is not a CPU or CUDA device")
-        if device.type == "cpu" and device.index not in (None, 0):
-            parser.error(f"argument --device: {name!r}: the CPU is one device, 'cpu'")
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                parser.error(f"argument --device: {name!r} requested but CUDA is not available")
-            if device.index is not None and device.index >= torch.cuda.device_count():
-                parser.error(
-                    f"argument --device: {name!r} does not exist "
-                    f"({torch.cuda.device_count()} GPU(s) visible)"
-                )
+        device = _cli.device(parser, name, "cpu, cuda, cuda:N, all")
         devices.append("cpu" if device.type == "cpu" else str(device))
     return list(dict.fromkeys(devices))  # cpu and cpu:0 are one device
 

@@ -28,7 +28,8 @@ last step, through the fused BPTT kernel, for several spectral radii of W_hh:
          the gradient by W_hh^T and by tanh' <= 1, so it vanishes for rho < 1; for
          rho > 1 it grows while the states are small, until tanh saturates.
   relu   W_hh >= 0 scaled to spectral radius rho, inputs and bias > 0, so every unit
-         stays active (the linear regime): the gradient shrinks or grows by rho per step.
+         stays active (the linear regime), and g >= 0: the gradient shrinks or grows by
+         rho per step.
 
 Importable: ``check(module_or_config)`` returns a :class:`Report`; ``gradient_flow``
 returns the norms.
@@ -492,19 +493,22 @@ def _check_finite_differences(
     rows = []
     with torch.no_grad():
         for name, t in problem.inputs().items():
-            flat = t.view(-1)
-            n = flat.numel()
+            n = t.numel()
             picked = (
                 np.arange(n) if n <= max_elements else rng.choice(n, max_elements, replace=False)
             )
             numeric = np.empty(len(picked))
             for k, i in enumerate(picked):
-                original = flat[i].item()
-                flat[i] = original + FD_EPS
+                # The element by its index, in row-major order as reshape(-1) below counts:
+                # a module's parameter may be any strided tensor (a transposed one could not
+                # be viewed flat).
+                at = tuple(int(j) for j in np.unravel_index(i, tuple(t.shape)))
+                original = t[at].item()
+                t[at] = original + FD_EPS
                 plus = problem.loss()[0].item()
-                flat[i] = original - FD_EPS
+                t[at] = original - FD_EPS
                 minus = problem.loss()[0].item()
-                flat[i] = original
+                t[at] = original
                 numeric[k] = (plus - minus) / (2 * FD_EPS)
             analytic = fused[name].reshape(-1)[picked]
             note = "" if n <= max_elements else f"{len(picked)} of {n} elements"
@@ -815,7 +819,10 @@ def gradient_flow(
     rng = np.random.default_rng(seed)
     w_ih, w_hh, b = _flow_weights(nonlinearity, radius, I, H, rng)
     x = rng.standard_normal((T, I)) if nonlinearity == "tanh" else rng.uniform(0, 1, (T, I))
-    g = rng.standard_normal(H)
+    # relu: g >= 0 too, so that no step cancels in W_hh >= 0 (a g of mixed signs cut the
+    # first step back by 4-16x whatever rho, and --seq 20 reported 1.0008 per step at
+    # rho = 1.2); tanh's orthogonal W_hh keeps any g's norm.
+    g = rng.standard_normal(H) if nonlinearity == "tanh" else rng.uniform(0, 1, H)
     g /= np.linalg.norm(g)
 
     def tensor(a: np.ndarray) -> Tensor:
@@ -835,7 +842,18 @@ def gradient_flow(
             w_hh_t, h, grad_h, torch.zeros_like(h0), no_batch_sizes, False, nonlinearity
         )
         dh = torch.cat([dh0, dP[1:] @ w_hh_t, grad_h[-1:]])  # [T + 1, H]: t = 0..T
-    return dh.double().norm(dim=1).cpu().numpy()
+    return _row_norms(dh.double())
+
+
+def _row_norms(a: Tensor) -> np.ndarray:
+    """The 2-norm of each row, scaled by the row's largest magnitude first: a plain norm
+    squares the entries, so it gave 0 below ~1e-162 and inf above ~1e154, long before
+    float64's limits (--seq 2000 at rho = 0.8 printed 0 for t = 0 and a factor of 0)."""
+    scale = a.abs().amax(dim=1, keepdim=True)
+    finite = torch.isfinite(scale) & (scale > 0)
+    norms = (a / torch.where(finite, scale, 1.0)).norm(dim=1) * torch.where(finite, scale, 1.0)[:, 0]
+    # A row with an infinity (or NaN) keeps what the plain norm gives it: inf (or NaN).
+    return torch.where(finite[:, 0], norms, a.norm(dim=1)).cpu().numpy()
 
 
 def _flow_table(flows: dict[tuple[str, float], np.ndarray], T: int) -> str:
@@ -978,15 +996,8 @@ def _radii(text: str) -> list[float]:
 
 
 def _device(parser: argparse.ArgumentParser, name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        parser.error(f"argument --device: invalid device {name!r} (use cpu, cuda or cuda:N)")
-    if device.type not in ("cpu", "cuda"):
-        parser.error(f"argument --device: {name!r} is not a CPU or CUDA device")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"argument --device: {name!r} requested but CUDA is not available")
-    return device
+    # bench's checks: a CPU index other than 0 and a GPU that is not there are refused too.
+    return _cli.device(parser, name)
 
 
 def _grid(args: argparse.Namespace) -> list[Config]:
@@ -1046,6 +1057,35 @@ def _check_cost(config: Config, checks: Sequence[str]) -> tuple[float, float]:
     elements = config.T * config.B * (config.I + 2 * D * config.H * config.layers)
     elements += config.layers * D * config.H * (config.I + D * config.H + config.H + 2)
     return passes * _forward_flops(config), 8.0 * 8 * elements
+
+
+# Time the flop count does not see, in seconds (measured on the 2-core hosts, session 28):
+# the NumPy reference loops over each sequence's steps in Python (~47 us a step of one
+# sequence of one layer-direction, forward and back, at H = 1), and a pass of the kernels
+# takes ~0.3-2.5 us a step of a layer-direction at small sizes, however few its flops.
+_REFERENCE_STEP_S = 5e-5
+_KERNEL_STEP_S = 1e-6
+_MAX_SECONDS = 3600.0  # the whole grid
+
+
+def _check_seconds(config: Config, checks: Sequence[str]) -> float:
+    """A rough estimate of the seconds ``check(config, checks=...)`` spends stepping (see
+    _REFERENCE_STEP_S): what a long sequence of small layers costs where its flops are
+    few. The finite differences take 2 passes per sampled element (at most 256 a tensor)."""
+    D = 2 if config.bidirectional else 1
+    steps = config.layers * D * config.T  # of one pass
+    seconds = 0.0
+    if "reference" in checks:
+        seconds += steps * config.B * _REFERENCE_STEP_S
+    passes = 40.0
+    if "finite-diff" in checks:
+        sizes = [config.T * config.B * config.I, config.layers * D * config.B * config.H]
+        for layer in range(config.layers):
+            I = config.I if layer == 0 else D * config.H
+            per = [config.H * I, config.H * config.H] + [config.H] * (2 if config.bias else 0)
+            sizes += per * D
+        passes += 2.0 * sum(min(n, 256) for n in sizes)
+    return seconds + passes * steps * _KERNEL_STEP_S
 
 
 def _refuse_costly(
@@ -1135,6 +1175,15 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
             parser, f"configuration {config.label} ({sizes})", *_check_cost(config, args.checks),
             "--seq, --batch or --hidden (or leave finite-diff out of --checks)",
         )  # fmt: skip
+    seconds = sum(_check_seconds(config, args.checks) for config in configs)
+    if seconds > _MAX_SECONDS:
+        parser.error(
+            f"the {len(configs)} configurations would step for about {seconds / 3600:.1f} h "
+            f"(long sequences: the NumPy reference steps each sequence in Python, the "
+            f"finite differences run the kernels some 1000 times), more than this command "
+            f"runs ({_MAX_SECONDS / 3600:.0f} h): lower --seq or --batch, or choose fewer "
+            f"configurations or --checks"
+        )
     print(
         f"fusedrnn gradcheck: {len(configs)} configurations on {device}, float64, "
         f"checks {', '.join(args.checks)}",

@@ -393,9 +393,12 @@ def _no_tf32():
 
 def run_case(case: Case, min_time: float, warmup: int = 1, seed: int = 0) -> Result:
     """Check fusedrnn against nn.RNN on ``case``, then time both (only if they agree).
-    On CUDA both run with TF32 off (``_no_tf32``)."""
+    On CUDA both run with TF32 off (``_no_tf32``), with the case's GPU current."""
     if case.device.startswith("cuda"):
-        with _no_tf32():
+        # On the case's GPU as the current device: the timer's events and synchronize
+        # act on the current device (cuda:1 was timed by events on cuda:0's stream).
+        index = torch.device(case.device).index
+        with _no_tf32(), torch.cuda.device(torch.cuda.current_device() if index is None else index):
             return _run_case(case, min_time, warmup, seed)
     return _run_case(case, min_time, warmup, seed)
 

@@ -851,7 +851,8 @@ def _row_norms(a: Tensor) -> np.ndarray:
     float64's limits (--seq 2000 at rho = 0.8 printed 0 for t = 0 and a factor of 0)."""
     scale = a.abs().amax(dim=1, keepdim=True)
     finite = torch.isfinite(scale) & (scale > 0)
-    norms = (a / torch.where(finite, scale, 1.0)).norm(dim=1) * torch.where(finite, scale, 1.0)[:, 0]
+    scale = torch.where(finite, scale, 1.0)
+    norms = (a / scale).norm(dim=1) * scale[:, 0]
     # A row with an infinity (or NaN) keeps what the plain norm gives it: inf (or NaN).
     return torch.where(finite[:, 0], norms, a.norm(dim=1)).cpu().numpy()
 

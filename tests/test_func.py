@@ -11,6 +11,8 @@ for forward over forward, which torch gets wrong through any autograd.Function.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -264,6 +266,40 @@ def test_vmap_over_stacked_weights_matches_each_model():
     got = vmap(lambda p: functional_call(models[0], p, (x,)))(params)
     want = [m(x) for m in models]
     _assert_close(got, tuple(torch.stack(w) for w in zip(*want, strict=True)))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_reverse_mode_over_vmap_matches_a_loop(bidirectional):
+    """grad of a loss over vmap(model), and the backward of an ensemble over stacked
+    weights with x needing no gradient: both raised an internal TypeError (the backward's
+    saved None for x re-batched by the generated vmap rule with forward mode's batch dims;
+    a helper's review, session 28). Against a loop over the problems."""
+    from torch.func import stack_module_state
+
+    ref, ours = _pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=bidirectional)
+    xs = torch.randn(5, 6, 2, 3, dtype=f64)  # 5 problems of [T = 6, B = 2, I = 3]
+
+    def loss(module, x):
+        return module(x)[0].sin().sum()
+
+    got = torch.func.grad(lambda a: vmap(lambda u: loss(ours, u))(a).sum())(xs)
+    want = torch.stack([torch.func.grad(lambda u: loss(ref, u))(x) for x in xs])
+    _assert_close(got, want)
+    # Parameters frozen, x needs its gradient: the backward through vmap.
+    frozen = copy.deepcopy(ours).requires_grad_(False)
+    leaf = xs.clone().requires_grad_()
+    vmap(lambda u: loss(frozen, u))(leaf).sum().backward()
+    _assert_close(leaf.grad, want)
+    # An ensemble over stacked weights, its loss backward to them (x needs no gradient).
+    models = [_pair(seed=i, input_size=3, hidden_size=4, bidirectional=bidirectional)[1]
+              for i in range(3)]  # fmt: skip
+    params, _ = stack_module_state(models)
+    x = xs[0]
+    vmap(lambda p: functional_call(models[0], p, (x,))[0].square().sum())(params).sum().backward()
+    for i, m in enumerate(models):
+        m(x)[0].square().sum().backward()
+        _assert_close([params[n].grad[i] for n, _ in m.named_parameters()],
+                      [p.grad for _, p in m.named_parameters()])  # fmt: skip
 
 
 def test_cell_jvp_and_grad_match_nn_rnncell():

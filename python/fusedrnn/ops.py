@@ -576,16 +576,18 @@ def _add_to_last_rows(e: Tensor, g: Tensor, batch_sizes: Tensor, reverse: bool) 
     return e.index_add(0, _index_on(_packed_last_index(B, batch_sizes), e.device), g)
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output, save_all=False):
     """The registered op's setup_context: :func:`_setup_layer`, with the flag rnn_layer set
     for the call (none when the op is called otherwise)."""
-    _setup_layer(ctx, inputs, output, getattr(_CALL, "output_to_caller", False))
+    _setup_layer(ctx, inputs, output, getattr(_CALL, "output_to_caller", False), save_all)
 
 
-def _setup_layer(ctx, inputs, output, output_to_caller):
+def _setup_layer(ctx, inputs, output, output_to_caller, save_all=False):
+    """``save_all``: save x, w_ih and h0 whatever gradients are needed (see _FuncLayer)."""
     x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, reverse, nonlinearity = inputs
     h, _ = output
-    saved = _layer_saved(ctx.needs_input_grad, x, w_ih, w_hh, h0, h, batch_sizes)
+    needs = (True,) * 6 if save_all else ctx.needs_input_grad
+    saved = _layer_saved(needs, x, w_ih, w_hh, h0, h, batch_sizes)
     _keep_for_recompute(
         ctx, h, inputs, _LAYER_INPUT_NAMES, (0, 5), output_to_caller, saved, _LAYER_SAVED_INPUTS
     )
@@ -1626,7 +1628,12 @@ class _FuncLayer(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _setup_context(ctx, inputs, output)
+        # The same tensors for the backward as for forward mode: the generated vmap rule
+        # re-batches both with the batch dims of the last save call, so a None saved for
+        # the backward (x when dW_ih is not needed) in the place of a batched x made
+        # grad(vmap(model)), and the backward of an ensemble over stacked parameters,
+        # raise an internal TypeError (a helper's review, session 28).
+        _setup_context(ctx, inputs, output, save_all=True)
         x, w_ih, w_hh, _b_ih, _b_hh, h0, batch_sizes, _reverse, _nonlinearity = inputs
         ctx.save_for_forward(x, w_ih, w_hh, h0, output[0], batch_sizes)
 

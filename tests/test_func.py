@@ -302,6 +302,23 @@ def test_reverse_mode_over_vmap_matches_a_loop(bidirectional):
                       [p.grad for _, p in m.named_parameters()])  # fmt: skip
 
 
+def test_functionalize_matches_nn_rnn():
+    """torch.func.functionalize (alone, under grad, traced by make_fx) runs the layers as
+    torch ops: it raised "NYI: Functionalize rule for custom_function_call" before
+    (a helper's review, session 28)."""
+    from torch.func import functionalize
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    ref, ours = _pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3, dtype=f64)
+    _assert_close(functionalize(ours)(x), ref(x))
+    got = grad(lambda u: functionalize(ours)(u)[0].sin().sum())(x)
+    _assert_close(got, grad(lambda u: ref(u)[0].sin().sum())(x))
+    _assert_close(make_fx(functionalize(ours))(x)(x), ref(x))
+    ref_cell, cell = _pair(cell=True, input_size=3, hidden_size=4)
+    _assert_close(functionalize(cell)(x[0]), ref_cell(x[0]))
+
+
 def test_cell_jvp_and_grad_match_nn_rnncell():
     ref, ours = _pair(cell=True, input_size=3, hidden_size=4)
     x, h = torch.randn(2, 3, dtype=f64), torch.randn(2, 4, dtype=f64)

@@ -1682,10 +1682,19 @@ def _func_layer(args):
     """rnn_layer under torch.func or forward AD. Never traced by torch.compile (which
     cannot trace the transforms' interpreter stack or this Function's jvp): a compiled
     torch.func transform of a model runs the layers eagerly, as for torch.nn.RNN."""
-    if _nested_forward_mode():
+    if _nested_forward_mode() or _functionalized():
         check_layer_args(*args[:7], args[8])  # the kernels' checks: the same errors
         return _torch_layer(*args)
     return _FuncLayer.apply(*_autocast_args(args))
+
+
+def _functionalized() -> bool:
+    """Under torch.func.functionalize, which has no rule for an autograd.Function (it
+    raised "NYI: Functionalize rule for custom_function_call"; torch.compile and
+    torch.export functionalize by another route and do not come here)."""
+    from torch._C._functorch import TransformType
+
+    return TransformType.Functionalize in _transforms()
 
 
 def _nested_forward_mode() -> bool:
@@ -1702,7 +1711,8 @@ def _nested_forward_mode() -> bool:
 
 def _torch_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
     """The layer as torch ops, one step at a time (the kernels' math, torch's derivative
-    rules for every transform): for nested forward mode only, where speed does not count."""
+    rules for every transform): for nested forward mode and torch.func.functionalize only,
+    where speed does not count."""
     phi = torch.tanh if nonlinearity == "tanh" else torch.relu
     p = x @ w_ih.t()
     for b in (b_ih, b_hh):

@@ -312,6 +312,40 @@ def test_backward_ops_name_a_sparse_grad_h_and_a_narrow_h():
         ops.rnn_layer_backward(w_hh[:4, :4], h, g, g_n, none, False, "tanh")
 
 
+def test_one_meta_argument_among_cpu_ones_raises_for_every_op():
+    """A tensor on the meta device among CPU ones sends a call to the op's fake kernel:
+    each op must refuse it by name there, never return uninitialized CPU tensors (the
+    backward op's fake skipped grad_h's checks and did; a helper's review, session 28)."""
+    T, B, H, I = 3, 2, 5, 4
+    x, w_ih, w_hh, h0 = (
+        torch.randn(T * B, I),
+        torch.randn(H, I),
+        torch.randn(H, H),
+        torch.randn(B, H),
+    )
+    b = torch.randn(H)
+    none = torch.empty(0, dtype=torch.int64)
+    h, _ = ops.rnn_layer_forward(x, w_ih, w_hh, b, b, h0, none, False, "tanh")
+    g, g_n = torch.randn_like(h), torch.randn(B, H)
+    calls = {
+        "forward": (ops.rnn_layer_forward, [x, w_ih, w_hh, b, b.clone(), h0, none, False, "tanh"]),
+        "backward": (ops.rnn_layer_backward, [w_hh, h, g, g_n, none, False, "tanh"]),
+        "grads": (
+            ops.rnn_layer_grads,
+            [x, w_ih, w_hh, h0, h, g, g_n, none, False, "tanh", True, True, True, True],
+        ),
+    }
+    for name, (op, args) in calls.items():
+        for i, a in enumerate(args):
+            if not isinstance(a, torch.Tensor) or a is none:
+                continue
+            moved = list(args)
+            moved[i] = a.to("meta")
+            with pytest.raises((TypeError, ValueError), match="device"):
+                op(*moved)
+                pytest.fail(f"{name}: argument {i} on meta was accepted")
+
+
 def test_grads_op_with_an_empty_batch_returns_zero_gradients():
     """B = 0 padded (T unknowable: no rows): zero weight gradients and empty dx and dh0,
     as the backward op gives (it was a ZeroDivisionError, found by a fuzz audit)."""

@@ -479,18 +479,10 @@ def rnn_layer_backward(
 
 @rnn_layer_backward.register_fake
 def _(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
-    check_layer_args(
-        h,
-        w_hh,
-        w_hh,
-        None,
-        None,
-        grad_hn,
-        batch_sizes,
-        nonlinearity,
-        check_values=False,
-        names=_BACKWARD_NAMES,
-    )
+    # All the op's checks, grad_h's too: a meta grad_h among CPU tensors sends the call
+    # here, and without them it returned uninitialized CPU tensors (a helper's review,
+    # session 28).
+    _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity, values=False)
     return h.new_empty(h.shape), grad_hn.new_empty(grad_hn.shape)  # contiguous (see above)
 
 

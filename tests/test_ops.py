@@ -346,6 +346,40 @@ def test_one_meta_argument_among_cpu_ones_raises_for_every_op():
                 pytest.fail(f"{name}: argument {i} on meta was accepted")
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_backward_walks_the_batch_sizes_of_its_forward(bidirectional):
+    """batch_sizes changed after the forward without a version bump (through NumPy): the
+    backward uses the sizes the forward used (the kernels trust them: such a change gave
+    wrong gradients, or rows past the buffers and an abort; a helper's review, session 28).
+    """
+    torch.manual_seed(0)
+    T, B, I, H = 3, 2, 4, 5
+    x = torch.randn(T * B, I, dtype=f64)
+    w = [torch.randn(H, I, dtype=f64), torch.randn(H, H, dtype=f64) * 0.3, None, None]
+    w_rev = [t.clone() if t is not None else None for t in w]
+    for t in (*w, *w_rev):
+        if t is not None:
+            t.requires_grad_()
+    h0 = torch.randn(B, H, dtype=f64, requires_grad=True)
+
+    def grads(change):
+        bs = torch.tensor([2, 2, 2])
+        if bidirectional:
+            out, hn_f, hn_r = ops.rnn_bidirectional_layer(x, w, w_rev, h0, h0, bs)
+            loss = out.sin().sum() + hn_f.sum() + hn_r.sum()
+        else:
+            out, hn = ops.rnn_layer(x, *w, h0, bs)
+            loss = out.sin().sum() + hn.sum()
+        bs.numpy()[:] = change
+        params = [t for t in (*w, *w_rev, h0) if t is not None]
+        return torch.autograd.grad(loss, params, allow_unused=True)
+
+    want = grads([2, 2, 2])
+    for change in ([2, 1, 3], [2, -5, 2]):
+        for g, wg in zip(grads(change), want, strict=True):
+            assert (g is None and wg is None) or torch.equal(g, wg)
+
+
 def test_grads_op_with_an_empty_batch_returns_zero_gradients():
     """B = 0 padded (T unknowable: no rows): zero weight gradients and empty dx and dh0,
     as the backward op gives (it was a ZeroDivisionError, found by a fuzz audit)."""

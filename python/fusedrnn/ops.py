@@ -592,13 +592,21 @@ def _setup_layer(ctx, inputs, output, output_to_caller, save_all=False):
     ctx.B = output[1].shape[-2]  # h0 may be None (a zero state) on the fast path
 
 
+def _saved_sizes(batch_sizes: Tensor) -> Tensor:
+    """A packed call's batch_sizes as saved for its backward: a copy (T integers), so the
+    backward walks the steps the forward walked. The kernels trust them, and a change
+    that bumps no version (through ``.data`` or NumPy) reached the backward kernel
+    unchecked: wrong gradients, or rows past the buffers (a helper's review, session 28)."""
+    return batch_sizes.clone() if batch_sizes.numel() else batch_sizes
+
+
 def _layer_saved(needs, x, w_ih, w_hh, h0, h, batch_sizes) -> tuple:
     """What a layer saves for its backward (``needs``: its needs_input_grad), as
     torch.nn.RNN's graph does: x for dW_ih only, w_ih for dx only, h0 for dW_hh only (the
     first step's previous state), None otherwise; so changing an input in place between the
     forward and the backward raises only where a gradient asked for reads it."""
     return (x if needs[1] else None, w_ih if needs[0] else None, w_hh,
-            h0 if needs[2] else None, h, batch_sizes)  # fmt: skip
+            h0 if needs[2] else None, h, _saved_sizes(batch_sizes))  # fmt: skip
 
 
 def _meta(tensors) -> list:
@@ -1990,7 +1998,7 @@ def _bi_layer_saved(needs, x, wif, whf, wib, whb, h0f, h0b, out, batch_sizes) ->
     inputs: x, then w_ih, w_hh, b_ih, b_hh of each direction, then both h0)."""
     return (x if needs[1] or needs[5] else None, wif if needs[0] else None, whf,
             wib if needs[0] else None, whb, h0f if needs[2] else None,
-            h0b if needs[6] else None, out, batch_sizes)  # fmt: skip
+            h0b if needs[6] else None, out, _saved_sizes(batch_sizes))  # fmt: skip
 
 
 def _bi_backward_eager(ctx, saved, grads):

@@ -1,11 +1,13 @@
 """The custom ops: gradcheck, gradgradcheck, opcheck, argument validation."""
 
 import typing
+import warnings
 
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence
 
+import fusedrnn
 from fusedrnn import _C, ops
 
 f64 = torch.float64
@@ -378,6 +380,44 @@ def test_backward_walks_the_batch_sizes_of_its_forward(bidirectional):
     for change in ([2, 1, 3], [2, -5, 2]):
         for g, wg in zip(grads(change), want, strict=True):
             assert (g is None and wg is None) or torch.equal(g, wg)
+
+
+def test_a_tensor_whose_storage_was_freed_is_refused():
+    """Address 0 is what the kernels read as an absent bias, state or gradient: a tensor
+    whose storage was freed (resize_(0), as FSDP does) was taken as zeros, silently (a
+    helper's review, session 28). Refused, as torch's own ops refuse it."""
+    torch.manual_seed(0)
+    x, w_ih, w_hh = torch.randn(6, 4), torch.randn(5, 4), torch.randn(5, 5) * 0.3
+    b, h0 = torch.randn(5), torch.randn(2, 5)
+    none = torch.empty(0, dtype=torch.int64)
+
+    def freed(t):
+        t = t.clone()
+        t.untyped_storage().resize_(0)
+        return t
+
+    h, _ = ops.rnn_layer(x, w_ih, w_hh, b, None, h0, none)
+    g, g_n = torch.randn_like(h), torch.randn(2, 5)
+    calls = [
+        lambda: ops.rnn_layer(x, w_ih, w_hh, freed(b), None, h0, none),
+        lambda: ops.rnn_layer(x, w_ih, w_hh, b, None, freed(h0), none),
+        lambda: ops.rnn_layer_backward(w_hh, h, freed(g), g_n, none, False, "tanh"),
+        lambda: ops.rnn_layer_backward(w_hh, h, g, freed(g_n), none, False, "tanh"),
+    ]
+    for call in calls:
+        with pytest.raises(RuntimeError, match="has no memory"):
+            call()
+    for i in range(6):  # a nested tensor in any place: named (torch's internal error before)
+        args = [x, w_ih, w_hh, b, b.clone(), h0]
+        with warnings.catch_warnings():  # (the strided layout's "prototype stage" warning)
+            warnings.simplefilter("ignore", UserWarning)
+            args[i] = torch.nested.nested_tensor([args[i], args[i]])
+        with pytest.raises(TypeError, match="must be a plain tensor, got a nested tensor"):
+            ops.rnn_layer(*args, none)
+    m = fusedrnn.RNN(4, 5)
+    m.bias_ih_l0.data.untyped_storage().resize_(0)
+    with pytest.raises(RuntimeError, match="has no memory"):
+        m(x.view(3, 2, 4))
 
 
 def test_grads_op_with_an_empty_batch_returns_zero_gradients():

@@ -134,6 +134,11 @@ def check_layer_args(
     """
     _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
     n = _ARG_NAMES if names is None else {**_ARG_NAMES, **names}
+    tensors = (("x", x), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh),
+               ("h0", h0), ("batch_sizes", batch_sizes))  # fmt: skip
+    for name, t in tensors:
+        if t is not None and t.is_nested:  # (its .shape raises torch's internal error)
+            _fail(TypeError, f"{n.get(name, name)} must be a plain tensor, got a nested tensor")
     if nonlinearity not in NONLINEARITIES:
         _fail(ValueError, f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
 
@@ -290,12 +295,29 @@ def _float32(t: Tensor | None) -> Tensor | None:
 
 
 def _addr(t: Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
+    """The data address of ``t``, 0 for None (what the kernels read as absent)."""
+    if t is None:
+        return 0
+    address = t.data_ptr()
+    if address == 0 and t.numel():
+        _refuse_no_memory(t)
+    return address
+
+
+def _refuse_no_memory(t: Tensor) -> None:
+    # A tensor whose storage was freed (untyped_storage().resize_(0), as FSDP and compiled
+    # graphs do) has address 0, which the kernels read as an absent bias, state or gradient:
+    # zeros, silently (a helper's review, session 28). torch raises there too.
+    _fail(
+        RuntimeError,
+        f"a tensor argument of shape {tuple(t.shape)} has no memory (its storage was freed, "
+        "e.g. by untyped_storage().resize_(0))",
+    )
 
 
 def _addrs(*tensors) -> list[int]:
     """The data addresses of ``tensors``, 0 for None."""
-    return [0 if t is None else t.data_ptr() for t in tensors]
+    return [_addr(t) for t in tensors]
 
 
 def _steps_addr(batch_sizes: Tensor) -> int:
@@ -337,7 +359,7 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
     # Named locals: a .contiguous() copy must outlive the call that reads its address.
     b_ih, b_hh = _dense(b_ih), _dense(b_hh)
     h = x.new_empty(x.shape[0], H)
-    _forward_into(x, w_ih, w_hh, b_ih, b_hh, h0.data_ptr(), h.data_ptr(), H, hn.data_ptr(),
+    _forward_into(x, w_ih, w_hh, b_ih, b_hh, _addr(h0), h.data_ptr(), H, hn.data_ptr(),
                   T, B, H, reverse, nonlinearity, _steps_addr(batch_sizes))  # fmt: skip
     return h, hn
 
@@ -450,8 +472,8 @@ def _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
         nonlinearity,
         w_hh.data_ptr(),
         h.data_ptr(),
-        grad_h.data_ptr(),
-        grad_hn.data_ptr(),
+        _addr(grad_h),  # (address 0 would read as absent: _addr refuses freed storage)
+        _addr(grad_hn),
         dP.data_ptr(),
         dh0.data_ptr(),
         torch.get_num_threads(),
@@ -1801,7 +1823,10 @@ def fast_addresses_cpu(tensors, shapes, dtype: torch.dtype) -> list[int] | None:
             or t.shape != shape
         ):
             return None
-        addresses.append(t.data_ptr())
+        address = t.data_ptr()
+        if address == 0 and t.numel():  # freed storage: the general path refuses it
+            return None
+        addresses.append(address)
     return addresses
 
 
@@ -1920,7 +1945,7 @@ def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
         h0 = _dense(h0)
         hn = torch.empty_like(h0)
         h_addr = out.data_ptr() + d * H * out.element_size()  # its half of each row
-        _forward_into(x, w_ih, w_hh, b_ih, b_hh, h0.data_ptr(), h_addr, 2 * H, hn.data_ptr(),
+        _forward_into(x, w_ih, w_hh, b_ih, b_hh, _addr(h0), h_addr, 2 * H, hn.data_ptr(),
                       T, B, H, d == 1, nonlinearity, _steps_addr(batch_sizes))  # fmt: skip
         hns.append(hn)
     return out, hns[0], hns[1]
@@ -2018,7 +2043,7 @@ def _bi_backward_eager(ctx, saved, grads):
         g, ldg = _rows_view(grad_out)
         # The directions' columns of the output gradient: the reverse one starts H in
         # (unless it is one value for all, ldg = -1).
-        g_addr = (g.data_ptr(), g.data_ptr() + (ldg != -1) * H * g.element_size())
+        g_addr = (_addr(g), _addr(g) + (ldg != -1) * H * g.element_size())
     need_dx = needs[0]
     In = ctx.x_shape[-1]
     dx = out.new_empty(N, In) if need_dx else None

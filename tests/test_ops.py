@@ -414,6 +414,12 @@ def test_a_tensor_whose_storage_was_freed_is_refused():
             args[i] = torch.nested.nested_tensor([args[i], args[i]])
         with pytest.raises(TypeError, match="must be a plain tensor, got a nested tensor"):
             ops.rnn_layer(*args, none)
+    # batch_sizes whose values are not those in its memory, a bidirectional layer's weights
+    # that are not 4-tuples: named (garbage and internal errors before; same review).
+    with pytest.raises(ValueError, match="batch_sizes must not be a negative view"):
+        ops.rnn_layer(x, w_ih, w_hh, b, None, h0, torch._neg_view(-torch.tensor([2, 2, 2])))
+    with pytest.raises(TypeError, match=r"w_rev must be a tuple \(w_ih, w_hh, b_ih, b_hh\), got"):
+        ops.rnn_bidirectional_layer(x, (w_ih, w_hh, b, b), (w_ih, w_hh, b), h0, h0, none)
     m = fusedrnn.RNN(4, 5)
     m.bias_ih_l0.data.untyped_storage().resize_(0)
     with pytest.raises(RuntimeError, match="has no memory"):

@@ -198,11 +198,15 @@ def check_layer_args(
     if batch_sizes.dim() != 1:
         _fail(ValueError, f"batch_sizes must be 1-D, got shape {tuple(batch_sizes.shape)}")
     # The kernels read batch_sizes through its address, as torch.nn.RNN does.
-    if batch_sizes.layout != torch.strided or not batch_sizes.is_contiguous():
+    if batch_sizes.layout != torch.strided:
+        _fail(ValueError, f"batch_sizes must be a dense tensor, got layout {batch_sizes.layout}")
+    if not batch_sizes.is_contiguous():
         _fail(
             ValueError,
             f"batch_sizes must be a contiguous tensor, got strides {batch_sizes.stride()}",
         )
+    if batch_sizes.is_neg():  # (its values read here are not those in its memory)
+        _fail(ValueError, "batch_sizes must not be a negative view; resolve_neg() it first")
     if batch_sizes.numel() == 0:
         if B == 0:  # an empty batch (torch.nn.RNN accepts it): no rows, nothing to compute
             if N != 0:
@@ -2129,6 +2133,10 @@ def rnn_bidirectional_layer(
     :class:`_EagerBiLayer`); everything else is two :func:`rnn_layer` calls and a
     concatenation, with the same results up to the rounding of the input gradient's sum.
     """
+    for name, w in (("w_fwd", w_fwd), ("w_rev", w_rev)):
+        if not isinstance(w, (tuple, list)) or len(w) != 4:
+            got = f"length {len(w)}" if isinstance(w, (tuple, list)) else type(w).__name__
+            _fail(TypeError, f"{name} must be a tuple (w_ih, w_hh, b_ih, b_hh), got {got}")
     w_hh = w_fwd[1]
     if (
         _plain_eager(x, *w_fwd, *w_rev, h0_fwd, h0_rev)

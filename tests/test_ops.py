@@ -290,18 +290,23 @@ def test_bad_arguments_raise_named_errors(changes, exc, pattern):
         _call(**changes)
 
 
-def test_backward_ops_name_a_sparse_grad_h_and_a_narrow_h():
-    """The backward ops check grad_h's layout (a sparse one raised a raw 'Cannot access data
-    pointer' before) and h's width against w_hh (the shared checks named w_ih's shape [H, I]
-    for w_hh); an input audit found both."""
-    T, B, H, I = 3, 2, 5, 4
+def _small_padded_layer(T=3, B=2, H=5, I=4):
+    """x [T*B, I], w_ih, w_hh, h0 and an empty batch_sizes (padded) of a small layer."""
     x, w_ih, w_hh, h0 = (
         torch.randn(T * B, I),
         torch.randn(H, I),
         torch.randn(H, H),
         torch.randn(B, H),
     )
-    none = torch.empty(0, dtype=torch.int64)
+    return x, w_ih, w_hh, h0, torch.empty(0, dtype=torch.int64)
+
+
+def test_backward_ops_name_a_sparse_grad_h_and_a_narrow_h():
+    """The backward ops check grad_h's layout (a sparse one raised a raw 'Cannot access data
+    pointer' before) and h's width against w_hh (the shared checks named w_ih's shape [H, I]
+    for w_hh); an input audit found both."""
+    x, w_ih, w_hh, h0, none = _small_padded_layer()
+    B, H = h0.shape
     h, _ = ops.rnn_layer_forward(x, w_ih, w_hh, None, None, h0, none, False, "tanh")
     g, g_n = torch.randn_like(h), torch.randn(B, H)
     dense = r"grad_h must be a dense \(strided\) tensor, got layout torch.sparse_coo"
@@ -318,15 +323,9 @@ def test_one_meta_argument_among_cpu_ones_raises_for_every_op():
     """A tensor on the meta device among CPU ones sends a call to the op's fake kernel:
     each op must refuse it by name there, never return uninitialized CPU tensors (the
     backward op's fake skipped grad_h's checks and did; a helper's review, session 28)."""
-    T, B, H, I = 3, 2, 5, 4
-    x, w_ih, w_hh, h0 = (
-        torch.randn(T * B, I),
-        torch.randn(H, I),
-        torch.randn(H, H),
-        torch.randn(B, H),
-    )
+    x, w_ih, w_hh, h0, none = _small_padded_layer()
+    B, H = h0.shape
     b = torch.randn(H)
-    none = torch.empty(0, dtype=torch.int64)
     h, _ = ops.rnn_layer_forward(x, w_ih, w_hh, b, b, h0, none, False, "tanh")
     g, g_n = torch.randn_like(h), torch.randn(B, H)
     calls = {

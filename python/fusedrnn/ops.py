@@ -1708,23 +1708,25 @@ def _func_layer(args):
     """rnn_layer under torch.func or forward AD. Never traced by torch.compile (which
     cannot trace the transforms' interpreter stack or this Function's jvp): a compiled
     torch.func transform of a model runs the layers eagerly, as for torch.nn.RNN."""
-    if _nested_forward_mode() or _functionalized():
+    kinds = _transforms()  # (one walk of the interpreter stack for both tests)
+    if _nested_forward_mode(kinds) or _functionalized(kinds):
         check_layer_args(*args[:7], args[8])  # the kernels' checks: the same errors
         return _torch_layer(*args)
     return _FuncLayer.apply(*_autocast_args(args))
 
 
-def _functionalized() -> bool:
-    """Under torch.func.functionalize, which has no rule for an autograd.Function (it
-    raised "NYI: Functionalize rule for custom_function_call"; torch.compile and
-    torch.export functionalize by another route and do not come here)."""
+def _functionalized(kinds: list) -> bool:
+    """Under torch.func.functionalize (``kinds``: :func:`_transforms`), which has no rule
+    for an autograd.Function (it raised "NYI: Functionalize rule for custom_function_call";
+    torch.compile and torch.export functionalize by another route and do not come here)."""
     from torch._C._functorch import TransformType
 
-    return TransformType.Functionalize in _transforms()
+    return TransformType.Functionalize in kinds
 
 
-def _nested_forward_mode() -> bool:
-    """Forward mode nested in forward mode (jacfwd of jacfwd, jvp of jvp): through an
+def _nested_forward_mode(kinds: list) -> bool:
+    """Forward mode nested in forward mode (jacfwd of jacfwd, jvp of jvp; ``kinds``:
+    :func:`_transforms`): through an
     autograd.Function torch drops the inner tangents' own tangents (pytorch/pytorch#197867,
     open), so the layer then runs as torch ops (:func:`_torch_layer`). One forward level
     with any number of reverse levels (hessian, jacrev of jacfwd) goes through the kernels."""
@@ -1732,7 +1734,7 @@ def _nested_forward_mode() -> bool:
     # user's dual level around them): count its Jvp interpreters.
     from torch._C._functorch import TransformType
 
-    return sum(k == TransformType.Jvp for k in _transforms()) > 1
+    return sum(k == TransformType.Jvp for k in kinds) > 1
 
 
 def _torch_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
@@ -2047,7 +2049,8 @@ def _bi_backward_eager(ctx, saved, grads):
         g, ldg = _rows_view(grad_out)
         # The directions' columns of the output gradient: the reverse one starts H in
         # (unless it is one value for all, ldg = -1).
-        g_addr = (_addr(g), _addr(g) + (ldg != -1) * H * g.element_size())
+        a = _addr(g)
+        g_addr = (a, a + (ldg != -1) * H * g.element_size())
     need_dx = needs[0]
     In = ctx.x_shape[-1]
     dx = out.new_empty(N, In) if need_dx else None

@@ -54,6 +54,31 @@ def test_cuda_breakdown_names_a_bad_case(tmp_path):
     assert "--cases: expected BxHxT items such as 16x1024x100, got '1x8'" in proc.stderr
 
 
+def test_cuda_host_profile_runs_on_the_cpu():
+    """scripts/cuda_host_profile.py --device cpu: the timed calls that apply on the CPU (none
+    of the CUDA launcher's), then cProfile of the steps by own and by cumulative time, with
+    the module's forward among the functions."""
+    proc = _run("scripts/cuda_host_profile.py", "--device", "cpu", "--case", "2x8x3",
+                "--steps", "3", "--repeats", "3", "--top", "60")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "B=2 H=8 T=3, float32" in out
+    labels = [line.split("  ")[1] for line in out.splitlines() if line.startswith("  ")]
+    assert labels[:6] == ["training step", "forward (grad enabled)", "forward (no_grad)",
+                          "backward", "aten::mm [T*B, H] x [H, H]",
+                          "empty autograd.Function, fwd + bwd"]  # fmt: skip
+    assert "_cuda.rnn_forward" not in out
+    profiles = out.split("cProfile of 3 training steps, by ")[1:]
+    assert [p.split(":")[0] for p in profiles] == ["tottime", "cumulative"]
+    assert all("modules.py" in p and "(forward)" in p for p in profiles)
+
+
+def test_cuda_host_profile_names_a_bad_case():
+    proc = _run("scripts/cuda_host_profile.py", "--device", "cpu", "--case", "2x8")
+    assert proc.returncode != 0
+    assert "--case: expected BxHxT such as 1x256x100, got '2x8'" in proc.stderr
+
+
 _FAKE_PYTHON = """#!/usr/bin/env bash
 # Stands in for python3 in scripts/gpu_ab.sh: pip succeeds (unless the kernel file reads
 # $FAIL_BUILD), the module path is this file, and the benchmark writes down the kernel file

@@ -25,8 +25,13 @@ namespace {
 using fusedrnn::Activation;
 using fusedrnn::RecurrenceShape;
 
+void check_size(const char* name, int64_t v);
+
 RecurrenceShape make_shape(int64_t T, int64_t B, int64_t H, std::uintptr_t batch_sizes,
                            bool reverse, const std::string& nonlinearity) {
+  check_size("T", T);
+  check_size("B", B);
+  check_size("H", H);
   RecurrenceShape s;
   s.T = T;
   s.B = B;
@@ -97,6 +102,22 @@ void check_row_stride(const char* name, int64_t ld, int64_t H, bool zero_ok) {
   if ((zero_ok && ld == 0) || ld >= H) return;
   throw std::invalid_argument(std::string(name) + ": expected " + (zero_ok ? "0 or " : "") +
                               "a row stride of at least H = " + std::to_string(H) + ", got " +
+                              std::to_string(ld));
+}
+
+// A size (T, B, H, I; M, N, K of gemm) below 0: refused by name, since the kernels take a
+// size of 0 for "nothing to compute" and would read a negative one as a count or an offset.
+void check_size(const char* name, int64_t v) {
+  if (v >= 0) return;
+  throw std::invalid_argument(std::string(name) + ": expected a size >= 0, got " +
+                              std::to_string(v));
+}
+
+// gemm's leading dimension `name` of a row-major operand whose rows hold `width` elements.
+void check_lead(const char* name, int64_t ld, int64_t width, const char* width_name) {
+  if (ld >= width) return;
+  throw std::invalid_argument(std::string(name) + ": expected a row stride of at least " +
+                              width_name + " = " + std::to_string(width) + ", got " +
                               std::to_string(ld));
 }
 
@@ -238,6 +259,7 @@ LayerHead layer_head(const FastArgs& a) {
   head.dtype = a.str(0);
   const int64_t T = a.i64(1), B = a.i64(2), H = a.i64(3);
   head.I = a.i64(4);
+  check_size("I", head.I);
   const std::uintptr_t batch_sizes = a.addr(5);
   const bool reverse = a.flag(6);
   const std::string nonlinearity = a.str(7);
@@ -340,11 +362,11 @@ PYBIND11_MODULE(_C, m) {
          bool reverse, const std::string& nonlinearity, std::uintptr_t P, std::uintptr_t W_hh,
          std::uintptr_t h0, std::uintptr_t h, std::uintptr_t hn, int num_threads) {
         check_dtype(dtype);
+        const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         const bool work = T > 0 && B > 0 && H > 0;
         require(P, "P", work);
         require(W_hh, "W_hh", work);
         require(h, "h", work);
-        const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         py::gil_scoped_release release;
         by_dtype(dtype, [&](auto tag) {
           forward_typed<decltype(tag)>(s, P, W_hh, h0, h, hn, num_threads);
@@ -364,11 +386,11 @@ PYBIND11_MODULE(_C, m) {
          std::uintptr_t G, std::uintptr_t dhn, std::uintptr_t dP, std::uintptr_t dh0,
          int num_threads) {
         check_dtype(dtype);
+        const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         const bool work = T > 0 && B > 0 && H > 0;
         require(W_hh, "W_hh", work);
         require(h, "h", work);
         require(dP, "dP", work);
-        const RecurrenceShape s = make_shape(T, B, H, batch_sizes, reverse, nonlinearity);
         py::gil_scoped_release release;
         by_dtype(dtype, [&](auto tag) {
           backward_typed<decltype(tag)>(s, W_hh, h, G, dhn, dP, dh0, num_threads);
@@ -392,7 +414,15 @@ PYBIND11_MODULE(_C, m) {
          bool a_trans, std::uintptr_t B, int64_t ldb, bool b_trans, std::uintptr_t C, int64_t ldc,
          std::uintptr_t bias, bool accumulate, int num_threads) {
         check_dtype(dtype);
+        check_size("M", M);
+        check_size("N", N);
+        check_size("K", K);
         const bool work = M > 0 && N > 0;
+        if (work && K > 0) {  // row-major operands: a row holds at least its row's elements
+          check_lead("lda", lda, a_trans ? M : K, a_trans ? "M" : "K");
+          check_lead("ldb", ldb, b_trans ? K : N, b_trans ? "K" : "N");
+        }
+        if (work) check_lead("ldc", ldc, N, "N");
         require(A, "A", work && K > 0);
         require(B, "B", work && K > 0);
         require(C, "C", work);

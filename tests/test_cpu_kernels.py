@@ -148,6 +148,39 @@ def test_gemm_matches_torch_and_is_thread_invariant(restore_threads, dtype, a_t,
     assert torch.equal(results[0], results[1])
 
 
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"M": -1}, "M: expected a size >= 0, got -1"),
+        ({"K": -7}, "K: expected a size >= 0, got -7"),
+        ({"lda": 6}, "lda: expected a row stride of at least K = 7, got 6"),
+        ({"lda": 4, "a_trans": True}, "lda: expected a row stride of at least M = 5, got 4"),
+        ({"ldb": -3}, "ldb: expected a row stride of at least N = 3, got -3"),
+        ({"ldb": 6, "b_trans": True}, "ldb: expected a row stride of at least K = 7, got 6"),
+        ({"ldc": 2}, "ldc: expected a row stride of at least N = 3, got 2"),
+    ],
+)
+def test_raw_bindings_refuse_negative_sizes_and_short_rows(change, match):
+    """A negative size or a row stride shorter than its row, which the kernels would read
+    as an offset (memory before the operand), is refused by name; C is left as it was."""
+    A, Bm, C = torch.randn(5, 7), torch.randn(7, 7), torch.randn(5, 3)
+    before = C.clone()
+    args = dict(dtype="float32", M=5, N=3, K=7, A=A.data_ptr(), lda=7, a_trans=False,
+                B=Bm.data_ptr(), ldb=3, b_trans=False, C=C.data_ptr(), ldc=3, bias=0,
+                accumulate=False, num_threads=1)  # fmt: skip
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        _C.gemm(*args.values())
+    assert torch.equal(C, before)
+    P, W, h = torch.randn(6, 3), torch.randn(3, 3), torch.empty(6, 3)
+    with pytest.raises(ValueError, match="T: expected a size >= 0, got -2"):
+        _C.rnn_forward("float32", -2, 3, 3, 0, False, "tanh", P.data_ptr(), W.data_ptr(), 0,
+                       h.data_ptr(), 0, 1)  # fmt: skip
+    with pytest.raises(ValueError, match="B: expected a size >= 0, got -3"):
+        _C.rnn_backward("float32", 2, -3, 3, 0, False, "tanh", W.data_ptr(), h.data_ptr(), 0, 0,
+                        P.data_ptr(), 0, 1)  # fmt: skip
+
+
 def test_gemm_accumulates():
     A, Bm = torch.randn(5, 7), torch.randn(7, 3)
     C = torch.randn(5, 3)
@@ -320,6 +353,10 @@ def _layer_forward_args(**changes):
         ({"ldh": 2}, ValueError, "ldh: expected a row stride of at least H = 3, got 2"),
         ({"w_hh": 0}, ValueError, "w_hh: expected the address of a tensor's data, got 0"),
         ({"num_threads": 2**32 + 1}, TypeError, "num_threads: expected an int of 32 bits"),
+        ({"T": -1}, ValueError, "T: expected a size >= 0, got -1"),
+        ({"B": -1}, ValueError, "B: expected a size >= 0, got -1"),
+        ({"H": -3}, ValueError, "H: expected a size >= 0, got -3"),
+        ({"I": -2}, ValueError, "I: expected a size >= 0, got -2"),
     ],
 )
 def test_layer_forward_binding_names_a_bad_argument(change, error, match):

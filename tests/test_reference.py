@@ -104,6 +104,44 @@ def test_reference_rejects_unknown_nonlinearity():
         reference.rnn_forward(p["x"], p["w_ih"], p["w_hh"], nonlinearity="sigmoid")
 
 
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"w_hh": np.ones((3, 2))}, r"w_hh: expected a square \[H, H\] matrix, got shape \(3, 2\)"),
+        ({"w_ih": np.ones((3, 4))}, r"w_ih: expected shape \[H, I\] = \(3, 2\), got \(3, 4\)"),
+        ({"b_ih": np.ones(1)}, r"b_ih: expected shape \[H\] = \(3,\), got \(1,\)"),
+        ({"b_hh": np.ones((1, 3))}, r"b_hh: expected shape \[H\] = \(3,\), got \(1, 3\)"),
+        ({"h0": np.ones((4, 3))}, r"h0: expected shape \[B, H\] = \(2, 3\), got \(4, 3\)"),
+        ({"x": np.ones((8, 2))}, r"x: expected padded input \[T, B, I\]"),
+        (
+            {"batch_sizes": [2, 1]},
+            r"x: expected packed input \[N, I\] with N = sum\(batch_sizes\) = 3",
+        ),
+        ({"batch_sizes": [1, 2, 2, 2]}, "batch_sizes: expected a non-empty 1-D integer sequence"),
+        ({"batch_sizes": [2, 2, 2, 0]}, "positive, non-increasing sizes, got \\[2, 2, 2, 0\\]"),
+        ({"batch_sizes": []}, "batch_sizes: expected a non-empty"),
+        ({"batch_sizes": [2.0, 2.0, 2.0, 2.0]}, "batch_sizes: expected a non-empty 1-D integer"),
+        ({"grad_h": np.ones((4, 2, 2))}, r"grad_h: expected shape \[T, B, H\] = \(4, 2, 3\) or"),
+        ({"grad_hn": np.ones(3)}, r"grad_hn: expected shape \[B, H\] = \(2, 3\), got \(3,\)"),
+        ({"h": np.ones((4, 1, 3))}, r"h: expected shape \[T, B, H\]"),
+    ],
+)
+def test_reference_names_a_wrong_size(change, match):
+    """The oracle checks every size it is given: a wrong one is named (up to session 28 a
+    one-element bias was broadcast, a larger h0 or a longer packed x partly read)."""
+    rng = rng_for("sizes")
+    args = dict(x=rng.standard_normal((4, 2, 2)), w_ih=rng.standard_normal((3, 2)),
+                w_hh=rng.standard_normal((3, 3)), b_ih=None, b_hh=None, h0=None,
+                batch_sizes=None)  # fmt: skip
+    grads = dict(grad_h=None, grad_hn=None, h=None)
+    for key, value in change.items():
+        (grads if key in grads else args)[key] = value
+    with pytest.raises(ValueError, match=match):
+        if not any(grads[k] is not None for k in grads):
+            reference.rnn_forward(**args)
+        reference.rnn_backward(**args, **grads)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_reference_backward_at_given_states(layout):
     """``h=``: BPTT at the states given (a kernel's stored, rounded ones), not recomputed.

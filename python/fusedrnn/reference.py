@@ -12,6 +12,10 @@ Input layouts (the same as the kernels'):
 
 The forward direction walks a sequence from its first step to its last; ``reverse=True``
 walks it from its last step to its first. ``hn`` is the state after the last step walked.
+
+Every size is checked (a wrong one raises ValueError naming the argument), since an oracle
+that broadcast a bias or read part of a state would agree with a kernel for the wrong
+reason.
 """
 
 from __future__ import annotations
@@ -50,16 +54,59 @@ def sequence_rows(batch_sizes, B: int | None = None, T: int | None = None) -> li
     return rows
 
 
-def _flatten(x, batch_sizes):
+def _shape(name: str, a, want: tuple[int, ...], what: str) -> np.ndarray:
+    """``a`` as a float64 array of shape ``want``, or a ValueError naming it."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.shape != want:
+        raise ValueError(f"{name}: expected shape {what} = {want}, got {a.shape}")
+    return a
+
+
+def _rows(name: str, a, N: int, H: int, padded) -> np.ndarray:
+    """``a`` (the layout of rnn_forward's ``h``, or padded its rows) as float64 [N, H] rows."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.shape == (N, H) or (padded is not None and a.shape == (*padded, H)):
+        return a.reshape(N, H)
+    want = f"[N, H] = {(N, H)}" if padded is None else f"[T, B, H] = {(*padded, H)} or [T * B, H]"
+    raise ValueError(f"{name}: expected shape {want} (the layout of h), got {a.shape}")
+
+
+def _layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes):
+    """The layer's arguments checked and as float64 arrays: ``(x [N, I], w_ih, w_hh, bias
+    [H] (b_ih + b_hh), h0 [B, H], rows of each sequence, padded shape (T, B) or None)``.
+    Every size is checked here, so that a wrong one is named instead of broadcast or
+    partly read."""
+    w_hh = np.asarray(w_hh, dtype=np.float64)
+    if w_hh.ndim != 2 or w_hh.shape[0] != w_hh.shape[1]:
+        raise ValueError(f"w_hh: expected a square [H, H] matrix, got shape {w_hh.shape}")
+    H = w_hh.shape[0]
     x = np.asarray(x, dtype=np.float64)
     if batch_sizes is None:
-        T, B = x.shape[0], x.shape[1]
-        return x.reshape(T * B, x.shape[2]), sequence_rows(None, B=B, T=T), x.shape[:2]
-    return x, sequence_rows(batch_sizes), None
-
-
-def _bias(b, H):
-    return np.zeros(H) if b is None else np.asarray(b, dtype=np.float64)
+        if x.ndim != 3:
+            raise ValueError(f"x: expected padded input [T, B, I] (batch_sizes None), got "
+                             f"shape {x.shape}")  # fmt: skip
+        T, B, I = x.shape
+        xf, rows, padded = x.reshape(T * B, I), sequence_rows(None, B=B, T=T), (T, B)
+    else:
+        # (tolist: a torch tensor on any device, a NumPy array or a list alike)
+        sizes = np.asarray(batch_sizes.tolist() if hasattr(batch_sizes, "tolist") else batch_sizes)
+        if (sizes.ndim != 1 or not sizes.size or not np.issubdtype(sizes.dtype, np.integer)
+                or sizes[-1] < 1 or np.any(np.diff(sizes) > 0)):  # fmt: skip
+            raise ValueError("batch_sizes: expected a non-empty 1-D integer sequence of "
+                             f"positive, non-increasing sizes, got {sizes.tolist()}")  # fmt: skip
+        N = int(sizes.sum())
+        if x.ndim != 2 or x.shape[0] != N:
+            raise ValueError(f"x: expected packed input [N, I] with N = sum(batch_sizes) = {N}, "
+                             f"got shape {x.shape}")  # fmt: skip
+        xf, rows, padded, I = x, sequence_rows(sizes), None, x.shape[1]
+    w_ih = _shape("w_ih", w_ih, (H, I), "[H, I]")
+    bias = np.zeros(H)
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            bias = bias + _shape(name, b, (H,), "[H]")
+    B = len(rows)
+    h0 = np.zeros((B, H)) if h0 is None else _shape("h0", h0, (B, H), "[B, H]")
+    return xf, w_ih, w_hh, bias, h0, rows, padded
 
 
 def rnn_forward(
@@ -75,12 +122,9 @@ def rnn_forward(
 ):
     """Return ``(h, hn)``: every hidden state (layout of ``x``) and the final states ``[B, H]``."""
     phi, _ = _activation(nonlinearity)
-    w_ih, w_hh = np.asarray(w_ih, np.float64), np.asarray(w_hh, np.float64)
-    H = w_hh.shape[0]
-    bias = _bias(b_ih, H) + _bias(b_hh, H)
-    xf, rows, padded_shape = _flatten(x, batch_sizes)
-    B = len(rows)
-    h0 = np.zeros((B, H)) if h0 is None else np.asarray(h0, np.float64)
+    xf, w_ih, w_hh, bias, h0, rows, padded_shape = _layer(x, w_ih, w_hh, b_ih, b_hh, h0,
+                                                          batch_sizes)  # fmt: skip
+    H, B = w_hh.shape[0], len(rows)
     h = np.full((xf.shape[0], H), np.nan)
     hn = np.empty((B, H))
     for b, seq in enumerate(rows):
@@ -120,19 +164,16 @@ def rnn_backward(
     ``|h| = 1`` the derivative ``1 - h^2`` of tanh magnifies a rounding of ``h`` many times.
     """
     _, backward = _activation(nonlinearity)
-    w_ih, w_hh = np.asarray(w_ih, np.float64), np.asarray(w_hh, np.float64)
-    H = w_hh.shape[0]
+    xf, w_ih, w_hh, _, h0, rows, padded_shape = _layer(x, w_ih, w_hh, b_ih, b_hh, h0,
+                                                       batch_sizes)  # fmt: skip
+    H, B, N = w_hh.shape[0], len(rows), xf.shape[0]
     if h is None:
         h, _ = rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
-    else:
-        h = np.asarray(h, np.float64)
-    xf, rows, padded_shape = _flatten(x, batch_sizes)
-    N = xf.shape[0]  # (explicit sizes: -1 cannot be inferred for an empty batch)
-    hf = h.reshape(N, H)
-    B = len(rows)
-    h0 = np.zeros((B, H)) if h0 is None else np.asarray(h0, np.float64)
-    gh = np.zeros_like(hf) if grad_h is None else np.asarray(grad_h, np.float64).reshape(N, H)
-    ghn = np.zeros((B, H)) if grad_hn is None else np.asarray(grad_hn, np.float64)
+    # h and grad_h: in rnn_forward's layout of h, or (padded) as its [T * B, H] rows.
+    # (explicit sizes: -1 cannot be inferred for an empty batch)
+    hf = _rows("h", h, N, H, padded_shape)
+    gh = np.zeros_like(hf) if grad_h is None else _rows("grad_h", grad_h, N, H, padded_shape)
+    ghn = np.zeros((B, H)) if grad_hn is None else _shape("grad_hn", grad_hn, (B, H), "[B, H]")
 
     dx = np.zeros_like(xf)
     dw_ih, dw_hh, db = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros(H)

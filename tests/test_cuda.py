@@ -739,6 +739,89 @@ def test_module_matches_cudnn(options, packed, path, monkeypatch):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
 
 
+LEAN_CONFIGS = {
+    "L1": dict(num_layers=1),
+    "L3_BT": dict(num_layers=3, batch_first=True),
+    "L2_relu_no_bias": dict(num_layers=2, bias=False, nonlinearity="relu"),
+    "L2_dropout": dict(num_layers=2, dropout=0.5),
+}
+LEAN_TOL = {
+    torch.float32: dict(rtol=1e-6, atol=1e-6),
+    torch.float64: dict(rtol=1e-13, atol=1e-13),
+    torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
+    torch.float16: dict(rtol=2e-3, atol=2e-3),
+}
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("config", list(LEAN_CONFIGS))
+def test_lean_path_on_cuda_matches_general_path(monkeypatch, config, dtype, with_hx, batched,
+                                                grad):  # fmt: skip
+    """The modules' lean path on CUDA (RNN._forward_fast_cuda: one direction per layer,
+    padded; a zero state passed as no tensor, P written into the output) is taken and gives
+    the general path's outputs and gradients (the same operations in the same order: equal
+    up to the sign of a zero state and the GEMM's choice of kernel for out=)."""
+    torch.manual_seed(0)
+    module = fusedrnn.RNN(3, 24, device="cuda", dtype=dtype, **LEAN_CONFIGS[config])
+    module.train(config == "L2_dropout")
+    B, T, L = 2, 5, module.num_layers
+    x = torch.randn((B, T, 3) if module.batch_first else (T, B, 3), device="cuda", dtype=dtype)
+    hx = torch.randn(L, B, 24, device="cuda", dtype=dtype)
+    if not batched:
+        x, hx = x[0] if module.batch_first else x[:, 0], hx[:, 0]
+    served = []
+    lean = type(module)._forward_fast_cuda
+    monkeypatch.setattr(type(module), "_forward_fast_cuda",
+                        lambda self, *a: served.append(1) or lean(self, *a))  # fmt: skip
+    results = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(ops, "fast_input_cuda", lambda x: False)
+        xx = x.clone().requires_grad_(grad)
+        h = hx.clone().requires_grad_(grad) if with_hx else None
+        torch.manual_seed(5)  # the same dropout masks
+        with torch.set_grad_enabled(grad):
+            out, hn = module(xx, h)
+        got = [out, hn]
+        if grad:
+            wrt = [t for t in (xx, h) if t is not None] + list(module.parameters())
+            got += torch.autograd.grad(out.float().square().sum() + hn.float().sum(), wrt)
+        results.append(got)
+        if fast:
+            assert served, "the lean path was not taken"
+            served.clear()
+    assert not served
+    for a, b in zip(results[0][:2], results[1][:2], strict=True):  # the outputs' layouts
+        assert a.stride() == b.stride()
+    for a, b in zip(*results, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(a, b, **LEAN_TOL[dtype])
+
+
+def test_lean_path_on_cuda_declines_what_it_does_not_serve():
+    """Bidirectional layers, packed input, weights or a state on another device or of
+    another dtype take the general path (which serves or reports them)."""
+    torch.manual_seed(0)
+    cases = []
+    bi = fusedrnn.RNN(3, 8, bidirectional=True).cuda()
+    cases.append((bi, torch.randn(4, 2, 3, device="cuda"), None))
+    uni = fusedrnn.RNN(3, 8).cuda()
+    cases.append((uni, torch.randn(4, 2, 3, device="cuda"), torch.zeros(1, 2, 8)))  # CPU hx
+    cases.append((uni, torch.randn(4, 2, 3, device="cuda"),
+                  torch.zeros(1, 2, 8, device="cuda", dtype=torch.float64)))  # fmt: skip
+    # (a transposed [1, 2, 8] state: not contiguous; session 29's first version of this case
+    # transposed a size-1 dimension, which leaves it contiguous, and the lean path served it)
+    cases.append((uni, torch.randn(4, 2, 3, device="cuda"),
+                  torch.zeros(1, 8, 2, device="cuda").transpose(1, 2)))  # fmt: skip
+    for module, x, hx in cases:
+        assert module._forward_fast(x, hx) is None
+    cpu_weights = fusedrnn.RNN(3, 8)
+    assert cpu_weights._forward_fast(torch.randn(4, 2, 3, device="cuda"), None) is None
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_module_half_types_track_float32(dtype):
     torch.manual_seed(0)

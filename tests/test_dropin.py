@@ -835,6 +835,87 @@ def test_cell_fast_path_matches_general_path_bitwise(monkeypatch, bias, dtype, w
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
+@pytest.mark.parametrize("config", ["L1", "L3_BT", "L2_relu_no_bias", "L2_dropout"])
+def test_cuda_lean_path_logic_on_the_cpu(monkeypatch, config, with_hx, batched, grad):
+    """RNN._forward_fast_cuda's own logic (the layer loop, the states, the absent biases,
+    dropout, the returned shapes and strides), run here with the CUDA recurrence stood in
+    for by the CPU kernel (the same contract: P in place, h0 None for zeros): it must give
+    the general path's results. tests/test_cuda.py runs it on a GPU."""
+    from fusedrnn import _cuda, ops
+
+    def recurrence(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, h, hn):
+        ops._C.rnn_forward(ops.KERNEL_DTYPES[P.dtype], T, B, H, 0, reverse, nonlinearity,
+                           P.data_ptr(), w_hh.data_ptr(), ops._addr(h0), h.data_ptr(),
+                           hn.data_ptr(), 1)  # fmt: skip
+
+    kwargs = {**FAST_CONFIGS, "L2_dropout": dict(num_layers=2, dropout=0.5)}[config]
+    torch.manual_seed(0)
+    module = fusedrnn.RNN(3, 4, dtype=f64, **kwargs).train(config == "L2_dropout")
+    L = module.num_layers
+    x = torch.randn((2, 5, 3) if module.batch_first else (5, 2, 3), dtype=f64)
+    hx = torch.randn(L, 2, 4, dtype=f64)
+    if not batched:
+        x, hx = x[0] if module.batch_first else x[:, 0], hx[:, 0]
+    served = []
+    lean = fusedrnn.RNN._forward_fast_cuda
+    monkeypatch.setattr(fusedrnn.RNN, "_forward_fast_cuda",
+                        lambda self, *a: served.append(1) or lean(self, *a))  # fmt: skip
+    results = []
+    for fast in (True, False):
+        with monkeypatch.context() as m:
+            m.setattr(ops, "fast_input_cpu", lambda x: False)
+            m.setattr(ops, "fast_input_cuda", lambda x, _fast=fast: _fast)
+            m.setattr(_cuda, "rnn_forward", recurrence)
+            xx = x.clone().requires_grad_(grad)
+            h = hx.clone().requires_grad_(grad) if with_hx else None
+            torch.manual_seed(5)
+            with torch.set_grad_enabled(grad):
+                out, hn = module(xx, h)
+        got = [out, hn]
+        if grad:
+            wrt = [t for t in (xx, h) if t is not None] + list(module.parameters())
+            got += torch.autograd.grad(_loss((out, hn)), wrt)
+        results.append(got)
+        assert bool(served) == fast
+        served.clear()
+    for a, b in zip(results[0][:2], results[1][:2], strict=True):
+        assert a.stride() == b.stride()
+    for a, b in zip(*results, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+def test_cuda_lean_path_checks_each_tensor():
+    """ops.fast_tensors_cuda, the CUDA lean path's check of the weights and the state, on
+    any device: each property it requires refuses a tensor that lacks it."""
+    from fusedrnn import ops
+
+    cpu = torch.device("cpu")
+    good = torch.zeros(2, 3)
+    assert ops.fast_tensors_cuda((good, torch.zeros(3)), ((2, 3), (3,)), f32, cpu)
+    freed = torch.zeros(2, 3)
+    freed.untyped_storage().resize_(0)
+    bad = {
+        "device": (good, torch.device("meta")),
+        "dtype": (good.double(), cpu),
+        "shape": (torch.zeros(3, 2), cpu),
+        "not contiguous": (torch.zeros(3, 2).t(), cpu),
+        "negative bit": (torch.zeros(2, 3, dtype=torch.complex64).conj().imag, cpu),
+        "freed storage": (freed, cpu),
+        "subclass": (good.as_subclass(_Sub), cpu),
+        "not a tensor": ([[0.0] * 3] * 2, cpu),
+    }
+    for what, (t, device) in bad.items():
+        assert not ops.fast_tensors_cuda((good, t), ((2, 3), (2, 3)), f32, device), what
+
+
 @pytest.mark.parametrize(
     "change",
     ["parametrized", "non_contiguous_weight", "subclass_input", "float32_hx", "packed", "meta"],

@@ -366,19 +366,23 @@ class RNN(nn.RNNBase):
     def _forward_fast(self, input: Tensor, hx: Tensor | None):
         """The common eager call, lean: padded (batched or not) plain contiguous CPU tensors
         in a kernel dtype (float32, float64; bfloat16 where the CPU has AVX512_BF16: see
-        ``ops.KERNEL_DTYPES``). None when anything else is asked for (packed input, autocast,
+        ``ops.KERNEL_DTYPES``), or CUDA tensors of one direction per layer
+        (``_forward_fast_cuda``). None when anything else is asked for (packed input, autocast,
         torch.compile, a subclass, a wrong argument...): ``forward``'s general path then
         serves or reports it. Inference writes every layer straight into the returned
         tensors; training runs each layer as one autograd node (``ops.rnn_layer_checked``).
         The weights and the state pass the same ``ops.fast_addresses_cpu`` as the cell's.
         """
+        cuda = False
         if not ops.fast_input_cpu(input):
-            return None
+            if not ops.fast_input_cuda(input):
+                return None
+            cuda = True
         plan = self.__dict__.get("_fusedrnn_plan")
         if plan is None or plan[0] is not _PLAN_TAG:
             plan = self._make_fast_plan()
         _, get_weights, shapes, I, H, L, D, batch_first, bias, nonlinearity = plan
-        if get_weights is None:
+        if get_weights is None or (cuda and D == 2):  # (CUDA: one direction per layer)
             return None
         shape = input.shape
         dim = len(shape)
@@ -394,6 +398,9 @@ class RNN(nn.RNNBase):
         if In != I or T == 0 or B == 0 or H == 0:
             return None
         dtype = input.dtype
+        if cuda:
+            return self._forward_fast_cuda(input, hx, get_weights, shapes, T, B, H, L, dim,
+                                           batch_first, bias, nonlinearity)  # fmt: skip
         h0 = 0  # the state's address; 0: absent (zeros)
         if hx is not None:
             h0 = ops.fast_addresses_cpu((hx,), ((L * D, B, H) if dim == 3 else (L * D, H),), dtype)
@@ -447,6 +454,56 @@ class RNN(nn.RNNBase):
             if dropout and layer < L - 1:
                 out = F.dropout(out, self.dropout, training=True)
             layer_input, width = out, D * H
+        if dim == 3 and batch_first:
+            return layer_input.transpose(0, 1), hidden
+        return layer_input, hidden
+
+    def _forward_fast_cuda(self, input, hx, get_weights, shapes, T, B, H, L, dim, batch_first,
+                           bias, nonlinearity):  # fmt: skip
+        """``_forward_fast`` on CUDA (one direction per layer): the same checks, on devices
+        instead of addresses (``ops.fast_tensors_cuda``); training through ``_train_fast``;
+        inference writes each layer's ``P = x W_ih^T + b`` into its output and runs the
+        recurrence there in place, the last layer's output and ``h_n`` allocated in their
+        returned shapes (``ops.forward_cuda_checked``). A zero state is no tensor: the
+        kernels read its absent address as zeros."""
+        dtype, device = input.dtype, input.device
+        if hx is not None and not ops.fast_tensors_cuda(
+            (hx,), ((L, B, H) if dim == 3 else (L, H),), dtype, device
+        ):
+            return None
+        try:  # a parametrized weight is not in _parameters: the general path
+            weights = get_weights(self._parameters)
+        except KeyError:
+            return None
+        if not ops.fast_tensors_cuda(weights, shapes, dtype, device):
+            return None
+        if not bias:  # None for the absent biases
+            pairs = range(0, len(weights), 2)
+            weights = [w for k in pairs for w in (*weights[k : k + 2], None, None)]
+        if dim == 3 and batch_first and B > 1:
+            x = input.transpose(0, 1).contiguous()  # time-major rows
+        else:
+            x = input.contiguous()
+        if torch.is_grad_enabled() and ops.records_graph(input, hx, *weights):
+            if dim == 2 and hx is not None:  # each layer's state as [B = 1, H], as batched
+                hx = hx.view(L, 1, H)
+            output, hidden = self._train_fast(x, hx, weights, T, B, H, dim == 3, nonlinearity)
+            return (output.transpose(0, 1) if dim == 3 and batch_first else output), hidden
+        hidden = x.new_empty(L, B, H) if dim == 3 else x.new_empty(L, H)
+        dropout = self.dropout > 0 and self.training
+        layer_input = x
+        for layer in range(L):
+            if layer < L - 1:
+                out = x.new_empty(T * B, H)
+            else:
+                out = x.new_empty(T, B, H) if dim == 3 else x.new_empty(T, H)
+            w_ih, w_hh, b_ih, b_hh = weights[4 * layer : 4 * layer + 4]
+            h0 = None if hx is None else hx[layer]
+            ops.forward_cuda_checked(layer_input, w_ih, w_hh, b_ih, b_hh, h0, out,
+                                     hidden[layer], T, B, H, False, nonlinearity)  # fmt: skip
+            if dropout and layer < L - 1:
+                out = F.dropout(out, self.dropout, training=True)
+            layer_input = out
         if dim == 3 and batch_first:
             return layer_input.transpose(0, 1), hidden
         return layer_input, hidden

@@ -333,7 +333,8 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
     """The forward computation shared by the custom op and the eager path.
 
     ``dims = (T, B, H, h_shape, hn_shape)`` marks arguments already checked (the modules'
-    fast path, :func:`fast_input_cpu`): plain contiguous CPU tensors in a kernel dtype,
+    fast path, :func:`fast_input_cpu` or, on CUDA, :func:`fast_input_cuda`): plain
+    contiguous tensors of one device in a kernel dtype,
     padded input (``x`` any shape ``[..., I]`` of ``T B`` rows), ``h0`` None for a zero
     state; ``h`` and ``hn`` are then allocated in the given shapes (of ``T B`` and ``B``
     rows), the shapes the module returns, so that no view node follows in the graph.
@@ -342,6 +343,10 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
         T, B, H, h_shape, hn_shape = dims
         hn = x.new_empty(hn_shape)
         h = x.new_empty(h_shape)
+        if x.is_cuda:  # (the modules' lean path on CUDA: fast_input_cuda)
+            forward_cuda_checked(x, w_ih, w_hh, b_ih, b_hh, h0, h, hn, T, B, H, reverse,
+                                 nonlinearity)  # fmt: skip
+            return h, hn
         _forward_into(x, w_ih, w_hh, b_ih, b_hh, _addr(h0), h.data_ptr(), H, hn.data_ptr(),
                       T, B, H, reverse, nonlinearity)  # fmt: skip
         return h, hn
@@ -1809,6 +1814,61 @@ def fast_input_cpu(x: Tensor) -> bool:
         and _forward_ad._current_level < 0  # no dual level: see _func_or_forward_ad
         and not x.is_neg()  # after _plain_mode: torch.compile cannot trace is_neg()
     )
+
+
+def fast_input_cuda(x: Tensor) -> bool:
+    """:func:`fast_input_cpu` for CUDA: a plain dense CUDA tensor in a dtype of the CUDA
+    kernels (float32, float64, bfloat16, float16), the kernels built, no mode and no forward
+    AD. Its other arguments must then pass :func:`fast_tensors_cuda` (the modules' lean
+    path on CUDA, one direction per layer)."""
+    return (
+        type(x) is Tensor
+        and x.is_cuda
+        and x.dtype in _cuda.KERNEL_DTYPES
+        and x.layout is torch.strided
+        and _plain_mode()
+        and _forward_ad._current_level < 0
+        and not x.is_neg()
+        and _cuda.available()
+    )
+
+
+def fast_tensors_cuda(tensors, shapes, dtype: torch.dtype, device: torch.device) -> bool:
+    """:func:`fast_addresses_cpu` for CUDA: whether each of ``tensors`` is a plain,
+    contiguous, dense tensor of ``dtype`` on ``device`` (the input's GPU) with its shape in
+    ``shapes``, its values plainly in memory and its storage not freed."""
+    strided, plain = torch.strided, PLAIN_TENSOR_TYPES
+    for t, shape in zip(tensors, shapes, strict=False):  # equal lengths by construction
+        if (
+            type(t) not in plain
+            or t.dtype is not dtype
+            or t.device != device
+            or t.layout is not strided
+            or not t.is_contiguous()
+            or t.is_neg()
+            or t.shape != shape
+            or (t.data_ptr() == 0 and t.numel())
+        ):
+            return False
+    return True
+
+
+def forward_cuda_checked(x, w_ih, w_hh, b_ih, b_hh, h0, out, hn, T, B, H, reverse, nonlinearity):
+    """One layer-direction of padded input on CUDA, on arguments the caller checked
+    (:func:`fast_input_cuda`, :func:`fast_tensors_cuda`, sizes ``T, B, H``): ``out`` (any
+    shape of ``T B`` contiguous rows of ``H``) gets ``P = x W_ih^T + b_ih + b_hh`` from one
+    GEMM, then the recurrence in place; ``hn`` (``B H`` contiguous) the last state. ``x``
+    is contiguous ``[..., I]`` of ``T B`` rows; ``h0`` None for a zero state (the kernels
+    read address 0 as zeros). The same operations, in the same order, as
+    :func:`_forward_impl` on CUDA."""
+    rows = x.view(T * B, x.shape[-1])
+    P = out.view(T * B, H)
+    bias = _combined_bias(b_ih, b_hh)
+    if bias is not None:
+        torch.addmm(bias, rows, w_ih.t(), out=P)
+    else:
+        torch.mm(rows, w_ih.t(), out=P)
+    _cuda.rnn_forward(T, B, H, _NO_STEPS, reverse, nonlinearity, P, w_hh, h0, P, hn)
 
 
 def fast_addresses_cpu(tensors, shapes, dtype: torch.dtype) -> list[int] | None:

@@ -888,6 +888,30 @@ def test_cuda_lean_path_logic_on_the_cpu(monkeypatch, config, with_hx, batched, 
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_functional_call_with_parameters_of_another_dtype_runs_like_nn_rnn(packed):
+    """torch.func.functional_call with float64 parameters on a float32 module and float64
+    input: nn.RNN runs it (its forward refreshes its weight cache first); fusedrnn's general
+    path refused it against the stale cache (ValueError) up to session 29."""
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    ref = nn.RNN(3, 4, 2)
+    ours = fusedrnn.RNN.from_torch(ref)
+    params = {k: v.double() for k, v in ref.named_parameters()}
+    x = torch.randn(5, 2, 3, dtype=f64)
+    if packed:
+        x = pack_sequence([x[:, 0], x[:3, 1]])
+    want = functional_call(ref, params, (x,))
+    got = functional_call(ours, params, (x,))
+    for a, b in zip(got, want, strict=True):
+        a, b = (a.data, b.data) if packed and isinstance(a, PackedSequence) else (a, b)
+        assert a.dtype == f64
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"input dtype \(torch.float32\) does not match weight"):
+        functional_call(ours, params, (torch.randn(5, 2, 3),))
+
+
 class _Sub(torch.Tensor):
     pass
 

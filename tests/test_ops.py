@@ -8,7 +8,7 @@ import torch
 from torch.nn.utils.rnn import pack_sequence
 
 import fusedrnn
-from fusedrnn import _C, ops
+from fusedrnn import _C, _cuda, ops
 
 f64 = torch.float64
 PADDED = torch.empty(0, dtype=torch.int64)
@@ -423,6 +423,11 @@ def test_a_tensor_whose_storage_was_freed_is_refused():
     m.bias_ih_l0.data.untyped_storage().resize_(0)
     with pytest.raises(RuntimeError, match="has no memory"):
         m(x.view(3, 2, 4))
+    # The CUDA launchers take every address through the same check (session 29: w_hh, h and
+    # the outputs went by data_ptr() unchecked, read at address 0 on the GPU).
+    assert _cuda._addr(None) == 0 and _cuda._addr(b) == b.data_ptr()
+    with pytest.raises(RuntimeError, match="has no memory"):
+        _cuda._addr(freed(w_hh))
 
 
 def test_grads_op_with_an_empty_batch_returns_zero_gradients():

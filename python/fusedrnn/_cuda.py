@@ -144,7 +144,18 @@ def kernel_path() -> str:
 
 
 def _addr(t: Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
+    """The data address of ``t``, 0 for None (absent), as ``ops._addr``: a tensor whose
+    storage was freed (address 0 with elements) is refused, never passed on as absent or
+    read at address 0 (a helper's review, session 29: the CUDA path passed ``w_hh`` and
+    ``h`` by ``data_ptr()`` unchecked)."""
+    if t is None:
+        return 0
+    address = t.data_ptr()
+    if address == 0 and t.numel():
+        from .ops import _refuse_no_memory  # (ops imports this module)
+
+        _refuse_no_memory(t)
+    return address
 
 
 @functools.lru_cache(maxsize=1024)
@@ -222,11 +233,11 @@ def rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, h, hn)
         _addr(bs_dev),
         reverse,
         nonlinearity,
-        P.data_ptr(),
-        w_hh.data_ptr(),
+        _addr(P),
+        _addr(w_hh),
         _addr(h0),
-        h.data_ptr(),
-        hn.data_ptr(),
+        _addr(h),
+        _addr(hn),
         ws.data_ptr(),
         ws.numel(),
         index,
@@ -250,11 +261,11 @@ def rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, w_hh, h, G, dhn, d
         _addr(bs_dev),
         reverse,
         nonlinearity,
-        w_hh.data_ptr(),
-        h.data_ptr(),
+        _addr(w_hh),
+        _addr(h),
         _addr(G),
         _addr(dhn),
-        dP.data_ptr(),
+        _addr(dP),
         _addr(dh0),
         ws.data_ptr(),
         ws.numel(),

@@ -38,6 +38,29 @@ __all__ = ["RNN", "RNNCell"]
 _NO_BATCH_SIZES = torch.empty(0, dtype=torch.int64)
 
 
+def _check_input(module: nn.RNNBase, input: Tensor, batch_sizes: Tensor | None) -> None:
+    """``nn.RNNBase.check_input`` with its messages, against the first weight as named now:
+    the base class compares the input's dtype with its ``_flat_weights`` cache, which
+    ``nn.RNN.forward`` refreshes first (``_update_flat_weights``) and fusedrnn's forward,
+    which assigns nothing, does not; with the cache, ``functional_call`` with parameters of
+    another dtype was refused where ``nn.RNN`` serves it (a helper's review, session 29)."""
+    name = module._flat_weights_names[0]
+    weight = module._parameters[name] if name in module._parameters else getattr(module, name)
+    if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
+        raise ValueError(
+            f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
+            f"Convert input: input.to({weight.dtype}), or convert model: model.to({input.dtype})"
+        )
+    expected_input_dim = 2 if batch_sizes is not None else 3
+    if input.dim() != expected_input_dim:
+        raise RuntimeError(f"input must have {expected_input_dim} dimensions, got {input.dim()}")
+    if module.input_size != input.size(-1):
+        raise RuntimeError(
+            "input.size(-1) must be equal to input_size. Expected "
+            f"{module.input_size}, got {input.size(-1)}"
+        )
+
+
 def _no_batch_sizes(input: Tensor) -> Tensor:
     """The layer op's ``batch_sizes`` for padded input: an empty tensor, made once, except
     for an input of a tensor subclass, which gets one of its own kind (a FakeTensor under
@@ -310,7 +333,7 @@ class RNN(nn.RNNBase):
         if _overrides_checks(type(self), _RNN_FORWARD_CHECKS):
             self.check_forward_args(input, hx, batch_sizes)
         else:
-            self.check_input(input, batch_sizes)
+            _check_input(self, input, batch_sizes)
             if given:
                 num_directions = 2 if self.bidirectional else 1
                 expected = (self.num_layers * num_directions, max_batch_size, self.hidden_size)

@@ -1860,7 +1860,9 @@ def forward_cuda_checked(x, w_ih, w_hh, b_ih, b_hh, h0, out, hn, T, B, H, revers
     GEMM, then the recurrence in place; ``hn`` (``B H`` contiguous) the last state. ``x``
     is contiguous ``[..., I]`` of ``T B`` rows; ``h0`` None for a zero state (the kernels
     read address 0 as zeros). The same operations, in the same order, as
-    :func:`_forward_impl` on CUDA."""
+    :func:`_forward_impl` on CUDA. (Writing through ``out=`` bumps ``out``'s version
+    counter: the lean path's output reads version 1 where the general path's reads 0,
+    which changes nothing for autograd, whose in-place checks start from there.)"""
     rows = x.view(T * B, x.shape[-1])
     P = out.view(T * B, H)
     bias = _combined_bias(b_ih, b_hh)

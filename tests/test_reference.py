@@ -142,6 +142,46 @@ def test_reference_names_a_wrong_size(change, match):
         reference.rnn_backward(**args, **grads)
 
 
+def test_reference_names_a_value_it_cannot_take():
+    """Values that are not real numbers, flags that are not bools and sequence_rows' own
+    arguments are named (NumPy's or torch's errors, a silently dropped imaginary part, or a
+    truncated or ignored size before session 29); tensors that require grad, of a half type
+    or of any device are read as their values."""
+    rng = rng_for("values")
+    x, w_ih, w_hh = rng.standard_normal((4, 2, 2)), rng.standard_normal((3, 2)), np.eye(3)
+    want, _ = reference.rnn_forward(x, w_ih, w_hh)
+    t = torch.tensor(w_ih, requires_grad=True)
+    got, _ = reference.rnn_forward(x, t, w_hh)  # (numpy() of it raised torch's RuntimeError)
+    np.testing.assert_array_equal(got, want)
+    half = torch.tensor(w_ih).to(torch.bfloat16)
+    got, _ = reference.rnn_forward(x, half, w_hh)
+    np.testing.assert_array_equal(got, reference.rnn_forward(x, half.double().numpy(), w_hh)[0])
+    for args, match in [
+        ((x + 1j, w_ih, w_hh), "x: expected real numbers"),
+        ((x, torch.tensor(w_ih) * 1j, w_hh), "w_ih: expected real numbers, got a complex"),
+        ((x, "abc", w_hh), "w_ih: expected real numbers"),
+        ((x, w_ih, [[1.0, 2.0], [3.0]]), "w_hh: expected real numbers"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            reference.rnn_forward(*args)
+    with pytest.raises(TypeError, match="reverse: expected a bool, got 'no'"):
+        reference.rnn_forward(x, w_ih, w_hh, reverse="no")
+    with pytest.raises(TypeError, match="reverse: expected a bool, got None"):
+        reference.rnn_backward(x, w_ih, w_hh, reverse=None)
+    assert reference.sequence_rows([2, 1]) == [[0, 2], [1]]
+    assert reference.sequence_rows(torch.tensor([2, 1])) == [[0, 2], [1]]
+    assert reference.sequence_rows(None, B=2, T=2) == [[0, 2], [1, 3]]
+    for sizes in ([2, 0], [2, -1], [2.7, 1.2], "21", [], [1, 2], [2, [2], 1]):
+        with pytest.raises(ValueError, match="batch_sizes: expected a non-empty 1-D integer"):
+            reference.sequence_rows(sizes)
+    with pytest.raises(ValueError, match="B: expected an int >= 0 for padded data"):
+        reference.sequence_rows(None, B=-1, T=3)
+    with pytest.raises(ValueError, match="T: expected an int >= 0 for padded data"):
+        reference.sequence_rows(None, B=2)
+    with pytest.raises(ValueError, match="B and T: given with batch_sizes"):
+        reference.sequence_rows([2, 1], B=2, T=2)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_reference_backward_at_given_states(layout):
     """``h=``: BPTT at the states given (a kernel's stored, rounded ones), not recomputed.

@@ -43,8 +43,15 @@ def sequence_rows(batch_sizes, B: int | None = None, T: int | None = None) -> li
     ``T``: row ``t * B + b``.
     """
     if batch_sizes is None:
+        for name, v in (("B", B), ("T", T)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name}: expected an int >= 0 for padded data (batch_sizes "
+                                 f"None), got {v!r}")  # fmt: skip
         return [[t * B + b for t in range(T)] for b in range(B)]
-    sizes = [int(v) for v in batch_sizes]
+    if B is not None or T is not None:
+        raise ValueError("B and T: given with batch_sizes, which sets them (pass one or the "
+                         "other)")  # fmt: skip
+    sizes = [int(v) for v in _batch_sizes(batch_sizes)]
     rows: list[list[int]] = [[] for _ in range(sizes[0])]
     offset = 0
     for size in sizes:
@@ -54,9 +61,46 @@ def sequence_rows(batch_sizes, B: int | None = None, T: int | None = None) -> li
     return rows
 
 
+def _batch_sizes(batch_sizes) -> np.ndarray:
+    """``batch_sizes`` (a list, a NumPy array, a torch tensor on any device) as a checked
+    1-D integer array: non-empty, positive, non-increasing."""
+    try:  # (tolist: a torch tensor on any device, a NumPy array or a list alike)
+        sizes = np.asarray(batch_sizes.tolist() if hasattr(batch_sizes, "tolist") else batch_sizes)
+    except (TypeError, ValueError):  # ragged nesting
+        sizes = np.asarray([], dtype=object)
+    if (sizes.ndim != 1 or not sizes.size or not np.issubdtype(sizes.dtype, np.integer)
+            or sizes[-1] < 1 or np.any(np.diff(sizes) > 0)):  # fmt: skip
+        shown = sizes.tolist() if sizes.dtype != object else batch_sizes
+        raise ValueError("batch_sizes: expected a non-empty 1-D integer sequence of positive, "
+                         f"non-increasing sizes, got {shown!r}")  # fmt: skip
+    return sizes
+
+
+def _array(name: str, a) -> np.ndarray:
+    """``a`` (a NumPy array, nested lists, a torch tensor of any dtype, device or grad) as a
+    float64 array, or a ValueError naming it: complex values, text or ragged nesting."""
+    if hasattr(a, "detach") and hasattr(a, "is_complex"):  # a torch tensor
+        if a.is_complex():
+            raise ValueError(f"{name}: expected real numbers, got a complex tensor")
+        return a.detach().cpu().double().numpy()
+    try:
+        if np.iscomplexobj(a):
+            raise ValueError("complex")
+        return np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: expected real numbers (an array, a tensor or nested lists), "
+                         f"got {type(a).__name__} ({e})") from None  # fmt: skip
+
+
+def _flag(name: str, v) -> bool:
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    raise TypeError(f"{name}: expected a bool, got {v!r}")
+
+
 def _shape(name: str, a, want: tuple[int, ...], what: str) -> np.ndarray:
     """``a`` as a float64 array of shape ``want``, or a ValueError naming it."""
-    a = np.asarray(a, dtype=np.float64)
+    a = _array(name, a)
     if a.shape != want:
         raise ValueError(f"{name}: expected shape {what} = {want}, got {a.shape}")
     return a
@@ -64,7 +108,7 @@ def _shape(name: str, a, want: tuple[int, ...], what: str) -> np.ndarray:
 
 def _rows(name: str, a, N: int, H: int, padded) -> np.ndarray:
     """``a`` (the layout of rnn_forward's ``h``, or padded its rows) as float64 [N, H] rows."""
-    a = np.asarray(a, dtype=np.float64)
+    a = _array(name, a)
     if a.shape == (N, H) or (padded is not None and a.shape == (*padded, H)):
         return a.reshape(N, H)
     want = f"[N, H] = {(N, H)}" if padded is None else f"[T, B, H] = {(*padded, H)} or [T * B, H]"
@@ -76,11 +120,11 @@ def _layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes):
     [H] (b_ih + b_hh), h0 [B, H], rows of each sequence, padded shape (T, B) or None)``.
     Every size is checked here, so that a wrong one is named instead of broadcast or
     partly read."""
-    w_hh = np.asarray(w_hh, dtype=np.float64)
+    w_hh = _array("w_hh", w_hh)
     if w_hh.ndim != 2 or w_hh.shape[0] != w_hh.shape[1]:
         raise ValueError(f"w_hh: expected a square [H, H] matrix, got shape {w_hh.shape}")
     H = w_hh.shape[0]
-    x = np.asarray(x, dtype=np.float64)
+    x = _array("x", x)
     if batch_sizes is None:
         if x.ndim != 3:
             raise ValueError(f"x: expected padded input [T, B, I] (batch_sizes None), got "
@@ -88,12 +132,7 @@ def _layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes):
         T, B, I = x.shape
         xf, rows, padded = x.reshape(T * B, I), sequence_rows(None, B=B, T=T), (T, B)
     else:
-        # (tolist: a torch tensor on any device, a NumPy array or a list alike)
-        sizes = np.asarray(batch_sizes.tolist() if hasattr(batch_sizes, "tolist") else batch_sizes)
-        if (sizes.ndim != 1 or not sizes.size or not np.issubdtype(sizes.dtype, np.integer)
-                or sizes[-1] < 1 or np.any(np.diff(sizes) > 0)):  # fmt: skip
-            raise ValueError("batch_sizes: expected a non-empty 1-D integer sequence of "
-                             f"positive, non-increasing sizes, got {sizes.tolist()}")  # fmt: skip
+        sizes = _batch_sizes(batch_sizes)
         N = int(sizes.sum())
         if x.ndim != 2 or x.shape[0] != N:
             raise ValueError(f"x: expected packed input [N, I] with N = sum(batch_sizes) = {N}, "
@@ -122,6 +161,7 @@ def rnn_forward(
 ):
     """Return ``(h, hn)``: every hidden state (layout of ``x``) and the final states ``[B, H]``."""
     phi, _ = _activation(nonlinearity)
+    reverse = _flag("reverse", reverse)
     xf, w_ih, w_hh, bias, h0, rows, padded_shape = _layer(x, w_ih, w_hh, b_ih, b_hh, h0,
                                                           batch_sizes)  # fmt: skip
     H, B = w_hh.shape[0], len(rows)
@@ -164,6 +204,7 @@ def rnn_backward(
     ``|h| = 1`` the derivative ``1 - h^2`` of tanh magnifies a rounding of ``h`` many times.
     """
     _, backward = _activation(nonlinearity)
+    reverse = _flag("reverse", reverse)
     xf, w_ih, w_hh, _, h0, rows, padded_shape = _layer(x, w_ih, w_hh, b_ih, b_hh, h0,
                                                        batch_sizes)  # fmt: skip
     H, B, N = w_hh.shape[0], len(rows), xf.shape[0]

@@ -84,6 +84,15 @@ def _error(argv, capsys) -> str:
         (["bench", "--plot", "out.txt"], "argument --plot: expected a file name ending in one of"),
         (["gradcheck", "--flow", "--plot", "flow"], "argument --plot: expected a file name ending"),
         (["bench", "--plot", "b.pgf"], "argument --plot: expected a file name ending"),  # LaTeX
+        # Two outputs in one file: the later write replaced the earlier, after the run.
+        (
+            ["bench", "--json", "o", "--markdown", "./o"],
+            "arguments --json and --markdown: expected",
+        ),
+        (
+            ["gradcheck", "--flow", "--json", "f.png", "--plot", "f.png"],
+            "arguments --json and --plot",
+        ),
         # The gradient checks and flows refuse what would take hours or most of the memory
         # (they ran it before, into a NumPy MemoryError or a silent hour).
         (

@@ -117,6 +117,22 @@ def check_plot_file(parser: argparse.ArgumentParser, path: str) -> None:
         )
 
 
+def check_distinct_outputs(parser: argparse.ArgumentParser, **paths: str | None) -> None:
+    """Output options (``json="out.json"``, ...) must name different files: the later
+    write would replace the earlier one's file, silently, after the whole run."""
+    seen: dict[str, str] = {}
+    for option, path in paths.items():
+        if not path:
+            continue
+        key = os.path.realpath(path)
+        if key in seen:
+            parser.error(
+                f"arguments --{seen[key]} and --{option}: expected different files, both "
+                f"name {path!r}"
+            )
+        seen[key] = option
+
+
 def _available_memory() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -728,6 +728,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
     devices = _devices(parser, args.device)
     if args.plot:
         _cli.check_plot_file(parser, args.plot)
+    _cli.check_distinct_outputs(parser, json=args.json, markdown=args.markdown, plot=args.plot)
     overrides = {
         "T": args.seq,
         "B": args.batch,

@@ -1149,6 +1149,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
         if not args.flow:
             parser.error("argument --plot: only with --flow")
         _cli.check_plot_file(parser, args.plot)
+    _cli.check_distinct_outputs(parser, json=args.json, plot=args.plot)
     # An option the chosen mode does not use is an error, not silently ignored.
     if args.flow:
         for option in (

@@ -655,6 +655,26 @@ def test_cell_matches_nn_rnncell(bias, nonlinearity, with_hx, batched, dtype):
     assert_same_results(ref, ours, lambda: args, list(args), TOL[dtype])
 
 
+def test_cell_runs_weights_of_other_sizes_like_nn_rnncell():
+    """nn.RNNCell takes its sizes from the weights (input_size and hidden_size only make a
+    zero state): a weight resized after construction, or functional_call with weights of
+    other sizes, runs there, and ran into fusedrnn's shape check against the module's sizes
+    up to session 29."""
+    torch.manual_seed(0)
+    ref = nn.RNNCell(3, 4)
+    ours = fusedrnn.RNNCell.from_torch(ref)
+    w = torch.randn(4, 5)
+    ref.weight_ih, ours.weight_ih = nn.Parameter(w.clone()), nn.Parameter(w.clone())
+    x, h = torch.randn(2, 5), torch.randn(2, 4)
+    torch.testing.assert_close(ours(x, h), ref(x, h), **TOL[f32])
+    params = {"weight_ih": torch.randn(6, 5), "weight_hh": torch.randn(6, 6) * 0.3,
+              "bias_ih": torch.randn(6), "bias_hh": torch.randn(6)}  # fmt: skip
+    h6 = torch.randn(2, 6)
+    got = torch.func.functional_call(fusedrnn.RNNCell(3, 4), params, (x, h6))
+    want = torch.func.functional_call(nn.RNNCell(3, 4), params, (x, h6))
+    torch.testing.assert_close(got, want, **TOL[f32])
+
+
 def test_cell_unrolled_matches_rnn_layer():
     """The cell applied step by step gives the layer's outputs and gradients."""
     ref, layer = _rnn_pair(input_size=3, hidden_size=4)
@@ -1597,6 +1617,13 @@ def test_output_changed_in_place_keeps_autograds_other_errors():
     out.add_(1)
     with pytest.raises(RuntimeError, match=r"modified in place.*create_graph"):
         torch.autograd.grad(out.sum(), x, create_graph=True)
+    # Under torch.func.grad the same refusal, before the states are computed again (that
+    # ran on wrapped tensors: torch's "Cannot access data pointer", up to session 29).
+    cell = fusedrnn.RNNCell(3, 4)
+    for f, arg in ((lambda v: rnn(v)[0].add_(1).square().sum(), x.detach()),
+                   (lambda v: cell(v).add_(1).square().sum(), torch.randn(2, 3))):  # fmt: skip
+        with pytest.raises(RuntimeError, match=r"modified in place.*under a transform"):
+            torch.func.grad(f)(arg)
 
 
 ALLOW_MUTATION_CASES = [

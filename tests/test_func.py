@@ -255,6 +255,24 @@ def test_jacrev_of_packed_input_matches_row_by_row_gradients():
     _assert_close(got, torch.stack(rows).view(got.shape))
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # (nn.RNNCell's fallback)
+def test_vmap_outputs_are_contiguous_as_torchs():
+    """Under vmap the outputs come back contiguous, as nn.RNNCell's do: the unfolding of
+    the folded batch left strided views (session 29: ``vmap(cell)(x).view(...)`` failed)."""
+    torch.manual_seed(0)
+    ours = fusedrnn.RNNCell(3, 4)
+    ref = nn.RNNCell(3, 4)
+    ref.load_state_dict(ours.state_dict())
+    x, h = torch.randn(5, 2, 3), torch.randn(5, 2, 4)
+    for args, dims in (((x,), 0), ((x, h), (0, 0)), ((x, h[0]), (0, None))):
+        got, want = vmap(ours, in_dims=dims)(*args), vmap(ref, in_dims=dims)(*args)
+        assert got.is_contiguous() and got.stride() == want.stride()
+        torch.testing.assert_close(got.view(10, 4), want.view(10, 4))
+    rnn = fusedrnn.RNN(3, 4, num_layers=2)
+    out, hn = vmap(rnn)(torch.randn(5, 6, 2, 3))
+    assert out.is_contiguous() and hn.is_contiguous()
+
+
 def test_vmap_over_stacked_weights_matches_each_model():
     """An ensemble: torch.func.stack_module_state and vmap over the weights (one call per
     model: weights differ), without torch's fallback warning."""

@@ -863,7 +863,13 @@ class RNNCell(nn.RNNCell):
         else:
             self._check_forward_args(input, hx, weights[0], weights[1])
         _check_weight_devices(input, *weights)
-        _check_weights_by_name(input, "", weights, self.hidden_size, self.input_size)
+        # The sizes the weights have, as torch.nn.RNNCell runs them (a weight resized after
+        # construction, functional_call with other sizes: refused against the module's
+        # hidden_size and input_size up to session 29); the checks above hold them to the
+        # input and the state.
+        w_hh = weights[1]
+        H = w_hh.shape[0] if w_hh.dim() == 2 else self.hidden_size
+        _check_weights_by_name(input, "", weights, H, input.size(1))
 
         # One step of the layer op: the padded layout with T = 1 is the [B, I] input itself.
         h, _ = ops.rnn_layer(

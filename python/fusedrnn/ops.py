@@ -798,13 +798,17 @@ def _intact_inputs(ctx, saved, from_saved):
     return inputs
 
 
-def _saved_or_recomputed(ctx, recompute, from_saved, out_index):
+def _saved_or_recomputed(ctx, recompute, from_saved, out_index, transformed=False):
     """``(ctx.saved_tensors, False)``, or where the layer's output was changed in place
     since the forward (see :func:`_keep_for_recompute`), ``(recompute(ctx, inputs), True)``:
     the saved tuple with the output computed again from the unchanged inputs, the same bits
     (the kernels are deterministic), through the checked path (a weight whose ``.data`` was
     replaced is refused there). A graph already freed is autograd's error; an input changed
-    too, or gone, is refused by name. ``out_index``: the output's place in the saved tuple."""
+    too, or gone, is refused by name. ``out_index``: the output's place in the saved tuple.
+    ``transformed``: the backward's graph is recorded or its gradients transformed, where
+    computing the states again is refused (:func:`_refuse_recorded_recompute`) before it
+    starts (under torch.func.grad it ran on wrapped tensors: torch's "Cannot access data
+    pointer" error, a helper's review, session 29)."""
     try:
         saved = ctx.saved_tensors
     except RuntimeError as e:
@@ -818,6 +822,7 @@ def _saved_or_recomputed(ctx, recompute, from_saved, out_index):
     ):
         _release_unless_retained(ctx)
         return saved, False
+    _refuse_recorded_recompute(transformed)
     inputs = _intact_inputs(ctx, saved, from_saved)
     _release_unless_retained(ctx)
     if inputs is None:
@@ -862,8 +867,8 @@ def _release_unless_retained(ctx) -> None:
         _release_kept(ctx)
 
 
-def _refuse_recorded_recompute(recomputed: bool, transformed: bool) -> None:
-    if recomputed and transformed:
+def _refuse_recorded_recompute(transformed: bool) -> None:
+    if transformed:
         _fail(
             RuntimeError,
             "the RNN's output was modified in place after the forward pass; its gradients "
@@ -902,17 +907,16 @@ def _recompute_layer(ctx, inputs):
 
 def _backward(ctx, grad_h, grad_hn):
     grad_h, grad_hn = _strided_grads(grad_h, grad_hn)
-    saved, recomputed = _saved_or_recomputed(ctx, _recompute_layer, _LAYER_SAVED_INPUTS, 4)
+    # The kernels may read the tensors by address unless a graph of this backward is
+    # recorded (create_graph=True) or the gradients are transformed (batched by vmap, as
+    # is_grads_batched does, or carrying forward-mode tangents): see _backward_rows.
+    transformed = _recorded_or_transformed(grad_h, grad_hn)
+    saved, _ = _saved_or_recomputed(ctx, _recompute_layer, _LAYER_SAVED_INPUTS, 4, transformed)
     x, w_ih, w_hh, h0, h, batch_sizes = saved
     _check_saved(ctx, saved)
     needs = ctx.needs_input_grad
     B = ctx.B
     fused = not h.is_cuda and h.dtype in KERNEL_DTYPES and h.numel() and B
-    # The kernels may read the tensors by address unless a graph of this backward is
-    # recorded (create_graph=True) or the gradients are transformed (batched by vmap, as
-    # is_grads_batched does, or carrying forward-mode tangents): see _backward_rows.
-    transformed = _recorded_or_transformed(grad_h, grad_hn)
-    _refuse_recorded_recompute(recomputed, transformed)
     eager = getattr(ctx, "eager", False) and not transformed
     # A float16 layer, or a bfloat16 one without the bfloat16 kernels, was computed in
     # float32 (_forward_impl): so is its backward, on the fused float32 kernels, and the
@@ -1283,10 +1287,12 @@ def _fold_rows(t: Tensor, batch_sizes: Tensor, B: int) -> Tensor:
 
 
 def _unfold_rows(t: Tensor, V: int, batch_sizes: Tensor, B: int) -> Tensor:
-    """The inverse of :func:`_fold_rows`: [V * N, n] -> [V, N, n]."""
+    """The inverse of :func:`_fold_rows`: [V * N, n] -> [V, N, n], contiguous as torch's
+    own batching rules leave a result (the reshape may be a strided view: at T = 1, an
+    RNNCell's, ``.view`` of the vmapped output failed, a helper's review, session 29)."""
     N, n = t.shape[0] // V, t.shape[1]
     if batch_sizes.numel() == 0:
-        return t.reshape(N // B, B, V, n).permute(2, 0, 1, 3).reshape(V, N, n)
+        return t.reshape(N // B, B, V, n).permute(2, 0, 1, 3).reshape(V, N, n).contiguous()
     index = _index_on(_fold_index(V, N, batch_sizes), t.device)
     return t.new_empty(t.shape).index_copy(0, index, t).reshape(V, N, n)
 
@@ -1307,7 +1313,8 @@ def _fold_states(t: Tensor) -> Tensor:
 
 
 def _unfold_states(t: Tensor, V: int) -> Tensor:
-    return t.reshape(t.shape[0] // V, V, t.shape[1]).transpose(0, 1)
+    """The inverse of :func:`_fold_states`, contiguous (see :func:`_unfold_rows`)."""
+    return t.reshape(t.shape[0] // V, V, t.shape[1]).transpose(0, 1).contiguous()
 
 
 def _stacked(t: Tensor, in_dim: int | None, V: int) -> Tensor:
@@ -2053,7 +2060,8 @@ class _EagerBiLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_hnf, grad_hnb):
         grad_out, grad_hnf, grad_hnb = _strided_grads(grad_out, grad_hnf, grad_hnb)
-        saved, recomputed = _saved_or_recomputed(ctx, _recompute_bi_layer, _BI_SAVED_INPUTS, -2)
+        transformed = _recorded_or_transformed(grad_out, grad_hnf, grad_hnb)
+        saved, _ = _saved_or_recomputed(ctx, _recompute_bi_layer, _BI_SAVED_INPUTS, -2, transformed)
         _check_saved(ctx, saved)
         x, *weights, out, batch_sizes = saved
         # The lean path's x and output may have other shapes than [N, I] and [N, 2H]
@@ -2062,8 +2070,6 @@ class _EagerBiLayer(torch.autograd.Function):
         x, out, grad_out = _as_rows(x), _as_rows(out), _as_rows(grad_out)
         saved = (x, *weights, out, batch_sizes)
         grads = (grad_out, grad_hnf, grad_hnb)
-        transformed = _recorded_or_transformed(*grads)
-        _refuse_recorded_recompute(recomputed, transformed)
         if transformed:  # see _bi_backward_recorded
             grads = _bi_backward_recorded(ctx, saved, grads)
         else:

@@ -90,6 +90,13 @@ def test_check_rejects_what_it_cannot_check():
         check(fusedrnn.RNN(2, 3), T=True)
     with pytest.raises(ValueError, match=r"seed must be an int in 0\.\.2\*\*63-1, got -1"):
         check(Config(), seed=-1)  # was NumPy's message, naming no argument
+    # Yes/no settings take bools only (session 29: 'no' was True, so packed='no' checked
+    # the packed layout, and Config(bidirectional='False') a bidirectional module).
+    with pytest.raises(TypeError, match="packed must be a bool, got 'no'"):
+        check(fusedrnn.RNN(2, 3), packed="no")
+    for name in ("packed", "h0", "bidirectional", "bias", "batch_first"):
+        with pytest.raises(TypeError, match=f"{name} must be a bool, got 'False'"):
+            Config(**{name: "False"})
     for meta in (fusedrnn.RNN(2, 3, device="meta"), torch.nn.RNN(2, 3, device="meta")):
         with pytest.raises(ValueError, match="the meta device holds no values"):
             check(meta)  # was "Cannot copy out of meta tensor" after the passes

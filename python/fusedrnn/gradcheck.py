@@ -98,6 +98,13 @@ def _positive_int(name: str, value) -> int:
     return number
 
 
+def _bool(name: str, value) -> bool:
+    """A yes/no setting: a bool (NumPy's too), never a truthy value ('no' would be True)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Config:
     """One RNN configuration and the sizes of its test problem."""
@@ -118,6 +125,8 @@ class Config:
         # Sizes of at least 1: an empty problem would compare nothing and pass.
         for name in ("layers", "T", "B", "I", "H"):
             _positive_int(name, getattr(self, name))
+        for name in ("packed", "h0", "bidirectional", "bias", "batch_first"):
+            _bool(name, getattr(self, name))
         if self.nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {self.nonlinearity!r}")
 
@@ -594,13 +603,14 @@ def _config_of(module: nn.Module, T: int, B: int, packed: bool, h0: bool) -> Con
         packed=packed,
         h0=h0,
         layers=module.num_layers,
-        bidirectional=module.bidirectional,
-        bias=module.bias,
+        # (a module's own flags, as torch reads them: nn.RNN(bias=1) is a valid module)
+        bidirectional=bool(module.bidirectional),
+        bias=bool(module.bias),
         T=T,
         B=B,
         I=module.input_size,
         H=module.hidden_size,
-        batch_first=module.batch_first,
+        batch_first=bool(module.batch_first),
     )
 
 
@@ -659,8 +669,8 @@ def check(
     else:
         T = _positive_int("T", 5 if T is None else T)
         B = _positive_int("B", 3 if B is None else B)
-        packed = False if packed is None else bool(packed)
-        h0 = True if h0 is None else bool(h0)
+        packed = False if packed is None else _bool("packed", packed)
+        h0 = True if h0 is None else _bool("h0", h0)
     number = _int_or_none(seed)
     if number is None or not 0 <= number < 2**63:  # what NumPy's and torch's seeds take
         raise ValueError(f"seed must be an int in 0..2**63-1, got {seed!r}")

@@ -317,6 +317,18 @@ def test_backward_ops_name_a_sparse_grad_h_and_a_narrow_h():
                             True, True, True, True)  # fmt: skip
     with pytest.raises(ValueError, match=r"h must have shape \[N, H\] with H = 4 \(w_hh is"):
         ops.rnn_layer_backward(w_hh[:4, :4], h, g, g_n, none, False, "tanh")
+    # A missing tensor by its own name, h's rank as [N, H] (session 29: they were named as
+    # the forward's x, w_ih, h0 and [N, I]; a helper's review).
+    for i, name in ((0, "w_hh"), (1, "h"), (3, "grad_hn")):
+        args = [w_hh, h, g, g_n]
+        args[i] = None
+        with pytest.raises(TypeError, match=f"{name} must be a torch.Tensor, got NoneType"):
+            ops.rnn_layer_backward(*args, none, False, "tanh")
+    with pytest.raises(ValueError, match=r"h must be 2-D \[N, H\], got shape \(3, 2, 5\)"):
+        ops.rnn_layer_backward(w_hh, h.view(3, 2, 5), g, g_n, none, False, "tanh")
+    with pytest.raises(ValueError, match=r"h0 must have the shape of grad_hn \(2, 5\), got"):
+        ops.rnn_layer_grads(x, w_ih, w_hh, None, h, g, g_n, none, False, "tanh", True, True,
+                            True, True)  # fmt: skip
 
 
 def test_one_meta_argument_among_cpu_ones_raises_for_every_op():

@@ -80,11 +80,14 @@ def _fail(exc: type[Exception], message: str) -> None:
     raise exc(f"fusedrnn: {message}")
 
 
-_ARG_NAMES = {"x": "x", "w_ih": "w_ih", "h0": "h0"}
+# The names check_layer_args gives its arguments in messages ("cols": what x's columns
+# are); callers that pass other tensors in those places rename them (_BACKWARD_NAMES).
+_ARG_NAMES = {"x": "x", "w_ih": "w_ih", "h0": "h0", "cols": "I"}
 
 
-def _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes) -> None:
-    """Every tensor argument must be a Tensor (optional biases may be None)."""
+def _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, names=None) -> None:
+    """Every tensor argument must be a Tensor (optional biases may be None); ``names`` as
+    in :func:`check_layer_args`."""
     if (
         isinstance(x, Tensor)
         and isinstance(w_ih, Tensor)
@@ -95,11 +98,12 @@ def _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes) -> None:
         and (b_hh is None or isinstance(b_hh, Tensor))
     ):
         return
+    n = _ARG_NAMES if names is None else {**_ARG_NAMES, **names}
     for name, t in (
-        ("x", x),
-        ("w_ih", w_ih),
+        (n["x"], x),
+        (n["w_ih"], w_ih),
         ("w_hh", w_hh),
-        ("h0", h0),
+        (n["h0"], h0),
         ("batch_sizes", batch_sizes),
     ):
         if not isinstance(t, Tensor):
@@ -132,7 +136,7 @@ def check_layer_args(
     failure: this runs on every call. ``names`` renames arguments in messages for
     callers that pass other tensors in these places (the backward op).
     """
-    _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)
+    _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, names)
     n = _ARG_NAMES if names is None else {**_ARG_NAMES, **names}
     tensors = (("x", x), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh),
                ("h0", h0), ("batch_sizes", batch_sizes))  # fmt: skip
@@ -173,7 +177,7 @@ def check_layer_args(
         )
 
     if x.dim() != 2:
-        _fail(ValueError, f"{n['x']} must be 2-D [N, I], got shape {tuple(x.shape)}")
+        _fail(ValueError, f"{n['x']} must be 2-D [N, {n['cols']}], got shape {tuple(x.shape)}")
     N, I = x.shape
     if w_hh.dim() != 2 or w_hh.shape[0] != w_hh.shape[1]:
         _fail(ValueError, f"w_hh must be a square 2-D tensor [H, H], got shape {tuple(w_hh.shape)}")
@@ -417,7 +421,7 @@ def _(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
 
 
 # The backward op reuses the forward checks: h in the place of x, grad_hn in that of h0.
-_BACKWARD_NAMES = {"x": "h", "w_ih": "w_hh", "h0": "grad_hn"}
+_BACKWARD_NAMES = {"x": "h", "w_ih": "w_hh", "h0": "grad_hn", "cols": "H"}
 
 
 def _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity, values=True):
@@ -1040,7 +1044,8 @@ def _grads_checks(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, nonlineari
                 f"({h.dtype}, {h.device}), got ({t.layout}, {t.dtype}, {t.device})",
             )
     if not isinstance(h0, Tensor) or h0.shape != grad_hn.shape:
-        _fail(ValueError, f"h0 must have the shape of grad_hn {tuple(grad_hn.shape)}")
+        got = tuple(h0.shape) if isinstance(h0, Tensor) else type(h0).__name__
+        _fail(ValueError, f"h0 must have the shape of grad_hn {tuple(grad_hn.shape)}, got {got}")
     if need_dx and w_ih is None:
         _fail(ValueError, "need_dx requires w_ih")
     if need_dw_ih and x is None:

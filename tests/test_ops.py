@@ -331,6 +331,25 @@ def test_backward_ops_name_a_sparse_grad_h_and_a_narrow_h():
                             True, True)  # fmt: skip
 
 
+def test_bidirectional_layer_names_the_direction_of_a_wrong_tensor():
+    """Each direction's tensors by the names rnn_bidirectional_layer gives them (session 29:
+    a wrong reverse weight was named as "w_ih" or "h0", with no direction; a helper's
+    review)."""
+    x, w_ih, w_hh, h0, none = _small_padded_layer()
+    b = torch.randn(5)
+    w = (w_ih, w_hh, b, b)
+    cases = [
+        ((w, (torch.randn(5, 3), w_hh, b, b), h0, h0), ValueError, r"w_rev\[0\] \(w_ih\) must"),
+        (((w_ih, torch.randn(5, 4), b, b), w, h0, h0), ValueError, r"w_fwd\[1\] \(w_hh\) must"),
+        ((w, (w_ih, w_hh, torch.randn(4), b), h0, h0), ValueError, r"w_rev\[2\] \(b_ih\) must"),
+        ((w, (w_ih, w_hh, b, b.double()), h0, h0), TypeError, r"w_rev\[3\] \(b_hh\) must"),
+        ((w, w, h0, None), TypeError, "h0_rev must be a torch.Tensor, got NoneType"),
+    ]
+    for (wf, wr, h0f, h0r), exc, match in cases:
+        with pytest.raises(exc, match=match):
+            ops.rnn_bidirectional_layer(x, wf, wr, h0f, h0r, none)
+
+
 def test_one_meta_argument_among_cpu_ones_raises_for_every_op():
     """A tensor on the meta device among CPU ones sends a call to the op's fake kernel:
     each op must refuse it by name there, never return uninitialized CPU tensors (the

@@ -82,7 +82,8 @@ def _fail(exc: type[Exception], message: str) -> None:
 
 # The names check_layer_args gives its arguments in messages ("cols": what x's columns
 # are); callers that pass other tensors in those places rename them (_BACKWARD_NAMES).
-_ARG_NAMES = {"x": "x", "w_ih": "w_ih", "h0": "h0", "cols": "I"}
+_ARG_NAMES = {"x": "x", "w_ih": "w_ih", "w_hh": "w_hh", "b_ih": "b_ih", "b_hh": "b_hh",
+              "h0": "h0", "cols": "I"}  # fmt: skip
 
 
 def _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, names=None) -> None:
@@ -102,13 +103,13 @@ def _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, names=None) 
     for name, t in (
         (n["x"], x),
         (n["w_ih"], w_ih),
-        ("w_hh", w_hh),
+        (n["w_hh"], w_hh),
         (n["h0"], h0),
         ("batch_sizes", batch_sizes),
     ):
         if not isinstance(t, Tensor):
             _fail(TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    for name, t in (("b_ih", b_ih), ("b_hh", b_hh)):
+    for name, t in ((n["b_ih"], b_ih), (n["b_hh"], b_hh)):
         if t is not None and not isinstance(t, Tensor):
             _fail(TypeError, f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
 
@@ -180,15 +181,19 @@ def check_layer_args(
         _fail(ValueError, f"{n['x']} must be 2-D [N, {n['cols']}], got shape {tuple(x.shape)}")
     N, I = x.shape
     if w_hh.dim() != 2 or w_hh.shape[0] != w_hh.shape[1]:
-        _fail(ValueError, f"w_hh must be a square 2-D tensor [H, H], got shape {tuple(w_hh.shape)}")
+        _fail(
+            ValueError,
+            f"{n['w_hh']} must be a square 2-D tensor [H, H], got shape {tuple(w_hh.shape)}",
+        )
     H = w_hh.shape[0]  # H = 0 is valid: torch.nn.RNNCell allows it; nothing to compute
     if w_ih.shape != (H, I):
         _fail(
             ValueError,
-            f"{n['w_ih']} must have shape [H, I] = {(H, I)} (H from w_hh {tuple(w_hh.shape)}, "
+            f"{n['w_ih']} must have shape [H, I] = {(H, I)} (H from {n['w_hh']} "
+            f"{tuple(w_hh.shape)}, "
             f"I from {n['x']}), got {tuple(w_ih.shape)}: one of them is not this layer's size",
         )
-    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+    for name, b in ((n["b_ih"], b_ih), (n["b_hh"], b_hh)):
         if b is not None and b.shape != (H,):
             _fail(ValueError, f"{name} must have shape [H] = {(H,)}, got {tuple(b.shape)}")
     if h0.dim() != 2 or h0.shape[1] != H:
@@ -251,9 +256,9 @@ def _check_like_x(n, dtype, device, w_ih, w_hh, b_ih, b_hh, h0) -> None:
     """check_layer_args' layout, dtype and device checks, one by one with their messages."""
     for name, t in (
         (n["w_ih"], w_ih),
-        ("w_hh", w_hh),
-        ("b_ih", b_ih),
-        ("b_hh", b_hh),
+        (n["w_hh"], w_hh),
+        (n["b_ih"], b_ih),
+        (n["b_hh"], b_hh),
         (n["h0"], h0),
     ):
         if t is None:
@@ -1985,6 +1990,12 @@ def rnn_bidirectional_layer_checked(
     )
 
 
+# Each direction's tensors by the name rnn_bidirectional_layer gives them.
+_FWD_NAMES = {"w_ih": "w_fwd[0] (w_ih)", "w_hh": "w_fwd[1] (w_hh)", "b_ih": "w_fwd[2] (b_ih)",
+              "b_hh": "w_fwd[3] (b_hh)", "h0": "h0_fwd"}  # fmt: skip
+_REV_NAMES = {k: v.replace("fwd", "rev") for k, v in _FWD_NAMES.items()}
+
+
 def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
     """Both directions of one bidirectional layer on the CPU kernels, each writing its own
     columns of one ``[N, 2H]`` output (row stride 2H): no concatenation afterwards.
@@ -2000,10 +2011,11 @@ def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
             _forward_into(x, *w, _addr(h0), out.data_ptr() + d * half, 2 * H, hn.data_ptr(),
                           T, B, H, d == 1, nonlinearity)  # fmt: skip
         return out, hnf, hnb
-    T, B, H = check_layer_args(x, *wf, h0f, batch_sizes, nonlinearity)
+    T, B, H = check_layer_args(x, *wf, h0f, batch_sizes, nonlinearity, names=_FWD_NAMES)
     # The reverse direction shares x and batch_sizes, whose values the first check read:
     # only its own tensors are checked again, and its B and H must be the first one's.
-    dims_b = check_layer_args(x, *wb, h0b, batch_sizes, nonlinearity, check_values=False)
+    dims_b = check_layer_args(x, *wb, h0b, batch_sizes, nonlinearity, check_values=False,
+                              names=_REV_NAMES)  # fmt: skip
     if wb[1].shape != wf[1].shape:
         _fail(
             ValueError,

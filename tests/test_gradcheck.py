@@ -67,7 +67,7 @@ def test_check_rejects_what_it_cannot_check():
         check(torch.nn.GRU(2, 3))
     with pytest.raises(ValueError, match="unknown check 'vibes'"):
         check(Config(), checks=["vibes"])
-    with pytest.raises(ValueError, match="max_fd_elements must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="max_fd_elements must be an int of at least 1, got 0"):
         check(Config(), max_fd_elements=0)  # passed with nothing compared
     with pytest.raises(ValueError, match="checks: expected at least one"):
         check(Config(), checks=[])  # passed with nothing compared
@@ -97,6 +97,18 @@ def test_check_rejects_what_it_cannot_check():
     for name in ("packed", "h0", "bidirectional", "bias", "batch_first"):
         with pytest.raises(TypeError, match=f"{name} must be a bool, got 'False'"):
             Config(**{name: "False"})
+    # ... and the other arguments by name (torch's, NumPy's or Python's errors before).
+    for kwargs, match in [
+        (dict(device="gpu"), "device: expected 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+        (dict(device=[0]), r"device: expected 'cpu', 'cuda' or 'cuda:N', got \[0\]"),
+        (dict(device="mps"), "device: the checks run on cpu or cuda, got 'mps'"),
+        (dict(max_fd_elements="10"), "max_fd_elements must be an int of at least 1, got '10'"),
+        (dict(max_fd_elements=True), "max_fd_elements must be an int of at least 1, got True"),
+        (dict(autograd_fast_above=None), "autograd_fast_above must be an int >= 0, got None"),
+        (dict(checks=5), "checks: expected a name or a sequence of names"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            check(Config(T=2, B=1), **kwargs)
     for meta in (fusedrnn.RNN(2, 3, device="meta"), torch.nn.RNN(2, 3, device="meta")):
         with pytest.raises(ValueError, match="the meta device holds no values"):
             check(meta)  # was "Cannot copy out of meta tensor" after the passes

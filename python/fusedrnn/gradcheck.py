@@ -651,13 +651,22 @@ def check(
     """
     if isinstance(checks, str):
         checks = (checks,)
+    if not isinstance(checks, Sequence) or not all(isinstance(c, str) for c in checks):
+        raise ValueError(f"checks: expected a name or a sequence of names of {CHECKS}, "
+                         f"got {checks!r}")  # fmt: skip
     if not checks:  # a report with nothing compared would pass
         raise ValueError(f"checks: expected at least one of {CHECKS}, got none")
     for name in checks:
         if name not in CHECKS:
             raise ValueError(f"checks: unknown check {name!r}, expected some of {CHECKS}")
-    if max_fd_elements < 1:  # 0 would pass the finite differences with nothing compared
-        raise ValueError(f"max_fd_elements must be at least 1, got {max_fd_elements}")
+    number = _int_or_none(max_fd_elements)
+    if number is None or number < 1:  # 0 would pass the finite differences with nothing compared
+        raise ValueError(f"max_fd_elements must be an int of at least 1, got {max_fd_elements!r}")
+    max_fd_elements = number
+    number = _int_or_none(autograd_fast_above)
+    if number is None or number < 0:
+        raise ValueError(f"autograd_fast_above must be an int >= 0, got {autograd_fast_above!r}")
+    autograd_fast_above = number
     layout = {"T": T, "B": B, "packed": packed, "h0": h0}
     if isinstance(module_or_config, Config):
         given = [name for name, value in layout.items() if value is not None]
@@ -711,7 +720,14 @@ def _copy_with_hooks(module: nn.Module, hooks_of: nn.Module) -> nn.Module:
 
 def _checkable_device(device) -> torch.device:
     """``device`` if values can be computed there, else a ValueError that says why."""
-    device = torch.device(device)
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"device: the checks run on cpu or cuda, got {str(device)!r}")
     if device.type == "meta":
         raise ValueError("device: the meta device holds no values to check; use cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -723,7 +739,7 @@ def _check(module_or_config, checks, device, seed, T, B, packed, h0, max_fd_elem
            autograd_fast_above) -> Report:  # fmt: skip
     if isinstance(module_or_config, Config):
         config = module_or_config
-        device = _checkable_device(device or "cpu")
+        device = _checkable_device("cpu" if device is None else device)
         module = config.module(device, seed)
         label = config.label
     elif isinstance(module_or_config, (RNN, nn.RNN)):
@@ -749,7 +765,7 @@ def _check(module_or_config, checks, device, seed, T, B, packed, h0, max_fd_elem
                 f"module_or_config: a module of dtype {weight.dtype}: fusedrnn.RNN runs real "
                 "dtypes only (float32, float64, bfloat16, float16), so there is nothing to check"
             )
-        device = _checkable_device(device or weight.device)
+        device = _checkable_device(weight.device if device is None else device)
         module = _copy_with_hooks(source, module_or_config).to(device=device, dtype=torch.float64)
         module.dropout = 0.0
         # The caller's parameters (a torch.nn.RNN's too: from_torch made new ones), in the

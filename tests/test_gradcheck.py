@@ -328,6 +328,26 @@ def test_flow_norms_span_float64s_range(nonlinearity):
     assert (norms[0] / norms[-1]) ** (1 / 1000) == pytest.approx(1.5, rel=1e-3)
 
 
+def test_flow_names_a_bad_argument():
+    """gradient_flow (public) checks its arguments as the command line's --flow does: a NaN
+    or negative radius returned meaningless norms, T = 0 named an internal variable, H = 0
+    gave an IndexError (session 29, a helper's review)."""
+    for kwargs, match in [
+        (dict(radius=float("nan")), r"radius must be a number in \(0, 10\], got nan"),
+        (dict(radius=-1.0), r"radius must be a number in \(0, 10\], got -1.0"),
+        (dict(T=0), "T must be a positive int, got 0"),
+        (dict(H=0), "H must be a positive int, got 0"),
+        (dict(I=2.5), "I must be a positive int, got 2.5"),
+        (dict(seed=-1), "seed must be an int in 0..2"),
+        (dict(nonlinearity="gelu"), "nonlinearity: expected 'tanh' or 'relu', got 'gelu'"),
+        (dict(dtype=torch.float16), "dtype must be torch.float32 or torch.float64"),
+        (dict(device="meta"), "device: the meta device holds no values"),
+    ]:
+        args = {"nonlinearity": "tanh", "radius": 0.9, "T": 3, "H": 2, **kwargs}
+        with pytest.raises(ValueError, match=match):
+            gradient_flow(**args)
+
+
 def test_cli_flow_prints_norms_and_plots(tmp_path, capsys):
     matplotlib_image = pytest.importorskip("matplotlib.image")
     png, path = tmp_path / "flow.png", tmp_path / "flow.json"

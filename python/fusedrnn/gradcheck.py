@@ -842,8 +842,21 @@ def gradient_flow(
     nonlinearity. ``dL/dh_t = dL/dP_{t+1} W_hh`` for t < T, where ``P`` is the
     pre-activation.
     """
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    number = radius if not isinstance(radius, bool) else None
+    if not isinstance(number, (int, float, np.floating, np.integer)) or not 0 < number <= 10:
+        # (as the command line's --radii: above 10 the norms leave float64 within steps)
+        raise ValueError(f"radius must be a number in (0, 10], got {radius!r}")
+    T, H, I = (_positive_int(name, v) for name, v in (("T", T), ("H", H), ("I", I)))
+    number = _int_or_none(seed)
+    if number is None or not 0 <= number < 2**63:
+        raise ValueError(f"seed must be an int in 0..2**63-1, got {seed!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    device = _checkable_device(device)
     rng = np.random.default_rng(seed)
-    w_ih, w_hh, b = _flow_weights(nonlinearity, radius, I, H, rng)
+    w_ih, w_hh, b = _flow_weights(nonlinearity, float(radius), I, H, rng)
     x = rng.standard_normal((T, I)) if nonlinearity == "tanh" else rng.uniform(0, 1, (T, I))
     # relu: g >= 0 too, so that no step cancels in W_hh >= 0 (a g of mixed signs cut the
     # first step back by 4-16x whatever rho, and --seq 20 reported 1.0008 per step at

@@ -1239,6 +1239,25 @@ def test_cpu_autocast_hx_dtype_like_nn_rnn(cell, hx_dtype):
                     m(x, hx)
 
 
+@pytest.mark.parametrize("x_dtype", [f32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cell", [False, True], ids=["rnn", "cell"])
+def test_cpu_autocast_float64_weights_raise_like_nn_rnn(cell, x_dtype):
+    """Under CPU autocast a float64 module (or one float64 weight) with float32 or bfloat16
+    input raises nn.RNN's RuntimeError, autocast casting no float64 weight (the op's own
+    TypeError came through before, saying x was float32; a helper's review, session 29);
+    float64 input runs."""
+    ref, ours = (_cell_pair if cell else _rnn_pair)(f64, input_size=3, hidden_size=4)
+    x = torch.randn(2, 3) if cell else torch.randn(5, 2, 3)
+    for m in (ref, ours):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with pytest.raises(RuntimeError):
+                m(x.to(x_dtype))
+            m(x.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError, match=r"has dtype torch\.float64, which autocast does"):
+            ours(x.to(x_dtype))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_low_precision_model_matches_nn_rnn_in_that_dtype(dtype):
     """A bfloat16/float16 model, no autocast: results in that dtype, float32 inside."""

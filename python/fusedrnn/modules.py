@@ -244,9 +244,19 @@ def _check_weights_by_name(input: Tensor, suffix: str, weights, hidden_size: int
         name = kind + suffix
         if w.shape != shape:
             raise RuntimeError(f"fusedrnn: {name} must have shape {shape}, got {tuple(w.shape)}")
-        if not autocast and w.dtype != input.dtype:
+        if w.dtype == input.dtype:
+            continue
+        if not autocast:
             raise RuntimeError(
                 f"fusedrnn: {name} must have the input's dtype ({input.dtype}), got {w.dtype}"
+            )
+        # Autocast casts floating weights to its dtype but leaves float64 (and non-floating)
+        # ones alone: nn.RNN's GEMMs then refuse them with a RuntimeError, so must we (the
+        # ops' TypeError came before, saying x was float32; a helper's review, session 29).
+        if not w.is_floating_point() or w.dtype == torch.float64:
+            raise RuntimeError(
+                f"fusedrnn: {name} has dtype {w.dtype}, which autocast does not cast, and the "
+                f"input is {input.dtype}: give them one dtype"
             )
 
 

@@ -29,6 +29,7 @@ whose final state feeds a linear layer. ``--compare`` trains the same model with
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import numpy as np
@@ -156,25 +157,47 @@ def train(model: nn.Module, data, args, log) -> float:
     return elapsed
 
 
+def _number(kind, low: float, what: str):
+    """An argparse type: ``kind(text)``, finite and at least ``low``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    positive = _number(int, 1, "a positive integer")
     parser.add_argument("--compare", action="store_true", help="also train torch.nn.RNN")
-    parser.add_argument("--small", action="store_true", help="a few seconds: for CI")
-    parser.add_argument("--train", type=int, default=2000, help="training sequences")
-    parser.add_argument("--test", type=int, default=1000, help="test sequences")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--hidden", type=int, default=48)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--small", action="store_true", help="a few seconds, for CI (sizes not given: smaller)"
+    )
+    # (None: the default, or --small's where given)
+    parser.add_argument("--train", type=positive, help="training sequences (2000)")
+    parser.add_argument("--test", type=positive, help="test sequences (1000)")
+    parser.add_argument("--epochs", type=positive, help="(6)")
+    parser.add_argument("--hidden", type=positive, help="(48)")
+    parser.add_argument("--batch", type=positive, default=64)
+    parser.add_argument("--lr", type=_number(float, 1e-12, "a positive number"), default=5e-3)
+    parser.add_argument("--threads", type=positive, help="torch.set_num_threads")
+    parser.add_argument("--seed", type=_number(int, 0, "an integer >= 0"), default=0)
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     args = parser.parse_args(argv)
-    if args.small:
-        args.train, args.test, args.epochs, args.hidden = 400, 200, 4, 32
-    for name in ("train", "test", "epochs", "hidden", "batch"):
-        if getattr(args, name) < 1:
-            parser.error(f"argument --{name}: must be at least 1")
+    sizes = (
+        dict(train=400, test=200, epochs=4, hidden=32)
+        if args.small
+        else dict(train=2000, test=1000, epochs=6, hidden=48)
+    )
+    for name, value in sizes.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     return args
 
 

@@ -41,7 +41,24 @@ def test_data_set_has_variable_lengths_and_all_classes(scanner_line):
     assert all(s.shape[1] == 3 and torch.isfinite(s).all() for s in sequences)
 
 
-def test_bad_sizes_are_argument_errors(scanner_line, capsys):
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
+        # (session 29: tracebacks from torch, NumPy or Adam, or --threads 0 ignored)
+        (["--threads", "0"], "argument --threads: expected a positive integer, got '0'"),
+        (["--lr", "nan"], "argument --lr: expected a positive number, got 'nan'"),
+        (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
+    ],
+)
+def test_bad_sizes_are_argument_errors(scanner_line, capsys, argv, message):
     with pytest.raises(SystemExit):
-        scanner_line.main(["--epochs", "0"])
-    assert "argument --epochs: must be at least 1" in capsys.readouterr().err
+        scanner_line.main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_small_keeps_the_sizes_given(scanner_line):
+    """--small shrinks only what is not given (it overrode --hidden and the rest before)."""
+    args = scanner_line.parse_args(["--small", "--hidden", "8"])
+    assert (args.hidden, args.train, args.epochs) == (8, 400, 4)
+    assert scanner_line.parse_args([]).hidden == 48

@@ -61,6 +61,20 @@ def _check_input(module: nn.RNNBase, input: Tensor, batch_sizes: Tensor | None) 
         )
 
 
+def _absent_biases(values: list, absent) -> list:
+    """A layer-direction's (w_ih, w_hh) pairs of a module without biases as the lean
+    paths' (w_ih, w_hh, b_ih, b_hh) quadruples, ``absent`` for each bias."""
+    pairs = range(0, len(values), 2)
+    return [v for k in pairs for v in (*values[k : k + 2], absent, absent)]
+
+
+def _time_major(input: Tensor, dim: int, batch_first: bool, B: int) -> Tensor:
+    """The lean paths' input as contiguous time-major rows."""
+    if dim == 3 and batch_first and B > 1:
+        return input.transpose(0, 1).contiguous()
+    return input.contiguous()
+
+
 def _no_batch_sizes(input: Tensor) -> Tensor:
     """The layer op's ``batch_sizes`` for padded input: an empty tensor, made once, except
     for an input of a tensor subclass, which gets one of its own kind (a FakeTensor under
@@ -448,18 +462,11 @@ class RNN(nn.RNNBase):
         if addresses is None:
             return None
         if not bias:  # None and address 0 for the absent biases
-            pairs = range(0, len(weights), 2)
-            weights = [w for k in pairs for w in (*weights[k : k + 2], None, None)]
-            addresses = [a for k in pairs for a in (*addresses[k : k + 2], 0, 0)]
-        if dim == 3 and batch_first and B > 1:
-            x = input.transpose(0, 1).contiguous()  # time-major rows
-        else:
-            x = input.contiguous()
+            weights, addresses = _absent_biases(weights, None), _absent_biases(addresses, 0)
+        x = _time_major(input, dim, batch_first, B)
         if torch.is_grad_enabled() and ops.records_graph(input, hx, *weights):
-            if dim == 2 and hx is not None:  # each layer's state as [B = 1, H], as batched
-                hx = hx.view(L * D, 1, H)
-            output, hidden = self._train_fast(x, hx, weights, T, B, H, dim == 3, nonlinearity)
-            return (output.transpose(0, 1) if dim == 3 and batch_first else output), hidden
+            return self._train_lean(x, hx, weights, T, B, H, L * D, dim, batch_first,
+                                    nonlinearity)  # fmt: skip
         # Inference: each layer-direction's kernel writes its columns of the layer output
         # and its rows of h_n in place; the last layer's output and h_n are allocated in
         # their returned shapes (no views).
@@ -511,17 +518,10 @@ class RNN(nn.RNNBase):
         if not ops.fast_tensors_cuda(weights, shapes, dtype, device):
             return None
         if not bias:  # None for the absent biases
-            pairs = range(0, len(weights), 2)
-            weights = [w for k in pairs for w in (*weights[k : k + 2], None, None)]
-        if dim == 3 and batch_first and B > 1:
-            x = input.transpose(0, 1).contiguous()  # time-major rows
-        else:
-            x = input.contiguous()
+            weights = _absent_biases(weights, None)
+        x = _time_major(input, dim, batch_first, B)
         if torch.is_grad_enabled() and ops.records_graph(input, hx, *weights):
-            if dim == 2 and hx is not None:  # each layer's state as [B = 1, H], as batched
-                hx = hx.view(L, 1, H)
-            output, hidden = self._train_fast(x, hx, weights, T, B, H, dim == 3, nonlinearity)
-            return (output.transpose(0, 1) if dim == 3 and batch_first else output), hidden
+            return self._train_lean(x, hx, weights, T, B, H, L, dim, batch_first, nonlinearity)
         hidden = x.new_empty(L, B, H) if dim == 3 else x.new_empty(L, H)
         dropout = self.dropout > 0 and self.training
         layer_input = x
@@ -540,6 +540,15 @@ class RNN(nn.RNNBase):
         if dim == 3 and batch_first:
             return layer_input.transpose(0, 1), hidden
         return layer_input, hidden
+
+    def _train_lean(self, x, hx, weights, T, B, H, LD, dim, batch_first, nonlinearity):
+        """The lean paths' training call: ``_train_fast`` on time-major ``x``, with an
+        unbatched state as ``LD`` states of one row, the output back in the caller's
+        layout."""
+        if dim == 2 and hx is not None:  # each layer's state as [B = 1, H], as batched
+            hx = hx.view(LD, 1, H)
+        output, hidden = self._train_fast(x, hx, weights, T, B, H, dim == 3, nonlinearity)
+        return (output.transpose(0, 1) if dim == 3 and batch_first else output), hidden
 
     def _train_fast(self, x, hx, weights, T, B, H, batched, nonlinearity):
         """``_forward_fast`` recording the graph: one autograd node per layer. The layers

@@ -45,7 +45,11 @@ def _check_input(module: nn.RNNBase, input: Tensor, batch_sizes: Tensor | None) 
     which assigns nothing, does not; with the cache, ``functional_call`` with parameters of
     another dtype was refused where ``nn.RNN`` serves it (a helper's review, session 29)."""
     name = module._flat_weights_names[0]
-    weight = module._parameters[name] if name in module._parameters else getattr(module, name)
+    # (a parametrized weight is not in _parameters: the cache's, not a second computation
+    # of the parametrization, which may draw at random)
+    weight = module._parameters.get(name)
+    if weight is None:
+        weight = module._flat_weights[0]
     if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
         raise ValueError(
             f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "

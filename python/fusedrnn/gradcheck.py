@@ -98,6 +98,19 @@ def _positive_int(name: str, value) -> int:
     return number
 
 
+def _seed(value) -> int:
+    """``value`` as a seed: an int in what NumPy's and torch's seeds take."""
+    number = _int_or_none(value)
+    if number is None or not 0 <= number < 2**63:
+        raise ValueError(f"seed must be an int in 0..2**63-1, got {value!r}")
+    return number
+
+
+def _check_nonlinearity(value) -> None:
+    if value not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {value!r}")
+
+
 def _bool(name: str, value) -> bool:
     """A yes/no setting: a bool (NumPy's too), never a truthy value ('no' would be True)."""
     if isinstance(value, (bool, np.bool_)):
@@ -127,8 +140,7 @@ class Config:
             _positive_int(name, getattr(self, name))
         for name in ("packed", "h0", "bidirectional", "bias", "batch_first"):
             _bool(name, getattr(self, name))
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {self.nonlinearity!r}")
+        _check_nonlinearity(self.nonlinearity)
 
     @property
     def label(self) -> str:
@@ -680,10 +692,7 @@ def check(
         B = _positive_int("B", 3 if B is None else B)
         packed = False if packed is None else _bool("packed", packed)
         h0 = True if h0 is None else _bool("h0", h0)
-    number = _int_or_none(seed)
-    if number is None or not 0 <= number < 2**63:  # what NumPy's and torch's seeds take
-        raise ValueError(f"seed must be an int in 0..2**63-1, got {seed!r}")
-    seed = number
+    seed = _seed(seed)
     with torch.inference_mode(False), torch.enable_grad():
         return _check(module_or_config, checks, device, seed, T, B, packed, h0, max_fd_elements,
                       autograd_fast_above)  # fmt: skip
@@ -842,16 +851,13 @@ def gradient_flow(
     nonlinearity. ``dL/dh_t = dL/dP_{t+1} W_hh`` for t < T, where ``P`` is the
     pre-activation.
     """
-    if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    _check_nonlinearity(nonlinearity)
     number = radius if not isinstance(radius, bool) else None
     if not isinstance(number, (int, float, np.floating, np.integer)) or not 0 < number <= 10:
         # (as the command line's --radii: above 10 the norms leave float64 within steps)
         raise ValueError(f"radius must be a number in (0, 10], got {radius!r}")
     T, H, I = (_positive_int(name, v) for name, v in (("T", T), ("H", H), ("I", I)))
-    number = _int_or_none(seed)
-    if number is None or not 0 <= number < 2**63:
-        raise ValueError(f"seed must be an int in 0..2**63-1, got {seed!r}")
+    seed = _seed(seed)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     device = _checkable_device(device)

@@ -860,10 +860,11 @@ def test_cell_fast_path_matches_general_path_bitwise(monkeypatch, bias, dtype, w
 @pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
 @pytest.mark.parametrize("config", ["L1", "L3_BT", "L2_relu_no_bias", "L2_dropout"])
 def test_cuda_lean_path_logic_on_the_cpu(monkeypatch, config, with_hx, batched, grad):
-    """RNN._forward_fast_cuda's own logic (the layer loop, the states, the absent biases,
-    dropout, the returned shapes and strides), run here with the CUDA recurrence stood in
-    for by the CPU kernel (the same contract: P in place, h0 None for zeros): it must give
-    the general path's results. tests/test_cuda.py runs it on a GPU."""
+    """RNN._forward_fast's logic for CUDA tensors, _infer_cuda's included (the layer loop,
+    the states, the absent biases, dropout, the returned shapes and strides), run here
+    with the CUDA recurrence stood in for by the CPU kernel (the same contract: P in place,
+    h0 None for zeros): it must give the general path's results. tests/test_cuda.py runs it
+    on a GPU."""
     from fusedrnn import _cuda, ops
 
     def recurrence(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, h, hn):
@@ -880,9 +881,15 @@ def test_cuda_lean_path_logic_on_the_cpu(monkeypatch, config, with_hx, batched, 
     if not batched:
         x, hx = x[0] if module.batch_first else x[:, 0], hx[:, 0]
     served = []
-    lean = fusedrnn.RNN._forward_fast_cuda
-    monkeypatch.setattr(fusedrnn.RNN, "_forward_fast_cuda",
-                        lambda self, *a: served.append(1) or lean(self, *a))  # fmt: skip
+    lean = fusedrnn.RNN._forward_fast
+
+    def spied(self, *args):  # a lean call that served (returned results)
+        result = lean(self, *args)
+        if result is not None:
+            served.append(1)
+        return result
+
+    monkeypatch.setattr(fusedrnn.RNN, "_forward_fast", spied)
     results = []
     for fast in (True, False):
         with monkeypatch.context() as m:
@@ -937,13 +944,13 @@ class _Sub(torch.Tensor):
 
 
 def test_cuda_lean_path_checks_each_tensor():
-    """ops.fast_tensors_cuda, the CUDA lean path's check of the weights and the state, on
-    any device: each property it requires refuses a tensor that lacks it."""
+    """ops.fast_addresses_cpu with a device, the CUDA lean path's check of the weights and
+    the state, on any device: each property it requires refuses a tensor that lacks it."""
     from fusedrnn import ops
 
     cpu = torch.device("cpu")
     good = torch.zeros(2, 3)
-    assert ops.fast_tensors_cuda((good, torch.zeros(3)), ((2, 3), (3,)), f32, cpu)
+    assert ops.fast_addresses_cpu((good, torch.zeros(3)), ((2, 3), (3,)), f32, cpu) is not None
     freed = torch.zeros(2, 3)
     freed.untyped_storage().resize_(0)
     bad = {
@@ -957,7 +964,7 @@ def test_cuda_lean_path_checks_each_tensor():
         "not a tensor": ([[0.0] * 3] * 2, cpu),
     }
     for what, (t, device) in bad.items():
-        assert not ops.fast_tensors_cuda((good, t), ((2, 3), (2, 3)), f32, device), what
+        assert ops.fast_addresses_cpu((good, t), ((2, 3), (2, 3)), f32, device) is None, what
 
 
 @pytest.mark.parametrize(

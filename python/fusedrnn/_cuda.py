@@ -144,13 +144,21 @@ def kernel_path() -> str:
 
 
 def _addr(t: Tensor | None) -> int:
-    """The data address of ``t``, 0 for None (absent), as ``ops._addr``: a tensor whose
-    storage was freed (address 0 with elements) is refused, never passed on as absent or
-    read at address 0 (a helper's review, session 29: the CUDA path passed ``w_hh`` and
-    ``h`` by ``data_ptr()`` unchecked)."""
-    from .ops import _addr as checked  # (ops imports this module)
-
-    return checked(t)
+    """The data address of ``t``, 0 for None (what the kernels read as absent); the one
+    definition, for the CPU calls too (``ops._addr``; ops imports this module). A tensor
+    whose storage was freed (``untyped_storage().resize_(0)``, as FSDP and compiled graphs
+    do) has address 0, which the kernels would read as an absent bias, state or gradient
+    (zeros, silently: a helper's review, session 28) or dereference: refused, as torch
+    refuses it (the CUDA launchers passed ``w_hh`` and ``h`` unchecked up to session 29)."""
+    if t is None:
+        return 0
+    address = t.data_ptr()
+    if address == 0 and t.numel():
+        raise RuntimeError(
+            f"fusedrnn: a tensor argument of shape {tuple(t.shape)} has no memory (its "
+            "storage was freed, e.g. by untyped_storage().resize_(0))"
+        )
+    return address
 
 
 @functools.lru_cache(maxsize=1024)

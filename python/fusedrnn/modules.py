@@ -65,20 +65,6 @@ def _check_input(module: nn.RNNBase, input: Tensor, batch_sizes: Tensor | None) 
         )
 
 
-def _absent_biases(values: list, absent) -> list:
-    """A layer-direction's (w_ih, w_hh) pairs of a module without biases as the lean
-    paths' (w_ih, w_hh, b_ih, b_hh) quadruples, ``absent`` for each bias."""
-    pairs = range(0, len(values), 2)
-    return [v for k in pairs for v in (*values[k : k + 2], absent, absent)]
-
-
-def _time_major(input: Tensor, dim: int, batch_first: bool, B: int) -> Tensor:
-    """The lean paths' input as contiguous time-major rows."""
-    if dim == 3 and batch_first and B > 1:
-        return input.transpose(0, 1).contiguous()
-    return input.contiguous()
-
-
 def _no_batch_sizes(input: Tensor) -> Tensor:
     """The layer op's ``batch_sizes`` for padded input: an empty tensor, made once, except
     for an input of a tensor subclass, which gets one of its own kind (a FakeTensor under
@@ -418,7 +404,7 @@ class RNN(nn.RNNBase):
         """The common eager call, lean: padded (batched or not) plain contiguous CPU tensors
         in a kernel dtype (float32, float64; bfloat16 where the CPU has AVX512_BF16: see
         ``ops.KERNEL_DTYPES``), or CUDA tensors of one direction per layer
-        (``_forward_fast_cuda``). None when anything else is asked for (packed input, autocast,
+        (``_infer_cuda``). None when anything else is asked for (packed input, autocast,
         torch.compile, a subclass, a wrong argument...): ``forward``'s general path then
         serves or reports it. Inference writes every layer straight into the returned
         tensors; training runs each layer as one autograd node (``ops.rnn_layer_checked``).
@@ -449,12 +435,12 @@ class RNN(nn.RNNBase):
         if In != I or T == 0 or B == 0 or H == 0:
             return None
         dtype = input.dtype
-        if cuda:
-            return self._forward_fast_cuda(input, hx, get_weights, shapes, T, B, H, L, dim,
-                                           batch_first, bias, nonlinearity)  # fmt: skip
+        device = input.device if cuda else None  # (None: the CPU, checked as such)
         h0 = 0  # the state's address; 0: absent (zeros)
         if hx is not None:
-            h0 = ops.fast_addresses_cpu((hx,), ((L * D, B, H) if dim == 3 else (L * D, H),), dtype)
+            h0 = ops.fast_addresses_cpu(
+                (hx,), ((L * D, B, H) if dim == 3 else (L * D, H),), dtype, device
+            )
             if h0 is None:
                 return None
             h0 = h0[0]
@@ -462,15 +448,24 @@ class RNN(nn.RNNBase):
             weights = get_weights(self._parameters)
         except KeyError:
             return None
-        addresses = ops.fast_addresses_cpu(weights, shapes, dtype)
+        addresses = ops.fast_addresses_cpu(weights, shapes, dtype, device)
         if addresses is None:
             return None
         if not bias:  # None and address 0 for the absent biases
-            weights, addresses = _absent_biases(weights, None), _absent_biases(addresses, 0)
-        x = _time_major(input, dim, batch_first, B)
+            pairs = range(0, len(weights), 2)
+            weights = [w for k in pairs for w in (*weights[k : k + 2], None, None)]
+            addresses = [a for k in pairs for a in (*addresses[k : k + 2], 0, 0)]
+        if dim == 3 and batch_first and B > 1:
+            x = input.transpose(0, 1).contiguous()  # time-major rows
+        else:
+            x = input.contiguous()
         if torch.is_grad_enabled() and ops.records_graph(input, hx, *weights):
-            return self._train_lean(x, hx, weights, T, B, H, L * D, dim, batch_first,
-                                    nonlinearity)  # fmt: skip
+            if dim == 2 and hx is not None:  # each layer's state as [B = 1, H], as batched
+                hx = hx.view(L * D, 1, H)
+            output, hidden = self._train_fast(x, hx, weights, T, B, H, dim == 3, nonlinearity)
+            return (output.transpose(0, 1) if dim == 3 and batch_first else output), hidden
+        if cuda:
+            return self._infer_cuda(x, hx, weights, T, B, H, L, dim, batch_first, nonlinearity)
         # Inference: each layer-direction's kernel writes its columns of the layer output
         # and its rows of h_n in place; the last layer's output and h_n are allocated in
         # their returned shapes (no views).
@@ -502,30 +497,12 @@ class RNN(nn.RNNBase):
             return layer_input.transpose(0, 1), hidden
         return layer_input, hidden
 
-    def _forward_fast_cuda(self, input, hx, get_weights, shapes, T, B, H, L, dim, batch_first,
-                           bias, nonlinearity):  # fmt: skip
-        """``_forward_fast`` on CUDA (one direction per layer): the same checks, on devices
-        instead of addresses (``ops.fast_tensors_cuda``); training through ``_train_fast``;
-        inference writes each layer's ``P = x W_ih^T + b`` into its output and runs the
-        recurrence there in place, the last layer's output and ``h_n`` allocated in their
-        returned shapes (``ops.forward_cuda_checked``). A zero state is no tensor: the
-        kernels read its absent address as zeros."""
-        dtype, device = input.dtype, input.device
-        if hx is not None and not ops.fast_tensors_cuda(
-            (hx,), ((L, B, H) if dim == 3 else (L, H),), dtype, device
-        ):
-            return None
-        try:  # a parametrized weight is not in _parameters: the general path
-            weights = get_weights(self._parameters)
-        except KeyError:
-            return None
-        if not ops.fast_tensors_cuda(weights, shapes, dtype, device):
-            return None
-        if not bias:  # None for the absent biases
-            weights = _absent_biases(weights, None)
-        x = _time_major(input, dim, batch_first, B)
-        if torch.is_grad_enabled() and ops.records_graph(input, hx, *weights):
-            return self._train_lean(x, hx, weights, T, B, H, L, dim, batch_first, nonlinearity)
+    def _infer_cuda(self, x, hx, weights, T, B, H, L, dim, batch_first, nonlinearity):
+        """``_forward_fast``'s inference on CUDA (one direction per layer, arguments checked
+        there): each layer's ``P = x W_ih^T + b`` written into its output and the recurrence
+        run there in place, the last layer's output and ``h_n`` allocated in their returned
+        shapes (``ops.forward_cuda_checked``). A zero state is no tensor: the kernels read
+        its absent address as zeros."""
         hidden = x.new_empty(L, B, H) if dim == 3 else x.new_empty(L, H)
         dropout = self.dropout > 0 and self.training
         layer_input = x
@@ -544,15 +521,6 @@ class RNN(nn.RNNBase):
         if dim == 3 and batch_first:
             return layer_input.transpose(0, 1), hidden
         return layer_input, hidden
-
-    def _train_lean(self, x, hx, weights, T, B, H, LD, dim, batch_first, nonlinearity):
-        """The lean paths' training call: ``_train_fast`` on time-major ``x``, with an
-        unbatched state as ``LD`` states of one row, the output back in the caller's
-        layout."""
-        if dim == 2 and hx is not None:  # each layer's state as [B = 1, H], as batched
-            hx = hx.view(LD, 1, H)
-        output, hidden = self._train_fast(x, hx, weights, T, B, H, dim == 3, nonlinearity)
-        return (output.transpose(0, 1) if dim == 3 and batch_first else output), hidden
 
     def _train_fast(self, x, hx, weights, T, B, H, batched, nonlinearity):
         """``_forward_fast`` recording the graph: one autograd node per layer. The layers

@@ -307,25 +307,7 @@ def _float32(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.float()
 
 
-def _addr(t: Tensor | None) -> int:
-    """The data address of ``t``, 0 for None (what the kernels read as absent)."""
-    if t is None:
-        return 0
-    address = t.data_ptr()
-    if address == 0 and t.numel():
-        _refuse_no_memory(t)
-    return address
-
-
-def _refuse_no_memory(t: Tensor) -> None:
-    # A tensor whose storage was freed (untyped_storage().resize_(0), as FSDP and compiled
-    # graphs do) has address 0, which the kernels read as an absent bias, state or gradient:
-    # zeros, silently (a helper's review, session 28). torch raises there too.
-    _fail(
-        RuntimeError,
-        f"a tensor argument of shape {tuple(t.shape)} has no memory (its storage was freed, "
-        "e.g. by untyped_storage().resize_(0))",
-    )
+_addr = _cuda._addr  # (the data address of a tensor, 0 for None; freed storage refused)
 
 
 def _addrs(*tensors) -> list[int]:
@@ -807,9 +789,9 @@ def _intact_inputs(ctx, saved, from_saved):
     return inputs
 
 
-def _saved_or_recomputed(ctx, recompute, from_saved, out_index, transformed=False):
-    """``(ctx.saved_tensors, False)``, or where the layer's output was changed in place
-    since the forward (see :func:`_keep_for_recompute`), ``(recompute(ctx, inputs), True)``:
+def _saved_or_recomputed(ctx, recompute, from_saved, out_index, transformed):
+    """``ctx.saved_tensors``, or where the layer's output was changed in place since the
+    forward (see :func:`_keep_for_recompute`), ``recompute(ctx, inputs)``:
     the saved tuple with the output computed again from the unchanged inputs, the same bits
     (the kernels are deterministic), through the checked path (a weight whose ``.data`` was
     replaced is refused there). A graph already freed is autograd's error; an input changed
@@ -830,7 +812,7 @@ def _saved_or_recomputed(ctx, recompute, from_saved, out_index, transformed=Fals
         not _output_changed(ctx) or _cloned_before_change(ctx, saved[out_index])
     ):
         _release_unless_retained(ctx)
-        return saved, False
+        return saved
     _refuse_recorded_recompute(transformed)
     inputs = _intact_inputs(ctx, saved, from_saved)
     _release_unless_retained(ctx)
@@ -843,7 +825,7 @@ def _saved_or_recomputed(ctx, recompute, from_saved, out_index, transformed=Fals
             "whether it changed); clone the output before changing it",
         )
     with torch.no_grad():
-        return recompute(ctx, inputs), True
+        return recompute(ctx, inputs)
 
 
 def _cloned_before_change(ctx, saved_out) -> bool:
@@ -920,7 +902,7 @@ def _backward(ctx, grad_h, grad_hn):
     # recorded (create_graph=True) or the gradients are transformed (batched by vmap, as
     # is_grads_batched does, or carrying forward-mode tangents): see _backward_rows.
     transformed = _recorded_or_transformed(grad_h, grad_hn)
-    saved, _ = _saved_or_recomputed(ctx, _recompute_layer, _LAYER_SAVED_INPUTS, 4, transformed)
+    saved = _saved_or_recomputed(ctx, _recompute_layer, _LAYER_SAVED_INPUTS, 4, transformed)
     x, w_ih, w_hh, h0, h, batch_sizes = saved
     _check_saved(ctx, saved)
     needs = ctx.needs_input_grad
@@ -1836,8 +1818,8 @@ def fast_input_cpu(x: Tensor) -> bool:
 def fast_input_cuda(x: Tensor) -> bool:
     """:func:`fast_input_cpu` for CUDA: a plain dense CUDA tensor in a dtype of the CUDA
     kernels (float32, float64, bfloat16, float16), the kernels built, no mode and no forward
-    AD. Its other arguments must then pass :func:`fast_tensors_cuda` (the modules' lean
-    path on CUDA, one direction per layer)."""
+    AD. Its other arguments must then pass :func:`fast_addresses_cpu` with the input's
+    device (the modules' lean path on CUDA, one direction per layer)."""
     return (
         type(x) is Tensor
         and x.is_cuda
@@ -1850,29 +1832,9 @@ def fast_input_cuda(x: Tensor) -> bool:
     )
 
 
-def fast_tensors_cuda(tensors, shapes, dtype: torch.dtype, device: torch.device) -> bool:
-    """:func:`fast_addresses_cpu` for CUDA: whether each of ``tensors`` is a plain,
-    contiguous, dense tensor of ``dtype`` on ``device`` (the input's GPU) with its shape in
-    ``shapes``, its values plainly in memory and its storage not freed."""
-    strided, plain = torch.strided, PLAIN_TENSOR_TYPES
-    for t, shape in zip(tensors, shapes, strict=False):  # equal lengths by construction
-        if (
-            type(t) not in plain
-            or t.dtype is not dtype
-            or t.device != device
-            or t.layout is not strided
-            or not t.is_contiguous()
-            or t.is_neg()
-            or t.shape != shape
-            or (t.data_ptr() == 0 and t.numel())
-        ):
-            return False
-    return True
-
-
 def forward_cuda_checked(x, w_ih, w_hh, b_ih, b_hh, h0, out, hn, T, B, H, reverse, nonlinearity):
     """One layer-direction of padded input on CUDA, on arguments the caller checked
-    (:func:`fast_input_cuda`, :func:`fast_tensors_cuda`, sizes ``T, B, H``): ``out`` (any
+    (:func:`fast_input_cuda`, :func:`fast_addresses_cpu`, sizes ``T, B, H``): ``out`` (any
     shape of ``T B`` contiguous rows of ``H``) gets ``P = x W_ih^T + b_ih + b_hh`` from one
     GEMM, then the recurrence in place; ``hn`` (``B H`` contiguous) the last state. ``x``
     is contiguous ``[..., I]`` of ``T B`` rows; ``h0`` None for a zero state (the kernels
@@ -1890,18 +1852,21 @@ def forward_cuda_checked(x, w_ih, w_hh, b_ih, b_hh, h0, out, hn, T, B, H, revers
     _cuda.rnn_forward(T, B, H, _NO_STEPS, reverse, nonlinearity, P, w_hh, h0, P, hn)
 
 
-def fast_addresses_cpu(tensors, shapes, dtype: torch.dtype) -> list[int] | None:
+def fast_addresses_cpu(
+    tensors, shapes, dtype: torch.dtype, device: torch.device | None = None
+) -> list[int] | None:
     """The data addresses of ``tensors`` when each is a plain, contiguous, dense CPU tensor
     of ``dtype`` with its shape in ``shapes`` and its values plainly in memory (no negative
     bit): what the kernels may read by address. None when one is not. One loop for all of
-    a module's weights and its state (this runs on every call)."""
+    a module's weights and its state (this runs on every call). ``device``: on that device
+    instead of the CPU (the modules' lean path on CUDA)."""
     strided, plain = torch.strided, PLAIN_TENSOR_TYPES
     addresses = []
     for t, shape in zip(tensors, shapes, strict=False):  # equal lengths by construction
         if (
             type(t) not in plain
             or t.dtype is not dtype
-            or not t.is_cpu
+            or (not t.is_cpu if device is None else t.device != device)
             or t.layout is not strided
             or not t.is_contiguous()
             or t.is_neg()
@@ -2078,7 +2043,7 @@ class _EagerBiLayer(torch.autograd.Function):
     def backward(ctx, grad_out, grad_hnf, grad_hnb):
         grad_out, grad_hnf, grad_hnb = _strided_grads(grad_out, grad_hnf, grad_hnb)
         transformed = _recorded_or_transformed(grad_out, grad_hnf, grad_hnb)
-        saved, _ = _saved_or_recomputed(ctx, _recompute_bi_layer, _BI_SAVED_INPUTS, -2, transformed)
+        saved = _saved_or_recomputed(ctx, _recompute_bi_layer, _BI_SAVED_INPUTS, -2, transformed)
         _check_saved(ctx, saved)
         x, *weights, out, batch_sizes = saved
         # The lean path's x and output may have other shapes than [N, I] and [N, 2H]

@@ -977,8 +977,10 @@ void pointwise(int64_t m, int64_t c0, int64_t c1, const typename V::scalar_t* ac
 template <class V>
 void tanh_array(const typename V::scalar_t* x, typename V::scalar_t* y, int64_t n) {
   constexpr int W = V::W;
-  for (int64_t i = 0; i < n; i += W) {
-    const typename V::mask m = V::tail_mask(n - i >= W ? W : int(n - i));
+  int64_t i = 0;
+  for (; i + W <= n; i += W) V::store(y + i, vtanh<V>(V::load(x + i)));
+  if (i < n) {
+    const typename V::mask m = V::tail_mask(int(n - i));
     V::store_masked(y + i, m, vtanh<V>(V::load_masked(x + i, m)));
   }
 }

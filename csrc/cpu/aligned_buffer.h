@@ -28,13 +28,18 @@ class AlignedBuffer {
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
   ~AlignedBuffer() { std::free(ptr_); }
 
-  // At least n bytes; the contents are not kept when it grows.
+  // At least n bytes; the contents are not kept when it grows. When the larger block cannot
+  // be had, throws std::bad_alloc and holds nothing: the next request allocates again (it
+  // kept its old size with the old block freed, and a smaller request then got nullptr).
   void* get(size_t n) {
     if (n > bytes_) {
       std::free(ptr_);
+      ptr_ = nullptr;
+      bytes_ = 0;
       n = (n + align_ - 1) / align_ * align_;  // aligned_alloc wants a multiple
-      ptr_ = std::aligned_alloc(align_, n);
-      if (!ptr_) throw std::bad_alloc();
+      void* p = std::aligned_alloc(align_, n);
+      if (!p) throw std::bad_alloc();
+      ptr_ = p;
       bytes_ = n;
     }
     return ptr_;

@@ -51,6 +51,15 @@ T* row_buffer(size_t elems) {
   return static_cast<T*>(buf.get(elems * sizeof(T)));
 }
 
+// A thread's row_buffer for every step of the job (B rows at most), taken before it claims
+// any work: should the allocation fail (std::bad_alloc), the thread leaves the job before
+// holding a chunk the others would wait for at the step barrier, they take over its chunks,
+// and team_run rethrows the exception on the caller (thread_team.cpp, GuardedJob).
+template <typename T>
+void reserve_rows(const RecurrenceShape& s) {
+  row_buffer<T>(size_t(s.B * s.H));
+}
+
 // Short sequences of few rows (one decoding step, an RNNCell) skip packing W_hh: at
 // B1-H1024-T1 packing W_hh^T took ~150 us for a 2 MFLOP product. Each step then reads W_hh
 // in place (KernelTable::gemv_nt), whose sums run in another order than the packed
@@ -448,6 +457,7 @@ void forward_thread(void* vctx, int tid, int nt) {
     if (!job.direct) rc.pack_chunk(c, job.W, 1, H);
     if (job.z) zero_state_product(job, rc.chunk_cols(c));
   };
+  if (job.direct && !rc.k->gemv_nt_ep) reserve_rows<T>(*rc.s);
   if (job.rows)
     run_rows(rc.chunks, *rc.s, tid, nt, rc.s->T, pack, [&](int64_t i, int64_t r0, int64_t r1) {
       forward_rows(job, i, r0, r1, rc.all_cols());
@@ -567,6 +577,7 @@ void backward_thread(void* vctx, int tid, int nt) {
   auto pack = [&](int64_t c) {
     if (!job.direct) rc.pack_chunk(c, job.W, H, 1);
   };
+  if (job.direct && !rc.k->gemv_nn_ep) reserve_rows<T>(*rc.s);
   const int64_t nsteps = rc.s->T + (job.dh0 ? 1 : 0);
   if (job.rows)
     run_rows(rc.chunks, *rc.s, tid, nt, nsteps, pack, [&](int64_t i, int64_t r0, int64_t r1) {

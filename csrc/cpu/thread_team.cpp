@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -297,20 +298,47 @@ void gomp_trampoline(void* data) {
   job.fn(job.ctx, job.gomp->thread_num(), job.gomp->num_threads());
 }
 
+// A job whose threads may throw (std::bad_alloc from a thread's scratch buffer): an
+// exception must not leave a thread of the team (out of an OpenMP region it is
+// std::terminate; out of the caller's share of a Team job it would return while the
+// workers still use the job). Each thread's exception is caught, the first one kept, and
+// team_run rethrows it on the caller once every thread has returned. The kernels take their
+// threads' scratch before they claim any work, so the others finish the job meanwhile (the
+// recurrence's threads take over unclaimed chunks; the GEMMs' threads share nothing).
+struct GuardedJob {
+  TeamFn fn;
+  void* ctx;
+  std::mutex mutex;
+  std::exception_ptr error;
+};
+
+void guarded(void* data, int tid, int nthreads) {
+  auto& job = *static_cast<GuardedJob*>(data);
+  try {
+    job.fn(job.ctx, tid, nthreads);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(job.mutex);
+    if (!job.error) job.error = std::current_exception();
+  }
+}
+
 }  // namespace
 
 int team_run(int nthreads, TeamFn fn, void* ctx) {
   nthreads = std::min(nthreads, hardware_threads());
   if (nthreads <= 1) {
-    fn(ctx, 0, 1);
+    fn(ctx, 0, 1);  // on the caller alone: an exception leaves as it is
     return 1;
   }
+  GuardedJob guard{fn, ctx, {}, nullptr};
   if (const Gomp* gomp = find_gomp()) {
-    GompJob job{gomp, fn, ctx};
+    GompJob job{gomp, &guarded, &guard};
     gomp->parallel(&gomp_trampoline, &job, unsigned(nthreads), 0);
-    return nthreads;
+  } else {
+    nthreads = Team::instance().run(nthreads, &guarded, &guard);
   }
-  return Team::instance().run(nthreads, fn, ctx);
+  if (guard.error) std::rethrow_exception(guard.error);
+  return nthreads;
 }
 
 }  // namespace cpu

@@ -38,7 +38,9 @@ class StepSync {
 using TeamFn = void (*)(void* ctx, int tid, int nthreads);
 
 // Runs fn on up to nthreads threads and returns how many it asked for (fn gets the count
-// that actually runs, which may be smaller). The team is torch's OpenMP workers when
+// that actually runs, which may be smaller). An exception thrown by fn on any thread is
+// rethrown here, on the caller, after every thread has returned (the first one, if several
+// threads throw); fn must leave the others able to finish without it. The team is torch's OpenMP workers when
 // torch's libgomp is loaded (see thread_team.cpp), else our own persistent team.
 int team_run(int nthreads, TeamFn fn, void* ctx);
 

@@ -42,6 +42,14 @@ def address_space(extra):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+def outcome(model, x, extra):  # model(x) with at most `extra` more address space
+    try:
+        with torch.no_grad(), address_space(extra):
+            model(x)
+        return "big: ran"
+    except MemoryError:
+        return "big: MemoryError"
 """
 
 
@@ -73,12 +81,7 @@ def test_failed_panel_allocation_leaves_the_thread_usable():
             want = small(xs)[0]  # this thread's panel buffer: 16 KiB
         big = fusedrnn.RNN(1, 4096)  # its packed W_hh: 64 MiB
         xb = torch.randn(1, 16, 1)
-        try:
-            with torch.no_grad(), address_space(32 << 20):
-                big(xb)
-            print("big: ran", flush=True)
-        except MemoryError:
-            print("big: MemoryError", flush=True)
+        print(outcome(big, xb, 32 << 20), flush=True)
         with torch.no_grad():
             got = small(xs)[0]
         assert torch.equal(got, want)
@@ -110,12 +113,7 @@ def test_failed_allocation_inside_a_thread_team_raises_memory_error(team):
             want = warm(xw)[0]  # the team's threads exist before the limit
         big = fusedrnn.RNN(1024, 8192, bias=False)
         xb = torch.randn(1, 16, 1024)
-        try:
-            with torch.no_grad(), address_space(8 << 20):
-                big(xb)
-            out = "big: ran"
-        except MemoryError:
-            out = "big: MemoryError"
+        out = outcome(big, xb, 8 << 20)
         with torch.no_grad():
             assert torch.equal(warm(xw)[0], want)  # the team still serves, as before
         print(out, flush=True)

@@ -3,6 +3,7 @@
 import typing
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence
@@ -283,6 +284,13 @@ x32, wih32, whh32, bih32, bhh32, h032, _ = _layer_inputs(dtype=torch.float32)
             r"batch_sizes must sum to the rows of x \(12\), got sum 11",
         ),
         (dict(h0=torch.zeros(3, 3, device="meta")), ValueError, "h0 must be on the device of x"),
+        # reverse was read as a truth value: None ran forward, 1 reversed.
+        (dict(reverse=None), TypeError, r"reverse must be a bool \(True or False\), got NoneType"),
+        (dict(reverse=1), TypeError, r"reverse must be a bool \(True or False\), got int"),
+        # A NumPy bool or a one-element tensor too, as torch.sort refuses them for descending
+        # (a tensor's value is data, which a compiled graph cannot branch on).
+        (dict(reverse=np.True_), TypeError, r"reverse must be a bool .*got numpy\.bool"),
+        (dict(reverse=torch.tensor(True)), TypeError, "reverse must be a bool .*got torch.Tensor"),
     ],
 )
 def test_bad_arguments_raise_named_errors(changes, exc, pattern):
@@ -329,6 +337,57 @@ def test_backward_ops_name_a_sparse_grad_h_and_a_narrow_h():
     with pytest.raises(ValueError, match=r"h0 must have the shape of grad_hn \(2, 5\), got"):
         ops.rnn_layer_grads(x, w_ih, w_hh, None, h, g, g_n, none, False, "tanh", True, True,
                             True, True)  # fmt: skip
+
+
+def test_a_flag_that_is_not_a_bool_is_refused_on_every_path():
+    """reverse (and rnn_layer_grads' need_* flags) must be bools wherever a call comes in: the
+    eager path (with and without a graph), the registered op (autocast sends rnn_layer there),
+    torch.func and the op objects called directly. torch's dispatcher reads a schema's bool
+    as the value's truth (None as False, 2.0 as True), so the op's body never sees it: the
+    op objects check before it. (torch.ops.fusedrnn.* itself keeps that reading, as
+    torch.ops.aten.* does.)"""
+    x, w_ih, w_hh, h0, none = _small_padded_layer()
+    B, H = h0.shape
+    h, _ = ops.rnn_layer_forward(x, w_ih, w_hh, None, None, h0, none, False, "tanh")
+    g, g_n = torch.randn_like(h), torch.randn(B, H)
+    needs = [True, True, True, True]
+
+    def layer(rev, x=x):
+        return ops.rnn_layer(x, w_ih, w_hh, None, None, h0, none, rev)[0]
+
+    def autocast(rev):
+        with torch.autocast("cpu"):
+            return layer(rev)
+
+    calls = {
+        "eager": layer,
+        "graph": lambda rev: layer(rev, x.clone().requires_grad_()),
+        "autocast": autocast,
+        "func.grad": lambda rev: torch.func.grad(lambda x: layer(rev, x).sum())(x),
+        "vmap": lambda rev: torch.vmap(lambda x: layer(rev, x))(x[None]),
+        "forward op": lambda rev: ops.rnn_layer_forward(
+            x, w_ih, w_hh, None, None, h0, none, rev, "tanh"
+        ),
+        "backward op": lambda rev: ops.rnn_layer_backward(w_hh, h, g, g_n, none, rev, "tanh"),
+        "grads op": lambda rev: ops.rnn_layer_grads(
+            x, w_ih, w_hh, h0, h, g, g_n, none, rev, "tanh", *needs
+        ),
+        "by keyword": lambda rev: ops.rnn_layer_backward(
+            w_hh, h, g, g_n, none, nonlinearity="tanh", reverse=rev
+        ),
+    }
+    for name, call in calls.items():
+        for value in (None, 0, 2.0, "yes"):
+            with pytest.raises(TypeError, match=r"reverse must be a bool \(True or False\)"):
+                call(value)
+                pytest.fail(f"{name}: reverse={value!r} was taken")
+        call(True)
+    for i in range(4):
+        flags = list(needs)
+        flags[i] = None
+        name = ("need_dx", "need_dw_ih", "need_dw_hh", "need_db")[i]
+        with pytest.raises(TypeError, match=f"{name} must be a bool"):
+            ops.rnn_layer_grads(x, w_ih, w_hh, h0, h, g, g_n, none, False, "tanh", *flags)
 
 
 def test_bidirectional_layer_names_the_direction_of_a_wrong_tensor():

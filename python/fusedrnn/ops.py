@@ -80,6 +80,17 @@ def _fail(exc: type[Exception], message: str) -> None:
     raise exc(f"fusedrnn: {message}")
 
 
+def _refuse_flag(name: str, value) -> None:
+    """A yes/no argument (``reverse``, ``need_dx``...) that is not a bool: read as a truth
+    value, ``None`` or ``0`` would run the other direction silently. NumPy bools and
+    one-element tensors are refused too, as torch's functions refuse them for theirs
+    (``torch.sort(x, descending=numpy.True_)``). Callers test ``value is not True and value
+    is not False`` themselves: this formats the message."""
+    kind = type(value)
+    given = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+    _fail(TypeError, f"{name} must be a bool (True or False), got {given}")
+
+
 # The names check_layer_args gives its arguments in messages ("cols": what x's columns
 # are); callers that pass other tensors in those places rename them (_BACKWARD_NAMES).
 _ARG_NAMES = {"x": "x", "w_ih": "w_ih", "w_hh": "w_hh", "b_ih": "b_ih", "b_hh": "b_hh",
@@ -1422,6 +1433,31 @@ for _op in (rnn_layer_forward, rnn_layer_backward, rnn_layer_grads):
     _register_cpu_autocast(_op, cast=_op is rnn_layer_forward)
 
 
+class _FlagCheckedOp(type(rnn_layer_forward)):  # torch._library.custom_ops.CustomOpDef
+    """A registered op whose Python calls (``ops.rnn_layer_backward(...)``) refuse a flag
+    that is not a bool by name. torch's dispatcher reads a ``bool`` of the schema as the
+    value's truth (None as False; 2.0, numpy.True_, tensor(True) as True; only a str is
+    refused, as "Expected a value of type 'bool'"), so the op's body sees only the bool it
+    made and cannot check. ``torch.ops.fusedrnn.*`` keeps the dispatcher's reading, as
+    ``torch.ops.aten.*`` does."""
+
+    def __call__(self, *args, **kwargs):
+        for i, name in self._flags:  # (a missing one: the dispatcher's error)
+            value = args[i] if i < len(args) else kwargs.get(name, False)
+            if value is not True and value is not False:
+                _refuse_flag(name, value)
+        return super().__call__(*args, **kwargs)
+
+
+for _op in (rnn_layer_forward, rnn_layer_backward, rnn_layer_grads):
+    _op.__class__ = _FlagCheckedOp
+    _op._flags = tuple(
+        (i, a.name)
+        for i, a in enumerate(_op._opoverload._schema.arguments)
+        if a.type.kind() == "BoolType"
+    )
+
+
 class _EagerLayer(torch.autograd.Function):
     """The custom op's computation and autograd formulas without torch.library dispatch.
 
@@ -1910,6 +1946,8 @@ def rnn_layer(
     silently. ``output_to_caller=False`` is for a caller that never hands the output out
     (the modules' inner layers): no copy, and the eager backward keeps nothing for it.
     """
+    if reverse is not True and reverse is not False:  # (every path below reads its truth)
+        _refuse_flag("reverse", reverse)
     args = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
     if _func_or_forward_ad():
         _check_tensor_types(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)

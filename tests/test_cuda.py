@@ -255,6 +255,7 @@ def test_boundary_between_persistent_and_stepwise():
     )
     assert large_H is not None, "no size up to H=8192 falls back to the per-step kernel"
     assert _plan(large_H)["reason"]
+    assert _plan(large_H)["transient"] is False  # refused for its size, not a failed call
     last_fit = max(H for H in range(256, large_H, 256) if _plan(H)["path"] == "persistent")
     for H in (last_fit, large_H):
         p = _problem(3, 4, H, None, torch.float32, ("boundary", H))
@@ -852,14 +853,23 @@ def test_cuda_argument_errors_name_the_argument():
         ops.rnn_layer(*(t.int() for t in (x, w_ih, w_hh, b_ih, b_hh, h0)), bs)
 
 
-@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
-def test_training_step_replays_in_a_cuda_graph(packed):
+@pytest.mark.parametrize(
+    "packed, path",
+    [(True, "auto"), (False, "auto"), (False, "persistent"), (False, "stepwise"),
+     pytest.param(False, "cluster", marks=_NEEDS_CLUSTERS)],
+    ids=["packed", "padded", "padded-persistent", "padded-stepwise", "padded-cluster"],
+)  # fmt: skip
+def test_training_step_replays_in_a_cuda_graph(packed, path, monkeypatch):
     """A training step captured in a CUDA graph (torch's whole-network recipe) replays to the
     eager gradients, also after torch's pinned allocator has handed its buffers out again.
     Packed: the backward copies row indices from pinned memory, which under capture is kept
     for the process (ops._index_on), and packed input takes the per-step kernel (no copy of
     batch_sizes). Padded: `auto` takes at this size the kernel it takes eagerly, on Hopper
-    the cluster kernel (B = 3, H = 16), elsewhere the persistent one."""
+    the cluster kernel (B = 3, H = 16), elsewhere the persistent one; each kernel is also
+    forced (FUSEDRNN_CUDA_PATH), so that the persistent kernel's cooperative launch, which
+    `auto` does not take here on Hopper, is captured too (a helper's audit, session 30: no
+    GPU run had captured it)."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
     torch.manual_seed(0)
     model = fusedrnn.RNN(8, 16, num_layers=2).cuda()
     seqs = [torch.randn(n, 8, device="cuda") for n in (5, 3, 2)]

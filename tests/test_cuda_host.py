@@ -65,3 +65,38 @@ def test_kernel_path_variable_is_read_and_checked(monkeypatch):
     monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "fast")
     with pytest.raises(ValueError, match=r"FUSEDRNN_CUDA_PATH must be one of .*'fast'"):
         _cuda.kernel_path()
+
+
+class _FakePlans:
+    """``_C_cuda.plan`` answering from a list: each call takes the next plan."""
+
+    def __init__(self, *plans):
+        self.plans, self.calls = list(plans), 0
+
+    def plan(self, *args):
+        self.calls += 1
+        return self.plans.pop(0)
+
+
+def test_device_sizes_answer_is_cached_unless_the_plan_was_transient(monkeypatch):
+    """Packed input gets its batch_sizes copied to the device only where the launcher's plan
+    reads them there (persistent, cluster). That answer is cached per shape, except when the
+    plan was refused by a CUDA call that failed (``transient``: out of memory while a kernel
+    loads), which the next call may not meet: cached, such a shape kept the per-step kernel
+    for the rest of the process."""
+    monkeypatch.setattr(_cuda, "_DEVICE_SIZES_PLANS", {})
+    stepwise_oom = {"path": "stepwise", "transient": True}
+    cluster = {"path": "cluster", "transient": False}
+    fake = _FakePlans(stepwise_oom, cluster)
+    monkeypatch.setattr(_cuda, "_C_cuda", fake)
+    key = ("float32", 3, 64, "tanh", False, 0, "auto")
+    assert _cuda._reads_device_sizes(*key) is False
+    assert _cuda._reads_device_sizes(*key) is True  # asked again: the failure was transient
+    assert _cuda._reads_device_sizes(*key) is True  # cached now
+    assert fake.calls == 2
+    fake = _FakePlans({"path": "stepwise", "transient": False})
+    monkeypatch.setattr(_cuda, "_C_cuda", fake)
+    other = ("float32", 300, 64, "tanh", False, 0, "auto")
+    assert _cuda._reads_device_sizes(*other) is False
+    assert _cuda._reads_device_sizes(*other) is False  # a plain refusal is cached
+    assert fake.calls == 1

@@ -176,6 +176,7 @@ PYBIND11_MODULE(_C_cuda, m) {
         d["rows_per_pass"] = plan.rows_per_pass;
         d["smem_bytes"] = plan.smem_bytes;
         d["reason"] = plan.reason;
+        d["transient"] = plan.transient;
         return d;
       },
       py::arg("dtype"), py::arg("B"), py::arg("H"), py::arg("nonlinearity"), py::arg("backward"),

@@ -13,13 +13,30 @@
 namespace fusedrnn {
 namespace cuda_detail {
 
+// The errors that leave the context unusable (sticky): raised by whatever CUDA call comes
+// next on the device, so most likely by an earlier asynchronous kernel, torch's or ours.
+bool sticky(cudaError_t err) {
+  return err == cudaErrorIllegalAddress || err == cudaErrorLaunchFailure ||
+         err == cudaErrorMisalignedAddress || err == cudaErrorHardwareStackError ||
+         err == cudaErrorIllegalInstruction || err == cudaErrorAssert ||
+         err == cudaErrorInvalidPc || err == cudaErrorInvalidAddressSpace ||
+         err == cudaErrorLaunchTimeout;
+}
+
 void check_cuda(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return;
   // Clear a non-sticky error before raising: otherwise the next call's post-launch
   // cudaGetLastError() on this thread would report this one against a good launch.
   (void)cudaGetLastError();
-  throw std::runtime_error(std::string("fusedrnn CUDA: ") + what +
-                           " failed: " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
+  std::string message = std::string("fusedrnn CUDA: ") + what + " failed: " +
+                        cudaGetErrorName(err) + ": " + cudaGetErrorString(err);
+  if (sticky(err)) {
+    message +=
+        " (an error that stays with the device: it may come from an earlier asynchronous "
+        "kernel, not this call; CUDA_LAUNCH_BLOCKING=1 reports each kernel's errors where "
+        "it is launched)";
+  }
+  throw CudaCallError(message);
 }
 
 DeviceInfo device_info(int device) {
@@ -130,7 +147,9 @@ class DeviceGuard {
         (void)driver_calls().ctx_set_current(context_);
         break;
       case Restore::kDevice:
-        (void)cudaSetDevice(previous_);
+        // A failed restore must not leave its error for the next call's post-launch
+        // cudaGetLastError(), which would blame a good launch for it.
+        if (cudaSetDevice(previous_) != cudaSuccess) (void)cudaGetLastError();
         break;
       case Restore::kNothing:
         break;

@@ -140,7 +140,11 @@ CudaPlan plan_cluster_uncached(int64_t B, int64_t H, const DeviceInfo& dev) {
   int64_t smem_max = 0;
   try {
     smem_max = max_dynamic_smem<scalar_t, BWD, ACT, true>(dev);
-  } catch (const std::runtime_error& e) {
+  } catch (const CudaCallError& e) {
+    plan.reason = e.what();
+    plan.transient = true;
+    return plan;
+  } catch (const std::runtime_error& e) {  // (a build without sm_90 code)
     plan.reason = e.what();
     return plan;
   }
@@ -176,6 +180,7 @@ CudaPlan plan_cluster_uncached(int64_t B, int64_t H, const DeviceInfo& dev) {
         cudaOccupancyMaxActiveClusters(&clusters, rnn_cluster_kernel<scalar_t, BWD, ACT>, &cfg);
     if (err == cudaSuccess && clusters >= 1) return trial;
     (void)cudaGetLastError();  // a refused size is not an error of the next call
+    if (err == cudaErrorMemoryAllocation) plan.transient = true;
     if (plan.reason.empty()) {
       plan.reason = "a cluster of " + std::to_string(C) + " CTAs with " + std::to_string(smem) +
                     " bytes of shared memory each cannot be scheduled on this device" +
@@ -198,6 +203,7 @@ CudaPlan plan_cluster(int64_t B, int64_t H, const DeviceInfo& dev) {
     if (it != plans.end()) return it->second;
   }
   CudaPlan plan = plan_cluster_uncached<scalar_t, BWD, ACT>(B, H, dev);
+  if (plan.transient) return plan;  // a failed CUDA call: asked again next time
   const std::lock_guard<std::mutex> lock(mu);
   if (plans.size() >= 4096) plans.clear();  // bounded: many distinct shapes start afresh
   plans.emplace(key, plan);
@@ -218,6 +224,11 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
       std::max<int64_t>(B, 1) * H <= kAutoClusterMaxWork / auto_cluster_scale<scalar_t>()) {
     const CudaPlan cluster = plan_cluster<scalar_t, BWD, ACT>(B, H, dev);
     if (cluster.path == CudaPath::kCluster) return cluster;
+    if (cluster.transient) {  // the cluster kernel may be taken next time: so is this plan
+      CudaPlan rest = plan_for_kernel<scalar_t, BWD, ACT>(B, H, dev, requested, false);
+      rest.transient = true;
+      return rest;
+    }
   }
   CudaPlan plan;
   plan.path = CudaPath::kStepwise;
@@ -250,8 +261,9 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
   int64_t smem_max = 0;
   try {
     smem_max = max_dynamic_smem<scalar_t, BWD, ACT, false>(dev);
-  } catch (const std::runtime_error& e) {
+  } catch (const CudaCallError& e) {
     plan.reason = e.what();
+    plan.transient = true;
     return plan;
   }
   // At most one CTA per SM, each owning Hc units (a multiple of the warp item width U).
@@ -282,8 +294,9 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
     check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Persistent::kThreads,
                                                              static_cast<size_t>(smem)),
                "cudaOccupancyMaxActiveBlocksPerMultiprocessor(persistent kernel)");
-  } catch (const std::runtime_error& e) {
+  } catch (const CudaCallError& e) {
     plan.reason = e.what();
+    plan.transient = true;
     return plan;
   }
   if (static_cast<int64_t>(per_sm) * dev.sms < grid) {

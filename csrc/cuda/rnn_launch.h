@@ -6,13 +6,21 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
 
 #include "cuda/rnn_cuda.h"
 
 namespace fusedrnn {
 namespace cuda_detail {
 
-// Throws std::runtime_error naming `what` and the CUDA error unless err == cudaSuccess.
+// A CUDA call that failed (check_cuda), as opposed to a refusal of the sizes or the device:
+// a plan refused for it may succeed later (out of memory while a kernel's module loads), so
+// it is not cached (CudaPlan::transient).
+struct CudaCallError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Throws CudaCallError naming `what` and the CUDA error unless err == cudaSuccess.
 void check_cuda(cudaError_t err, const char* what);
 
 // What the launchers need to know about the device; read once per call.

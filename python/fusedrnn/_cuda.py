@@ -24,7 +24,6 @@ kernel").
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -161,13 +160,24 @@ def _addr(t: Tensor | None) -> int:
     return address
 
 
-@functools.lru_cache(maxsize=1024)
+_DEVICE_SIZES_PLANS: dict[tuple, bool] = {}  # _reads_device_sizes' answers
+
+
 def _reads_device_sizes(name, B, H, nonlinearity, backward, index, path) -> bool:
     """Whether the launcher will pick a kernel that reads ``batch_sizes`` on the device, the
     persistent or the cluster kernel (the same plan it computes; a pure function of these
-    arguments on one device, so cached)."""
-    plan = _C_cuda.plan(name, B, H, nonlinearity, backward, index, path)
-    return plan["path"] in _DEVICE_SIZES_PATHS
+    arguments on one device, so cached, except a plan refused by a CUDA call that failed,
+    ``transient``: out of memory while a kernel loads may not happen next time)."""
+    key = (name, B, H, nonlinearity, backward, index, path)
+    answer = _DEVICE_SIZES_PLANS.get(key)
+    if answer is None:
+        plan = _C_cuda.plan(*key)
+        answer = plan["path"] in _DEVICE_SIZES_PATHS
+        if not plan["transient"]:
+            if len(_DEVICE_SIZES_PLANS) >= 1024:  # bounded: many shapes start afresh
+                _DEVICE_SIZES_PLANS.clear()
+            _DEVICE_SIZES_PLANS[key] = answer
+    return answer
 
 
 def stream_capturing(device: torch.device) -> bool:

@@ -520,6 +520,63 @@ def test_a_tensor_whose_storage_was_freed_is_refused():
         _cuda._addr(freed(w_hh))
 
 
+def test_a_tensor_whose_storage_was_freed_is_named():
+    """Each op names a freed tensor as it names its other errors: by its argument (it was
+    "a tensor argument of shape (5, 5)", and a freed strided view, which the op copies
+    before the kernel reads it, got torch's "its data is not allocated yet"; a helper's
+    review of session 29's gaps)."""
+    x, w_ih, w_hh, h0, none = _small_padded_layer()
+    B, H = h0.shape
+    b = torch.randn(H)
+    h, _ = ops.rnn_layer(x, w_ih, w_hh, b, b, h0, none)
+    g, g_n = torch.randn_like(h), torch.randn(B, H)
+
+    def freed(t, strided):
+        if strided:  # the same shape in memory that is not contiguous
+            t = torch.empty(t.shape[::-1]).t() if t.dim() == 2 else torch.empty(2 * len(t))[::2]
+        else:
+            t = t.clone()
+        t.untyped_storage().resize_(0)
+        return t
+
+    def error(call) -> str:
+        """``call``'s error as text: a failure's traceback would hold the freed tensors,
+        and their repr (pytest prints each frame's arguments) crashes torch."""
+        try:
+            call()
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        return "no error"
+
+    # Each op's tensor arguments by name, in order.
+    layer = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b, "b_hh": b, "h0": h0}
+    backward = {"w_hh": w_hh, "h": h, "grad_h": g, "grad_hn": g_n}
+    grads = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "h0": h0, "h": h, "grad_h": g, "grad_hn": g_n}
+    bidirectional = {"x": x}
+    for d in ("fwd", "rev"):
+        for i, name in enumerate(("w_ih", "w_hh", "b_ih", "b_hh")):
+            bidirectional[f"w_{d}[{i}] ({name})"] = layer[name]
+        bidirectional[f"h0_{d}"] = h0
+    calls = [
+        (layer, lambda *t: ops.rnn_layer(*t, none)),
+        (layer, lambda *t: ops.rnn_layer_forward(*t, none, False, "tanh")),  # the registered op
+        (backward, lambda *t: ops.rnn_layer_backward(*t, none, False, "tanh")),
+        (grads, lambda *t: ops.rnn_layer_grads(*t, none, False, "tanh", True, True, True, True)),
+        (
+            bidirectional,
+            lambda x, *t: ops.rnn_bidirectional_layer(x, t[:4], t[5:9], t[4], t[9], none),
+        ),
+    ]
+    for named, call in calls:
+        for i, name in enumerate(named):
+            for strided in (False, True):
+                args = list(named.values())
+                args[i] = freed(args[i], strided)
+                got = error(lambda: call(*args))  # noqa: B023 (called here, at once)
+                want = f"RuntimeError: fusedrnn: {name}'s storage was freed"
+                assert got.startswith(want), (name, got)
+
+
 def test_grads_op_with_an_empty_batch_returns_zero_gradients():
     """B = 0 padded (T unknowable: no rows): zero weight gradients and empty dx and dh0,
     as the backward op gives (it was a ZeroDivisionError, found by a fuzz audit)."""

@@ -263,6 +263,23 @@ def check_layer_args(
     return T, B, H
 
 
+def _refuse_freed(names: tuple[str, ...], *tensors: Tensor | None) -> None:
+    """Each of ``tensors`` (None: absent) must have memory, else an error naming it by its
+    name in ``names``. A tensor whose storage was freed (``untyped_storage().resize_(0)``,
+    as FSDP does) has address 0, which the kernels read as an absent bias, state or
+    gradient; ``_addr`` refuses it without its name, and torch's copies (``.contiguous()``,
+    ``.float()``) with a message that names none. For the ops' bodies, after their checks
+    and before any copy: their tensors are real (fake and functorch-wrapped tensors have no
+    address of their own)."""
+    for i, t in enumerate(tensors):
+        if t is not None and not t.data_ptr() and t.numel():
+            _fail(
+                RuntimeError,
+                f"{names[i]}'s storage was freed (e.g. by untyped_storage().resize_(0)): it "
+                "has no memory to read",
+            )
+
+
 def _check_like_x(n, dtype, device, w_ih, w_hh, b_ih, b_hh, h0) -> None:
     """check_layer_args' layout, dtype and device checks, one by one with their messages."""
     for name, t in (
@@ -353,6 +370,7 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
                       T, B, H, reverse, nonlinearity)  # fmt: skip
         return h, hn
     T, B, H = check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity)
+    _refuse_freed(_LAYER_INPUT_NAMES, x, w_ih, w_hh, b_ih, b_hh, h0)
     if not x.is_cuda and x.dtype not in KERNEL_DTYPES:
         args = (_float32(t) for t in (x, w_ih, w_hh, b_ih, b_hh, h0))
         h, hn = _forward_impl(*args, batch_sizes, reverse, nonlinearity)
@@ -420,6 +438,7 @@ def _(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
 
 # The backward op reuses the forward checks: h in the place of x, grad_hn in that of h0.
 _BACKWARD_NAMES = {"x": "h", "w_ih": "w_hh", "h0": "grad_hn", "cols": "H"}
+_BACKWARD_INPUT_NAMES = ("w_hh", "h", "grad_h", "grad_hn")
 
 
 def _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity, values=True):
@@ -454,6 +473,8 @@ def _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity, v
             f"grad_h must have the dtype and device of h ({h.dtype}, {h.device}), "
             f"got ({grad_h.dtype}, {grad_h.device})",
         )
+    if values:  # (the ops' bodies; their fake kernels pass values=False)
+        _refuse_freed(_BACKWARD_INPUT_NAMES, w_hh, h, grad_h, grad_hn)
     return T, B, H
 
 
@@ -1057,6 +1078,8 @@ def _grads_checks(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, nonlineari
             ValueError,
             f"x and w_ih must agree on I: x {tuple(x.shape)}, w_ih {tuple(w_ih.shape)}",
         )
+    if values:
+        _refuse_freed(("h0", "x", "w_ih"), h0, x, w_ih)
 
 
 def _rows_view(g: Tensor) -> tuple[Tensor, int]:
@@ -1997,6 +2020,7 @@ def rnn_bidirectional_layer_checked(
 _FWD_NAMES = {"w_ih": "w_fwd[0] (w_ih)", "w_hh": "w_fwd[1] (w_hh)", "b_ih": "w_fwd[2] (b_ih)",
               "b_hh": "w_fwd[3] (b_hh)", "h0": "h0_fwd"}  # fmt: skip
 _REV_NAMES = {k: v.replace("fwd", "rev") for k, v in _FWD_NAMES.items()}
+_BI_NAMES = ("x", *_FWD_NAMES.values(), *_REV_NAMES.values())  # (x, w_fwd..., h0_fwd, w_rev...)
 
 
 def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
@@ -2031,6 +2055,7 @@ def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
             f"the two directions' states must have the same shape: h0 {tuple(h0f.shape)} and "
             f"{tuple(h0b.shape)}",
         )
+    _refuse_freed(_BI_NAMES, x, *wf, h0f, *wb, h0b)
     x = _dense(x)
     out = x.new_empty(x.shape[0], 2 * H)
     hns = []

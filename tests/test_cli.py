@@ -72,6 +72,7 @@ def _error(argv, capsys) -> str:
         (["gradcheck", "--flow", "--layers", "2"], "argument --layers: not used with --flow"),
         (["gradcheck", "--flow", "--checks", "reference"], "argument --checks: not used with"),
         (["gradcheck", "--batch", "1000"], "argument --batch: 1000 is too large (at most 64)"),
+        (["bench", "--max-hours", "0"], "argument --max-hours: expected a positive number"),
         (["bench", "--seed", "-1"], "argument --seed: expected an integer in 0..2**63-1"),
         (["gradcheck", "--seed", str(2**64)], "argument --seed: expected an integer in 0..2"),
         (["gradcheck", "--seed", "x"], "argument --seed: expected an integer, got 'x'"),
@@ -222,6 +223,37 @@ def test_bench_writes_table_json_markdown_and_plot(tmp_path, capsys):
     assert any(line.startswith("- machine:") for line in lines)
 
     assert paths["png"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_bench_refuses_a_run_estimated_past_max_hours(monkeypatch, capsys):
+    """A run whose generous estimate exceeds --max-hours (default 1) is an argument error
+    before any case runs, naming the longest case and the estimates (a case of 10^6 steps
+    ran for most of an hour without a word; a helper's review); --max-hours raises the
+    limit, and the presets, the README's plain `fusedrnn bench` included, are within it."""
+    from fusedrnn import bench
+
+    ran = []
+
+    def run_case(case, *_):  # nothing runs: the guard is what is tested
+        ran.append(case)
+        return bench.Result(case, ok=True)
+
+    monkeypatch.setattr(bench, "run_case", run_case)
+    # Few flops, little memory, 4 x 10^6 steps of nn.RNN a call: hours.
+    long = ["bench", "--quick", "--seq", "1000000", "--batch", "1", "--input", "1"]
+    long += ["--hidden", "1", "--layers", "4", "--device", "cpu"]
+    err = _error(long, capsys)
+    assert "the 2 cases would take about" in err
+    assert "the longest, cpu f32 train tanh T=1000000 B=1 I=1 H=1 L=4, about" in err
+    assert "more than --max-hours 1: lower --seq" in err and "or raise --max-hours" in err
+    assert not ran
+    assert main([*long, "--max-hours", "10"]) == 0 and len(ran) == 2
+    assert main(["bench"]) == 0  # the README's command, on the devices here
+    for preset in bench.PRESETS:
+        for device in ("cpu", "cuda"):
+            cases = bench.build_cases(preset, [device], list(bench.DTYPES))
+            seconds = sum(bench.case_seconds(c, bench.PRESETS[preset][1]) for c in cases)
+            assert seconds < 3600, (preset, device, seconds)
 
 
 def test_bench_runs_bfloat16_models(tmp_path, capsys):

@@ -11,8 +11,10 @@ from collections.abc import Callable, Sequence
 
 __all__ = [
     "check_memory",
+    "check_time",
     "choice_list",
     "device",
+    "duration",
     "format_table",
     "markdown_table",
     "output_file",
@@ -148,6 +150,30 @@ def check_memory(parser: argparse.ArgumentParser, what: str, nbytes: float, lowe
         parser.error(
             f"{what} needs about {nbytes / 2**30:.1f} GiB, more than half of this machine's "
             f"{memory / 2**30:.1f} GiB: lower {lower}"
+        )
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` for a message: "40 s", "12 min", "4.7 h"."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}".removesuffix(".0") + " h"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
+
+
+def check_time(
+    parser: argparse.ArgumentParser, what: str, seconds: float, limit: float, why: str,
+    allowed: str, lower: str,
+) -> None:  # fmt: skip
+    """An argument error where ``what`` (e.g. "the 4 cases would take") would run for
+    ``seconds``, an estimate, more than ``limit`` seconds: refused before anything runs,
+    instead of hours without a word. ``why``: what the estimate counts; ``allowed``: the
+    limit in words ("this command runs (1 h)", "--max-hours 1"); ``lower``: what shortens
+    the run."""
+    if seconds > limit:
+        parser.error(
+            f"{what} about {duration(seconds)} ({why}), more than {allowed}: lower {lower}"
         )
 
 

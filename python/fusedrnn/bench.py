@@ -39,7 +39,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from . import _cli
 from .modules import RNN
 
-__all__ = ["Case", "Result", "add_arguments", "build_cases", "run", "run_case"]
+__all__ = ["Case", "Result", "add_arguments", "build_cases", "case_seconds", "run", "run_case"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 MODES = ("inference", "training")
@@ -438,6 +438,52 @@ def _run_case(case: Case, min_time: float, warmup: int, seed: int) -> Result:
     return result
 
 
+# ---- what a run will take ----------------------------------------------------------------
+
+# A generous estimate of a case's time, made before anything runs (``fusedrnn bench``
+# refuses a run estimated past --max-hours). Both modules are charged what nn.RNN, the
+# slower, takes a call: its GEMMs' flops at the lowest rate it reached, plus the highest
+# cost per step of a layer-direction it took (which small sizes never amortize); and the
+# timed runs are counted as if fusedrnn were _FASTER times faster (see case_seconds).
+# Measured on this repo's 2-core AMD EPYC (AVX2, session 30, a quiet machine; a busy one
+# took up to 8x longer), nn.RNN: 6-16 us a step in inference and 60-130 us in training
+# (autograd records each step; B = 1, H = 64); in GFLOP/s at B = 32-64, H = 256-1024,
+# inference and training: float32 37-49 and 44-51, float64 30-38 and 22-33, bfloat16 (no
+# AVX512_BF16 there) 9-14 and 2.2-3.2; fusedrnn was 1.7-11x faster on the default grid.
+# The default grid took 23 s besides the imports, estimated 44 s. On CUDA (H100,
+# BENCHMARKS.md) fusedrnn's steps take 6-20 us, and the rates reach 0.03-2 TFLOP/s.
+_STEP_S = {"cpu": {"inference": 2e-5, "training": 1.5e-4},
+           "cuda": {"inference": 2e-5, "training": 5e-5}}  # fmt: skip
+_CPU_FLOPS_PER_S = {"float32": {"inference": 3e10, "training": 3e10},
+                    "float64": {"inference": 3e10, "training": 2e10},
+                    "bfloat16": {"inference": 9e9, "training": 2e9}}  # fmt: skip
+_CUDA_FLOPS_PER_S = 2e11
+_FASTER = 5  # fusedrnn's call against nn.RNN's (see case_seconds)
+_MAX_HOURS = 1.0  # --max-hours' default
+
+
+def _call_seconds(case: Case) -> float:
+    """A generous estimate of one call of either module on ``case`` (see _STEP_S)."""
+    s = case.shape
+    steps = s.T * s.layers * (2 if s.bidirectional else 1)  # one after another
+    if case.device.startswith("cuda"):
+        return case.flops() / _CUDA_FLOPS_PER_S + steps * _STEP_S["cuda"][case.mode]
+    rate = _CPU_FLOPS_PER_S[case.dtype][case.mode]
+    return case.flops() / rate + steps * _STEP_S["cpu"][case.mode]
+
+
+def case_seconds(case: Case, min_time: float, warmup: int = 1) -> float:
+    """A generous estimate of :func:`run_case`'s seconds: the check (a training step and a
+    forward, or a forward), the warm-up and the timed runs of both modules. The timed runs
+    (:func:`time_pair`: at least 3, at most 200) go on until the faster module has run for
+    ``min_time``, and fusedrnn may take as little as 1/_FASTER of nn.RNN's call: both then
+    run as often. (The float64 arbiter, run where the two disagree, is not counted.)"""
+    call = _call_seconds(case)
+    checks = 2 if case.mode == "training" else 1
+    repeats = min(200, max(3, math.ceil(min_time * _FASTER / call)))
+    return 2 * (checks + warmup + repeats) * call
+
+
 # ---- the grid -------------------------------------------------------------------------
 
 
@@ -678,6 +724,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warmup", type=_cli.positive_int(1000), default=1, help="untimed runs first"
     )
+    parser.add_argument(
+        "--max-hours",
+        type=_cli.positive_float,
+        default=_MAX_HOURS,
+        metavar="H",
+        help=f"refuse to start a run estimated to take longer (default {_MAX_HOURS:g}; the "
+        "estimate is generous, from each case's flops and steps)",
+    )
     parser.add_argument("--seed", type=_cli.seed, default=0, help="seed of weights and inputs")
     parser.add_argument(
         "--json", type=_cli.output_file, metavar="FILE", help="write the results as JSON"
@@ -743,6 +797,22 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
         _cli.check_memory(
             parser, f"case {case.label}", case.memory_bytes(), "--seq, --batch or --hidden"
         )
+    min_time = args.min_time if args.min_time is not None else PRESETS[args.preset][1]
+    args.min_time = min_time
+    count = f"{len(cases)} case" + ("" if len(cases) == 1 else "s")
+    seconds = [case_seconds(case, min_time, args.warmup) for case in cases]
+    longest = max(range(len(cases)), key=seconds.__getitem__)
+    _cli.check_time(
+        parser,
+        f"the {count} would take",
+        sum(seconds),
+        args.max_hours * 3600,
+        f"the longest, {cases[longest].label}, about {_cli.duration(seconds[longest])}; "
+        "estimated generously, as nn.RNN's flops at a low rate and its cost per step",
+        f"--max-hours {args.max_hours:g}",
+        "--seq, --batch, --hidden or --layers, run fewer cases (--quick, --mode, --dtype), "
+        "or raise --max-hours",
+    )
     if args.threads is not None:
         if args.threads > (os.cpu_count() or 1):
             print(
@@ -751,11 +821,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
                 file=sys.stderr,
             )
         torch.set_num_threads(args.threads)
-    min_time = args.min_time if args.min_time is not None else PRESETS[args.preset][1]
-    args.min_time = min_time
 
     meta = _meta(args, argv)
-    count = f"{len(cases)} case" + ("" if len(cases) == 1 else "s")
     print(f"fusedrnn bench: {count}; {_machine_line(meta)}", flush=True)
     results = []
     from tqdm.auto import tqdm

@@ -1222,15 +1222,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
             parser, f"configuration {config.label} ({sizes})", *_check_cost(config, args.checks),
             "--seq, --batch or --hidden (or leave finite-diff out of --checks)",
         )  # fmt: skip
-    seconds = sum(_check_seconds(config, args.checks) for config in configs)
-    if seconds > _MAX_SECONDS:
-        parser.error(
-            f"the {len(configs)} configurations would step for about {seconds / 3600:.1f} h "
-            f"(long sequences: the NumPy reference steps each sequence in Python, the "
-            f"finite differences run the kernels some 1000 times), more than this command "
-            f"runs ({_MAX_SECONDS / 3600:.0f} h): lower --seq or --batch, or choose fewer "
-            f"configurations or --checks"
-        )
+    _cli.check_time(
+        parser,
+        f"the {len(configs)} configurations would step for",
+        sum(_check_seconds(config, args.checks) for config in configs),
+        _MAX_SECONDS,
+        "long sequences: the NumPy reference steps each sequence in Python, the finite "
+        "differences run the kernels some 1000 times",
+        f"this command runs ({_cli.duration(_MAX_SECONDS)})",
+        "--seq or --batch, or choose fewer configurations or --checks",
+    )
     print(
         f"fusedrnn gradcheck: {len(configs)} configurations on {device}, float64, "
         f"checks {', '.join(args.checks)}",

@@ -1473,12 +1473,18 @@ class _FlagCheckedOp(type(rnn_layer_forward)):  # torch._library.custom_ops.Cust
 
 
 for _op in (rnn_layer_forward, rnn_layer_backward, rnn_layer_grads):
-    _op.__class__ = _FlagCheckedOp
-    _op._flags = tuple(
-        (i, a.name)
-        for i, a in enumerate(_op._opoverload._schema.arguments)
-        if a.type.kind() == "BoolType"
-    )
+    try:
+        _op._flags = tuple(
+            (i, a.name)
+            for i, a in enumerate(_op._opoverload._schema.arguments)
+            if a.type.kind() == "BoolType"
+        )
+        _op.__class__ = _FlagCheckedOp
+    except (AttributeError, TypeError):  # pragma: no cover
+        # A torch whose CustomOpDef takes no new class or keeps its schema elsewhere: the
+        # ops keep the dispatcher's reading of their flags (rnn_layer still checks
+        # reverse); importing fusedrnn must not fail over a message.
+        pass
 
 
 class _EagerLayer(torch.autograd.Function):

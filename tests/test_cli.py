@@ -247,7 +247,9 @@ def test_bench_refuses_a_run_estimated_past_max_hours(monkeypatch, capsys):
     assert "the longest, cpu f32 train tanh T=1000000 B=1 I=1 H=1 L=4, about" in err
     assert "more than --max-hours 1: lower --seq" in err and "or raise --max-hours" in err
     assert not ran
+    capsys.readouterr()
     assert main([*long, "--max-hours", "10"]) == 0 and len(ran) == 2
+    assert "fusedrnn bench: 2 cases (at most ~" in capsys.readouterr().out  # the estimate
     assert main(["bench"]) == 0  # the README's command, on the devices here
     for preset in bench.PRESETS:
         for device in ("cpu", "cuda"):

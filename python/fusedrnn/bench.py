@@ -823,7 +823,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
         torch.set_num_threads(args.threads)
 
     meta = _meta(args, argv)
-    print(f"fusedrnn bench: {count}; {_machine_line(meta)}", flush=True)
+    estimate = _cli.duration(sum(seconds))
+    print(f"fusedrnn bench: {count} (at most ~{estimate}); {_machine_line(meta)}", flush=True)
     results = []
     from tqdm.auto import tqdm
 

@@ -577,6 +577,29 @@ def test_a_tensor_whose_storage_was_freed_is_named():
                 assert got.startswith(want), (name, got)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_a_weight_freed_between_forward_and_backward_is_named(bidirectional):
+    """A parameter's storage freed after the forward (as FSDP frees what it gathered) is
+    named by the layer's argument when the backward would read it, not by its shape ("a
+    tensor argument of shape (4, 4) has no memory", or for w_hh the binding's "expected a
+    tensor"); its meta (shape, dtype, device) is unchanged, so the saved-tensor check passes
+    it on."""
+    prefix = "w_fwd[{}] ({})" if bidirectional else "{1}"
+    for index, kind in enumerate(("w_ih", "w_hh")):
+        torch.manual_seed(0)
+        m = fusedrnn.RNN(3, 4, bidirectional=bidirectional)
+        x = torch.randn(5, 2, 3, requires_grad=True)
+        out, hn = m(x)
+        getattr(m, f"weight_{kind[2:]}_l0").untyped_storage().resize_(0)
+        try:  # (the error as text: pytest's repr of a freed tensor crashes torch)
+            (out.sum() + hn.sum()).backward()
+            got = "no error"
+        except RuntimeError as e:
+            got = str(e)
+        want = f"fusedrnn: {prefix.format(index, kind)}'s storage was freed"
+        assert got.startswith(want), got
+
+
 def test_grads_op_with_an_empty_batch_returns_zero_gradients():
     """B = 0 padded (T unknowable: no rows): zero weight gradients and empty dx and dh0,
     as the backward op gives (it was a ZeroDivisionError, found by a fuzz audit)."""

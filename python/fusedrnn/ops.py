@@ -263,6 +263,17 @@ def check_layer_args(
     return T, B, H
 
 
+# What a layer's eager backward reads, by the names of the forward's arguments (its saved
+# tensors, then the output gradients): where the backward fails, a storage freed between the
+# forward and the backward (a parameter's, by FSDP) is named (checked only then: the
+# kernels' _addr refuses address 0 already, without a name, and the check would cost every
+# backward a few microseconds).
+_SAVED_NAMES = ("x", "w_ih", "w_hh", "h0", "the layer's output (h)", "grad_h", "grad_hn")
+_BI_SAVED_NAMES = ("x", "w_fwd[0] (w_ih)", "w_fwd[1] (w_hh)", "w_rev[0] (w_ih)",
+                   "w_rev[1] (w_hh)", "h0_fwd", "h0_rev", "the layer's output", "grad_out",
+                   "grad_hn_fwd", "grad_hn_rev")  # fmt: skip
+
+
 def _refuse_freed(names: tuple[str, ...], *tensors: Tensor | None) -> None:
     """Each of ``tensors`` (None: absent) must have memory, else an error naming it by its
     name in ``names``. A tensor whose storage was freed (``untyped_storage().resize_(0)``,
@@ -954,10 +965,16 @@ def _backward(ctx, grad_h, grad_hn):
         )
         fused = True
     if fused and eager:  # the kernel reads absent gradients and an absent h0 as zeros
-        dx, dw_ih, dw_hh, db, dh0 = _grads_impl(
-            x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
-            ctx.nonlinearity, needs[0], needs[1], needs[2], needs[3] or needs[4], needs[5], B,
-        )  # fmt: skip
+        try:
+            dx, dw_ih, dw_hh, db, dh0 = _grads_impl(
+                x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, ctx.reverse,
+                ctx.nonlinearity, needs[0], needs[1], needs[2], needs[3] or needs[4], needs[5],
+                B,
+            )  # fmt: skip
+        except (RuntimeError, ValueError):  # a storage freed since the forward, named
+            grads = _no_zeros_flag(grad_h), _no_zeros_flag(grad_hn)
+            _refuse_freed(_SAVED_NAMES, x, w_ih, w_hh, h0, h, *grads)
+            raise
         grads = (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
     else:  # the lean path's shapes (see _forward_impl's dims) as rows for the ops
         x, h, grad_h, grad_hn = (_as_rows(t) for t in (x, h, grad_h, grad_hn))
@@ -2124,7 +2141,12 @@ class _EagerBiLayer(torch.autograd.Function):
         if transformed:  # see _bi_backward_recorded
             grads = _bi_backward_recorded(ctx, saved, grads)
         else:
-            grads = _bi_backward_eager(ctx, saved, grads)
+            try:
+                grads = _bi_backward_eager(ctx, saved, grads)
+            except (RuntimeError, ValueError):  # a storage freed since the forward, named
+                x, *weights, out, _ = saved
+                _refuse_freed(_BI_SAVED_NAMES, x, *weights, out, *map(_no_zeros_flag, grads))
+                raise
         if grads[0] is None or grads[0].shape == x_shape:
             return grads
         return (grads[0].reshape(x_shape), *grads[1:])

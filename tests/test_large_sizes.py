@@ -18,9 +18,15 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc/self/status: Linux only"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc/self/status: Linux only"
+    ),
+    pytest.mark.skipif(
+        bool(os.environ.get("LD_PRELOAD")),
+        reason="a preloaded allocator or sanitizer (LD_PRELOAD) reserves address space itself",
+    ),
+]
 
 # The child's helpers: its virtual size, and a block run with at most `extra` more of it.
 _PRELUDE = """

@@ -40,8 +40,8 @@ using TeamFn = void (*)(void* ctx, int tid, int nthreads);
 // Runs fn on up to nthreads threads and returns how many it asked for (fn gets the count
 // that actually runs, which may be smaller). An exception thrown by fn on any thread is
 // rethrown here, on the caller, after every thread has returned (the first one, if several
-// threads throw); fn must leave the others able to finish without it. The team is torch's OpenMP workers when
-// torch's libgomp is loaded (see thread_team.cpp), else our own persistent team.
+// threads throw); fn must leave the others able to finish without it. The team is torch's OpenMP
+// workers when torch's libgomp is loaded (see thread_team.cpp), else our own persistent team.
 int team_run(int nthreads, TeamFn fn, void* ctx);
 
 // Cores this process may use (at least 1; FUSEDRNN_CPU_CORES=n in the environment, read

@@ -15,7 +15,7 @@ namespace cuda_detail {
 
 // The errors that leave the context unusable (sticky): raised by whatever CUDA call comes
 // next on the device, so most likely by an earlier asynchronous kernel, torch's or ours.
-bool sticky(cudaError_t err) {
+static bool sticky(cudaError_t err) {
   return err == cudaErrorIllegalAddress || err == cudaErrorLaunchFailure ||
          err == cudaErrorMisalignedAddress || err == cudaErrorHardwareStackError ||
          err == cudaErrorIllegalInstruction || err == cudaErrorAssert ||
@@ -28,15 +28,15 @@ void check_cuda(cudaError_t err, const char* what) {
   // Clear a non-sticky error before raising: otherwise the next call's post-launch
   // cudaGetLastError() on this thread would report this one against a good launch.
   (void)cudaGetLastError();
-  std::string message = std::string("fusedrnn CUDA: ") + what + " failed: " +
-                        cudaGetErrorName(err) + ": " + cudaGetErrorString(err);
+  std::string message = std::string("fusedrnn CUDA: ") + what +
+                        " failed: " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err);
   if (sticky(err)) {
     message +=
         " (an error that stays with the device: it may come from an earlier asynchronous "
         "kernel, not this call; CUDA_LAUNCH_BLOCKING=1 reports each kernel's errors where "
         "it is launched)";
   }
-  throw CudaCallError(message);
+  throw CudaCallError(message, err);
 }
 
 DeviceInfo device_info(int device) {

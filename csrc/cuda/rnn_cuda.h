@@ -52,8 +52,8 @@ struct CudaPlan {
                                         // cluster: all B rows, padded to the row tile
   std::size_t smem_bytes = 0;           // dynamic shared memory per CTA
   std::string reason;                   // why no one-launch kernel was taken (empty if one was)
-  bool transient = false;  // the reason is a CUDA call that failed (e.g. out of memory while
-                           // a kernel loads), not the sizes or the device: not cached
+  bool transient = false;  // the reason is a CUDA call that ran out of memory (a kernel's
+                           // module loading on a full GPU), which may pass later: not cached
 };
 
 // Bytes of device workspace a call with batch size B and hidden size H needs: a

@@ -142,7 +142,7 @@ CudaPlan plan_cluster_uncached(int64_t B, int64_t H, const DeviceInfo& dev) {
     smem_max = max_dynamic_smem<scalar_t, BWD, ACT, true>(dev);
   } catch (const CudaCallError& e) {
     plan.reason = e.what();
-    plan.transient = true;
+    plan.transient = e.out_of_memory();
     return plan;
   } catch (const std::runtime_error& e) {  // (a build without sm_90 code)
     plan.reason = e.what();
@@ -203,7 +203,7 @@ CudaPlan plan_cluster(int64_t B, int64_t H, const DeviceInfo& dev) {
     if (it != plans.end()) return it->second;
   }
   CudaPlan plan = plan_cluster_uncached<scalar_t, BWD, ACT>(B, H, dev);
-  if (plan.transient) return plan;  // a failed CUDA call: asked again next time
+  if (plan.transient) return plan;  // out of memory: asked again next time
   const std::lock_guard<std::mutex> lock(mu);
   if (plans.size() >= 4096) plans.clear();  // bounded: many distinct shapes start afresh
   plans.emplace(key, plan);
@@ -227,6 +227,7 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
     if (cluster.transient) {  // the cluster kernel may be taken next time: so is this plan
       CudaPlan rest = plan_for_kernel<scalar_t, BWD, ACT>(B, H, dev, requested, false);
       rest.transient = true;
+      if (rest.reason.empty()) rest.reason = "cluster kernel: " + cluster.reason;
       return rest;
     }
   }
@@ -263,7 +264,7 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
     smem_max = max_dynamic_smem<scalar_t, BWD, ACT, false>(dev);
   } catch (const CudaCallError& e) {
     plan.reason = e.what();
-    plan.transient = true;
+    plan.transient = e.out_of_memory();
     return plan;
   }
   // At most one CTA per SM, each owning Hc units (a multiple of the warp item width U).
@@ -296,7 +297,7 @@ CudaPlan plan_for_kernel(int64_t B, int64_t H, const DeviceInfo& dev, CudaPath r
                "cudaOccupancyMaxActiveBlocksPerMultiprocessor(persistent kernel)");
   } catch (const CudaCallError& e) {
     plan.reason = e.what();
-    plan.transient = true;
+    plan.transient = e.out_of_memory();
     return plan;
   }
   if (static_cast<int64_t>(per_sm) * dev.sms < grid) {

@@ -7,17 +7,21 @@
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 
 #include "cuda/rnn_cuda.h"
 
 namespace fusedrnn {
 namespace cuda_detail {
 
-// A CUDA call that failed (check_cuda), as opposed to a refusal of the sizes or the device:
-// a plan refused for it may succeed later (out of memory while a kernel's module loads), so
-// it is not cached (CudaPlan::transient).
+// A CUDA call that failed (check_cuda), with its error code. A plan refused because a call
+// ran out of memory (cudaErrorMemoryAllocation: a kernel's module loading while the GPU is
+// full) may succeed later and is not cached (CudaPlan::transient); other failures are.
 struct CudaCallError : std::runtime_error {
-  using std::runtime_error::runtime_error;
+  CudaCallError(const std::string& message, cudaError_t code)
+      : std::runtime_error(message), code(code) {}
+  cudaError_t code;
+  bool out_of_memory() const { return code == cudaErrorMemoryAllocation; }
 };
 
 // Throws CudaCallError naming `what` and the CUDA error unless err == cudaSuccess.

@@ -459,7 +459,7 @@ _CPU_FLOPS_PER_S = {"float32": {"inference": 3e10, "training": 3e10},
                     "bfloat16": {"inference": 9e9, "training": 2e9}}  # fmt: skip
 _CUDA_FLOPS_PER_S = 2e11
 _FASTER = 5  # fusedrnn's call against nn.RNN's (see case_seconds)
-_MAX_HOURS = 1.0  # --max-hours' default
+_MAX_HOURS = 2.0  # --max-hours' default: --full with every dtype on a CPU and a GPU fits
 
 
 def _call_seconds(case: Case) -> float:
@@ -824,7 +824,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
 
     meta = _meta(args, argv)
     estimate = _cli.duration(sum(seconds))
-    print(f"fusedrnn bench: {count} (at most ~{estimate}); {_machine_line(meta)}", flush=True)
+    print(f"fusedrnn bench: {count} (about {estimate}); {_machine_line(meta)}", flush=True)
     results = []
     from tqdm.auto import tqdm
 

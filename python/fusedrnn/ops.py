@@ -283,7 +283,9 @@ def _refuse_freed(names: tuple[str, ...], *tensors: Tensor | None) -> None:
     and before any copy: their tensors are real (fake and functorch-wrapped tensors have no
     address of their own)."""
     for i, t in enumerate(tensors):
-        if t is not None and not t.data_ptr() and t.numel():
+        # (A ZeroTensor has address 0 too, and memory it never had: the kernels' own
+        # message names it as a possible ZeroTensor.)
+        if t is not None and not t.data_ptr() and t.numel() and not t._is_zerotensor():
             _fail(
                 RuntimeError,
                 f"{names[i]}'s storage was freed (e.g. by untyped_storage().resize_(0)): it "

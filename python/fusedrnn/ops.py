@@ -974,8 +974,7 @@ def _backward(ctx, grad_h, grad_hn):
                 B,
             )  # fmt: skip
         except (RuntimeError, ValueError):  # a storage freed since the forward, named
-            grads = _no_zeros_flag(grad_h), _no_zeros_flag(grad_hn)
-            _refuse_freed(_SAVED_NAMES, x, w_ih, w_hh, h0, h, *grads)
+            _refuse_freed(_SAVED_NAMES, x, w_ih, w_hh, h0, h, grad_h, grad_hn)
             raise
         grads = (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
     else:  # the lean path's shapes (see _forward_impl's dims) as rows for the ops
@@ -2147,7 +2146,7 @@ class _EagerBiLayer(torch.autograd.Function):
                 grads = _bi_backward_eager(ctx, saved, grads)
             except (RuntimeError, ValueError):  # a storage freed since the forward, named
                 x, *weights, out, _ = saved
-                _refuse_freed(_BI_SAVED_NAMES, x, *weights, out, *map(_no_zeros_flag, grads))
+                _refuse_freed(_BI_SAVED_NAMES, x, *weights, out, *grads)
                 raise
         if grads[0] is None or grads[0].shape == x_shape:
             return grads

@@ -577,27 +577,102 @@ def test_a_tensor_whose_storage_was_freed_is_named():
                 assert got.startswith(want), (name, got)
 
 
+def _error_text(call) -> str:
+    """``call``'s error as text, "no error" if none: a failure's traceback would hold the
+    freed tensors, and their repr (pytest prints each frame's arguments) crashes torch."""
+    try:
+        call()
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return "no error"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_a_weight_freed_between_forward_and_backward_is_named(bidirectional):
+def test_a_weight_freed_between_forward_and_backward_is_named(bidirectional, dtype):
     """A parameter's storage freed after the forward (as FSDP frees what it gathered) is
-    named by the layer's argument when the backward would read it, not by its shape ("a
-    tensor argument of shape (4, 4) has no memory", or for w_hh the binding's "expected a
-    tensor"); its meta (shape, dtype, device) is unchanged, so the saved-tensor check passes
-    it on."""
+    named when the backward would read it, not by its shape ("a tensor argument of shape
+    (4, 4) has no memory", or for w_hh the binding's "expected a tensor"): by the layer's
+    argument on the ops' own calls, by the module's name through a module (session 31; it
+    was the op's "w_fwd[1] (w_hh)" there). Its meta (shape, dtype, device) is unchanged, so
+    the saved-tensor check passes it on. float16 (computed in float32; a bidirectional
+    layer as two one-direction ops) names it the same (torch's unnamed "data is not
+    allocated yet", then "w_hh" for either direction, before session 31)."""
     prefix = "w_fwd[{}] ({})" if bidirectional else "{1}"
+    suffix = "_reverse" if bidirectional else ""
     for index, kind in enumerate(("w_ih", "w_hh")):
         torch.manual_seed(0)
-        m = fusedrnn.RNN(3, 4, bidirectional=bidirectional)
-        x = torch.randn(5, 2, 3, requires_grad=True)
+        x = torch.randn(5, 2, 3, dtype=dtype, requires_grad=True)
+        m = fusedrnn.RNN(3, 4, bidirectional=bidirectional, dtype=dtype)
+        # (Copied first: torch's clone of a freed tensor crashes.)
+        w = [getattr(m, n).detach().clone().requires_grad_() for n in m._flat_weights_names]
         out, hn = m(x)
-        getattr(m, f"weight_{kind[2:]}_l0").untyped_storage().resize_(0)
-        try:  # (the error as text: pytest's repr of a freed tensor crashes torch)
-            (out.sum() + hn.sum()).backward()
-            got = "no error"
-        except RuntimeError as e:
-            got = str(e)
-        want = f"fusedrnn: {prefix.format(index, kind)}'s storage was freed"
+        getattr(m, f"weight_{kind[2:]}_l0{suffix}").untyped_storage().resize_(0)
+        got = _error_text(lambda: (out.sum() + hn.sum()).backward())  # noqa: B023
+        want = f"RuntimeError: fusedrnn: parameter weight_{kind[2:]}_l0{suffix}'s storage was freed"
         assert got.startswith(want), got
+        # The op itself, called with such tensors: the op's names.
+        none = torch.empty(0, dtype=torch.int64)
+        rows, h0 = x.reshape(10, 3), torch.zeros(2, 4, dtype=dtype)
+        if bidirectional:
+            out, *hn = ops.rnn_bidirectional_layer(rows, w[:4], w[4:], h0, h0, none)
+        else:
+            out, *hn = ops.rnn_layer(rows, *w, h0, none)
+        w[index].untyped_storage().resize_(0)
+        got = _error_text(lambda: (out.sum() + sum(h.sum() for h in hn)).backward())  # noqa: B023
+        want = f"RuntimeError: fusedrnn: {prefix.format(index, kind)}'s storage was freed"
+        assert got.startswith(want), got
+
+
+@pytest.mark.parametrize("path", ["lean", "packed", "no_grad", "cell"])
+def test_a_module_names_its_freed_parameter(path):
+    """Through a module, a parameter or a state whose storage was freed is named as the
+    module knows it (``weight_hh_l1_reverse``, ``hx``), in the forward and in a backward
+    after it (session 31: the ops' role, "w_rev[1] (w_hh)" or "w_hh", which does not say
+    which layer), on the lean path, the general one (packed input) and the cell's. A float16
+    layer's backward, which copies its tensors to float32 first, names it too (torch's
+    unnamed "its data is not allocated yet" before). A failure of another kind keeps its
+    own message."""
+    torch.manual_seed(0)
+    cell = path == "cell"
+
+    def make(dtype=torch.float32):
+        if cell:
+            return fusedrnn.RNNCell(3, 4, dtype=dtype)
+        return fusedrnn.RNN(3, 4, num_layers=2, bidirectional=True, dtype=dtype)
+
+    def run(m, hx=None, dtype=torch.float32):
+        x = torch.randn(2, 3) if cell else torch.randn(5, 2, 3)
+        x = x.to(dtype).requires_grad_(path != "no_grad")
+        if path == "packed":
+            x = torch.nn.utils.rnn.pack_padded_sequence(x, [5, 3])
+        with torch.set_grad_enabled(path != "no_grad"):
+            result = m(x, hx)
+        out, hn = (result, None) if cell else result
+        out = out.data if path == "packed" else out
+        return lambda: (out.sum() + (0 if hn is None else hn.sum())).backward()
+
+    weight = "weight_hh" if cell else "weight_hh_l1_reverse"
+    want = f"RuntimeError: fusedrnn: parameter {weight}'s storage was freed"
+    for dtype in (torch.float32, torch.float16):
+        m = make(dtype)
+        backward = run(m, dtype=dtype)
+        getattr(m, weight).untyped_storage().resize_(0)
+        if path != "no_grad":
+            got = _error_text(backward)
+            assert got.startswith(want), (dtype, got)
+        got = _error_text(lambda: run(m, dtype=dtype))  # noqa: B023
+        assert got.startswith(want), (dtype, got)
+    hx = torch.zeros(2, 4) if cell else torch.zeros(4, 2, 4)
+    hx.untyped_storage().resize_(0)
+    got = _error_text(lambda: run(make(), hx))
+    assert got.startswith("RuntimeError: fusedrnn: hx's storage was freed"), got
+    # Not freed: the error of the failure itself.
+    m = make()
+    with torch.no_grad():
+        getattr(m, weight).set_(torch.zeros(5, 5))
+    got = _error_text(lambda: run(m))
+    assert "storage was freed" not in got and got.startswith("RuntimeError"), got
 
 
 def test_grads_op_with_an_empty_batch_returns_zero_gradients():

@@ -24,6 +24,7 @@ once); elsewhere the ops compute each layer in float32 and store it in the model
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import torch
@@ -230,6 +231,60 @@ _RNN_FORWARD_HOOKS = (*_RNN_FORWARD_CHECKS, "permute_hidden")
 def _overrides_checks(cls: type, names: tuple[str, ...], base: type = nn.RNNBase) -> bool:
     """``cls`` defines its own version of one of ``names`` (``base``'s methods)."""
     return any(getattr(cls, name) is not getattr(base, name) for name in names)
+
+
+def _freed(t) -> bool:
+    """``t`` is a plain tensor with elements whose storage was freed
+    (``untyped_storage().resize_(0)``: address 0); not a ZeroTensor or a meta tensor, which
+    have address 0 and no memory by design."""
+    if type(t) not in ops.PLAIN_TENSOR_TYPES or not t.numel() or t.is_meta:
+        return False
+    try:
+        return not t.data_ptr() and not t._is_zerotensor()
+    except RuntimeError:  # a tensor with no storage of its own (a functorch wrapper)
+        return False
+
+
+def _refuse_freed_parameters(module: nn.Module, names, hx) -> None:
+    """After a call that failed: a parameter in ``names`` or the state ``hx`` whose storage
+    was freed, as FSDP frees the weights it gathered, is named as the module knows it
+    (``weight_hh_l1``); the ops that refused it know only its role (``w_hh``). Nothing
+    when there is none: the caller raises its error. Only on failure: the call itself pays
+    nothing for it."""
+    params = module._parameters
+    for name in names:
+        if _freed(params.get(name)):  # (a parametrized weight is made on each call)
+            raise RuntimeError(
+                f"fusedrnn: parameter {name}'s storage was freed (e.g. by "
+                "untyped_storage().resize_(0)): it has no memory to read"
+            )
+    if _freed(hx):
+        raise RuntimeError(
+            "fusedrnn: hx's storage was freed (e.g. by untyped_storage().resize_(0)): it has "
+            "no memory to read"
+        )
+
+
+@functools.cache
+def _layer_names(layer: int, D: int) -> dict[str, str]:
+    """A layer's tensors by the names the module gives them, for its autograd node
+    (``ops.name_node``): the ops' names (``w_hh``; ``w_rev[1] (w_hh)``) -> the module's
+    (``weight_hh_l1``, ``weight_hh_l1_reverse``), and the state's rows of ``hx``."""
+    x = "input" if layer == 0 else f"layer {layer}'s input"
+    if D == 1:
+        return {"x": x, "w_ih": f"parameter weight_ih_l{layer}",
+                "w_hh": f"parameter weight_hh_l{layer}", "h0": f"hx[{layer}]",
+                "the layer's output (h)": f"layer {layer}'s output"}  # fmt: skip
+    names = {"x": x, "the layer's output": f"layer {layer}'s output"}
+    for d, (direction, suffix) in enumerate((("fwd", ""), ("rev", "_reverse"))):
+        names[f"w_{direction}[0] (w_ih)"] = f"parameter weight_ih_l{layer}{suffix}"
+        names[f"w_{direction}[1] (w_hh)"] = f"parameter weight_hh_l{layer}{suffix}"
+        names[f"h0_{direction}"] = f"hx[{2 * layer + d}]"
+    return names
+
+
+_CELL_NAMES = {"x": "input", "w_ih": "parameter weight_ih", "w_hh": "parameter weight_hh",
+               "h0": "hx", "the layer's output (h)": "the output"}  # fmt: skip
 
 
 def _check_weights_by_name(input: Tensor, suffix: str, weights, hidden_size: int,
@@ -551,6 +606,7 @@ class RNN(nn.RNNBase):
                     dims, final,
                 )  # fmt: skip
                 states.append(hn)
+            ops.name_node(layer_input, _layer_names(layer, D))
             if self.dropout > 0 and self.training and layer < L - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         if one:
@@ -569,6 +625,17 @@ class RNN(nn.RNNBase):
             # ONNX has no fusedrnn op: export torch.nn.RNN's own forward, whose graph the
             # exporters turn into ONNX RNN nodes (dynamic sequence length, as for nn.RNN).
             return nn.RNN.forward(self, input, hx)
+        if torch.compiler.is_compiling():  # (fake tensors: no storage to look at)
+            return self._forward_general(input, hx)
+        try:
+            return self._forward_general(input, hx)
+        except RuntimeError:
+            _refuse_freed_parameters(self, self._flat_weights_names, hx)
+            raise
+
+    def _forward_general(self, input, hx: Tensor | None):
+        """Every call the lean path leaves (``forward``), on the ops: checked as
+        torch.nn.RNN checks, each layer one op call."""
         num_directions = 2 if self.bidirectional else 1
         if isinstance(hx, Tensor) and hx.layout != torch.strided:
             hx = hx.to_dense()  # a sparse state, which torch.nn.RNN takes too
@@ -657,6 +724,7 @@ class RNN(nn.RNNBase):
             raise AssertionError(f"mode must be RNN_TANH or RNN_RELU, got {self.mode}")
         final_states = []
         layer_input = x
+        eager = not torch.compiler.is_compiling()  # (names for the eager nodes' backward)
         for layer in range(self.num_layers):
             weights = [self._layer_weights(layer, d) for d in range(num_directions)]
             _check_weight_devices(input, *(w for direction in weights for w in direction))
@@ -676,6 +744,8 @@ class RNN(nn.RNNBase):
                     nonlinearity,
                     output_to_caller=layer == self.num_layers - 1,
                 )
+                if eager:
+                    ops.name_node(layer_input, _layer_names(layer, 2))
                 final_states += (hn_fwd, hn_rev)
             else:
                 layer_input, hn = ops.rnn_layer(
@@ -688,6 +758,8 @@ class RNN(nn.RNNBase):
                     # The last layer's output is the caller's (see ops.rnn_layer).
                     output_to_caller=layer == self.num_layers - 1,
                 )
+                if eager:
+                    ops.name_node(layer_input, _layer_names(layer, 1))
                 final_states.append(hn)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
@@ -816,6 +888,7 @@ class RNNCell(nn.RNNCell):
                 x, hx = x.view(1, I), (None if hx is None else hx.view(1, H))
             h, _ = ops.rnn_layer_checked(x, w_ih, w_hh, b_ih, b_hh, hx, self.nonlinearity,
                                          (1, B, H, (B, H), (B, H)))  # fmt: skip
+            ops.name_node(h, _CELL_NAMES)
             return h if dim == 2 else h.view(H)
         h = x.new_empty(B, H) if dim == 2 else x.new_empty(H)
         w_ih, w_hh, b_ih, b_hh = addresses if self.bias else (*addresses, 0, 0)
@@ -833,6 +906,17 @@ class RNNCell(nn.RNNCell):
             return traced
         if torch.onnx.is_in_onnx_export():  # torch.nn.RNNCell's graph (see RNN.forward)
             return super().forward(input, hx)
+        if torch.compiler.is_compiling():  # (as RNN.forward)
+            return self._forward_general(input, hx)
+        try:
+            return self._forward_general(input, hx)
+        except RuntimeError:
+            _refuse_freed_parameters(self, _LAYER_WEIGHT_KINDS, hx)
+            raise
+
+    def _forward_general(self, input: Tensor, hx: Tensor | None) -> Tensor:
+        """Every call the lean path leaves (``forward``): one step of the layer op, checked
+        as torch.nn.RNNCell checks."""
         if input.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if isinstance(hx, Tensor) and hx.layout != torch.strided:
@@ -871,6 +955,8 @@ class RNNCell(nn.RNNCell):
             False,
             self.nonlinearity,
         )
+        if not torch.compiler.is_compiling():
+            ops.name_node(h, _CELL_NAMES)
         autocast_dtype = _autocast_dtype(input)
         if autocast_dtype is not None:
             h = h.to(autocast_dtype)

@@ -293,6 +293,32 @@ def _refuse_freed(names: tuple[str, ...], *tensors: Tensor | None) -> None:
             )
 
 
+def name_node(output: Tensor, names: dict[str, str]) -> None:
+    """Give the autograd node that made ``output`` (a layer op's, eager) the caller's names
+    of its tensors, ``names``: the op's name (``_SAVED_NAMES``, ``_BI_SAVED_NAMES``) -> the
+    caller's (a module's ``weight_hh_l1``). Read only when its backward fails, to name a
+    tensor freed since the forward (FSDP frees the weights it gathered) as the caller
+    knows it; a node of another kind, or none, is left alone."""
+    node = output.grad_fn
+    if node is None:
+        return
+    if type(node) in _NAMED_NODES:
+        node.fusedrnn_names = names
+        return
+    # The two-op bidirectional layer (a concatenation of two layer nodes, which that op
+    # named by its own names): the caller's names of those.
+    for inner, _ in node.next_functions if type(node).__name__ == "CatBackward0" else ():
+        given = getattr(inner, "fusedrnn_names", None) if type(inner) in _NAMED_NODES else None
+        if given is not None:
+            inner.fusedrnn_names = {k: names.get(v, v) for k, v in given.items()}
+
+
+def _node_names(ctx, names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` as the caller of the node knows them (see :func:`name_node`)."""
+    given = getattr(ctx, "fusedrnn_names", None)
+    return names if given is None else tuple(given.get(n, n) for n in names)
+
+
 def _check_like_x(n, dtype, device, w_ih, w_hh, b_ih, b_hh, h0) -> None:
     """check_layer_args' layout, dtype and device checks, one by one with their messages."""
     for name, t in (
@@ -962,9 +988,13 @@ def _backward(ctx, grad_h, grad_hn):
     low = h.dtype if (not h.is_cuda and h.dtype in _FLOAT32_COMPUTE_DTYPES and not transformed
                       and h.dtype not in KERNEL_DTYPES and h.numel() and B) else None  # fmt: skip
     if low is not None:
-        x, w_ih, w_hh, h0, h, grad_h, grad_hn = (
-            _float32(t) for t in (x, w_ih, w_hh, h0, h, grad_h, grad_hn)
-        )
+        try:  # (torch's copy of a freed tensor names nothing)
+            x, w_ih, w_hh, h0, h, grad_h, grad_hn = (
+                _float32(t) for t in (x, w_ih, w_hh, h0, h, grad_h, grad_hn)
+            )
+        except RuntimeError:
+            _refuse_freed(_node_names(ctx, _SAVED_NAMES), x, w_ih, w_hh, h0, h, grad_h, grad_hn)
+            raise
         fused = True
     if fused and eager:  # the kernel reads absent gradients and an absent h0 as zeros
         try:
@@ -974,7 +1004,7 @@ def _backward(ctx, grad_h, grad_hn):
                 B,
             )  # fmt: skip
         except (RuntimeError, ValueError):  # a storage freed since the forward, named
-            _refuse_freed(_SAVED_NAMES, x, w_ih, w_hh, h0, h, grad_h, grad_hn)
+            _refuse_freed(_node_names(ctx, _SAVED_NAMES), x, w_ih, w_hh, h0, h, grad_h, grad_hn)
             raise
         grads = (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
     else:  # the lean path's shapes (see _forward_impl's dims) as rows for the ops
@@ -2045,6 +2075,10 @@ _FWD_NAMES = {"w_ih": "w_fwd[0] (w_ih)", "w_hh": "w_fwd[1] (w_hh)", "b_ih": "w_f
               "b_hh": "w_fwd[3] (b_hh)", "h0": "h0_fwd"}  # fmt: skip
 _REV_NAMES = {k: v.replace("fwd", "rev") for k, v in _FWD_NAMES.items()}
 _BI_NAMES = ("x", *_FWD_NAMES.values(), *_REV_NAMES.values())  # (x, w_fwd..., h0_fwd, w_rev...)
+# A direction's node of the two-op bidirectional layer (see name_node): _SAVED_NAMES -> the
+# names of rnn_bidirectional_layer, as _EagerBiLayer's (_BI_SAVED_NAMES).
+_FWD_NODE_NAMES = {**_FWD_NAMES, "the layer's output (h)": "the layer's output"}
+_REV_NODE_NAMES = {**_REV_NAMES, "the layer's output (h)": "the layer's output"}
 
 
 def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
@@ -2146,7 +2180,7 @@ class _EagerBiLayer(torch.autograd.Function):
                 grads = _bi_backward_eager(ctx, saved, grads)
             except (RuntimeError, ValueError):  # a storage freed since the forward, named
                 x, *weights, out, _ = saved
-                _refuse_freed(_BI_SAVED_NAMES, x, *weights, out, *grads)
+                _refuse_freed(_node_names(ctx, _BI_SAVED_NAMES), x, *weights, out, *grads)
                 raise
         if grads[0] is None or grads[0].shape == x_shape:
             return grads
@@ -2266,6 +2300,8 @@ def _bi_backward_recorded(ctx, saved, grads):
 
 # As _eager_layer_apply (rnn_bidirectional_layer checks for functorch transforms first).
 _eager_bi_layer_apply = super(torch.autograd.Function, _EagerBiLayer).apply
+# The nodes whose backward reads the caller's names (see name_node).
+_NAMED_NODES = frozenset((_EagerLayer._backward_cls, _EagerBiLayer._backward_cls))
 
 
 def rnn_bidirectional_layer(
@@ -2299,4 +2335,7 @@ def rnn_bidirectional_layer(
     # The concatenation is a new tensor: neither direction's output reaches the caller.
     hf, hnf = rnn_layer(x, *w_fwd, h0_fwd, batch_sizes, False, nonlinearity, output_to_caller=False)
     hb, hnb = rnn_layer(x, *w_rev, h0_rev, batch_sizes, True, nonlinearity, output_to_caller=False)
+    if not torch.compiler.is_compiling():  # each direction's tensors by this op's names
+        name_node(hf, _FWD_NODE_NAMES)
+        name_node(hb, _REV_NODE_NAMES)
     return torch.cat((hf, hb), 1), hnf, hnb

@@ -1397,7 +1397,8 @@ def _stacked(t: Tensor, in_dim: int | None, V: int) -> Tensor:
 
 
 def _vmap_loop(op, info, in_dims, args):
-    """One op call per vmapped problem, stacked: for batched weights or batch_sizes."""
+    """One op call per vmapped problem, stacked: for batched weights or batch_sizes, and
+    for arguments the folding cannot take (refused there by these calls, by name)."""
     outputs = [
         op(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims, strict=True)))
         for i in range(info.batch_size)
@@ -1405,23 +1406,63 @@ def _vmap_loop(op, info, in_dims, args):
     return tuple(torch.stack(o) for o in zip(*outputs, strict=True)), (0, 0)
 
 
+_is_batched = torch._C._functorch.is_batchedtensor
+
+
+def _folds_as_is(batch_sizes: Tensor) -> bool:
+    """The folded call's ``batch_sizes * V`` is checked as ``batch_sizes`` would be: it is
+    int64, dense and contiguous whatever ``batch_sizes`` is (a bool or strided one, which
+    an unvmapped call refuses, was accepted), and ``batch_sizes`` is not batched by an
+    enclosing vmap (the folding's index arithmetic on it ran torch's per-problem fallback,
+    which warns). Else the per-problem calls. (A negative view needs neither: the
+    dispatcher resolves it before any op's body, the product's too.)"""
+    return (
+        batch_sizes.layout == torch.strided
+        and batch_sizes.dtype == torch.int64
+        and batch_sizes.is_contiguous()
+        and not _is_batched(batch_sizes)
+    )
+
+
+def _refuse_as_unvmapped(op, in_dims, args) -> None:
+    """Raise what ``op`` raises for the first vmapped problem alone, as an unvmapped call of
+    it would (the argument's name, that problem's sizes); return if it runs. For a folded
+    call that failed: its messages quote sizes V times the caller's ("B = 9" for an h0 of 3
+    rows), and the folding's own reshapes fail with torch's messages, which name nothing.
+    Only then: a call that runs pays nothing for it. (The problems share their shapes, and
+    their batch_sizes: the first one's checks are every one's.)"""
+    try:
+        op(*(a if d is None else a.select(d, 0) for a, d in zip(args, in_dims, strict=True)))
+    except Exception as error:
+        raise error from None  # (not chained to the folded call's error, with its sizes)
+
+
 def _vmap_folded(op, rows, state, steps, info, in_dims, *args):
     """torch.vmap over a recurrence op whose ``args[rows]`` are [N, n] rows, ``args[state]``
     a [B, H] state and ``args[steps]`` the batch_sizes, returning (rows, state): when only
     those rows and the state are batched, the V problems run as one of batch V * B (one
-    kernel call); with batched weights or batch_sizes, one call per problem."""
+    kernel call); with batched weights or batch_sizes, one call per problem. A wrong
+    argument is refused as in an unvmapped call (see :func:`_refuse_as_unvmapped`)."""
     V = info.batch_size
     states = _stacked(args[state], in_dims[state], V)
-    B = states.shape[1]
-    if any(d is not None for i, d in enumerate(in_dims) if i not in (*rows, state)) or not B * V:
-        return _vmap_loop(op, info, in_dims, args)
+    B = states.shape[1] if states.dim() > 1 else 0  # (a 0-D state: the loop's calls refuse it)
     batch_sizes = args[steps]
-    folded = list(args)
-    for i in rows:
-        folded[i] = _fold_rows(_stacked(args[i], in_dims[i], V), batch_sizes, B)
-    folded[state] = _fold_states(states)
-    folded[steps] = batch_sizes * V if batch_sizes.numel() else batch_sizes
-    out_rows, out_state = op(*folded)
+    if (
+        any(d is not None for i, d in enumerate(in_dims) if i not in (*rows, state))
+        or not B * V
+        or not _folds_as_is(batch_sizes)
+    ):
+        return _vmap_loop(op, info, in_dims, args)
+    try:
+        folded = list(args)
+        for i in rows:
+            folded[i] = _fold_rows(_stacked(args[i], in_dims[i], V), batch_sizes, B)
+        folded[state] = _fold_states(states)
+        folded[steps] = batch_sizes * V if batch_sizes.numel() else batch_sizes
+        out_rows, out_state = op(*folded)
+    except Exception:
+        _refuse_as_unvmapped(op, in_dims, args)
+        raise  # (the first problem alone runs: no argument of the caller's is wrong)
     return (_unfold_rows(out_rows, V, batch_sizes, B), _unfold_states(out_state, V)), (0, 0)
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.func import vmap
 
+import fusedrnn
 from fusedrnn import ops
 
 f64 = torch.float64
@@ -208,3 +209,33 @@ def test_nested_vmap_with_batch_sizes_batched_outside():
     for k in range(2):
         torch.testing.assert_close(got[k], torch.stack([torch.stack([w[k] for w in row])
                                                         for row in want]))  # fmt: skip
+
+
+def test_vmap_over_no_problem():
+    """vmap over a dimension of size 0 returns outputs of no problem in one problem's
+    shapes, as torch's own ops do (torch's "incompatible (output, out_dims)" error before,
+    for valid calls too: the rule returned no outputs), through the ops, the module and a
+    gradient; a wrong argument is still refused as on one problem."""
+    x = _randn(0, 10, I)
+    h0 = torch.zeros(2, H, dtype=f64)
+    steps = torch.zeros(0, 5, dtype=torch.int64)
+    for fn, args, in_dims in (
+        (_layer, (x, h0, STEPS), (0, None, None)),
+        (_layer, (x, torch.zeros(0, 2, H, dtype=f64), STEPS), (0, 0, None)),
+        (_layer, (x, h0, steps), (0, None, 0)),  # (batch_sizes batched: no values)
+        (
+            _backward_op,
+            (x[..., :H], x[..., :H], torch.zeros(0, 2, H, dtype=f64), STEPS),
+            (0, 0, 0, None),
+        ),
+    ):
+        h, hn = vmap(fn, in_dims=in_dims)(*args)
+        assert h.shape == (0, 10, H) and hn.shape == (0, 2, H), (h.shape, hn.shape)
+        assert h.dtype == hn.dtype == f64
+    m = fusedrnn.RNN(I, H, num_layers=2, bidirectional=True, dtype=f64)
+    out, hn = vmap(m)(_randn(0, 5, 2, I))
+    assert out.shape == (0, 5, 2, 2 * H) and hn.shape == (0, 4, 2, H)
+    dx = vmap(torch.func.grad(lambda x: m(x)[0].sum()))(_randn(0, 5, 2, I))
+    assert dx.shape == (0, 5, 2, I)
+    with pytest.raises(ValueError, match=r"batch_sizes\[0\] must equal B = 3 \(from h0\), got 2"):
+        vmap(lambda x: _layer(x, torch.zeros(3, H, dtype=f64), STEPS))(x)

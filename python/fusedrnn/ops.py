@@ -1437,6 +1437,23 @@ def _refuse_as_unvmapped(op, in_dims, args) -> None:
         raise error from None  # (not chained to the folded call's error, with its sizes)
 
 
+def _vmap_empty(op, rows, state, steps, in_dims, args):
+    """vmap over a dimension of size 0: no problem, and outputs ``[0, ...]`` in the shapes
+    one problem's would have (torch's "incompatible (output, out_dims)" error before, for
+    valid calls too). One problem of zeros runs for them, so a wrong argument is refused as
+    with problems; with a batched ``batch_sizes``, whose values no problem gives, its
+    outputs' shapes come from the rows' and the state's."""
+    one = [a if d is None else a.new_zeros(a.shape[:d] + a.shape[d + 1 :])
+           for a, d in zip(args, in_dims, strict=True)]  # fmt: skip
+    h, n = one[state], one[rows[0]]
+    if in_dims[steps] is None or h.dim() != 2 or n.dim() != 2:
+        out_rows, out_state = op(*one)
+    else:
+        out_rows, out_state = h.new_empty(n.shape[0], h.shape[1]), h.new_empty(h.shape)
+    none = (out_rows.new_empty(0, *out_rows.shape), out_state.new_empty(0, *out_state.shape))
+    return none, (0, 0)
+
+
 def _vmap_folded(op, rows, state, steps, info, in_dims, *args):
     """torch.vmap over a recurrence op whose ``args[rows]`` are [N, n] rows, ``args[state]``
     a [B, H] state and ``args[steps]`` the batch_sizes, returning (rows, state): when only
@@ -1444,6 +1461,8 @@ def _vmap_folded(op, rows, state, steps, info, in_dims, *args):
     kernel call); with batched weights or batch_sizes, one call per problem. A wrong
     argument is refused as in an unvmapped call (see :func:`_refuse_as_unvmapped`)."""
     V = info.batch_size
+    if not V:
+        return _vmap_empty(op, rows, state, steps, in_dims, args)
     states = _stacked(args[state], in_dims[state], V)
     B = states.shape[1] if states.dim() > 1 else 0  # (a 0-D state: the loop's calls refuse it)
     batch_sizes = args[steps]

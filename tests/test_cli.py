@@ -257,6 +257,80 @@ def test_bench_refuses_a_run_estimated_past_max_hours(monkeypatch, capsys):
         assert seconds < 2 * 3600, (preset, seconds)
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "-0.5", "nan", "inf", "-inf", "1e999", "x", ""])
+def test_max_hours_takes_a_positive_finite_number_in_both_commands(value, capsys):
+    """gradcheck's --max-hours is bench's: one validation (_cli.positive_float), so the
+    same values are refused with the same words (``=``: ``-inf`` as a value, not an option)."""
+    messages = [
+        _error([command, f"--max-hours={value}"], capsys).splitlines()[-1].split(": error: ")[1]
+        for command in ("bench", "gradcheck")
+    ]
+    assert messages[0].startswith("argument --max-hours: expected a positive number, got ")
+    assert messages[1] == messages[0]
+
+
+def test_gradcheck_refuses_a_grid_estimated_past_max_hours(monkeypatch, capsys):
+    """gradcheck's time guard takes --max-hours as bench's does: the limit (default 1, the
+    hour it had fixed) is named in the refusal, a small one refuses a grid that a larger
+    one lets through, and nothing is checked before the guard has passed."""
+    from fusedrnn import gradcheck
+
+    checked = []
+
+    def check(config, **_):  # nothing runs: the guard is what is tested
+        checked.append(config)
+        return gradcheck.Report()
+
+    monkeypatch.setattr(gradcheck, "check", check)
+    # One configuration of 2000 x 64 one-unit steps: estimated at about 8 s.
+    small = ["gradcheck", "--seq", "2000", "--batch", "64", "--hidden", "1", "--input", "1"]
+    small += ["--nonlinearity", "tanh", "--layout", "padded", "--h0", "no"]
+    small += ["--layers", "1", "--directions", "1"]
+    err = _error([*small, "--max-hours", "0.001"], capsys)
+    assert "the 1 configuration would step for about 8 s (long sequences: " in err
+    assert "more than --max-hours 0.001: lower --seq or --batch" in err
+    assert "or raise --max-hours" in err
+    assert not checked
+    assert main([*small, "--max-hours", "0.01"]) == 0 and len(checked) == 1
+    capsys.readouterr()
+    # The default is the hour gradcheck refused past before --max-hours.
+    long = ["gradcheck", "--seq", "100000", "--batch", "64", "--hidden", "1", "--input", "1"]
+    err = _error(long, capsys)
+    assert "the 16 configurations would step for about 4.7 h" in err
+    assert "more than --max-hours 1: lower" in err and "or raise --max-hours" in err
+    assert len(checked) == 1
+    assert main([*long, "--max-hours", "5"]) == 0 and len(checked) == 17
+
+
+def test_gradcheck_refuses_flows_estimated_past_max_hours(monkeypatch, capsys):
+    """--flow has its own estimate under --max-hours: the flops at a low rate, and the
+    weights of each flow, made in NumPy (relu's eigenvalues: 80 s at H = 4096), which the
+    1-TFLOP rule does not see (it passed 40 flows at H = 4096 and T = 10: 37 min by those times)."""
+    from fusedrnn import gradcheck
+
+    flows = []
+
+    def gradient_flow(nonlinearity, radius, T, H, *_, **__):  # nothing runs
+        flows.append((nonlinearity, radius))
+        return np.ones(T + 1)
+
+    monkeypatch.setattr(gradcheck, "gradient_flow", gradient_flow)
+    radii = ",".join(str(r / 2) for r in range(1, 21))  # 0.5, 1.0, ..., 10.0
+    wide = ["gradcheck", "--flow", "--seq", "10", "--hidden", "4096", "--radii", radii]
+    err = _error(wide, capsys)
+    assert "--flow (40 flows of T = 10, H = 4096) would take about 1.5 h (" in err
+    assert "more than --max-hours 1: lower --seq or --hidden, or fewer --radii" in err
+    assert "or raise --max-hours" in err
+    assert not flows
+    assert main([*wide, "--max-hours", "2"]) == 0 and len(flows) == 40
+    capsys.readouterr()
+    # The default flow (10 flows of T = 200, H = 64) is estimated at a fraction of a second.
+    err = _error(["gradcheck", "--flow", "--max-hours", "1e-6"], capsys)
+    assert "--flow (10 flows of T = 200, H = 64) would take about 0 s" in err
+    assert "more than --max-hours 1e-06" in err
+    assert main(["gradcheck", "--flow", "--max-hours", "1e-3"]) == 0 and len(flows) == 50
+
+
 def test_bench_runs_bfloat16_models(tmp_path, capsys):
     """--dtype bfloat16 benchmarks models converted to bfloat16, checked against nn.RNN
     in bfloat16 first."""

@@ -169,8 +169,7 @@ def check_time(
     """An argument error where ``what`` (e.g. "the 4 cases would take") would run for
     ``seconds``, an estimate, more than ``limit`` seconds: refused before anything runs,
     instead of hours without a word. ``why``: what the estimate counts; ``allowed``: the
-    limit in words ("this command runs (1 h)", "--max-hours 1"); ``lower``: what shortens
-    the run."""
+    limit in words ("--max-hours 1"); ``lower``: what shortens the run."""
     if seconds > limit:
         parser.error(
             f"{what} about {duration(seconds)} ({why}), more than {allowed}: lower {lower}"

@@ -1008,6 +1008,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--seed", type=_cli.seed, default=0)
+    parser.add_argument(
+        "--max-hours",
+        type=_cli.positive_float,
+        default=_MAX_HOURS,
+        metavar="H",
+        help=f"refuse to start a run estimated to take longer (default {_MAX_HOURS:g}; the "
+        "estimate counts the checks' steps, or the flows' flops and weights)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="print every row")
     parser.add_argument(
         "--json",
@@ -1111,7 +1119,7 @@ def _check_cost(config: Config, checks: Sequence[str]) -> tuple[float, float]:
 # takes ~0.3-2.5 us a step of a layer-direction at small sizes, however few its flops.
 _REFERENCE_STEP_S = 5e-5
 _KERNEL_STEP_S = 1e-6
-_MAX_SECONDS = 3600.0  # the whole grid
+_MAX_HOURS = 1.0  # --max-hours' default, for the whole grid (or all the flows)
 
 
 def _check_seconds(config: Config, checks: Sequence[str]) -> float:
@@ -1134,6 +1142,22 @@ def _check_seconds(config: Config, checks: Sequence[str]) -> float:
     return seconds + passes * steps * _KERNEL_STEP_S
 
 
+# A flow's time (--flow, under --max-hours as the grid's steps are): its flops at 1 GFLOP/s
+# (measured here, float64 on 2 busy cores: 5.7-17 GFLOP/s at H = 256-1024), 3 passes of
+# _KERNEL_STEP_S a step (0.3-0.8 us measured at H = 1), and its weights, made in NumPy
+# before it runs, ~H^3 flops whatever T: relu's eigenvalues took 1.2 ns x H^3 (80 s at
+# H = 4096), tanh's QR 0.3-0.5 ns x H^3 (31 s). The 1-TFLOP rule does not see them: 40
+# flows at H = 4096 and T = 10 passed it (37 min by these times; estimated 1.5 h).
+_FLOW_FLOPS_PER_S = 1e9
+_FLOW_WEIGHTS_S_PER_H3 = 2e-9
+
+
+def _flow_seconds(T: int, H: int, I: int) -> float:
+    """A generous estimate of one :func:`gradient_flow`'s seconds (see _FLOW_FLOPS_PER_S)."""
+    flops = 3 * 2.0 * T * (I * H + H * H)
+    return flops / _FLOW_FLOPS_PER_S + 3 * T * _KERNEL_STEP_S + H**3 * _FLOW_WEIGHTS_S_PER_H3
+
+
 def _refuse_costly(
     parser: argparse.ArgumentParser, what: str, flops: float, nbytes: float, lower: str,
     max_flops: float = _MAX_FLOPS,
@@ -1154,6 +1178,16 @@ def _run_flow(args: argparse.Namespace, parser: argparse.ArgumentParser, device)
     flops = nflows * 3 * 2.0 * T * (args.input * H + H * H)
     what = f"--flow ({nflows} flows of T = {T}, H = {H})"
     _refuse_costly(parser, what, flops, 8.0 * 8 * T * H, "--seq or --hidden", _MAX_FLOW_FLOPS)
+    _cli.check_time(
+        parser,
+        f"{what} would take",
+        nflows * _flow_seconds(T, H, args.input),
+        args.max_hours * 3600,
+        "estimated generously, as their flops at 1 GFLOP/s and their weights' eigenvalues "
+        "or QR in NumPy, ~H^3 each",
+        f"--max-hours {args.max_hours:g}",
+        "--seq or --hidden, or fewer --radii or --nonlinearity, or raise --max-hours",
+    )
     flows = {
         (nl, radius): gradient_flow(nl, radius, T, H, args.input, device=device, seed=args.seed)
         for nl in args.nonlinearity
@@ -1222,15 +1256,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv=None) ->
             parser, f"configuration {config.label} ({sizes})", *_check_cost(config, args.checks),
             "--seq, --batch or --hidden (or leave finite-diff out of --checks)",
         )  # fmt: skip
+    count = f"{len(configs)} configuration" + ("" if len(configs) == 1 else "s")
     _cli.check_time(
         parser,
-        f"the {len(configs)} configurations would step for",
+        f"the {count} would step for",
         sum(_check_seconds(config, args.checks) for config in configs),
-        _MAX_SECONDS,
+        args.max_hours * 3600,
         "long sequences: the NumPy reference steps each sequence in Python, the finite "
         "differences run the kernels some 1000 times",
-        f"this command runs ({_cli.duration(_MAX_SECONDS)})",
-        "--seq or --batch, or choose fewer configurations or --checks",
+        f"--max-hours {args.max_hours:g}",
+        "--seq or --batch, or choose fewer configurations or --checks, or raise --max-hours",
     )
     print(
         f"fusedrnn gradcheck: {len(configs)} configurations on {device}, float64, "

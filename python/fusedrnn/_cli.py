@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 __all__ = [
+    "add_max_hours",
     "check_memory",
     "check_time",
     "choice_list",
@@ -160,6 +161,19 @@ def duration(seconds: float) -> str:
     if seconds >= 120:
         return f"{seconds / 60:.0f} min"
     return f"{seconds:.0f} s"
+
+
+def add_max_hours(parser: argparse.ArgumentParser, default: float, counts: str) -> None:
+    """The ``--max-hours H`` option of a command with a time guard (:func:`check_time`):
+    a positive finite number, ``default`` hours unless given; ``counts``: what the
+    command's estimate counts, for the help."""
+    parser.add_argument(
+        "--max-hours",
+        type=positive_float,
+        default=default,
+        metavar="H",
+        help=f"refuse to start a run estimated to take longer (default {default:g}; {counts})",
+    )
 
 
 def check_time(

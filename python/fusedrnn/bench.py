@@ -724,13 +724,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warmup", type=_cli.positive_int(1000), default=1, help="untimed runs first"
     )
-    parser.add_argument(
-        "--max-hours",
-        type=_cli.positive_float,
-        default=_MAX_HOURS,
-        metavar="H",
-        help=f"refuse to start a run estimated to take longer (default {_MAX_HOURS:g}; the "
-        "estimate is generous, from each case's flops and steps)",
+    _cli.add_max_hours(
+        parser, _MAX_HOURS, "the estimate is generous, from each case's flops and steps"
     )
     parser.add_argument("--seed", type=_cli.seed, default=0, help="seed of weights and inputs")
     parser.add_argument(

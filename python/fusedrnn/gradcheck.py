@@ -1008,13 +1008,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--seed", type=_cli.seed, default=0)
-    parser.add_argument(
-        "--max-hours",
-        type=_cli.positive_float,
-        default=_MAX_HOURS,
-        metavar="H",
-        help=f"refuse to start a run estimated to take longer (default {_MAX_HOURS:g}; the "
-        "estimate counts the checks' steps, or the flows' flops and weights)",
+    _cli.add_max_hours(
+        parser, _MAX_HOURS, "the estimate counts the checks' steps, or the flows' flops and weights"
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="print every row")
     parser.add_argument(

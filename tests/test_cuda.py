@@ -929,3 +929,20 @@ def test_output_changed_in_place_on_cuda_matches_nn_rnn(bidirectional):
         grads.append([x.grad.cpu(), *(p.grad.cpu() for p in m.parameters())])
     for g, w in zip(*reversed(grads), strict=True):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_zero_tensor_output_gradients_read_as_zeros(bidirectional):
+    """An output gradient given as a ZeroTensor (no memory, address 0) is zeros, as on the
+    CPU (tests/test_reliability.py): the CUDA backward's launchers refused its address
+    before session 31 (written then without a GPU; first run at the next GPU session)."""
+    torch.manual_seed(0)
+    rnn = fusedrnn.RNN(3, 4, bidirectional=bidirectional, dtype=torch.float64).cuda()
+    x = torch.randn(5, 2, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    out, hn = rnn(x)
+    params = [x, *rnn.parameters()]
+    zero = torch._efficientzerotensor(out.shape, dtype=out.dtype, device="cuda")
+    got = torch.autograd.grad((out, hn), params, (zero, torch.ones_like(hn)), retain_graph=True)
+    want = torch.autograd.grad((out, hn), params, (torch.zeros_like(out), torch.ones_like(hn)))
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)

@@ -420,6 +420,35 @@ def test_zero_tensors_are_refused_or_read_as_zeros_not_dereferenced():
     assert torch.equal(g_zero, torch.zeros_like(g_zero)) and torch.equal(g_none, g_zero)
 
 
+def test_zero_tensor_gradients_on_the_unfused_backward():
+    """The backward the CUDA layers take (``ops._backward_rows`` unfused: the BPTT op, then
+    torch's GEMMs) reads an output gradient given as a ZeroTensor as zeros, as the CPU's
+    fused one does; its launchers refused address 0 (session 31). Run here on the CPU
+    kernels; ``tests/test_cuda.py`` has it on a GPU."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    f64 = torch.float64
+    x, h0 = torch.randn(10, 3, dtype=f64), torch.randn(2, 4, dtype=f64)
+    w_ih, w_hh = torch.randn(4, 3, dtype=f64), torch.randn(4, 4, dtype=f64) * 0.5
+    h, _ = ops.rnn_layer(x, w_ih, w_hh, None, None, h0, torch.empty(0, dtype=torch.int64))
+    ctx = SimpleNamespace(reverse=False, nonlinearity="tanh")
+    needs = (True,) * 6
+    zero = torch._efficientzerotensor
+
+    def grads(grad_h, grad_hn):
+        return ops._backward_rows(ctx, needs, 2, False, True, False, x, w_ih, w_hh, h0, h,
+                                  torch.empty(0, dtype=torch.int64), grad_h, grad_hn)  # fmt: skip
+
+    g_hn = torch.randn(2, 4, dtype=f64)
+    for got, want in (
+        (grads(zero(h.shape, dtype=f64), g_hn), grads(torch.zeros_like(h), g_hn)),
+        (grads(torch.ones_like(h), zero((2, 4), dtype=f64)), grads(torch.ones_like(h), None)),
+    ):
+        for a, b in zip(got, want, strict=True):
+            assert (a is None and b is None) or torch.equal(a, b)
+
+
 def test_attributes_changed_after_construction_take_the_general_path(monkeypatch):
     """The lean path's weight plan follows the module's sizes; when they no longer match its
     parameters it steps aside and the general path reports, as it would without it."""

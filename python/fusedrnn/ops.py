@@ -1030,6 +1030,10 @@ def _backward_rows(ctx, needs, B, fused, eager, transformed, x, w_ih, w_hh, h0, 
     """``_backward`` through the ops or torch, on [N, I] x, [N, H] h and their gradients."""
     if h0 is None:
         h0 = h.new_zeros((B, h.shape[1]))
+    # An output gradient given as a ZeroTensor (no memory) is zeros: the CUDA launchers read
+    # every tensor by address and refused its address 0 (session 31; the CPU kernel reads
+    # it as absent, _grads_impl).
+    grad_h, grad_hn = _no_zeros_flag(grad_h), _no_zeros_flag(grad_hn)
     if grad_h is None:
         grad_h = torch.zeros_like(h)
     if grad_hn is None:

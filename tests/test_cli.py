@@ -326,7 +326,7 @@ def test_gradcheck_refuses_flows_estimated_past_max_hours(monkeypatch, capsys):
     capsys.readouterr()
     # The default flow (10 flows of T = 200, H = 64) is estimated at a fraction of a second.
     err = _error(["gradcheck", "--flow", "--max-hours", "1e-6"], capsys)
-    assert "--flow (10 flows of T = 200, H = 64) would take about 0 s" in err
+    assert "--flow (10 flows of T = 200, H = 64) would take about 0.1 s" in err
     assert "more than --max-hours 1e-06" in err
     assert main(["gradcheck", "--flow", "--max-hours", "1e-3"]) == 0 and len(flows) == 50
 
@@ -526,3 +526,14 @@ def test_a_closed_pipe_and_ctrl_c_end_without_a_traceback(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == -signal.SIGINT  # (a shell reports 130)
     assert err.strip().endswith("fusedrnn bench: interrupted") and "Traceback" not in err
+
+
+def test_durations_in_messages_read_as_their_size():
+    """The time guards' estimates: whole seconds, minutes and hours, and under a second
+    tenths or milliseconds (a sub-second estimate read "about 0 s", more than a limit)."""
+    from fusedrnn import _cli
+
+    cases = {0.0004: "0.4 ms", 0.03: "30 ms", 0.2: "0.2 s", 0.96: "1 s", 40: "40 s",
+             200: "3 min", 5000: "1.4 h", 7200: "2 h"}  # fmt: skip
+    for seconds, text in cases.items():
+        assert _cli.duration(seconds) == text, seconds

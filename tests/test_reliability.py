@@ -420,6 +420,73 @@ def test_zero_tensors_are_refused_or_read_as_zeros_not_dereferenced():
     assert torch.equal(g_zero, torch.zeros_like(g_zero)) and torch.equal(g_none, g_zero)
 
 
+# Freed views (storage offset > 0, storage resized to 0): each case's code, and the name
+# its error must give. Their address is the offset in bytes, not 0, and before session 31
+# the kernels dereferenced it (a segfault; nn.RNN raises torch's "not allocated yet").
+_FREED_VIEWS = {
+    "hx freed between forward and backward, 2 layers": (
+        "m = fusedrnn.RNN(4, 3, num_layers=2); x = torch.randn(5, 2, 4, requires_grad=True)\n"
+        "hx = torch.randn(2, 2, 3, requires_grad=True); out, hn = m(x, hx)\n"
+        "hx.untyped_storage().resize_(0); (out.sum() + hn.sum()).backward()",
+        "hx[1]",
+    ),
+    "a parameter viewing a freed flat buffer (FSDP's use_orig_params)": (
+        "m = fusedrnn.RNN(4, 3, num_layers=2); flat = torch.randn(100)\n"
+        "m.weight_hh_l1 = torch.nn.Parameter(flat[10:19].view(3, 3))\n"
+        "flat.untyped_storage().resize_(0); m(torch.randn(5, 2, 4))",
+        "parameter weight_hh_l1",
+    ),
+    "such a parameter freed before the backward, bidirectional": (
+        "m = fusedrnn.RNN(4, 3, bidirectional=True); flat = torch.randn(40)\n"
+        "m.weight_hh_l0_reverse = torch.nn.Parameter(flat[10:19].view(3, 3))\n"
+        "out, hn = m(torch.randn(5, 2, 4, requires_grad=True))\n"
+        "flat.untyped_storage().resize_(0); (out.sum() + hn.sum()).backward()",
+        "parameter weight_hh_l0_reverse",
+    ),
+    "the cell's state, a row of a freed buffer": (
+        "c = fusedrnn.RNNCell(4, 3); buf = torch.randn(3, 2, 3); hx = buf[1]\n"
+        "buf.untyped_storage().resize_(0); c(torch.randn(2, 4), hx)",
+        "hx",
+    ),
+    "the input, batch_first": (
+        "m = fusedrnn.RNN(4, 3, batch_first=True); buf = torch.randn(3, 2, 5, 4); x = buf[1]\n"
+        "buf.untyped_storage().resize_(0); m(x)",
+        "input",
+    ),
+    "a packed input's batch_sizes": (
+        "m = fusedrnn.RNN(4, 3); bs = torch.tensor([9, 2, 2, 2, 1, 1]); b = bs[1:5]\n"
+        "bs.untyped_storage().resize_(0)\n"
+        "m(torch.nn.utils.rnn.PackedSequence(torch.randn(8, 4), b, None, None))",
+        "input.batch_sizes",
+    ),
+    "the backward op's grad_h": (
+        "e = torch.empty(0, dtype=torch.long)\n"
+        "h, _ = ops.rnn_layer(torch.randn(10, 4), torch.randn(3, 4), torch.randn(3, 3), None,"
+        " None, torch.zeros(2, 3), e)\n"
+        "buf = torch.randn(2, 10, 3); g = buf[1]; buf.untyped_storage().resize_(0)\n"
+        "ops.rnn_layer_backward(torch.randn(3, 3), h, g, torch.zeros(2, 3), e, False, 'tanh')",
+        "grad_h",
+    ),
+}
+
+
+def test_freed_views_are_named_not_dereferenced():
+    """A view whose storage was freed has the address of its offset, not 0: refused by
+    name like a freed tensor (session 31, from a helper's review: each case below was a
+    segfault). In a child process, so that a crash fails this test and not the run."""
+    script = "import torch, fusedrnn\nfrom fusedrnn import ops\n"
+    for code, _ in _FREED_VIEWS.values():
+        body = textwrap.indent(code, "    ")
+        script += f"try:\n{body}\n    print('no error', flush=True)\n"
+        script += "except RuntimeError as e:\n    print(str(e).splitlines()[0], flush=True)\n"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0, (proc.returncode, lines, proc.stderr[-2000:])
+    for (case, (_, name)), line in zip(_FREED_VIEWS.items(), lines, strict=True):
+        assert line.startswith(f"fusedrnn: {name}'s storage was freed"), (case, line)
+
+
 def test_zero_tensor_gradients_on_the_unfused_backward():
     """The backward the CUDA layers take (``ops._backward_rows`` unfused: the BPTT op, then
     torch's GEMMs) reads an output gradient given as a ZeroTensor as zeros, as the CPU's

@@ -239,3 +239,34 @@ def test_vmap_over_no_problem():
     assert dx.shape == (0, 5, 2, I)
     with pytest.raises(ValueError, match=r"batch_sizes\[0\] must equal B = 3 \(from h0\), got 2"):
         vmap(lambda x: _layer(x, torch.zeros(3, H, dtype=f64), STEPS))(x)
+
+
+def test_vmap_over_no_problem_checks_without_computing():
+    """Over no problem the op's checks still run, with a batched batch_sizes too (whose
+    values none gives: the checks that do not read them), and nothing is computed (one
+    problem of zeros ran before: a review, session 31)."""
+    x, h0 = _randn(0, 10, I), torch.zeros(2, H, dtype=f64)
+    steps = torch.zeros(0, 5, dtype=torch.int64)
+    for args, in_dims, error, match in (
+        ((x, torch.zeros(2, H + 1, dtype=f64), steps), (0, None, 0), ValueError, "h0 must"),
+        ((_randn(0, 10, I + 1), h0, steps), (0, None, 0), ValueError, "w_ih must have shape"),
+        ((x.float(), h0, steps), (0, None, 0), TypeError, "dtype"),
+        ((x, h0, steps.int()), (0, None, 0), TypeError, "batch_sizes"),
+    ):
+        with pytest.raises(error, match=match):
+            vmap(_layer, in_dims=in_dims)(*args)
+    calls = []
+    real = ops.forward_into_cpu  # (every CPU forward's kernel call)
+
+    def counted(*a):
+        calls.append(a)
+        return real(*a)
+
+    try:
+        ops.forward_into_cpu = counted
+        h, hn = vmap(_layer, in_dims=(0, None, None))(x, h0, STEPS)
+        assert h.shape == (0, 10, H) and hn.shape == (0, 2, H) and not calls
+        _layer(_randn(10, I), h0, STEPS)
+        assert calls  # (the counter sees a real call)
+    finally:
+        ops.forward_into_cpu = real

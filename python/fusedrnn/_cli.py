@@ -155,12 +155,17 @@ def check_memory(parser: argparse.ArgumentParser, what: str, nbytes: float, lowe
 
 
 def duration(seconds: float) -> str:
-    """``seconds`` for a message: "40 s", "12 min", "4.7 h"."""
+    """``seconds`` for a message: "40 s", "12 min", "4.7 h"; under a second "0.3 s" and
+    "30 ms" (a limit of 1e-6 h refused "about 0 s")."""
     if seconds >= 3600:
         return f"{seconds / 3600:.1f}".removesuffix(".0") + " h"
     if seconds >= 120:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds:.0f} s"
+    if seconds >= 0.95:
+        return f"{seconds:.0f} s"
+    if seconds >= 0.1:
+        return f"{seconds:.1f} s"
+    return f"{seconds * 1000:.2g} ms"
 
 
 def add_max_hours(parser: argparse.ArgumentParser, default: float, counts: str) -> None:

@@ -142,17 +142,32 @@ def kernel_path() -> str:
     return _env_choice("FUSEDRNN_CUDA_PATH", _PATHS)
 
 
+def freed(t: Tensor, address: int | None = None) -> bool:
+    """``t`` has elements and no memory: its storage was freed
+    (``untyped_storage().resize_(0)``, as FSDP and compiled graphs do). Its address is then
+    0, or for a view at a storage offset that offset in bytes (24 for a float32 view at 6),
+    which the kernels would dereference: a segfault (a helper's review, session 31, with
+    a state row ``hx[1]`` and an FSDP-style parameter viewing a flat buffer). A ZeroTensor
+    has address 0 too (callers that take one tell it apart). ``address``: ``t.data_ptr()``
+    if the caller has it. Costs one ``storage_offset()`` where the address is not 0."""
+    if address is None:
+        address = t.data_ptr()
+    if not t.numel():
+        return False
+    return address == 0 or (t.storage_offset() != 0 and t.untyped_storage().data_ptr() == 0)
+
+
 def _addr(t: Tensor | None) -> int:
     """The data address of ``t``, 0 for None (what the kernels read as absent); the one
     definition, for the CPU calls too (``ops._addr``; ops imports this module). A tensor
-    whose storage was freed (``untyped_storage().resize_(0)``, as FSDP and compiled graphs
-    do) has address 0, which the kernels would read as an absent bias, state or gradient
-    (zeros, silently: a helper's review, session 28) or dereference: refused, as torch
-    refuses it (the CUDA launchers passed ``w_hh`` and ``h`` unchecked up to session 29)."""
+    whose storage was freed (:func:`freed`), which the kernels would read as an absent
+    bias, state or gradient (zeros, silently: a helper's review, session 28) or
+    dereference, is refused, as torch refuses it (the CUDA launchers passed ``w_hh`` and
+    ``h`` unchecked up to session 29)."""
     if t is None:
         return 0
     address = t.data_ptr()
-    if address == 0 and t.numel():
+    if freed(t, address):
         raise RuntimeError(
             f"fusedrnn: a tensor argument of shape {tuple(t.shape)} has no memory (its "
             "storage was freed, e.g. by untyped_storage().resize_(0))"

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import ops
+from . import _cuda, ops
 
 __all__ = ["RNN", "RNNCell"]
 
@@ -240,29 +240,30 @@ def _freed(t) -> bool:
     if type(t) not in ops.PLAIN_TENSOR_TYPES or not t.numel() or t.is_meta:
         return False
     try:
-        return not t.data_ptr() and not t._is_zerotensor()
+        return _cuda.freed(t) and not t._is_zerotensor()
     except RuntimeError:  # a tensor with no storage of its own (a functorch wrapper)
         return False
 
 
-def _refuse_freed_parameters(module: nn.Module, names, hx) -> None:
-    """After a call that failed: a parameter in ``names`` or the state ``hx`` whose storage
-    was freed, as FSDP frees the weights it gathered, is named as the module knows it
-    (``weight_hh_l1``); the ops that refused it know only its role (``w_hh``). Nothing
-    when there is none: the caller raises its error. Only on failure: the call itself pays
-    nothing for it."""
+def _refuse_freed_arguments(module: nn.Module, names, input, hx) -> None:
+    """After a call that failed: a parameter in ``names``, the input or the state ``hx``
+    whose storage was freed, as FSDP frees the weights it gathered, is named as the module
+    knows it (``parameter weight_hh_l1``, ``input.batch_sizes``); the ops that refused it
+    know only its role (``w_hh``), and torch's own reshapes of a freed input name nothing.
+    Nothing when there is none: the caller raises its error. Only on failure: the call
+    itself pays nothing for it."""
     params = module._parameters
-    for name in names:
-        if _freed(params.get(name)):  # (a parametrized weight is made on each call)
+    named = [(f"parameter {name}", params.get(name)) for name in names]
+    if isinstance(input, PackedSequence):
+        named += (("input.data", input.data), ("input.batch_sizes", input.batch_sizes))
+    else:
+        named.append(("input", input))
+    for name, t in (*named, ("hx", hx)):  # (a parametrized weight is made on each call)
+        if _freed(t):
             raise RuntimeError(
-                f"fusedrnn: parameter {name}'s storage was freed (e.g. by "
-                "untyped_storage().resize_(0)): it has no memory to read"
+                f"fusedrnn: {name}'s storage was freed (e.g. by untyped_storage().resize_(0)): "
+                "it has no memory to read"
             )
-    if _freed(hx):
-        raise RuntimeError(
-            "fusedrnn: hx's storage was freed (e.g. by untyped_storage().resize_(0)): it has "
-            "no memory to read"
-        )
 
 
 @functools.cache
@@ -597,16 +598,15 @@ class RNN(nn.RNNBase):
                 layer_input, hn_fwd, hn_rev = ops.rnn_bidirectional_layer_checked(
                     layer_input, weights[8 * layer : 8 * layer + 4],
                     weights[8 * layer + 4 : 8 * layer + 8], *h0,
-                    nonlinearity, dims, final,
+                    nonlinearity, dims, final, _layer_names(layer, 2),
                 )  # fmt: skip
                 states += (hn_fwd, hn_rev)
             else:
                 layer_input, hn = ops.rnn_layer_checked(
                     layer_input, *weights[4 * layer : 4 * layer + 4], h0[0], nonlinearity,
-                    dims, final,
+                    dims, final, _layer_names(layer, 1),
                 )  # fmt: skip
                 states.append(hn)
-            ops.name_node(layer_input, _layer_names(layer, D))
             if self.dropout > 0 and self.training and layer < L - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         if one:
@@ -630,7 +630,7 @@ class RNN(nn.RNNBase):
         try:
             return self._forward_general(input, hx)
         except RuntimeError:
-            _refuse_freed_parameters(self, self._flat_weights_names, hx)
+            _refuse_freed_arguments(self, self._flat_weights_names, input, hx)
             raise
 
     def _forward_general(self, input, hx: Tensor | None):
@@ -887,8 +887,7 @@ class RNNCell(nn.RNNCell):
             if dim == 1:
                 x, hx = x.view(1, I), (None if hx is None else hx.view(1, H))
             h, _ = ops.rnn_layer_checked(x, w_ih, w_hh, b_ih, b_hh, hx, self.nonlinearity,
-                                         (1, B, H, (B, H), (B, H)))  # fmt: skip
-            ops.name_node(h, _CELL_NAMES)
+                                         (1, B, H, (B, H), (B, H)), True, _CELL_NAMES)  # fmt: skip
             return h if dim == 2 else h.view(H)
         h = x.new_empty(B, H) if dim == 2 else x.new_empty(H)
         w_ih, w_hh, b_ih, b_hh = addresses if self.bias else (*addresses, 0, 0)
@@ -911,7 +910,7 @@ class RNNCell(nn.RNNCell):
         try:
             return self._forward_general(input, hx)
         except RuntimeError:
-            _refuse_freed_parameters(self, _LAYER_WEIGHT_KINDS, hx)
+            _refuse_freed_arguments(self, _LAYER_WEIGHT_KINDS, input, hx)
             raise
 
     def _forward_general(self, input: Tensor, hx: Tensor | None) -> Tensor:

@@ -285,7 +285,7 @@ def _refuse_freed(names: tuple[str, ...], *tensors: Tensor | None) -> None:
     for i, t in enumerate(tensors):
         # (A ZeroTensor has address 0 too, and memory it never had: the kernels' own
         # message names it as a possible ZeroTensor.)
-        if t is not None and not t.data_ptr() and t.numel() and not t._is_zerotensor():
+        if t is not None and _cuda.freed(t) and not t._is_zerotensor():
             _fail(
                 RuntimeError,
                 f"{names[i]}'s storage was freed (e.g. by untyped_storage().resize_(0)): it "
@@ -298,7 +298,8 @@ def name_node(output: Tensor, names: dict[str, str]) -> None:
     of its tensors, ``names``: the op's name (``_SAVED_NAMES``, ``_BI_SAVED_NAMES``) -> the
     caller's (a module's ``weight_hh_l1``). Read only when its backward fails, to name a
     tensor freed since the forward (FSDP frees the weights it gathered) as the caller
-    knows it; a node of another kind, or none, is left alone."""
+    knows it; a node of another kind, or none, is left alone. (The modules' lean path
+    passes them to :func:`rnn_layer_checked` instead: no lookup of the node.)"""
     node = output.grad_fn
     if node is None:
         return
@@ -467,12 +468,18 @@ def rnn_layer_forward(
     return _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
 
 
-@rnn_layer_forward.register_fake
-def _(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
-    check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity, check_values=False)
+def _forward_shapes(values, x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
+    """The forward op's checks (``values``: also those that read batch_sizes' data) and its
+    outputs, uninitialized: its fake kernel, and vmap over no problem (_vmap_empty)."""
+    check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity, check_values=values)
     # Contiguous, as the kernels write them (empty_like would copy the strides of a
     # transposed h0, and a compiled graph then reads hn with the wrong ones).
     return x.new_empty((x.shape[0], w_hh.shape[0])), h0.new_empty(h0.shape)
+
+
+@rnn_layer_forward.register_fake
+def _(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity):
+    return _forward_shapes(False, x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
 
 
 # The backward op reuses the forward checks: h in the place of x, grad_hn in that of h0.
@@ -570,13 +577,18 @@ def rnn_layer_backward(
     return _backward_impl(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
 
 
+def _backward_shapes(values, w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
+    """The backward op's checks and outputs, uninitialized (see :func:`_forward_shapes`)."""
+    _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity, values=values)
+    return h.new_empty(h.shape), grad_hn.new_empty(grad_hn.shape)  # contiguous (see above)
+
+
 @rnn_layer_backward.register_fake
 def _(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity):
     # All the op's checks, grad_h's too: a meta grad_h among CPU tensors sends the call
     # here, and without them it returned uninitialized CPU tensors (a helper's review,
     # session 28).
-    _backward_impl_checks(w_hh, h, grad_h, grad_hn, batch_sizes, nonlinearity, values=False)
-    return h.new_empty(h.shape), grad_hn.new_empty(grad_hn.shape)  # contiguous (see above)
+    return _backward_shapes(False, w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
 
 
 def _prev_state_grad(dP: Tensor, h: Tensor, h0: Tensor, batch_sizes: Tensor, reverse: bool):
@@ -1197,7 +1209,7 @@ def _grads_impl(x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, non
     dw_hh = torch.empty_like(w_hh) if need_dw_hh else h.new_empty(0)
     db = h.new_empty(H if need_db else 0)
     _layer_backward_cpu(
-        T, B, H, In, batch_sizes, reverse, nonlinearity, x, w_ih, w_hh, h0, h.data_ptr(), H,
+        T, B, H, In, batch_sizes, reverse, nonlinearity, x, w_ih, w_hh, h0, _addr(h), H,
         _addr(grad_h), ldg, grad_hn, dh0, dx if need_dx else None, False,
         dw_ih if need_dw_ih else None, dw_hh if need_dw_hh else None, db if need_db else None,
     )  # fmt: skip
@@ -1212,7 +1224,7 @@ def _layer_backward_cpu(T, B, H, In, batch_sizes, reverse, nonlinearity, x, w_ih
     :func:`_rows_view` gives it); dP in the kernel's own workspace."""
     _C.layer_backward(
         KERNEL_DTYPES[w_hh.dtype], T, B, H, In, _steps_addr(batch_sizes), reverse, nonlinearity,
-        _addr(x), _addr(w_ih), w_hh.data_ptr(), _addr(h0), h_addr, ldh, g_addr, ldg,
+        _addr(x), _addr(w_ih), _addr(w_hh), _addr(h0), h_addr, ldh, g_addr, ldg,
         _addr(grad_hn), 0, _addr(dh0), _addr(dx), dx_accumulate, _addr(dw_ih), _addr(dw_hh),
         _addr(db), torch.get_num_threads(),
     )  # fmt: skip
@@ -1441,32 +1453,30 @@ def _refuse_as_unvmapped(op, in_dims, args) -> None:
         raise error from None  # (not chained to the folded call's error, with its sizes)
 
 
-def _vmap_empty(op, rows, state, steps, in_dims, args):
+def _vmap_empty(shapes, steps, in_dims, args):
     """vmap over a dimension of size 0: no problem, and outputs ``[0, ...]`` in the shapes
     one problem's would have (torch's "incompatible (output, out_dims)" error before, for
-    valid calls too). One problem of zeros runs for them, so a wrong argument is refused as
-    with problems; with a batched ``batch_sizes``, whose values no problem gives, its
-    outputs' shapes come from the rows' and the state's."""
-    one = [a if d is None else a.new_zeros(a.shape[:d] + a.shape[d + 1 :])
+    valid calls too). ``shapes`` (the op's checks and outputs, :func:`_forward_shapes`)
+    runs on one problem's arguments, uninitialized, so a wrong argument is refused as with
+    problems: with the checks that read ``batch_sizes`` where it is not batched (a batched
+    one has no values here), and nothing computed."""
+    one = [a if d is None else a.new_empty(a.shape[:d] + a.shape[d + 1 :])
            for a, d in zip(args, in_dims, strict=True)]  # fmt: skip
-    h, n = one[state], one[rows[0]]
-    if in_dims[steps] is None or h.dim() != 2 or n.dim() != 2:
-        out_rows, out_state = op(*one)
-    else:
-        out_rows, out_state = h.new_empty(n.shape[0], h.shape[1]), h.new_empty(h.shape)
+    out_rows, out_state = shapes(in_dims[steps] is None, *one)
     none = (out_rows.new_empty(0, *out_rows.shape), out_state.new_empty(0, *out_state.shape))
     return none, (0, 0)
 
 
-def _vmap_folded(op, rows, state, steps, info, in_dims, *args):
+def _vmap_folded(op, shapes, rows, state, steps, info, in_dims, *args):
     """torch.vmap over a recurrence op whose ``args[rows]`` are [N, n] rows, ``args[state]``
     a [B, H] state and ``args[steps]`` the batch_sizes, returning (rows, state): when only
     those rows and the state are batched, the V problems run as one of batch V * B (one
     kernel call); with batched weights or batch_sizes, one call per problem. A wrong
-    argument is refused as in an unvmapped call (see :func:`_refuse_as_unvmapped`)."""
+    argument is refused as in an unvmapped call (see :func:`_refuse_as_unvmapped`).
+    ``shapes``: the op's checks and outputs without computing them (:func:`_vmap_empty`)."""
     V = info.batch_size
     if not V:
-        return _vmap_empty(op, rows, state, steps, in_dims, args)
+        return _vmap_empty(shapes, steps, in_dims, args)
     states = _stacked(args[state], in_dims[state], V)
     B = states.shape[1] if states.dim() > 1 else 0  # (a 0-D state: the loop's calls refuse it)
     batch_sizes = args[steps]
@@ -1494,9 +1504,11 @@ def _vmap_folded(op, rows, state, steps, info, in_dims, *args):
 if hasattr(rnn_layer_forward, "register_vmap"):
     # forward (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, ...) -> (h, hn); BPTT (w_hh, h,
     # grad_h, grad_hn, batch_sizes, ...) -> (dP, dh0)
-    rnn_layer_forward.register_vmap(functools.partial(_vmap_folded, rnn_layer_forward, (0,), 5, 6))
+    rnn_layer_forward.register_vmap(
+        functools.partial(_vmap_folded, rnn_layer_forward, _forward_shapes, (0,), 5, 6)
+    )
     rnn_layer_backward.register_vmap(
-        functools.partial(_vmap_folded, rnn_layer_backward, (1, 2), 3, 4)
+        functools.partial(_vmap_folded, rnn_layer_backward, _backward_shapes, (1, 2), 3, 4)
     )
 
 
@@ -1612,18 +1624,22 @@ class _EagerLayer(torch.autograd.Function):
     @staticmethod
     # to_caller: the output goes to the caller (else to the next layer only): see
     # _keep_for_recompute.
+    # names: the caller's names of its tensors, or None (see name_node).
     def forward(
-        ctx, x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity, dims, to_caller
-    ):
+        ctx, x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity, dims, to_caller,
+        names,
+    ):  # fmt: skip
         inputs = (x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity)
         output = _forward_impl(*inputs, dims)
         _setup_layer(ctx, inputs, output, to_caller)
         ctx.eager = True
+        if names is not None:
+            ctx.fusedrnn_names = names
         return output
 
     @staticmethod
     def backward(ctx, grad_h, grad_hn):
-        return (*_backward(ctx, grad_h, grad_hn), None, None)
+        return (*_backward(ctx, grad_h, grad_hn), None, None, None)
 
 
 # ---- derivatives under torch.func, forward mode and second order -------------------------
@@ -1989,6 +2005,8 @@ def fast_input_cpu(x: Tensor) -> bool:
         and _plain_mode()  # includes "no functorch transform": jvp is one
         and _forward_ad._current_level < 0  # no dual level: see _func_or_forward_ad
         and not x.is_neg()  # after _plain_mode: torch.compile cannot trace is_neg()
+        # Its storage not freed (the general path names it): the common case in two calls.
+        and ((x.data_ptr() and not x.storage_offset()) or not _cuda.freed(x))
     )
 
 
@@ -2006,6 +2024,7 @@ def fast_input_cuda(x: Tensor) -> bool:
         and _forward_ad._current_level < 0
         and not x.is_neg()
         and _cuda.available()
+        and ((x.data_ptr() and not x.storage_offset()) or not _cuda.freed(x))
     )
 
 
@@ -2051,7 +2070,11 @@ def fast_addresses_cpu(
         ):
             return None
         address = t.data_ptr()
-        if address == 0 and t.numel():  # freed storage: the general path refuses it
+        # Freed storage (_cuda.freed, inline: this runs for every weight of every call):
+        # the general path names it.
+        if (not address or (t.storage_offset() and not t.untyped_storage().data_ptr())) and (
+            t.numel()
+        ):
             return None
         addresses.append(address)
     return addresses
@@ -2111,27 +2134,32 @@ def rnn_layer(
                 _CALL.output_to_caller = False
         return (private_when_compiled(h) if output_to_caller else h), hn
     if records_graph(x, w_ih, w_hh, b_ih, b_hh, h0):
-        return _eager_layer_apply(*args, None, output_to_caller)
+        return _eager_layer_apply(*args, None, output_to_caller, None)
     return _forward_impl(*args)
 
 
-def rnn_layer_checked(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity, dims, output_to_caller=True):
+def rnn_layer_checked(
+    x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity, dims, output_to_caller=True, names=None
+):
     """:func:`rnn_layer` on padded arguments the caller checked (:func:`fast_input_cpu`,
     :func:`fast_addresses_cpu`, sizes ``dims``), recording the graph: the modules'
-    fast path. ``h0`` may be None for a zero state."""
+    fast path. ``h0`` may be None for a zero state. ``names``: the caller's names of the
+    tensors, as :func:`name_node` gives them (without its lookup of the node)."""
     return _eager_layer_apply(
-        x, w_ih, w_hh, b_ih, b_hh, h0, _NO_STEPS, False, nonlinearity, dims, output_to_caller
-    )
+        x, w_ih, w_hh, b_ih, b_hh, h0, _NO_STEPS, False, nonlinearity, dims, output_to_caller,
+        names,
+    )  # fmt: skip
 
 
 def rnn_bidirectional_layer_checked(
-    x, w_fwd, w_rev, h0_fwd, h0_rev, nonlinearity, dims, output_to_caller=True
+    x, w_fwd, w_rev, h0_fwd, h0_rev, nonlinearity, dims, output_to_caller=True, names=None
 ):
     """:func:`rnn_bidirectional_layer` on checked padded arguments, recording the graph
     (see :func:`rnn_layer_checked`)."""
     return _eager_bi_layer_apply(
-        x, *w_fwd, *w_rev, h0_fwd, h0_rev, _NO_STEPS, nonlinearity, dims, output_to_caller
-    )
+        x, *w_fwd, *w_rev, h0_fwd, h0_rev, _NO_STEPS, nonlinearity, dims, output_to_caller,
+        names,
+    )  # fmt: skip
 
 
 # Each direction's tensors by the name rnn_bidirectional_layer gives them.
@@ -2206,8 +2234,11 @@ class _EagerBiLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl, dims, to_caller
-    ):
+        ctx, x, wif, whf, bif, bhf, wib, whb, bib, bhb, h0f, h0b, batch_sizes, nl, dims, to_caller,
+        names,
+    ):  # fmt: skip
+        if names is not None:  # (see name_node)
+            ctx.fusedrnn_names = names
         out, hnf, hnb = _bi_forward_impl(
             x, (wif, whf, bif, bhf), (wib, whb, bib, bhb), h0f, h0b, batch_sizes, nl, dims
         )
@@ -2331,7 +2362,7 @@ def _direction_grads(needs, d, dw_ih, dw_hh, db, dh0):
 def _bi_grads(dx, grads):
     """_EagerBiLayer.backward's result from dx and both directions' _direction_grads."""
     (*wf, dh0f), (*wr, dh0b) = grads
-    return (dx, *wf, *wr, dh0f, dh0b, None, None, None, None)
+    return (dx, *wf, *wr, dh0f, dh0b, None, None, None, None, None)
 
 
 def _bi_backward_recorded(ctx, saved, grads):
@@ -2394,7 +2425,7 @@ def rnn_bidirectional_layer(
     ):
         args = (x, *w_fwd, *w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity)
         if records_graph(x, *w_fwd, *w_rev, h0_fwd, h0_rev):
-            return _eager_bi_layer_apply(*args, None, output_to_caller)
+            return _eager_bi_layer_apply(*args, None, output_to_caller, None)
         return _bi_forward_impl(x, w_fwd, w_rev, h0_fwd, h0_rev, batch_sizes, nonlinearity)
     # The concatenation is a new tensor: neither direction's output reaches the caller.
     hf, hnf = rnn_layer(x, *w_fwd, h0_fwd, batch_sizes, False, nonlinearity, output_to_caller=False)

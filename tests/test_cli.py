@@ -326,7 +326,7 @@ def test_gradcheck_refuses_flows_estimated_past_max_hours(monkeypatch, capsys):
     capsys.readouterr()
     # The default flow (10 flows of T = 200, H = 64) is estimated at a fraction of a second.
     err = _error(["gradcheck", "--flow", "--max-hours", "1e-6"], capsys)
-    assert "--flow (10 flows of T = 200, H = 64) would take about 0.1 s" in err
+    assert "--flow (10 flows of T = 200, H = 64) would take about 63 ms" in err
     assert "more than --max-hours 1e-06" in err
     assert main(["gradcheck", "--flow", "--max-hours", "1e-3"]) == 0 and len(flows) == 50
 

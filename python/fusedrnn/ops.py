@@ -2328,6 +2328,7 @@ def _bi_backward_eager(ctx, saved, grads):
     B = ctx.B
     T = batch_sizes.shape[0] if batch_sizes.numel() else (N // B if B else 0)
     x = _dense(x)
+    h_addr = _addr(out)  # (refuses an output whose storage was freed since the forward)
     grads = []
     # Absent states and state gradients are zeros: the kernel reads address 0 as such.
     for d, (w_ih, w_hh, h0, ghn, first) in enumerate(
@@ -2344,7 +2345,7 @@ def _bi_backward_eager(ctx, saved, grads):
         _layer_backward_cpu(
             T, B, H, In, batch_sizes, d == 1, ctx.nonlinearity,
             x if need_w_ih else None, w_ih if need_dx else None, w_hh, h0,
-            out.data_ptr() + d * H * out.element_size(), H2, g_addr[d], ldg, ghn, dh0, dx,
+            h_addr + d * H * out.element_size(), H2, g_addr[d], ldg, ghn, dh0, dx,
             d == 1, dw_ih, dw_hh, db,
         )  # fmt: skip
         grads.append(_direction_grads(needs, d, dw_ih, dw_hh, db, dh0))

@@ -235,8 +235,8 @@ def _overrides_checks(cls: type, names: tuple[str, ...], base: type = nn.RNNBase
 
 def _freed(t) -> bool:
     """``t`` is a plain tensor with elements whose storage was freed
-    (``untyped_storage().resize_(0)``: address 0); not a ZeroTensor or a meta tensor, which
-    have address 0 and no memory by design."""
+    (``untyped_storage().resize_(0)``; a view too: ``_cuda.freed``); not a ZeroTensor or a
+    meta tensor, which have address 0 and no memory by design."""
     if type(t) not in ops.PLAIN_TENSOR_TYPES or not t.numel() or t.is_meta:
         return False
     try:

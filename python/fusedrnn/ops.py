@@ -1412,13 +1412,15 @@ def _stacked(t: Tensor, in_dim: int | None, V: int) -> Tensor:
     return t.movedim(in_dim, 0) if in_dim is not None else t.expand(V, *t.shape)
 
 
+def _problem(args, in_dims, i: int) -> list:
+    """The arguments of vmapped problem ``i`` alone (an unbatched one as it is)."""
+    return [a if d is None else a.select(d, i) for a, d in zip(args, in_dims, strict=True)]
+
+
 def _vmap_loop(op, info, in_dims, args):
     """One op call per vmapped problem, stacked: for batched weights or batch_sizes, and
     for arguments the folding cannot take (refused there by these calls, by name)."""
-    outputs = [
-        op(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims, strict=True)))
-        for i in range(info.batch_size)
-    ]
+    outputs = [op(*_problem(args, in_dims, i)) for i in range(info.batch_size)]
     return tuple(torch.stack(o) for o in zip(*outputs, strict=True)), (0, 0)
 
 
@@ -1448,7 +1450,7 @@ def _refuse_as_unvmapped(op, in_dims, args) -> None:
     Only then: a call that runs pays nothing for it. (The problems share their shapes, and
     their batch_sizes: the first one's checks are every one's.)"""
     try:
-        op(*(a if d is None else a.select(d, 0) for a, d in zip(args, in_dims, strict=True)))
+        op(*_problem(args, in_dims, 0))
     except Exception as error:
         raise error from None  # (not chained to the folded call's error, with its sizes)
 

@@ -1426,6 +1426,92 @@ def test_a_subclass_s_own_checks_are_called_as_nn_rnn_calls_them():
         Strict(3, 4)(torch.full((5, 2, 3), 11.0))
 
 
+def test_a_module_s_own_checks_set_on_the_instance_are_called():
+    """The same methods set on one module (``m.permute_hidden = fn``): nn.RNN.forward calls
+    them as it calls a subclass's; fusedrnn.RNN called neither (its class was asked only;
+    a helper's review, session 32), on the lean path nor on the general one."""
+    import types
+
+    inputs = (
+        (torch.randn(5, 2, 3, dtype=f64),),
+        (torch.randn(5, 2, 3, dtype=f64), torch.zeros(1, 2, 4, dtype=f64)),
+        (pack_sequence([torch.randn(3, 3, dtype=f64), torch.randn(2, 3, dtype=f64)]),),
+    )
+    for method in ("check_forward_args", "check_input", "get_expected_hidden_size",
+                   "check_hidden_size", "permute_hidden"):  # fmt: skip
+        calls = {}
+        ref = nn.RNN(3, 4, dtype=f64)
+        ours = fusedrnn.RNN(3, 4, dtype=f64)
+        ours.load_state_dict(ref.state_dict())
+        for m, base in ((ref, nn.RNN), (ours, fusedrnn.RNN)):
+
+            def counted(self, *arguments, base=base, method=method, calls=calls):
+                calls[base] = calls.get(base, 0) + 1
+                return getattr(base, method)(self, *arguments)
+
+            ours(*inputs[0])  # (a lean plan made before the assignment is dropped by it)
+            setattr(m, method, types.MethodType(counted, m))
+        for args in inputs:
+            for grad in (False, True):
+                with torch.set_grad_enabled(grad):
+                    for a, b in zip(ours(*args), ref(*args), strict=True):
+                        torch.testing.assert_close(_data(a), _data(b), **TOL[f64])
+        assert calls[fusedrnn.RNN] == calls[nn.RNN] > 0, method
+
+
+@pytest.mark.parametrize("how", ["functional_call", "assign", "parametrization"])
+def test_a_parametrized_first_weight_s_dtype_is_read_as_computed(how):
+    """With ``weight_ih_l0`` parametrized, the input's dtype was checked against the base
+    class's weight cache, which functional_call, ``load_state_dict(assign=True)`` and a
+    parametrization that changes the dtype leave stale: refused where nn.RNN (which
+    refreshes the cache) runs, and a wrong input got a RuntimeError for nn.RNN's ValueError
+    (a helper's review, session 32). Now checked on the weight the forward computes."""
+    import torch.nn.utils.parametrize as P
+    from torch.func import functional_call
+
+    class Symmetric(nn.Module):
+        def forward(self, w):
+            return (w + w.T) / 2
+
+    class Double(nn.Module):  # stored in float32, computed in float64
+        def forward(self, w):
+            return w.double()
+
+        def right_inverse(self, w):
+            return w.float()
+
+    torch.manual_seed(0)
+    results = []
+    for cls in (nn.RNN, fusedrnn.RNN):
+        torch.manual_seed(0)
+        m = cls(3, 3, dtype=f64 if how != "parametrization" else f32)
+        if how == "parametrization":
+            P.register_parametrization(m, "weight_ih_l0", Double(), unsafe=True)
+            P.register_parametrization(m, "weight_hh_l0", Double(), unsafe=True)
+            P.register_parametrization(m, "bias_ih_l0", Double(), unsafe=True)
+            P.register_parametrization(m, "bias_hh_l0", Double(), unsafe=True)
+            x, wrong = torch.randn(5, 2, 3, dtype=f64), torch.randn(5, 2, 3)
+            run = m
+        else:
+            P.register_parametrization(m, "weight_ih_l0", Symmetric())
+            x, wrong = torch.randn(5, 2, 3), torch.randn(5, 2, 3, dtype=f64)
+            if how == "functional_call":
+                params = {k: v.detach().float() for k, v in m.named_parameters()}
+
+                def run(*args, m=m, params=params):
+                    return functional_call(m, params, args)
+            else:
+                m.load_state_dict({k: v.float() for k, v in m.state_dict().items()}, assign=True)
+                run = m
+        out, hn = run(x)
+        with pytest.raises(ValueError, match=r"RNN input dtype \(torch.float(64|32)\) does not"):
+            run(wrong)
+        results.append((out, hn))
+    for a, b in zip(*results, strict=True):
+        assert a.dtype == b.dtype == x.dtype
+        torch.testing.assert_close(a, b, **TOL[x.dtype])
+
+
 def test_a_cell_subclass_s_own_check_forward_args_is_called():
     """fusedrnn.RNNCell.check_forward_args (its nn.RNNCell checks) may be overridden: the
     override runs on every call (the lean path declines such a module), also after session

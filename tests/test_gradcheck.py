@@ -124,6 +124,16 @@ def test_check_rejects_what_it_cannot_check():
             check(complex_module)
 
 
+def test_check_names_a_parameter_whose_storage_was_shrunk():
+    """The check copies the module it is given: a parameter whose storage was shrunk was
+    read past its end by that copy, and the check failed on the garbage instead of naming
+    it (a helper's review, session 32)."""
+    m = fusedrnn.RNN(8, 64)
+    m.weight_hh_l0.data.untyped_storage().resize_(4)
+    with pytest.raises(ValueError, match="parameter weight_hh_l0's storage holds 4 bytes"):
+        check(m)
+
+
 def test_check_sees_frozen_weights_hooks_and_any_grad_mode():
     """Found by an audit: a frozen parameter failed a correct module (its float64 copy had
     no gradient to compare); a hook on a parameter that changes its gradient passed (deepcopy

@@ -520,11 +520,14 @@ def test_a_tensor_whose_storage_was_freed_is_refused():
         _cuda._addr(freed(w_hh))
 
 
-def test_a_tensor_whose_storage_was_freed_is_named():
+@pytest.mark.parametrize("how", ["freed", "shrunk"])
+def test_a_tensor_whose_storage_was_freed_is_named(how):
     """Each op names a freed tensor as it names its other errors: by its argument (it was
     "a tensor argument of shape (5, 5)", and a freed strided view, which the op copies
     before the kernel reads it, got torch's "its data is not allocated yet"; a helper's
-    review of session 29's gaps)."""
+    review of session 29's gaps). A storage shrunk below what the tensor spans
+    (``resize_(n)``), which the kernels read past its end (garbage, or a segfault for a
+    large one), likewise (session 32; ``torch.nn.RNN`` refuses a shrunk weight or state)."""
     x, w_ih, w_hh, h0, none = _small_padded_layer()
     B, H = h0.shape
     b = torch.randn(H)
@@ -536,7 +539,7 @@ def test_a_tensor_whose_storage_was_freed_is_named():
             t = torch.empty(t.shape[::-1]).t() if t.dim() == 2 else torch.empty(2 * len(t))[::2]
         else:
             t = t.clone()
-        t.untyped_storage().resize_(0)
+        t.untyped_storage().resize_(0 if how == "freed" else t.untyped_storage().nbytes() // 2)
         return t
 
     def error(call) -> str:
@@ -573,7 +576,8 @@ def test_a_tensor_whose_storage_was_freed_is_named():
                 args = list(named.values())
                 args[i] = freed(args[i], strided)
                 got = error(lambda: call(*args))  # noqa: B023 (called here, at once)
-                want = f"RuntimeError: fusedrnn: {name}'s storage was freed"
+                problem = "was freed" if how == "freed" else "holds"
+                want = f"RuntimeError: fusedrnn: {name}'s storage {problem}"
                 assert got.startswith(want), (name, got)
 
 
@@ -587,9 +591,10 @@ def _error_text(call) -> str:
     return "no error"
 
 
+@pytest.mark.parametrize("how", ["freed", "shrunk"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_a_weight_freed_between_forward_and_backward_is_named(bidirectional, dtype):
+def test_a_weight_freed_between_forward_and_backward_is_named(bidirectional, dtype, how):
     """A parameter's storage freed after the forward (as FSDP frees what it gathered) is
     named when the backward would read it, not by its shape ("a tensor argument of shape
     (4, 4) has no memory", or for w_hh the binding's "expected a tensor"): by the layer's
@@ -597,7 +602,11 @@ def test_a_weight_freed_between_forward_and_backward_is_named(bidirectional, dty
     was the op's "w_fwd[1] (w_hh)" there). Its meta (shape, dtype, device) is unchanged, so
     the saved-tensor check passes it on. float16 (computed in float32; a bidirectional
     layer as two one-direction ops) names it the same (torch's unnamed "data is not
-    allocated yet", then "w_hh" for either direction, before session 31)."""
+    allocated yet", then "w_hh" for either direction, before session 31). A storage shrunk
+    (``resize_(n)``) instead: the same, with what it holds (the kernels read past its end
+    before session 32)."""
+    size = 0 if how == "freed" else 8  # bytes: two float32 or four float16 elements
+    problem = "was freed" if how == "freed" else "holds 8 bytes"
     prefix = "w_fwd[{}] ({})" if bidirectional else "{1}"
     suffix = "_reverse" if bidirectional else ""
     for index, kind in enumerate(("w_ih", "w_hh")):
@@ -607,9 +616,9 @@ def test_a_weight_freed_between_forward_and_backward_is_named(bidirectional, dty
         # (Copied first: torch's clone of a freed tensor crashes.)
         w = [getattr(m, n).detach().clone().requires_grad_() for n in m._flat_weights_names]
         out, hn = m(x)
-        getattr(m, f"weight_{kind[2:]}_l0{suffix}").untyped_storage().resize_(0)
+        getattr(m, f"weight_{kind[2:]}_l0{suffix}").untyped_storage().resize_(size)
         got = _error_text(lambda: (out.sum() + hn.sum()).backward())  # noqa: B023
-        want = f"RuntimeError: fusedrnn: parameter weight_{kind[2:]}_l0{suffix}'s storage was freed"
+        want = f"RuntimeError: fusedrnn: parameter weight_{kind[2:]}_l0{suffix}'s storage {problem}"
         assert got.startswith(want), got
         # The op itself, called with such tensors: the op's names.
         none = torch.empty(0, dtype=torch.int64)
@@ -618,23 +627,28 @@ def test_a_weight_freed_between_forward_and_backward_is_named(bidirectional, dty
             out, *hn = ops.rnn_bidirectional_layer(rows, w[:4], w[4:], h0, h0, none)
         else:
             out, *hn = ops.rnn_layer(rows, *w, h0, none)
-        w[index].untyped_storage().resize_(0)
+        w[index].untyped_storage().resize_(size)
         got = _error_text(lambda: (out.sum() + sum(h.sum() for h in hn)).backward())  # noqa: B023
-        want = f"RuntimeError: fusedrnn: {prefix.format(index, kind)}'s storage was freed"
+        want = f"RuntimeError: fusedrnn: {prefix.format(index, kind)}'s storage {problem}"
         assert got.startswith(want), got
 
 
+@pytest.mark.parametrize("how", ["freed", "shrunk"])
 @pytest.mark.parametrize("path", ["lean", "packed", "no_grad", "cell"])
-def test_a_module_names_its_freed_parameter(path):
+def test_a_module_names_its_freed_parameter(path, how):
     """Through a module, a parameter or a state whose storage was freed is named as the
     module knows it (``weight_hh_l1_reverse``, ``hx``), in the forward and in a backward
     after it (session 31: the ops' role, "w_rev[1] (w_hh)" or "w_hh", which does not say
     which layer), on the lean path, the general one (packed input) and the cell's. A float16
     layer's backward, which copies its tensors to float32 first, names it too (torch's
     unnamed "its data is not allocated yet" before). A failure of another kind keeps its
-    own message."""
+    own message. A storage shrunk (``resize_(n)``) below what the tensor spans: named the
+    same way, with what it holds (read past its end before session 32, where
+    ``torch.nn.RNN`` refuses a shrunk weight or state)."""
     torch.manual_seed(0)
     cell = path == "cell"
+    size = 0 if how == "freed" else 8  # bytes: two float32 or four float16 elements
+    problem = "was freed" if how == "freed" else "holds 8 bytes"
 
     def make(dtype=torch.float32):
         if cell:
@@ -653,20 +667,20 @@ def test_a_module_names_its_freed_parameter(path):
         return lambda: (out.sum() + (0 if hn is None else hn.sum())).backward()
 
     weight = "weight_hh" if cell else "weight_hh_l1_reverse"
-    want = f"RuntimeError: fusedrnn: parameter {weight}'s storage was freed"
+    want = f"RuntimeError: fusedrnn: parameter {weight}'s storage {problem}"
     for dtype in (torch.float32, torch.float16):
         m = make(dtype)
         backward = run(m, dtype=dtype)
-        getattr(m, weight).untyped_storage().resize_(0)
+        getattr(m, weight).untyped_storage().resize_(size)
         if path != "no_grad":
             got = _error_text(backward)
             assert got.startswith(want), (dtype, got)
         got = _error_text(lambda: run(m, dtype=dtype))  # noqa: B023
         assert got.startswith(want), (dtype, got)
     hx = torch.zeros(2, 4) if cell else torch.zeros(4, 2, 4)
-    hx.untyped_storage().resize_(0)
+    hx.untyped_storage().resize_(size)
     got = _error_text(lambda: run(make(), hx))
-    assert got.startswith("RuntimeError: fusedrnn: hx's storage was freed"), got
+    assert got.startswith(f"RuntimeError: fusedrnn: hx's storage {problem}"), got
     # Not freed: the error of the failure itself.
     m = make()
     with torch.no_grad():

@@ -142,6 +142,22 @@ def test_reference_names_a_wrong_size(change, match):
         reference.rnn_backward(**args, **grads)
 
 
+def test_reference_names_a_tensor_whose_storage_was_shrunk_or_freed():
+    """A torch tensor whose storage holds less than its elements span was read past its
+    end by the oracle's copy (garbage; a helper's review, session 32): named instead."""
+    rng = rng_for("shrunk")
+    x, w_ih, w_hh = rng.standard_normal((4, 2, 2)), rng.standard_normal((3, 2)), np.eye(3)
+    for size, words in ((8, "storage holds 8 bytes"), (0, "storage was freed")):
+        t = torch.tensor(w_hh)
+        t.untyped_storage().resize_(size)
+        with pytest.raises(ValueError, match=f"^w_hh's {words}"):
+            reference.rnn_forward(x, w_ih, t)
+        steps = torch.tensor([2, 1, 1])
+        steps.untyped_storage().resize_(size)
+        with pytest.raises(ValueError, match=f"^batch_sizes's {words}"):
+            reference.rnn_forward(rng.standard_normal((4, 2)), w_ih, w_hh, batch_sizes=steps)
+
+
 def test_reference_names_a_value_it_cannot_take():
     """Values that are not real numbers, flags that are not bools and sequence_rows' own
     arguments are named (NumPy's or torch's errors, a silently dropped imaginary part, or a

@@ -487,6 +487,111 @@ def test_freed_views_are_named_not_dereferenced():
         assert line.startswith(f"fusedrnn: {name}'s storage was freed"), (case, line)
 
 
+# Storages shrunk (resize_(n), n > 0) below what the tensor spans: each case's code and the
+# name its error must give. Before session 32 the kernels read past the storage's end: the
+# first case was a segfault, the others silent garbage (torch.nn.RNN refuses a shrunk
+# weight or state through its views of them, which check their storage's size).
+_SHRUNK = {
+    "a large weight, inference": (
+        "m = fusedrnn.RNN(1024, 1024); m.weight_hh_l0.data.untyped_storage().resize_(64)\n"
+        "with torch.no_grad(): m(torch.randn(3, 1, 1024))",
+        "parameter weight_hh_l0",
+    ),
+    "a weight shrunk before the backward": (
+        "m = fusedrnn.RNN(512, 512); out, hn = m(torch.randn(3, 1, 512, requires_grad=True))\n"
+        "m.weight_hh_l0.data.untyped_storage().resize_(64); out.sum().backward()",
+        "parameter weight_hh_l0",
+    ),
+    "the input": (
+        "m = fusedrnn.RNN(256, 256); x = torch.randn(50, 4, 256)\n"
+        "x.untyped_storage().resize_(64); m(x)",
+        "input",
+    ),
+    "the state, a row of a shrunk buffer, 2 layers": (
+        "m = fusedrnn.RNN(4, 3, num_layers=2); buf = torch.randn(2, 2, 3); hx = buf[:, :1]\n"
+        "buf.untyped_storage().resize_(20); m(torch.randn(5, 1, 4), hx)",
+        "hx",
+    ),
+    "a packed input's batch_sizes": (
+        "m = fusedrnn.RNN(4, 3); bs = torch.tensor([2] * 1000); bs.untyped_storage().resize_(16)\n"
+        "m(torch.nn.utils.rnn.PackedSequence(torch.randn(2000, 4), bs, None, None))",
+        "input.batch_sizes",
+    ),
+    "the cell's weight": (
+        "c = fusedrnn.RNNCell(512, 512); c.weight_ih.data.untyped_storage().resize_(64)\n"
+        "c(torch.randn(2, 512))",
+        "parameter weight_ih",
+    ),
+    "an output gradient": (
+        "m = fusedrnn.RNN(256, 256); out, hn = m(torch.randn(50, 4, 256, requires_grad=True))\n"
+        "g = torch.randn_like(out); g.untyped_storage().resize_(64); out.backward(g)",
+        "grad_h",
+    ),
+    "a bidirectional layer's weight before the backward": (
+        "m = fusedrnn.RNN(256, 256, bidirectional=True)\n"
+        "out, hn = m(torch.randn(50, 4, 256, requires_grad=True))\n"
+        "m.weight_hh_l0_reverse.data.untyped_storage().resize_(64); out.sum().backward()",
+        "parameter weight_hh_l0_reverse",
+    ),
+    # Found by a helper's review of the change (session 32): what still reached the kernels
+    # or torch's copies unchecked.
+    "a packed layer's saved batch_sizes, shrunk by a saved-tensor hook": (
+        "def unpack(t):\n"
+        "    if t.dtype == torch.int64 and t.numel() > 1:\n"
+        "        t = t.clone(); t.untyped_storage().resize_(8)\n"
+        "    return t\n"
+        "m = fusedrnn.RNN(4, 3); x = torch.randn(6, 2, 4, requires_grad=True)\n"
+        "with torch.autograd.graph.saved_tensors_hooks(lambda t: t, unpack):\n"
+        "    out, hn = m(torch.nn.utils.rnn.pack_padded_sequence(x, [6, 4]))\n"
+        "out.data.sum().backward()",
+        "batch_sizes",
+    ),
+    "an output gradient viewing a shrunk storage, bidirectional": (
+        "m = fusedrnn.RNN(8, 16, bidirectional=True)\n"
+        "x = torch.randn(6, 4, 8, requires_grad=True)\n"
+        "out, hn = m(x); base = torch.randn(4, 6, 32); g = base.transpose(0, 1)\n"
+        "base.untyped_storage().resize_(4); torch.autograd.grad(out, x, g)",
+        "grad_out",
+    ),
+    "an output gradient viewing a shrunk storage, create_graph": (
+        "m = fusedrnn.RNN(8, 16); x = torch.randn(6, 4, 8, requires_grad=True)\n"
+        "out, hn = m(x); base = torch.randn(4, 6, 16); g = base.transpose(0, 1)\n"
+        "base.untyped_storage().resize_(4); torch.autograd.grad(out, x, g, create_graph=True)",
+        "grad_h",
+    ),
+    "w_ih, read by torch's products in a batched backward": (
+        "m = fusedrnn.RNN(64, 64); x = torch.randn(5, 3, 64, requires_grad=True)\n"
+        "out, hn = m(x); m.weight_ih_l0.data.untyped_storage().resize_(4)\n"
+        "torch.autograd.grad(out, x, torch.ones(2, *out.shape), is_grads_batched=True)",
+        "w_ih",
+    ),
+    "a packed input's strided batch_sizes": (
+        "m = fusedrnn.RNN(4, 3); bs = torch.tensor([2] * 2000)[::2]\n"
+        "bs._base.untyped_storage().resize_(16)\n"
+        "m(torch.nn.utils.rnn.PackedSequence(torch.randn(2000, 4), bs, None, None))",
+        "input.batch_sizes",
+    ),
+}
+
+
+def test_shrunk_storage_is_named_not_read_past_its_end():
+    """A tensor whose storage was shrunk below what its elements span is refused by name,
+    with the bytes it holds, in the forward and in the backward (session 32: the kernels
+    read past the storage's end, a segfault or garbage). In a child process, so that a
+    crash fails this test and not the run."""
+    script = "import torch, fusedrnn\n"
+    for code, _ in _SHRUNK.values():
+        body = textwrap.indent(code, "    ")
+        script += f"try:\n{body}\n    print('no error', flush=True)\n"
+        script += "except RuntimeError as e:\n    print(str(e).splitlines()[0], flush=True)\n"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0, (proc.returncode, lines, proc.stderr[-2000:])
+    for (case, (_, name)), line in zip(_SHRUNK.items(), lines, strict=True):
+        assert line.startswith(f"fusedrnn: {name}'s storage holds "), (case, line)
+
+
 def test_zero_tensor_gradients_on_the_unfused_backward():
     """The backward the CUDA layers take (``ops._backward_rows`` unfused: the BPTT op, then
     torch's GEMMs) reads an output gradient given as a ZeroTensor as zeros, as the CPU's

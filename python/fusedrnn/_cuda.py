@@ -143,18 +143,71 @@ def kernel_path() -> str:
 
 
 def freed(t: Tensor, address: int | None = None) -> bool:
-    """``t`` has elements and no memory: its storage was freed
-    (``untyped_storage().resize_(0)``, as FSDP and compiled graphs do). Its address is then
-    0, or for a view at a storage offset that offset in bytes (24 for a float32 view at 6),
-    which the kernels would dereference: a segfault (a helper's review, session 31, with
-    a state row ``hx[1]`` and an FSDP-style parameter viewing a flat buffer). A ZeroTensor
-    has address 0 too (callers that take one tell it apart). ``address``: ``t.data_ptr()``
-    if the caller has it. Costs one ``storage_offset()`` where the address is not 0."""
+    """``t`` has elements and its storage lacks memory for them: the storage was freed
+    (``untyped_storage().resize_(0)``, as FSDP and compiled graphs do) or shrunk
+    (``resize_(n)``) below what ``t``'s elements span. Freed, its address is 0, or for a view
+    at a storage offset that offset in bytes (24 for a float32 view at 6), which the kernels
+    would dereference: a segfault (a helper's review, session 31, with a state row ``hx[1]``
+    and an FSDP-style parameter viewing a flat buffer). Shrunk, the kernels read past the
+    storage's end: garbage or a segfault, where ``torch.nn.RNN`` refuses a shrunk weight or
+    state (its views of them check their storage's size; session 32). Any tensor with
+    elements at address 0 counts, which no kernel can read: a ZeroTensor (callers that take
+    one tell it apart) or a tensor of ``functionalize`` too. ``address``: ``t.data_ptr()``
+    if the caller has it. See :func:`memory_problem` for the words."""
     if address is None:
         address = t.data_ptr()
-    if not t.numel():
-        return False
-    return address == 0 or (t.storage_offset() != 0 and t.untyped_storage().data_ptr() == 0)
+    if not address:
+        return t.numel() != 0
+    if t.is_contiguous():  # (the common case, in fewer calls)
+        short = t.untyped_storage().nbytes() < t.nbytes + t.storage_offset() * t.itemsize
+    else:
+        short = t.untyped_storage().nbytes() < _span(t) * t.itemsize
+    return short and t.numel() != 0
+
+
+def _span(t: Tensor) -> int:
+    """The elements of ``t``'s storage its elements (at least one) reach, from its start."""
+    if t.is_contiguous():
+        return t.storage_offset() + t.numel()
+    reach = sum((k - 1) * s for k, s in zip(t.shape, t.stride(), strict=True))
+    return t.storage_offset() + 1 + reach
+
+
+def memory_problem(t: Tensor) -> str:
+    """What :func:`freed` found of ``t``, for a message after its name."""
+    try:
+        storage = t.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError):  # no storage of its own
+        storage = None
+    if not t.data_ptr() and storage != 0:  # address 0 without freed storage
+        return (
+            " has no data address the kernels can read (address 0 with elements: a "
+            "ZeroTensor, or a tensor of a transform such as functionalize)"
+        )
+    if not storage:
+        return (
+            "'s storage was freed (e.g. by untyped_storage().resize_(0)): it has no memory to read"
+        )
+    span = _span(t) * t.itemsize
+    return (
+        f"'s storage holds {storage} bytes, fewer than the {span} "
+        "its elements span (it was shrunk, e.g. by untyped_storage().resize_()): reading it "
+        "would run past its memory"
+    )
+
+
+def _raw_addr(t: Tensor | None) -> int:
+    """The data address of ``t``, 0 for None, with no check: for tensors allocated by the
+    caller, or that it checked just before (:func:`_addr` reads each storage's size)."""
+    return 0 if t is None else t.data_ptr()
+
+
+def _check_sizes_memory(batch_sizes: Tensor) -> None:
+    """A packed ``batch_sizes`` (one with elements) whose storage was freed or shrunk is
+    refused before its values are read (by the kernels or by ``tolist()``): a backward's
+    saved copy may come back so from a ``saved_tensors_hooks`` unpack."""
+    if batch_sizes.numel() and freed(batch_sizes):
+        raise RuntimeError(f"fusedrnn: batch_sizes{memory_problem(batch_sizes)}")
 
 
 def _addr(t: Tensor | None) -> int:
@@ -169,8 +222,7 @@ def _addr(t: Tensor | None) -> int:
     address = t.data_ptr()
     if freed(t, address):
         raise RuntimeError(
-            f"fusedrnn: a tensor argument of shape {tuple(t.shape)} has no memory (its "
-            "storage was freed, e.g. by untyped_storage().resize_(0))"
+            f"fusedrnn: a tensor argument of shape {tuple(t.shape)}{memory_problem(t)}"
         )
     return address
 
@@ -223,6 +275,7 @@ def _launch_context(dtype, B, H, batch_sizes, nonlinearity, backward, device, pa
     name = KERNEL_DTYPES[dtype]
     # batch_sizes[0] == B and non-increasing (checked in ops), so the last equals B only
     # when every step has all B rows: that is the padded layout.
+    _check_sizes_memory(batch_sizes)
     packed = batch_sizes.numel() > 0 and int(batch_sizes[-1]) != B
     bs_host = batch_sizes.contiguous() if packed else None
     bs_dev = None
@@ -257,15 +310,15 @@ def rnn_forward(T, B, H, batch_sizes, reverse, nonlinearity, P, w_hh, h0, h, hn)
         T,
         B,
         H,
-        _addr(bs_host),
-        _addr(bs_dev),
+        _raw_addr(bs_host),  # (checked by _launch_context)
+        _raw_addr(bs_dev),  # (made there)
         reverse,
         nonlinearity,
         _addr(P),
         _addr(w_hh),
         _addr(h0),
         _addr(h),
-        _addr(hn),
+        _raw_addr(hn),  # (the caller's fresh allocation)
         ws.data_ptr(),
         ws.numel(),
         index,
@@ -285,16 +338,16 @@ def rnn_backward(T, B, H, batch_sizes, reverse, nonlinearity, w_hh, h, G, dhn, d
         T,
         B,
         H,
-        _addr(bs_host),
-        _addr(bs_dev),
+        _raw_addr(bs_host),  # (checked by _launch_context)
+        _raw_addr(bs_dev),  # (made there)
         reverse,
         nonlinearity,
         _addr(w_hh),
         _addr(h),
         _addr(G),
         _addr(dhn),
-        _addr(dP),
-        _addr(dh0),
+        _raw_addr(dP),  # (the caller's fresh allocations)
+        _raw_addr(dh0),
         ws.data_ptr(),
         ws.numel(),
         index,

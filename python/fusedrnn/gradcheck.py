@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from . import _cli, ops, reference
+from . import _cli, _cuda, ops, reference
 from .modules import RNN, _forked_rng
 
 __all__ = [
@@ -775,6 +775,9 @@ def _check(module_or_config, checks, device, seed, T, B, packed, h0, max_fd_elem
                 "dtypes only (float32, float64, bfloat16, float16), so there is nothing to check"
             )
         device = _checkable_device(weight.device if device is None else device)
+        for name, t in source.named_parameters():  # (the copy would read them, unchecked)
+            if t.layout == torch.strided and _cuda.freed(t):
+                raise ValueError(f"module_or_config: parameter {name}{_cuda.memory_problem(t)}")
         module = _copy_with_hooks(source, module_or_config).to(device=device, dtype=torch.float64)
         module.dropout = 0.0
         # The caller's parameters (a torch.nn.RNN's too: from_torch made new ones), in the

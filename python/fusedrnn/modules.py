@@ -45,17 +45,14 @@ def _check_input(module: nn.RNNBase, input: Tensor, batch_sizes: Tensor | None) 
     ``nn.RNN.forward`` refreshes first (``_update_flat_weights``) and fusedrnn's forward,
     which assigns nothing, does not; with the cache, ``functional_call`` with parameters of
     another dtype was refused where ``nn.RNN`` serves it (a helper's review, session 29)."""
-    name = module._flat_weights_names[0]
-    # (a parametrized weight is not in _parameters: the cache's, not a second computation
-    # of the parametrization, which may draw at random)
-    weight = module._parameters.get(name)
-    if weight is None:
-        weight = module._flat_weights[0]
-    if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
-        raise ValueError(
-            f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
-            f"Convert input: input.to({weight.dtype}), or convert model: model.to({input.dtype})"
-        )
+    # A parametrized weight is not in _parameters: it is checked where the forward computes
+    # it (_check_input_dtype), not computed a second time here (a parametrization may draw
+    # at random) nor taken from the cache, which functional_call or a parametrization that
+    # changes the dtype leaves stale (a helper's review, session 32: refused where nn.RNN
+    # serves it).
+    weight = module._parameters.get(module._flat_weights_names[0])
+    if weight is not None:
+        _check_input_dtype(input, weight)
     expected_input_dim = 2 if batch_sizes is not None else 3
     if input.dim() != expected_input_dim:
         raise RuntimeError(f"input must have {expected_input_dim} dimensions, got {input.dim()}")
@@ -63,6 +60,15 @@ def _check_input(module: nn.RNNBase, input: Tensor, batch_sizes: Tensor | None) 
         raise RuntimeError(
             "input.size(-1) must be equal to input_size. Expected "
             f"{module.input_size}, got {input.size(-1)}"
+        )
+
+
+def _check_input_dtype(input: Tensor, weight: Tensor) -> None:
+    """``nn.RNNBase.check_input``'s dtype check against the module's first weight."""
+    if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
+        raise ValueError(
+            f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
+            f"Convert input: input.to({weight.dtype}), or convert model: model.to({input.dtype})"
         )
 
 
@@ -233,16 +239,16 @@ def _overrides_checks(cls: type, names: tuple[str, ...], base: type = nn.RNNBase
     return any(getattr(cls, name) is not getattr(base, name) for name in names)
 
 
-def _freed(t) -> bool:
-    """``t`` is a plain tensor with elements whose storage was freed
-    (``untyped_storage().resize_(0)``; a view too: ``_cuda.freed``); not a ZeroTensor or a
-    meta tensor, which have address 0 and no memory by design."""
-    if type(t) not in ops.PLAIN_TENSOR_TYPES or not t.numel() or t.is_meta:
-        return False
-    try:
-        return _cuda.freed(t) and not t._is_zerotensor()
-    except RuntimeError:  # a tensor with no storage of its own (a functorch wrapper)
-        return False
+def _module_overrides(module: nn.Module, names: tuple[str, ...]) -> bool:
+    """``module``'s class, or the module itself (``m.permute_hidden = fn``, which
+    ``nn.RNN.forward`` calls as it calls the class's), has its own version of one of
+    ``names``; the instance's were ignored before session 32 (a helper's review)."""
+    # (a loop, not dict_keys.isdisjoint: torch.compile traces this, and not that)
+    own = module.__dict__
+    return _overrides_checks(type(module), names) or any(name in own for name in names)
+
+
+_freed = ops.freed_if_real
 
 
 def _refuse_freed_arguments(module: nn.Module, names, input, hx) -> None:
@@ -260,10 +266,7 @@ def _refuse_freed_arguments(module: nn.Module, names, input, hx) -> None:
         named.append(("input", input))
     for name, t in (*named, ("hx", hx)):  # (a parametrized weight is made on each call)
         if _freed(t):
-            raise RuntimeError(
-                f"fusedrnn: {name}'s storage was freed (e.g. by untyped_storage().resize_(0)): "
-                "it has no memory to read"
-            )
+            raise RuntimeError(f"fusedrnn: {name}{_cuda.memory_problem(t)}")
 
 
 @functools.cache
@@ -400,7 +403,7 @@ class RNN(nn.RNNBase):
                 f"bias={self.bias} take {self.num_layers * D * per}: one of them was changed "
                 "after construction; build a new module with that configuration instead"
             )
-        if _overrides_checks(type(self), _RNN_FORWARD_CHECKS):
+        if _module_overrides(self, _RNN_FORWARD_CHECKS):
             self.check_forward_args(input, hx, batch_sizes)
         else:
             _check_input(self, input, batch_sizes)
@@ -444,7 +447,7 @@ class RNN(nn.RNNBase):
         nonlinearity = _MODE_ACTIVATION.get(self.mode)
         # A subclass's own checks (or state permutation) run on the general path, which
         # calls them as nn.RNN.forward does; the lean path has none of them.
-        overridden = _overrides_checks(type(self), _RNN_FORWARD_HOOKS)
+        overridden = _module_overrides(self, _RNN_FORWARD_HOOKS)
         if len(names) == L * D * per and nonlinearity is not None and not overridden:
             shapes = []
             for k in range(L * D):
@@ -715,6 +718,10 @@ class RNN(nn.RNNBase):
             steps = _no_batch_sizes(input)
         else:
             x = input
+            if not batch_sizes.is_contiguous() and _freed(batch_sizes):  # (before the copy)
+                raise RuntimeError(
+                    f"fusedrnn: input.batch_sizes{_cuda.memory_problem(batch_sizes)}"
+                )
             steps = batch_sizes.contiguous()  # (the kernels read it by address; torch takes any)
 
         # The activation comes from self.mode, fixed at construction, as in nn.RNN (which
@@ -727,6 +734,8 @@ class RNN(nn.RNNBase):
         eager = not torch.compiler.is_compiling()  # (names for the eager nodes' backward)
         for layer in range(self.num_layers):
             weights = [self._layer_weights(layer, d) for d in range(num_directions)]
+            if not layer and self._flat_weights_names[0] not in self._parameters:
+                _check_input_dtype(input, weights[0][0])  # parametrized (see _check_input)
             _check_weight_devices(input, *(w for direction in weights for w in direction))
             width = self.input_size if layer == 0 else num_directions * self.hidden_size
             for d, direction in enumerate(weights):

@@ -248,6 +248,8 @@ def check_layer_args(
         )
     T = batch_sizes.shape[0]
     if check_values:
+        if _cuda.freed(batch_sizes):  # (its values, read here and by the kernels, are not)
+            _fail(RuntimeError, f"batch_sizes{_cuda.memory_problem(batch_sizes)}")
         sizes = batch_sizes.tolist()
         if sizes[0] != B:
             _fail(ValueError, f"batch_sizes[0] must equal B = {B} (from {n['h0']}), got {sizes[0]}")
@@ -266,8 +268,8 @@ def check_layer_args(
 # What a layer's eager backward reads, by the names of the forward's arguments (its saved
 # tensors, then the output gradients): where the backward fails, a storage freed between the
 # forward and the backward (a parameter's, by FSDP) is named (checked only then: the
-# kernels' _addr refuses address 0 already, without a name, and the check would cost every
-# backward a few microseconds).
+# kernels' _addr refuses it already, without a name, and naming costs a few microseconds;
+# the float16 backward, whose float32 copies would read a shrunk one, checks first).
 _SAVED_NAMES = ("x", "w_ih", "w_hh", "h0", "the layer's output (h)", "grad_h", "grad_hn")
 _BI_SAVED_NAMES = ("x", "w_fwd[0] (w_ih)", "w_fwd[1] (w_hh)", "w_rev[0] (w_ih)",
                    "w_rev[1] (w_hh)", "h0_fwd", "h0_rev", "the layer's output", "grad_out",
@@ -286,11 +288,21 @@ def _refuse_freed(names: tuple[str, ...], *tensors: Tensor | None) -> None:
         # (A ZeroTensor has address 0 too, and memory it never had: the kernels' own
         # message names it as a possible ZeroTensor.)
         if t is not None and _cuda.freed(t) and not t._is_zerotensor():
-            _fail(
-                RuntimeError,
-                f"{names[i]}'s storage was freed (e.g. by untyped_storage().resize_(0)): it "
-                "has no memory to read",
-            )
+            _fail(RuntimeError, f"{names[i]}{_cuda.memory_problem(t)}")
+
+
+def freed_if_real(t) -> bool:
+    """``t`` is a plain tensor with elements whose memory the kernels or torch's copies
+    cannot read (:func:`_cuda.freed`: storage freed or shrunk); False for None, a
+    ZeroTensor, a meta tensor, a tensor subclass (a FakeTensor) or one of a functorch
+    transform, which have no memory of their own by design. For the paths that may see
+    those."""
+    if type(t) not in PLAIN_TENSOR_TYPES or not t.numel() or t.is_meta:
+        return False
+    try:
+        return _cuda.freed(t) and not t._is_zerotensor()
+    except RuntimeError:  # a tensor with no storage of its own (a functorch wrapper)
+        return False
 
 
 def name_node(output: Tensor, names: dict[str, str]) -> None:
@@ -347,6 +359,7 @@ def _dense(t: Tensor | None) -> Tensor | None:
     not in memory). None stays None; a tensor that already is so comes back as itself."""
     if t is None or (t.is_contiguous() and not t.is_neg()):  # checks: cheaper than the calls
         return t
+    _addr(t)  # a storage freed or shrunk refused (torch's copy reads past a shrunk one)
     return t.resolve_neg().contiguous()
 
 
@@ -376,16 +389,17 @@ def _float32(t: Tensor | None) -> Tensor | None:
 
 
 _addr = _cuda._addr  # (the data address of a tensor, 0 for None; freed storage refused)
-
-
-def _addrs(*tensors) -> list[int]:
-    """The data addresses of ``tensors``, 0 for None."""
-    return [_addr(t) for t in tensors]
+_raw_addr = _cuda._raw_addr  # (the same unchecked, for what the caller made or checked)
 
 
 def _steps_addr(batch_sizes: Tensor) -> int:
-    """The kernels' batch_sizes argument: 0 (padded input) for an empty tensor."""
-    return batch_sizes.data_ptr() if batch_sizes.numel() else 0
+    """The kernels' batch_sizes argument: 0 (padded input) for an empty tensor. One whose
+    storage was freed or shrunk is refused (a backward's saved copy may come back so from
+    a ``saved_tensors_hooks`` unpack: address 0 read as padded input before session 32)."""
+    if not batch_sizes.numel():
+        return 0
+    _cuda._check_sizes_memory(batch_sizes)
+    return batch_sizes.data_ptr()
 
 
 def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinearity, dims=None):
@@ -406,7 +420,7 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
             forward_cuda_checked(x, w_ih, w_hh, b_ih, b_hh, h0, h, hn, T, B, H, reverse,
                                  nonlinearity)  # fmt: skip
             return h, hn
-        _forward_into(x, w_ih, w_hh, b_ih, b_hh, _addr(h0), h.data_ptr(), H, hn.data_ptr(),
+        _forward_into(x, w_ih, w_hh, b_ih, b_hh, _raw_addr(h0), h.data_ptr(), H, hn.data_ptr(),
                       T, B, H, reverse, nonlinearity)  # fmt: skip
         return h, hn
     T, B, H = check_layer_args(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, nonlinearity)
@@ -428,7 +442,7 @@ def _forward_impl(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, nonlinear
     # Named locals: a .contiguous() copy must outlive the call that reads its address.
     b_ih, b_hh = _dense(b_ih), _dense(b_hh)
     h = x.new_empty(x.shape[0], H)
-    _forward_into(x, w_ih, w_hh, b_ih, b_hh, _addr(h0), h.data_ptr(), H, hn.data_ptr(),
+    _forward_into(x, w_ih, w_hh, b_ih, b_hh, _raw_addr(h0), h.data_ptr(), H, hn.data_ptr(),
                   T, B, H, reverse, nonlinearity, _steps_addr(batch_sizes))  # fmt: skip
     return h, hn
 
@@ -446,10 +460,12 @@ forward_into_cpu = _C.layer_forward
 
 def _forward_into(x, w_ih, w_hh, b_ih, b_hh, h0_addr, h_addr, ldh, hn_addr, T, B, H, reverse,
                   nonlinearity, steps_addr=0):  # fmt: skip
-    """:func:`forward_into_cpu` for the ops' own calls, on the tensors ``x`` and weights."""
+    """:func:`forward_into_cpu` for the ops' own calls, on the tensors ``x`` and weights,
+    which every caller checked (their storage too: ``_refuse_freed`` or the lean path's
+    ``fast_addresses_cpu``), or copied."""
     forward_into_cpu(KERNEL_DTYPES[x.dtype], T, B, H, x.shape[-1], steps_addr, reverse,
-                     nonlinearity, x.data_ptr(), *_addrs(w_ih, b_ih, b_hh, w_hh), h0_addr, h_addr,
-                     ldh, hn_addr, torch.get_num_threads())  # fmt: skip
+                     nonlinearity, x.data_ptr(), *map(_raw_addr, (w_ih, b_ih, b_hh, w_hh)),
+                     h0_addr, h_addr, ldh, hn_addr, torch.get_num_threads())  # fmt: skip
 
 
 @torch.library.custom_op("fusedrnn::rnn_layer_forward", mutates_args=())
@@ -1000,13 +1016,12 @@ def _backward(ctx, grad_h, grad_hn):
     low = h.dtype if (not h.is_cuda and h.dtype in _FLOAT32_COMPUTE_DTYPES and not transformed
                       and h.dtype not in KERNEL_DTYPES and h.numel() and B) else None  # fmt: skip
     if low is not None:
-        try:  # (torch's copy of a freed tensor names nothing)
-            x, w_ih, w_hh, h0, h, grad_h, grad_hn = (
-                _float32(t) for t in (x, w_ih, w_hh, h0, h, grad_h, grad_hn)
-            )
-        except RuntimeError:
-            _refuse_freed(_node_names(ctx, _SAVED_NAMES), x, w_ih, w_hh, h0, h, grad_h, grad_hn)
-            raise
+        # Before the copies: torch's copy of a freed tensor names nothing, and of a shrunk
+        # one reads past its end.
+        _refuse_freed(_node_names(ctx, _SAVED_NAMES), x, w_ih, w_hh, h0, h, grad_h, grad_hn)
+        x, w_ih, w_hh, h0, h, grad_h, grad_hn = (
+            _float32(t) for t in (x, w_ih, w_hh, h0, h, grad_h, grad_hn)
+        )
         fused = True
     if fused and eager:  # the kernel reads absent gradients and an absent h0 as zeros
         try:
@@ -1020,7 +1035,11 @@ def _backward(ctx, grad_h, grad_hn):
             raise
         grads = (*_input_grads(needs, dx, dw_ih, dw_hh, db, dh0), None, None, None)
     else:  # the lean path's shapes (see _forward_impl's dims) as rows for the ops
-        x, h, grad_h, grad_hn = (_as_rows(t) for t in (x, h, grad_h, grad_hn))
+        try:
+            x, h, grad_h, grad_hn = (_as_rows(t) for t in (x, h, grad_h, grad_hn))
+        except RuntimeError:  # a storage freed or shrunk, named
+            _refuse_freed(_node_names(ctx, _SAVED_NAMES), x, w_ih, w_hh, h0, h, grad_h, grad_hn)
+            raise
         grads = _backward_rows(ctx, needs, B, fused, eager, transformed, x, w_ih, w_hh, h0, h,
                                batch_sizes, grad_h, grad_hn)  # fmt: skip
     if low is not None:
@@ -1034,7 +1053,11 @@ def _backward(ctx, grad_h, grad_hn):
 def _as_rows(t: Tensor | None) -> Tensor | None:
     """``t`` [..., n] as [rows, n] (a view where the strides allow: an expanded gradient
     stays expanded)."""
-    return t if t is None or t.dim() == 2 else t.reshape(-1, t.shape[-1])
+    if t is None or t.dim() == 2:
+        return t
+    if not t.is_contiguous():  # a storage freed or shrunk refused before reshape copies it
+        _addr(t)
+    return t.reshape(-1, t.shape[-1])
 
 
 def _backward_rows(ctx, needs, B, fused, eager, transformed, x, w_ih, w_hh, h0, h, batch_sizes,
@@ -1084,7 +1107,12 @@ def _zero_bptt(w_hh, h, grad_h, grad_hn, *_):
 def _grads_via(bptt, x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity,
                need_dx, need_dw_ih, need_dw_hh, need_db):  # fmt: skip
     """rnn_layer_grads' results (None where not asked for) from ``bptt`` (the BPTT op's
-    arguments and results) and torch's GEMMs."""
+    arguments and results) and torch's GEMMs. ``x``, ``w_ih`` and ``h0``, which only those
+    GEMMs read, are refused where their storage was freed or shrunk (the BPTT op checks its
+    own): a shrunk one was read past its end (garbage gradients; session 32)."""
+    for name, t in (("x", x), ("w_ih", w_ih), ("h0", h0)):
+        if freed_if_real(t):
+            _fail(RuntimeError, f"{name}{_cuda.memory_problem(t)}")
     dP, dh0 = bptt(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
     return (
         dP @ w_ih if need_dx else None,
@@ -1155,6 +1183,8 @@ def _rows_view(g: Tensor) -> tuple[Tensor, int]:
     matrix. The kernel reads those in place instead of a copy of ``N * H`` elements per
     backward pass.
     """
+    if not g.is_contiguous():  # a storage freed or shrunk refused before any copy below
+        _addr(g)
     g = g.resolve_neg()
     if g.dim() != 2:  # the lean path's [T, B, H] (see _forward_impl's dims)
         if not any(g.stride()):
@@ -1221,12 +1251,14 @@ def _layer_backward_cpu(T, B, H, In, batch_sizes, reverse, nonlinearity, x, w_ih
                         db):  # fmt: skip
     """``_C.layer_backward`` on checked, contiguous tensors (None: absent, or a gradient not
     asked for); h and the output gradient by address and row stride (``ldg`` as
-    :func:`_rows_view` gives it); dP in the kernel's own workspace."""
+    :func:`_rows_view` gives it); dP in the kernel's own workspace. The gradients ``dh0``,
+    ``dx``, ``dw_ih``, ``dw_hh``, ``db`` are the callers' fresh allocations, taken by
+    address without ``_addr``'s check of their storage."""
     _C.layer_backward(
         KERNEL_DTYPES[w_hh.dtype], T, B, H, In, _steps_addr(batch_sizes), reverse, nonlinearity,
         _addr(x), _addr(w_ih), _addr(w_hh), _addr(h0), h_addr, ldh, g_addr, ldg,
-        _addr(grad_hn), 0, _addr(dh0), _addr(dx), dx_accumulate, _addr(dw_ih), _addr(dw_hh),
-        _addr(db), torch.get_num_threads(),
+        _addr(grad_hn), 0, _raw_addr(dh0), _raw_addr(dx), dx_accumulate, _raw_addr(dw_ih),
+        _raw_addr(dw_hh), _raw_addr(db), torch.get_num_threads(),
     )  # fmt: skip
 
 
@@ -1420,7 +1452,14 @@ def _problem(args, in_dims, i: int) -> list:
 def _vmap_loop(op, info, in_dims, args):
     """One op call per vmapped problem, stacked: for batched weights or batch_sizes, and
     for arguments the folding cannot take (refused there by these calls, by name)."""
-    outputs = [op(*_problem(args, in_dims, i)) for i in range(info.batch_size)]
+    V, outputs = info.batch_size, []
+    for i in range(V):
+        try:
+            outputs.append(op(*_problem(args, in_dims, i)))
+        except Exception as error:  # its message is one problem's: which one, in a note
+            if V > 1:
+                error.add_note(f"fusedrnn: in vmapped problem {i} of {V}")
+            raise
     return tuple(torch.stack(o) for o in zip(*outputs, strict=True)), (0, 0)
 
 
@@ -2007,8 +2046,7 @@ def fast_input_cpu(x: Tensor) -> bool:
         and _plain_mode()  # includes "no functorch transform": jvp is one
         and _forward_ad._current_level < 0  # no dual level: see _func_or_forward_ad
         and not x.is_neg()  # after _plain_mode: torch.compile cannot trace is_neg()
-        # Its storage not freed (the general path names it): the common case in two calls.
-        and ((x.data_ptr() and not x.storage_offset()) or not _cuda.freed(x))
+        and not _cuda.freed(x)  # its storage freed or shrunk: the general path names it
     )
 
 
@@ -2026,7 +2064,7 @@ def fast_input_cuda(x: Tensor) -> bool:
         and _forward_ad._current_level < 0
         and not x.is_neg()
         and _cuda.available()
-        and ((x.data_ptr() and not x.storage_offset()) or not _cuda.freed(x))
+        and not _cuda.freed(x)
     )
 
 
@@ -2058,7 +2096,7 @@ def fast_addresses_cpu(
     bit): what the kernels may read by address. None when one is not. One loop for all of
     a module's weights and its state (this runs on every call). ``device``: on that device
     instead of the CPU (the modules' lean path on CUDA)."""
-    strided, plain = torch.strided, PLAIN_TENSOR_TYPES
+    strided, plain, size = torch.strided, PLAIN_TENSOR_TYPES, dtype.itemsize
     addresses = []
     for t, shape in zip(tensors, shapes, strict=False):  # equal lengths by construction
         if (
@@ -2072,11 +2110,11 @@ def fast_addresses_cpu(
         ):
             return None
         address = t.data_ptr()
-        # Freed storage (_cuda.freed, inline: this runs for every weight of every call):
-        # the general path names it.
-        if (not address or (t.storage_offset() and not t.untyped_storage().data_ptr())) and (
-            t.numel()
-        ):
+        # Storage freed or shrunk (_cuda.freed, inline for a contiguous tensor: this runs
+        # for every weight of every call): the general path names it.
+        if (
+            not address or t.untyped_storage().nbytes() < t.nbytes + t.storage_offset() * size
+        ) and t.numel():
             return None
         addresses.append(address)
     return addresses
@@ -2187,7 +2225,7 @@ def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
         hnf, hnb = x.new_empty(hn_shape), x.new_empty(hn_shape)
         half = H * out.element_size()
         for d, (w, h0, hn) in enumerate(((wf, h0f, hnf), (wb, h0b, hnb))):
-            _forward_into(x, *w, _addr(h0), out.data_ptr() + d * half, 2 * H, hn.data_ptr(),
+            _forward_into(x, *w, _raw_addr(h0), out.data_ptr() + d * half, 2 * H, hn.data_ptr(),
                           T, B, H, d == 1, nonlinearity)  # fmt: skip
         return out, hnf, hnb
     T, B, H = check_layer_args(x, *wf, h0f, batch_sizes, nonlinearity, names=_FWD_NAMES)
@@ -2217,7 +2255,7 @@ def _bi_forward_impl(x, wf, wb, h0f, h0b, batch_sizes, nonlinearity, dims=None):
         h0 = _dense(h0)
         hn = torch.empty_like(h0)
         h_addr = out.data_ptr() + d * H * out.element_size()  # its half of each row
-        _forward_into(x, w_ih, w_hh, b_ih, b_hh, _addr(h0), h_addr, 2 * H, hn.data_ptr(),
+        _forward_into(x, w_ih, w_hh, b_ih, b_hh, _raw_addr(h0), h_addr, 2 * H, hn.data_ptr(),
                       T, B, H, d == 1, nonlinearity, _steps_addr(batch_sizes))  # fmt: skip
         hns.append(hn)
     return out, hns[0], hns[1]
@@ -2267,7 +2305,12 @@ class _EagerBiLayer(torch.autograd.Function):
         # The lean path's x and output may have other shapes than [N, I] and [N, 2H]
         # (_bi_forward_impl's dims): read them as rows, return dx in x's shape.
         x_shape = ctx.x_shape
-        x, out, grad_out = _as_rows(x), _as_rows(out), _as_rows(grad_out)
+        try:
+            x, out, grad_out = _as_rows(x), _as_rows(out), _as_rows(grad_out)
+        except RuntimeError:  # a storage freed or shrunk, named
+            names = _node_names(ctx, _BI_SAVED_NAMES)
+            _refuse_freed(names, x, *weights, out, grad_out, grad_hnf, grad_hnb)
+            raise
         saved = (x, *weights, out, batch_sizes)
         grads = (grad_out, grad_hnf, grad_hnb)
         if transformed:  # see _bi_backward_recorded

@@ -64,6 +64,8 @@ def sequence_rows(batch_sizes, B: int | None = None, T: int | None = None) -> li
 def _batch_sizes(batch_sizes) -> np.ndarray:
     """``batch_sizes`` (a list, a NumPy array, a torch tensor on any device) as a checked
     1-D integer array: non-empty, positive, non-increasing."""
+    if hasattr(batch_sizes, "untyped_storage"):  # a torch tensor
+        _check_memory("batch_sizes", batch_sizes)
     try:  # (tolist: a torch tensor on any device, a NumPy array or a list alike)
         sizes = np.asarray(batch_sizes.tolist() if hasattr(batch_sizes, "tolist") else batch_sizes)
     except (TypeError, ValueError):  # ragged nesting
@@ -76,12 +78,24 @@ def _batch_sizes(batch_sizes) -> np.ndarray:
     return sizes
 
 
+def _check_memory(name: str, t) -> None:
+    """A torch tensor whose storage was freed or shrunk below its elements (torch's copy
+    would read past its end: garbage) is refused by name."""
+    import torch  # (there: t is a torch tensor)
+
+    from . import _cuda
+
+    if t.layout == torch.strided and not t.is_meta and _cuda.freed(t):
+        raise ValueError(f"{name}{_cuda.memory_problem(t)}")
+
+
 def _array(name: str, a) -> np.ndarray:
     """``a`` (a NumPy array, nested lists, a torch tensor of any dtype, device or grad) as a
     float64 array, or a ValueError naming it: complex values, text or ragged nesting."""
     if hasattr(a, "detach") and hasattr(a, "is_complex"):  # a torch tensor
         if a.is_complex():
             raise ValueError(f"{name}: expected real numbers, got a complex tensor")
+        _check_memory(name, a)
         return a.detach().cpu().double().numpy()
     try:
         if np.iscomplexobj(a):

@@ -1181,16 +1181,19 @@ def _rows_view(g: Tensor) -> tuple[Tensor, int]:
     one value expanded (both strides 0: row stride -1, the kernel reads that value for
     every element), a bidirectional layer's output gradient is a column slice of a wider
     matrix. The kernel reads those in place instead of a copy of ``N * H`` elements per
-    backward pass.
+    backward pass. A tensor returned as it is is checked by the caller's ``_addr``; one
+    this copies (resolving a negative bit, reshaping, making contiguous) is checked here
+    first, as torch's copy would read past a shrunk storage's end.
     """
-    if not g.is_contiguous():  # a storage freed or shrunk refused before any copy below
+    if g.is_neg():
         _addr(g)
-    g = g.resolve_neg()
+        g = g.resolve_neg()
     if g.dim() != 2:  # the lean path's [T, B, H] (see _forward_impl's dims)
         if not any(g.stride()):
             return g, -1
         if g.is_contiguous():
             return g, g.shape[-1]
+        _addr(g)
         g = g.reshape(-1, g.shape[-1])
     N, H = g.shape
     s0, s1 = g.stride()
@@ -1202,7 +1205,9 @@ def _rows_view(g: Tensor) -> tuple[Tensor, int]:
         if s0 == 0 or s0 >= H:
             return g, s0
     elif s0 == 0:  # one value or one strided row for every row: one row to copy
+        _addr(g)
         return g[0].contiguous(), 0
+    _addr(g)
     return g.contiguous(), H
 
 

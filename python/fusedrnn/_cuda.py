@@ -158,6 +158,8 @@ def freed(t: Tensor, address: int | None = None) -> bool:
         address = t.data_ptr()
     if not address:
         return t.numel() != 0
+    if torch.compiler.is_compiling():  # Dynamo tracing an eager backward (compiled
+        return False  # autograd): its fake tensors have no storage sizes to read
     if t.is_contiguous():  # (the common case, in fewer calls)
         short = t.untyped_storage().nbytes() < t.nbytes + t.storage_offset() * t.itemsize
     else:

@@ -661,7 +661,10 @@ class RNN(nn.RNNBase):
                     "RNN: a PackedSequence's batch_sizes must have dtype torch.int64, got "
                     f"{batch_sizes.dtype}"
                 )
-            max_batch_size = int(batch_sizes[0])
+            # (item() while compiling: non-strict export cannot take int() of the
+            # data-dependent value; a helper's review, session 32)
+            first = batch_sizes[0]
+            max_batch_size = first.item() if torch.compiler.is_compiling() else int(first)
             # Under torch.compile max_batch_size is data-dependent: tie it to the shapes it
             # must equal before it meets them (eager mode reports a wrong hx just below).
             if torch.compiler.is_compiling():

@@ -286,8 +286,9 @@ def _refuse_freed(names: tuple[str, ...], *tensors: Tensor | None) -> None:
     address of their own)."""
     for i, t in enumerate(tensors):
         # (A ZeroTensor has address 0 too, and memory it never had: the kernels' own
-        # message names it as a possible ZeroTensor.)
-        if t is not None and _cuda.freed(t) and not t._is_zerotensor():
+        # message names it as a possible ZeroTensor. Fake, functional and meta tensors,
+        # which the float16 backward's check meets under torch.compile, have none either.)
+        if freed_if_real(t):
             _fail(RuntimeError, f"{names[i]}{_cuda.memory_problem(t)}")
 
 

@@ -158,12 +158,14 @@ def freed(t: Tensor, address: int | None = None) -> bool:
         address = t.data_ptr()
     if not address:
         return t.numel() != 0
-    if torch.compiler.is_compiling():  # Dynamo tracing an eager backward (compiled
+    if torch.compiler.is_dynamo_compiling():  # Dynamo tracing an eager backward (compiled
         return False  # autograd): its fake tensors have no storage sizes to read
+    storage = t.untyped_storage().nbytes()
     if t.is_contiguous():  # (the common case, in fewer calls)
-        short = t.untyped_storage().nbytes() < t.nbytes + t.storage_offset() * t.itemsize
+        offset = t.storage_offset()
+        short = storage < (t.nbytes + offset * t.itemsize if offset else t.nbytes)
     else:
-        short = t.untyped_storage().nbytes() < _span(t) * t.itemsize
+        short = storage < _span(t) * t.itemsize
     return short and t.numel() != 0
 
 
@@ -171,8 +173,10 @@ def _span(t: Tensor) -> int:
     """The elements of ``t``'s storage its elements (at least one) reach, from its start."""
     if t.is_contiguous():
         return t.storage_offset() + t.numel()
-    reach = sum((k - 1) * s for k, s in zip(t.shape, t.stride(), strict=True))
-    return t.storage_offset() + 1 + reach
+    reach = t.storage_offset() + 1
+    for k, s in zip(t.shape, t.stride(), strict=True):
+        reach += (k - 1) * s
+    return reach
 
 
 def memory_problem(t: Tensor) -> str:

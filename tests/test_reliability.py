@@ -474,8 +474,15 @@ def test_freed_views_are_named_not_dereferenced():
     """A view whose storage was freed has the address of its offset, not 0: refused by
     name like a freed tensor (session 31, from a helper's review: each case below was a
     segfault). In a child process, so that a crash fails this test and not the run."""
+    _assert_each_case_refused(_FREED_VIEWS, "storage was freed")
+
+
+def _assert_each_case_refused(cases: dict, words: str) -> None:
+    """Run each case's code (``cases``: name -> (code, the name its error gives)) in one
+    child process, each in its own try; each must raise a RuntimeError that begins with
+    that name and ``words``, and the process must not crash."""
     script = "import torch, fusedrnn\nfrom fusedrnn import ops\n"
-    for code, _ in _FREED_VIEWS.values():
+    for code, _ in cases.values():
         body = textwrap.indent(code, "    ")
         script += f"try:\n{body}\n    print('no error', flush=True)\n"
         script += "except RuntimeError as e:\n    print(str(e).splitlines()[0], flush=True)\n"
@@ -483,8 +490,8 @@ def test_freed_views_are_named_not_dereferenced():
                           timeout=300)  # fmt: skip
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0, (proc.returncode, lines, proc.stderr[-2000:])
-    for (case, (_, name)), line in zip(_FREED_VIEWS.items(), lines, strict=True):
-        assert line.startswith(f"fusedrnn: {name}'s storage was freed"), (case, line)
+    for (case, (_, name)), line in zip(cases.items(), lines, strict=True):
+        assert line.startswith(f"fusedrnn: {name}'s {words}"), (case, line)
 
 
 # Storages shrunk (resize_(n), n > 0) below what the tensor spans: each case's code and the
@@ -579,17 +586,7 @@ def test_shrunk_storage_is_named_not_read_past_its_end():
     with the bytes it holds, in the forward and in the backward (session 32: the kernels
     read past the storage's end, a segfault or garbage). In a child process, so that a
     crash fails this test and not the run."""
-    script = "import torch, fusedrnn\n"
-    for code, _ in _SHRUNK.values():
-        body = textwrap.indent(code, "    ")
-        script += f"try:\n{body}\n    print('no error', flush=True)\n"
-        script += "except RuntimeError as e:\n    print(str(e).splitlines()[0], flush=True)\n"
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    lines = proc.stdout.splitlines()
-    assert proc.returncode == 0, (proc.returncode, lines, proc.stderr[-2000:])
-    for (case, (_, name)), line in zip(_SHRUNK.items(), lines, strict=True):
-        assert line.startswith(f"fusedrnn: {name}'s storage holds "), (case, line)
+    _assert_each_case_refused(_SHRUNK, "storage holds ")
 
 
 def test_zero_tensor_gradients_on_the_unfused_backward():

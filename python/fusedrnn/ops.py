@@ -248,8 +248,7 @@ def check_layer_args(
         )
     T = batch_sizes.shape[0]
     if check_values:
-        if _cuda.freed(batch_sizes):  # (its values, read here and by the kernels, are not)
-            _fail(RuntimeError, f"batch_sizes{_cuda.memory_problem(batch_sizes)}")
+        _cuda._check_sizes_memory(batch_sizes)  # (before its values are read, here and after)
         sizes = batch_sizes.tolist()
         if sizes[0] != B:
             _fail(ValueError, f"batch_sizes[0] must equal B = {B} (from {n['h0']}), got {sizes[0]}")
@@ -1111,9 +1110,7 @@ def _grads_via(bptt, x, w_ih, w_hh, h0, h, grad_h, grad_hn, batch_sizes, reverse
     arguments and results) and torch's GEMMs. ``x``, ``w_ih`` and ``h0``, which only those
     GEMMs read, are refused where their storage was freed or shrunk (the BPTT op checks its
     own): a shrunk one was read past its end (garbage gradients; session 32)."""
-    for name, t in (("x", x), ("w_ih", w_ih), ("h0", h0)):
-        if freed_if_real(t):
-            _fail(RuntimeError, f"{name}{_cuda.memory_problem(t)}")
+    _refuse_freed(("x", "w_ih", "h0"), x, w_ih, h0)
     dP, dh0 = bptt(w_hh, h, grad_h, grad_hn, batch_sizes, reverse, nonlinearity)
     return (
         dP @ w_ih if need_dx else None,
